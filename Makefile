@@ -1,0 +1,39 @@
+# The README's two commands: `make pipeline` (set up, compile the pipeline) and `make test`
+# (set up, run every test). Both create .venv on first use and reuse it afterwards.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup pipeline local test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(STAMP)
+
+pipeline: $(STAMP)  ## write mnist_pipeline.yaml, ready to upload in the Kubeflow UI
+	$(BIN)/python pipelines/mnist.py --compile
+
+local: $(STAMP)  ## run the whole pipeline on this machine (kfp.local)
+	$(BIN)/python pipelines/mnist.py --local
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,82 @@
+"""KFP component: train the MNIST CNN with Lightning (logic: `train.py`, settings: `config.py`)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from kfp_lightning.components import images
+
+
+@dsl.component(base_image=images.image_ref(images.TRAINER), install_kfp_package=False)
+def train_mnist(
+    dataset: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    tensorboard_logs: Output[Artifact],
+    epochs: int = 14,
+    batch_size: int = 64,
+    learning_rate: float = 1.0,
+    gamma: float = 0.7,
+    optimizer: str = "adadelta",
+    lr_schedule: str = "step",
+    seed: int = 1,
+    validation_size: int = 5000,
+    eval_batch_size: int = 1000,
+    gpus: int = 1,
+    precision: str = "32-true",
+    torch_compile: str = "off",
+    channels_last: str = "off",
+    log_every_n_steps: int = 50,
+    flush_secs: int = 10,
+):
+    """Trains the pytorch/examples MNIST CNN with Lightning, tests it and exports it.
+
+    Args:
+        dataset: The Dataset written by download_mnist.
+        epochs: Passes over the training set (upstream: 14).
+        batch_size: Training batch size (upstream: 64).
+        learning_rate: Adadelta's learning rate, or the peak rate of the one-cycle schedule.
+        gamma: StepLR's learning-rate decay per epoch, in (0, 1]; ignored by one-cycle.
+        optimizer: adadelta (upstream) or sgd (Nesterov momentum 0.9, weight decay 5e-4).
+        lr_schedule: step (StepLR each epoch, upstream) or onecycle (OneCycleLR each step).
+        seed: Seed of the initial weights, the validation split, dropout and shuffling.
+        validation_size: Training images held out for the validation pass after every epoch;
+            0 validates on the test set instead, as the upstream example does.
+        eval_batch_size: Batch size of the validation and test passes.
+        gpus: GPUs to train on: 0 (CPU) or 1. Without a visible GPU, training uses the CPU.
+        precision: 32-true, bf16-mixed or 16-mixed (16-mixed needs a GPU).
+        torch_compile: on or off: compile the network with torch.compile.
+        channels_last: on or off: keep convolutions in the NHWC memory layout.
+        log_every_n_steps: Optimiser steps between logged training-loss points.
+        flush_secs: Longest delay, in seconds, before logged scalars reach the event files.
+        model: Output. model.pt2 (torch.export program taking [0, 1] pixels, normalising
+            itself), weights.pt (state_dict) and metadata.json.
+        metrics: Output. Test accuracy and loss, last validation values, epochs, steps and
+            training samples per second.
+        tensorboard_logs: Output. The run's TensorBoard event files.
+    """
+    from kfp_lightning.components.common.errors import run_or_exit
+    from kfp_lightning.components.train_mnist.config import TrainConfig
+    from kfp_lightning.components.train_mnist.train import train_mnist as train
+
+    config = run_or_exit(
+        TrainConfig,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        gamma=gamma,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        seed=seed,
+        validation_size=validation_size,
+        eval_batch_size=eval_batch_size,
+        gpus=gpus,
+        precision=precision,
+        torch_compile=torch_compile,
+        channels_last=channels_last,
+        log_every_n_steps=log_every_n_steps,
+        flush_secs=flush_secs,
+    )
+    result = run_or_exit(train, dataset.path, model.path, tensorboard_logs.path, config)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    model.metadata.update(result.model_metadata)

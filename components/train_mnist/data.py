@@ -1,0 +1,170 @@
+"""A device-resident MNIST data path: the whole uint8 set moves to the device once.
+
+The per-sample path of the upstream example (PIL image -> ToTensor -> Normalize -> collate, in
+Python, one image at a time) costs more than the network itself on a 2-core CPU and starves a
+GPU. Here the dataset is normalised once on the training device; each epoch draws one seeded
+permutation on the device, and a batch is a single `index_select`. Lightning's `Trainer` still
+drives the loop: `DeviceBatches` is a plain iterable with a length, which Lightning accepts in
+place of a `DataLoader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.download_mnist.download import load_dataset
+
+# Mean and standard deviation of the MNIST training pixels in [0, 1] (pytorch/examples).
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, scaled to [0, 1] then standardised."""
+    return ((images.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+
+
+class DeviceBatches:
+    """Batches drawn from tensors already on the training device.
+
+    Shuffling uses a permutation seeded by (seed, epoch), so an epoch's order does not depend on
+    what ran before it; a resumed run sees exactly the batches it would have seen. With several
+    processes (`world_size` > 1) each rank takes an equal, disjoint share of every epoch.
+
+    Args:
+        images: Normalised images, N x 1 x 28 x 28, on the device.
+        labels: Class indices (int64), N, on the same device.
+        batch_size: Images per batch; the last batch may be smaller.
+        shuffle: Draw a new order each epoch (training) or keep the stored order.
+        seed: Base seed of the per-epoch permutations.
+        epoch: Returns the current epoch when iteration starts (Lightning's counter).
+        rank: This process's index among `world_size`.
+        world_size: Number of processes sharing the data.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        epoch: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.epoch, self.rank, self.world_size = epoch, rank, world_size
+        self.samples = images.shape[0] // world_size if world_size > 1 else images.shape[0]
+
+    def __len__(self) -> int:
+        return -(-self.samples // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Indices this rank visits in `epoch`, on the data's device."""
+        n, device = self.images.shape[0], self.images.device
+        if self.shuffle:
+            # The generator lives on the data's device so the permutation never crosses PCIe.
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.seed * 1_000_003 + epoch)
+            indices = torch.randperm(n, generator=generator, device=device)
+        else:
+            indices = torch.arange(n, device=device)
+        if self.world_size > 1:
+            indices = indices[self.rank : self.samples * self.world_size : self.world_size]
+        return indices
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = self.order(self.epoch())
+        for start in range(0, self.samples, self.batch_size):
+            batch = indices[start : start + self.batch_size]
+            yield self.images.index_select(0, batch), self.labels.index_select(0, batch)
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """Loads a Dataset artifact onto the training device and serves `DeviceBatches`.
+
+    Args:
+        dataset_dir: Directory written by `download_mnist`.
+        batch_size: Training batch size.
+        eval_batch_size: Validation and test batch size.
+        validation_size: Training images held out for validation (a seeded random subset); 0
+            validates on the test set.
+        seed: Seed of the split and of the shuffling.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        batch_size: int,
+        eval_batch_size: int = 1000,
+        validation_size: int = 5000,
+        seed: int = 1,
+    ) -> None:
+        super().__init__()
+        self.dataset_dir = Path(dataset_dir)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.validation_size, self.seed = validation_size, seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def setup(self, stage: str) -> None:
+        if self.splits:
+            return
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        tensors = load_dataset(self.dataset_dir)
+        train_images, train_labels = tensors["train_images"], tensors["train_labels"].long()
+        n = train_images.shape[0]
+        if self.validation_size >= n:
+            raise invalid(
+                "validation_size",
+                self.validation_size,
+                f"an integer in [0, {n - 1}] for this dataset",
+            )
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        val_idx, train_idx = order[: self.validation_size], order[self.validation_size :]
+        test = (tensors["test_images"], tensors["test_labels"].long())
+        val = (train_images[val_idx], train_labels[val_idx]) if self.validation_size else test
+        splits = {
+            "train": (train_images[train_idx], train_labels[train_idx]),
+            "val": val,
+            "test": test,
+        }
+        # Normalise on the device: one transfer of uint8 data, then float work where it is cheap.
+        self.splits = {
+            name: (normalise(images.to(device)), labels.to(device))
+            for name, (images, labels) in splits.items()
+        }
+
+    def _batches(self, split: str, batch_size: int, shuffle: bool) -> DeviceBatches:
+        images, labels = self.splits[split]
+        trainer = self.trainer
+        return DeviceBatches(
+            images,
+            labels,
+            batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            epoch=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
+            rank=trainer.global_rank if trainer and shuffle else 0,
+            world_size=trainer.world_size if trainer and shuffle else 1,
+        )
+
+    def train_dataloader(self) -> DeviceBatches:
+        return self._batches("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DeviceBatches:
+        return self._batches("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DeviceBatches:
+        return self._batches("test", self.eval_batch_size, shuffle=False)
+
+    @property
+    def train_samples(self) -> int:
+        """Images in the training split (after the validation hold-out)."""
+        return int(self.splits["train"][0].shape[0])

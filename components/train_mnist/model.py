@@ -1,0 +1,98 @@
+"""The pytorch/examples MNIST network and its LightningModule.
+
+`Net` is layer for layer the upstream example (two 3x3 convolutions, max-pool, dropout, two fully
+connected layers, log-softmax), so its weights and accuracy compare directly with the original.
+`MNISTClassifier` adds the training, validation and test steps and the optimiser schedules; it
+never calls `.item()` on the hot path, so logging does not synchronise the GPU every step.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kfp_lightning.components.train_mnist.config import TrainConfig, build_optimizer
+
+
+class Net(nn.Module):
+    """The convolutional network of pytorch/examples/mnist (1.2 M parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps normalised images (N x 1 x 28 x 28) to log-probabilities (N x 10)."""
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+class MNISTClassifier(L.LightningModule):
+    """Trains `Net` with negative log-likelihood, logging what TensorBoard should show.
+
+    Logged scalars: `train_loss` (every `log_every_n_steps`), `val_loss` and `val_accuracy`
+    (each epoch), `test_loss` and `test_accuracy` (the final test pass); the learning rate
+    comes from `LearningRateMonitor` as `learning_rate`.
+
+    Args:
+        config: The run's configuration (optimiser, schedule, memory layout).
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        # Saved into checkpoints and TensorBoard's hparams, so a run can be traced to its settings.
+        self.save_hyperparameters(config.as_dict())
+        self.config = config
+        self.channels_last = config.channels_last
+        self.net = Net()
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities for a batch of normalised images."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        images, labels = batch
+        loss = F.nll_loss(self(images), labels)
+        # A tensor, not a float: Lightning converts it only on logging steps.
+        self.log("train_loss", loss, on_step=True, on_epoch=False, batch_size=labels.shape[0])
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
+        images, labels = batch
+        log_probs = self(images)
+        loss = F.nll_loss(log_probs, labels)
+        accuracy = (log_probs.argmax(dim=1) == labels).float().mean()
+        # Epoch values are means weighted by batch size, i.e. exact dataset means.
+        n = labels.shape[0]
+        self.log(f"{prefix}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        self.log(f"{prefix}_accuracy", accuracy, on_step=False, on_epoch=True, batch_size=n)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self):
+        return build_optimizer(
+            self.config, self.net.parameters(), lambda: self.trainer.estimated_stepping_batches
+        )

@@ -1,0 +1,172 @@
+"""Train the MNIST network with Lightning and write the Model, metrics and TensorBoard logs.
+
+`train_mnist` is the one function the KFP component calls. It validates everything before it
+creates an output, trains on the GPU when one is visible (CPU otherwise), logs scalars to
+TensorBoard as it goes, runs the test pass at the end, and writes each output directory
+atomically, so a failed run leaves no partial artifact behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.files import atomic_directory
+from kfp_lightning.components.download_mnist.download import METADATA_FILE as DATASET_METADATA
+from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.train_mnist.data import MNISTDataModule
+from kfp_lightning.components.train_mnist.export import export_model
+from kfp_lightning.components.train_mnist.model import MNISTClassifier
+from kfp_lightning.components.train_mnist.progress import ThroughputMeter, make_progress_bar
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        metrics: Final scalar metrics (test accuracy and loss, last validation values, epochs,
+            optimiser steps, training samples per second, training seconds).
+        model_metadata: The metadata written beside the model.
+    """
+
+    metrics: dict[str, float]
+    model_metadata: dict[str, Any]
+
+
+def select_device(gpus: int, precision: str) -> tuple[str, int]:
+    """Chooses Lightning's accelerator and device count for `gpus` on this machine.
+
+    Args:
+        gpus: GPUs requested (0 = CPU).
+        precision: Requested precision; "16-mixed" needs a GPU.
+
+    Returns:
+        (accelerator, devices) for `lightning.Trainer`.
+    """
+    if gpus > 1:
+        raise invalid("gpus", gpus, "0 or 1 (training on several GPUs is not supported yet)")
+    if gpus == 1 and torch.cuda.is_available():
+        return "gpu", 1
+    if gpus == 1:
+        print("gpus=1 but no GPU is visible to this process: training on the CPU", flush=True)
+    if precision == "16-mixed":
+        raise invalid(
+            "precision", precision, "32-true or bf16-mixed on a CPU (16-mixed needs a GPU)"
+        )
+    return "cpu", 1
+
+
+def train_mnist(
+    dataset_dir: str | Path,
+    model_dir: str | Path,
+    tensorboard_logs_dir: str | Path,
+    config: TrainConfig | None = None,
+) -> TrainResult:
+    """Trains, tests and exports the MNIST network.
+
+    Args:
+        dataset_dir: Dataset artifact directory written by `download_mnist`.
+        model_dir: Model artifact directory to create (exported program, weights, metadata).
+        tensorboard_logs_dir: Directory to create holding the run's TensorBoard event files.
+        config: Training parameters; the classic recipe when None.
+
+    Returns:
+        The metrics and the model metadata.
+    """
+    config = config or TrainConfig()
+    dataset_dir = Path(dataset_dir)
+    dataset_metadata_path = dataset_dir / DATASET_METADATA
+    if not dataset_metadata_path.is_file():
+        raise invalid("dataset", str(dataset_dir), "a Dataset artifact written by download_mnist")
+    dataset_metadata = json.loads(dataset_metadata_path.read_text())
+    accelerator, devices = select_device(config.gpus, config.precision)
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    if accelerator == "gpu":
+        # TF32 matmuls and cuDNN autotuning: same accuracy for this network, much faster.
+        torch.set_float32_matmul_precision("high")
+    datamodule = MNISTDataModule(
+        dataset_dir,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        validation_size=config.validation_size,
+        seed=config.seed,
+    )
+    module = MNISTClassifier(config)
+    throughput = ThroughputMeter()
+
+    with atomic_directory(tensorboard_logs_dir) as logs_dir, warnings.catch_warnings():
+        # Our batches are already on the device and shuffled; Lightning's DataLoader advice
+        # (num_workers, pin_memory) does not apply.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        logger = TensorBoardLogger(
+            save_dir=str(logs_dir),
+            name="",
+            version="",
+            default_hp_metric=False,
+            flush_secs=config.flush_secs,
+        )
+        trainer = L.Trainer(
+            max_epochs=config.epochs,
+            accelerator=accelerator,
+            devices=devices,
+            precision=config.precision,
+            logger=logger,
+            callbacks=[
+                LearningRateMonitor(),
+                throughput,
+                make_progress_bar(config.progress_interval_seconds),
+            ],
+            log_every_n_steps=config.log_every_n_steps,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            benchmark=accelerator == "gpu",
+        )
+        fit_module = torch.compile(module) if config.torch_compile else module
+        started = time.perf_counter()
+        trainer.fit(fit_module, datamodule=datamodule)
+        validation = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")
+        }
+        (test_metrics,) = trainer.test(fit_module, datamodule=datamodule, verbose=False)
+        wall_seconds = time.perf_counter() - started
+        logger.finalize("success")
+
+        metrics = {
+            "test_accuracy": float(test_metrics["test_accuracy"]),
+            "test_loss": float(test_metrics["test_loss"]),
+            "val_accuracy": validation["val_accuracy"],
+            "val_loss": validation["val_loss"],
+            "epochs": float(trainer.current_epoch),
+            "steps": float(trainer.global_step),
+            "train_samples_per_second": throughput.samples_per_second,
+            "train_seconds": throughput.seconds,
+            "wall_seconds": wall_seconds,
+        }
+        model_metadata = export_model(
+            module.net,
+            model_dir,
+            {
+                "test_accuracy": metrics["test_accuracy"],
+                "test_loss": metrics["test_loss"],
+                "epochs": trainer.current_epoch,
+                "config": config.as_dict(),
+                "dataset": {
+                    "train_samples": datamodule.train_samples,
+                    "sha256": dataset_metadata.get("sha256", {}),
+                },
+                "accelerator": accelerator,
+            },
+        )
+    return TrainResult(metrics=metrics, model_metadata=model_metadata)
