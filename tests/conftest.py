@@ -1,0 +1,41 @@
+"""Shared fixtures: a small MNIST-format mirror, on disk and served over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.synthetic_mnist import write_mirror
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture(scope="session")
+def mnist_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A directory holding the four `*-ubyte.gz` files, and the MD5 of each uncompressed file."""
+    directory = tmp_path_factory.mktemp("mirror")
+    return directory, write_mirror(directory)
+
+
+@pytest.fixture(scope="session")
+def http_mirror(mnist_mirror: tuple[Path, dict[str, str]]) -> Iterator[str]:
+    """Base URL of an HTTP server on 127.0.0.1 serving `mnist_mirror`."""
+    directory, _ = mnist_mirror
+    handler = functools.partial(QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
