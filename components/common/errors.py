@@ -21,7 +21,11 @@ class UserInputError(ValueError):
     """A value supplied by the user (parameter, URL, file) that cannot be used as given."""
 
 
-class DownloadError(RuntimeError):
+class RunError(RuntimeError):
+    """A step failed for a reason other than a parameter value (network, data, a failed task)."""
+
+
+class DownloadError(RunError):
     """Every mirror failed for a file; the message lists each mirror's failure."""
 
 
@@ -51,13 +55,13 @@ def run_or_exit(func: Callable[..., T], /, *args: object, **kwargs: object) -> T
         Whatever `func` returns.
 
     Raises:
-        SystemExit: With status 2 for a `UserInputError`, 1 for a `DownloadError`.
+        SystemExit: With status 2 for a `UserInputError`, 1 for a `RunError`.
     """
     try:
         return func(*args, **kwargs)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
-    except DownloadError as err:
+    except RunError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

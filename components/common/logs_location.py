@@ -24,6 +24,8 @@ from urllib.parse import urlparse
 from kfp_lightning.components.common.errors import invalid
 
 NAMESPACE_PLACEHOLDER = "{namespace}"
+# Where the training pod mounts a claim named in a pvc:// root: <PVC_MOUNT_ROOT>/<claim>.
+PVC_MOUNT_ROOT = Path("/mnt/pvc")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 ACCEPTED = "s3://bucket/prefix, pvc://claim/path, file:///absolute/path or /absolute/path"
 

@@ -36,8 +36,36 @@ def parse_mirrors(
             raise invalid(
                 parameter,
                 url,
-                "empty (the public MNIST mirrors) or base URLs of the form http(s)://host/path/ "
-                "or file:///path/, separated by commas",
+                "comma-separated base URLs of the form http(s)://host/path/ or file:///path/",
             )
         parsed.append(url if url.endswith("/") else url + "/")
     return tuple(parsed)
+
+
+def parse_http_endpoint(value: str, parameter: str) -> str:
+    """Validates an http(s)://host[:port] endpoint (no path, query or credentials).
+
+    Args:
+        value: The user's value.
+        parameter: Parameter name used in error messages.
+
+    Returns:
+        The endpoint without a trailing "/".
+    """
+    parts = urlparse(value.strip())
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port_ok
+        or parts.username
+        or parts.password
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise invalid(parameter, value, "an endpoint of the form http(s)://host[:port]")
+    return f"{parts.scheme}://{parts.netloc}"

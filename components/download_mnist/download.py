@@ -26,18 +26,12 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 from kfp_lightning.components.common.errors import DownloadError, invalid
 from kfp_lightning.components.common.files import atomic_directory, write_json
 from kfp_lightning.components.common.urls import parse_mirrors
+from kfp_lightning.components.download_mnist.sources import checksum_table
 
 DATA_FILE = "mnist.pt"
 METADATA_FILE = "metadata.json"
 FORMAT = "kfp-lightning/mnist-tensors-v1"
 
-# MD5 of the official, uncompressed IDX files (as published with the dataset).
-MNIST_MD5: Mapping[str, str] = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
 DEFAULT_MIRRORS: tuple[str, ...] = tuple(MNIST.mirrors)
 USER_AGENT = "kfp-lightning"
 
@@ -148,17 +142,7 @@ def download_mnist(
         DownloadError: When a file cannot be obtained with the expected content.
     """
     mirrors = parse_mirrors(mirror, DEFAULT_MIRRORS)
-    checksums = dict(expected_md5 or MNIST_MD5)
-    if set(checksums) != set(MNIST_MD5) or not all(
-        isinstance(v, str) and len(v) == 32 and all(c in "0123456789abcdef" for c in v)
-        for v in checksums.values()
-    ):
-        raise invalid(
-            "expected_md5",
-            checksums,
-            "empty (the published MNIST checksums) or a 32-hex-digit MD5 for each of "
-            + ", ".join(MNIST_MD5),
-        )
+    checksums = checksum_table(expected_md5)
     options = options or DownloadOptions()
 
     with atomic_directory(output_dir) as staging:

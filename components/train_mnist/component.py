@@ -12,6 +12,10 @@ def train_mnist(
     model: Output[Model],
     metrics: Output[Metrics],
     tensorboard_logs: Output[Artifact],
+    run_id: str,
+    tensorboard_logs_root: str = "s3://mlpipeline/private/{namespace}/tensorboard",
+    s3_endpoint: str = "http://minio-service.kubeflow:9000",
+    flush_secs: int = 10,
     epochs: int = 14,
     batch_size: int = 64,
     learning_rate: float = 1.0,
@@ -26,12 +30,16 @@ def train_mnist(
     torch_compile: str = "off",
     channels_last: str = "off",
     log_every_n_steps: int = 50,
-    flush_secs: int = 10,
 ):
     """Trains the pytorch/examples MNIST CNN with Lightning, tests it and exports it.
 
     Args:
         dataset: The Dataset written by download_mnist.
+        run_id: The pipeline run's id; live logs go to <tensorboard_logs_root>/<run_id>.
+        tensorboard_logs_root: Where TensorBoard reads live logs: s3://bucket/prefix,
+            pvc://claim/path or a directory; {namespace} becomes the run's namespace.
+        s3_endpoint: S3 API endpoint for an s3:// root, http(s)://host[:port].
+        flush_secs: Longest delay, in seconds, before a logged point is readable there.
         epochs: Passes over the training set (upstream: 14).
         batch_size: Training batch size (upstream: 64).
         learning_rate: Adadelta's learning rate, or the peak rate of the one-cycle schedule.
@@ -47,7 +55,6 @@ def train_mnist(
         torch_compile: on or off: compile the network with torch.compile.
         channels_last: on or off: keep convolutions in the NHWC memory layout.
         log_every_n_steps: Optimiser steps between logged training-loss points.
-        flush_secs: Longest delay, in seconds, before logged scalars reach the event files.
         model: Output. model.pt2 (torch.export program taking [0, 1] pixels, normalising
             itself), weights.pt (state_dict) and metadata.json.
         metrics: Output. Test accuracy and loss, last validation values, epochs, steps and
@@ -55,11 +62,17 @@ def train_mnist(
         tensorboard_logs: Output. The run's TensorBoard event files.
     """
     from kfp_lightning.components.common.errors import run_or_exit
-    from kfp_lightning.components.train_mnist.config import TrainConfig
-    from kfp_lightning.components.train_mnist.train import train_mnist as train
+    from kfp_lightning.components.train_mnist.train import train_from_parameters
 
-    config = run_or_exit(
-        TrainConfig,
+    result = run_or_exit(
+        train_from_parameters,
+        dataset.path,
+        model.path,
+        tensorboard_logs.path,
+        run_id=run_id,
+        tensorboard_logs_root=tensorboard_logs_root,
+        s3_endpoint=s3_endpoint,
+        flush_secs=flush_secs,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
@@ -74,9 +87,7 @@ def train_mnist(
         torch_compile=torch_compile,
         channels_last=channels_last,
         log_every_n_steps=log_every_n_steps,
-        flush_secs=flush_secs,
     )
-    result = run_or_exit(train, dataset.path, model.path, tensorboard_logs.path, config)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     model.metadata.update(result.model_metadata)

@@ -19,6 +19,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 OPTIMIZERS = ("adadelta", "sgd")
 LR_SCHEDULES = ("step", "onecycle")
 SWITCHES = {"on": True, "off": False, "true": True, "false": False}
+MAX_FLUSH_SECS = 300
 
 # Values that differ from the dataclass defaults (which are the classic recipe).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -146,7 +147,8 @@ class TrainConfig:
         object.__setattr__(self, "torch_compile", parse_switch("torch_compile", self.torch_compile))
         object.__setattr__(self, "channels_last", parse_switch("channels_last", self.channels_last))
         _positive_int("log_every_n_steps", self.log_every_n_steps)
-        _positive_int("flush_secs", self.flush_secs)
+        if _positive_int("flush_secs", self.flush_secs) > MAX_FLUSH_SECS:
+            raise invalid("flush_secs", self.flush_secs, f"an integer in [1, {MAX_FLUSH_SECS}]")
         _positive_float("progress_interval_seconds", self.progress_interval_seconds)
 
     @classmethod

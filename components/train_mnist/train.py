@@ -2,14 +2,16 @@
 
 `train_mnist` is the one function the KFP component calls. It validates everything before it
 creates an output, trains on the GPU when one is visible (CPU otherwise), logs scalars to
-TensorBoard as it goes, runs the test pass at the end, and writes each output directory
-atomically, so a failed run leaves no partial artifact behind.
+TensorBoard as it goes, copies the event files to the run's live location every few seconds
+(where the TensorBoard server reads them), runs the test pass at the end, and writes each
+output directory atomically, so a failed run leaves no partial artifact behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -22,10 +24,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.files import atomic_directory
+from kfp_lightning.components.common.logs_location import LogsLocation, run_logs_location
+from kfp_lightning.components.common.storage import open_storage
+from kfp_lightning.components.common.urls import parse_http_endpoint
 from kfp_lightning.components.download_mnist.download import METADATA_FILE as DATASET_METADATA
 from kfp_lightning.components.train_mnist.config import TrainConfig
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
 from kfp_lightning.components.train_mnist.export import export_model
+from kfp_lightning.components.train_mnist.live_sync import LiveSync
 from kfp_lightning.components.train_mnist.model import MNISTClassifier
 from kfp_lightning.components.train_mnist.progress import ThroughputMeter, make_progress_bar
 
@@ -67,11 +73,20 @@ def select_device(gpus: int, precision: str) -> tuple[str, int]:
     return "cpu", 1
 
 
+def _read_dataset_metadata(dataset_dir: Path) -> dict[str, Any]:
+    path = dataset_dir / DATASET_METADATA
+    if not path.is_file():
+        raise invalid("dataset", str(dataset_dir), "a Dataset artifact written by download_mnist")
+    return json.loads(path.read_text())
+
+
 def train_mnist(
     dataset_dir: str | Path,
     model_dir: str | Path,
     tensorboard_logs_dir: str | Path,
     config: TrainConfig | None = None,
+    live_logs: LogsLocation | None = None,
+    s3_endpoint: str | None = None,
 ) -> TrainResult:
     """Trains, tests and exports the MNIST network.
 
@@ -80,17 +95,28 @@ def train_mnist(
         model_dir: Model artifact directory to create (exported program, weights, metadata).
         tensorboard_logs_dir: Directory to create holding the run's TensorBoard event files.
         config: Training parameters; the classic recipe when None.
+        live_logs: Where TensorBoard reads this run's logs while it trains; None keeps them
+            local until the end.
+        s3_endpoint: http(s)://host[:port] of the S3 API, for an s3:// `live_logs`.
 
     Returns:
         The metrics and the model metadata.
     """
     config = config or TrainConfig()
     dataset_dir = Path(dataset_dir)
-    dataset_metadata_path = dataset_dir / DATASET_METADATA
-    if not dataset_metadata_path.is_file():
-        raise invalid("dataset", str(dataset_dir), "a Dataset artifact written by download_mnist")
-    dataset_metadata = json.loads(dataset_metadata_path.read_text())
+    dataset_metadata = _read_dataset_metadata(dataset_dir)
     accelerator, devices = select_device(config.gpus, config.precision)
+    live_storage = open_storage(live_logs, s3_endpoint) if live_logs else None
+
+    train_samples = int(dataset_metadata["train_samples"]) - config.validation_size
+    if train_samples < 1:
+        raise invalid(
+            "validation_size",
+            config.validation_size,
+            f"an integer in [0, {int(dataset_metadata['train_samples']) - 1}] for this dataset",
+        )
+    # At least one training-loss point per epoch, however small the data set.
+    log_every_n_steps = min(config.log_every_n_steps, math.ceil(train_samples / config.batch_size))
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     if accelerator == "gpu":
@@ -105,17 +131,18 @@ def train_mnist(
     )
     module = MNISTClassifier(config)
     throughput = ThroughputMeter()
+    # Writer flushes and copies each happen every half period: a point is readable within one.
+    half_period = max(1.0, config.flush_secs / 2)
 
     with atomic_directory(tensorboard_logs_dir) as logs_dir, warnings.catch_warnings():
-        # Our batches are already on the device and shuffled; Lightning's DataLoader advice
-        # (num_workers, pin_memory) does not apply.
+        # Batches are already on the device; Lightning's DataLoader advice does not apply.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         logger = TensorBoardLogger(
             save_dir=str(logs_dir),
             name="",
             version="",
             default_hp_metric=False,
-            flush_secs=config.flush_secs,
+            flush_secs=half_period,
         )
         trainer = L.Trainer(
             max_epochs=config.epochs,
@@ -128,20 +155,30 @@ def train_mnist(
                 throughput,
                 make_progress_bar(config.progress_interval_seconds),
             ],
-            log_every_n_steps=config.log_every_n_steps,
+            log_every_n_steps=log_every_n_steps,
             num_sanity_val_steps=0,
             enable_checkpointing=False,
             benchmark=accelerator == "gpu",
         )
-        fit_module = torch.compile(module) if config.torch_compile else module
-        started = time.perf_counter()
-        trainer.fit(fit_module, datamodule=datamodule)
-        validation = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")
-        }
-        (test_metrics,) = trainer.test(fit_module, datamodule=datamodule, verbose=False)
-        wall_seconds = time.perf_counter() - started
-        logger.finalize("success")
+        sync = None
+        if live_storage is not None:
+            print(
+                f"TensorBoard logs: {live_logs.uri} (updated every {half_period:g} s)", flush=True
+            )
+            sync = LiveSync(logs_dir, live_storage, half_period, live_logs.uri).start()
+        try:
+            fit_module = torch.compile(module) if config.torch_compile else module
+            started = time.perf_counter()
+            trainer.fit(fit_module, datamodule=datamodule)
+            validation = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")
+            }
+            (test_metrics,) = trainer.test(fit_module, datamodule=datamodule, verbose=False)
+            wall_seconds = time.perf_counter() - started
+            logger.finalize("success")
+        finally:
+            if sync is not None:
+                sync.stop()
 
         metrics = {
             "test_accuracy": float(test_metrics["test_accuracy"]),
@@ -163,10 +200,42 @@ def train_mnist(
                 "epochs": trainer.current_epoch,
                 "config": config.as_dict(),
                 "dataset": {
-                    "train_samples": datamodule.train_samples,
+                    "train_samples": train_samples,
                     "sha256": dataset_metadata.get("sha256", {}),
                 },
                 "accelerator": accelerator,
+                "tensorboard_logs": live_logs.uri if live_logs else None,
             },
         )
     return TrainResult(metrics=metrics, model_metadata=model_metadata)
+
+
+def train_from_parameters(
+    dataset_dir: str | Path,
+    model_dir: str | Path,
+    tensorboard_logs_dir: str | Path,
+    run_id: str,
+    tensorboard_logs_root: str,
+    s3_endpoint: str,
+    **config: Any,
+) -> TrainResult:
+    """The KFP component's entry: validates the run-form values, then calls `train_mnist`.
+
+    Args:
+        dataset_dir: Dataset artifact directory.
+        model_dir: Model artifact directory to create.
+        tensorboard_logs_dir: TensorBoard logs artifact directory to create.
+        run_id: The pipeline run's id; the live logs go to `<tensorboard_logs_root>/<run_id>`.
+        tensorboard_logs_root: Root of the live logs (s3://, pvc://, file:// or a path).
+        s3_endpoint: S3 API endpoint, used when the root is s3://.
+        **config: `TrainConfig` fields.
+
+    Returns:
+        What `train_mnist` returns.
+    """
+    train_config = TrainConfig(**config)
+    live_logs = run_logs_location(tensorboard_logs_root, run_id)
+    endpoint = parse_http_endpoint(s3_endpoint, "s3_endpoint") if live_logs.scheme == "s3" else None
+    return train_mnist(
+        dataset_dir, model_dir, tensorboard_logs_dir, train_config, live_logs, endpoint
+    )

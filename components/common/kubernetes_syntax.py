@@ -1,0 +1,99 @@
+"""Kubernetes' own syntax rules for names, labels and tolerations, checked before a run starts.
+
+A node selector or toleration typed into the run form only reaches Kubernetes when the
+training pod is created, minutes into the run; an invalid one then fails with an API error far
+from its cause. These checks give the one-line error up front instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from kfp_lightning.components.common.errors import invalid
+
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+TOLERATION_OPERATORS = ("Exists", "Equal")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def is_dns1123_label(value: str) -> bool:
+    """A Kubernetes object name of the strictest kind (Services, namespaces): <= 63 chars."""
+    return len(value) <= 63 and bool(_DNS1123_LABEL.fullmatch(value))
+
+
+def is_dns1123_subdomain(value: str) -> bool:
+    """A Kubernetes object name (Secrets, custom resources): dot-separated labels, <= 253."""
+    return 0 < len(value) <= 253 and all(is_dns1123_label(p) for p in value.split("."))
+
+
+def is_label_key(value: str) -> bool:
+    """A label key: [prefix/]name, prefix a DNS subdomain, name <= 63 chars."""
+    prefix, _, name = value.rpartition("/")
+    if prefix and not is_dns1123_subdomain(prefix):
+        return False
+    return 0 < len(name) <= 63 and bool(_QUALIFIED_NAME.fullmatch(name))
+
+
+def is_label_value(value: str) -> bool:
+    """A label value: empty, or <= 63 chars of alphanumerics and -_. inside."""
+    return value == "" or (len(value) <= 63 and bool(_QUALIFIED_NAME.fullmatch(value)))
+
+
+def check_secret_name(value: object, parameter: str) -> str:
+    """Validates the name of a Secret."""
+    if not isinstance(value, str) or not is_dns1123_subdomain(value):
+        raise invalid(parameter, value, "a Kubernetes object name (lowercase, digits, - and .)")
+    return value
+
+
+def check_node_selector(value: object, parameter: str = "node_selector") -> dict[str, str]:
+    """Validates a nodeSelector: a JSON object of label keys to label values."""
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and is_label_key(k) and is_label_value(v)
+        for k, v in value.items()
+    ):
+        raise invalid(parameter, value, 'a JSON object of node labels, e.g. {"gpu-type": "l4"}')
+    return dict(value)
+
+
+def _check_toleration(toleration: object, parameter: str) -> None:
+    accepted = (
+        'Kubernetes Tolerations, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", '
+        '"effect": "NoSchedule"}]'
+    )
+    if not isinstance(toleration, Mapping) or not set(toleration) <= TOLERATION_FIELDS:
+        raise invalid(parameter, toleration, accepted)
+    key = toleration.get("key", "")
+    operator = toleration.get("operator", "Equal")
+    value = toleration.get("value", "")
+    effect = toleration.get("effect", "")
+    seconds = toleration.get("tolerationSeconds")
+    ok = (
+        isinstance(key, str)
+        and (is_label_key(key) or (key == "" and operator == "Exists"))
+        and operator in TOLERATION_OPERATORS
+        and isinstance(value, str)
+        and is_label_value(value)
+        and not (operator == "Exists" and value)
+        and (effect == "" or effect in TAINT_EFFECTS)
+        and (
+            seconds is None
+            or (
+                isinstance(seconds, int) and not isinstance(seconds, bool) and effect == "NoExecute"
+            )
+        )
+    )
+    if not ok:
+        raise invalid(parameter, toleration, accepted)
+
+
+def check_tolerations(value: object, parameter: str = "tolerations") -> list[dict[str, object]]:
+    """Validates a list of tolerations as the Kubernetes API would."""
+    if not isinstance(value, list):
+        raise invalid(parameter, value, "a JSON list of Kubernetes Toleration objects")
+    for toleration in value:
+        _check_toleration(toleration, parameter)
+    return [dict(t) for t in value]

@@ -1,0 +1,168 @@
+"""Copy files to and from a logs location: a directory (local or a mounted claim) or S3.
+
+Only what live logging and checkpointing need: list the files under a location with their
+sizes, upload one file (appending just the new bytes when the destination is a growing copy of
+it), and download one file. TensorBoard event files only ever grow, so on a filesystem the copy
+appends the new tail instead of rewriting the file: a reader holding the file open keeps
+reading it. Object stores cannot append; there the whole (small) file is uploaded again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT, LogsLocation
+
+DEFAULT_REGION = "us-east-1"
+
+
+class Storage(Protocol):
+    """Files below one location, addressed by relative POSIX paths."""
+
+    def list_files(self) -> dict[str, int]:
+        """Relative path -> size in bytes of every file below the location."""
+
+    def upload(self, source: Path, relative: str, append_from: int | None = None) -> None:
+        """Copies `source` to `relative`; with `append_from`, only bytes from that offset on."""
+
+    def download(self, relative: str, destination: Path) -> None:
+        """Copies `relative` to the local file `destination` (atomically)."""
+
+
+class DirectoryStorage:
+    """A location that is a directory of this machine (local, or a mounted volume).
+
+    Args:
+        root: The directory; created on first upload.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def list_files(self) -> dict[str, int]:
+        if not self.root.is_dir():
+            return {}
+        return {
+            p.relative_to(self.root).as_posix(): p.stat().st_size
+            for p in self.root.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        }
+
+    def upload(self, source: Path, relative: str, append_from: int | None = None) -> None:
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if append_from is not None and target.is_file() and target.stat().st_size == append_from:
+            with source.open("rb") as src, target.open("ab") as dst:
+                src.seek(append_from)
+                shutil.copyfileobj(src, dst)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def download(self, relative: str, destination: Path) -> None:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(self.root / relative, tmp)
+            os.replace(tmp, destination)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+class S3Storage:
+    """A location in an S3-compatible bucket (path-style addressing, as MinIO and SeaweedFS need).
+
+    Credentials come from the standard AWS environment (AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, which the pipeline fills from the namespace's secret).
+
+    Args:
+        bucket: Bucket name.
+        prefix: Key prefix without leading or trailing "/".
+        endpoint: http(s)://host[:port] of the S3 API.
+    """
+
+    def __init__(self, bucket: str, prefix: str, endpoint: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=os.environ.get("AWS_REGION") or DEFAULT_REGION,
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=10,
+                read_timeout=60,
+                retries={"max_attempts": 4, "mode": "standard"},
+            ),
+        )
+
+    def _key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def list_files(self) -> dict[str, int]:
+        start = f"{self.prefix}/" if self.prefix else ""
+        files = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=start
+        ):
+            for item in page.get("Contents", []):
+                files[item["Key"][len(start) :]] = int(item["Size"])
+        return files
+
+    def upload(self, source: Path, relative: str, append_from: int | None = None) -> None:
+        # Objects cannot be appended to: every upload sends the whole file.
+        self.client.upload_file(str(source), self.bucket, self._key(relative))
+
+    def download(self, relative: str, destination: Path) -> None:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+        os.close(fd)
+        try:
+            self.client.download_file(self.bucket, self._key(relative), tmp)
+            os.replace(tmp, destination)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def open_storage(location: LogsLocation, s3_endpoint: str | None = None) -> Storage:
+    """The storage behind a location.
+
+    Args:
+        location: Where the files live.
+        s3_endpoint: Required for s3:// locations.
+
+    Returns:
+        A `Storage` for it.
+
+    Raises:
+        UserInputError: For an s3:// location without endpoint, or a pvc:// claim that is not
+            mounted in this pod.
+    """
+    if location.scheme == "file":
+        return DirectoryStorage(Path(location.path))
+    if location.scheme == "pvc":
+        mount = PVC_MOUNT_ROOT / location.container
+        if not mount.is_dir():
+            raise invalid(
+                "tensorboard_logs_root",
+                location.uri,
+                f"a pvc:// claim mounted in the training pod at {mount} "
+                "(compile the pipeline with --logs-pvc CLAIM)",
+            )
+        return DirectoryStorage(mount / location.path)
+    if not s3_endpoint:
+        raise invalid("s3_endpoint", s3_endpoint, "an http(s)://host[:port] endpoint for s3://")
+    return S3Storage(location.container, location.path, s3_endpoint)

@@ -1,0 +1,106 @@
+"""Mirror the run's TensorBoard directory to its live location while training runs.
+
+Event files are written to a local directory (fast, and always complete for the final
+artifact) and a background thread copies what changed to the live location every `interval`
+seconds, where the TensorBoard server reads them. A storage outage only delays the curves:
+failures are reported once and retried on the next tick, and training never waits for them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from types import TracebackType
+
+from kfp_lightning.components.common.storage import Storage
+
+
+class LiveSync:
+    """Copies new and grown files from `source` to `storage` periodically, in a daemon thread.
+
+    Args:
+        source: Local directory the loggers write to.
+        storage: The live location.
+        interval: Seconds between copies.
+        label: How to name the destination in messages (its URI).
+    """
+
+    def __init__(self, source: Path, storage: Storage, interval: float, label: str) -> None:
+        self.source, self.storage, self.interval, self.label = source, storage, interval, label
+        self._copied: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        self.uploads = 0
+
+    def sync_once(self) -> int:
+        """Copies every file that is new or changed since the last copy.
+
+        Returns:
+            The number of files copied.
+        """
+        copied = 0
+        for path in sorted(p for p in self.source.rglob("*") if p.is_file()):
+            relative = path.relative_to(self.source).as_posix()
+            stat = path.stat()
+            state = (stat.st_size, stat.st_mtime_ns)
+            previous = self._copied.get(relative)
+            if previous == state:
+                continue
+            grew = previous is not None and "tfevents" in path.name and state[0] > previous[0]
+            self.storage.upload(path, relative, append_from=previous[0] if grew else None)
+            self._copied[relative] = state
+            copied += 1
+        self.uploads += copied
+        return copied
+
+    def _tick(self) -> None:
+        try:
+            self.sync_once()
+        except Exception as err:  # any storage failure: retried on the next tick
+            if not self._failing:
+                print(
+                    f"warning: copying TensorBoard logs to {self.label} failed ({err}); "
+                    f"retrying every {self.interval:g} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self._failing = True
+        else:
+            if self._failing:
+                print(f"copying TensorBoard logs to {self.label} works again", flush=True)
+            self._failing = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._tick()
+
+    def start(self) -> LiveSync:
+        """Starts the background copies (the first one after `interval` seconds)."""
+        self._thread = threading.Thread(target=self._run, name="live-log-sync", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> bool:
+        """Stops the thread and makes a last copy.
+
+        Returns:
+            Whether the live location now holds everything.
+        """
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._tick()
+        return not self._failing
+
+    def __enter__(self) -> LiveSync:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

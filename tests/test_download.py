@@ -1,0 +1,140 @@
+"""download_mnist: real downloads from a local mirror (file:// and HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.datasets import MNIST
+
+from kfp_lightning.components.common.errors import DownloadError, UserInputError
+from kfp_lightning.components.download_mnist.component import download_mnist as component
+from kfp_lightning.components.download_mnist.download import (
+    DATA_FILE,
+    DEFAULT_MIRRORS,
+    METADATA_FILE,
+    DownloadOptions,
+    download_mnist,
+    load_dataset,
+)
+from kfp_lightning.components.download_mnist.sources import MNIST_MD5
+from tests.component_runner import run_component
+from tests.synthetic_mnist import NAMES
+
+FAST = DownloadOptions(timeout_seconds=5, retries=0, backoff_seconds=0)
+
+
+def test_downloads_verifies_and_stores_tensors(mnist_mirror, http_mirror, tmp_path):
+    directory, md5 = mnist_mirror
+    metadata = download_mnist(tmp_path / "dataset", http_mirror, md5, FAST)
+
+    tensors = load_dataset(tmp_path / "dataset")
+    assert tensors["train_images"].dtype == torch.uint8
+    assert tuple(tensors["train_images"].shape) == (1200, 28, 28)
+    assert tuple(tensors["test_labels"].shape) == (300,)
+    # The stored tensors are the served bytes: compare with the raw IDX payload.
+    raw = gzip.decompress((directory / "t10k-images-idx3-ubyte.gz").read_bytes())
+    assert tensors["test_images"].numpy().tobytes() == raw[16:]
+    labels = gzip.decompress((directory / "train-labels-idx1-ubyte.gz").read_bytes())
+    assert tensors["train_labels"].numpy().tobytes() == labels[8:]
+
+    written = json.loads((tmp_path / "dataset" / METADATA_FILE).read_text())
+    assert written == metadata
+    assert (metadata["train_samples"], metadata["test_samples"]) == (1200, 300)
+    assert metadata["md5"] == md5
+    assert (
+        metadata["sources"]["t10k-images-idx3-ubyte"] == f"{http_mirror}t10k-images-idx3-ubyte.gz"
+    )
+    assert metadata["sha256"]["t10k-images-idx3-ubyte"] == hashlib.sha256(raw).hexdigest()
+    assert sorted(p.name for p in (tmp_path / "dataset").iterdir()) == sorted(
+        [DATA_FILE, METADATA_FILE]
+    )
+
+
+def test_file_mirror_and_fallback_to_the_next_mirror(mnist_mirror, tmp_path):
+    directory, md5 = mnist_mirror
+    missing = (tmp_path / "empty").as_uri()
+    metadata = download_mnist(tmp_path / "dataset", f"{missing},{directory.as_uri()}", md5, FAST)
+    assert all(url.startswith(directory.as_uri()) for url in metadata["sources"].values())
+
+
+def test_recompressed_mirror_is_accepted(mnist_mirror, tmp_path):
+    # Same content, different gzip bytes: verification is on the uncompressed files.
+    directory, md5 = mnist_mirror
+    recompressed = tmp_path / "recompressed"
+    recompressed.mkdir()
+    for name in NAMES:
+        data = gzip.decompress((directory / f"{name}.gz").read_bytes())
+        (recompressed / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=1, mtime=1))
+    download_mnist(tmp_path / "dataset", recompressed.as_uri(), md5, FAST)
+
+
+def test_corrupt_file_fails_and_leaves_no_output(mnist_mirror, tmp_path):
+    directory, md5 = mnist_mirror
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in NAMES:
+        (corrupt / f"{name}.gz").write_bytes((directory / f"{name}.gz").read_bytes())
+    data = bytearray(gzip.decompress((corrupt / "train-images-idx3-ubyte.gz").read_bytes()))
+    data[1000] ^= 0xFF
+    (corrupt / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(data)))
+
+    with pytest.raises(DownloadError, match=r"train-images-idx3-ubyte.*checksum mismatch"):
+        download_mnist(tmp_path / "dataset", corrupt.as_uri(), md5, FAST)
+    assert list(tmp_path.iterdir()) == [corrupt]
+
+
+def test_unreachable_mirror_names_each_failure(tmp_path):
+    with pytest.raises(DownloadError) as err:
+        download_mnist(tmp_path / "dataset", "http://127.0.0.1:9/mnist/", None, FAST)
+    assert "http://127.0.0.1:9/mnist/train-images-idx3-ubyte.gz: unreachable" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "dataset").exists()
+
+
+@pytest.mark.parametrize(
+    ("mirror", "md5", "parameter"),
+    [
+        ("ftp://example.com/mnist/", None, "mirror"),
+        ("https:///no-host/", None, "mirror"),
+        ("file:///tmp/x", {"train-images-idx3-ubyte": "0" * 32}, "expected_md5"),
+        ("file:///tmp/x", {**MNIST_MD5, "train-images-idx3-ubyte": "xyz"}, "expected_md5"),
+    ],
+)
+def test_bad_parameters_are_rejected_before_any_download(mirror, md5, parameter, tmp_path):
+    with pytest.raises(UserInputError, match=rf"^invalid {parameter}="):
+        download_mnist(tmp_path / "dataset", mirror, md5, FAST)
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_defaults_are_torchvisions_mirrors_and_the_published_checksums():
+    # The component's literals (shipped as source text) must match the library's facts.
+    inputs = component.component_spec.inputs
+    assert tuple(inputs["mirror"].default.split(",")) == tuple(MNIST.mirrors) == DEFAULT_MIRRORS
+    assert inputs["expected_md5"].default == dict(MNIST_MD5)
+
+
+def test_component_entry_point_writes_the_dataset(http_mirror, mnist_mirror, tmp_path):
+    _, md5 = mnist_mirror
+    process, outputs = run_component(
+        component, tmp_path, {"mirror": http_mirror, "expected_md5": md5}
+    )
+    assert process.returncode == 0, process.stderr
+    assert load_dataset(outputs["dataset"])["train_images"].shape[0] == 1200
+    executor_output = json.loads((tmp_path / "executor_output.json").read_text())
+    metadata = executor_output["artifacts"]["dataset"]["artifacts"][0]["metadata"]
+    assert metadata["train_samples"] == 1200
+
+
+def test_component_entry_point_fails_in_one_line(tmp_path: Path):
+    process, outputs = run_component(component, tmp_path, {"mirror": "gopher://x/"})
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines() == [
+        "error: invalid mirror='gopher://x/': expected comma-separated base URLs of the form "
+        "http(s)://host/path/ or file:///path/"
+    ]
+    assert not outputs["dataset"].exists()

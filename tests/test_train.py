@@ -1,0 +1,148 @@
+"""train_mnist: the real network, trained at tiny sizes on the synthetic mirror."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from kfp_lightning.components.common.errors import UserInputError
+from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.download_mnist.download import DownloadOptions, download_mnist
+from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.train_mnist.data import DeviceBatches
+from kfp_lightning.components.train_mnist.train import select_device, train_mnist
+from tests.helpers import FOUR_SCALARS, predict_in_fresh_process, scalars
+
+TINY = {"validation_size": 200, "gpus": 0, "log_every_n_steps": 5, "flush_secs": 2}
+
+
+@pytest.fixture(scope="session")
+def dataset(mnist_mirror, tmp_path_factory) -> Path:
+    directory, md5 = mnist_mirror
+    path = tmp_path_factory.mktemp("data") / "dataset"
+    download_mnist(path, directory.as_uri(), md5, DownloadOptions(retries=0))
+    return path
+
+
+@pytest.fixture(scope="session")
+def classic_run(dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("classic")
+    live = parse_logs_root(str(root / "live")).child("run-1")
+    config = TrainConfig(epochs=2, progress_interval_seconds=0.01, **TINY)
+    result = train_mnist(dataset, root / "model", root / "logs", config, live_logs=live)
+    return root, result
+
+
+def test_learns_the_data(classic_run):
+    _, result = classic_run
+    metrics = result.metrics
+    # Chance is 0.1; scrambled images or labels would stay there.
+    assert metrics["test_accuracy"] > 0.9
+    assert metrics["val_accuracy"] > 0.9
+    assert metrics["epochs"] == 2
+    assert metrics["steps"] == 2 * math.ceil(1000 / 64)
+    assert metrics["train_samples_per_second"] > 0
+    assert result.model_metadata["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_model_loads_and_predicts_without_this_package(classic_run, dataset):
+    root, result = classic_run
+    prediction = predict_in_fresh_process(root / "model", dataset)
+    assert prediction["shape"] == [300, 10]
+    assert prediction["sum_of_probs"] == pytest.approx(1.0, abs=1e-4)
+    # The exported program normalises itself: raw pixels give the trained accuracy.
+    assert prediction["accuracy"] == pytest.approx(result.metrics["test_accuracy"], abs=1e-6)
+    assert result.model_metadata["normalisation"]["applied_by_program"] is True
+    assert result.model_metadata["input"]["shape"] == ["batch", 1, 28, 28]
+
+
+def test_event_files_hold_the_four_scalars_with_the_step_schedule(classic_run):
+    root, _ = classic_run
+    values = scalars(root / "logs")
+    assert set(values) >= FOUR_SCALARS
+    assert {"test_accuracy", "test_loss"} <= set(values)
+    # StepLR: 1.0 in the first epoch, 0.7 in the second.
+    assert [round(v, 6) for _, v in values["learning_rate"]] == [1.0, 0.7]
+    assert len(values["val_loss"]) == 2
+    steps = [s for s, _ in values["train_loss"]]
+    assert steps == sorted(steps)
+    assert len(steps) >= 2
+
+
+def test_live_location_ends_with_the_same_event_files(classic_run):
+    root, _ = classic_run
+    live = root / "live" / "run-1"
+    artifact = {p.name: p.read_bytes() for p in (root / "logs").iterdir()}
+    copied = {p.name: p.read_bytes() for p in live.iterdir()}
+    assert copied == artifact
+    assert any("tfevents" in name for name in copied)
+
+
+def test_progress_is_printed_as_single_lines(dataset, tmp_path, capsys):
+    config = TrainConfig(epochs=1, progress_interval_seconds=0.01, **TINY)
+    train_mnist(dataset, tmp_path / "model", tmp_path / "logs", config)
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    lines = [line for line in out.splitlines() if line.startswith("epoch 1/1 batch")]
+    assert lines, out
+    assert all(" loss " in line and " samples/s" in line for line in lines)
+    assert any("end of epoch 1 val_accuracy" in line for line in lines)
+
+
+def test_fast_preset_trains_with_one_cycle(dataset, tmp_path):
+    config = TrainConfig.from_preset("fast", epochs=1, **{**TINY, "log_every_n_steps": 1})
+    result = train_mnist(dataset, tmp_path / "model", tmp_path / "logs", config)
+    assert result.metrics["test_accuracy"] > 0.9
+    lr = [v for _, v in scalars(tmp_path / "logs")["learning_rate"]]
+    assert len(lr) == math.ceil(1000 / 128)
+    # One-cycle: from max_lr / 25 up to max_lr, then annealed to almost nothing.
+    assert lr[0] == pytest.approx(config.learning_rate / 25, rel=1e-3)
+    assert max(lr) == pytest.approx(config.learning_rate, rel=0.05)
+    assert lr[-1] < config.learning_rate / 100
+
+
+def test_bad_validation_size_fails_before_any_output(dataset, tmp_path):
+    config = TrainConfig(epochs=1, **{**TINY, "validation_size": 5000})
+    with pytest.raises(
+        UserInputError, match=r"^invalid validation_size=5000: expected an integer in \[0, 1199\]"
+    ):
+        train_mnist(dataset, tmp_path / "model", tmp_path / "logs", config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_selection():
+    assert select_device(0, "32-true") == ("cpu", 1)
+    with pytest.raises(UserInputError, match="gpus=2"):
+        select_device(2, "32-true")
+    if not torch.cuda.is_available():
+        assert select_device(1, "bf16-mixed") == ("cpu", 1)
+        with pytest.raises(UserInputError, match="precision='16-mixed'"):
+            select_device(1, "16-mixed")
+
+
+def test_device_batches_visit_every_sample_once_per_epoch():
+    images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1)
+    labels = torch.arange(10)
+    epoch = [0]
+    batches = DeviceBatches(images, labels, 4, shuffle=True, seed=3, epoch=lambda: epoch[0])
+    assert len(batches) == 3
+    first = torch.cat([y for _, y in batches])
+    assert sorted(first.tolist()) == list(range(10))
+    assert torch.equal(torch.cat([y for _, y in batches]), first)  # same epoch, same order
+    epoch[0] = 1
+    assert not torch.equal(torch.cat([y for _, y in batches]), first)
+    for x, y in batches:  # images stay paired with their labels
+        assert torch.equal(x.view(-1).long(), y)
+
+
+def test_device_batches_shard_disjointly_across_ranks():
+    images, labels = torch.zeros(11, 1, 1, 1), torch.arange(11)
+    shards = [
+        torch.cat([y for _, y in DeviceBatches(images, labels, 2, True, 5, rank=r, world_size=2)])
+        for r in (0, 1)
+    ]
+    assert len(shards[0]) == len(shards[1]) == 5
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
