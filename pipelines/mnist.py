@@ -14,6 +14,7 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Metrics, Model, base_component
 
+from kfp_lightning.components import images
 from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.report_training.component import report_training
@@ -155,6 +156,14 @@ def build_pipeline(
         report = report_training(tensorboard_logs=train.outputs["tensorboard_logs"])
         report.set_display_name("Report").set_caching_options(True)
         report.set_cpu_request("250m").set_memory_request("512Mi").set_memory_limit("1Gi")
+
+        # Resolved now, at compile time, so --image-registry retargets every task.
+        for task, image in (
+            (download, images.TRAINER),
+            (train, images.TRAINER),
+            (report, images.TOOLS),
+        ):
+            task.set_container_image(images.image_ref(image))
 
         if retries:
             # Mirrors time out and GPU nodes get preempted; deterministic failures (bad input,

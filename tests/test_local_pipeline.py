@@ -1,0 +1,177 @@
+"""The whole pipeline through the real CLI with kfp.local, and TensorBoard watching it live."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    FOUR_SCALARS,
+    assert_self_contained_html,
+    predict_in_fresh_process,
+    scalars,
+)
+from tests.synthetic_mnist import NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 10
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "pipelines" / "mnist.py"), *args]
+
+
+def small_run_args(mirror: str, md5: dict[str, str], output_dir: Path) -> list[str]:
+    return [
+        "--local",
+        *("--output-dir", str(output_dir)),
+        *("--mirror", mirror, "--expected-md5", json.dumps(md5)),
+        *("--gpus", "0", "--validation-size", "200", "--flush-secs", "2"),
+    ]
+
+
+def _get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def live_run(http_mirror, mnist_mirror, tmp_path_factory):
+    """Runs the CLI and, while it trains, polls its TensorBoard for val_loss points."""
+    _, md5 = mnist_mirror
+    output_dir = tmp_path_factory.mktemp("local")
+    process = subprocess.Popen(
+        cli(*small_run_args(http_mirror, md5, output_dir), "--epochs", str(EPOCHS)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    url, observed = None, []
+    deadline = time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+        if url is None:
+            found = [m for line in lines if (m := re.match(r"TensorBoard: (\S+) ", line))]
+            url = found[0].group(1) if found else None
+            continue
+        try:
+            runs = _get_json(f"{url}data/runs")
+            if runs:
+                points = _get_json(f"{url}data/plugin/scalars/scalars?run={runs[0]}&tag=val_loss")
+                observed.append(len(points))
+        except OSError:
+            pass  # not loaded yet, or already stopped
+    process.wait(timeout=60)
+    reader.join(timeout=10)
+    return process.returncode, "".join(lines), url, observed, output_dir
+
+
+def test_tensorboard_shows_points_while_training_runs(live_run):
+    returncode, output, url, observed, _ = live_run
+    assert returncode == 0, output[-3000:]
+    assert url is not None
+    assert url.startswith("http://127.0.0.1:")
+    growth = sorted(set(observed))
+    # Seen at least twice with a different, growing number of epochs logged, before the end.
+    assert len([n for n in growth if 0 < n < EPOCHS]) >= 2, observed
+    assert observed == sorted(observed)
+
+
+def test_tensorboard_is_stopped_at_the_end(live_run):
+    _, _, url, _, _ = live_run
+    with pytest.raises(urllib.error.URLError, match="refused"):
+        urllib.request.urlopen(url, timeout=2)
+
+
+def test_artifacts_and_summary(live_run):
+    returncode, output, _, _, output_dir = live_run
+    assert returncode == 0, output[-3000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert 0.9 < summary["test_accuracy"] <= 1
+    assert summary["test_loss"] >= 0
+    assert summary["epochs"] == EPOCHS
+    assert summary["train_samples_per_second"] > 0
+    assert f"test accuracy {summary['test_accuracy']:.4f}" in output
+
+    model, logs, report = (Path(summary[k]) for k in ("model", "tensorboard_logs", "report_html"))
+    (dataset,) = output_dir.glob("artifacts/*/download-mnist/dataset")
+    prediction = predict_in_fresh_process(model, dataset)
+    assert prediction["shape"] == [300, 10]
+    assert prediction["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+    values = scalars(logs)
+    assert set(values) >= FOUR_SCALARS
+    assert len(values["val_loss"]) == EPOCHS
+    assert_self_contained_html(report.read_text())
+
+    # The live copy TensorBoard read is the artifact, file for file.
+    (live,) = (output_dir / "tensorboard").iterdir()
+    assert {p.name: p.read_bytes() for p in live.iterdir()} == {
+        p.name: p.read_bytes() for p in logs.iterdir()
+    }
+
+
+def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--epochs", "0"], "error: invalid epochs=0: expected an integer >= 1"),
+        (
+            ["--learning-rate", "-1"],
+            "error: invalid learning_rate=-1.0: expected a finite number > 0",
+        ),
+        (["--gamma", "1.5"], "error: invalid gamma=1.5: expected a number in (0, 1]"),
+    ],
+)
+def test_bad_values_stop_before_any_task(http_mirror, mnist_mirror, tmp_path, extra, message):
+    _, md5 = mnist_mirror
+    process = _run(small_run_args(http_mirror, md5, tmp_path / "out") + extra)
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines() == [process.stderr.strip()]
+    assert process.stderr.strip().startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def _assert_download_failed(process, output_dir: Path, reason: str) -> None:
+    assert process.returncode == 1
+    last = process.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Pipeline 'mnist-lightning' finished with status FAILURE")
+    assert "download-mnist" in last
+    assert reason in process.stdout
+    assert not (output_dir / "summary.json").exists()
+    assert not list(output_dir.glob("artifacts/*/download-mnist/dataset"))
+
+
+def test_unreachable_mirror_fails_cleanly(mnist_mirror, tmp_path):
+    _, md5 = mnist_mirror
+    process = _run(small_run_args("http://127.0.0.1:9/", md5, tmp_path))
+    _assert_download_failed(process, tmp_path, "error: could not download")
+
+
+def test_corrupt_file_fails_cleanly(mnist_mirror, tmp_path):
+    directory, md5 = mnist_mirror
+    corrupt = tmp_path / "mirror"
+    corrupt.mkdir()
+    for name in NAMES:
+        data = gzip.decompress((directory / f"{name}.gz").read_bytes())
+        if name.startswith("t10k-labels"):
+            data = data[:-1] + bytes([(data[-1] + 1) % 10])
+        (corrupt / f"{name}.gz").write_bytes(gzip.compress(data))
+    process = _run(small_run_args(corrupt.as_uri(), md5, tmp_path / "out"))
+    _assert_download_failed(process, tmp_path / "out", "checksum mismatch")
