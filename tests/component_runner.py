@@ -33,15 +33,14 @@ def _artifact(name: str, type_name: str, uri: Path) -> dict[str, Any]:
     }
 
 
-def run_component(
+def component_command(
     component: base_component.BaseComponent,
     workdir: Path,
     parameters: dict[str, Any] | None = None,
     input_artifacts: dict[str, Path] | None = None,
     env: dict[str, str] | None = None,
-    timeout: float = 600,
-) -> tuple[subprocess.CompletedProcess[str], dict[str, Path]]:
-    """Runs `component` in a subprocess through KFP's executor.
+) -> tuple[list[str], dict[str, str], dict[str, Path]]:
+    """The command line and environment that run `component` through KFP's executor.
 
     Args:
         component: A `@dsl.component`.
@@ -49,10 +48,9 @@ def run_component(
         parameters: Input parameter values (others take the component's defaults).
         input_artifacts: Input artifact name -> local path.
         env: Extra environment variables.
-        timeout: Seconds before the process is killed.
 
     Returns:
-        The finished process (text output) and each output artifact's path.
+        The argv, the environment, and each output artifact's path.
     """
     spec = component.component_spec
     container = spec.implementation.container
@@ -81,12 +79,26 @@ def run_component(
     process_env = {**os.environ, **(env or {})}
     # `python3` in the command must be this environment's interpreter, as in the image.
     process_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{process_env['PATH']}"
+    return [*container.command, *args], process_env, outputs
+
+
+def run_component(
+    component: base_component.BaseComponent,
+    workdir: Path,
+    parameters: dict[str, Any] | None = None,
+    input_artifacts: dict[str, Path] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Path]]:
+    """Runs `component` to completion (see `component_command` for the arguments).
+
+    Returns:
+        The finished process (text output) and each output artifact's path.
+    """
+    argv, process_env, outputs = component_command(
+        component, workdir, parameters, input_artifacts, env
+    )
     process = subprocess.run(
-        [*container.command, *args],
-        capture_output=True,
-        text=True,
-        env=process_env,
-        timeout=timeout,
-        cwd=workdir,
+        argv, capture_output=True, text=True, env=process_env, timeout=timeout, cwd=workdir
     )
     return process, outputs
