@@ -17,6 +17,8 @@ from kfp.dsl import HTML, Artifact, Metrics, Model, base_component
 from kfp_lightning.components import images
 from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT
 from kfp_lightning.components.download_mnist.component import download_mnist
+from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
+from kfp_lightning.components.launch_tensorboard.objects import ACCESS_KEY_KEY, SECRET_KEY_KEY
 from kfp_lightning.components.report_training.component import report_training
 from kfp_lightning.components.train_mnist.component import train_mnist
 
@@ -25,11 +27,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # The taint GPU node pools commonly carry (GKE, EKS, the NVIDIA GPU operator's examples).
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 # Keys of KFP's object-store secret (`mlpipeline-minio-artifact`) -> the AWS SDK's variables.
-S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+S3_SECRET_KEYS = {ACCESS_KEY_KEY: "AWS_ACCESS_KEY_ID", SECRET_KEY_KEY: "AWS_SECRET_ACCESS_KEY"}
 DEFAULT_TRAINING_TIMEOUT_SECONDS = 6 * 3600
 
 _download = download_mnist.component_spec.inputs
 _train = train_mnist.component_spec.inputs
+_launch = launch_tensorboard.component_spec.inputs
 
 
 class Outputs(NamedTuple):
@@ -79,8 +82,10 @@ def build_pipeline(
         channels_last: str = _train["channels_last"].default,
         tensorboard_logs_root: str = _train["tensorboard_logs_root"].default,
         s3_endpoint: str = _train["s3_endpoint"].default,
-        s3_credentials_secret: str = "mlpipeline-minio-artifact",
+        s3_credentials_secret: str = _launch["s3_credentials_secret"].default,
+        kubeflow_base_url: str = _launch["kubeflow_base_url"].default,
         flush_secs: int = _train["flush_secs"].default,
+        checkpoint_interval_minutes: float = _train["checkpoint_interval_minutes"].default,
         node_selector: dict = {},
         tolerations: list = [GPU_TOLERATION],
     ) -> Outputs:
@@ -111,7 +116,12 @@ def build_pipeline(
                 (MinIO, or SeaweedFS behind the same service in newer Kubeflow releases).
             s3_credentials_secret: Secret in the run's namespace with keys accesskey and
                 secretkey for the S3 API (KFP's own, mlpipeline-minio-artifact, by default).
+            kubeflow_base_url: "/" for a TensorBoard link relative to the Kubeflow UI, or the
+                Kubeflow URL (e.g. https://kubeflow.example.com) for an absolute one.
             flush_secs: Longest delay, in seconds, before a logged point reaches TensorBoard.
+            checkpoint_interval_minutes: Longest training time between checkpoints within an
+                epoch (one is also written at every epoch end), stored beside the live logs;
+                a retried or preempted training task resumes from the newest.
             node_selector: Node labels the training pod must match, as a JSON object, e.g.
                 {"cloud.google.com/gke-accelerator": "nvidia-l4"}. Empty: any GPU node.
             tolerations: Tolerations of the training pod, as a JSON list of Kubernetes
@@ -127,6 +137,7 @@ def build_pipeline(
             tensorboard_logs_root=tensorboard_logs_root,
             s3_endpoint=s3_endpoint,
             flush_secs=flush_secs,
+            checkpoint_interval_minutes=checkpoint_interval_minutes,
             epochs=epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
@@ -153,6 +164,21 @@ def build_pipeline(
         if logs_pvc:
             kubernetes.mount_pvc(train, logs_pvc, str(PVC_MOUNT_ROOT / logs_pvc))
 
+        # Beside training, not after it: TensorBoard is up while the first epochs run.
+        launcher = launch_tensorboard(
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            tensorboard_logs_root=tensorboard_logs_root,
+            s3_endpoint=s3_endpoint,
+            s3_credentials_secret=s3_credentials_secret,
+            kubeflow_base_url=kubeflow_base_url,
+        )
+        # A new run needs its own TensorBoard: never answer from the cache.
+        launcher.set_display_name("Live TensorBoard").set_caching_options(False)
+        launcher.set_cpu_request("100m").set_memory_request("256Mi").set_memory_limit("512Mi")
+        kubernetes.use_field_path_as_env(launcher, "POD_NAMESPACE", "metadata.namespace")
+        # The note's fallback manifest names the tools image, in the registry compiled for.
+        launcher.set_env_variable(images.REGISTRY_ENV, images.registry())
+
         report = report_training(tensorboard_logs=train.outputs["tensorboard_logs"])
         report.set_display_name("Report").set_caching_options(True)
         report.set_cpu_request("250m").set_memory_request("512Mi").set_memory_limit("1Gi")
@@ -161,6 +187,7 @@ def build_pipeline(
         for task, image in (
             (download, images.TRAINER),
             (train, images.TRAINER),
+            (launcher, images.TOOLS),
             (report, images.TOOLS),
         ):
             task.set_container_image(images.image_ref(image))

@@ -82,6 +82,12 @@ def component_command(
     return [*container.command, *args], process_env, outputs
 
 
+def logged_metrics(workdir: Path) -> dict[str, float]:
+    """The metrics a component logged to its `metrics` output, from its executor output."""
+    executor_output = json.loads((workdir / "executor_output.json").read_text())
+    return dict(executor_output["artifacts"]["metrics"]["artifacts"][0]["metadata"])
+
+
 def run_component(
     component: base_component.BaseComponent,
     workdir: Path,

@@ -51,8 +51,11 @@ def _executor(spec: pipeline_spec_pb2.PipelineSpec, task: str) -> Struct:
 def test_dag(compiled):
     spec, _ = compiled
     tasks = spec.root.dag.tasks
-    assert set(tasks) == {"download-mnist", "train-mnist", "report-training"}
+    assert set(tasks) == {"download-mnist", "train-mnist", "launch-tensorboard", "report-training"}
     assert list(tasks["download-mnist"].dependent_tasks) == []
+    # TensorBoard starts beside training, depending on nothing.
+    assert list(tasks["launch-tensorboard"].dependent_tasks) == []
+    assert not tasks["launch-tensorboard"].inputs.artifacts
     assert list(tasks["train-mnist"].dependent_tasks) == ["download-mnist"]
     assert list(tasks["report-training"].dependent_tasks) == ["train-mnist"]
     dataset = tasks["train-mnist"].inputs.artifacts["dataset"].task_output_artifact
@@ -60,8 +63,11 @@ def test_dag(compiled):
     logs = tasks["report-training"].inputs.artifacts["tensorboard_logs"].task_output_artifact
     assert (logs.producer_task, logs.output_artifact_key) == ("train-mnist", "tensorboard_logs")
     # The run id reaches training as KFP's placeholder, resolved per run by the backend.
-    run_id = tasks["train-mnist"].inputs.parameters["run_id"].runtime_value.constant
-    assert run_id.string_value == "{{$.pipeline_job_uuid}}"
+    for task in ("train-mnist", "launch-tensorboard"):
+        run_id = tasks[task].inputs.parameters["run_id"].runtime_value.constant
+        assert run_id.string_value == "{{$.pipeline_job_uuid}}"
+        for shared in ("tensorboard_logs_root", "s3_endpoint"):
+            assert tasks[task].inputs.parameters[shared].component_input_parameter == shared
 
 
 def test_gpu_request_follows_the_gpus_parameter(compiled):
@@ -83,6 +89,7 @@ def test_images_and_no_install_at_start(compiled):
     expected = {
         "download-mnist": images.image_ref(images.TRAINER),
         "train-mnist": images.image_ref(images.TRAINER),
+        "launch-tensorboard": images.image_ref(images.TOOLS),
         "report-training": images.image_ref(images.TOOLS),
     }
     for task, image in expected.items():
@@ -132,6 +139,12 @@ def test_kubernetes_settings(compiled):
     ]
     assert train.active_deadline_seconds == 6 * 3600
     assert not train.pvc_mount
+    launcher = executors["exec-launch-tensorboard"]
+    assert [(f.name, f.field_path) for f in launcher.field_path_as_env] == [
+        ("POD_NAMESPACE", "metadata.namespace")
+    ]
+    # The launcher only names the secret in the PodDefault; it never reads credentials.
+    assert not launcher.secret_as_env
 
 
 def test_caching_and_retries(compiled):
@@ -140,6 +153,7 @@ def test_caching_and_retries(compiled):
     assert tasks["download-mnist"].caching_options.enable_cache
     assert not tasks["train-mnist"].caching_options.enable_cache
     assert tasks["report-training"].caching_options.enable_cache
+    assert not tasks["launch-tensorboard"].caching_options.enable_cache
     assert tasks["download-mnist"].retry_policy.max_retry_count == 3
     assert tasks["train-mnist"].retry_policy.max_retry_count == 2
     assert tasks["train-mnist"].retry_policy.backoff_duration.seconds == 60
@@ -180,6 +194,8 @@ def test_preset_logs_pvc_and_registry(tmp_path, monkeypatch):
     assert executors["exec-train-mnist"].active_deadline_seconds == 600
     for executor in spec.deployment_spec["executors"].values():
         assert executor["container"]["image"].startswith("registry.example.com:5000/ml/")
+    (env,) = spec.deployment_spec["executors"]["exec-launch-tensorboard"]["container"]["env"]
+    assert dict(env) == {"name": images.REGISTRY_ENV, "value": "registry.example.com:5000/ml"}
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

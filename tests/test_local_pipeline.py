@@ -119,7 +119,7 @@ def test_artifacts_and_summary(live_run):
 
     # The live copy TensorBoard read is the artifact, file for file.
     (live,) = (output_dir / "tensorboard").iterdir()
-    assert {p.name: p.read_bytes() for p in live.iterdir()} == {
+    assert {p.name: p.read_bytes() for p in live.iterdir() if p.is_file()} == {
         p.name: p.read_bytes() for p in logs.iterdir()
     }
 

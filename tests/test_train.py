@@ -76,9 +76,15 @@ def test_live_location_ends_with_the_same_event_files(classic_run):
     root, _ = classic_run
     live = root / "live" / "run-1"
     artifact = {p.name: p.read_bytes() for p in (root / "logs").iterdir()}
-    copied = {p.name: p.read_bytes() for p in live.iterdir()}
+    copied = {p.name: p.read_bytes() for p in live.iterdir() if p.is_file()}
     assert copied == artifact
     assert any("tfevents" in name for name in copied)
+    # Beside them, the newest two checkpoints (the end of each epoch).
+    steps = math.ceil(1000 / 64)
+    assert sorted(p.name for p in (live / "checkpoints").iterdir()) == [
+        f"step={steps:09d}-epoch=00000.ckpt",
+        f"step={2 * steps:09d}-epoch=00001.ckpt",
+    ]
 
 
 def test_progress_is_printed_as_single_lines(dataset, tmp_path, capsys):

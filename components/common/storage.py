@@ -33,6 +33,9 @@ class Storage(Protocol):
     def download(self, relative: str, destination: Path) -> None:
         """Copies `relative` to the local file `destination` (atomically)."""
 
+    def delete(self, relative: str) -> None:
+        """Removes `relative` (no error if it is already gone)."""
+
 
 class DirectoryStorage:
     """A location that is a directory of this machine (local, or a mounted volume).
@@ -78,6 +81,9 @@ class DirectoryStorage:
             os.replace(tmp, destination)
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def delete(self, relative: str) -> None:
+        (self.root / relative).unlink(missing_ok=True)
 
 
 class S3Storage:
@@ -135,6 +141,9 @@ class S3Storage:
             os.replace(tmp, destination)
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def delete(self, relative: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(relative))
 
 
 def open_storage(location: LogsLocation, s3_endpoint: str | None = None) -> Storage:

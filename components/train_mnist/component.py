@@ -16,6 +16,7 @@ def train_mnist(
     tensorboard_logs_root: str = "s3://mlpipeline/private/{namespace}/tensorboard",
     s3_endpoint: str = "http://minio-service.kubeflow:9000",
     flush_secs: int = 10,
+    checkpoint_interval_minutes: float = 10.0,
     epochs: int = 14,
     batch_size: int = 64,
     learning_rate: float = 1.0,
@@ -40,6 +41,9 @@ def train_mnist(
             pvc://claim/path or a directory; {namespace} becomes the run's namespace.
         s3_endpoint: S3 API endpoint for an s3:// root, http(s)://host[:port].
         flush_secs: Longest delay, in seconds, before a logged point is readable there.
+        checkpoint_interval_minutes: Longest training time between checkpoints within an
+            epoch (one is also written at every epoch end), kept beside the live logs; a
+            retried task resumes from the newest.
         epochs: Passes over the training set (upstream: 14).
         batch_size: Training batch size (upstream: 64).
         learning_rate: Adadelta's learning rate, or the peak rate of the one-cycle schedule.
@@ -73,6 +77,7 @@ def train_mnist(
         tensorboard_logs_root=tensorboard_logs_root,
         s3_endpoint=s3_endpoint,
         flush_secs=flush_secs,
+        checkpoint_interval_minutes=checkpoint_interval_minutes,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,

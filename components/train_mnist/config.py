@@ -101,6 +101,9 @@ class TrainConfig:
         log_every_n_steps: Optimiser steps between logged training losses.
         flush_secs: Longest delay, in seconds, before logged scalars reach the event files.
         progress_interval_seconds: Seconds between progress lines when stdout is not a terminal.
+        checkpoint_interval_minutes: Longest training time between two checkpoints within an
+            epoch (one is also written at every epoch end); used when logs go to a live
+            location, where checkpoints outlive the pod.
     """
 
     epochs: int = 14
@@ -119,6 +122,7 @@ class TrainConfig:
     log_every_n_steps: int = 50
     flush_secs: int = 10
     progress_interval_seconds: float = 10.0
+    checkpoint_interval_minutes: float = 10.0
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
@@ -150,6 +154,7 @@ class TrainConfig:
         if _positive_int("flush_secs", self.flush_secs) > MAX_FLUSH_SECS:
             raise invalid("flush_secs", self.flush_secs, f"an integer in [1, {MAX_FLUSH_SECS}]")
         _positive_float("progress_interval_seconds", self.progress_interval_seconds)
+        _positive_float("checkpoint_interval_minutes", self.checkpoint_interval_minutes)
 
     @classmethod
     def from_preset(cls, preset: str = "classic", **overrides: Any) -> TrainConfig:

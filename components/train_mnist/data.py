@@ -33,8 +33,11 @@ class DeviceBatches:
     """Batches drawn from tensors already on the training device.
 
     Shuffling uses a permutation seeded by (seed, epoch), so an epoch's order does not depend on
-    what ran before it; a resumed run sees exactly the batches it would have seen. With several
-    processes (`world_size` > 1) each rank takes an equal, disjoint share of every epoch.
+    what ran before it; a resumed run sees exactly the batches it would have seen. It is
+    resumable mid-epoch: Lightning stores `state_dict()` in checkpoints and hands it back to
+    `load_state_dict()` on restart, and the next iteration skips the batches already trained
+    on. With several processes (`world_size` > 1) each rank takes an equal, disjoint share of
+    every epoch.
 
     Args:
         images: Normalised images, N x 1 x 28 x 28, on the device.
@@ -62,6 +65,8 @@ class DeviceBatches:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch, self.rank, self.world_size = epoch, rank, world_size
         self.samples = images.shape[0] // world_size if world_size > 1 else images.shape[0]
+        self._iterating_epoch, self._yielded = -1, 0
+        self._resume: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return -(-self.samples // self.batch_size)
@@ -80,10 +85,24 @@ class DeviceBatches:
             indices = indices[self.rank : self.samples * self.world_size : self.world_size]
         return indices
 
+    def state_dict(self) -> dict[str, int]:
+        """Position in the current epoch: the epoch and the batches trained on so far."""
+        # Lightning's training loop fetches one batch ahead of the one it trains on.
+        return {"epoch": self._iterating_epoch, "batches": max(self._yielded - 1, 0)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Makes the next iteration of `state["epoch"]` skip its first `state["batches"]`."""
+        self._resume = dict(state)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        indices = self.order(self.epoch())
-        for start in range(0, self.samples, self.batch_size):
+        epoch = self.epoch()
+        skip = self._resume["batches"] if self._resume and self._resume["epoch"] == epoch else 0
+        self._resume = None
+        self._iterating_epoch, self._yielded = epoch, skip
+        indices = self.order(epoch)
+        for start in range(skip * self.batch_size, self.samples, self.batch_size):
             batch = indices[start : start + self.batch_size]
+            self._yielded += 1
             yield self.images.index_select(0, batch), self.labels.index_select(0, batch)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -24,12 +25,26 @@ class LiveSync:
         storage: The live location.
         interval: Seconds between copies.
         label: How to name the destination in messages (its URI).
+        already_there: Files of `source` that the live location already holds as they are
+            now (restored from it), so they are not sent back.
     """
 
-    def __init__(self, source: Path, storage: Storage, interval: float, label: str) -> None:
+    def __init__(
+        self,
+        source: Path,
+        storage: Storage,
+        interval: float,
+        label: str,
+        already_there: Iterable[str] = (),
+    ) -> None:
         self.source, self.storage, self.interval, self.label = source, storage, interval, label
         self._copied: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns)
+        for relative in already_there:
+            stat = (source / relative).stat()
+            self._copied[relative] = (stat.st_size, stat.st_mtime_ns)
         self._stop = threading.Event()
+        # Copies also run from the training thread (before a checkpoint): one at a time.
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._failing = False
         self.uploads = 0
@@ -40,6 +55,10 @@ class LiveSync:
         Returns:
             The number of files copied.
         """
+        with self._lock:
+            return self._sync()
+
+    def _sync(self) -> int:
         copied = 0
         for path in sorted(p for p in self.source.rglob("*") if p.is_file()):
             relative = path.relative_to(self.source).as_posix()

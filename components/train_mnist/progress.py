@@ -44,7 +44,8 @@ class LineProgressBar(ProgressBar):
         self.stream = stream
         self._enabled = True
         self._loss: torch.Tensor | None = None
-        self._epoch_start = self._last_line = 0.0
+        self._epoch_start: float | None = None
+        self._last_line = 0.0
         self._samples = 0
 
     def disable(self) -> None:
@@ -58,8 +59,15 @@ class LineProgressBar(ProgressBar):
             print(text, file=self.stream or sys.stdout, flush=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = self._last_line = time.monotonic()
-        self._samples = 0
+        self._epoch_start = None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Started here, not at epoch start: a run resumed mid-epoch gets no epoch-start hook.
+        if self._epoch_start is None:
+            self._epoch_start = self._last_line = time.monotonic()
+            self._samples = 0
 
     def on_train_batch_end(
         self,
@@ -78,7 +86,7 @@ class LineProgressBar(ProgressBar):
 
     def _training_line(self, trainer: L.Trainer, batches_done: int, now: float) -> str:
         loss = float(self._loss.detach()) if self._loss is not None else float("nan")
-        rate = self._samples / max(now - self._epoch_start, 1e-9)
+        rate = self._samples / max(now - (self._epoch_start or now), 1e-9)
         return (
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
             f"batch {batches_done}/{self.total_train_batches} "
@@ -121,9 +129,14 @@ class ThroughputMeter(Callback):
             self.seconds += time.perf_counter() - self._start
             self._start = None
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(trainer.strategy.root_device)
-        self._start = time.perf_counter()
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # The clock starts at the first batch of each stretch of training (an epoch, or the
+        # rest of one after a mid-epoch resume) and stops before validation.
+        if self._start is None:
+            _synchronize(trainer.strategy.root_device)
+            self._start = time.perf_counter()
 
     def on_train_batch_end(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,9 +26,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.files import atomic_directory
 from kfp_lightning.components.common.logs_location import LogsLocation, run_logs_location
-from kfp_lightning.components.common.storage import open_storage
+from kfp_lightning.components.common.storage import Storage, open_storage
 from kfp_lightning.components.common.urls import parse_http_endpoint
 from kfp_lightning.components.download_mnist.download import METADATA_FILE as DATASET_METADATA
+from kfp_lightning.components.train_mnist.checkpoints import (
+    CHECKPOINT_DIR,
+    DurableCheckpoints,
+    find_resumable_checkpoint,
+)
 from kfp_lightning.components.train_mnist.config import TrainConfig
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
 from kfp_lightning.components.train_mnist.export import export_model
@@ -80,6 +86,22 @@ def _read_dataset_metadata(dataset_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def restore_logs(storage: Storage, logs_dir: Path) -> list[str]:
+    """Copies a previous attempt's event files from the live location into `logs_dir`.
+
+    So that a resumed run's final artifact holds its whole history, not just the last attempt.
+
+    Returns:
+        The relative paths restored.
+    """
+    restored = []
+    for relative in storage.list_files():
+        if not relative.startswith(f"{CHECKPOINT_DIR}/"):
+            storage.download(relative, logs_dir / relative)
+            restored.append(relative)
+    return restored
+
+
 def train_mnist(
     dataset_dir: str | Path,
     model_dir: str | Path,
@@ -101,6 +123,10 @@ def train_mnist(
 
     Returns:
         The metrics and the model metadata.
+
+    A `live_logs` location also holds checkpoints (every epoch, and every
+    `config.checkpoint_interval_minutes`); when it already has one from an earlier attempt of
+    the same run with the same configuration, training resumes from it.
     """
     config = config or TrainConfig()
     dataset_dir = Path(dataset_dir)
@@ -134,45 +160,77 @@ def train_mnist(
     # Writer flushes and copies each happen every half period: a point is readable within one.
     half_period = max(1.0, config.flush_secs / 2)
 
-    with atomic_directory(tensorboard_logs_dir) as logs_dir, warnings.catch_warnings():
+    with (
+        atomic_directory(tensorboard_logs_dir) as logs_dir,
+        tempfile.TemporaryDirectory(prefix="resume-") as resume_dir,
+        warnings.catch_warnings(),
+    ):
         # Batches are already on the device; Lightning's DataLoader advice does not apply.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        resume, restored, sync = None, [], None
+        if live_storage is not None:
+            restored = restore_logs(live_storage, logs_dir)
+            resume = find_resumable_checkpoint(live_storage, dict(module.hparams), Path(resume_dir))
         logger = TensorBoardLogger(
             save_dir=str(logs_dir),
             name="",
             version="",
             default_hp_metric=False,
             flush_secs=half_period,
+            # After a restart, hide points past the checkpoint that the lost attempt logged.
+            purge_step=resume[1]["global_step"] if resume else None,
         )
+        callbacks: list[L.Callback] = [
+            LearningRateMonitor(),
+            throughput,
+            make_progress_bar(config.progress_interval_seconds),
+        ]
+        if live_storage is not None:
+            sync = LiveSync(logs_dir, live_storage, half_period, live_logs.uri, restored)
+
+            def make_logs_durable() -> None:
+                logger.experiment.flush()
+                sync.sync_once()
+
+            callbacks.append(
+                DurableCheckpoints(
+                    live_storage,
+                    config.checkpoint_interval_minutes * 60,
+                    before_upload=make_logs_durable,
+                )
+            )
+            print(
+                f"TensorBoard logs: {live_logs.uri} (updated every {half_period:g} s)", flush=True
+            )
+            sync.start()
+        if resume:
+            checkpoint = resume[1]
+            print(
+                f"resuming from {CHECKPOINT_DIR}/{resume[0].name} "
+                f"(epoch {checkpoint['epoch'] + 1}, step {checkpoint['global_step']})",
+                flush=True,
+            )
         trainer = L.Trainer(
             max_epochs=config.epochs,
             accelerator=accelerator,
             devices=devices,
             precision=config.precision,
             logger=logger,
-            callbacks=[
-                LearningRateMonitor(),
-                throughput,
-                make_progress_bar(config.progress_interval_seconds),
-            ],
+            callbacks=callbacks,
             log_every_n_steps=log_every_n_steps,
             num_sanity_val_steps=0,
             enable_checkpointing=False,
             benchmark=accelerator == "gpu",
         )
-        sync = None
-        if live_storage is not None:
-            print(
-                f"TensorBoard logs: {live_logs.uri} (updated every {half_period:g} s)", flush=True
-            )
-            sync = LiveSync(logs_dir, live_storage, half_period, live_logs.uri).start()
         try:
             fit_module = torch.compile(module) if config.torch_compile else module
             started = time.perf_counter()
-            trainer.fit(fit_module, datamodule=datamodule)
+            trainer.fit(fit_module, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
             validation = {
                 k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")
             }
+            if not validation:  # resumed after the last epoch: nothing was left to fit
+                (validation,) = trainer.validate(fit_module, datamodule=datamodule, verbose=False)
             (test_metrics,) = trainer.test(fit_module, datamodule=datamodule, verbose=False)
             wall_seconds = time.perf_counter() - started
             logger.finalize("success")

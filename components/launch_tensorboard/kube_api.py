@@ -1,0 +1,234 @@
+"""Create-or-update of namespaced custom objects with the `kubernetes` client, safe to retry.
+
+A task can be retried, and a request can fail after the server acted on it, so every write is
+idempotent: create; if it already exists, read it and patch only what differs from the wanted
+object (a JSON merge patch, so labels or fields added by others stay). Transient failures
+(HTTP 429 and 5xx, dropped or refused connections) are retried with exponential backoff; urllib3's
+own hidden retries are switched off so that this is the only retry policy in play.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kfp_lightning.components.launch_tensorboard.objects import TENSORBOARD_API
+
+T = TypeVar("T")
+
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+DEFAULT_KUBECONFIG = "~/.kube/config"
+
+
+class ClusterUnreachableError(RuntimeError):
+    """No Kubernetes API could be configured or reached (message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Patience:
+    """How hard to try: retries of one request, and the readiness polling interval.
+
+    Attributes:
+        attempts: Tries per request, the first included.
+        first_backoff_seconds: Pause after the first failure; doubled after each further one.
+        poll_seconds: Pause between two readiness checks.
+        request_timeout_seconds: Connect and read timeout of one request.
+    """
+
+    attempts: int = 5
+    first_backoff_seconds: float = 0.5
+    poll_seconds: float = 2.0
+    request_timeout_seconds: float = 15.0
+
+
+def connect() -> tuple[client.ApiClient, str | None]:
+    """Configures a client: in-cluster when running in a pod, else the standard kubeconfig.
+
+    Returns:
+        The client, and the kubeconfig context's namespace ("default" when it names none);
+        None in a pod, whose namespace comes from its service account.
+
+    Raises:
+        ClusterUnreachableError: Neither an in-cluster service account nor a kubeconfig.
+    """
+    configuration = client.Configuration()
+    namespace: str | None = None
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException as in_cluster_error:
+        # The client reads $KUBECONFIG once, when imported; read it when connecting instead.
+        kubeconfig = os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
+        try:
+            config.load_kube_config(
+                kubeconfig, client_configuration=configuration, persist_config=False
+            )
+            _, active = config.list_kube_config_contexts(kubeconfig)
+        except (config.ConfigException, OSError) as kubeconfig_error:
+            raise ClusterUnreachableError(
+                f"not running in a pod ({in_cluster_error}) and no usable kubeconfig "
+                f"({kubeconfig_error})"
+            ) from kubeconfig_error
+        namespace = active.get("context", {}).get("namespace") or "default"
+    configuration.retries = 0
+    return client.ApiClient(configuration), namespace
+
+
+def with_retries(request: Callable[[], T], patience: Patience, what: str) -> T:
+    """Runs `request`, retrying transient failures with exponential backoff.
+
+    Args:
+        request: One API call.
+        patience: Attempts and backoff.
+        what: The call in words, for the log line of each retry.
+
+    Returns:
+        What `request` returned.
+
+    Raises:
+        ApiException: A non-transient HTTP error, or a transient one on the last attempt.
+        ClusterUnreachableError: The connection failed on every attempt.
+    """
+    delay = patience.first_backoff_seconds
+    for attempt in range(1, patience.attempts + 1):
+        try:
+            return request()
+        except ApiException as err:
+            if err.status not in TRANSIENT_STATUSES or attempt == patience.attempts:
+                raise
+            failure = f"HTTP {err.status} {err.reason}"
+        except urllib3.exceptions.HTTPError as err:
+            if attempt == patience.attempts:
+                raise ClusterUnreachableError(f"{what}: {err}") from err
+            failure = type(err).__name__
+        print(f"{what}: {failure}; retrying in {delay:g} s", file=sys.stderr, flush=True)
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def merge_patched(target: object, patch: object) -> object:
+    """`target` with a JSON merge patch (RFC 7386) applied, as the API server would apply it."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patched(result.get(key), value)
+    return result
+
+
+def ensure_object(
+    api: client.CustomObjectsApi,
+    resource: tuple[str, str, str, str],
+    wanted: dict[str, object],
+    patience: Patience,
+) -> str:
+    """Creates a namespaced custom object, or brings an existing one in line with `wanted`.
+
+    Args:
+        api: The client.
+        resource: (group, version, plural, kind).
+        wanted: The full object; its metadata names its namespace.
+        patience: Retries.
+
+    Returns:
+        "created", "updated" or "unchanged".
+
+    Raises:
+        ApiException: The server refused (404: no such resource type, 403: forbidden, ...).
+        ClusterUnreachableError: The API could not be reached.
+    """
+    group, version, plural, kind = resource
+    metadata = wanted["metadata"]
+    namespace, name = metadata["namespace"], metadata["name"]
+    timeout = patience.request_timeout_seconds
+    try:
+        with_retries(
+            lambda: api.create_namespaced_custom_object(
+                group, version, namespace, plural, wanted, _request_timeout=timeout
+            ),
+            patience,
+            f"create {kind} {namespace}/{name}",
+        )
+        return "created"
+    except ApiException as err:
+        if err.status != 409:
+            raise
+    existing = with_retries(
+        lambda: api.get_namespaced_custom_object(
+            group, version, namespace, plural, name, _request_timeout=timeout
+        ),
+        patience,
+        f"read {kind} {namespace}/{name}",
+    )
+    patch = {
+        "metadata": {k: metadata[k] for k in ("labels", "annotations") if k in metadata},
+        "spec": wanted["spec"],
+    }
+    if merge_patched(existing, patch) == existing:
+        return "unchanged"
+    with_retries(
+        lambda: api.patch_namespaced_custom_object(
+            group, version, namespace, plural, name, patch, _request_timeout=timeout
+        ),
+        patience,
+        f"update {kind} {namespace}/{name}",
+    )
+    return "updated"
+
+
+def wait_until_ready(
+    api: client.CustomObjectsApi,
+    namespace: str,
+    name: str,
+    timeout_seconds: float,
+    patience: Patience,
+) -> bool:
+    """Polls a `Tensorboard` until its controller reports a ready replica.
+
+    Args:
+        api: The client.
+        namespace: Its namespace.
+        name: Its name.
+        timeout_seconds: How long to keep polling; 0 checks once.
+        patience: Polling interval and retries.
+
+    Returns:
+        Whether `status.readyReplicas` reached 1 in time.
+
+    Raises:
+        ApiException: The server refused a read.
+        ClusterUnreachableError: The API could not be reached.
+    """
+    group, version, plural, kind = TENSORBOARD_API
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        current = with_retries(
+            lambda: api.get_namespaced_custom_object(
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                _request_timeout=patience.request_timeout_seconds,
+            ),
+            patience,
+            f"read {kind} {namespace}/{name}",
+        )
+        if ((current.get("status") or {}).get("readyReplicas") or 0) >= 1:
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(patience.poll_seconds, remaining))

@@ -1,0 +1,172 @@
+"""The Kubernetes objects that give one run a live TensorBoard: a Kubeflow `Tensorboard` and,
+for `s3://` logs, the `PodDefault` that hands its pod the object store's credentials.
+
+Kubeflow's tensorboard-controller turns a `Tensorboard` into a Deployment (running
+`tensorboard --logdir=<spec.logspath>`), a ClusterIP Service and an Istio VirtualService at
+`/tensorboard/<namespace>/<name>/`, and copies every label of the `Tensorboard` onto the pod.
+It mounts `pvc://` claims itself but passes nothing for `s3://`: Kubeflow's admission webhook
+adds a `PodDefault`'s environment to each new pod whose labels match its selector, so the
+`Tensorboard` carries the label the `PodDefault` selects. Everything here is a plain dict,
+deterministic in its inputs, so a retried task produces the very same objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from urllib.parse import urlparse
+
+from kfp_lightning.components.common.kubernetes_syntax import is_label_value
+from kfp_lightning.components.common.logs_location import LogsLocation
+from kfp_lightning.components.common.storage import DEFAULT_REGION
+
+TENSORBOARD_API = ("tensorboard.kubeflow.org", "v1alpha1", "tensorboards", "Tensorboard")
+PODDEFAULT_API = ("kubeflow.org", "v1alpha1", "poddefaults", "PodDefault")
+
+# The controller names the Service after the Tensorboard, and Service names must start with a
+# letter (DNS-1035): run ids are UUIDs, which may start with a digit.
+NAME_PREFIX = "kfp-run-"
+MAX_NAME_LENGTH = 63
+DIGEST_LENGTH = 10
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kfp-lightning"}
+RUN_ID_LABEL = "kfp-lightning/run-id"
+RUN_ID_ANNOTATION = "kfp-lightning/run-id"
+S3_ACCESS_LABEL = "kfp-lightning/s3-access"
+PODDEFAULT_PREFIX = "kfp-lightning-s3-"
+
+# Keys of KFP's `mlpipeline-minio-artifact` secret, present in every profile namespace.
+ACCESS_KEY_KEY = "accesskey"
+SECRET_KEY_KEY = "secretkey"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+
+
+def tensorboard_name(run_id: str) -> str:
+    """The name of a run's `Tensorboard`: a DNS-1123 label of at most 63 characters.
+
+    A run id that is already lowercase alphanumerics and single hyphens (KFP's UUIDs) is used as
+    is, so the name shows which run it serves; anything else is shortened and given a digest of
+    the full id, so distinct runs never share a name and a retry always finds its own.
+
+    Args:
+        run_id: The pipeline run's id.
+
+    Returns:
+        `kfp-run-<run id>`, or `kfp-run-<shortened id>-<digest>`.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
+    name = NAME_PREFIX + slug
+    if slug == run_id and len(name) <= MAX_NAME_LENGTH:
+        return name
+    head = name[: MAX_NAME_LENGTH - DIGEST_LENGTH - 1].rstrip("-")
+    return f"{head}-{_digest(run_id)}"
+
+
+def poddefault_name(endpoint: str, secret: str) -> str:
+    """The name of the `PodDefault` for one endpoint and credentials secret.
+
+    One per (endpoint, secret) and namespace, shared by every run that uses them: the webhook
+    applies it only while a pod is being created, so it must exist before any TensorBoard pod
+    and for as long as one may be recreated (see the README for why it is not one per run).
+
+    Args:
+        endpoint: The S3 endpoint, http(s)://host[:port].
+        secret: Name of the secret holding the access and secret keys.
+
+    Returns:
+        `kfp-lightning-s3-<digest>`.
+    """
+    return PODDEFAULT_PREFIX + _digest(f"{endpoint}\n{secret}")
+
+
+def s3_environment(endpoint: str, secret: str) -> list[dict[str, object]]:
+    """Environment that lets TensorBoard read `s3://` from an S3-compatible endpoint.
+
+    Serves both readers TensorBoard may use: TensorFlow's S3 filesystem (the controller's default
+    image) reads S3_ENDPOINT, S3_USE_HTTPS and AWS_REGION; TensorBoard without TensorFlow reads
+    through boto3, which takes S3_ENDPOINT as its endpoint URL (scheme included) and
+    AWS_DEFAULT_REGION. Both take the standard AWS key variables.
+
+    Args:
+        endpoint: http(s)://host[:port].
+        secret: Secret with the keys `accesskey` and `secretkey`.
+
+    Returns:
+        Container `env` entries.
+    """
+    use_https = "1" if urlparse(endpoint).scheme == "https" else "0"
+
+    def from_secret(name: str, key: str) -> dict[str, object]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+    return [
+        {"name": "S3_ENDPOINT", "value": endpoint},
+        {"name": "S3_USE_HTTPS", "value": use_https},
+        {"name": "AWS_REGION", "value": DEFAULT_REGION},
+        {"name": "AWS_DEFAULT_REGION", "value": DEFAULT_REGION},
+        from_secret("AWS_ACCESS_KEY_ID", ACCESS_KEY_KEY),
+        from_secret("AWS_SECRET_ACCESS_KEY", SECRET_KEY_KEY),
+    ]
+
+
+def poddefault_object(namespace: str, endpoint: str, secret: str) -> dict[str, object]:
+    """The `PodDefault` giving pods labelled for it the S3 endpoint and credentials.
+
+    Args:
+        namespace: The run's namespace (a Kubeflow profile).
+        endpoint: http(s)://host[:port].
+        secret: Secret with the keys `accesskey` and `secretkey`.
+
+    Returns:
+        The object, ready to create.
+    """
+    group, version, _, kind = PODDEFAULT_API
+    name = poddefault_name(endpoint, secret)
+    return {
+        "apiVersion": f"{group}/{version}",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY)},
+        "spec": {
+            "desc": f"S3 access to {endpoint} with secret {secret} (kfp-lightning TensorBoards)",
+            "selector": {"matchLabels": {S3_ACCESS_LABEL: name}},
+            "env": s3_environment(endpoint, secret),
+        },
+    }
+
+
+def tensorboard_object(
+    namespace: str,
+    run_id: str,
+    location: LogsLocation,
+    poddefault: str | None = None,
+) -> dict[str, object]:
+    """The Kubeflow `Tensorboard` of one run.
+
+    Args:
+        namespace: The run's namespace.
+        run_id: The pipeline run's id.
+        location: The run's live logs (s3:// or pvc://), which becomes `spec.logspath`.
+        poddefault: Name of the `PodDefault` the pod must match (s3:// only).
+
+    Returns:
+        The object, ready to create.
+    """
+    group, version, _, kind = TENSORBOARD_API
+    # Label values are limited to 63 characters; the annotation keeps the full id regardless.
+    labels = {**MANAGED_BY, RUN_ID_LABEL: run_id if is_label_value(run_id) else _digest(run_id)}
+    if poddefault:
+        labels[S3_ACCESS_LABEL] = poddefault
+    return {
+        "apiVersion": f"{group}/{version}",
+        "kind": kind,
+        "metadata": {
+            "name": tensorboard_name(run_id),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {RUN_ID_ANNOTATION: run_id},
+        },
+        "spec": {"logspath": location.uri},
+    }
