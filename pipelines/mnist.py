@@ -75,7 +75,7 @@ def build_pipeline(
         optimizer: str = _train["optimizer"].default,
         lr_schedule: str = _train["lr_schedule"].default,
         seed: int = _train["seed"].default,
-        validation_size: int = _train["validation_size"].default,
+        validation: str = _train["validation"].default,
         gpus: int = _train["gpus"].default,
         precision: str = _train["precision"].default,
         torch_compile: str = _train["torch_compile"].default,
@@ -103,8 +103,8 @@ def build_pipeline(
             optimizer: adadelta (classic) or sgd (Nesterov momentum 0.9, weight decay 5e-4).
             lr_schedule: step (StepLR each epoch, classic) or onecycle (OneCycleLR each step).
             seed: Seed of the initial weights, the validation split, dropout and shuffling.
-            validation_size: Training images held out for the validation pass after every
-                epoch; 0 validates on the test set, as the upstream example does.
+            validation: What the validation pass after every epoch runs on: test-set (as the
+                upstream example) or a number of training images to hold out, e.g. 5000.
             gpus: GPUs requested for training (nvidia.com/gpu): 1, or 0 to train on CPU nodes.
             precision: 32-true, bf16-mixed or 16-mixed (16-mixed needs a GPU).
             torch_compile: on or off: compile the network with torch.compile.
@@ -145,7 +145,7 @@ def build_pipeline(
             optimizer=optimizer,
             lr_schedule=lr_schedule,
             seed=seed,
-            validation_size=validation_size,
+            validation=validation,
             gpus=gpus,
             precision=precision,
             torch_compile=torch_compile,

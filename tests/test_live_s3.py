@@ -85,7 +85,7 @@ def test_tensorboard_reads_growing_logs_from_s3(s3_endpoint, mnist_mirror, tmp_p
             "flush_secs": 2,
             "epochs": EPOCHS,
             "gpus": 0,
-            "validation_size": 200,
+            "validation": "200",
         },
         {"dataset": tmp_path / "dataset"},
         # What the pipeline sets on the training pod: the namespace and the secret's keys.

@@ -36,7 +36,7 @@ def small_run_args(mirror: str, md5: dict[str, str], output_dir: Path) -> list[s
         "--local",
         *("--output-dir", str(output_dir)),
         *("--mirror", mirror, "--expected-md5", json.dumps(md5)),
-        *("--gpus", "0", "--validation-size", "200", "--flush-secs", "2"),
+        *("--gpus", "0", "--validation", "200", "--flush-secs", "2"),
     ]
 
 

@@ -38,7 +38,7 @@ def parameters(live_root: Path) -> dict[str, object]:
         "epochs": EPOCHS,
         "batch_size": BATCH,
         "gpus": 0,
-        "validation_size": 200,
+        "validation": "200",
         "log_every_n_steps": 7,
         "flush_secs": 2,
         "checkpoint_interval_minutes": 0.01,

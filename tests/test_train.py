@@ -16,7 +16,7 @@ from kfp_lightning.components.train_mnist.data import DeviceBatches
 from kfp_lightning.components.train_mnist.train import select_device, train_mnist
 from tests.helpers import FOUR_SCALARS, predict_in_fresh_process, scalars
 
-TINY = {"validation_size": 200, "gpus": 0, "log_every_n_steps": 5, "flush_secs": 2}
+TINY = {"validation": "200", "gpus": 0, "log_every_n_steps": 5, "flush_secs": 2}
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +110,11 @@ def test_fast_preset_trains_with_one_cycle(dataset, tmp_path):
     assert lr[-1] < config.learning_rate / 100
 
 
-def test_bad_validation_size_fails_before_any_output(dataset, tmp_path):
-    config = TrainConfig(epochs=1, **{**TINY, "validation_size": 5000})
+def test_bad_validation_fails_before_any_output(dataset, tmp_path):
+    config = TrainConfig(epochs=1, **{**TINY, "validation": "5000"})
     with pytest.raises(
-        UserInputError, match=r"^invalid validation_size=5000: expected an integer in \[0, 1199\]"
+        UserInputError,
+        match=r"^invalid validation='5000': expected test-set or fewer than the 1200 training",
     ):
         train_mnist(dataset, tmp_path / "model", tmp_path / "logs", config)
     assert list(tmp_path.iterdir()) == []

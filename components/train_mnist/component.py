@@ -24,7 +24,7 @@ def train_mnist(
     optimizer: str = "adadelta",
     lr_schedule: str = "step",
     seed: int = 1,
-    validation_size: int = 5000,
+    validation: str = "test-set",
     eval_batch_size: int = 1000,
     gpus: int = 1,
     precision: str = "32-true",
@@ -51,8 +51,9 @@ def train_mnist(
         optimizer: adadelta (upstream) or sgd (Nesterov momentum 0.9, weight decay 5e-4).
         lr_schedule: step (StepLR each epoch, upstream) or onecycle (OneCycleLR each step).
         seed: Seed of the initial weights, the validation split, dropout and shuffling.
-        validation_size: Training images held out for the validation pass after every epoch;
-            0 validates on the test set instead, as the upstream example does.
+        validation: What the validation pass after every epoch runs on: test-set (as the
+            upstream example; training uses every training image) or a number of training
+            images to hold out instead, e.g. 5000.
         eval_batch_size: Batch size of the validation and test passes.
         gpus: GPUs to train on: 0 (CPU) or 1. Without a visible GPU, training uses the CPU.
         precision: 32-true, bf16-mixed or 16-mixed (16-mixed needs a GPU).
@@ -85,7 +86,7 @@ def train_mnist(
         optimizer=optimizer,
         lr_schedule=lr_schedule,
         seed=seed,
-        validation_size=validation_size,
+        validation=validation,
         eval_batch_size=eval_batch_size,
         gpus=gpus,
         precision=precision,

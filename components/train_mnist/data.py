@@ -141,7 +141,7 @@ class MNISTDataModule(L.LightningDataModule):
         n = train_images.shape[0]
         if self.validation_size >= n:
             raise invalid(
-                "validation_size",
+                "validation",
                 self.validation_size,
                 f"an integer in [0, {n - 1}] for this dataset",
             )

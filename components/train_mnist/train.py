@@ -34,7 +34,7 @@ from kfp_lightning.components.train_mnist.checkpoints import (
     DurableCheckpoints,
     find_resumable_checkpoint,
 )
-from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.train_mnist.config import TEST_SET, TrainConfig
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
 from kfp_lightning.components.train_mnist.export import export_model
 from kfp_lightning.components.train_mnist.live_sync import LiveSync
@@ -137,9 +137,9 @@ def train_mnist(
     train_samples = int(dataset_metadata["train_samples"]) - config.validation_size
     if train_samples < 1:
         raise invalid(
-            "validation_size",
-            config.validation_size,
-            f"an integer in [0, {int(dataset_metadata['train_samples']) - 1}] for this dataset",
+            "validation",
+            config.validation,
+            f"{TEST_SET} or fewer than the {dataset_metadata['train_samples']} training images",
         )
     # At least one training-loss point per epoch, however small the data set.
     log_every_n_steps = min(config.log_every_n_steps, math.ceil(train_samples / config.batch_size))
