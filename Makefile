@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup pipeline local test lint format clean
+.PHONY: setup pipeline local test lint format clean images lock
+IMAGE_ARGS ?=
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,12 @@ pipeline: $(STAMP)  ## write mnist_pipeline.yaml, ready to upload in the Kubeflo
 
 local: $(STAMP)  ## run the whole pipeline on this machine (kfp.local)
 	$(BIN)/python pipelines/mnist.py --local
+
+images: $(STAMP)  ## build the container images with Docker (IMAGE_ARGS=--local-base where no registry is reachable)
+	$(BIN)/python images/build.py $(IMAGE_ARGS)
+
+lock: $(STAMP)  ## regenerate images/*/requirements.txt from pyproject.toml (Python 3.11)
+	$(BIN)/python images/lock.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
