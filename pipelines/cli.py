@@ -8,15 +8,16 @@ options win. Errors are one line on stderr: exit status 2 for a bad value, 1 for
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from kfp import compiler
 
 from kfp_lightning.components import images
-from kfp_lightning.components.common.errors import invalid, run_or_exit
+from kfp_lightning.components.common.errors import EXIT_USER_ERROR, invalid, run_or_exit
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.train_mnist.config import PRESETS
 from kfp_lightning.pipelines.mnist import (
@@ -44,22 +45,47 @@ def _parameter_docs() -> dict[str, str]:
     return {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
 
 
-def _json_value(option: str, kind: type) -> Callable[[str], Any]:
+_ACCEPTED = {int: "an integer", float: "a number", dict: "a JSON object", list: "a JSON list"}
+
+
+def _typed(name: str, kind: type) -> Callable[[str], Any]:
+    """Parses an option's text as `kind`, failing with the project's one-line message."""
+
     def parse(text: str) -> Any:
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
+            value = json.loads(text) if kind in (dict, list) else kind(text)
+        except ValueError:
             value = None
         if not isinstance(value, kind):
-            raise argparse.ArgumentTypeError(f"{option} needs a JSON {kind.__name__}")
+            raise argparse.ArgumentTypeError(f"invalid {name}={text!r}: expected {_ACCEPTED[kind]}")
         return value
 
     return parse
 
 
+def _choice(name: str, choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(
+                f"invalid {name}={text!r}: expected one of {', '.join(choices)}"
+            )
+        return text
+
+    return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors as one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        # Our converters name the parameter themselves; argparse's own prefix would repeat it.
+        message = re.sub(r"^argument [^:]+: (?=invalid \w+=)", "", message)
+        self.exit(EXIT_USER_ERROR, f"error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser: a mode, its options, and one option per pipeline parameter."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python pipelines/mnist.py",
         description="Compile the MNIST Lightning pipeline for Kubeflow, or run it locally.",
     )
@@ -68,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--local", action="store_true", help="run the pipeline here (kfp.local)")
     parser.add_argument(
         "--preset",
-        choices=tuple(PRESETS),
+        type=_choice("preset", tuple(PRESETS)),
         default=None,
         help="recipe whose values become the defaults: classic (pytorch/examples, the default) "
         "or fast (one-cycle SGD, 2 epochs); explicit options still win",
@@ -92,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compile_options.add_argument(
         "--training-timeout",
-        type=int,
+        type=_typed("training_timeout", int),
         default=DEFAULT_TRAINING_TIMEOUT_SECONDS,
         metavar="SECONDS",
         help=f"deadline of the training pod (default: {DEFAULT_TRAINING_TIMEOUT_SECONDS})",
@@ -114,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument(
             option,
             dest=name,
-            type=_json_value(option, kind) if kind in (dict, list) else kind,
+            type=_typed(name, kind) if kind is not str else str,
             default=None,
             metavar=kind.__name__.upper(),
             help=f"{docs.get(name, '')} (default: {json.dumps(spec.default)})",

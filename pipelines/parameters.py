@@ -16,7 +16,11 @@ from kfp_lightning.components.common.kubernetes_syntax import (
     check_tolerations,
 )
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.common.urls import parse_http_endpoint, parse_mirrors
+from kfp_lightning.components.common.urls import (
+    parse_base_url,
+    parse_http_endpoint,
+    parse_mirrors,
+)
 from kfp_lightning.components.download_mnist.sources import checksum_table
 from kfp_lightning.components.train_mnist.config import PRESETS, TrainConfig, preset_values
 
@@ -71,6 +75,7 @@ def validate_parameters(
     if root.scheme == "s3":
         parse_http_endpoint(values["s3_endpoint"], "s3_endpoint")
     check_secret_name(values["s3_credentials_secret"], "s3_credentials_secret")
+    parse_base_url(values["kubeflow_base_url"])
     check_node_selector(values["node_selector"])
     check_tolerations(values["tolerations"])
     return values

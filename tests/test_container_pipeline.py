@@ -102,7 +102,7 @@ def container_run(built_images, http_mirror, mnist_mirror, tmp_path_factory):
         "expected_md5": md5,
         "epochs": 1,
         "gpus": 0,
-        "validation_size": 200,
+        "validation": "200",
     }
     inputs = pipeline.component_spec.inputs
     if "tensorboard_logs_root" in inputs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.errors import UserInputError, invalid
 
 MIRROR_SCHEMES = ("http", "https", "file")
 
@@ -69,3 +69,24 @@ def parse_http_endpoint(value: str, parameter: str) -> str:
     ):
         raise invalid(parameter, value, "an endpoint of the form http(s)://host[:port]")
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_base_url(value: str) -> str:
+    """Validates `kubeflow_base_url`: "/" for relative links, or http(s)://host[:port].
+
+    Args:
+        value: The user's value.
+
+    Returns:
+        The prefix to put before `/tensorboard/...`: "" or the URL without trailing "/".
+    """
+    if value.strip() == "/":
+        return ""
+    try:
+        return parse_http_endpoint(value, "kubeflow_base_url")
+    except UserInputError:
+        raise invalid(
+            "kubeflow_base_url",
+            value,
+            "/ (links relative to the Kubeflow UI) or the Kubeflow URL, http(s)://host[:port]",
+        ) from None

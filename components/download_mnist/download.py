@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import http.client
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -74,10 +76,16 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code}"
     if isinstance(err, urllib.error.URLError):
+        if isinstance(err.reason, TimeoutError):
+            return "timed out"
         return f"unreachable ({err.reason})"
     if isinstance(err, TimeoutError):
         return "timed out"
-    return f"{type(err).__name__}: {err}"
+    if isinstance(err, http.client.IncompleteRead):
+        return f"truncated: got {len(err.partial)} bytes, {err.expected} more expected"
+    if isinstance(err, (EOFError, gzip.BadGzipFile, zlib.error)):
+        return f"not a complete gzip file ({err})"
+    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 def fetch_verified(
@@ -105,7 +113,7 @@ def fetch_verified(
             url = f"{mirror}{name}.gz"
             try:
                 data = gzip.decompress(_fetch(url, options.timeout_seconds))
-            except (OSError, EOFError, gzip.BadGzipFile, ValueError) as err:
+            except (OSError, EOFError, ValueError, zlib.error, http.client.HTTPException) as err:
                 failures[url] = _describe(err)
                 continue
             digest = hashlib.md5(data, usedforsecurity=False).hexdigest()

@@ -20,7 +20,7 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kfp_lightning.components.common.errors import UserInputError, invalid
+from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.files import atomic_write_text, write_json
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.logs_location import (
@@ -28,7 +28,7 @@ from kfp_lightning.components.common.logs_location import (
     current_namespace,
     run_logs_location,
 )
-from kfp_lightning.components.common.urls import parse_http_endpoint
+from kfp_lightning.components.common.urls import parse_base_url, parse_http_endpoint
 from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.kube_api import (
     ClusterUnreachableError,
@@ -94,27 +94,6 @@ class Launch:
     url: str = ""
     detail: str = ""
     ready_after_seconds: float | None = None
-
-
-def parse_base_url(value: str) -> str:
-    """Validates `kubeflow_base_url`: "/" for relative links, or http(s)://host[:port].
-
-    Args:
-        value: The user's value.
-
-    Returns:
-        The prefix to put before `/tensorboard/...`: "" or the URL without trailing "/".
-    """
-    if value.strip() == "/":
-        return ""
-    try:
-        return parse_http_endpoint(value, "kubeflow_base_url")
-    except UserInputError:
-        raise invalid(
-            "kubeflow_base_url",
-            value,
-            "/ (links relative to the Kubeflow UI) or the Kubeflow URL, http(s)://host[:port]",
-        ) from None
 
 
 def check_wait(value: object) -> int:

@@ -37,9 +37,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise invalid(name, value, "an integer >= 1")
+def _integer(name: str, value: object, low: int, high: int | None = None) -> int:
+    # JSON numbers may arrive as 14.0; an integral float is the integer it spells.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        accepted = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise invalid(name, value, accepted)
     return value
 
 
@@ -127,19 +136,21 @@ class TrainConfig:
     checkpoint_interval_minutes: float = 10.0
 
     def __post_init__(self) -> None:
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
+        def set_(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        set_("epochs", _integer("epochs", self.epochs, 1))
+        set_("batch_size", _integer("batch_size", self.batch_size, 1))
+        set_("seed", _integer("seed", self.seed, 0, 2**32 - 1))
+        set_("eval_batch_size", _integer("eval_batch_size", self.eval_batch_size, 1))
+        set_("gpus", _integer("gpus", self.gpus, 0))
+        set_("log_every_n_steps", _integer("log_every_n_steps", self.log_every_n_steps, 1))
+        set_("flush_secs", _integer("flush_secs", self.flush_secs, 1, MAX_FLUSH_SECS))
         _positive_float("learning_rate", self.learning_rate)
         if _positive_float("gamma", self.gamma) > 1:
             raise invalid("gamma", self.gamma, "a number in (0, 1]")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, int)
-            or not 0 <= self.seed < 2**32
-        ):
-            raise invalid("seed", self.seed, "an integer in [0, 2**32)")
         value = str(self.validation).strip()
         if value != TEST_SET and not (value.isdigit() and int(value) > 0):
             raise invalid(
@@ -147,16 +158,10 @@ class TrainConfig:
                 self.validation,
                 f"{TEST_SET} or a number of training images to hold out, e.g. 5000",
             )
-        object.__setattr__(self, "validation", value)
-        _positive_int("eval_batch_size", self.eval_batch_size)
-        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
-            raise invalid("gpus", self.gpus, "a non-negative integer")
+        set_("validation", value)
         _choice("precision", self.precision, PRECISIONS)
-        object.__setattr__(self, "torch_compile", parse_switch("torch_compile", self.torch_compile))
-        object.__setattr__(self, "channels_last", parse_switch("channels_last", self.channels_last))
-        _positive_int("log_every_n_steps", self.log_every_n_steps)
-        if _positive_int("flush_secs", self.flush_secs) > MAX_FLUSH_SECS:
-            raise invalid("flush_secs", self.flush_secs, f"an integer in [1, {MAX_FLUSH_SECS}]")
+        set_("torch_compile", parse_switch("torch_compile", self.torch_compile))
+        set_("channels_last", parse_switch("channels_last", self.channels_last))
         _positive_float("progress_interval_seconds", self.progress_interval_seconds)
         _positive_float("checkpoint_interval_minutes", self.checkpoint_interval_minutes)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -79,6 +81,26 @@ def select_device(gpus: int, precision: str) -> tuple[str, int]:
     return "cpu", 1
 
 
+def check_compiler(torch_compile: bool, accelerator: str) -> None:
+    """Fails early when `torch.compile` cannot work: it generates and builds native code.
+
+    On the CPU, Inductor needs a C++ compiler ($CXX, else g++); on a GPU, Triton needs a C
+    compiler ($CC, else cc or gcc). The training image ships neither, to stay small and lean.
+    """
+    if not torch_compile:
+        return
+    if accelerator == "cpu":
+        found = shutil.which(os.environ.get("CXX", "g++"))
+    else:
+        found = next(filter(None, map(shutil.which, (os.environ.get("CC", ""), "cc", "gcc"))), None)
+    if not found:
+        raise invalid(
+            "torch_compile",
+            "on",
+            "off here: torch.compile needs a C/C++ compiler, and none is installed",
+        )
+
+
 def _read_dataset_metadata(dataset_dir: Path) -> dict[str, Any]:
     path = dataset_dir / DATASET_METADATA
     if not path.is_file():
@@ -132,6 +154,7 @@ def train_mnist(
     dataset_dir = Path(dataset_dir)
     dataset_metadata = _read_dataset_metadata(dataset_dir)
     accelerator, devices = select_device(config.gpus, config.precision)
+    check_compiler(config.torch_compile, accelerator)
     live_storage = open_storage(live_logs, s3_endpoint) if live_logs else None
 
     train_samples = int(dataset_metadata["train_samples"]) - config.validation_size

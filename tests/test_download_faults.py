@@ -1,0 +1,129 @@
+"""The download against a mirror that fails in scripted ways: timeouts, 500s, truncated bodies,
+wrong bytes. It recovers when any attempt succeeds, and otherwise fails with one error naming
+each mirror's failure, leaving nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import http.server
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kfp_lightning.components.common.errors import DownloadError
+from kfp_lightning.components.download_mnist.download import (
+    DownloadOptions,
+    download_mnist,
+    load_dataset,
+)
+
+TIMEOUT = 0.5
+
+
+class ScriptedMirror:
+    """An HTTP mirror on 127.0.0.1 whose answers follow a script, per attempt.
+
+    `script` is a list of behaviours, one per request (the last one repeats): "ok", "500",
+    "timeout" (answers after the client gave up), "truncated" (a Content-Length it does not
+    honour), "cut" (half a gzip stream, no length) or "wrong" (valid gzip, other content).
+    """
+
+    def __init__(self, directory: Path, script: list[str]) -> None:
+        self.directory, self.script = directory, script
+        self.requests: dict[str, int] = defaultdict(int)
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                name = self.path.rsplit("/", 1)[-1]
+                attempt = mirror.requests[name]
+                mirror.requests[name] += 1
+                behaviour = mirror.script[min(attempt, len(mirror.script) - 1)]
+                body = (mirror.directory / name).read_bytes()
+                if behaviour == "500":
+                    self.send_error(500)
+                    return
+                if behaviour == "timeout":
+                    time.sleep(TIMEOUT * 3)
+                if behaviour == "wrong":
+                    body = gzip.compress(gzip.decompress(body)[:-1] + b"\x00")
+                self.send_response(200)
+                if behaviour != "cut":
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if behaviour in ("truncated", "cut"):
+                    body = body[: len(body) // 2]
+                # The client may have timed out first, as scripted.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/mnist/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mirror(mnist_mirror) -> Iterator:
+    directory, _ = mnist_mirror
+    started = []
+
+    def start(*script: str) -> ScriptedMirror:
+        started.append(ScriptedMirror(directory, list(script)))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def options(retries: int) -> DownloadOptions:
+    return DownloadOptions(timeout_seconds=TIMEOUT, retries=retries, backoff_seconds=0.05)
+
+
+@pytest.mark.parametrize("failure", ["500", "timeout", "truncated", "cut", "wrong"])
+def test_recovers_when_a_later_attempt_succeeds(mirror, mnist_mirror, tmp_path, failure):
+    _, md5 = mnist_mirror
+    flaky = mirror(failure, failure, "ok")
+    download_mnist(tmp_path / "dataset", flaky.url, md5, options(retries=2))
+    assert load_dataset(tmp_path / "dataset")["train_images"].shape[0] == 1200
+    # Every file took exactly three attempts: two failures, then the good copy.
+    assert set(flaky.requests.values()) == {3}
+
+
+def test_moves_on_to_the_next_mirror(mirror, mnist_mirror, tmp_path):
+    _, md5 = mnist_mirror
+    dead, good = mirror("timeout"), mirror("ok")
+    started = time.monotonic()
+    metadata = download_mnist(tmp_path / "dataset", f"{dead.url},{good.url}", md5, options(0))
+    assert all(url.startswith(good.url) for url in metadata["sources"].values())
+    # Four files, one timeout each on the dead mirror: bounded by the per-request timeout.
+    assert time.monotonic() - started < 4 * TIMEOUT * 3 + 5
+
+
+def test_fails_with_every_mirrors_reason_and_writes_nothing(mirror, mnist_mirror, tmp_path):
+    _, md5 = mnist_mirror
+    slow, corrupt, broken = mirror("timeout"), mirror("wrong"), mirror("500")
+    mirrors = ",".join(m.url for m in (slow, corrupt, broken))
+    with pytest.raises(DownloadError) as err:
+        download_mnist(tmp_path / "dataset", mirrors, md5, options(retries=1))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("could not download train-images-idx3-ubyte.gz after 2 round(s): ")
+    assert f"{slow.url}train-images-idx3-ubyte.gz: timed out" in message
+    assert f"{corrupt.url}train-images-idx3-ubyte.gz: checksum mismatch" in message
+    assert f"{broken.url}train-images-idx3-ubyte.gz: HTTP 500" in message
+    assert list(tmp_path.iterdir()) == []
+    # Two rounds over three mirrors for the first file, then it gave up.
+    assert broken.requests["train-images-idx3-ubyte.gz"] == 2
