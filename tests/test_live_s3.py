@@ -132,5 +132,6 @@ def test_tensorboard_reads_growing_logs_from_s3(s3_endpoint, mnist_mirror, tmp_p
         if training.poll() is None:
             training.kill()
     assert "TensorBoard logs: " + logdir in output
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in output
     # The artifact still holds the logs too.
     assert any("tfevents" in p.name for p in outputs["tensorboard_logs"].iterdir())
