@@ -39,3 +39,14 @@ def http_mirror(mnist_mirror: tuple[Path, dict[str, str]]) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def dataset(mnist_mirror, tmp_path_factory) -> Path:
+    """A Dataset artifact directory made by download_mnist from `mnist_mirror`."""
+    from kfp_lightning.components.download_mnist.download import DownloadOptions, download_mnist
+
+    directory, md5 = mnist_mirror
+    path = tmp_path_factory.mktemp("data") / "dataset"
+    download_mnist(path, directory.as_uri(), md5, DownloadOptions(retries=0))
+    return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,21 @@ def write_mirror(
         (directory / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
         md5[name] = hashlib.md5(data).hexdigest()
     return md5
+
+
+def copy_mirror(
+    source: Path,
+    destination: Path,
+    change: Callable[[str, bytes], bytes] = lambda name, data: data,
+    compresslevel: int = 9,
+) -> Path:
+    """Writes a copy of the mirror at `source`, each uncompressed file passed through `change`.
+
+    Returns:
+        `destination`.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in NAMES:
+        data = change(name, gzip.decompress((source / f"{name}.gz").read_bytes()))
+        (destination / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel, mtime=1))
+    return destination

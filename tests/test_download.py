@@ -23,7 +23,7 @@ from kfp_lightning.components.download_mnist.download import (
 )
 from kfp_lightning.components.download_mnist.sources import MNIST_MD5
 from tests.component_runner import run_component
-from tests.synthetic_mnist import NAMES
+from tests.synthetic_mnist import copy_mirror
 
 FAST = DownloadOptions(timeout_seconds=5, retries=0, backoff_seconds=0)
 
@@ -65,24 +65,24 @@ def test_file_mirror_and_fallback_to_the_next_mirror(mnist_mirror, tmp_path):
 def test_recompressed_mirror_is_accepted(mnist_mirror, tmp_path):
     # Same content, different gzip bytes: verification is on the uncompressed files.
     directory, md5 = mnist_mirror
-    recompressed = tmp_path / "recompressed"
-    recompressed.mkdir()
-    for name in NAMES:
-        data = gzip.decompress((directory / f"{name}.gz").read_bytes())
-        (recompressed / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=1, mtime=1))
+    recompressed = copy_mirror(directory, tmp_path / "recompressed", compresslevel=1)
+    assert (recompressed / "t10k-images-idx3-ubyte.gz").read_bytes() != (
+        directory / "t10k-images-idx3-ubyte.gz"
+    ).read_bytes()
     download_mnist(tmp_path / "dataset", recompressed.as_uri(), md5, FAST)
 
 
 def test_corrupt_file_fails_and_leaves_no_output(mnist_mirror, tmp_path):
     directory, md5 = mnist_mirror
-    corrupt = tmp_path / "corrupt"
-    corrupt.mkdir()
-    for name in NAMES:
-        (corrupt / f"{name}.gz").write_bytes((directory / f"{name}.gz").read_bytes())
-    data = bytearray(gzip.decompress((corrupt / "train-images-idx3-ubyte.gz").read_bytes()))
-    data[1000] ^= 0xFF
-    (corrupt / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(data)))
 
+    def flip_a_pixel(name: str, data: bytes) -> bytes:
+        return (
+            data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:]
+            if "train-images" in name
+            else data
+        )
+
+    corrupt = copy_mirror(directory, tmp_path / "corrupt", flip_a_pixel)
     with pytest.raises(DownloadError, match=r"train-images-idx3-ubyte.*checksum mismatch"):
         download_mnist(tmp_path / "dataset", corrupt.as_uri(), md5, FAST)
     assert list(tmp_path.iterdir()) == [corrupt]

@@ -17,7 +17,6 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from kfp_lightning.components.download_mnist.download import DownloadOptions, download_mnist
 from kfp_lightning.components.train_mnist.component import train_mnist
 from tests.component_runner import component_command
 from tests.helpers import FOUR_SCALARS
@@ -72,9 +71,7 @@ def _points(url: str, tag: str) -> int:
         return len(json.loads(r.read()))
 
 
-def test_tensorboard_reads_growing_logs_from_s3(s3_endpoint, mnist_mirror, tmp_path):
-    directory, md5 = mnist_mirror
-    download_mnist(tmp_path / "dataset", directory.as_uri(), md5, DownloadOptions(retries=0))
+def test_tensorboard_reads_growing_logs_from_s3(s3_endpoint, dataset, tmp_path):
     argv, env, outputs = component_command(
         train_mnist,
         tmp_path / "train",
@@ -87,7 +84,7 @@ def test_tensorboard_reads_growing_logs_from_s3(s3_endpoint, mnist_mirror, tmp_p
             "gpus": 0,
             "validation": "200",
         },
-        {"dataset": tmp_path / "dataset"},
+        {"dataset": dataset},
         # What the pipeline sets on the training pod: the namespace and the secret's keys.
         env={**CREDENTIALS, "POD_NAMESPACE": "team-a"},
     )

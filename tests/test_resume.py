@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from kfp_lightning.components.download_mnist.download import DownloadOptions, download_mnist
 from kfp_lightning.components.train_mnist.checkpoints import checkpoint_name
 from kfp_lightning.components.train_mnist.component import train_mnist
 from tests.component_runner import component_command, logged_metrics, run_component
@@ -21,14 +20,6 @@ from tests.helpers import scalars
 EPOCHS = 5
 BATCH = 16
 STEPS_PER_EPOCH = math.ceil(1000 / BATCH)
-
-
-@pytest.fixture(scope="module")
-def dataset(mnist_mirror, tmp_path_factory) -> Path:
-    directory, md5 = mnist_mirror
-    path = tmp_path_factory.mktemp("data") / "dataset"
-    download_mnist(path, directory.as_uri(), md5, DownloadOptions(retries=0))
-    return path
 
 
 def parameters(live_root: Path) -> dict[str, object]:

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.download_mnist.download import DownloadOptions, download_mnist
 from kfp_lightning.components.train_mnist.config import TrainConfig
 from kfp_lightning.components.train_mnist.data import DeviceBatches
 from kfp_lightning.components.train_mnist.train import select_device, train_mnist
 from tests.helpers import FOUR_SCALARS, predict_in_fresh_process, scalars
 
 TINY = {"validation": "200", "gpus": 0, "log_every_n_steps": 5, "flush_secs": 2}
-
-
-@pytest.fixture(scope="session")
-def dataset(mnist_mirror, tmp_path_factory) -> Path:
-    directory, md5 = mnist_mirror
-    path = tmp_path_factory.mktemp("data") / "dataset"
-    download_mnist(path, directory.as_uri(), md5, DownloadOptions(retries=0))
-    return path
 
 
 @pytest.fixture(scope="session")
