@@ -11,7 +11,16 @@ from torch.utils.tensorboard import SummaryWriter
 
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.report_training.component import report_training as component
-from kfp_lightning.components.report_training.report import read_scalars, report_training
+from kfp_lightning.components.report_training.report import (
+    CHART_HEIGHT,
+    CHART_WIDTH,
+    MARGIN_BOTTOM,
+    MARGIN_LEFT,
+    MARGIN_RIGHT,
+    MARGIN_TOP,
+    read_scalars,
+    report_training,
+)
 from tests.component_runner import run_component
 from tests.helpers import assert_self_contained_html
 
@@ -43,6 +52,8 @@ def test_reads_every_scalar_of_every_run(logs):
     }
     assert series[(".", "train_loss")].steps == (0, 10, 20, 30, 40)
     assert series[(".", "val_accuracy")].values == (0.5, 0.75)
+    # Training curves lead, in a fixed order; other tags follow.
+    assert [s.tag for s in read_scalars(logs)][:3] == ["train_loss", "train_loss", "val_accuracy"]
 
 
 def test_html_markdown_and_metrics(logs, tmp_path):
@@ -76,8 +87,8 @@ def test_chart_points_stay_inside_the_plot(logs, tmp_path):
     for points in re.findall(r'<polyline points="([^"]+)"', html):
         for pair in points.split():
             x, y = map(float, pair.split(","))
-            assert 64 <= x <= 444
-            assert 16 <= y <= 210
+            assert MARGIN_LEFT <= x <= CHART_WIDTH - MARGIN_RIGHT
+            assert MARGIN_TOP <= y <= CHART_HEIGHT - MARGIN_BOTTOM
 
 
 def test_empty_and_missing_directories(tmp_path):

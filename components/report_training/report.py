@@ -17,7 +17,18 @@ from pathlib import Path
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.files import atomic_write_text
 
-CHART_WIDTH, CHART_HEIGHT = 460, 250
+CHART_WIDTH, CHART_HEIGHT = 420, 240
+# The curves a reader looks for first; any other tag follows alphabetically, Lightning's
+# bookkeeping "epoch" counter last.
+FIRST_TAGS = (
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "test_accuracy",
+    "test_loss",
+)
+LAST_TAGS = ("epoch",)
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 16, 16, 40
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
@@ -38,7 +49,7 @@ class Series:
 
 
 def read_scalars(logs_dir: str | Path) -> list[Series]:
-    """Reads every scalar of every event file under `logs_dir`.
+    """Reads every scalar of every event file under `logs_dir`, in report order.
 
     Args:
         logs_dir: A TensorBoard log directory; each folder holding event files is one run
@@ -67,7 +78,14 @@ def read_scalars(logs_dir: str | Path) -> list[Series]:
             steps = tuple(sorted(by_step))
             run = str(run_dir.relative_to(logs_dir))
             series.append(Series(run, tag, steps, tuple(by_step[s] for s in steps)))
-    return sorted(series, key=lambda s: (s.tag, s.run))
+    return sorted(series, key=lambda s: (tag_rank(s.tag), s.tag, s.run))
+
+
+def tag_rank(tag: str) -> int:
+    """Where a tag goes in the report: the training curves first, bookkeeping last."""
+    if tag in FIRST_TAGS:
+        return FIRST_TAGS.index(tag)
+    return len(FIRST_TAGS) + 1 if tag in LAST_TAGS else len(FIRST_TAGS)
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -114,7 +132,8 @@ def render_chart(tag: str, series: Sequence[Series]) -> str:
     y_lo, y_hi = min(p[1] for p in finite), max(p[1] for p in finite)
     if y_hi == y_lo:
         y_lo, y_hi = y_lo - (abs(y_lo) or 1) * 0.05, y_hi + (abs(y_hi) or 1) * 0.05
-    x_hi = x_hi if x_hi > x_lo else x_lo + 1
+    if x_hi == x_lo:  # one step: centre it
+        x_lo, x_hi = x_lo - 1, x_hi + 1
     left, top = MARGIN_LEFT, MARGIN_TOP
     plot_w = CHART_WIDTH - MARGIN_LEFT - MARGIN_RIGHT
     plot_h = CHART_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
@@ -132,7 +151,7 @@ def render_chart(tag: str, series: Sequence[Series]) -> str:
         parts.append(
             _element("text", label, x=left - 6, y=sy(y) + 4, class_="tick", text_anchor="end")
         )
-    for x in _nice_ticks(x_lo, x_hi):
+    for x in (t for t in _nice_ticks(x_lo, x_hi) if float(t).is_integer()):  # steps are integers
         label = _format(x)
         y = top + plot_h + 16
         parts.append(_element("text", label, x=sx(x), y=y, class_="tick", text_anchor="middle"))
@@ -191,7 +210,7 @@ def render_html(series: Sequence[Series], title: str) -> str:
         + "</tr>"
         for s in series
     )
-    tags = sorted({s.tag for s in series})
+    tags = list(dict.fromkeys(s.tag for s in series))  # report order, each tag once
     charts = "".join(render_chart(tag, [s for s in series if s.tag == tag]) for tag in tags)
     body = (
         f"<h1>{html.escape(title)}</h1>"
