@@ -52,7 +52,7 @@ def local_tensorboard(logdir: Path, keep: bool, log_file: Path) -> Iterator[str]
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir)),
-                *("--host", "127.0.0.1", "--port", str(port), "--reload_interval", "5"),
+                *("--host", "127.0.0.1", "--port", str(port), "--reload_interval", "2"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -76,6 +76,7 @@ def build_pipeline(
         lr_schedule: str = _train["lr_schedule"].default,
         seed: int = _train["seed"].default,
         validation: str = _train["validation"].default,
+        augmentation: str = _train["augmentation"].default,
         gpus: int = _train["gpus"].default,
         precision: str = _train["precision"].default,
         torch_compile: str = _train["torch_compile"].default,
@@ -100,11 +101,14 @@ def build_pipeline(
             batch_size: Training batch size (classic: 64).
             learning_rate: Adadelta's learning rate (classic: 1.0), or the one-cycle peak.
             gamma: StepLR's learning-rate decay per epoch, in (0, 1] (classic: 0.7).
-            optimizer: adadelta (classic) or sgd (Nesterov momentum 0.9, weight decay 5e-4).
+            optimizer: adadelta (classic), sgd (Nesterov momentum 0.9, weight decay 5e-4) or
+                adamw (weight decay 1e-4, the fast preset's).
             lr_schedule: step (StepLR each epoch, classic) or onecycle (OneCycleLR each step).
             seed: Seed of the initial weights, the validation split, dropout and shuffling.
             validation: What the validation pass after every epoch runs on: test-set (as the
                 upstream example) or a number of training images to hold out, e.g. 5000.
+            augmentation: none (classic) or shift:N, each training image moved by a random
+                offset of up to N pixels (1 to 4), drawn on the device.
             gpus: GPUs requested for training (nvidia.com/gpu): 1, or 0 to train on CPU nodes.
             precision: 32-true, bf16-mixed or 16-mixed (16-mixed needs a GPU).
             torch_compile: on or off: compile the network with torch.compile.
@@ -146,6 +150,7 @@ def build_pipeline(
             lr_schedule=lr_schedule,
             seed=seed,
             validation=validation,
+            augmentation=augmentation,
             gpus=gpus,
             precision=precision,
             torch_compile=torch_compile,

@@ -32,6 +32,7 @@ CASES = [
     ("optimizer", ["--optimizer", "adam"], train_mnist, {"optimizer": "adam"}, "invalid optimizer='adam'"),
     ("switch", ["--torch-compile", "maybe"], train_mnist, {"torch_compile": "maybe"}, "invalid torch_compile='maybe': expected one of on, off"),
     ("validation", ["--validation", "half"], train_mnist, {"validation": "half"}, "invalid validation='half'"),
+    ("augmentation", ["--augmentation", "shift:9"], train_mnist, {"augmentation": "shift:9"}, "invalid augmentation='shift:9': expected none or shift:N with N from 1 to 4"),
     ("gpus -1", ["--gpus", "-1"], train_mnist, {"gpus": -1}, "invalid gpus=-1: expected an integer >= 0"),
     ("gpus 0.5", ["--gpus", "0.5"], train_mnist, {"gpus": 0.5}, "invalid gpus="),
     ("flush 0", ["--flush-secs", "0"], train_mnist, {"flush_secs": 0}, "invalid flush_secs=0"),

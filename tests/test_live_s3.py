@@ -81,6 +81,7 @@ def test_tensorboard_reads_growing_logs_from_s3(s3_endpoint, dataset, tmp_path):
             "s3_endpoint": s3_endpoint,
             "flush_secs": 2,
             "epochs": EPOCHS,
+            "batch_size": 16,  # epochs long enough to see the curves grow on a fast machine
             "gpus": 0,
             "validation": "200",
         },

@@ -50,7 +50,15 @@ def live_run(http_mirror, mnist_mirror, tmp_path_factory):
     _, md5 = mnist_mirror
     output_dir = tmp_path_factory.mktemp("local")
     process = subprocess.Popen(
-        cli(*small_run_args(http_mirror, md5, output_dir), "--epochs", str(EPOCHS)),
+        # Small batches make each epoch long enough for TensorBoard to see it grow, even on a
+        # fast machine.
+        cli(
+            *small_run_args(http_mirror, md5, output_dir),
+            "--epochs",
+            str(EPOCHS),
+            "--batch-size",
+            "16",
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -10,7 +10,7 @@ import torch
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.train_mnist.config import TrainConfig
-from kfp_lightning.components.train_mnist.data import DeviceBatches
+from kfp_lightning.components.train_mnist.data import DeviceBatches, shift_images
 from kfp_lightning.components.train_mnist.train import select_device, train_mnist
 from tests.helpers import FOUR_SCALARS, predict_in_fresh_process, scalars
 
@@ -93,7 +93,7 @@ def test_fast_preset_trains_with_one_cycle(dataset, tmp_path):
     result = train_mnist(dataset, tmp_path / "model", tmp_path / "logs", config)
     assert result.metrics["test_accuracy"] > 0.9
     lr = [v for _, v in scalars(tmp_path / "logs")["learning_rate"]]
-    assert len(lr) == math.ceil(1000 / 128)
+    assert len(lr) == math.ceil(1000 / config.batch_size)
     # One-cycle: from max_lr / 25 up to max_lr, then annealed to almost nothing.
     assert lr[0] == pytest.approx(config.learning_rate / 25, rel=1e-3)
     assert max(lr) == pytest.approx(config.learning_rate, rel=0.05)
@@ -143,3 +143,33 @@ def test_device_batches_shard_disjointly_across_ranks():
     ]
     assert len(shards[0]) == len(shards[1]) == 5
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_shift_images_moves_each_image_by_its_own_offset():
+    images = torch.zeros(2, 1, 28, 28)
+    images[:, 0, 10, 10] = 1.0
+    shifted = shift_images(images, torch.tensor([[1, 0], [-2, 3]]))
+    assert shifted.shape == images.shape
+    assert shifted[0, 0, 11, 10] == 1.0
+    assert shifted[1, 0, 8, 13] == 1.0
+    assert shifted.sum() == 2.0
+
+
+def test_shifted_batches_are_reproducible_and_keep_their_labels():
+    images = torch.zeros(8, 1, 28, 28)
+    for i in range(8):
+        images[i, 0, 14, 14] = i + 1.0  # one marked pixel tells which image it is
+    labels = torch.arange(8)
+    batches = DeviceBatches(images, labels, 4, shuffle=True, seed=2, max_shift=1)
+    first = [(x.clone(), y.clone()) for x, y in batches]
+    again = list(batches)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+    moved = 0
+    for x, y in first:
+        for image, label in zip(x, y, strict=True):
+            (row, col), value = torch.nonzero(image[0])[0].tolist(), image.max().item()
+            assert value == label.item() + 1.0  # still paired with its own label
+            assert abs(row - 14) <= 1
+            assert abs(col - 14) <= 1
+            moved += (row, col) != (14, 14)
+    assert moved > 0

@@ -25,6 +25,7 @@ def train_mnist(
     lr_schedule: str = "step",
     seed: int = 1,
     validation: str = "test-set",
+    augmentation: str = "none",
     eval_batch_size: int = 1000,
     gpus: int = 1,
     precision: str = "32-true",
@@ -48,12 +49,15 @@ def train_mnist(
         batch_size: Training batch size (upstream: 64).
         learning_rate: Adadelta's learning rate, or the peak rate of the one-cycle schedule.
         gamma: StepLR's learning-rate decay per epoch, in (0, 1]; ignored by one-cycle.
-        optimizer: adadelta (upstream) or sgd (Nesterov momentum 0.9, weight decay 5e-4).
+        optimizer: adadelta (upstream), sgd (Nesterov momentum 0.9, weight decay 5e-4) or
+            adamw (weight decay 1e-4).
         lr_schedule: step (StepLR each epoch, upstream) or onecycle (OneCycleLR each step).
         seed: Seed of the initial weights, the validation split, dropout and shuffling.
         validation: What the validation pass after every epoch runs on: test-set (as the
             upstream example; training uses every training image) or a number of training
             images to hold out instead, e.g. 5000.
+        augmentation: none (upstream) or shift:N, each training image moved by a random
+            offset of up to N pixels (1 to 4).
         eval_batch_size: Batch size of the validation and test passes.
         gpus: GPUs to train on: 0 (CPU) or 1. Without a visible GPU, training uses the CPU.
         precision: 32-true, bf16-mixed or 16-mixed (16-mixed needs a GPU).
@@ -87,6 +91,7 @@ def train_mnist(
         lr_schedule=lr_schedule,
         seed=seed,
         validation=validation,
+        augmentation=augmentation,
         eval_batch_size=eval_batch_size,
         gpus=gpus,
         precision=precision,

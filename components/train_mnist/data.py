@@ -29,6 +29,27 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
 
 
+def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Translates each image by its own (rows, columns) offset, in one gather on the device.
+
+    Pixels leaving one edge come back at the other; MNIST digits sit in the centre 20 x 20 of
+    the 28 x 28 frame, so a shift of a few pixels only moves background around.
+
+    Args:
+        images: B x 1 x H x W.
+        shifts: B x 2 integer offsets (down, right).
+
+    Returns:
+        The shifted images, B x 1 x H x W.
+    """
+    batch, _, height, width = images.shape
+    device = images.device
+    rows = (torch.arange(height, device=device)[None, :] - shifts[:, :1]) % height
+    cols = (torch.arange(width, device=device)[None, :] - shifts[:, 1:]) % width
+    index = torch.arange(batch, device=device)[:, None, None]
+    return images[index, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+
 class DeviceBatches:
     """Batches drawn from tensors already on the training device.
 
@@ -48,6 +69,9 @@ class DeviceBatches:
         epoch: Returns the current epoch when iteration starts (Lightning's counter).
         rank: This process's index among `world_size`.
         world_size: Number of processes sharing the data.
+        max_shift: Translate each training image by a random offset of up to this many
+            pixels in each direction (0: none); drawn per epoch from the same seed, so resumed
+            epochs see the same images.
     """
 
     def __init__(
@@ -60,8 +84,9 @@ class DeviceBatches:
         epoch: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
+        max_shift: int = 0,
     ) -> None:
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.max_shift = images, labels, max_shift
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch, self.rank, self.world_size = epoch, rank, world_size
         self.samples = images.shape[0] // world_size if world_size > 1 else images.shape[0]
@@ -71,19 +96,34 @@ class DeviceBatches:
     def __len__(self) -> int:
         return -(-self.samples // self.batch_size)
 
+    def _generator(self, epoch: int) -> torch.Generator:
+        # On the data's device, so nothing drawn per epoch ever crosses PCIe.
+        generator = torch.Generator(device=self.images.device)
+        generator.manual_seed(self.seed * 1_000_003 + epoch)
+        return generator
+
     def order(self, epoch: int) -> torch.Tensor:
         """Indices this rank visits in `epoch`, on the data's device."""
         n, device = self.images.shape[0], self.images.device
         if self.shuffle:
-            # The generator lives on the data's device so the permutation never crosses PCIe.
-            generator = torch.Generator(device=device)
-            generator.manual_seed(self.seed * 1_000_003 + epoch)
-            indices = torch.randperm(n, generator=generator, device=device)
+            indices = torch.randperm(n, generator=self._generator(epoch), device=device)
         else:
             indices = torch.arange(n, device=device)
         if self.world_size > 1:
             indices = indices[self.rank : self.samples * self.world_size : self.world_size]
         return indices
+
+    def shifts(self, epoch: int) -> torch.Tensor:
+        """The per-position offsets of `epoch` (samples x 2), drawn after its permutation."""
+        generator = self._generator(epoch)
+        torch.randperm(self.images.shape[0], generator=generator, device=self.images.device)
+        return torch.randint(
+            -self.max_shift,
+            self.max_shift + 1,
+            (self.images.shape[0], 2),
+            generator=generator,
+            device=self.images.device,
+        )[: self.samples]
 
     def state_dict(self) -> dict[str, int]:
         """Position in the current epoch: the epoch and the batches trained on so far."""
@@ -100,10 +140,14 @@ class DeviceBatches:
         self._resume = None
         self._iterating_epoch, self._yielded = epoch, skip
         indices = self.order(epoch)
+        shifts = self.shifts(epoch) if self.max_shift else None
         for start in range(skip * self.batch_size, self.samples, self.batch_size):
             batch = indices[start : start + self.batch_size]
             self._yielded += 1
-            yield self.images.index_select(0, batch), self.labels.index_select(0, batch)
+            images = self.images.index_select(0, batch)
+            if shifts is not None:
+                images = shift_images(images, shifts[start : start + self.batch_size])
+            yield images, self.labels.index_select(0, batch)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -116,6 +160,7 @@ class MNISTDataModule(L.LightningDataModule):
         validation_size: Training images held out for validation (a seeded random subset); 0
             validates on the test set.
         seed: Seed of the split and of the shuffling.
+        max_shift: Random shift, in pixels, of training images (0: none).
     """
 
     def __init__(
@@ -125,8 +170,10 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         validation_size: int = 5000,
         seed: int = 1,
+        max_shift: int = 0,
     ) -> None:
         super().__init__()
+        self.max_shift = max_shift
         self.dataset_dir = Path(dataset_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.validation_size, self.seed = validation_size, seed
@@ -172,6 +219,7 @@ class MNISTDataModule(L.LightningDataModule):
             epoch=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
             rank=trainer.global_rank if trainer and shuffle else 0,
             world_size=trainer.world_size if trainer and shuffle else 1,
+            max_shift=self.max_shift if shuffle else 0,
         )
 
     def train_dataloader(self) -> DeviceBatches:

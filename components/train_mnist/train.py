@@ -177,6 +177,7 @@ def train_mnist(
         eval_batch_size=config.eval_batch_size,
         validation_size=config.validation_size,
         seed=config.seed,
+        max_shift=config.max_shift,
     )
     module = MNISTClassifier(config)
     throughput = ThroughputMeter()
