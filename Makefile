@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(STAMP)
+# The Kubernetes platform proto of the oldest KFP backend we compile for, on its own (it pins an
+# older kfp): the compile tests parse every executor's Kubernetes config strictly against it.
+OLDEST_BACKEND := $(VENV)/oldest-backend
+$(OLDEST_BACKEND)/.installed: tests/oldest-backend.txt $(STAMP)
+	rm -rf $(OLDEST_BACKEND)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(OLDEST_BACKEND) -r $<
+	touch $@
+
+setup: $(STAMP) $(OLDEST_BACKEND)/.installed
 
 pipeline: $(STAMP)  ## write mnist_pipeline.yaml, ready to upload in the Kubeflow UI
 	$(BIN)/python pipelines/mnist.py --compile
@@ -25,8 +33,13 @@ pipeline: $(STAMP)  ## write mnist_pipeline.yaml, ready to upload in the Kubeflo
 local: $(STAMP)  ## run the whole pipeline on this machine (kfp.local)
 	$(BIN)/python pipelines/mnist.py --local
 
+# `make images IMAGE_REGISTRY=registry.example.com/ml PUSH=1` builds both images for that registry
+# and pushes them (printing each one's digest); compile with the same --image-registry.
+IMAGE_REGISTRY ?=
+PUSH ?=
 images: $(STAMP)  ## build the container images with Docker (IMAGE_ARGS=--local-base where no registry is reachable)
-	$(BIN)/python images/build.py $(IMAGE_ARGS)
+	$(BIN)/python images/build.py $(if $(IMAGE_REGISTRY),--image-registry $(IMAGE_REGISTRY)) \
+		$(if $(filter 1 yes true,$(PUSH)),--push) $(IMAGE_ARGS)
 
 lock: $(STAMP)  ## regenerate images/*/requirements.txt from pyproject.toml (Python 3.11)
 	$(BIN)/python images/lock.py
@@ -35,7 +48,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint $(OLDEST_BACKEND)/.installed
 	$(BIN)/pytest
 
 format: $(STAMP)

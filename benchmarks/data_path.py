@@ -163,10 +163,11 @@ def _config(args: argparse.Namespace) -> Any:
 
 def run_device(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
-    from kfp_lightning.components.train_mnist.train import train_mnist
+    from kfp_lightning.components.train_mnist.train import TrainingOutputs, run_training
 
     _, device = _accelerator(args.device)
-    result = train_mnist(work / "dataset", work / "model", work / "logs", _config(args))
+    outputs = TrainingOutputs(work / "model", work / "logs")
+    result = run_training(work / "dataset", outputs, _config(args))
     metrics = result.metrics
     return {
         "samples_per_second": metrics["train_samples_per_second"],

@@ -18,10 +18,16 @@ DISTRIBUTION = "kfp-lightning"
 REGISTRY_ENV = "KFP_LIGHTNING_IMAGE_REGISTRY"
 DEFAULT_REGISTRY = "ghcr.io/kfp-lightning"
 
-# Image name -> what runs in it. Folders under images/ carry the same names.
+# Image name -> what runs in it. images/<name>/ holds each one's dependency lock.
 TRAINER = "trainer"  # torch (CUDA build, runs on CPU too), Lightning: download + training
 TOOLS = "tools"  # no torch: TensorBoard launcher and report, quick to pull and start
 IMAGE_NAMES = (TRAINER, TOOLS)
+# The images' OCI description labels.
+DESCRIPTIONS = {
+    TRAINER: "Downloads MNIST and trains the PyTorch MNIST CNN with Lightning (CUDA or CPU).",
+    TOOLS: "TensorBoard launcher, training report and TensorBoard server for kfp-lightning "
+    "(no PyTorch).",
+}
 # host[:port] followed by lowercase path components, as the OCI distribution spec allows.
 REGISTRY_PATTERN = re.compile(r"[a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*")
 

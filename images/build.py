@@ -10,7 +10,9 @@ pip settings: index, mirror, certificates) and builds this package's wheel; each
 context is then exactly its lock, its wheels and that package wheel. pip inside the build
 installs from those files only, with every hash checked, so the build reaches no Python index.
 Docker's layer cache makes a rebuild with unchanged locks take seconds; a changed package
-reinstalls only the package layer.
+reinstalls only the package layer. `--push` pushes the images once every one is built (a failed
+build pushes nothing) and prints each one's manifest digest, the reference that pins it:
+`pushed <tag> in <s>s: <registry>/<repository>@sha256:<hex>`.
 
 `--local-base` builds a Debian bookworm base with debootstrap (images/base-image.sh) for hosts
 that reach the Debian archive but no container registry. Builds use host networking (apt inside
@@ -321,9 +323,13 @@ def build_image(
     no_cache: bool = False,
 ) -> float:
     """Runs `docker build` for one image; returns the seconds it took."""
+    from kfp_lightning.components import images
+
     command = [
         docker, "build", "--network", "host", "--progress", "plain",
-        "--file", str(IMAGES_DIR / image / "Dockerfile"), "--tag", tag,
+        "--file", str(IMAGES_DIR / "Dockerfile"), "--tag", tag,
+        "--build-arg", f"TITLE={images.DISTRIBUTION}-{image}",
+        "--build-arg", f"DESCRIPTION={images.DESCRIPTIONS[image]}",
     ]  # fmt: skip
     if base_image:
         command += ["--build-arg", f"BASE_IMAGE={base_image}"]
@@ -352,6 +358,37 @@ def image_size(docker: str, tag: str) -> int:
     return int(out.stdout.strip())
 
 
+# Both of Docker's image stores end a push with "<tag>: digest: <manifest digest> size: <bytes>":
+# moby/moby distribution/push_v2.go (graph drivers) and daemon/containerd/image_push.go.
+_PUSHED_DIGEST = re.compile(r"^\S+: digest: (sha256:[0-9a-f]{64}) size: \d+$", re.MULTILINE)
+
+
+def push_image(docker: str, tag: str, log: Path) -> str:
+    """Pushes one image with `docker push`; returns the digest of the manifest the registry holds.
+
+    Args:
+        docker: The docker command.
+        tag: The local tag to push, `<registry>/<repository>:<tag>`.
+        log: File for the push's output.
+
+    Returns:
+        The manifest digest, `sha256:<64 hex>`: what a reference pins with `@`.
+
+    Raises:
+        BuildError: The push failed, or Docker reported no digest for it.
+    """
+    run_logged(f"docker push of {tag}", [docker, "push", tag], log)
+    digests = _PUSHED_DIGEST.findall(log.read_text())
+    if not digests:
+        raise BuildError(f"docker push of {tag} reported no manifest digest (log: {log})")
+    return digests[-1]
+
+
+def pinned_ref(tag: str, digest: str) -> str:
+    """`<registry>/<repository>@<digest>` for a tag `<registry>/<repository>:<tag>`."""
+    return f"{tag.rsplit(':', 1)[0]}@{digest}"
+
+
 def build(
     names: Sequence[str],
     registry: str | None = None,
@@ -360,18 +397,25 @@ def build(
     push: bool = False,
     no_cache: bool = False,
 ) -> dict[str, str]:
-    """Builds (and optionally pushes) the named images.
+    """Builds the named images and, with `push`, pushes them once every build has succeeded.
+
+    A failed build pushes nothing, so a registry never holds part of a set built from one
+    source. A push that fails after others succeeded is reported with what was pushed.
 
     Args:
         names: Image names, each one of `components.images.IMAGE_NAMES`.
         registry: Registry prefix for the tags (default: components/images.py's).
-        base_image: Base image for every Dockerfile (default: each Dockerfile's pinned one).
+        base_image: Base image of every image (default: the Dockerfile's pinned one).
         local_base: Build and use the debootstrap base instead (excludes `base_image`).
-        push: Push each image after building it.
+        push: Push the images after building them all.
         no_cache: Rebuild every layer (picks up Debian's updates, which a cached layer hides).
 
     Returns:
-        Image name -> the reference it was tagged with.
+        Image name -> its reference: the tag, or with `push` the pushed manifest pinned by
+        digest (`<registry>/<repository>@sha256:...`).
+
+    Raises:
+        BuildError: A step failed; the message names it and its log.
     """
     from kfp_lightning.components import images
 
@@ -404,10 +448,21 @@ def build(
         )
         size = image_size(docker, tag) / 1e9
         print(f"built {tag} in {seconds:.0f}s ({size:.2f} GB)", flush=True)
-        if push:
-            run_logged(f"docker push of {tag}", [docker, "push", tag], WORK / f"push-{name}.log")
-            print(f"pushed {tag}", flush=True)
         refs[name] = tag
+    if not push:
+        return refs
+    pushed: list[str] = []
+    for name, tag in refs.items():
+        started = time.monotonic()
+        try:
+            digest = push_image(docker, tag, WORK / f"push-{name}.log")
+        except BuildError as err:
+            if pushed:
+                raise BuildError(f"{err}\nalready pushed: {', '.join(pushed)}") from err
+            raise
+        refs[name] = pinned_ref(tag, digest)
+        pushed.append(tag)
+        print(f"pushed {tag} in {time.monotonic() - started:.0f}s: {refs[name]}", flush=True)
     return refs
 
 
@@ -437,7 +492,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"build the base with debootstrap as {LOCAL_BASE_IMAGE} and use it",
     )
-    parser.add_argument("--push", action="store_true", help="push every image after building")
+    parser.add_argument(
+        "--push",
+        action="store_true",
+        help="push the images once all are built, printing each one's digest",
+    )
     parser.add_argument(
         "--no-cache",
         action="store_true",
@@ -450,8 +509,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in args.image:
         if name not in images.IMAGE_NAMES:
             _exit(f"invalid --image={name!r}: expected one of {', '.join(images.IMAGE_NAMES)}")
-        if not (IMAGES_DIR / name / "Dockerfile").is_file():
-            _exit(f"invalid --image={name!r}: images/{name}/Dockerfile does not exist")
+        if not (IMAGES_DIR / name / "requirements.txt").is_file():
+            _exit(f"invalid --image={name!r}: images/{name}/requirements.txt does not exist")
     if args.base_image is not None and not args.base_image.strip():
         _exit("invalid --base-image='': expected an image reference such as debian:bookworm-slim")
     if args.image_registry is not None:

@@ -1,38 +1,64 @@
 #!/usr/bin/env bash
-# Makes a Docker daemon available for the container test, where this machine allows it.
+# Makes a Docker daemon available for the container tests, where this machine allows it.
 #
 #   images/ensure-docker.sh
 #
-# A daemon that already answers is used as it is. Otherwise, as root: installs Debian's docker.io
-# (and debootstrap, which builds the base image offline) when missing, then starts dockerd in the
-# background with --bridge=none (containers and builds here use host networking: no Docker
-# bridge, so no traffic to a private address range), logging to $DOCKERD_LOG
-# (default /var/log/dockerd.log). Exits 1 with the reason when Docker cannot run; the container
-# test then skips itself, saying the same.
+# As root, installs what the container tests use from Debian when missing: docker.io,
+# debootstrap (builds the base image offline) and docker-registry (the CNCF distribution server,
+# which the push test starts on 127.0.0.1). The packages' own services are not started: their
+# default configurations listen on every interface and use a Docker bridge. Then, unless a
+# daemon already answers, starts dockerd in the background with --bridge=none (containers and
+# builds here use host networking: no Docker bridge, so no traffic to a private address range),
+# logging to $DOCKERD_LOG (default /var/log/dockerd.log). Exits 1 with the reason when Docker
+# cannot run; the container tests then skip themselves, saying the same.
 set -euo pipefail
 
 log=${DOCKERD_LOG:-/var/log/dockerd.log}
 
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+
+if [[ ${#missing[@]} -gt 0 && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "docker: installing ${missing[*]}"
+    # Debian's policy-rc.d protocol: exit status 101 forbids every service start that a
+    # package's maintainer scripts ask for (invoke-rc.d and deb-systemd-invoke both obey it).
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=$policy
+        trap 'rm -f "$made_policy"' EXIT
+    fi
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        "${missing[@]}"; } >/tmp/ensure-docker-apt.log 2>&1; then
+        tail -5 /tmp/ensure-docker-apt.log >&2
+        echo "docker: apt-get could not install ${missing[*]} (log: /tmp/ensure-docker-apt.log)" >&2
+        exit 1
+    fi
+    if [[ -n $made_policy ]]; then
+        rm -f "$made_policy"
+        trap - EXIT
+    fi
+    missing=()
+fi
+
 if docker info >/dev/null 2>&1; then
     echo "docker: daemon running"
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "docker: missing ${missing[*]} (as root, this script installs them with apt-get)" >&2
+    fi
     exit 0
 fi
 if [[ $(id -u) != 0 ]]; then
     echo "docker: no daemon answers, and starting one needs root" >&2
     exit 1
 fi
-if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
-    if ! command -v apt-get >/dev/null; then
-        echo "docker: not installed, and apt-get is not available to install it" >&2
-        exit 1
-    fi
-    echo "docker: installing docker.io and debootstrap"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        docker.io debootstrap; } >/tmp/ensure-docker-apt.log 2>&1; then
-        tail -5 /tmp/ensure-docker-apt.log >&2
-        echo "docker: apt-get could not install docker.io (log: /tmp/ensure-docker-apt.log)" >&2
-        exit 1
-    fi
+if ! command -v dockerd >/dev/null; then
+    echo "docker: dockerd is not installed, and apt-get is not available to install it" >&2
+    exit 1
 fi
 if ! pgrep -x dockerd >/dev/null; then
     mkdir -p "$(dirname "$log")"

@@ -1,4 +1,4 @@
-"""Command line of `python pipelines/mnist.py`: compile for Kubeflow, or run locally.
+"""Command line of `python pipelines/mnist.py`: compile, run locally, or check a cluster.
 
 Every pipeline parameter is also an option, generated from the pipeline's signature and
 docstring so the two never drift; a preset supplies a recipe's values as defaults, explicit
@@ -18,16 +18,30 @@ from kfp import compiler
 
 from kfp_lightning.components import images
 from kfp_lightning.components.common.errors import EXIT_USER_ERROR, invalid, run_or_exit
+from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
+from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.train_mnist.config import PRESETS
+from kfp_lightning.components.train_on_nodes.nodes import (
+    MAX_NODES,
+    TRAINJOB,
+    check_nodes,
+    check_shared_location,
+)
+from kfp_lightning.pipelines import preflight
 from kfp_lightning.pipelines.mnist import (
     DEFAULT_TRAINING_TIMEOUT_SECONDS,
     build_pipeline,
     mnist_pipeline,
 )
-from kfp_lightning.pipelines.parameters import preset_parameters, validate_parameters
+from kfp_lightning.pipelines.parameters import (
+    check_cluster_run,
+    preset_parameters,
+    validate_parameters,
+)
 
 DEFAULT_YAML = "mnist_pipeline.yaml"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
 # KFP's names for parameter types -> the Python type a command-line value is parsed into.
 PARAMETER_TYPES: dict[str, type] = {
     "Integer": int,
@@ -87,17 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser: a mode, its options, and one option per pipeline parameter."""
     parser = OneLineParser(
         prog="python pipelines/mnist.py",
-        description="Compile the MNIST Lightning pipeline for Kubeflow, or run it locally.",
+        description="Compile the MNIST Lightning pipeline for Kubeflow, run it locally, or check "
+        "that a cluster can run it.",
     )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--compile", action="store_true", help="write the KFP v2 pipeline YAML")
     mode.add_argument("--local", action="store_true", help="run the pipeline here (kfp.local)")
+    mode.add_argument(
+        "--check-cluster",
+        action="store_true",
+        help="check that the current kubeconfig context's cluster can run the pipeline with "
+        "these parameters (see pipelines/preflight.py)",
+    )
     parser.add_argument(
         "--preset",
         type=_choice("preset", tuple(PRESETS)),
         default=None,
         help="recipe whose values become the defaults: classic (pytorch/examples, the default) "
         "or fast (one-cycle AdamW with 1-pixel shifts, 2 epochs); explicit options still win",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=_typed("nodes", int),
+        default=1,
+        metavar="N",
+        help=f"train on N nodes (1 to {MAX_NODES}, default 1): on a cluster as a Kubeflow "
+        "Trainer TrainJob (--compile, --check-cluster), here as N torchrun processes on "
+        "127.0.0.1 (--local)",
     )
     compile_options = parser.add_argument_group("--compile options")
     compile_options.add_argument(
@@ -132,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the local TensorBoard server running when the pipeline ends",
     )
+    check_options = parser.add_argument_group("--check-cluster options")
+    check_options.add_argument(
+        "--namespace",
+        default=None,
+        help="namespace the runs run in (default: the kubeconfig context's)",
+    )
+    check_options.add_argument(
+        "--service-account",
+        default=preflight.DEFAULT_SERVICE_ACCOUNT,
+        help=f"account the runs' pods run as (default: {preflight.DEFAULT_SERVICE_ACCOUNT})",
+    )
+    check_options.add_argument(
+        "--kfp-namespace",
+        default=preflight.DEFAULT_KFP_NAMESPACE,
+        help="namespace of the Kubeflow Pipelines backend "
+        f"(default: {preflight.DEFAULT_KFP_NAMESPACE})",
+    )
     docs = _parameter_docs()
     group = parser.add_argument_group("pipeline parameters (default: the preset's, or these)")
     for name, spec in mnist_pipeline.component_spec.inputs.items():
@@ -150,11 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def chosen_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The preset's values overlaid with the options given explicitly."""
-    parameters = preset_parameters(mnist_pipeline, args.preset) if args.preset else {}
+    parameters = preset_parameters(args.preset) if args.preset else {}
     for name in mnist_pipeline.component_spec.inputs:
         if getattr(args, name) is not None:
             parameters[name] = getattr(args, name)
     return parameters
+
+
+def check_output(output: str | Path) -> Path:
+    """Validates `--output`: a .yaml or .yml file path (missing folders are created).
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        UserInputError: A directory, another suffix, or a file where a folder must be.
+    """
+    path = Path(output)
+    accepted = "a file path ending in .yaml or .yml"
+    if path.is_dir() or str(output).endswith(("/", os.sep)):
+        raise invalid("output", str(output), f"{accepted}, not a directory")
+    if path.suffix not in (".yaml", ".yml"):
+        raise invalid("output", str(output), accepted)
+    blocking = next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise invalid("output", str(output), f"{accepted} ({blocking} is a file, not a folder)")
+    return path.absolute()
 
 
 def compile_pipeline(
@@ -162,59 +230,124 @@ def compile_pipeline(
     parameters: Mapping[str, Any] | None = None,
     logs_pvc: str | None = None,
     training_timeout_seconds: int = DEFAULT_TRAINING_TIMEOUT_SECONDS,
+    nodes: int = 1,
 ) -> Path:
     """Writes the pipeline YAML, with `parameters` as the run form's defaults.
 
     Args:
-        output: YAML file to write (atomically).
+        output: YAML file to write (atomically; missing folders are created).
         parameters: Default overrides, e.g. a preset's values.
         logs_pvc: Claim to mount for pvc:// logs roots.
         training_timeout_seconds: Deadline of the training pod.
+        nodes: Nodes to train on; more than one trains as a Kubeflow Trainer TrainJob.
 
     Returns:
         The absolute path written.
+
+    Raises:
+        UserInputError: A bad value, or one a cluster run cannot use (nothing is written).
     """
+    path = check_output(output)
     parameters = dict(parameters or {})
     if logs_pvc is not None:
         check_secret_name(logs_pvc, "logs_pvc")
         parameters.setdefault("tensorboard_logs_root", f"pvc://{logs_pvc}/tensorboard")
     if isinstance(training_timeout_seconds, bool) or training_timeout_seconds < 1:
         raise invalid("training_timeout", training_timeout_seconds, "an integer >= 1 (seconds)")
-    pipeline = build_pipeline(logs_pvc=logs_pvc, training_timeout_seconds=training_timeout_seconds)
-    validate_parameters(pipeline, parameters)
-    output = Path(output).absolute()
-    staging = output.with_name(f".{output.stem}.partial{output.suffix}")
-    try:
+    nodes = check_nodes(nodes)
+    pipeline = build_pipeline(
+        logs_pvc=logs_pvc, training_timeout_seconds=training_timeout_seconds, nodes=nodes
+    )
+    values = validate_parameters(pipeline, parameters)
+    check_cluster_run(values, logs_pvc)
+    if nodes > 1:
+        root = parse_logs_root(values["tensorboard_logs_root"], "namespace")
+        check_shared_location(root, logs_pvc, TRAINJOB)
+    with atomic_file(path) as staging:  # KFP wants a .yaml suffix: the staging file keeps it
         compiler.Compiler().compile(pipeline, str(staging), pipeline_parameters=parameters or None)
-        os.replace(staging, output)
-    finally:
-        staging.unlink(missing_ok=True)
-    return output
+    return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python pipelines/mnist.py`."""
-    args = build_parser().parse_args(argv)
+def compiled_images(path: Path) -> list[str]:
+    """Every container image a compiled pipeline YAML names, sorted."""
+    import yaml
+
+    pipeline_doc = next(yaml.safe_load_all(path.read_text()))
+    executors = pipeline_doc["deploymentSpec"]["executors"].values()
+    return sorted({executor["container"]["image"] for executor in executors})
+
+
+def describe_images(refs: Sequence[str]) -> str:
+    """What a user must know about the images before uploading the YAML: each node pulls them."""
+    listed = "".join(f"  {ref}\n" for ref in refs)
+    if images.registry() == images.DEFAULT_REGISTRY:
+        return (
+            f"images the cluster must pull:\n{listed}"
+            f"({images.DEFAULT_REGISTRY} holds them for released versions only; for any other "
+            "build, or a cluster that cannot reach it, push them to your own registry with "
+            "`python images/build.py --image-registry REGISTRY --push` and compile again with "
+            "the same --image-registry)"
+        )
+    return (
+        f"images the cluster must pull:\n{listed}"
+        f"(push them before the first run: python images/build.py --image-registry "
+        f"{images.registry()} --push)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Does what the parsed command line asks; see `main`."""
     parameters = run_or_exit(chosen_parameters, args)
+    nodes = run_or_exit(check_nodes, args.nodes)
+    if args.check_cluster:
+        if args.logs_pvc is not None:
+            parameters.setdefault("tensorboard_logs_root", f"pvc://{args.logs_pvc}/tensorboard")
+        values = run_or_exit(validate_parameters, mnist_pipeline, parameters)
+        return run_or_exit(
+            preflight.check_cluster,
+            values,
+            args.namespace,
+            args.service_account,
+            args.kfp_namespace,
+            nodes=nodes,
+        )
     if args.compile:
         if args.image_registry is not None:
             run_or_exit(images.use_registry, args.image_registry)
         path = run_or_exit(
-            compile_pipeline, args.output, parameters, args.logs_pvc, args.training_timeout
+            compile_pipeline,
+            args.output,
+            parameters,
+            args.logs_pvc,
+            args.training_timeout,
+            nodes,
         )
         print(path)
+        print(describe_images(compiled_images(path)))
         return 0
     from kfp_lightning.pipelines.local import run_local
 
-    summary = run_or_exit(run_local, args.output_dir, parameters, args.keep_tensorboard)
+    summary = run_or_exit(run_local, args.output_dir, parameters, args.keep_tensorboard, nodes)
     rate = summary["train_samples_per_second"]
     print(
         f"test accuracy {summary['test_accuracy']:.4f}, test loss {summary['test_loss']:.4f}, "
-        f"{summary['epochs']} epochs, {rate:.0f} training samples/s\n"
+        f"{summary['epochs']} epochs, {rate:.0f} training samples/s, "
+        f"{summary['nodes']} node(s), {summary['processes']} process(es)\n"
         f"model:   {summary['model']}\nreport:  {summary['report_html']}\n"
         f"summary: {Path(args.output_dir).absolute() / 'summary.json'}"
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python pipelines/mnist.py`: exit status 0, 1 (failed), 2 (bad value)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        # Ctrl-C: every step cleans up after itself (atomic writes, the local TensorBoard).
+        print("error: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ import re
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,10 +20,9 @@ from typing import Any
 from kfp_lightning.components.common.errors import RunError
 from kfp_lightning.components.common.files import write_json
 from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.train_on_nodes.nodes import LOCAL
 from kfp_lightning.pipelines.mnist import build_pipeline
-from kfp_lightning.pipelines.parameters import validate_parameters
-
-TENSORBOARD_START_SECONDS = 60
+from kfp_lightning.pipelines.parameters import check_local_run, validate_parameters
 
 
 def _free_port() -> int:
@@ -43,7 +41,7 @@ def local_tensorboard(logdir: Path, keep: bool, log_file: Path) -> Iterator[str]
         log_file: Where TensorBoard's own output goes.
 
     Yields:
-        The URL, once the server answers.
+        The URL (the server answers within seconds).
     """
     logdir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -59,20 +57,20 @@ def local_tensorboard(logdir: Path, keep: bool, log_file: Path) -> Iterator[str]
             # Its own session: Ctrl-C in this terminal stops the pipeline, not the viewer.
             start_new_session=True,
         )
-    deadline = time.monotonic() + TENSORBOARD_START_SECONDS
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    if process.poll() is not None:
-        print(f"warning: TensorBoard did not start (see {log_file})", file=sys.stderr)
-    else:
-        print(f"TensorBoard: {url} (live while the pipeline runs)", flush=True)
+    # Not waited for: TensorBoard loads while the first task starts, and the page answers long
+    # before the first point exists. A watcher says so if it stops early.
+    print(f"TensorBoard: {url} (live while the pipeline runs)", flush=True)
+    stopping = threading.Event()
+
+    def watch() -> None:
+        if process.wait() != 0 and not stopping.is_set():
+            print(f"warning: TensorBoard stopped (see {log_file})", file=sys.stderr, flush=True)
+
+    threading.Thread(target=watch, name="tensorboard-watch", daemon=True).start()
     try:
         yield url
     finally:
+        stopping.set()
         if keep and process.poll() is None:
             print(f"TensorBoard keeps running at {url} (stop it with: kill {process.pid})")
         else:
@@ -84,7 +82,10 @@ def local_tensorboard(logdir: Path, keep: bool, log_file: Path) -> Iterator[str]
 
 
 def run_local(
-    output_dir: str | Path, parameters: Mapping[str, Any], keep_tensorboard: bool = False
+    output_dir: str | Path,
+    parameters: Mapping[str, Any],
+    keep_tensorboard: bool = False,
+    nodes: int = 1,
 ) -> dict[str, Any]:
     """Runs the pipeline here and writes `<output_dir>/summary.json`.
 
@@ -93,6 +94,8 @@ def run_local(
         parameters: Pipeline arguments; `tensorboard_logs_root` defaults to
             `<output_dir>/tensorboard`.
         keep_tensorboard: Leave the TensorBoard server running when the pipeline ends.
+        nodes: Nodes to train on; more than one runs them as torchrun processes on 127.0.0.1
+            (gloo on the CPU), through the same multi-node entry point as a cluster's TrainJob.
 
     Returns:
         The summary that was written.
@@ -101,8 +104,9 @@ def run_local(
 
     output_dir = Path(output_dir).absolute()
     parameters = {"tensorboard_logs_root": str(output_dir / "tensorboard"), **parameters}
-    pipeline = build_pipeline(retries=False)
+    pipeline = build_pipeline(retries=False, nodes=nodes, node_launcher=LOCAL)
     values = validate_parameters(pipeline, parameters)
+    check_local_run(values)
     root = parse_logs_root(values["tensorboard_logs_root"], namespace="local")
     output_dir.mkdir(parents=True, exist_ok=True)
     # A summary from an earlier run must not pass for this run's if this one fails.
@@ -129,14 +133,21 @@ def run_local(
             message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
             raise RunError(f"{message} Its error is printed above.") from None
     metrics = dict(outputs["metrics"].metadata)
+    confusion = outputs["classification_metrics"].metadata["confusionMatrix"]
     summary = {
         "test_accuracy": metrics["test_accuracy"],
         "test_loss": metrics["test_loss"],
         "epochs": int(metrics["epochs"]),
         "train_samples_per_second": metrics["train_samples_per_second"],
+        # How many nodes and processes trained (the multi-node step logs both).
+        "nodes": int(metrics.get("nodes", 1)),
+        "processes": int(metrics.get("processes", 1)),
         "metrics": metrics,
         "model": outputs["model"].path,
         "tensorboard_logs": outputs["tensorboard_logs"].path,
+        "classification_metrics": outputs["classification_metrics"].path,
+        # Rows: true digit; columns: predicted digit (the artifact's metadata, as Kubeflow shows).
+        "confusion_matrix": [row["row"] for row in confusion["rows"]],
         "report_html": outputs["report"].path,
         "tensorboard_url": url,
         "parameters": values,

@@ -1,28 +1,35 @@
 """The pipeline's run parameters: defaults, presets, and validation before anything runs.
 
-The Kubeflow run form bypasses this module (each component validates its own inputs when it
-starts); the CLI calls `validate_parameters` so a bad value costs one line, not a pod.
+Every parameter is declared once, as a field of one of `mnist.RUN_PARAMETERS`; each component
+builds and so validates the same dataclasses from its inputs when it starts (the Kubeflow
+form bypasses the CLI), and `validate_parameters` builds all of them, so the CLI enforces
+every rule a component enforces, from the same code, before anything runs.
 """
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from kfp.dsl import base_component
 
 from kfp_lightning.components.common.errors import invalid
-from kfp_lightning.components.common.kubernetes_syntax import (
-    check_node_selector,
-    check_secret_name,
-    check_tolerations,
-)
+from kfp_lightning.components.common.files import atomic_write_text
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.common.urls import (
-    parse_base_url,
-    parse_http_endpoint,
-    parse_mirrors,
+from kfp_lightning.components.common.run_form import (
+    PIPELINE,
+    declared_parameters,
+    from_run_form,
+    parameters_of,
 )
-from kfp_lightning.components.download_mnist.sources import checksum_table
-from kfp_lightning.components.train_mnist.config import PRESETS, TrainConfig, preset_values
+from kfp_lightning.components.download_mnist.sources import MNIST_TRAIN_SAMPLES, DownloadConfig
+from kfp_lightning.components.train_mnist.config import (
+    PRESETS,
+    TEST_SET,
+    TrainConfig,
+    check_compiler,
+)
+from kfp_lightning.pipelines.mnist import RUN_PARAMETERS
 
 
 def pipeline_defaults(pipeline: base_component.BaseComponent) -> dict[str, Any]:
@@ -30,20 +37,19 @@ def pipeline_defaults(pipeline: base_component.BaseComponent) -> dict[str, Any]:
     return {name: spec.default for name, spec in pipeline.component_spec.inputs.items()}
 
 
-def train_parameter_names(pipeline: base_component.BaseComponent) -> tuple[str, ...]:
-    """The pipeline parameters that are `TrainConfig` fields."""
-    inputs = pipeline.component_spec.inputs
-    return tuple(name for name in TrainConfig.__dataclass_fields__ if name in inputs)
+def preset_parameters(preset: str) -> dict[str, Any]:
+    """The run-form values a preset sets (the classic recipe's for every other field).
 
-
-def preset_parameters(pipeline: base_component.BaseComponent, preset: str) -> dict[str, Any]:
-    """The pipeline parameters a preset sets, in the run form's types (switches as on/off)."""
+    Raises:
+        UserInputError: No such preset.
+    """
     if preset not in PRESETS:
         raise invalid("preset", preset, f"one of {', '.join(PRESETS)}")
-    values = preset_values(preset)
+    config = TrainConfig.from_preset(preset)
     return {
-        name: ("on" if values[name] else "off") if isinstance(values[name], bool) else values[name]
-        for name in train_parameter_names(pipeline)
+        p.name: p.to_form(getattr(config, p.name))
+        for p in declared_parameters(TrainConfig)
+        if p.scope == PIPELINE
     }
 
 
@@ -67,15 +73,109 @@ def validate_parameters(
         if name not in defaults:
             raise invalid("parameter", name, f"one of {', '.join(sorted(defaults))}")
     values = {**defaults, **parameters}
-    parse_mirrors(values["mirror"], ())
-    checksum_table(values["expected_md5"])
-    TrainConfig(**{name: values[name] for name in train_parameter_names(pipeline)})
-    # The namespace is only known in the pod; any valid name stands in for it here.
-    root = parse_logs_root(values["tensorboard_logs_root"], namespace="namespace")
-    if root.scheme == "s3":
-        parse_http_endpoint(values["s3_endpoint"], "s3_endpoint")
-    check_secret_name(values["s3_credentials_secret"], "s3_credentials_secret")
-    parse_base_url(values["kubeflow_base_url"])
-    check_node_selector(values["node_selector"])
-    check_tolerations(values["tolerations"])
+    for config in RUN_PARAMETERS:
+        from_run_form(config, values)
+    check_dataset_fit(values)
     return values
+
+
+def check_dataset_fit(values: Mapping[str, Any]) -> None:
+    """The validation hold-out must leave training images: known before download for MNIST.
+
+    Training checks the same against the downloaded data; with the published checksums the
+    data is the official MNIST, whose size is known, so the CLI can say so before anything runs.
+    """
+    download = from_run_form(DownloadConfig, values)
+    config = from_run_form(TrainConfig, values)
+    if download.published_checksums and config.validation_size >= MNIST_TRAIN_SAMPLES:
+        raise invalid(
+            "validation",
+            values["validation"],
+            f"{TEST_SET} or fewer than the {MNIST_TRAIN_SAMPLES} MNIST training images",
+        )
+
+
+def check_cluster_run(values: Mapping[str, Any], logs_pvc: str | None) -> None:
+    """What a compiled pipeline needs beyond valid values: a mounted claim, a compiler.
+
+    Args:
+        values: Every pipeline parameter, validated.
+        logs_pvc: The claim `--logs-pvc` mounts in the training pod, if any.
+
+    Raises:
+        UserInputError: A pvc:// root the pod would not have mounted, or `torch_compile=on`,
+            which the trainer image cannot run (it has no C compiler).
+    """
+    root = values["tensorboard_logs_root"]
+    location = parse_logs_root(root, "namespace")
+    if location.scheme == "pvc" and location.claim != logs_pvc:
+        raise invalid(
+            "tensorboard_logs_root",
+            root,
+            f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
+            if logs_pvc
+            else f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim",
+        )
+    if from_run_form(TrainConfig, values).torch_compile:
+        raise invalid(
+            "torch_compile",
+            values["torch_compile"],
+            "off: the trainer image has no C compiler, which torch.compile needs",
+        )
+
+
+def check_local_run(values: Mapping[str, Any]) -> None:
+    """What a `--local` run needs beyond valid values: a root this machine can write.
+
+    Raises:
+        UserInputError: A pvc:// root (no claim is mounted here), or `torch_compile=on`
+            without a compiler on this machine.
+    """
+    root = values["tensorboard_logs_root"]
+    if parse_logs_root(root, "local").scheme == "pvc":
+        raise invalid("tensorboard_logs_root", root, "a directory or s3:// for --local runs")
+    config = from_run_form(TrainConfig, values)
+    # --local trains in this Python: on the CPU, or on this machine's GPU if it has one.
+    check_compiler(config.torch_compile, "cpu")
+    if config.gpus:
+        check_compiler(config.torch_compile, "gpu")
+
+
+README_START = "<!-- parameters: generated by `python -m kfp_lightning.pipelines.parameters` -->"
+README_END = "<!-- end of parameters -->"
+
+
+def _markdown_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return f"`{text}`" if len(text) <= 60 else f"`{text[:57]}...`"
+
+
+def parameters_table() -> str:
+    """The README's table of run parameters, from their declarations."""
+    rows = ["| parameter | type | default | description |", "| --- | --- | --- | --- |"]
+    for parameter in parameters_of(RUN_PARAMETERS, scopes=[PIPELINE]):
+        description = parameter.description.replace("|", "\\|")
+        rows.append(
+            f"| `{parameter.name}` | {parameter.form_type.__name__} "
+            f"| {_markdown_value(parameter.default)} | {description} |"
+        )
+    return "\n".join(rows)
+
+
+def with_parameters_table(readme: str) -> str:
+    """`readme` with the text between the table's markers replaced by `parameters_table()`.
+
+    Raises:
+        ValueError: The markers are missing.
+    """
+    before, found, rest = readme.partition(README_START)
+    _, found_end, after = rest.partition(README_END)
+    if not (found and found_end):
+        raise ValueError(f"README.md lacks {README_START} ... {README_END}")
+    return f"{before}{README_START}\n{parameters_table()}\n{README_END}{after}"
+
+
+if __name__ == "__main__":
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    atomic_write_text(readme, with_parameters_table(readme.read_text()))
+    print(f"updated the parameters table in {readme}")

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small MNIST-format mirror, on disk and served over HTTP on 127.0.0.1."""
+"""Shared fixtures: a small MNIST-format mirror, on disk and served over HTTP on 127.0.0.1; a
+real kube-apiserver (tests/apiserver/)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.apiserver.server import apiserver_admin, kube_apiserver, kubeflow_crds  # noqa: F401
 from tests.synthetic_mnist import write_mirror
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,10 +45,14 @@ def http_mirror(mnist_mirror: tuple[Path, dict[str, str]]) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def dataset(mnist_mirror, tmp_path_factory) -> Path:
-    """A Dataset artifact directory made by download_mnist from `mnist_mirror`."""
-    from kfp_lightning.components.download_mnist.download import DownloadOptions, download_mnist
+    """A Dataset artifact directory made by `download_dataset` from `mnist_mirror`."""
+    from kfp_lightning.components.download_mnist.download import (
+        DownloadOptions,
+        download_dataset,
+    )
+    from kfp_lightning.components.download_mnist.sources import DownloadConfig
 
     directory, md5 = mnist_mirror
     path = tmp_path_factory.mktemp("data") / "dataset"
-    download_mnist(path, directory.as_uri(), md5, DownloadOptions(retries=0))
+    download_dataset(path, DownloadConfig(directory.as_uri(), md5), DownloadOptions(retries=0))
     return path

@@ -1,95 +1,194 @@
-"""Bad input, table-driven, through both entry points: the CLI (compile and --local start) and
-each component as a Kubeflow pod runs it (the run form bypasses the CLI). Every case must end
-with one line naming the parameter and the value, exit status 2, and nothing written."""
+"""Bad input: every rule a component enforces, enforced by the CLI first, from the same code.
+
+Each run parameter is declared once (`mnist.RUN_PARAMETERS`), and each component validates its
+inputs by building those declarations when it starts (the Kubeflow run form bypasses the CLI).
+The table below has rejected values for every declared run parameter, and a test fails when a
+parameter has none, so adding a parameter means adding its rule here. Each case is checked in
+process against both sides: the component's declaration and the CLI's validation must raise
+the same one-line message. A handful also run end to end, through the CLI and through a
+component exactly as a pod runs it: exit status 2, one line, nothing written.
+"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from kfp_lightning.components.common.errors import UserInputError
+from kfp_lightning.components.common.run_form import PIPELINE, from_run_form, parameters_of
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
 from kfp_lightning.components.train_mnist.component import train_mnist
+from kfp_lightning.pipelines import cli
+from kfp_lightning.pipelines.mnist import RUN_PARAMETERS, mnist_pipeline
+from kfp_lightning.pipelines.parameters import validate_parameters
 from tests.component_runner import run_component
 
 REPO = Path(__file__).resolve().parents[1]
 
-# (case, CLI options, component, component parameters, start of the message)
-CASES = [
-    ("epochs 0", ["--epochs", "0"], train_mnist, {"epochs": 0}, "invalid epochs=0: expected an integer >= 1"),
-    ("epochs 2.5", ["--epochs", "2.5"], train_mnist, {"epochs": 2.5}, "invalid epochs="),
-    ("batch size -8", ["--batch-size", "-8"], train_mnist, {"batch_size": -8}, "invalid batch_size=-8"),
-    ("batch size 0", ["--batch-size", "0"], train_mnist, {"batch_size": 0}, "invalid batch_size=0"),
-    ("lr nan", ["--learning-rate", "nan"], train_mnist, {"learning_rate": float("inf")}, "invalid learning_rate="),
-    ("lr 0", ["--learning-rate", "0"], train_mnist, {"learning_rate": 0.0}, "invalid learning_rate=0"),
-    ("lr negative", ["--learning-rate", "-0.1"], train_mnist, {"learning_rate": -0.1}, "invalid learning_rate=-0.1"),
-    ("gamma 0", ["--gamma", "0"], train_mnist, {"gamma": 0.0}, "invalid gamma=0"),
-    ("gamma 1.5", ["--gamma", "1.5"], train_mnist, {"gamma": 1.5}, "invalid gamma=1.5: expected a number in (0, 1]"),
-    ("precision", ["--precision", "fp8"], train_mnist, {"precision": "fp8"}, "invalid precision='fp8': expected one of 32-true, bf16-mixed, 16-mixed"),
-    ("optimizer", ["--optimizer", "adam"], train_mnist, {"optimizer": "adam"}, "invalid optimizer='adam'"),
-    ("switch", ["--torch-compile", "maybe"], train_mnist, {"torch_compile": "maybe"}, "invalid torch_compile='maybe': expected one of on, off"),
-    ("validation", ["--validation", "half"], train_mnist, {"validation": "half"}, "invalid validation='half'"),
-    ("augmentation", ["--augmentation", "shift:9"], train_mnist, {"augmentation": "shift:9"}, "invalid augmentation='shift:9': expected none or shift:N with N from 1 to 4"),
-    ("gpus -1", ["--gpus", "-1"], train_mnist, {"gpus": -1}, "invalid gpus=-1: expected an integer >= 0"),
-    ("gpus 0.5", ["--gpus", "0.5"], train_mnist, {"gpus": 0.5}, "invalid gpus="),
-    ("flush 0", ["--flush-secs", "0"], train_mnist, {"flush_secs": 0}, "invalid flush_secs=0"),
-    ("mirror scheme", ["--mirror", "ftp://example.com/mnist/"], download_mnist, {"mirror": "ftp://example.com/mnist/"}, "invalid mirror='ftp://example.com/mnist/'"),
-    ("mirror no host", ["--mirror", "https:///mnist/"], download_mnist, {"mirror": "https:///mnist/"}, "invalid mirror='https:///mnist/'"),
-    ("md5", ["--expected-md5", '{"a": "b"}'], download_mnist, {"expected_md5": {"a": "b"}}, "invalid expected_md5="),
-    ("logs scheme", ["--tensorboard-logs-root", "gs://bucket/tb"], train_mnist, {"tensorboard_logs_root": "gs://bucket/tb"}, "invalid tensorboard_logs_root='gs://bucket/tb'"),
-    ("logs relative", ["--tensorboard-logs-root", "runs/tb"], launch_tensorboard, {"tensorboard_logs_root": "runs/tb"}, "invalid tensorboard_logs_root='runs/tb'"),
-    ("logs bucket", ["--tensorboard-logs-root", "s3://Bad_Bucket/x"], train_mnist, {"tensorboard_logs_root": "s3://Bad_Bucket/x"}, "invalid tensorboard_logs_root="),
-    ("endpoint", ["--s3-endpoint", "minio:9000"], launch_tensorboard, {"s3_endpoint": "minio:9000"}, "invalid s3_endpoint='minio:9000': expected an endpoint of the form http(s)://host[:port]"),
-    ("secret", ["--s3-credentials-secret", "Not A Name"], launch_tensorboard, {"s3_credentials_secret": "Not A Name"}, "invalid s3_credentials_secret='Not A Name'"),
-    ("base url", ["--kubeflow-base-url", "kubeflow.example.com"], launch_tensorboard, {"kubeflow_base_url": "kubeflow.example.com"}, "invalid kubeflow_base_url='kubeflow.example.com'"),
-    ("node selector key", ["--node-selector", '{"bad key!": "x"}'], None, None, "invalid node_selector="),
-    ("node selector type", ["--node-selector", "[]"], None, None, "invalid node_selector='[]': expected a JSON object"),
-    ("toleration operator", ["--tolerations", '[{"key": "gpu", "operator": "Sometimes"}]'], None, None, "invalid tolerations="),
-    ("toleration exists with value", ["--tolerations", '[{"key": "gpu", "operator": "Exists", "value": "x"}]'], None, None, "invalid tolerations="),
-    ("preset", ["--preset", "turbo"], None, None, "invalid preset='turbo': expected one of classic, fast"),
-]  # fmt: skip
+# (parameter, a value it rejects, the start of the message)
+REJECTED = [
+    ("mirror", "ftp://example.com/mnist/", "invalid mirror='ftp://example.com/mnist/'"),
+    ("mirror", "https:///mnist/", "invalid mirror='https:///mnist/'"),
+    ("mirror", "file://tmp/data/", "invalid mirror='file://tmp/data/': expected file:///tmp/data/"),
+    ("expected_md5", {"a": "b"}, "invalid expected_md5="),
+    ("epochs", 0, "invalid epochs=0: expected an integer >= 1"),
+    ("epochs", 2.5, "invalid epochs=2.5"),
+    ("batch_size", -8, "invalid batch_size=-8"),
+    ("batch_size", 0, "invalid batch_size=0"),
+    ("learning_rate", float("inf"), "invalid learning_rate=inf: expected a finite number > 0"),
+    ("learning_rate", 0.0, "invalid learning_rate=0"),
+    ("learning_rate", -0.1, "invalid learning_rate=-0.1"),
+    ("gamma", 0.0, "invalid gamma=0"),
+    ("gamma", 1.5, "invalid gamma=1.5: expected a number in (0, 1]"),
+    ("optimizer", "adam", "invalid optimizer='adam': expected one of adadelta, sgd, adamw"),
+    ("lr_schedule", "cosine", "invalid lr_schedule='cosine': expected one of step, onecycle"),
+    ("seed", -1, "invalid seed=-1"),
+    ("validation", "half", "invalid validation='half'"),
+    ("validation", "60000", "invalid validation='60000': expected test-set or fewer than the"),
+    ("augmentation", "shift:9", "invalid augmentation='shift:9': expected none or shift:N"),
+    ("gpus", "-1", "invalid gpus='-1': expected a whole number from 0 to 16"),
+    ("gpus", "0.5", "invalid gpus='0.5'"),
+    ("gpus", "17", "invalid gpus='17': expected a whole number from 0 to 16"),
+    ("precision", "fp8", "invalid precision='fp8': expected one of 32-true, bf16-mixed, 16-mixed"),
+    ("torch_compile", "maybe", "invalid torch_compile='maybe': expected one of on, off"),
+    ("channels_last", "yes", "invalid channels_last='yes': expected one of on, off"),
+    ("checkpoint_interval_minutes", 0.0, "invalid checkpoint_interval_minutes=0"),
+    ("tensorboard_logs_root", "gs://bucket/tb", "invalid tensorboard_logs_root='gs://bucket/tb'"),
+    ("tensorboard_logs_root", "runs/tb", "invalid tensorboard_logs_root='runs/tb'"),
+    ("tensorboard_logs_root", "file://tmp/tb", "invalid tensorboard_logs_root='file://tmp/tb'"),
+    ("tensorboard_logs_root", "s3://Bad_Bucket/x", "invalid tensorboard_logs_root="),
+    ("s3_endpoint", "minio:9000", "invalid s3_endpoint='minio:9000': expected an endpoint"),
+    ("s3_credentials_secret", "Not A Name", "invalid s3_credentials_secret='Not A Name'"),
+    ("live_update_seconds", 0, "invalid live_update_seconds=0: expected an integer from 1 to 300"),
+    ("live_update_seconds", 301, "invalid live_update_seconds=301"),
+    ("kubeflow_base_url", "kubeflow.example.com", "invalid kubeflow_base_url="),
+    ("node_selector", {"bad key!": "x"}, "invalid node_selector="),
+    ("node_selector", [], "invalid node_selector=[]: expected a JSON object"),
+    ("tolerations", [{"key": "gpu", "operator": "Sometimes"}], "invalid tolerations="),
+    ("tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}], "invalid tolerations="),
+]
+# Rules that relate two parameters: (values, the start of the message).
+REJECTED_TOGETHER = [
+    ({"gpus": "0", "precision": "16-mixed"}, "invalid precision='16-mixed': expected 32-true"),
+]
 
 
-def _single_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    return lines[0]
+def test_every_run_parameter_has_a_rejected_value():
+    covered = {name for name, _, _ in REJECTED}
+    declared = {p.name for p in parameters_of(RUN_PARAMETERS, scopes=[PIPELINE])}
+    assert declared - covered == set(), "add the new parameter's rule to REJECTED"
+
+
+def _error(call) -> str:
+    with pytest.raises(UserInputError) as raised:
+        call()
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
 
 
 @pytest.mark.parametrize(
-    ("case", "options", "component", "parameters", "message"), CASES, ids=[c[0] for c in CASES]
+    ("values", "message"),
+    [({name: value}, message) for name, value, message in REJECTED] + REJECTED_TOGETHER,
+    ids=[f"{n}={v!r}"[:60] for n, v, _ in REJECTED] + [str(v) for v, _ in REJECTED_TOGETHER],
 )
-def test_cli(case, options, component, parameters, message, tmp_path):
+def test_the_cli_enforces_what_the_component_enforces(values, message):
+    defaults = {name: spec.default for name, spec in mnist_pipeline.component_spec.inputs.items()}
+    form = {**defaults, **values}
+    # Component side: the declarations the parameter's owner (and so its component) builds.
+    owners = {p.owner for p in parameters_of(RUN_PARAMETERS) if p.name in values}
+    component_messages = []
+    for owner in owners:
+        try:
+            from_run_form(owner, form)
+        except UserInputError as err:
+            component_messages.append(str(err))
+    # The validation hold-out against the dataset is checked when training reads the data;
+    # the CLI knows MNIST's size in advance.
+    if values.get("validation") != "60000":
+        assert component_messages, f"no component rejects {values}"
+        assert component_messages[0].startswith(message)
+    # CLI side: the same message, before anything runs.
+    assert _error(lambda: validate_parameters(mnist_pipeline, values)).startswith(message)
+
+
+# End to end through the CLI: (arguments, the start of the one line on stderr).
+CLI_CASES = [
+    (["--compile", "--epochs", "0"], "error: invalid epochs=0: expected an integer >= 1"),
+    (["--compile", "--gpus", "0", "--precision", "16-mixed"], "error: invalid precision="),
+    (["--local", "--mirror", "file://tmp/data/"], "error: invalid mirror='file://tmp/data/'"),
+    (["--local", "--tensorboard-logs-root", "pvc://claim/x"], "error: invalid tensorboard_logs_root="),
+    (["--compile", "--output", "."], "error: invalid output='.': expected a file path ending in"),
+    (["--compile", "--output", "pipeline.txt"], "error: invalid output='pipeline.txt'"),
+    (["--compile", "--torch-compile", "on"], "error: invalid torch_compile='on': expected off"),
+    (["--compile", "--tensorboard-logs-root", "pvc://claim/x"], "error: invalid tensorboard_logs_root='pvc://claim/x': expected an s3:// root, or compile with --logs-pvc claim"),
+    (["--compile", "--logs-pvc", "a", "--tensorboard-logs-root", "pvc://b/x"], "error: invalid tensorboard_logs_root='pvc://b/x': expected pvc://a/PATH"),
+    (["--compile", "--node-selector", "[]"], "error: invalid node_selector='[]': expected a JSON object"),
+    (["--compile", "--epochs", "2.5"], "error: invalid epochs='2.5': expected an integer"),
+    (["--compile", "--preset", "turbo"], "error: invalid preset='turbo': expected one of classic, fast"),
+    (["--compile", "--image-registry", "Bad Registry"], "error: invalid image_registry='Bad Registry'"),
+    (["--compile", "--logs-pvc", "Bad_Claim"], "error: invalid logs_pvc='Bad_Claim'"),
+    (["--compile", "--training-timeout", "0"], "error: invalid training_timeout=0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_cli_in_process(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*args, "--output-dir", "out"] if "--local" in args else args)
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(message)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--compile", "--output", "p.yaml", "--epochs", "0"],
+        ["--local", "--output-dir", "out", "--gamma", "1.5"],
+    ],
+)
+def test_cli_as_a_user_runs_it(args, tmp_path):
     process = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "pipelines" / "mnist.py"),
-            "--compile",
-            "--output",
-            "p.yaml",
-            *options,
-        ],
+        [sys.executable, str(REPO / "pipelines" / "mnist.py"), *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert process.returncode == 2
-    assert _single_line(process.stderr).startswith(f"error: {message}")
+    (line,) = process.stderr.strip().splitlines()
+    assert line.startswith("error: invalid ")
     assert list(tmp_path.iterdir()) == []
 
 
-COMPONENT_CASES = [c for c in CASES if c[2] is not None]
+def test_output_creates_missing_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--compile", "--output", "runs/new/dir/pipeline.yaml"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == str(tmp_path / "runs/new/dir/pipeline.yaml")
+    assert (tmp_path / "runs/new/dir/pipeline.yaml").is_file()
+
+
+# Through a component exactly as a pod runs it (the Kubeflow form bypasses the CLI).
+COMPONENT_CASES = [
+    (download_mnist, {"mirror": "file://tmp/data/"}, "invalid mirror='file://tmp/data/'"),
+    (train_mnist, {"gpus": "0", "precision": "16-mixed"}, "invalid precision='16-mixed'"),
+    (launch_tensorboard, {"s3_endpoint": "minio:9000"}, "invalid s3_endpoint='minio:9000'"),
+]
 
 
 @pytest.mark.parametrize(
-    ("case", "options", "component", "parameters", "message"),
+    ("component", "parameters", "message"),
     COMPONENT_CASES,
-    ids=[c[0] for c in COMPONENT_CASES],
+    ids=[c.name for c, _, _ in COMPONENT_CASES],
 )
-def test_component(case, options, component, parameters, message, tmp_path):
+def test_component_as_a_pod_runs_it(component, parameters, message, tmp_path):
     inputs = {}
     if component is train_mnist:
         # Never read: the parameters are checked before the dataset is opened.
@@ -98,5 +197,9 @@ def test_component(case, options, component, parameters, message, tmp_path):
         parameters = {"run_id": "run-1", **parameters}
     process, outputs = run_component(component, tmp_path / "pod", parameters, inputs)
     assert process.returncode == 2, process.stderr[-2000:]
-    assert _single_line(process.stderr).startswith(f"error: {message}")
-    assert not any(path.exists() for path in outputs.values())
+    (line,) = [x for x in process.stderr.strip().splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: {message}")
+    assert "Traceback" not in process.stderr
+    assert not (tmp_path / "pod" / "executor_output.json").exists()
+    assert all(not path.exists() for path in outputs.values())
+    json.dumps(parameters)  # what the pod received was plain JSON

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.struct_pb2 import Struct
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -70,18 +72,37 @@ def test_dag(compiled):
             assert tasks[task].inputs.parameters[shared].component_input_parameter == shared
 
 
-def test_gpu_request_follows_the_gpus_parameter(compiled):
+_CHANNEL = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
+
+
+def driver_string_value(value: struct_pb2.Value) -> str:
+    """What the KFP driver reads from a resolved parameter for a pod-spec field.
+
+    backend/src/v2/driver/resolve.go, `resolvePodSpecInputRuntimeParameter`, returns
+    `val.GetStringValue()`: the string of a string value, and "" for any other kind.
+    """
+    return value.string_value if value.WhichOneof("kind") == "string_value" else ""
+
+
+def test_gpu_limit_reaches_the_pod(compiled):
+    """Walks the IR from the accelerator count to the run parameter, as the driver resolves it."""
     spec, _ = compiled
     resources = _executor(spec, "train-mnist")["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert resources["accelerator"]["resourceCount"] == (
-        "{{$.inputs.parameters['pipelinechannel--gpus']}}"
-    )
-    # The task receives the run's gpus both as the placeholder's source and as its argument.
-    parameters = spec.root.dag.tasks["train-mnist"].inputs.parameters
-    assert parameters["pipelinechannel--gpus"].component_input_parameter == "gpus"
-    assert parameters["gpus"].component_input_parameter == "gpus"
-    assert spec.root.input_definitions.parameters["gpus"].default_value.number_value == 1
+    (placeholder,) = _CHANNEL.fullmatch(resources["accelerator"]["resourceCount"]).groups()
+    task_input = spec.root.dag.tasks["train-mnist"].inputs.parameters[placeholder]
+    root_name = task_input.component_input_parameter
+    assert root_name == "gpus"
+    root = spec.root.input_definitions.parameters[root_name]
+    # The run form and the API send a value of the declared type: it must be a string, or the
+    # driver reads "" and drops the nvidia.com/gpu limit without a word.
+    assert root.parameter_type == pipeline_spec_pb2.ParameterType.STRING
+    count = driver_string_value(root.default_value)
+    assert count == "1"  # what Kubernetes' ParseQuantity then reads as the limit
+    # The component gets the same run parameter as its own argument.
+    assert spec.root.dag.tasks["train-mnist"].inputs.parameters["gpus"].component_input_parameter
+    # The old declaration (an integer parameter) is what this walk exists to catch.
+    assert driver_string_value(struct_pb2.Value(number_value=1)) == ""
 
 
 def test_images_and_no_install_at_start(compiled):
@@ -129,7 +150,8 @@ def test_kubernetes_settings(compiled):
     ]
     (secret,) = train.secret_as_env
     assert secret.secret_name_parameter.component_input_parameter == "s3_credentials_secret"
-    assert secret.optional
+    # `optional` exists only from backend 2.15; 2.14 rejects a run that sets it.
+    assert not secret.HasField("optional")
     assert {(m.secret_key, m.env_var) for m in secret.key_to_env} == {
         ("accesskey", "AWS_ACCESS_KEY_ID"),
         ("secretkey", "AWS_SECRET_ACCESS_KEY"),
@@ -148,7 +170,7 @@ def test_kubernetes_settings(compiled):
 
 
 def test_caching_and_retries(compiled):
-    spec, _ = compiled
+    spec, executors = compiled
     tasks = spec.root.dag.tasks
     assert tasks["download-mnist"].caching_options.enable_cache
     assert not tasks["train-mnist"].caching_options.enable_cache
@@ -157,15 +179,29 @@ def test_caching_and_retries(compiled):
     assert tasks["download-mnist"].retry_policy.max_retry_count == 3
     assert tasks["train-mnist"].retry_policy.max_retry_count == 2
     assert tasks["train-mnist"].retry_policy.backoff_duration.seconds == 60
+    for task in ("download-mnist", "train-mnist"):
+        policy = tasks[task].retry_policy
+        deadline = executors[f"exec-{task}"].active_deadline_seconds
+        # Backend 2.5.0 truncates the factor to an integer (argocompiler/container.go).
+        assert policy.backoff_factor == int(policy.backoff_factor) >= 1
+        pauses = sum(
+            policy.backoff_duration.seconds * policy.backoff_factor**i
+            for i in range(policy.max_retry_count)
+        )
+        # Argo counts maxDuration from the first attempt's start and makes it every later
+        # attempt's deadline: each attempt must be able to run to its own deadline.
+        assert deadline > 0
+        assert policy.backoff_max_duration.seconds >= (
+            (policy.max_retry_count + 1) * deadline + pauses
+        ), task
 
 
 def test_component_defaults_equal_the_training_config_defaults():
     # component.py repeats defaults as literals (its source ships as text): hold them equal.
     inputs = train_mnist.component_spec.inputs
-    for name, value in TrainConfig().as_dict().items():
-        if name in inputs:
-            expected = ("on" if value else "off") if isinstance(value, bool) else value
-            assert inputs[name].default == expected, name
+    fields = TrainConfig().as_dict()
+    from_component = TrainConfig(**{n: inputs[n].default for n in fields if n in inputs})
+    assert from_component.as_dict() == fields
 
 
 def test_preset_logs_pvc_and_registry(tmp_path, monkeypatch):
@@ -190,8 +226,12 @@ def test_preset_logs_pvc_and_registry(tmp_path, monkeypatch):
     assert defaults["tensorboard_logs_root"] == "pvc://tb-logs/tensorboard"
     (mount,) = executors["exec-train-mnist"].pvc_mount
     assert mount.mount_path == "/mnt/pvc/tb-logs"
+    # pvc:// logs need no object-store credentials: no secret a namespace might lack.
+    assert not executors["exec-train-mnist"].secret_as_env
     assert mount.pvc_name_parameter.runtime_value.constant.string_value == "tb-logs"
     assert executors["exec-train-mnist"].active_deadline_seconds == 600
+    retry = spec.root.dag.tasks["train-mnist"].retry_policy
+    assert retry.backoff_max_duration.seconds >= 3 * 600
     for executor in spec.deployment_spec["executors"].values():
         assert executor["container"]["image"].startswith("registry.example.com:5000/ml/")
     (env,) = spec.deployment_spec["executors"]["exec-launch-tensorboard"]["container"]["env"]
@@ -210,8 +250,20 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_cli_compiles_to_the_default_path(tmp_path):
     process = run_cli("--compile", cwd=tmp_path)
     assert process.returncode == 0, process.stderr
-    assert process.stdout.strip() == str(tmp_path / "mnist_pipeline.yaml")
-    load(tmp_path / "mnist_pipeline.yaml")
+    path, *notes = process.stdout.strip().splitlines()
+    assert path == str(tmp_path / "mnist_pipeline.yaml")
+    spec, _ = load(tmp_path / "mnist_pipeline.yaml")
+    # The images the YAML names are listed, with how to make them pullable.
+    named = {e["container"]["image"] for e in spec.deployment_spec["executors"].values()}
+    assert {line.strip() for line in notes if ":" in line and " " not in line.strip()} == named
+    assert "--image-registry REGISTRY --push" in notes[-1]
+
+
+def test_cli_names_the_registry_to_push_to(tmp_path):
+    process = run_cli("--compile", "--image-registry", "127.0.0.1:5000/ml", cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert "  127.0.0.1:5000/ml/kfp-lightning-trainer:" in process.stdout
+    assert "--image-registry 127.0.0.1:5000/ml --push" in process.stdout
 
 
 @pytest.mark.parametrize(
@@ -229,3 +281,63 @@ def test_cli_rejects_bad_values_without_writing(tmp_path, args, message):
     (line,) = process.stderr.strip().splitlines()
     assert line.startswith(message)
     assert list(tmp_path.iterdir()) == []
+
+
+OLDEST_BACKEND = Path(sys.prefix) / "oldest-backend"  # made by `make setup`
+# Parses each executor's Kubernetes config strictly against the platform proto of the oldest
+# supported backend, loaded in a fresh interpreter: its messages have the same full names as
+# the installed kfp-kubernetes's, and one process cannot hold both.
+_PARSE_WITH_OLDEST = """
+import importlib.util, json, sys
+from google.protobuf import json_format
+spec = importlib.util.spec_from_file_location("oldest_pb2", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+errors = {}
+for name, config in json.load(sys.stdin).items():
+    try:
+        json_format.ParseDict(config, module.KubernetesExecutorConfig())
+    except json_format.ParseError as err:
+        errors[name] = str(err)
+print(json.dumps(errors))
+"""
+
+
+def rejected_by_oldest_backend(executors: dict) -> dict[str, str]:
+    """Executor name -> parse error, for every config the oldest backend's proto rejects."""
+    pb2 = OLDEST_BACKEND / "kfp" / "kubernetes" / "kubernetes_executor_config_pb2.py"
+    assert pb2.is_file(), f"{pb2} is missing: run `make setup`"
+    process = subprocess.run(
+        [sys.executable, "-c", _PARSE_WITH_OLDEST, str(pb2)],
+        input=json.dumps(executors),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(process.stdout)
+
+
+@pytest.mark.parametrize("logs_pvc", [None, "tb-logs"])
+def test_oldest_supported_backend_accepts_every_kubernetes_config(tmp_path, logs_pvc):
+    # Backend 2.14's API server parses these strictly (argocompiler/container.go,
+    # protojson.Unmarshal) and refuses the run over one unknown field; the oldest backend's
+    # proto is the narrowest, so a config it accepts is accepted by every newer one.
+    path = compile_pipeline(tmp_path / "p.yaml", logs_pvc=logs_pvc)
+    _, platform_doc = yaml.safe_load_all(path.read_text())
+    executors = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) >= {"exec-train-mnist", "exec-launch-tensorboard"}
+    assert rejected_by_oldest_backend(executors) == {}
+
+
+def test_oldest_backend_check_rejects_a_newer_field():
+    # The field a 2.14 API server refused: the check must see it.
+    config = {
+        "secretAsEnv": [
+            {
+                "secretNameParameter": {"componentInputParameter": "s3_credentials_secret"},
+                "keyToEnv": [{"secretKey": "accesskey", "envVar": "AWS_ACCESS_KEY_ID"}],
+                "optional": True,
+            }
+        ]
+    }
+    assert "optional" in rejected_by_oldest_backend({"exec-x": config})["exec-x"]

@@ -101,14 +101,14 @@ def container_run(built_images, http_mirror, mnist_mirror, tmp_path_factory):
         "mirror": http_mirror,
         "expected_md5": md5,
         "epochs": 1,
-        "gpus": 0,
+        "gpus": "0",
         "validation": "200",
     }
     inputs = pipeline.component_spec.inputs
     if "tensorboard_logs_root" in inputs:
         parameters["tensorboard_logs_root"] = str(root / "tensorboard")
-    if "flush_secs" in inputs:
-        parameters["flush_secs"] = 2
+    if "live_update_seconds" in inputs:
+        parameters["live_update_seconds"] = 2
     started = time.monotonic()
     outputs = pipeline(**parameters).outputs
     seconds = time.monotonic() - started

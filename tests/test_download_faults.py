@@ -18,9 +18,10 @@ import pytest
 from kfp_lightning.components.common.errors import DownloadError
 from kfp_lightning.components.download_mnist.download import (
     DownloadOptions,
-    download_mnist,
+    download_dataset,
     load_dataset,
 )
+from kfp_lightning.components.download_mnist.sources import DownloadConfig
 
 TIMEOUT = 0.5
 
@@ -96,7 +97,7 @@ def options(retries: int) -> DownloadOptions:
 def test_recovers_when_a_later_attempt_succeeds(mirror, mnist_mirror, tmp_path, failure):
     _, md5 = mnist_mirror
     flaky = mirror(failure, failure, "ok")
-    download_mnist(tmp_path / "dataset", flaky.url, md5, options(retries=2))
+    download_dataset(tmp_path / "dataset", DownloadConfig(flaky.url, md5), options(retries=2))
     assert load_dataset(tmp_path / "dataset")["train_images"].shape[0] == 1200
     # Every file took exactly three attempts: two failures, then the good copy.
     assert set(flaky.requests.values()) == {3}
@@ -106,7 +107,8 @@ def test_moves_on_to_the_next_mirror(mirror, mnist_mirror, tmp_path):
     _, md5 = mnist_mirror
     dead, good = mirror("timeout"), mirror("ok")
     started = time.monotonic()
-    metadata = download_mnist(tmp_path / "dataset", f"{dead.url},{good.url}", md5, options(0))
+    mirrors = DownloadConfig(f"{dead.url},{good.url}", md5)
+    metadata = download_dataset(tmp_path / "dataset", mirrors, options(0))
     assert all(url.startswith(good.url) for url in metadata["sources"].values())
     # Four files, one timeout each on the dead mirror: bounded by the per-request timeout.
     assert time.monotonic() - started < 4 * TIMEOUT * 3 + 5
@@ -117,7 +119,7 @@ def test_fails_with_every_mirrors_reason_and_writes_nothing(mirror, mnist_mirror
     slow, corrupt, broken = mirror("timeout"), mirror("wrong"), mirror("500")
     mirrors = ",".join(m.url for m in (slow, corrupt, broken))
     with pytest.raises(DownloadError) as err:
-        download_mnist(tmp_path / "dataset", mirrors, md5, options(retries=1))
+        download_dataset(tmp_path / "dataset", DownloadConfig(mirrors, md5), options(retries=1))
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("could not download train-images-idx3-ubyte.gz after 2 round(s): ")

@@ -1,4 +1,4 @@
-"""The container images' sources, without Docker: names and tags, locks, Dockerfiles, scripts.
+"""The container images' sources, without Docker: names and tags, locks, the Dockerfile, scripts.
 
 The images are built from `images/<name>/` and referenced by `components/images.py`; these tests
 hold the two together, hold each lock to pyproject.toml (the lock may only pin what pyproject
@@ -70,9 +70,10 @@ def _lock_entries(image: str) -> dict[str, dict]:
 # --- names and references ------------------------------------------------------------------
 
 
-def test_every_image_name_has_a_dockerfile_and_nothing_else_does():
-    folders = {path.parent.name for path in IMAGES_DIR.glob("*/Dockerfile")}
+def test_every_image_name_has_a_lock_and_nothing_else_does():
+    folders = {path.parent.name for path in IMAGES_DIR.glob("*/requirements.txt")}
     assert folders == set(images.IMAGE_NAMES)
+    assert set(images.DESCRIPTIONS) == set(images.IMAGE_NAMES)
     assert set(lock.IMAGE_NAMES) == set(images.IMAGE_NAMES)
 
 
@@ -170,27 +171,21 @@ def test_kfp_in_every_image_is_the_compiler(image):
 # --- Dockerfiles ----------------------------------------------------------------------------
 
 
-def _dockerfile(image: str) -> str:
-    return (IMAGES_DIR / image / "Dockerfile").read_text()
+DOCKERFILE = IMAGES_DIR / "Dockerfile"  # one file builds every image
 
 
-def test_dockerfiles_pass_hadolint():
+def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
-    result = subprocess.run(
-        [hadolint, *(str(path) for path in sorted(IMAGES_DIR.glob("*/Dockerfile")))],
-        capture_output=True,
-        text=True,
-    )
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert list(IMAGES_DIR.rglob("Dockerfile")) == [DOCKERFILE]
 
 
-@pytest.mark.parametrize("image", images.IMAGE_NAMES)
-def test_dockerfile_base_user_and_labels(image):
-    text = _dockerfile(image)
+def test_dockerfile_base_user_and_labels():
+    text = DOCKERFILE.read_text()
     (default,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE)
-    # A pinned default (a dated tag or a digest), the same for every image: one base to mirror.
+    # A pinned default (a dated tag or a digest): one base to mirror.
     assert re.search(r"-\d{8}(-slim)?$|@sha256:[0-9a-f]{64}$", default), default
-    assert default == re.findall(r"^ARG BASE_IMAGE=(\S+)$", _dockerfile("tools"), re.M)[0]
     assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.MULTILINE)
     final_stage = text.rsplit("\nFROM ", 1)[1]
     users = re.findall(r"^USER (\S+)$", final_stage, re.MULTILINE)
@@ -198,7 +193,8 @@ def test_dockerfile_base_user_and_labels(image):
     assert len(users) == 1
     assert users[0].isdigit()
     assert int(users[0]) != 0
-    for key in ("version", "revision", "source"):
+    # Each image's title and description come from components/images.py through build.py.
+    for key in ("title", "description", "version", "revision", "source"):
         assert re.search(rf"org\.opencontainers\.image\.{key}=\"\$\{{\w+\}}\"", final_stage)
     # Installs are offline from the staged wheels, each one checked against the lock's hashes.
     assert "--require-hashes" in text
@@ -302,3 +298,9 @@ def test_package_wheel_carries_every_module(tmp_path):
         if "__pycache__" not in path.parts
     }
     assert sorted(expected - shipped) == []
+
+
+def test_pinned_reference_keeps_the_registry_port():
+    digest = "sha256:" + "0" * 64
+    tag = "127.0.0.1:5000/ml/kfp-lightning-tools:0.1.0"
+    assert build.pinned_ref(tag, digest) == f"127.0.0.1:5000/ml/kfp-lightning-tools@{digest}"

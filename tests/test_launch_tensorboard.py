@@ -21,7 +21,7 @@ from kfp_lightning.components import images
 from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard as component
 from kfp_lightning.components.launch_tensorboard.kube_api import Patience
-from kfp_lightning.components.launch_tensorboard.launcher import Launch, launch_tensorboard
+from kfp_lightning.components.launch_tensorboard.launcher import Launch, launch_from_run_form
 from kfp_lightning.components.launch_tensorboard.objects import tensorboard_name
 from tests.conftest import SHARED
 from tests.fake_kubernetes import FakeKubernetes, Fault, fake_kubernetes, use_as_cluster
@@ -34,9 +34,7 @@ S3_ROOT = "s3://mlpipeline/private/{namespace}/tensorboard"
 S3_LOGS = f"s3://mlpipeline/private/{NAMESPACE}/tensorboard/{RUN_ID}"
 ENDPOINT = "http://minio-service.kubeflow:9000"
 SECRET = "mlpipeline-minio-artifact"
-FAST = Patience(
-    attempts=3, first_backoff_seconds=0.01, poll_seconds=0.01, request_timeout_seconds=5
-)
+FAST = Patience(attempts=3, backoff_seconds=0.01, poll_seconds=0.01, request_timeout_seconds=5)
 TOKEN = "t0k3n"
 
 
@@ -61,7 +59,7 @@ def launch(tmp_path: Path, **overrides: object) -> tuple[Launch, str, dict]:
         **overrides,
     }
     markdown, ui = tmp_path / "tensorboard.md", tmp_path / "ui.json"
-    result = launch_tensorboard(markdown, ui, **params, patience=FAST)
+    result = launch_from_run_form(markdown, ui, params["run_id"], params, patience=FAST)
     return result, markdown.read_text(), json.loads(ui.read_text())
 
 

@@ -35,7 +35,7 @@ def small_run_args(mirror: str, md5: dict[str, str], output_dir: Path) -> list[s
         "--local",
         *("--output-dir", str(output_dir)),
         *("--mirror", mirror, "--expected-md5", json.dumps(md5)),
-        *("--gpus", "0", "--validation", "200", "--flush-secs", "2"),
+        *("--gpus", "0", "--validation", "200", "--live-update-seconds", "2"),
     ]
 
 
@@ -46,7 +46,7 @@ def _get_json(url: str) -> object:
 
 @pytest.fixture(scope="module")
 def live_run(http_mirror, mnist_mirror, tmp_path_factory):
-    """Runs the CLI and, while it trains, polls its TensorBoard for val_loss points."""
+    """Runs the CLI and, while it trains, polls its TensorBoard for validation-loss points."""
     _, md5 = mnist_mirror
     output_dir = tmp_path_factory.mktemp("local")
     process = subprocess.Popen(
@@ -77,7 +77,7 @@ def live_run(http_mirror, mnist_mirror, tmp_path_factory):
         try:
             runs = _get_json(f"{url}data/runs")
             if runs:
-                points = _get_json(f"{url}data/plugin/scalars/scalars?run={runs[0]}&tag=val_loss")
+                points = _get_json(f"{url}data/plugin/scalars/scalars?run={runs[0]}&tag=loss%2Fval")
                 observed.append(len(points))
         except OSError:
             pass  # not loaded yet, or already stopped
@@ -112,6 +112,11 @@ def test_artifacts_and_summary(live_run):
     assert summary["epochs"] == EPOCHS
     assert summary["train_samples_per_second"] > 0
     assert f"test accuracy {summary['test_accuracy']:.4f}" in output
+    # Kubeflow's confusion matrix, also in the summary: every test image counted once.
+    assert summary["classification_metrics"].endswith("classification_metrics")
+    matrix = summary["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 300
+    assert sum(matrix[i][i] for i in range(10)) / 300 == pytest.approx(summary["test_accuracy"])
 
     model, logs, report = (Path(summary[k]) for k in ("model", "tensorboard_logs", "report_html"))
     (dataset,) = output_dir.glob("artifacts/*/download-mnist/dataset")
@@ -121,14 +126,23 @@ def test_artifacts_and_summary(live_run):
 
     values = scalars(logs)
     assert set(values) >= FOUR_SCALARS
-    assert len(values["val_loss"]) == EPOCHS
+    assert len(values["loss/val"]) == EPOCHS
     assert_self_contained_html(report.read_text())
 
     # The live copy TensorBoard read is the artifact, file for file.
     (live,) = (output_dir / "tensorboard").iterdir()
-    assert {p.name: p.read_bytes() for p in live.iterdir() if p.is_file()} == {
-        p.name: p.read_bytes() for p in logs.iterdir()
-    }
+
+    def files(where: Path) -> dict[str, bytes]:
+        return {
+            p.relative_to(where).as_posix(): p.read_bytes()
+            for p in where.rglob("*")
+            if p.is_file() and "checkpoints" not in p.parts
+        }
+
+    assert files(live) == files(logs)
+    # One run, named after the pipeline run (kfp.local: the pipeline's name and start time).
+    (run,) = {p.parent.name for p in logs.rglob("*tfevents*")}
+    assert run.startswith("mnist-lightning-")
 
 
 def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:

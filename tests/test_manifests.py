@@ -23,10 +23,13 @@ from kfp_lightning.components.common.kubernetes_syntax import (
     is_label_key,
     is_label_value,
 )
-from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.common.logs_location import LiveLogsConfig, parse_logs_root
 from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.kube_api import Patience
-from kfp_lightning.components.launch_tensorboard.launcher import launch_tensorboard
+from kfp_lightning.components.launch_tensorboard.launcher import (
+    LauncherConfig,
+    start_live_tensorboard,
+)
 from kfp_lightning.components.launch_tensorboard.objects import (
     poddefault_object,
     tensorboard_object,
@@ -174,15 +177,16 @@ def test_role_grants_exactly_what_the_launcher_uses(
         use_as_cluster(cluster, tmp_path, monkeypatch, NAMESPACE, "token")
         cluster.add_object(stale_poddefault)
         cluster.add_object(stale_tensorboard)
-        result = launch_tensorboard(
+        result = start_live_tensorboard(
             tmp_path / "md",
             tmp_path / "ui",
             RUN_ID,
-            "s3://mlpipeline/private/{namespace}/tensorboard",
-            fallback.DEFAULT_S3_ENDPOINT,
-            "my-secret",
-            "/",
-            5,
+            LiveLogsConfig(
+                "s3://mlpipeline/private/{namespace}/tensorboard",
+                fallback.DEFAULT_S3_ENDPOINT,
+                "my-secret",
+            ),
+            LauncherConfig("/", 5),
             Patience(attempts=1, poll_seconds=0.01),
         )
         used = {

@@ -1,112 +1,487 @@
-"""report_training: charts and tables from real event files written by TensorBoard's writer."""
+"""report_training: the report, summary and metrics of real event files and evaluation files.
+
+Event files come from TensorBoard's own writer (hand-made schedules, old and new tag names) and
+from a real training run; the page is checked here for content and size, and in a real browser
+by test_report_browser.py.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
+from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from kfp_lightning.components.common.errors import UserInputError
+from kfp_lightning.components.report_training import svg
 from kfp_lightning.components.report_training.component import report_training as component
+from kfp_lightning.components.report_training.evaluation import read_evaluation
 from kfp_lightning.components.report_training.report import (
-    CHART_HEIGHT,
-    CHART_WIDTH,
-    MARGIN_BOTTOM,
-    MARGIN_LEFT,
-    MARGIN_RIGHT,
-    MARGIN_TOP,
+    MAX_OTHER_CHARTS,
+    MAX_RUNS,
+    write_training_report,
+)
+from kfp_lightning.components.report_training.scalars import (
+    EPOCH,
+    FINAL,
+    SCHEDULE,
+    STEP,
+    charts_of,
+    epochs_of,
     read_scalars,
-    report_training,
+    thin,
 )
 from tests.component_runner import run_component
 from tests.helpers import assert_self_contained_html
+from tests.report_fixtures import (
+    evaluation_document,
+    trained_run,
+    write_evaluation,
+    write_training_logs,
+)
+
+MAX_PAGE_BYTES = 5_000_000
+
+
+def report_data(page: str) -> dict:
+    """The JSON the page's script draws its charts from."""
+    (text,) = re.findall(r'<script type="application/json" id="report-data">(.*?)</script>', page)
+    return json.loads(text)
+
+
+def decode_png(uri: str) -> list[list[int]]:
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix)
+    image = Image.open(io.BytesIO(base64.b64decode(uri[len(prefix) :])))
+    assert image.format == "PNG"
+    assert image.mode == "L"
+    width, height = image.size
+    data = list(image.getdata())
+    return [data[y * width : (y + 1) * width] for y in range(height)]
 
 
 @pytest.fixture
 def logs(tmp_path):
+    """Three epochs of the new tags, an unknown tag with a NaN, and a second run."""
     directory = tmp_path / "logs"
-    writer = SummaryWriter(str(directory))
-    for step in range(0, 50, 10):
-        writer.add_scalar("train_loss", 2.0 / (step + 1), step)
-    writer.add_scalar("val_accuracy", 0.5, 9)
-    writer.add_scalar("val_accuracy", 0.75, 19)
-    writer.add_scalar("odd<tag>&", float("nan"), 3)
-    writer.close()
-    # A second run in a subdirectory, as TensorBoard would show it.
-    other = SummaryWriter(str(directory / "retry"))
-    other.add_scalar("train_loss", 1.0, 0)
-    other.close()
-    return directory
+    written = write_training_logs(
+        directory, epochs=3, steps_per_epoch=20, log_every=5, every_step_first=10
+    )
+    extra = SummaryWriter(str(directory))
+    extra.add_scalar("grad_norm", 1.5, 0)
+    extra.add_scalar("grad_norm", float("nan"), 30)
+    extra.add_scalar("odd<tag>&", float("inf"), 3)
+    extra.close()
+    retry = SummaryWriter(str(directory / "retry"))
+    retry.add_scalar("loss/train", 1.0, 0)
+    retry.add_scalar("loss/train", 0.5, 10)
+    retry.close()
+    return directory, written
+
+
+@pytest.fixture
+def evaluation(tmp_path):
+    return write_evaluation(tmp_path / "evaluation", evaluation_document())
 
 
 def test_reads_every_scalar_of_every_run(logs):
-    series = {(s.run, s.tag): s for s in read_scalars(logs)}
-    assert set(series) == {
-        (".", "train_loss"),
-        (".", "val_accuracy"),
+    directory, written = logs
+    series = {(s.run, s.tag): s for s in read_scalars(directory)}
+    assert set(series) == {(".", tag) for tag in written} | {
+        (".", "grad_norm"),
         (".", "odd<tag>&"),
-        ("retry", "train_loss"),
+        ("retry", "loss/train"),
     }
-    assert series[(".", "train_loss")].steps == (0, 10, 20, 30, 40)
-    assert series[(".", "val_accuracy")].values == (0.5, 0.75)
-    # Training curves lead, in a fixed order; other tags follow.
-    assert [s.tag for s in read_scalars(logs)][:3] == ["train_loss", "train_loss", "val_accuracy"]
+    assert list(series[(".", "loss/train")].steps) == [s for s, _ in written["loss/train"]]
+    assert series[(".", "accuracy/val")].values == pytest.approx(
+        [v for _, v in written["accuracy/val"]]
+    )
+    assert series[("retry", "loss/train")].values == (1.0, 0.5)
 
 
-def test_html_markdown_and_metrics(logs, tmp_path):
-    metrics = report_training(logs, tmp_path / "r.html", tmp_path / "r.md", title="Run 7")
-    html = (tmp_path / "r.html").read_text()
-    assert_self_contained_html(html)
-    assert html.count("<figure>") == 3  # one chart per tag, runs overlaid
-    # Five points of "." and one of "retry" on the train_loss chart.
-    train_chart = html[html.index("<figcaption>train_loss") :].split("</figure>")[0]
-    (points,) = re.findall(r'<polyline points="([^"]+)"', train_chart)
-    assert len(points.split()) == 5
-    assert train_chart.count("<circle") == 1
-    assert "odd&lt;tag&gt;&amp;" in html
-    assert "<tag>" not in html
-    assert "no finite values" in html
-    assert "<h1>Run 7</h1>" in html
+def test_the_only_run_is_named_dot_wherever_it_lies(tmp_path):
+    # Training writes its events into a folder named after the run.
+    writer = SummaryWriter(str(tmp_path / "logs" / "mnist-run-7"))
+    writer.add_scalar("loss/train", 1.0, 0)
+    writer.close()
+    (series,) = read_scalars(tmp_path / "logs")
+    assert series.run == "."
+
+
+def test_charts_group_training_and_validation_and_skip_the_epoch_counter(logs):
+    directory, _ = logs
+    plan = charts_of(read_scalars(directory), MAX_OTHER_CHARTS, MAX_RUNS)
+    assert (plan.tags_left_out, plan.runs_left_out) == ((), ())
+    charts = plan.charts
+    assert [c.key for c in charts] == ["loss", "accuracy", "learning_rate", "grad_norm", "odd-tag"]
+    loss = charts[0]
+    assert [(line.label, line.style) for line in loss.lines] == [
+        ("train (.)", STEP),
+        ("validation (.)", EPOCH),
+        ("test (.)", FINAL),
+        ("train (retry)", STEP),
+    ]
+    # The same split has one colour on every chart; the second run is dashed.
+    assert loss.lines[1].colour == charts[1].lines[0].colour  # validation
+    assert loss.lines[2].colour == charts[1].lines[1].colour  # test
+    assert len({line.colour for line in loss.lines[:3]}) == 3
+    assert loss.lines[0].colour == loss.lines[3].colour
+    assert (loss.lines[0].dash, loss.lines[3].dash) == ("solid", "dash")
+    assert [(line.label, line.style) for line in charts[1].lines] == [
+        ("validation (.)", EPOCH),
+        ("test (.)", FINAL),
+    ]
+    assert charts[1].percent
+    assert [line.style for line in charts[2].lines] == [SCHEDULE]
+    assert all(line.series.tag != "epoch" for chart in charts for line in chart.lines)
+
+
+def test_old_tag_names_chart_as_the_new_ones(tmp_path):
+    write_training_logs(tmp_path / "old", 2, 20, 5, old_names=True)
+    write_training_logs(tmp_path / "new", 2, 20, 5)
+    old = charts_of(read_scalars(tmp_path / "old"), MAX_OTHER_CHARTS, MAX_RUNS).charts
+    new = charts_of(read_scalars(tmp_path / "new"), MAX_OTHER_CHARTS, MAX_RUNS).charts
+
+    def shape(charts):
+        return [
+            (c.key, [(line.label, line.style, line.series.values) for line in c.lines])
+            for c in charts
+        ]
+
+    assert shape(old) == shape(new)
+    assert [line.series.tag for line in old[0].lines] == ["train_loss", "val_loss", "test_loss"]
+
+
+def test_epochs_come_from_lightnings_counter(logs):
+    directory, _ = logs
+    epochs = epochs_of(read_scalars(directory))
+    assert epochs.first_step == 0
+    assert epochs.ends == (19, 39, 59)
+    assert [epochs.of_step(s) for s in (0, 19, 20, 59, 80)] == [1, 1, 2, 3, 3]
+    assert epochs_of([]) is None
+
+
+def test_thin_keeps_the_ends_and_at_most_the_limit():
+    steps = list(range(0, 10_000, 7))
+    kept, values = thin(steps, [float(s) for s in steps], 100)
+    assert len(kept) == 100
+    assert (kept[0], kept[-1]) == (0, steps[-1])
+    assert kept == sorted(kept)
+    assert values == [float(s) for s in kept]
+    assert thin([1, 2], [3.0, 4.0], 100) == ([1, 2], [3.0, 4.0])
+
+
+def test_report_page_summary_and_metrics(logs, evaluation, tmp_path):
+    directory, written = logs
+    metrics = write_training_report(
+        directory, evaluation, tmp_path / "r.html", tmp_path / "r.md", title="Run <7>"
+    )
+    page = (tmp_path / "r.html").read_text()
+    assert_self_contained_html(page)
+    assert page.count("<script") == 3  # the data, the library, the page's script
+    assert "Plotly" in page
+
+    data = report_data(page)
+    assert data["epochs"] == {"first": 0, "ends": [19, 39, 59], "bands": True}
+    charts = {chart["id"]: chart for chart in data["charts"]}
+    # Raw and smoothed train loss of both runs, validation and test.
+    assert [trace["name"] for trace in charts["chart-loss"]["data"]] == [
+        "train (.) (raw)",
+        "train (.)",
+        "validation (.)",
+        "test (.)",
+        "train (retry) (raw)",
+        "train (retry)",
+    ]
+    assert charts["chart-loss"]["smooth"] == [[1, 0], [5, 4]]
+    raw = charts["chart-loss"]["data"][0]
+    assert raw["x"] == [s for s, _ in written["loss/train"]]
+    assert raw["y"] == pytest.approx([v for _, v in written["loss/train"]], rel=1e-4)
+    assert charts["chart-loss"]["data"][1]["x"] == []  # the page's script smooths
+    assert [len(c["data"]) for c in data["charts"]] == [6, 2, 1, 2, 2]
+    # The learning rate holds until the run's last step.
+    lr = charts["chart-learning_rate"]["data"][0]
+    assert lr["x"] == [0, 20, 40, 60]
+    assert lr["line"]["shape"] == "hv"
+    # Non-finite values are gaps (JSON null), never NaN in the page.
+    assert charts["chart-grad_norm"]["data"][0]["y"] == [1.5, None]
+    assert charts["chart-odd-tag"]["data"][0]["y"] == [None]
+
+    # Without scripts: a static chart per chart (the one without finite values says so).
+    assert page.count('<div class="static-only"><svg') == 4
+    assert '<div class="static-only"><p class="empty">no finite values</p></div>' in page
+    assert "odd&lt;tag&gt;&amp;" in page
+    assert "<tag>" not in page
+    assert "<h1>Run &lt;7&gt;</h1>" in page
+
+    # Header: headline numbers and parameters from the evaluation.
+    for text in ("99.24%", "0.0252", "13 min 32 s", "1,034", "NVIDIA H200"):
+        assert f"<dd>{text}</dd>" in page
+    assert "mnist-lightning 2026-11-29 15:04 (run 3f2a)" in page
+    assert "<summary>Parameters (4)<span>: epochs 14, batch_size 64," in page
+    assert "<span>optimizer <b>adadelta</b></span>" in page
+
+    # Confusion matrix: recall of 4 is 990 / 996, precision of 9 is 990 / 996.
+    table = re.search(r'<table class="cm">.*?</table>', page).group(0)
+    assert table.count("<tr>") == 12
+    assert re.search(
+        r'>990</td>(<td [^>]*></td>)*<td [^>]*>6</td><td class="total">99.4</td>', table
+    )
+    assert "99.9% correct" in page
+
+    # Mistakes, then examples: each image decodes to the pixels it was given.
+    document = evaluation_document()
+    tiles = re.findall(r'<figure class="tile" title="([^"]*)"><img src="([^"]+)"', page)
+    assert len(tiles) == 24 + 20
+    expected = document["mistakes"] + document["examples"]
+    for (title, uri), sample in zip(tiles, expected, strict=True):
+        assert decode_png(uri) == sample["pixels"]
+        assert f"image {sample['index']}:" in title
+    assert '4 → <span class="wrong">9</span><br>99.0%' in page
 
     markdown = (tmp_path / "r.md").read_text()
-    assert markdown.startswith("# Run 7\n")
-    assert "| val_accuracy | . | 2 | 0.75 | 0.5 | 0.75 |" in markdown
+    assert markdown.startswith("# Run <7>\n")
+    assert "| 99.24% | 0.0252 | 14 | 13 min 32 s | 1,034 | NVIDIA H200 |" in markdown
+    assert "| accuracy/val | . | 3 | 0.9765 | 0.89 | 0.9765 |" in markdown
+    assert "| grad_norm | . | 2 | nan | 1.5 | 1.5 |" in markdown
+    assert "| epoch |" not in markdown
 
-    assert metrics["val_accuracy"] == 0.75
-    assert metrics["train_loss"] == pytest.approx(2.0 / 41)
-    assert metrics["retry/train_loss"] == 1.0
-    assert "odd<tag>&" not in metrics  # NaN is not a metric
+    assert metrics["accuracy/val"] == pytest.approx(written["accuracy/val"][-1][1])
+    assert metrics["loss/train"] == pytest.approx(written["loss/train"][-1][1])
+    assert metrics["retry/loss/train"] == 0.5
+    # Not finite, or bookkeeping: not a metric.
+    assert {"grad_norm", "odd<tag>&", "epoch"}.isdisjoint(metrics)
 
 
-def test_chart_points_stay_inside_the_plot(logs, tmp_path):
-    report_training(logs, tmp_path / "r.html", tmp_path / "r.md")
-    html = (tmp_path / "r.html").read_text()
-    for points in re.findall(r'<polyline points="([^"]+)"', html):
+def test_static_chart_points_stay_inside_the_plot(logs, evaluation, tmp_path):
+    directory, _ = logs
+    write_training_report(directory, evaluation, tmp_path / "r.html", tmp_path / "r.md")
+    page = (tmp_path / "r.html").read_text()
+    polylines = re.findall(r'<polyline points="([^"]+)"', page)
+    assert polylines
+    for points in polylines:
         for pair in points.split():
             x, y = map(float, pair.split(","))
-            assert MARGIN_LEFT <= x <= CHART_WIDTH - MARGIN_RIGHT
-            assert MARGIN_TOP <= y <= CHART_HEIGHT - MARGIN_BOTTOM
+            assert svg.MARGIN_LEFT <= x <= svg.WIDTH - svg.MARGIN_RIGHT
+            assert svg.MARGIN_TOP <= y <= svg.HEIGHT - svg.MARGIN_BOTTOM
 
 
-def test_empty_and_missing_directories(tmp_path):
+def test_page_size_of_a_14_epoch_run(tmp_path):
+    # The classic recipe on the real MNIST: 938 steps an epoch, the first 50 logged one by
+    # one, then every 50th; a one-cycle learning rate logged at every one of those steps.
+    written = write_training_logs(tmp_path / "logs", 14, 938, 50, learning_rate_every_step=True)
+    assert len(written["loss/train"]) == 50 + len(range(50, 14 * 938, 50))
+    evaluation = write_evaluation(tmp_path / "evaluation", evaluation_document())
+    write_training_report(tmp_path / "logs", evaluation, tmp_path / "r.html", tmp_path / "r.md")
+    size = (tmp_path / "r.html").stat().st_size
+    print(f"report of a 14-epoch run: {size:,} bytes, {len(written['loss/train'])} loss points")
+    assert size <= MAX_PAGE_BYTES
+    data = report_data((tmp_path / "r.html").read_text())
+    # Nothing thinned at this size: every logged point is charted.
+    assert len(data["charts"][0]["data"][0]["x"]) == len(written["loss/train"])
+
+
+@pytest.mark.parametrize(
+    ("epochs", "prefix", "reduced"), [(30, "short_", False), (60, "metric_" * 6, True)]
+)
+def test_page_stays_under_5_mb_whatever_was_logged(epochs, prefix, reduced, tmp_path):
+    # More runs than are charted, each with the known tags and more other tags than are
+    # charted, every one with more points than a chart keeps. The larger one is too much for
+    # the full page: it has fewer points and static charts of the known tags only.
+    runs = [f"run{k}" for k in range(MAX_RUNS + 1)]
+    tags = ["loss/train", "learning_rate", "accuracy/train"]
+    tags += [f"{prefix}{k:02d}" for k in range(MAX_OTHER_CHARTS + 2)]
+    for run in runs:
+        writer = SummaryWriter(str(tmp_path / "logs" / run))
+        for step in range(epochs * 20):
+            for k, tag in enumerate(tags):
+                writer.add_scalar(tag, math.sin(step / 100 + k) + 1.000123456, step)
+        for epoch in range(epochs):
+            writer.add_scalar("loss/val", 0.1 + epoch, epoch * 20 + 19)
+            writer.add_scalar("accuracy/val", 0.5 + epoch / 100, epoch * 20 + 19)
+            writer.add_scalar("epoch", epoch, epoch * 20 + 19)
+        writer.close()
+    long_run = {**evaluation_document()["run"], "name": "n" * 300}
+    long_run["parameters"] = {f"parameter_{k}": "v" * 20 for k in range(40)}
+    evaluation = write_evaluation(tmp_path / "evaluation", evaluation_document(run=long_run))
+    metrics = write_training_report(
+        tmp_path / "logs", evaluation, tmp_path / "r.html", tmp_path / "r.md"
+    )
+    page = (tmp_path / "r.html").read_text()
+    size = len(page.encode())
+    print(f"largest report: {size:,} bytes")
+    assert size <= MAX_PAGE_BYTES
+    assert len(report_data(page)["charts"]) == 3 + MAX_OTHER_CHARTS
+    assert f"scalars {prefix}{MAX_OTHER_CHARTS:02d}, {prefix}{MAX_OTHER_CHARTS + 1:02d}." in page
+    assert f"runs run{MAX_RUNS}." in page
+    static_charts = 3 if reduced else 3 + MAX_OTHER_CHARTS
+    assert page.count('<div class="static-only"><svg') == static_charts
+    assert page.count("Drawn with JavaScript only") == 3 + MAX_OTHER_CHARTS - static_charts
+    # Every tag of every run is still in the tables and the metrics.
+    assert len(metrics) == len(runs) * (len(tags) + 2)
+    assert (tmp_path / "r.md").read_text().count(f"| {prefix}") == len(runs) * (
+        MAX_OTHER_CHARTS + 2
+    )
+
+
+def test_a_run_without_scalars_or_evaluation(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert report_training(tmp_path / "empty", tmp_path / "r.html", tmp_path / "r.md") == {}
-    assert "No scalars" in (tmp_path / "r.html").read_text()
+    metrics = write_training_report(
+        tmp_path / "empty", None, tmp_path / "r.html", tmp_path / "r.md"
+    )
+    assert metrics == {}
+    page = (tmp_path / "r.html").read_text()
+    assert "No scalars were found" in page
+    assert_self_contained_html(page)
+    assert "No scalars were found" in (tmp_path / "r.md").read_text()
+
+
+def test_headline_falls_back_to_the_scalars(logs, tmp_path):
+    directory, _ = logs
+    write_training_report(directory, None, tmp_path / "r.html", tmp_path / "r.md")
+    page = (tmp_path / "r.html").read_text()
+    assert "<dd>99.24%</dd>" in page
+    assert "<dd>3</dd>" in page  # epochs, from Lightning's counter
+    assert "Confusion matrix" not in page
+
+
+def _malformed(change):
+    document = evaluation_document()
+    change(document)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (_malformed(lambda d: d.update(format="other/v2")), "format is 'other/v2'"),
+        (_malformed(lambda d: d.pop("labels")), "has no 'labels'"),
+        (_malformed(lambda d: d["confusion_matrix"].pop()), "confusion_matrix has 9 rows"),
+        (_malformed(lambda d: d["confusion_matrix"][3].append(0)), r"confusion_matrix\[3\] has 11"),
+        (_malformed(lambda d: d.update(samples=9999)), "sums to 10000, not 9999"),
+        (_malformed(lambda d: d["confusion_matrix"][0].__setitem__(1, -1)), "not an integer >= 0"),
+        (
+            _malformed(lambda d: d["mistakes"][2]["pixels"][5].pop()),
+            r"mistakes\[2\].pixels\[5\] has 27 pixels",
+        ),
+        (
+            _malformed(lambda d: d["mistakes"][0]["pixels"][0].__setitem__(0, 256)),
+            "is 256, not an integer <= 255",
+        ),
+        (_malformed(lambda d: d["mistakes"][0].update(predicted=4)), "is not a misclassified"),
+        (_malformed(lambda d: d["examples"][0].update(label=10)), "not an integer <= 9"),
+        (_malformed(lambda d: d["examples"][1].update(confidence=1.5)), "outside"),
+        (_malformed(lambda d: d["run"].update(test_accuracy="high")), "not a finite number"),
+        (_malformed(lambda d: d["run"].pop("device")), "run has no 'device'"),
+        ([1, 2], "the file is not an object"),
+    ],
+)
+def test_a_malformed_evaluation_is_one_clear_error(document, message, logs, tmp_path):
+    directory, _ = logs
+    evaluation = write_evaluation(tmp_path / "evaluation", document)
+    with pytest.raises(UserInputError, match=message) as raised:
+        write_training_report(directory, evaluation, tmp_path / "r.html", tmp_path / "r.md")
+    assert str(raised.value).startswith("invalid evaluation=")
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "r.html").exists()
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_missing_inputs(tmp_path):
+    (tmp_path / "logs").mkdir()
     with pytest.raises(UserInputError, match="tensorboard_logs"):
-        report_training(tmp_path / "missing", tmp_path / "x.html", tmp_path / "x.md")
+        write_training_report(tmp_path / "missing", None, tmp_path / "x.html", tmp_path / "x.md")
+    with pytest.raises(UserInputError, match=r"there is no evaluation\.json"):
+        write_training_report(tmp_path / "logs", tmp_path, tmp_path / "x.html", tmp_path / "x.md")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "evaluation.json").write_text("{not json")
+    with pytest.raises(UserInputError, match="not JSON"):
+        write_training_report(
+            tmp_path / "logs", tmp_path / "bad", tmp_path / "x.html", tmp_path / "x.md"
+        )
     assert not (tmp_path / "x.html").exists()
 
 
-def test_component_entry_point(logs, tmp_path):
+def test_component_entry_point(logs, evaluation, tmp_path):
+    directory, written = logs
     process, outputs = run_component(
-        component, tmp_path / "run", input_artifacts={"tensorboard_logs": logs}
+        component,
+        tmp_path / "run",
+        input_artifacts={"tensorboard_logs": directory, "evaluation": evaluation},
+        parameters={"title": "Seven"},
     )
     assert process.returncode == 0, process.stderr
-    assert_self_contained_html(outputs["report"].read_text())
-    assert outputs["summary"].read_text().startswith("# MNIST training")
+    page = outputs["report"].read_text()
+    assert_self_contained_html(page)
+    assert "<h1>Seven</h1>" in page
+    assert outputs["summary"].read_text().startswith("# Seven\n")
     executor_output = json.loads((tmp_path / "run" / "executor_output.json").read_text())
     logged = executor_output["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert math.isclose(logged["val_accuracy"], 0.75)
+    assert math.isclose(logged["accuracy/val"], written["accuracy/val"][-1][1], rel_tol=1e-6)
+
+
+def test_component_rejects_a_malformed_evaluation(logs, tmp_path):
+    directory, _ = logs
+    evaluation = write_evaluation(
+        tmp_path / "evaluation", {"format": "kfp-lightning/evaluation-v0"}
+    )
+    process, outputs = run_component(
+        component,
+        tmp_path / "run",
+        input_artifacts={"tensorboard_logs": directory, "evaluation": evaluation},
+    )
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines()[-1].startswith("error: invalid evaluation=")
+    assert not outputs["report"].exists()
+
+
+def test_report_of_a_real_training_run(dataset, tmp_path_factory, tmp_path):
+    root, result = trained_run(dataset, tmp_path_factory)
+    metrics = write_training_report(
+        root / "logs", root / "evaluation", tmp_path / "r.html", tmp_path / "r.md"
+    )
+    page = (tmp_path / "r.html").read_text()
+    assert_self_contained_html(page)
+    data = report_data(page)
+    assert [c["id"] for c in data["charts"]] == [
+        "chart-loss",
+        "chart-accuracy",
+        "chart-learning_rate",
+    ]
+    assert [len(c["data"]) for c in data["charts"]] == [4, 2, 1]
+    assert len(data["epochs"]["ends"]) == 2
+    assert metrics["accuracy/test"] == pytest.approx(result.metrics["test_accuracy"], rel=1e-6)
+    evaluation = read_evaluation(root / "evaluation")
+    assert f"<dd>{result.metrics['test_accuracy']:.2%}</dd>" in page
+    assert page.count('<figure class="tile"') == len(evaluation.mistakes) + len(evaluation.examples)
+    assert f'<p class="run">{html.escape(evaluation.run.name)}</p>' in page
+    assert Path(tmp_path / "r.md").read_text().count("\n| loss/train | ") == 1
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        '<script src="plotly.min.js"></script>',
+        '<img src="https://example.com/x.png">',
+        '<img src="digit.png">',
+        "<style>body{background:url(//example.com/bg.png)}</style>",
+        '<link rel="stylesheet" href="style.css">',
+        '<a href="https://example.com/">docs</a>',
+        "<iframe></iframe>",
+        "<p>see http://example.com</p>",
+    ],
+)
+def test_the_self_contained_check_rejects_what_would_be_fetched(snippet, logs, tmp_path):
+    directory, _ = logs
+    write_training_report(directory, None, tmp_path / "r.html", tmp_path / "r.md")
+    page = (tmp_path / "r.html").read_text()
+    assert_self_contained_html(page)
+    with pytest.raises(AssertionError):
+        assert_self_contained_html(page.replace("</body>", snippet + "</body>"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -15,7 +16,7 @@ import pytest
 from kfp_lightning.components.train_mnist.checkpoints import checkpoint_name
 from kfp_lightning.components.train_mnist.component import train_mnist
 from tests.component_runner import component_command, logged_metrics, run_component
-from tests.helpers import scalars
+from tests.helpers import predict_in_fresh_process, scalar_events, scalars
 
 EPOCHS = 5
 BATCH = 16
@@ -28,10 +29,10 @@ def parameters(live_root: Path) -> dict[str, object]:
         "tensorboard_logs_root": str(live_root),
         "epochs": EPOCHS,
         "batch_size": BATCH,
-        "gpus": 0,
+        "gpus": "0",
         "validation": "200",
         "log_every_n_steps": 7,
-        "flush_secs": 2,
+        "live_update_seconds": 2,
         "checkpoint_interval_minutes": 0.01,
     }
 
@@ -44,6 +45,18 @@ def uninterrupted(dataset, tmp_path_factory):
     )
     assert process.returncode == 0, process.stderr[-3000:]
     return outputs, logged_metrics(root / "pod")
+
+
+def test_component_writes_the_confusion_matrix_for_kubeflow(uninterrupted, dataset, tmp_path):
+    outputs, metrics = uninterrupted
+    executor_output = json.loads((outputs["model"].parents[1] / "executor_output.json").read_text())
+    (artifact,) = executor_output["artifacts"]["classification_metrics"]["artifacts"]
+    matrix = artifact["metadata"]["confusionMatrix"]
+    assert [spec["displayName"] for spec in matrix["annotationSpecs"]] == list("0123456789")
+    rows = [row["row"] for row in matrix["rows"]]
+    assert sum(map(sum, rows)) == 300  # the synthetic test split
+    assert rows == predict_in_fresh_process(outputs["model"], dataset)["confusion_matrix"]
+    assert sum(rows[i][i] for i in range(10)) / 300 == pytest.approx(metrics["test_accuracy"])
 
 
 def _kill_mid_epoch(argv, env, cwd: Path, checkpoints: Path) -> str:
@@ -110,16 +123,116 @@ def test_killed_training_resumes_where_it_stopped(dataset, uninterrupted, tmp_pa
         scalars(baseline_outputs["tensorboard_logs"]),
     )
     # One continuous step axis, point for point where the uninterrupted run has one.
-    for tag in ("train_loss", "val_loss", "learning_rate"):
+    for tag in ("loss/train", "loss/val", "learning_rate"):
         steps = [s for s, _ in resumed[tag]]
         assert steps == sorted(set(steps)), tag
         assert steps == [s for s, _ in baseline[tag]], tag
     # Lightning logs epoch-end values at the index of the epoch's last step.
-    assert [s for s, _ in resumed["val_loss"]] == [
+    assert [s for s, _ in resumed["loss/val"]] == [
         STEPS_PER_EPOCH * (e + 1) - 1 for e in range(EPOCHS)
     ]
 
     metrics = logged_metrics(tmp_path / "pod-2")
     assert metrics["epochs"] == EPOCHS
     assert metrics["steps"] == EPOCHS * STEPS_PER_EPOCH
+    # Every image of every epoch trained on once: the retry neither repeats nor skips a batch.
+    assert metrics["train_samples_seen"] == EPOCHS * 1000
     assert metrics["test_accuracy"] == pytest.approx(baseline_metrics["test_accuracy"], abs=0.02)
+
+
+# Death points of the other members of the kind: an attempt lost at any point must leave the
+# retry's curves with each step once and its metrics describing the whole training.
+SHORT_EPOCHS = 3
+
+
+def short_parameters(live_root: Path) -> dict[str, object]:
+    # Checkpoints only at epoch ends (the interval is far longer than training).
+    return {**parameters(live_root), "epochs": SHORT_EPOCHS, "checkpoint_interval_minutes": 60.0}
+
+
+def _checkpoint_steps(checkpoints: Path) -> list[int]:
+    names = [p.name for p in checkpoints.glob("*.ckpt")] if checkpoints.is_dir() else []
+    return sorted(int(m.group(1)) for n in names if (m := re.match(r"step=(\d+)-", n)))
+
+
+def _loss_points(live: Path) -> int:
+    try:
+        return sum(tag == "loss/train" for tag, _ in scalar_events(live))
+    except Exception:  # a record being written: read it again on the next poll
+        return 0
+
+
+def _kill_when(argv, env, cwd: Path, ready, what: str) -> None:
+    """Starts training in its own process group and SIGKILLs the group once `ready()`."""
+    process = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if ready():
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail(f"training ended or stalled before {what}")
+
+
+@pytest.mark.parametrize("death", ["before-first-checkpoint", "epoch-end", "after-training"])
+def test_retry_after_any_death_logs_each_step_once(dataset, tmp_path, death):
+    live_root = tmp_path / "live"
+    live = live_root / "run-1"
+    checkpoints = live / "checkpoints"
+    final_step = SHORT_EPOCHS * STEPS_PER_EPOCH
+    ready = {
+        # A few loss points are visible, and no checkpoint exists yet.
+        "before-first-checkpoint": lambda: (
+            not _checkpoint_steps(checkpoints) and _loss_points(live) >= 3
+        ),
+        # The end-of-epoch-1 checkpoint is there: validation of epoch 1 ran before it.
+        "epoch-end": lambda: STEPS_PER_EPOCH in _checkpoint_steps(checkpoints),
+        # The last epoch's checkpoint is there; the test pass and the outputs are not.
+        "after-training": lambda: final_step in _checkpoint_steps(checkpoints),
+    }[death]
+    argv, env, _ = component_command(
+        train_mnist, tmp_path / "pod-1", short_parameters(live_root), {"dataset": dataset}
+    )
+    _kill_when(argv, env, tmp_path / "pod-1", ready, death)
+    assert not (tmp_path / "pod-1" / "executor_output.json").exists()
+    lost = scalar_events(live)
+    assert lost, "the lost attempt logged nothing to the live location"
+
+    process, outputs = run_component(
+        train_mnist, tmp_path / "pod-2", short_parameters(live_root), {"dataset": dataset}
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    if death == "before-first-checkpoint":
+        assert "resuming from" not in process.stdout
+    else:
+        assert "resuming from" in process.stdout
+
+    for where in (live, outputs["tensorboard_logs"]):
+        # Lightning logs its `epoch` counter beside each logging call, twice at an epoch's end.
+        events = [(tag, step) for tag, step in scalar_events(where) if tag != "epoch"]
+        assert len(events) == len(set(events)), f"a step logged twice in {where}"
+        steps = {tag: sorted(step for t, step in events if t == tag) for tag, _ in events}
+        # Each epoch validated exactly once, at its last step.
+        assert steps["loss/val"] == [STEPS_PER_EPOCH * (e + 1) - 1 for e in range(SHORT_EPOCHS)]
+        assert len(steps["loss/train"]) >= SHORT_EPOCHS
+    metrics = logged_metrics(tmp_path / "pod-2")
+    # The whole training, not only the retry's share of it.
+    assert metrics["epochs"] == SHORT_EPOCHS
+    assert metrics["steps"] == final_step
+    assert metrics["train_samples_seen"] == SHORT_EPOCHS * 1000
+    assert metrics["train_seconds"] > 0
+    assert metrics["train_samples_per_second"] == pytest.approx(
+        metrics["train_samples_seen"] / metrics["train_seconds"]
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,10 +12,14 @@ from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.train_mnist.config import TrainConfig
 from kfp_lightning.components.train_mnist.data import DeviceBatches, shift_images
-from kfp_lightning.components.train_mnist.train import select_device, train_mnist
+from kfp_lightning.components.train_mnist.train import (
+    TrainingOutputs,
+    run_training,
+    select_device,
+)
 from tests.helpers import FOUR_SCALARS, predict_in_fresh_process, scalars
 
-TINY = {"validation": "200", "gpus": 0, "log_every_n_steps": 5, "flush_secs": 2}
+TINY = {"validation": "200", "gpus": "0", "log_every_n_steps": 5}
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +27,8 @@ def classic_run(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("classic")
     live = parse_logs_root(str(root / "live")).child("run-1")
     config = TrainConfig(epochs=2, progress_interval_seconds=0.01, **TINY)
-    result = train_mnist(dataset, root / "model", root / "logs", config, live_logs=live)
+    outputs = TrainingOutputs(root / "model", root / "logs")
+    result = run_training(dataset, outputs, config, live_logs=live, live_update_seconds=2)
     return root, result
 
 
@@ -45,6 +51,8 @@ def test_model_loads_and_predicts_without_this_package(classic_run, dataset):
     assert prediction["sum_of_probs"] == pytest.approx(1.0, abs=1e-4)
     # The exported program normalises itself: raw pixels give the trained accuracy.
     assert prediction["accuracy"] == pytest.approx(result.metrics["test_accuracy"], abs=1e-6)
+    # Validation held out: the test pass gathered the evaluation.
+    assert result.evaluation.confusion_matrix == prediction["confusion_matrix"]
     assert result.model_metadata["normalisation"]["applied_by_program"] is True
     assert result.model_metadata["input"]["shape"] == ["batch", 1, 28, 28]
 
@@ -53,11 +61,11 @@ def test_event_files_hold_the_four_scalars_with_the_step_schedule(classic_run):
     root, _ = classic_run
     values = scalars(root / "logs")
     assert set(values) >= FOUR_SCALARS
-    assert {"test_accuracy", "test_loss"} <= set(values)
+    assert {"accuracy/test", "loss/test"} <= set(values)
     # StepLR: 1.0 in the first epoch, 0.7 in the second.
     assert [round(v, 6) for _, v in values["learning_rate"]] == [1.0, 0.7]
-    assert len(values["val_loss"]) == 2
-    steps = [s for s, _ in values["train_loss"]]
+    assert len(values["loss/val"]) == 2
+    steps = [s for s, _ in values["loss/train"]]
     assert steps == sorted(steps)
     assert len(steps) >= 2
 
@@ -65,10 +73,18 @@ def test_event_files_hold_the_four_scalars_with_the_step_schedule(classic_run):
 def test_live_location_ends_with_the_same_event_files(classic_run):
     root, _ = classic_run
     live = root / "live" / "run-1"
-    artifact = {p.name: p.read_bytes() for p in (root / "logs").iterdir()}
-    copied = {p.name: p.read_bytes() for p in live.iterdir() if p.is_file()}
+
+    def files(where):
+        return {
+            p.relative_to(where).as_posix(): p.read_bytes()
+            for p in where.rglob("*")
+            if p.is_file() and "checkpoints" not in p.parts
+        }
+
+    copied, artifact = files(live), files(root / "logs")
     assert copied == artifact
-    assert any("tfevents" in name for name in copied)
+    # In a folder named after the run (no run name given: the default), never at the top.
+    assert any(name.startswith("training/") and "tfevents" in name for name in copied)
     # Beside them, the newest two checkpoints (the end of each epoch).
     steps = math.ceil(1000 / 64)
     assert sorted(p.name for p in (live / "checkpoints").iterdir()) == [
@@ -79,18 +95,18 @@ def test_live_location_ends_with_the_same_event_files(classic_run):
 
 def test_progress_is_printed_as_single_lines(dataset, tmp_path, capsys):
     config = TrainConfig(epochs=1, progress_interval_seconds=0.01, **TINY)
-    train_mnist(dataset, tmp_path / "model", tmp_path / "logs", config)
+    run_training(dataset, TrainingOutputs(tmp_path / "model", tmp_path / "logs"), config)
     out = capsys.readouterr().out
     assert "\r" not in out
     lines = [line for line in out.splitlines() if line.startswith("epoch 1/1 batch")]
     assert lines, out
     assert all(" loss " in line and " samples/s" in line for line in lines)
-    assert any("end of epoch 1 val_accuracy" in line for line in lines)
+    assert any("end of epoch 1 accuracy/val" in line for line in lines)
 
 
 def test_fast_preset_trains_with_one_cycle(dataset, tmp_path):
     config = TrainConfig.from_preset("fast", epochs=1, **{**TINY, "log_every_n_steps": 1})
-    result = train_mnist(dataset, tmp_path / "model", tmp_path / "logs", config)
+    result = run_training(dataset, TrainingOutputs(tmp_path / "model", tmp_path / "logs"), config)
     assert result.metrics["test_accuracy"] > 0.9
     lr = [v for _, v in scalars(tmp_path / "logs")["learning_rate"]]
     assert len(lr) == math.ceil(1000 / config.batch_size)
@@ -106,14 +122,15 @@ def test_bad_validation_fails_before_any_output(dataset, tmp_path):
         UserInputError,
         match=r"^invalid validation='5000': expected test-set or fewer than the 1200 training",
     ):
-        train_mnist(dataset, tmp_path / "model", tmp_path / "logs", config)
+        run_training(dataset, TrainingOutputs(tmp_path / "model", tmp_path / "logs"), config)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_device_selection():
     assert select_device(0, "32-true") == ("cpu", 1)
-    with pytest.raises(UserInputError, match="gpus=2"):
-        select_device(2, "32-true")
+    with pytest.raises(UserInputError, match="gpus='17'"):
+        TrainConfig(gpus="17")
+    assert TrainConfig(gpus=" 0 ").gpus == TrainConfig(gpus=0).gpus == 0
     if not torch.cuda.is_available():
         assert select_device(1, "bf16-mixed") == ("cpu", 1)
         with pytest.raises(UserInputError, match="precision='16-mixed'"):
@@ -173,3 +190,37 @@ def test_shifted_batches_are_reproducible_and_keep_their_labels():
             assert abs(col - 14) <= 1
             moved += (row, col) != (14, 14)
     assert moved > 0
+
+
+def test_test_set_validation_is_the_test_pass(dataset, tmp_path):
+    # Validation on the test set (the default): the test metrics are the last validation pass,
+    # not a second pass over the same images, and its details become the evaluation.
+    config = TrainConfig(epochs=2, **{**TINY, "validation": "test-set"})
+    outputs = TrainingOutputs(tmp_path / "model", tmp_path / "logs", tmp_path / "evaluation")
+    result = run_training(dataset, outputs, config, run_name="Run of mnist (7f3a)")
+    metrics = result.metrics
+    assert metrics["test_accuracy"] == metrics["val_accuracy"]
+    assert metrics["test_loss"] == metrics["val_loss"]
+    values = scalars(tmp_path / "logs")
+    # One point each, at the last step, equal to the last validation point.
+    assert values["accuracy/test"] == [(metrics["steps"], metrics["test_accuracy"])]
+    assert values["accuracy/val"][-1][1] == pytest.approx(metrics["test_accuracy"])
+    assert (tmp_path / "logs" / "Run-of-mnist-7f3a").is_dir()
+
+    # The confusion matrix is what the exported model predicts, computed independently.
+    prediction = predict_in_fresh_process(tmp_path / "model", dataset)
+    assert result.evaluation.confusion_matrix == prediction["confusion_matrix"]
+    assert result.evaluation.samples == 300
+    document = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert document["confusion_matrix"] == prediction["confusion_matrix"]
+    assert document["run"]["name"] == "Run-of-mnist-7f3a"
+    assert document["run"]["parameters"]["epochs"] == 2
+    images = torch.load(dataset / "mnist.pt", weights_only=True)
+    for entry in document["mistakes"] + document["examples"]:
+        assert entry["pixels"] == images["test_images"][entry["index"]].tolist()
+        assert entry["label"] == int(images["test_labels"][entry["index"]])
+    assert all(e["label"] != e["predicted"] for e in document["mistakes"])
+    confidences = [e["confidence"] for e in document["mistakes"]]
+    assert confidences == sorted(confidences, reverse=True)
+    assert all(e["label"] == e["predicted"] for e in document["examples"])
+    assert len(document["examples"]) == 20  # two of each digit

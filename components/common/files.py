@@ -52,6 +52,33 @@ def atomic_directory(destination: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_file(destination: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary path beside `destination` that replaces it when the block succeeds.
+
+    The temporary file keeps `destination`'s suffix (some writers insist on one) and is
+    removed if the block fails, so `destination` is either untouched or complete.
+
+    Args:
+        destination: The file to create or replace.
+
+    Yields:
+        The path to write.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent
+    )
+    os.fchmod(fd, 0o666 & ~_umask())
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, destination)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None:
     """Writes `data` to `destination` through a temporary file and an atomic rename.
 
@@ -59,20 +86,10 @@ def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None
         destination: File to write.
         data: Full content.
     """
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(destination) as tmp, tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(destination: str | os.PathLike[str], text: str) -> None:
@@ -81,5 +98,11 @@ def atomic_write_text(destination: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json(destination: str | os.PathLike[str], value: object) -> None:
-    """Writes `value` as indented, key-sorted JSON, atomically."""
-    atomic_write_text(destination, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    """Writes `value` as indented, key-sorted JSON, atomically.
+
+    Raises:
+        ValueError: `value` holds a NaN or an infinity, which JSON cannot represent (Python
+            would write the non-standard `NaN`, which KFP and most readers reject).
+    """
+    text = json.dumps(value, indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_text(destination, text + "\n")

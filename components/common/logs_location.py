@@ -22,6 +22,9 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
+from kfp_lightning.components.common.run_form import run_parameter
+from kfp_lightning.components.common.urls import parse_http_endpoint
 
 NAMESPACE_PLACEHOLDER = "{namespace}"
 # Where the training pod mounts a claim named in a pvc:// root: <PVC_MOUNT_ROOT>/<claim>.
@@ -40,21 +43,23 @@ class LogsLocation:
 
     Attributes:
         scheme: "s3", "pvc" or "file".
-        container: Bucket (s3) or claim name (pvc); empty for file.
         path: Key prefix (s3) or path inside the claim (pvc), without leading or trailing "/";
             for file, the absolute directory.
+        bucket: The bucket (s3 only).
+        claim: The PersistentVolumeClaim's name (pvc only).
     """
 
     scheme: str
-    container: str
     path: str
+    bucket: str = ""
+    claim: str = ""
 
     @property
     def uri(self) -> str:
         """The canonical URI (what TensorBoard's `--logdir` and `spec.logspath` take)."""
         if self.scheme == "file":
             return self.path
-        return f"{self.scheme}://{self.container}/{self.path}".rstrip("/")
+        return f"{self.scheme}://{self.bucket or self.claim}/{self.path}".rstrip("/")
 
     def child(self, name: str) -> LogsLocation:
         """The location one level below this one."""
@@ -103,18 +108,19 @@ def parse_logs_root(
     parts = urlparse(value)
     if parts.scheme in ("s3", "pvc"):
         segments = [s for s in parts.path.split("/") if s]
-        container_ok = (_BUCKET if parts.scheme == "s3" else _DNS1123_SUBDOMAIN).fullmatch(
-            parts.netloc
-        )
+        name_ok = (_BUCKET if parts.scheme == "s3" else _DNS1123_SUBDOMAIN).fullmatch(parts.netloc)
         if (
-            not container_ok
+            not name_ok
             or len(parts.netloc) > 253
             or parts.query
             or parts.fragment
             or not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
         ):
             raise invalid(parameter, root, ACCEPTED)
-        return LogsLocation(parts.scheme, parts.netloc, "/".join(segments))
+        path = "/".join(segments)
+        if parts.scheme == "s3":
+            return LogsLocation("s3", path, bucket=parts.netloc)
+        return LogsLocation("pvc", path, claim=parts.netloc)
     if parts.scheme == "file" and not parts.netloc:
         value = parts.path
     elif parts.scheme:
@@ -122,7 +128,7 @@ def parse_logs_root(
     path = PurePosixPath(value)
     if not path.is_absolute() or ".." in path.parts or not value:
         raise invalid(parameter, root, ACCEPTED)
-    return LogsLocation("file", "", str(path))
+    return LogsLocation("file", str(path))
 
 
 def run_logs_location(root: str, run_id: str, namespace: str | None = None) -> LogsLocation:
@@ -137,3 +143,60 @@ def run_logs_location(root: str, run_id: str, namespace: str | None = None) -> L
         The run's location.
     """
     return parse_logs_root(root, namespace or current_namespace()).child(run_id.strip())
+
+
+# A valid namespace that stands in for the run's while a root is checked outside a pod.
+_ANY_NAMESPACE = "namespace"
+MAX_LIVE_UPDATE_SECONDS = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveLogsConfig:
+    """Where a run's live TensorBoard logs go, and how fresh they are; validated on construction.
+
+    Shared by training (which writes there) and the TensorBoard launcher (which reads there),
+    so both derive the same location from the same run parameters.
+    """
+
+    tensorboard_logs_root: str = run_parameter("s3://mlpipeline/private/{namespace}/tensorboard")
+    """Where training streams TensorBoard logs and checkpoints, one folder per run:
+    s3://bucket/prefix (default: KFP's object store), pvc://claim/path (compile with
+    --logs-pvc; ReadWriteMany, or TensorBoard on the training node) or a directory.
+    {namespace} becomes the run's namespace."""
+    s3_endpoint: str = run_parameter("http://minio-service.kubeflow:9000")
+    """S3 API of an s3:// root, http(s)://host[:port]. Default: KFP's object store (MinIO, or
+    SeaweedFS behind the same service in newer Kubeflow releases)."""
+    s3_credentials_secret: str = run_parameter("mlpipeline-minio-artifact")
+    """Secret in the run's namespace with keys accesskey and secretkey for the S3 API (KFP's
+    own, which Kubeflow creates in every profile namespace, by default)."""
+    live_update_seconds: int = run_parameter(10)
+    """Longest delay, in seconds, before a logged point is readable where TensorBoard reads
+    the logs (1 to 300): the event files are flushed and copied there twice as often."""
+
+    def __post_init__(self) -> None:
+        root = parse_logs_root(self.tensorboard_logs_root, _ANY_NAMESPACE)
+        if root.scheme == "s3":
+            parse_http_endpoint(self.s3_endpoint, "s3_endpoint")
+        check_secret_name(self.s3_credentials_secret, "s3_credentials_secret")
+        seconds = self.live_update_seconds
+        if isinstance(seconds, float) and seconds.is_integer():
+            seconds = int(seconds)
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int)
+            or not 1 <= seconds <= MAX_LIVE_UPDATE_SECONDS
+        ):
+            raise invalid(
+                "live_update_seconds", self.live_update_seconds, "an integer from 1 to 300"
+            )
+        object.__setattr__(self, "live_update_seconds", seconds)
+
+    def run_location(self, run_id: str, namespace: str | None = None) -> LogsLocation:
+        """The live logs location of one run: `<tensorboard_logs_root>/<run_id>`."""
+        return run_logs_location(self.tensorboard_logs_root, run_id, namespace)
+
+    def endpoint(self) -> str | None:
+        """The S3 endpoint without a trailing "/", or None when the root is not s3://."""
+        if parse_logs_root(self.tensorboard_logs_root, _ANY_NAMESPACE).scheme != "s3":
+            return None
+        return parse_http_endpoint(self.s3_endpoint, "s3_endpoint")

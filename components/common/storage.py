@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
 from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT, LogsLocation
 
 DEFAULT_REGION = "us-east-1"
@@ -64,23 +64,12 @@ class DirectoryStorage:
                 src.seek(append_from)
                 shutil.copyfileobj(src, dst)
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        os.close(fd)
-        try:
+        with atomic_file(target) as tmp:
             shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     def download(self, relative: str, destination: Path) -> None:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-        os.close(fd)
-        try:
+        with atomic_file(destination) as tmp:
             shutil.copyfile(self.root / relative, tmp)
-            os.replace(tmp, destination)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     def delete(self, relative: str) -> None:
         (self.root / relative).unlink(missing_ok=True)
@@ -133,14 +122,8 @@ class S3Storage:
         self.client.upload_file(str(source), self.bucket, self._key(relative))
 
     def download(self, relative: str, destination: Path) -> None:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-        os.close(fd)
-        try:
-            self.client.download_file(self.bucket, self._key(relative), tmp)
-            os.replace(tmp, destination)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_file(destination) as tmp:
+            self.client.download_file(self.bucket, self._key(relative), str(tmp))
 
     def delete(self, relative: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(relative))
@@ -163,7 +146,7 @@ def open_storage(location: LogsLocation, s3_endpoint: str | None = None) -> Stor
     if location.scheme == "file":
         return DirectoryStorage(Path(location.path))
     if location.scheme == "pvc":
-        mount = PVC_MOUNT_ROOT / location.container
+        mount = PVC_MOUNT_ROOT / location.claim
         if not mount.is_dir():
             raise invalid(
                 "tensorboard_logs_root",
@@ -174,4 +157,4 @@ def open_storage(location: LogsLocation, s3_endpoint: str | None = None) -> Stor
         return DirectoryStorage(mount / location.path)
     if not s3_endpoint:
         raise invalid("s3_endpoint", s3_endpoint, "an http(s)://host[:port] endpoint for s3://")
-    return S3Storage(location.container, location.path, s3_endpoint)
+    return S3Storage(location.bucket, location.path, s3_endpoint)

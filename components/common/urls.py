@@ -23,21 +23,24 @@ def parse_mirrors(
         Base URLs, each ending with "/".
 
     Raises:
-        UserInputError: When a URL has another scheme, no host (http/https) or no path (file).
+        UserInputError: When a URL has another scheme, no host (http/https), or a host or no
+            absolute path (file).
     """
     urls = [u for u in mirror.replace(",", " ").split() if u] or list(default)
     parsed = []
+    accepted = "comma-separated base URLs of the form http(s)://host/path/ or file:///path/"
     for url in urls:
         parts = urlparse(url)
+        if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
+            # file://tmp/data/ names the host "tmp" (RFC 8089), not the directory /tmp/data/.
+            raise invalid(
+                parameter, url, f"file:///{parts.netloc}{parts.path} (three slashes for a path)"
+            )
         ok = parts.scheme in MIRROR_SCHEMES and (
-            bool(parts.netloc) if parts.scheme != "file" else bool(parts.path)
+            bool(parts.netloc) if parts.scheme != "file" else parts.path.startswith("/")
         )
         if not ok or parts.query or parts.fragment:
-            raise invalid(
-                parameter,
-                url,
-                "comma-separated base URLs of the form http(s)://host/path/ or file:///path/",
-            )
+            raise invalid(parameter, url, accepted)
         parsed.append(url if url.endswith("/") else url + "/")
     return tuple(parsed)
 

@@ -20,21 +20,20 @@ import urllib.request
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from kfp_lightning.components.common.errors import DownloadError, invalid
 from kfp_lightning.components.common.files import atomic_directory, write_json
-from kfp_lightning.components.common.urls import parse_mirrors
-from kfp_lightning.components.download_mnist.sources import checksum_table
+from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.download_mnist.sources import DownloadConfig
 
 DATA_FILE = "mnist.pt"
 METADATA_FILE = "metadata.json"
 FORMAT = "kfp-lightning/mnist-tensors-v1"
 
-DEFAULT_MIRRORS: tuple[str, ...] = tuple(MNIST.mirrors)
 USER_AGENT = "kfp-lightning"
 
 
@@ -126,31 +125,26 @@ def fetch_verified(
     )
 
 
-def download_mnist(
+def download_dataset(
     output_dir: str | Path,
-    mirror: str = "",
-    expected_md5: Mapping[str, str] | None = None,
+    config: DownloadConfig | None = None,
     options: DownloadOptions | None = None,
 ) -> dict[str, object]:
     """Downloads, verifies and stores MNIST (or any MNIST-format set) as a Dataset directory.
 
     Args:
         output_dir: Directory to create; it appears only once everything is verified.
-        mirror: Base URL(s) holding the four `*-ubyte.gz` files, separated by commas;
-            http(s):// or file://. Empty means torchvision's public MNIST mirrors.
-        expected_md5: MD5 of each uncompressed file, keyed by file name; None or empty means
-            the published MNIST checksums. Set it to train on another MNIST-format set.
+        config: The mirrors and the expected checksums; the public MNIST when None.
         options: Timeouts and retries; the defaults suit public mirrors.
 
     Returns:
         The dataset metadata that was written to `metadata.json`.
 
     Raises:
-        UserInputError: For a malformed mirror or checksum table.
         DownloadError: When a file cannot be obtained with the expected content.
     """
-    mirrors = parse_mirrors(mirror, DEFAULT_MIRRORS)
-    checksums = checksum_table(expected_md5)
+    config = config or DownloadConfig()
+    mirrors, checksums = config.mirrors, config.expected_md5
     options = options or DownloadOptions()
 
     with atomic_directory(output_dir) as staging:
@@ -196,8 +190,17 @@ def _check_consistent(tensors: Mapping[str, torch.Tensor]) -> None:
             raise DownloadError(f"{split} labels outside 0..9 (max {int(labels.max())})")
 
 
+def download_from_run_form(output_dir: str | Path, parameters: Mapping[str, Any]) -> dict:
+    """The KFP component's entry: validates the run-form values, then downloads.
+
+    Raises:
+        UserInputError: For a malformed mirror or checksum table (nothing is written).
+    """
+    return download_dataset(output_dir, from_run_form(DownloadConfig, parameters))
+
+
 def load_dataset(dataset_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Loads the tensors written by `download_mnist`.
+    """Loads the tensors written by `download_dataset`.
 
     Args:
         dataset_dir: The Dataset artifact directory.

@@ -1,15 +1,18 @@
-"""What a correct MNIST download is: file names, published checksums, and their validation.
+"""What a correct MNIST download is: where from, file names, published checksums, validation.
 
 Kept apart from the downloader (and free of torch) so the pipeline CLI can check a run's
-`expected_md5` before anything starts.
+download parameters before anything starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 
 from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.run_form import run_parameter
+from kfp_lightning.components.common.urls import parse_mirrors
 
 # MD5 of the official, uncompressed IDX files, as published with the data set.
 MNIST_MD5: Mapping[str, str] = {
@@ -19,6 +22,8 @@ MNIST_MD5: Mapping[str, str] = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 _MD5 = re.compile(r"[0-9a-f]{32}")
+# Images in the official training files: what a run with the published checksums trains on.
+MNIST_TRAIN_SAMPLES = 60_000
 
 
 def checksum_table(expected_md5: Mapping[str, str] | None) -> dict[str, str]:
@@ -40,3 +45,39 @@ def checksum_table(expected_md5: Mapping[str, str] | None) -> dict[str, str]:
             "a 32-hex-digit MD5 for each of " + ", ".join(MNIST_MD5),
         )
     return {name: table[name] for name in MNIST_MD5}
+
+
+# torchvision's MNIST mirrors (torchvision.datasets.MNIST.mirrors), written out so the CLI and
+# the compiler need not import torchvision; a test holds the two equal.
+DEFAULT_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadConfig:
+    """Where MNIST comes from and what it must be; validated on construction."""
+
+    mirror: str = run_parameter(",".join(DEFAULT_MIRRORS))
+    """Base URLs holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
+    t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, comma-separated, tried in order
+    (http://, https:// or file:///path/). Default: torchvision's public mirrors; point it at
+    an internal mirror on air-gapped clusters."""
+    expected_md5: dict = run_parameter(default_factory=lambda: dict(MNIST_MD5))
+    """MD5 of each uncompressed file, by file name. Default: the published MNIST checksums;
+    change it only to train on another MNIST-format data set."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mirror", ",".join(parse_mirrors(self.mirror, DEFAULT_MIRRORS)))
+        object.__setattr__(self, "expected_md5", checksum_table(self.expected_md5))
+
+    @property
+    def mirrors(self) -> tuple[str, ...]:
+        """The base URLs, each ending with "/", in the order they are tried."""
+        return tuple(self.mirror.split(","))
+
+    @property
+    def published_checksums(self) -> bool:
+        """Whether the files must be the official MNIST (so its sizes are known in advance)."""
+        return self.expected_md5 == dict(MNIST_MD5)

@@ -94,7 +94,7 @@ def fallback_objects(
         volumes.append(
             {
                 "name": "logs",
-                "persistentVolumeClaim": {"claimName": location.container, "readOnly": True},
+                "persistentVolumeClaim": {"claimName": location.claim, "readOnly": True},
             }
         )
     deployment = {
@@ -146,7 +146,7 @@ def shipped_location() -> LogsLocation:
     """The default logs root, its namespace taken from the pod (every run of that namespace)."""
     root = DEFAULT_LOGS_ROOT.replace(NAMESPACE_PLACEHOLDER, POD_NAMESPACE_REFERENCE)
     bucket, _, prefix = root.removeprefix("s3://").partition("/")
-    return LogsLocation("s3", bucket, prefix)
+    return LogsLocation("s3", prefix, bucket=bucket)
 
 
 def shipped_manifest() -> str:

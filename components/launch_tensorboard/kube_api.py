@@ -3,8 +3,9 @@
 A task can be retried, and a request can fail after the server acted on it, so every write is
 idempotent: create; if it already exists, read it and patch only what differs from the wanted
 object (a JSON merge patch, so labels or fields added by others stay). Transient failures
-(HTTP 429 and 5xx, dropped or refused connections) are retried with exponential backoff; urllib3's
-own hidden retries are switched off so that this is the only retry policy in play.
+(HTTP 429 and 5xx, dropped or refused connections) are retried with exponential backoff by
+urllib3's own `Retry`, which the `kubernetes` client hands to its connection pool: every method
+is retried, since each write here is safe to repeat.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -39,19 +39,34 @@ class Patience:
 
     Attributes:
         attempts: Tries per request, the first included.
-        first_backoff_seconds: Pause after the first failure; doubled after each further one.
+        backoff_seconds: urllib3's backoff factor: the second retry waits this long, each
+            further one twice as long as the one before (the first is immediate).
         poll_seconds: Pause between two readiness checks.
         request_timeout_seconds: Connect and read timeout of one request.
     """
 
     attempts: int = 5
-    first_backoff_seconds: float = 0.5
+    backoff_seconds: float = 0.5
     poll_seconds: float = 2.0
     request_timeout_seconds: float = 15.0
 
+    def retry(self) -> urllib3.Retry:
+        """The urllib3 retry policy for one request."""
+        return urllib3.Retry(
+            total=self.attempts - 1,
+            backoff_factor=self.backoff_seconds,
+            status_forcelist=TRANSIENT_STATUSES,
+            allowed_methods=None,  # every method: creates and patches here are idempotent
+            raise_on_status=False,  # the last answer reaches the caller as an ApiException
+            respect_retry_after_header=True,
+        )
 
-def connect() -> tuple[client.ApiClient, str | None]:
+
+def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | None]:
     """Configures a client: in-cluster when running in a pod, else the standard kubeconfig.
+
+    Args:
+        patience: How each request retries transient failures.
 
     Returns:
         The client, and the kubeconfig context's namespace ("default" when it names none);
@@ -78,41 +93,21 @@ def connect() -> tuple[client.ApiClient, str | None]:
                 f"({kubeconfig_error})"
             ) from kubeconfig_error
         namespace = active.get("context", {}).get("namespace") or "default"
-    configuration.retries = 0
+    configuration.retries = patience.retry()
     return client.ApiClient(configuration), namespace
 
 
-def with_retries(request: Callable[[], T], patience: Patience, what: str) -> T:
-    """Runs `request`, retrying transient failures with exponential backoff.
-
-    Args:
-        request: One API call.
-        patience: Attempts and backoff.
-        what: The call in words, for the log line of each retry.
-
-    Returns:
-        What `request` returned.
+def call(request: Callable[[], T], what: str) -> T:
+    """Runs one API request; a connection that failed on every retry becomes a clear error.
 
     Raises:
-        ApiException: A non-transient HTTP error, or a transient one on the last attempt.
-        ClusterUnreachableError: The connection failed on every attempt.
+        ApiException: The server's answer was an error (after the transient ones' retries).
+        ClusterUnreachableError: No connection could be made or kept.
     """
-    delay = patience.first_backoff_seconds
-    for attempt in range(1, patience.attempts + 1):
-        try:
-            return request()
-        except ApiException as err:
-            if err.status not in TRANSIENT_STATUSES or attempt == patience.attempts:
-                raise
-            failure = f"HTTP {err.status} {err.reason}"
-        except urllib3.exceptions.HTTPError as err:
-            if attempt == patience.attempts:
-                raise ClusterUnreachableError(f"{what}: {err}") from err
-            failure = type(err).__name__
-        print(f"{what}: {failure}; retrying in {delay:g} s", file=sys.stderr, flush=True)
-        time.sleep(delay)
-        delay *= 2
-    raise AssertionError("unreachable: the loop returns or raises")
+    try:
+        return request()
+    except urllib3.exceptions.HTTPError as err:
+        raise ClusterUnreachableError(f"{what}: {err}") from err
 
 
 def merge_patched(target: object, patch: object) -> object:
@@ -154,22 +149,20 @@ def ensure_object(
     namespace, name = metadata["namespace"], metadata["name"]
     timeout = patience.request_timeout_seconds
     try:
-        with_retries(
+        call(
             lambda: api.create_namespaced_custom_object(
                 group, version, namespace, plural, wanted, _request_timeout=timeout
             ),
-            patience,
             f"create {kind} {namespace}/{name}",
         )
         return "created"
     except ApiException as err:
         if err.status != 409:
             raise
-    existing = with_retries(
+    existing = call(
         lambda: api.get_namespaced_custom_object(
             group, version, namespace, plural, name, _request_timeout=timeout
         ),
-        patience,
         f"read {kind} {namespace}/{name}",
     )
     patch = {
@@ -178,11 +171,10 @@ def ensure_object(
     }
     if merge_patched(existing, patch) == existing:
         return "unchanged"
-    with_retries(
+    call(
         lambda: api.patch_namespaced_custom_object(
             group, version, namespace, plural, name, patch, _request_timeout=timeout
         ),
-        patience,
         f"update {kind} {namespace}/{name}",
     )
     return "updated"
@@ -214,7 +206,7 @@ def wait_until_ready(
     group, version, plural, kind = TENSORBOARD_API
     deadline = time.monotonic() + timeout_seconds
     while True:
-        current = with_retries(
+        current = call(
             lambda: api.get_namespaced_custom_object(
                 group,
                 version,
@@ -223,7 +215,6 @@ def wait_until_ready(
                 name,
                 _request_timeout=patience.request_timeout_seconds,
             ),
-            patience,
             f"read {kind} {namespace}/{name}",
         )
         if ((current.get("status") or {}).get("readyReplicas") or 0) >= 1:

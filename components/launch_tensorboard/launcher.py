@@ -15,20 +15,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.files import atomic_write_text, write_json
-from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.logs_location import (
+    LiveLogsConfig,
     LogsLocation,
     current_namespace,
-    run_logs_location,
 )
-from kfp_lightning.components.common.urls import parse_base_url, parse_http_endpoint
+from kfp_lightning.components.common.run_form import COMPONENT, from_run_form, run_parameter
+from kfp_lightning.components.common.urls import parse_base_url
 from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.kube_api import (
     ClusterUnreachableError,
@@ -96,8 +98,31 @@ class Launch:
     ready_after_seconds: float | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class LauncherConfig:
+    """How the run's TensorBoard is offered to the user; validated on construction."""
+
+    kubeflow_base_url: str = run_parameter("/")
+    """"/" for a TensorBoard link relative to the Kubeflow UI, or the Kubeflow URL (e.g.
+    https://kubeflow.example.com) for an absolute one."""
+    wait_ready_seconds: int = run_parameter(60, scope=COMPONENT)
+    """How long to wait for TensorBoard to be ready before finishing (0 to 3600); the note
+    says whether it was."""
+
+    def __post_init__(self) -> None:
+        parse_base_url(self.kubeflow_base_url)
+        object.__setattr__(self, "wait_ready_seconds", check_wait(self.wait_ready_seconds))
+
+    @property
+    def link_prefix(self) -> str:
+        """What goes before `/tensorboard/...` in links: "" or the URL without trailing "/"."""
+        return parse_base_url(self.kubeflow_base_url)
+
+
 def check_wait(value: object) -> int:
     """Validates `wait_ready_seconds`: an integer from 0 to `MAX_WAIT_SECONDS`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WAIT_SECONDS:
         raise invalid("wait_ready_seconds", value, f"an integer from 0 to {MAX_WAIT_SECONDS}")
     return value
@@ -250,15 +275,12 @@ def ui_metadata(location: LogsLocation) -> dict[str, object]:
     return {"outputs": [{"type": "tensorboard", "source": location.uri}]}
 
 
-def launch_tensorboard(
+def start_live_tensorboard(
     markdown_path: str | Path,
     ui_metadata_path: str | Path,
     run_id: str,
-    tensorboard_logs_root: str,
-    s3_endpoint: str,
-    s3_credentials_secret: str,
-    kubeflow_base_url: str,
-    wait_ready_seconds: int,
+    logs: LiveLogsConfig,
+    launcher: LauncherConfig,
     patience: Patience = Patience(),
 ) -> Launch:
     """Starts the run's live TensorBoard, or explains how to view its logs, and writes the notes.
@@ -267,26 +289,16 @@ def launch_tensorboard(
         markdown_path: Where to write the Markdown note.
         ui_metadata_path: Where to write the `mlpipeline_ui_metadata` JSON.
         run_id: The pipeline run's id; names the `Tensorboard` and the run's logs folder.
-        tensorboard_logs_root: Root of the live logs (s3://, pvc://, file:// or a path);
-            `{namespace}` becomes the run's namespace.
-        s3_endpoint: http(s)://host[:port] of the object store, for s3:// roots.
-        s3_credentials_secret: Secret (keys `accesskey`, `secretkey`) for s3:// roots.
-        kubeflow_base_url: "/" for relative links, or the Kubeflow URL.
-        wait_ready_seconds: How long to wait for TensorBoard to be ready (0: check once).
+        logs: Where the logs are (`{namespace}` becomes the run's namespace) and, for s3://,
+            the object store and its credentials.
+        launcher: The link's base URL and how long to wait for a ready TensorBoard.
         patience: Retries and polling.
 
     Returns:
         What was done.
-
-    Raises:
-        UserInputError: A parameter is invalid (nothing is written then).
     """
-    endpoint = parse_http_endpoint(s3_endpoint, "s3_endpoint")
-    secret = check_secret_name(s3_credentials_secret.strip(), "s3_credentials_secret")
-    base_url = parse_base_url(kubeflow_base_url)
-    wait_seconds = check_wait(wait_ready_seconds)
     try:
-        api_client, config_namespace = connect()
+        api_client, config_namespace = connect(patience)
         unreachable = ""
     except ClusterUnreachableError as err:
         api_client, config_namespace, unreachable = None, None, str(err)
@@ -294,12 +306,12 @@ def launch_tensorboard(
     namespace = current_namespace() or config_namespace
     settings = Settings(
         run_id=run_id.strip(),
-        location=run_logs_location(tensorboard_logs_root, run_id, namespace),
+        location=logs.run_location(run_id, namespace),
         namespace=namespace,
-        s3_endpoint=endpoint,
-        s3_secret=secret,
-        base_url=base_url,
-        wait_seconds=wait_seconds,
+        s3_endpoint=logs.endpoint() or logs.s3_endpoint,
+        s3_secret=logs.s3_credentials_secret,
+        base_url=launcher.link_prefix,
+        wait_seconds=launcher.wait_ready_seconds,
     )
     name = tensorboard_name(settings.run_id)
     if settings.location.scheme == "file":
@@ -314,3 +326,30 @@ def launch_tensorboard(
     atomic_write_text(markdown_path, render_markdown(launch, settings))
     print(f"TensorBoard: {launch.state} {launch.url or settings.location.uri}", flush=True)
     return launch
+
+
+def launch_from_run_form(
+    markdown_path: str | Path,
+    ui_metadata_path: str | Path,
+    run_id: str,
+    parameters: Mapping[str, Any],
+    patience: Patience = Patience(),
+) -> Launch:
+    """The KFP component's entry: validates the run-form values, then starts TensorBoard.
+
+    Args:
+        markdown_path: Where to write the Markdown note.
+        ui_metadata_path: Where to write the `mlpipeline_ui_metadata` JSON.
+        run_id: The pipeline run's id.
+        parameters: Run-form values of the `LiveLogsConfig` and `LauncherConfig` fields.
+        patience: Retries and polling.
+
+    Returns:
+        What was done.
+
+    Raises:
+        UserInputError: A parameter is invalid (nothing is written then).
+    """
+    logs = from_run_form(LiveLogsConfig, parameters)
+    launcher = from_run_form(LauncherConfig, parameters)
+    return start_live_tensorboard(markdown_path, ui_metadata_path, run_id, logs, launcher, patience)

@@ -4,8 +4,17 @@ GPU nodes are often preemptible: the pod can vanish at any step. `DurableCheckpo
 Lightning checkpoint at the end of every epoch and, within an epoch, whenever `every_seconds`
 have passed, to storage that outlives the pod (the run's live logs location), keeping the
 newest few. A restarted task (KFP's retry, same run id) calls `find_resumable_checkpoint`,
-which takes the newest checkpoint that loads and belongs to the same configuration, skipping a
-corrupt one with a warning, so the run continues where it stopped instead of starting over.
+which takes the newest checkpoint that loads, holds finite weights and belongs to the same
+configuration, skipping a torn or diverged one with a warning, so the run continues where it
+stopped instead of starting over.
+
+Lightning's own `ModelCheckpoint(train_time_interval=..., save_last=True)` with
+`fit(ckpt_path="last")` covers the schedule but not the rest: it reaches S3 only through
+s3fs (whose aiobotocore pins fight boto3, which the live logs already use); its local saves
+stage the file in the system temp directory (fsspec's `LocalFileOpener`), so on a mounted
+claim the final move is a copy that a lost pod can tear; `fit` fails on a torn, diverged or
+foreign `last.ckpt` instead of falling back to an older one; and it cannot flush the live logs
+before each save, which keeps a resumed run's curves free of gaps. Hence this small callback.
 """
 
 from __future__ import annotations
@@ -37,7 +46,11 @@ class DurableCheckpoints(Callback):
     """Saves full training state to `storage` every epoch and every `every_seconds`.
 
     Each checkpoint is written locally, then uploaded in one piece (an object PUT, or a
-    rename on a filesystem), so a reader never sees half of one.
+    rename on a filesystem), so a reader never sees half of one. With several processes every
+    one of them takes part in each save (Lightning's `save_checkpoint` is collective; global
+    rank 0 writes the file), and only rank 0 uploads. Whether the time has come is decided by
+    rank 0 and sent to the others every `decide_every_n_steps` steps, since each process's
+    clock would decide differently and leave the others waiting.
 
     Args:
         storage: Where checkpoints go (the `checkpoints/` folder of the live location).
@@ -45,6 +58,8 @@ class DurableCheckpoints(Callback):
         keep: How many of the newest checkpoints to keep.
         before_upload: Called before each upload; makes everything logged so far durable
             too, so a resumed run's curves have no gap before the checkpoint's step.
+        decide_every_n_steps: Steps between two decisions of whether to save, with several
+            processes (one process decides every step).
     """
 
     def __init__(
@@ -53,9 +68,11 @@ class DurableCheckpoints(Callback):
         every_seconds: float,
         keep: int = 2,
         before_upload: Callable[[], object] | None = None,
+        decide_every_n_steps: int = 50,
     ) -> None:
         self.storage, self.every_seconds, self.keep = storage, every_seconds, keep
         self.before_upload = before_upload
+        self.decide_every_n_steps = max(1, decide_every_n_steps)
         self._last = time.monotonic()
         self.saved: list[str] = []
 
@@ -64,16 +81,27 @@ class DurableCheckpoints(Callback):
         with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
             local = Path(tmp) / name
             trainer.save_checkpoint(local, weights_only=False)
-            if self.before_upload is not None:
-                self.before_upload()
-            self.storage.upload(local, f"{CHECKPOINT_DIR}/{name}")
+            if trainer.is_global_zero:
+                if self.before_upload is not None:
+                    self.before_upload()
+                self.storage.upload(local, f"{CHECKPOINT_DIR}/{name}")
         self.saved.append(name)
         self._last = time.monotonic()
+        if not trainer.is_global_zero:
+            return
         existing = sorted(
             p for p in self.storage.list_files() if p.startswith(f"{CHECKPOINT_DIR}/")
         )
         for old in existing[: -self.keep]:
             self.storage.delete(old)
+
+    def _time_to_save(self, trainer: L.Trainer) -> bool:
+        due = time.monotonic() - self._last >= self.every_seconds
+        if trainer.world_size == 1:
+            return due
+        if trainer.global_step % self.decide_every_n_steps:
+            return False
+        return bool(trainer.strategy.broadcast(due, src=0))
 
     def on_train_batch_end(
         self,
@@ -84,7 +112,7 @@ class DurableCheckpoints(Callback):
         batch_idx: int,
     ) -> None:
         last_batch = batch_idx + 1 >= trainer.num_training_batches
-        if not last_batch and time.monotonic() - self._last >= self.every_seconds:
+        if not last_batch and self._time_to_save(trainer):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -95,8 +123,22 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in `state_dict` that hold a NaN or an infinity."""
+    return [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+
+
 def find_resumable_checkpoint(
-    storage: Storage, hyper_parameters: dict[str, Any], workdir: Path
+    storage: Storage,
+    hyper_parameters: dict[str, Any],
+    workdir: Path,
+    remove_unusable: bool = True,
 ) -> tuple[Path, dict[str, Any]] | None:
     """Downloads the newest checkpoint that loads and matches this run's configuration.
 
@@ -104,6 +146,8 @@ def find_resumable_checkpoint(
         storage: The live location (checkpoints are under `checkpoints/`).
         hyper_parameters: This run's configuration; a checkpoint of another is not resumed.
         workdir: Local directory to download into.
+        remove_unusable: Delete a torn or diverged checkpoint from `storage` (global rank 0
+            does; the other processes of a distributed run only skip it, as rank 0 does).
 
     Returns:
         The local checkpoint and its contents, or None to start from scratch.
@@ -124,7 +168,18 @@ def find_resumable_checkpoint(
             _warn(f"skipping unreadable checkpoint {relative} ({reason}); removing it")
             local.unlink(missing_ok=True)
             # Left in place it would stay the newest name, shadowing good checkpoints forever.
-            storage.delete(relative)
+            if remove_unusable:
+                storage.delete(relative)
+            continue
+        diverged = non_finite_tensors(checkpoint["state_dict"])
+        if diverged:
+            _warn(
+                f"skipping checkpoint {relative}: non-finite values in {', '.join(diverged[:3])}"
+                " (it was written after training diverged); removing it"
+            )
+            local.unlink(missing_ok=True)
+            if remove_unusable:
+                storage.delete(relative)
             continue
         if checkpoint.get("hyper_parameters") != hyper_parameters:
             _warn(f"skipping checkpoint {relative}: it was written with other parameters")

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.run_form import COMPONENT, run_parameter
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 OPTIMIZERS = ("adadelta", "sgd", "adamw")
 LR_SCHEDULES = ("step", "onecycle")
 SWITCHES = {"on": True, "off": False, "true": True, "false": False}
-MAX_FLUSH_SECS = 300
+# GPUs one training pod may use (DDP, one process each): the most a GPU node has today.
+MAX_GPUS = 16
 TEST_SET = "test-set"
 NO_AUGMENTATION = "none"
 _SHIFT = re.compile(r"shift:([1-4])")
@@ -56,6 +60,35 @@ def _integer(name: str, value: object, low: int, high: int | None = None) -> int
         accepted = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         raise invalid(name, value, accepted)
     return value
+
+
+def parse_gpus(value: object) -> int:
+    """Reads the `gpus` run parameter: a string (or int) holding a count from 0 to `MAX_GPUS`.
+
+    The run form declares it a string because the KFP driver resolves the accelerator count
+    of a pod spec with `GetStringValue()` (kubeflow/pipelines backend/src/v2/driver/resolve.go,
+    `resolvePodSpecInputRuntimeParameter`): from a number parameter it reads "", and the
+    `nvidia.com/gpu` limit is silently dropped.
+
+    Args:
+        value: "0", "1", ... as typed in the run form, or an int.
+
+    Returns:
+        The count.
+
+    Raises:
+        UserInputError: Not a whole number from 0 to `MAX_GPUS`.
+    """
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.isascii() and text.isdigit():
+        text = int(text)
+    if isinstance(text, bool) or not isinstance(text, int) or not 0 <= text <= MAX_GPUS:
+        raise invalid(
+            "gpus",
+            value,
+            f"a whole number from 0 to {MAX_GPUS}",
+        )
+    return text
 
 
 def _positive_float(name: str, value: object) -> float:
@@ -99,51 +132,55 @@ def parse_switch(name: str, value: object) -> bool:
 class TrainConfig:
     """Every training parameter, validated on construction; the defaults are the classic recipe.
 
-    Attributes:
-        epochs: Passes over the training set.
-        batch_size: Training batch size.
-        learning_rate: Adadelta's learning rate, or the peak of the one-cycle schedule.
-        gamma: StepLR's learning-rate decay per epoch, in (0, 1]; unused by one-cycle.
-        optimizer: "adadelta" (upstream), "sgd" (Nesterov momentum 0.9, weight decay 5e-4) or
-            "adamw" (weight decay 1e-4).
-        lr_schedule: "step" (StepLR every epoch, upstream) or "onecycle" (OneCycleLR every step).
-        seed: Seed for the weights, the validation split, dropout and the shuffling order.
-        validation: What the per-epoch validation pass runs on: "test-set" (the upstream
-            example's choice, and the default: training uses all 60k images) or a number of
-            training images to hold out, e.g. "5000" (a seeded random subset).
-        augmentation: "none" (upstream) or "shift:N": each training image moved by a random
-            offset of up to N pixels (1 to 4) in each direction, drawn on the device.
-        eval_batch_size: Batch size of the validation and test passes.
-        gpus: GPUs to train on (0 = CPU). With none visible, training falls back to the CPU.
-        precision: "32-true", "bf16-mixed" or "16-mixed" (16-mixed needs a GPU).
-        torch_compile: Compile the network with `torch.compile`.
-        channels_last: Keep convolutions in the NHWC memory layout.
-        log_every_n_steps: Optimiser steps between logged training losses.
-        flush_secs: Longest delay, in seconds, before logged scalars reach the event files.
-        progress_interval_seconds: Seconds between progress lines when stdout is not a terminal.
-        checkpoint_interval_minutes: Longest training time between two checkpoints within an
-            epoch (one is also written at every epoch end); used when logs go to a live
-            location, where checkpoints outlive the pod.
+    Each field's docstring is its description in the Kubeflow run form, the CLI's help and
+    the README (see `components/common/run_form.py`).
     """
 
-    epochs: int = 14
-    batch_size: int = 64
-    learning_rate: float = 1.0
-    gamma: float = 0.7
-    optimizer: str = "adadelta"
-    lr_schedule: str = "step"
-    seed: int = 1
-    validation: str = TEST_SET
-    augmentation: str = NO_AUGMENTATION
-    eval_batch_size: int = 1000
-    gpus: int = 1
-    precision: str = "32-true"
-    torch_compile: bool = False
-    channels_last: bool = False
-    log_every_n_steps: int = 50
-    flush_secs: int = 10
+    epochs: int = run_parameter(14)
+    """Passes over the training set (classic recipe: 14)."""
+    batch_size: int = run_parameter(64)
+    """Training batch size of each process, i.e. per GPU (classic: 64); with several GPUs or
+    nodes, each step trains on batch_size x processes images. The learning rate is used as
+    given: scale it with the global batch if the recipe needs it."""
+    learning_rate: float = run_parameter(1.0)
+    """Adadelta's learning rate (classic: 1.0), or the peak of the one-cycle schedule."""
+    gamma: float = run_parameter(0.7)
+    """StepLR's learning-rate decay per epoch, in (0, 1] (classic: 0.7); unused by one-cycle."""
+    optimizer: str = run_parameter("adadelta")
+    """adadelta (classic), sgd (Nesterov momentum 0.9, weight decay 5e-4) or adamw (weight
+    decay 1e-4, the fast preset's)."""
+    lr_schedule: str = run_parameter("step")
+    """step (StepLR each epoch, classic) or onecycle (OneCycleLR each step)."""
+    seed: int = run_parameter(1)
+    """Seed of the initial weights, the validation split, dropout and shuffling."""
+    validation: str = run_parameter(TEST_SET)
+    """What the validation pass after every epoch runs on: test-set (as the upstream example;
+    training uses every training image, and the last validation pass is the test pass) or a
+    number of training images to hold out instead, e.g. 5000."""
+    augmentation: str = run_parameter(NO_AUGMENTATION)
+    """none (classic) or shift:N, each training image moved by a random offset of up to N
+    pixels (1 to 4) in each direction, drawn on the device."""
+    gpus: int = run_parameter(1, form=str)
+    """GPUs requested for training (the nvidia.com/gpu limit), a whole number from 0 (CPU
+    nodes) to 16; several train with Lightning's DDP, one process per GPU. Without a visible
+    GPU, training uses the CPU."""
+    precision: str = run_parameter("32-true")
+    """32-true, bf16-mixed or 16-mixed (16-mixed needs a GPU)."""
+    torch_compile: bool = run_parameter(False, form="switch")
+    """on or off: compile the network with torch.compile (needs a C compiler in the image)."""
+    channels_last: bool = run_parameter(False, form="switch")
+    """on or off: keep convolutions in the NHWC memory layout."""
+    checkpoint_interval_minutes: float = run_parameter(10.0)
+    """Longest training time, in minutes, between checkpoints within an epoch (one is also
+    written at every epoch end), kept beside the live logs; a retried or preempted training
+    task resumes from the newest."""
+    eval_batch_size: int = run_parameter(1000, scope=COMPONENT)
+    """Batch size of the validation and test passes."""
+    log_every_n_steps: int = run_parameter(50, scope=COMPONENT)
+    """Optimiser steps between logged training-loss points (every step is logged before the
+    first such interval ends)."""
     progress_interval_seconds: float = 10.0
-    checkpoint_interval_minutes: float = 10.0
+    """Seconds between progress lines when stdout is not a terminal."""
 
     def __post_init__(self) -> None:
         def set_(name: str, value: object) -> None:
@@ -153,9 +190,8 @@ class TrainConfig:
         set_("batch_size", _integer("batch_size", self.batch_size, 1))
         set_("seed", _integer("seed", self.seed, 0, 2**32 - 1))
         set_("eval_batch_size", _integer("eval_batch_size", self.eval_batch_size, 1))
-        set_("gpus", _integer("gpus", self.gpus, 0))
+        set_("gpus", parse_gpus(self.gpus))
         set_("log_every_n_steps", _integer("log_every_n_steps", self.log_every_n_steps, 1))
-        set_("flush_secs", _integer("flush_secs", self.flush_secs, 1, MAX_FLUSH_SECS))
         _positive_float("learning_rate", self.learning_rate)
         if _positive_float("gamma", self.gamma) > 1:
             raise invalid("gamma", self.gamma, "a number in (0, 1]")
@@ -174,6 +210,9 @@ class TrainConfig:
             raise invalid("augmentation", self.augmentation, "none or shift:N with N from 1 to 4")
         set_("augmentation", augmentation)
         _choice("precision", self.precision, PRECISIONS)
+        if self.precision == "16-mixed" and self.gpus == 0:
+            accepted = "32-true or bf16-mixed with gpus=0 (16-mixed needs a GPU)"
+            raise invalid("precision", self.precision, accepted)
         set_("torch_compile", parse_switch("torch_compile", self.torch_compile))
         set_("channels_last", parse_switch("channels_last", self.channels_last))
         _positive_float("progress_interval_seconds", self.progress_interval_seconds)
@@ -208,6 +247,26 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         """All fields as a plain dict."""
         return dataclasses.asdict(self)
+
+
+def check_compiler(torch_compile: bool, accelerator: str) -> None:
+    """Fails early when `torch.compile` cannot work: it generates and builds native code.
+
+    On the CPU, Inductor needs a C++ compiler ($CXX, else g++); on a GPU, Triton needs a C
+    compiler ($CC, else cc or gcc). The training image ships neither, to stay small and lean.
+    """
+    if not torch_compile:
+        return
+    if accelerator == "cpu":
+        found = shutil.which(os.environ.get("CXX", "g++"))
+    else:
+        found = next(filter(None, map(shutil.which, (os.environ.get("CC", ""), "cc", "gcc"))), None)
+    if not found:
+        raise invalid(
+            "torch_compile",
+            "on",
+            "off here: torch.compile needs a C/C++ compiler, and none is installed",
+        )
 
 
 def preset_values(preset: str) -> Mapping[str, Any]:

@@ -67,6 +67,9 @@ class DeviceBatches:
         shuffle: Draw a new order each epoch (training) or keep the stored order.
         seed: Base seed of the per-epoch permutations.
         epoch: Returns the current epoch when iteration starts (Lightning's counter).
+        global_step: Returns the optimiser steps taken so far (Lightning's counter): one per
+            training batch, so the batches trained in an epoch are counted exactly, whatever
+            Lightning has fetched ahead.
         rank: This process's index among `world_size`.
         world_size: Number of processes sharing the data.
         max_shift: Translate each training image by a random offset of up to this many
@@ -82,15 +85,17 @@ class DeviceBatches:
         shuffle: bool,
         seed: int = 0,
         epoch: Callable[[], int] = lambda: 0,
+        global_step: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
         max_shift: int = 0,
     ) -> None:
         self.images, self.labels, self.max_shift = images, labels, max_shift
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.epoch, self.rank, self.world_size = epoch, rank, world_size
+        self.epoch, self.global_step = epoch, global_step
+        self.rank, self.world_size = rank, world_size
         self.samples = images.shape[0] // world_size if world_size > 1 else images.shape[0]
-        self._iterating_epoch, self._yielded = -1, 0
+        self._iterating_epoch, self._skipped, self._step_at_start = -1, 0, 0
         self._resume: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -127,8 +132,8 @@ class DeviceBatches:
 
     def state_dict(self) -> dict[str, int]:
         """Position in the current epoch: the epoch and the batches trained on so far."""
-        # Lightning's training loop fetches one batch ahead of the one it trains on.
-        return {"epoch": self._iterating_epoch, "batches": max(self._yielded - 1, 0)}
+        trained = self._skipped + self.global_step() - self._step_at_start
+        return {"epoch": self._iterating_epoch, "batches": trained}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Makes the next iteration of `state["epoch"]` skip its first `state["batches"]`."""
@@ -138,12 +143,11 @@ class DeviceBatches:
         epoch = self.epoch()
         skip = self._resume["batches"] if self._resume and self._resume["epoch"] == epoch else 0
         self._resume = None
-        self._iterating_epoch, self._yielded = epoch, skip
+        self._iterating_epoch, self._skipped, self._step_at_start = epoch, skip, self.global_step()
         indices = self.order(epoch)
         shifts = self.shifts(epoch) if self.max_shift else None
         for start in range(skip * self.batch_size, self.samples, self.batch_size):
             batch = indices[start : start + self.batch_size]
-            self._yielded += 1
             images = self.images.index_select(0, batch)
             if shifts is not None:
                 images = shift_images(images, shifts[start : start + self.batch_size])
@@ -168,7 +172,7 @@ class MNISTDataModule(L.LightningDataModule):
         dataset_dir: str | Path,
         batch_size: int,
         eval_batch_size: int = 1000,
-        validation_size: int = 5000,
+        validation_size: int = 0,
         seed: int = 1,
         max_shift: int = 0,
     ) -> None:
@@ -217,6 +221,10 @@ class MNISTDataModule(L.LightningDataModule):
             shuffle=shuffle,
             seed=self.seed,
             epoch=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
+            global_step=(lambda: trainer.global_step) if trainer else (lambda: 0),
+            # Training batches are shared out among processes; every process evaluates the
+            # whole validation and test split (10k MNIST images take well under a second on a
+            # GPU), so the final evaluation's details need no gathering across processes.
             rank=trainer.global_rank if trainer and shuffle else 0,
             world_size=trainer.world_size if trainer and shuffle else 1,
             max_shift=self.max_shift if shuffle else 0,
@@ -230,6 +238,11 @@ class MNISTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DeviceBatches:
         return self._batches("test", self.eval_batch_size, shuffle=False)
+
+    def raw_images(self, split: str) -> torch.Tensor:
+        """A split's images as stored, uint8 N x 28 x 28 on the CPU (undoing `normalise`)."""
+        images = self.splits[split][0].squeeze(1).float() * MNIST_STD + MNIST_MEAN
+        return (images * 255).round().clamp(0, 255).to(torch.uint8).cpu()
 
     @property
     def train_samples(self) -> int:

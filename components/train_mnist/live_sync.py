@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
 
 from kfp_lightning.components.common.storage import Storage
 
@@ -123,3 +127,36 @@ class LiveSync:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class EarlyPoints(Callback):
+    """Logs every step at first and makes the first point readable at once.
+
+    A user opens TensorBoard to see training start: with Lightning's `log_every_n_steps` the
+    first point waits that many steps, then up to a flush period. Here every one of the first
+    `first_steps` steps is logged (Lightning reads `Trainer.log_every_n_steps` at each step),
+    and once the first step is logged `make_readable` flushes the writer and copies the logs to
+    the live location.
+
+    Args:
+        first_steps: Steps logged one by one before `Trainer.log_every_n_steps` applies.
+        make_readable: Flushes and copies what was logged so far.
+    """
+
+    def __init__(self, first_steps: int, make_readable: Callable[[], object]) -> None:
+        self.first_steps, self.make_readable = first_steps, make_readable
+        self._every_n: int | None = None
+        self._published = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._every_n is None:
+            self._every_n = trainer.log_every_n_steps
+        early = trainer.global_step < self.first_steps
+        trainer.log_every_n_steps = 1 if early else self._every_n
+        # Lightning hands a step's metrics to the logger after `on_train_batch_end`: by the
+        # next batch's start the first point has been written.
+        if not self._published and trainer.global_step >= 1:
+            self._published = True
+            self.make_readable()

@@ -8,12 +8,32 @@ never calls `.item()` on the hot path, so logging does not synchronise the GPU e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kfp_lightning.components.train_mnist.config import TrainConfig, build_optimizer
+from kfp_lightning.components.train_mnist.evaluation import EvaluationAccumulator
+
+# TensorBoard tags: quantity/split, so TensorBoard groups each quantity's curves together.
+TRAIN, VAL, TEST = "train", "val", "test"
+LOSS, ACCURACY = "loss", "accuracy"
+LEARNING_RATE = "learning_rate"  # LearningRateMonitor's tag: the scheduler's name
+
+
+def tag(quantity: str, split: str) -> str:
+    """The TensorBoard tag of `quantity` on `split`, e.g. "loss/val"."""
+    return f"{quantity}/{split}"
+
+
+def split_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
+    """`{quantity: value}` of the logged metrics of `split` (e.g. Lightning's callback_metrics)."""
+    suffix = f"/{split}"
+    return {k.removesuffix(suffix): float(v) for k, v in metrics.items() if k.endswith(suffix)}
 
 
 class Net(nn.Module):
@@ -43,9 +63,10 @@ class Net(nn.Module):
 class MNISTClassifier(L.LightningModule):
     """Trains `Net` with negative log-likelihood, logging what TensorBoard should show.
 
-    Logged scalars: `train_loss` (every `log_every_n_steps`), `val_loss` and `val_accuracy`
-    (each epoch), `test_loss` and `test_accuracy` (the final test pass); the learning rate
-    comes from `LearningRateMonitor` as `learning_rate`.
+    Logged scalars: `loss/train` (every `log_every_n_steps`), `loss/val` and `accuracy/val`
+    (each epoch), `loss/test` and `accuracy/test` (the test pass); the learning rate comes
+    from `LearningRateMonitor` as `learning_rate`. While `evaluation` holds an
+    accumulator, every evaluated batch also goes into it (see `evaluation.py`).
 
     Args:
         config: The run's configuration (optimiser, schedule, memory layout).
@@ -58,6 +79,7 @@ class MNISTClassifier(L.LightningModule):
         self.config = config
         self.channels_last = config.channels_last
         self.net = Net()
+        self.evaluation: EvaluationAccumulator | None = None
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -73,24 +95,28 @@ class MNISTClassifier(L.LightningModule):
         images, labels = batch
         loss = F.nll_loss(self(images), labels)
         # A tensor, not a float: Lightning converts it only on logging steps.
-        self.log("train_loss", loss, on_step=True, on_epoch=False, batch_size=labels.shape[0])
+        self.log(tag(LOSS, TRAIN), loss, on_step=True, on_epoch=False, batch_size=labels.shape[0])
         return loss
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, split: str):
         images, labels = batch
         log_probs = self(images)
         loss = F.nll_loss(log_probs, labels)
         accuracy = (log_probs.argmax(dim=1) == labels).float().mean()
         # Epoch values are means weighted by batch size, i.e. exact dataset means.
         n = labels.shape[0]
-        self.log(f"{prefix}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
-        self.log(f"{prefix}_accuracy", accuracy, on_step=False, on_epoch=True, batch_size=n)
+        # Every process evaluates the whole split (see data.py): syncing averages equal values.
+        self.log(tag(LOSS, split), loss, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log(tag(ACCURACY, split), accuracy, on_epoch=True, batch_size=n, sync_dist=True)
+        if self.evaluation is not None:
+            # Evaluation batches are in split order, all full but the last.
+            self.evaluation.update(log_probs, labels, batch_idx * self.config.eval_batch_size)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, batch_idx, VAL)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, batch_idx, TEST)
 
     def configure_optimizers(self):
         return build_optimizer(

@@ -9,13 +9,17 @@ so samples/s is not flattered by queued GPU work.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
+
+from kfp_lightning.components.train_mnist.model import TEST, VAL, split_metrics, tag
 
 
 def _synchronize(device: torch.device) -> None:
@@ -94,18 +98,18 @@ class LineProgressBar(ProgressBar):
         )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-        detail = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        metrics = split_metrics(trainer.callback_metrics, VAL)
+        detail = " ".join(f"{tag(k, VAL)} {v:.4f}" for k, v in sorted(metrics.items()))
         self._print(
             f"{self._training_line(trainer, int(self.total_train_batches), time.monotonic())}"
             f" | end of epoch {trainer.current_epoch + 1} {detail}".rstrip()
         )
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")
-        }
-        self._print("test " + " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+        metrics = split_metrics(trainer.callback_metrics, TEST)
+        self._print(
+            "test " + " ".join(f"{tag(k, TEST)} {v:.4f}" for k, v in sorted(metrics.items()))
+        )
 
 
 def make_progress_bar(interval_seconds: float, stream: TextIO | None = None) -> ProgressBar:
@@ -116,18 +120,28 @@ def make_progress_bar(interval_seconds: float, stream: TextIO | None = None) -> 
 
 
 class ThroughputMeter(Callback):
-    """Measures training samples per second over the training batches of every epoch."""
+    """Measures training samples per second over the training batches of every epoch.
+
+    Its counts go into checkpoints (Lightning saves a callback's `state_dict`), so a run that
+    resumed after a lost pod reports the samples, training time and wall time of its whole
+    training, not only of the last attempt.
+    """
 
     def __init__(self) -> None:
         self.samples = 0
         self.seconds = 0.0
         self._start: float | None = None
+        self._wall_before = 0.0  # wall seconds of earlier attempts, up to their checkpoint
+        self._fit_start: float | None = None
 
     def _stop(self, trainer: L.Trainer) -> None:
         if self._start is not None:
             _synchronize(trainer.strategy.root_device)
             self.seconds += time.perf_counter() - self._start
             self._start = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -155,7 +169,91 @@ class ThroughputMeter(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop(trainer)
 
+    def state_dict(self) -> dict[str, float]:
+        now = time.perf_counter()
+        running = now - self._start if self._start is not None else 0.0
+        return {
+            "samples": self.samples,
+            "seconds": self.seconds + running,
+            "wall_seconds": self.wall_seconds,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.samples = int(state_dict["samples"])
+        self.seconds = float(state_dict["seconds"])
+        self._wall_before = float(state_dict["wall_seconds"])
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of training so far, earlier attempts included."""
+        since = time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0
+        return self._wall_before + since
+
     @property
     def samples_per_second(self) -> float:
         """Training samples per second so far (0 before the first epoch ends)."""
         return self.samples / self.seconds if self.seconds else 0.0
+
+
+class LastValidation(Callback):
+    """Keeps the last validation pass's metrics (`{quantity: value}`), in checkpoints too.
+
+    A run resumed from the checkpoint written after its last epoch has nothing left to fit;
+    it reports these instead of validating the same weights again.
+    """
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.metrics = split_metrics(trainer.callback_metrics, VAL)
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        return {"metrics": dict(self.metrics)}
+
+    def load_state_dict(self, state_dict: dict[str, dict[str, float]]) -> None:
+        self.metrics = dict(state_dict["metrics"])
+
+
+def process_age_seconds() -> float | None:
+    """Seconds since this process started, from Linux's /proc; None where that is unknown."""
+    try:
+        # Field 22 of /proc/self/stat, counted after the parenthesised command name.
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Timeline:
+    """Where a training task's time went, printed as one line at the end (pod logs, benchmarks).
+
+    Marks are seconds since the process started (imports included), when the OS tells it.
+    """
+
+    def __init__(self) -> None:
+        age = process_age_seconds()
+        self._origin = time.monotonic() - (age if age is not None else 0.0)
+        self.marks: dict[str, float] = {"entry": self.now()}
+
+    def now(self) -> float:
+        """Seconds since the process started."""
+        return time.monotonic() - self._origin
+
+    def mark(self, name: str) -> None:
+        """Records that `name` is reached now."""
+        self.marks[name] = self.now()
+
+    def line(self, train_seconds: float) -> str:
+        """The breakdown: start-up, training, validation, final evaluation, export (seconds)."""
+        m = self.marks
+        fit = m["fit_end"] - m["fit_start"]
+        parts = {
+            "start-up": m["fit_start"],
+            "training": train_seconds,
+            "validation and loop": fit - train_seconds,
+            "final evaluation": m["evaluated"] - m["fit_end"],
+            "export": m["exported"] - m["evaluated"],
+        }
+        return "timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())

@@ -1,22 +1,23 @@
-"""Train the MNIST network with Lightning and write the Model, metrics and TensorBoard logs.
+"""Train the MNIST network with Lightning and write the Model, metrics, logs and evaluation.
 
-`train_mnist` is the one function the KFP component calls. It validates everything before it
-creates an output, trains on the GPU when one is visible (CPU otherwise), logs scalars to
-TensorBoard as it goes, copies the event files to the run's live location every few seconds
-(where the TensorBoard server reads them), runs the test pass at the end, and writes each
-output directory atomically, so a failed run leaves no partial artifact behind.
+`train_from_run_form` is the one function the KFP component calls: it validates the run-form
+values into typed configurations, then `run_training` trains on the GPU when one is visible
+(CPU otherwise), logs scalars to TensorBoard as it goes, copies the event files to the run's
+live location every few seconds (where the TensorBoard server reads them), stops at the first
+non-finite loss, evaluates on the test set at the end, and writes each output directory
+atomically, so a failed run leaves no partial artifact behind. A retried task (same run id)
+resumes from the newest good checkpoint in the live location.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-import os
-import shutil
 import tempfile
-import time
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +25,74 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from kfp_lightning.components.common.errors import invalid
-from kfp_lightning.components.common.files import atomic_directory
-from kfp_lightning.components.common.logs_location import LogsLocation, run_logs_location
+from kfp_lightning.components.common.files import atomic_directory, write_json
+from kfp_lightning.components.common.logs_location import LiveLogsConfig, LogsLocation
+from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.storage import Storage, open_storage
-from kfp_lightning.components.common.urls import parse_http_endpoint
 from kfp_lightning.components.download_mnist.download import METADATA_FILE as DATASET_METADATA
 from kfp_lightning.components.train_mnist.checkpoints import (
     CHECKPOINT_DIR,
     DurableCheckpoints,
     find_resumable_checkpoint,
 )
-from kfp_lightning.components.train_mnist.config import TEST_SET, TrainConfig
+from kfp_lightning.components.train_mnist.config import TEST_SET, TrainConfig, check_compiler
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
+from kfp_lightning.components.train_mnist.divergence import (
+    DivergenceGuard,
+    TrainingDivergedError,
+    divergence_hint,
+    non_finite,
+)
+from kfp_lightning.components.train_mnist.evaluation import (
+    CLASSES,
+    EVALUATION_FILE,
+    CollectEvaluation,
+    Evaluation,
+    evaluation_document,
+)
 from kfp_lightning.components.train_mnist.export import export_model
-from kfp_lightning.components.train_mnist.live_sync import LiveSync
-from kfp_lightning.components.train_mnist.model import MNISTClassifier
-from kfp_lightning.components.train_mnist.progress import ThroughputMeter, make_progress_bar
+from kfp_lightning.components.train_mnist.live_sync import EarlyPoints, LiveSync
+from kfp_lightning.components.train_mnist.model import (
+    ACCURACY,
+    LOSS,
+    TEST,
+    MNISTClassifier,
+    split_metrics,
+    tag,
+)
+from kfp_lightning.components.train_mnist.progress import (
+    LastValidation,
+    ThroughputMeter,
+    Timeline,
+    make_progress_bar,
+)
+from kfp_lightning.components.train_mnist.resume import restore_logs
+from kfp_lightning.components.train_mnist.summaries import (
+    log_evaluation,
+    log_hyperparameters,
+    log_layout,
+    run_folder_name,
+)
+
+Checkpoint = tuple[Path, dict[str, Any]]  # a downloaded checkpoint file and its contents
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOutputs:
+    """The directories a training run creates (each atomically, or not at all).
+
+    Attributes:
+        model_dir: The Model artifact: exported program, weights, metadata.
+        tensorboard_logs_dir: The run's TensorBoard event files, in a folder named after it.
+        evaluation_dir: `evaluation.json`, the report's input; None writes none.
+    """
+
+    model_dir: str | Path
+    tensorboard_logs_dir: str | Path
+    evaluation_dir: str | Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,55 +101,53 @@ class TrainResult:
 
     Attributes:
         metrics: Final scalar metrics (test accuracy and loss, last validation values, epochs,
-            optimiser steps, training samples per second, training seconds).
+            optimiser steps, training samples seen and per second, training and wall seconds).
         model_metadata: The metadata written beside the model.
+        evaluation: The final evaluation's confusion matrix, mistakes and examples.
     """
 
     metrics: dict[str, float]
     model_metadata: dict[str, Any]
+    evaluation: Evaluation
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names, in the confusion matrix's order."""
+        return [str(digit) for digit in range(CLASSES)]
+
+    @property
+    def confusion_matrix(self) -> list[list[int]]:
+        """Test-set counts, row = true digit, column = predicted digit."""
+        return self.evaluation.confusion_matrix
 
 
 def select_device(gpus: int, precision: str) -> tuple[str, int]:
-    """Chooses Lightning's accelerator and device count for `gpus` on this machine.
+    """Chooses Lightning's accelerator and the processes per node for `gpus` on this machine.
 
     Args:
-        gpus: GPUs requested (0 = CPU).
+        gpus: GPUs requested (0 = CPU), already validated by `TrainConfig`.
         precision: Requested precision; "16-mixed" needs a GPU.
 
     Returns:
-        (accelerator, devices) for `lightning.Trainer`.
+        (accelerator, devices) for `lightning.Trainer`. Without a visible GPU, as many CPU
+        processes as GPUs were requested (at least one), so the same distributed run works,
+        slowly, on a node that was not given its GPUs.
+
+    Raises:
+        UserInputError: More GPUs requested than this node shows, or "16-mixed" on a CPU.
     """
-    if gpus > 1:
-        raise invalid("gpus", gpus, "0 or 1 (training on several GPUs is not supported yet)")
-    if gpus == 1 and torch.cuda.is_available():
-        return "gpu", 1
-    if gpus == 1:
-        print("gpus=1 but no GPU is visible to this process: training on the CPU", flush=True)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus >= 1 and visible:
+        if gpus > visible:
+            raise invalid("gpus", str(gpus), f"at most {visible}: this node shows {visible} GPU(s)")
+        return "gpu", gpus
+    if gpus >= 1 and rank_zero_only.rank == 0:
+        print(f"gpus={gpus} but no GPU is visible to this process: training on the CPU", flush=True)
     if precision == "16-mixed":
         raise invalid(
             "precision", precision, "32-true or bf16-mixed on a CPU (16-mixed needs a GPU)"
         )
-    return "cpu", 1
-
-
-def check_compiler(torch_compile: bool, accelerator: str) -> None:
-    """Fails early when `torch.compile` cannot work: it generates and builds native code.
-
-    On the CPU, Inductor needs a C++ compiler ($CXX, else g++); on a GPU, Triton needs a C
-    compiler ($CC, else cc or gcc). The training image ships neither, to stay small and lean.
-    """
-    if not torch_compile:
-        return
-    if accelerator == "cpu":
-        found = shutil.which(os.environ.get("CXX", "g++"))
-    else:
-        found = next(filter(None, map(shutil.which, (os.environ.get("CC", ""), "cc", "gcc"))), None)
-    if not found:
-        raise invalid(
-            "torch_compile",
-            "on",
-            "off here: torch.compile needs a C/C++ compiler, and none is installed",
-        )
+    return "cpu", max(1, gpus)
 
 
 def _read_dataset_metadata(dataset_dir: Path) -> dict[str, Any]:
@@ -108,54 +157,173 @@ def _read_dataset_metadata(dataset_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def restore_logs(storage: Storage, logs_dir: Path) -> list[str]:
-    """Copies a previous attempt's event files from the live location into `logs_dir`.
+def _read_dataset_metadata(dataset_dir: Path) -> dict[str, Any]:
+    path = dataset_dir / DATASET_METADATA
+    if not path.is_file():
+        raise invalid("dataset", str(dataset_dir), "a Dataset artifact written by download_mnist")
+    return json.loads(path.read_text())
 
-    So that a resumed run's final artifact holds its whole history, not just the last attempt.
 
-    Returns:
-        The relative paths restored.
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """A private directory for a process that writes no output (ranks other than 0)."""
+    with tempfile.TemporaryDirectory(prefix="rank-logs-") as tmp:
+        yield Path(tmp)
+
+
+def resume_step(resume: Checkpoint | None) -> int:
+    """The first step a run resuming from `resume` logs (0 when it starts over)."""
+    return int(resume[1]["global_step"]) if resume else 0
+
+
+@dataclasses.dataclass
+class LiveLogging:
+    """The run's TensorBoard logger and, with a live location, what keeps it current there."""
+
+    logger: TensorBoardLogger
+    callbacks: list[L.Callback]
+    resume: Checkpoint | None = None
+    sync: LiveSync | None = None
+
+    def make_readable(self) -> None:
+        """Flushes the event files and copies them to the live location now."""
+        self.logger.experiment.flush()
+        if self.sync is not None:
+            self.sync.sync_once()
+
+
+@contextlib.contextmanager
+def live_logging(
+    logs_dir: Path,
+    run_label: str,
+    storage: Storage | None,
+    location_uri: str,
+    update_seconds: float,
+    checkpoint_seconds: float,
+    hyper_parameters: dict[str, Any],
+    early_steps: int,
+) -> Iterator[LiveLogging]:
+    """Sets up the logger, the live copy and the checkpoints, resuming a lost attempt's run.
+
+    Args:
+        logs_dir: The local logs directory (the future `tensorboard_logs` artifact).
+        run_label: The folder, and TensorBoard run name, of this run's event files.
+        storage: The run's live location; None keeps everything local.
+        location_uri: The live location's URI, for messages.
+        update_seconds: Longest delay before a logged point is readable there.
+        checkpoint_seconds: Longest training time between two checkpoints.
+        hyper_parameters: The module's, to recognise a checkpoint of the same configuration.
+        early_steps: Steps logged one by one at the start (see `EarlyPoints`).
+
+    Yields:
+        The logger, its callbacks and the checkpoint to resume from; on exit, whatever
+        happened, every point logged so far reaches the live location.
     """
-    restored = []
-    for relative in storage.list_files():
-        if not relative.startswith(f"{CHECKPOINT_DIR}/"):
-            storage.download(relative, logs_dir / relative)
-            restored.append(relative)
-    return restored
+    # Writer flushes and copies each happen every half period: a point is readable within one.
+    half_period = max(1.0, update_seconds / 2)
+    # Of several processes, global rank 0 alone writes logs and checkpoints; every one of them
+    # resumes from the same checkpoint.
+    writer = rank_zero_only.rank == 0
+    with tempfile.TemporaryDirectory(prefix="resume-") as resume_dir:
+        resume, restored = None, []
+        if storage is not None:
+            resume = find_resumable_checkpoint(
+                storage, hyper_parameters, Path(resume_dir), remove_unusable=writer
+            )
+            if writer:
+                # Everything a lost attempt logged from the resume step on is logged again.
+                restored = restore_logs(storage, logs_dir, resume_step(resume))
+        logger = TensorBoardLogger(
+            save_dir=str(logs_dir),
+            # One folder per run, so TensorBoard names the run after it rather than ".".
+            name=run_label,
+            version="",
+            default_hp_metric=False,
+            flush_secs=half_period,
+            # A running TensorBoard drops the points a lost attempt logged past the resume step.
+            purge_step=resume_step(resume) if restored else None,
+        )
+        log_layout(logger)
+        live = LiveLogging(logger, [], resume)
+        if storage is not None:
+            if writer:
+                live.sync = LiveSync(logs_dir, storage, half_period, location_uri, restored)
+            live.callbacks.append(
+                DurableCheckpoints(
+                    storage,
+                    checkpoint_seconds,
+                    before_upload=live.make_readable,
+                    decide_every_n_steps=early_steps,
+                )
+            )
+        live.callbacks.append(EarlyPoints(early_steps, make_readable=live.make_readable))
+        if live.sync is not None:
+            print(f"TensorBoard logs: {location_uri} (updated every {half_period:g} s)", flush=True)
+            live.sync.start()
+        if resume and writer:
+            print(
+                f"resuming from {CHECKPOINT_DIR}/{resume[0].name} "
+                f"(epoch {resume[1]['epoch'] + 1}, step {resume[1]['global_step']})",
+                flush=True,
+            )
+        try:
+            yield live
+        finally:
+            logger.experiment.flush()
+            if live.sync is not None:
+                live.sync.stop()
 
 
-def train_mnist(
+def run_training(
     dataset_dir: str | Path,
-    model_dir: str | Path,
-    tensorboard_logs_dir: str | Path,
+    outputs: TrainingOutputs,
     config: TrainConfig | None = None,
     live_logs: LogsLocation | None = None,
     s3_endpoint: str | None = None,
-) -> TrainResult:
-    """Trains, tests and exports the MNIST network.
+    live_update_seconds: float = 10.0,
+    run_name: str = "",
+    num_nodes: int = 1,
+) -> TrainResult | None:
+    """Trains, evaluates and exports the MNIST network, on one process or several.
+
+    With several GPUs (`config.gpus`), or nodes started by torchrun (`num_nodes`), training
+    runs with Lightning's DDP: each process trains on its share of every epoch, with
+    `config.batch_size` images per step (a global batch of batch_size x processes), and
+    global rank 0 alone writes the logs, checkpoints and outputs. Lightning starts the other
+    processes of a pod by running this process's command again (under KFP, the component's
+    executor), so they run this function too and return None.
 
     Args:
         dataset_dir: Dataset artifact directory written by `download_mnist`.
-        model_dir: Model artifact directory to create (exported program, weights, metadata).
-        tensorboard_logs_dir: Directory to create holding the run's TensorBoard event files.
+        outputs: The directories to create.
         config: Training parameters; the classic recipe when None.
-        live_logs: Where TensorBoard reads this run's logs while it trains; None keeps them
-            local until the end.
+        live_logs: Where TensorBoard reads this run's logs while it trains, and where
+            checkpoints go (every epoch, and every `config.checkpoint_interval_minutes`);
+            None keeps the logs local until the end. When it holds a checkpoint of an
+            earlier attempt of the same run with the same configuration, training resumes
+            from it.
         s3_endpoint: http(s)://host[:port] of the S3 API, for an s3:// `live_logs`.
+        live_update_seconds: Longest delay before a logged point is readable in `live_logs`.
+        run_name: The pipeline run's display name, which names the run in TensorBoard.
+        num_nodes: Nodes of a torchrun launch (Lightning reads the rest of the layout from
+            torchrun's environment); 1 inside one pod.
 
     Returns:
-        The metrics and the model metadata.
+        The metrics, the model metadata and the final evaluation on global rank 0; None on
+        every other process, which writes nothing.
 
-    A `live_logs` location also holds checkpoints (every epoch, and every
-    `config.checkpoint_interval_minutes`); when it already has one from an earlier attempt of
-    the same run with the same configuration, training resumes from it.
+    Raises:
+        UserInputError: A parameter cannot work with this data or on this machine (nothing
+            is written then).
+        TrainingDivergedError: A loss or metric became NaN or infinite.
     """
+    timeline = Timeline()
     config = config or TrainConfig()
     dataset_dir = Path(dataset_dir)
     dataset_metadata = _read_dataset_metadata(dataset_dir)
     accelerator, devices = select_device(config.gpus, config.precision)
     check_compiler(config.torch_compile, accelerator)
-    live_storage = open_storage(live_logs, s3_endpoint) if live_logs else None
+    storage = open_storage(live_logs, s3_endpoint) if live_logs else None
 
     train_samples = int(dataset_metadata["train_samples"]) - config.validation_size
     if train_samples < 1:
@@ -181,143 +349,167 @@ def train_mnist(
     )
     module = MNISTClassifier(config)
     throughput = ThroughputMeter()
-    # Writer flushes and copies each happen every half period: a point is readable within one.
-    half_period = max(1.0, config.flush_secs / 2)
+    last_validation = LastValidation()
+    collector = CollectEvaluation(on_test_set_validation=config.validation_size == 0)
+    run_label = run_folder_name(run_name)
+    writer = rank_zero_only.rank == 0
+    processes = devices * num_nodes
 
     with (
-        atomic_directory(tensorboard_logs_dir) as logs_dir,
-        tempfile.TemporaryDirectory(prefix="resume-") as resume_dir,
+        atomic_directory(outputs.tensorboard_logs_dir) if writer else _scratch() as logs_dir,
+        live_logging(
+            logs_dir,
+            run_label,
+            storage,
+            live_logs.uri if live_logs else "",
+            live_update_seconds,
+            config.checkpoint_interval_minutes * 60,
+            dict(module.hparams),
+            log_every_n_steps,
+        ) as live,
         warnings.catch_warnings(),
     ):
         # Batches are already on the device; Lightning's DataLoader advice does not apply.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        resume, restored, sync = None, [], None
-        if live_storage is not None:
-            restored = restore_logs(live_storage, logs_dir)
-            resume = find_resumable_checkpoint(live_storage, dict(module.hparams), Path(resume_dir))
-        logger = TensorBoardLogger(
-            save_dir=str(logs_dir),
-            name="",
-            version="",
-            default_hp_metric=False,
-            flush_secs=half_period,
-            # After a restart, hide points past the checkpoint that the lost attempt logged.
-            purge_step=resume[1]["global_step"] if resume else None,
-        )
-        callbacks: list[L.Callback] = [
-            LearningRateMonitor(),
-            throughput,
-            make_progress_bar(config.progress_interval_seconds),
-        ]
-        if live_storage is not None:
-            sync = LiveSync(logs_dir, live_storage, half_period, live_logs.uri, restored)
-
-            def make_logs_durable() -> None:
-                logger.experiment.flush()
-                sync.sync_once()
-
-            callbacks.append(
-                DurableCheckpoints(
-                    live_storage,
-                    config.checkpoint_interval_minutes * 60,
-                    before_upload=make_logs_durable,
-                )
-            )
-            print(
-                f"TensorBoard logs: {live_logs.uri} (updated every {half_period:g} s)", flush=True
-            )
-            sync.start()
-        if resume:
-            checkpoint = resume[1]
-            print(
-                f"resuming from {CHECKPOINT_DIR}/{resume[0].name} "
-                f"(epoch {checkpoint['epoch'] + 1}, step {checkpoint['global_step']})",
-                flush=True,
-            )
         trainer = L.Trainer(
             max_epochs=config.epochs,
             accelerator=accelerator,
             devices=devices,
+            num_nodes=num_nodes,
+            strategy="ddp" if processes > 1 else "auto",
             precision=config.precision,
-            logger=logger,
-            callbacks=callbacks,
+            logger=live.logger,
+            callbacks=[
+                LearningRateMonitor(),
+                throughput,
+                make_progress_bar(config.progress_interval_seconds),
+                # Before the checkpoints: a diverged state is never saved.
+                DivergenceGuard(
+                    divergence_hint(config.learning_rate, config.optimizer, config.precision),
+                    check_every_n_steps=log_every_n_steps,
+                ),
+                last_validation,
+                collector,
+                *live.callbacks,
+            ],
             log_every_n_steps=log_every_n_steps,
             num_sanity_val_steps=0,
             enable_checkpointing=False,
             benchmark=accelerator == "gpu",
         )
-        try:
-            fit_module = torch.compile(module) if config.torch_compile else module
-            started = time.perf_counter()
-            trainer.fit(fit_module, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
-            validation = {
-                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")
-            }
-            if not validation:  # resumed after the last epoch: nothing was left to fit
-                (validation,) = trainer.validate(fit_module, datamodule=datamodule, verbose=False)
-            (test_metrics,) = trainer.test(fit_module, datamodule=datamodule, verbose=False)
-            wall_seconds = time.perf_counter() - started
-            logger.finalize("success")
-        finally:
-            if sync is not None:
-                sync.stop()
+        fit_module = torch.compile(module) if config.torch_compile else module
+        resume = live.resume
+        timeline.mark("fit_start")
+        trainer.fit(fit_module, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
+        timeline.mark("fit_end")
+        # After a resume past the last epoch nothing was fitted: the checkpoint's record.
+        validation = last_validation.metrics
+        if config.validation_size == 0 and collector.evaluation is not None:
+            # The last validation pass ran on the test set: it is the test pass.
+            test = dict(validation)
+            live.logger.log_metrics({tag(k, TEST): v for k, v in test.items()}, trainer.global_step)
+        else:
+            trainer.test(fit_module, datamodule=datamodule, verbose=False)
+            test = split_metrics(trainer.callback_metrics, TEST)
+        evaluation = collector.evaluation
+        test_images = datamodule.raw_images("test")
+        if writer:
+            log_evaluation(live.logger, evaluation, test_images, trainer.global_step)
+            log_hyperparameters(live.logger, config, test, validation)
+        timeline.mark("evaluated")
+        live.logger.finalize("success")
+    if not writer:
+        return None
 
-        metrics = {
-            "test_accuracy": float(test_metrics["test_accuracy"]),
-            "test_loss": float(test_metrics["test_loss"]),
-            "val_accuracy": validation["val_accuracy"],
-            "val_loss": validation["val_loss"],
-            "epochs": float(trainer.current_epoch),
-            "steps": float(trainer.global_step),
-            "train_samples_per_second": throughput.samples_per_second,
-            "train_seconds": throughput.seconds,
-            "wall_seconds": wall_seconds,
+    metrics = {
+        "test_accuracy": test[ACCURACY],
+        "test_loss": test[LOSS],
+        "val_accuracy": validation[ACCURACY],
+        "val_loss": validation[LOSS],
+        "epochs": float(trainer.current_epoch),
+        "steps": float(trainer.global_step),
+        "train_samples_seen": float(throughput.samples),
+        "nodes": float(num_nodes),
+        "processes": float(trainer.world_size),
+        "train_samples_per_second": throughput.samples_per_second,
+        "train_seconds": throughput.seconds,
+        "wall_seconds": throughput.wall_seconds,
+    }
+    bad = non_finite(metrics)
+    if bad:  # the guard stops training first; nothing non-finite is ever written
+        raise TrainingDivergedError(f"training ended with non-finite metrics {bad}")
+    device = torch.cuda.get_device_name() if accelerator == "gpu" else "cpu"
+    if outputs.evaluation_dir is not None:
+        run = {
+            "name": run_label,
+            "device": device,
+            "epochs": int(metrics["epochs"]),
+            "test_accuracy": metrics["test_accuracy"],
+            "test_loss": metrics["test_loss"],
+            "train_seconds": metrics["train_seconds"],
+            "train_samples_per_second": metrics["train_samples_per_second"],
+            "parameters": config.as_dict(),
         }
-        model_metadata = export_model(
-            module.net,
-            model_dir,
-            {
-                "test_accuracy": metrics["test_accuracy"],
-                "test_loss": metrics["test_loss"],
-                "epochs": trainer.current_epoch,
-                "config": config.as_dict(),
-                "dataset": {
-                    "train_samples": train_samples,
-                    "sha256": dataset_metadata.get("sha256", {}),
-                },
-                "accelerator": accelerator,
-                "tensorboard_logs": live_logs.uri if live_logs else None,
+        with atomic_directory(outputs.evaluation_dir) as staging:
+            write_json(staging / EVALUATION_FILE, evaluation_document(evaluation, test_images, run))
+    model_metadata = export_model(
+        module.net,
+        outputs.model_dir,
+        {
+            "test_accuracy": metrics["test_accuracy"],
+            "test_loss": metrics["test_loss"],
+            "epochs": trainer.current_epoch,
+            "config": config.as_dict(),
+            "dataset": {
+                "train_samples": train_samples,
+                "sha256": dataset_metadata.get("sha256", {}),
             },
-        )
-    return TrainResult(metrics=metrics, model_metadata=model_metadata)
+            "accelerator": accelerator,
+            "device": device,
+            "tensorboard_logs": live_logs.uri if live_logs else None,
+        },
+    )
+    timeline.mark("exported")
+    print(timeline.line(throughput.seconds), flush=True)
+    return TrainResult(metrics=metrics, model_metadata=model_metadata, evaluation=evaluation)
 
 
-def train_from_parameters(
+def train_from_run_form(
     dataset_dir: str | Path,
-    model_dir: str | Path,
-    tensorboard_logs_dir: str | Path,
+    outputs: TrainingOutputs,
     run_id: str,
-    tensorboard_logs_root: str,
-    s3_endpoint: str,
-    **config: Any,
+    run_name: str,
+    parameters: Mapping[str, Any],
 ) -> TrainResult:
-    """The KFP component's entry: validates the run-form values, then calls `train_mnist`.
+    """The KFP component's entry: validates the run-form values, then calls `run_training`.
 
     Args:
         dataset_dir: Dataset artifact directory.
-        model_dir: Model artifact directory to create.
-        tensorboard_logs_dir: TensorBoard logs artifact directory to create.
+        outputs: The directories to create.
         run_id: The pipeline run's id; the live logs go to `<tensorboard_logs_root>/<run_id>`.
-        tensorboard_logs_root: Root of the live logs (s3://, pvc://, file:// or a path).
-        s3_endpoint: S3 API endpoint, used when the root is s3://.
-        **config: `TrainConfig` fields.
+        run_name: The pipeline run's display name (TensorBoard's name for the run).
+        parameters: Run-form values of every `TrainConfig` and `LiveLogsConfig` field.
 
     Returns:
-        What `train_mnist` returns.
+        What `run_training` returns on global rank 0.
+
+    Raises:
+        SystemExit: On every other process, which writes nothing.
     """
-    train_config = TrainConfig(**config)
-    live_logs = run_logs_location(tensorboard_logs_root, run_id)
-    endpoint = parse_http_endpoint(s3_endpoint, "s3_endpoint") if live_logs.scheme == "s3" else None
-    return train_mnist(
-        dataset_dir, model_dir, tensorboard_logs_dir, train_config, live_logs, endpoint
+    config = from_run_form(TrainConfig, parameters)
+    logs = from_run_form(LiveLogsConfig, parameters)
+    result = run_training(
+        dataset_dir,
+        outputs,
+        config,
+        logs.run_location(run_id),
+        logs.endpoint(),
+        logs.live_update_seconds,
+        run_name,
     )
+    if result is None:
+        # A process Lightning started for another GPU of the pod: it runs the component's
+        # executor too, and must end before the executor writes the task's outputs
+        # (executor_output.json), which global rank 0 alone writes.
+        raise SystemExit(0)
+    return result

@@ -1,0 +1,214 @@
+"""Benchmark: time to the first curve point and whole-run time, this pipeline against the seed.
+
+    python benchmarks/whole_run.py --mirror file:///path/to/mirror/ [--epochs 1 --repeat 1]
+
+Runs, back to back in this invocation and in alternating order when repeated:
+  seed  `benchmarks/seed_mnist.py` (PyTorch's example ported to Lightning the usual way), with
+        `tensorboard --logdir lightning_logs` started just before it, as its user would;
+  ours  `python pipelines/mnist.py --local`, which starts its own TensorBoard.
+For each it measures, from the moment the command starts: the first training-loss point
+served by TensorBoard's HTTP API (the number a user waiting for the first curve feels), and
+the whole run until the command exits. For ours it also prints where the time went: each
+kfp.local task (from its log's timestamps), and inside training the start-up, training,
+validation, final evaluation and export (from the task's `timing:` line). Ratios are ours /
+seed, measured in the same invocation, so the machine's noise affects both alike. Nothing
+here is asserted: these are measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+POLL_SECONDS = 0.2
+_TASK_LINE = re.compile(
+    r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task '([\w-]+)'"
+    r"|Task '([\w-]+)' finished with status)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _points(url: str, tag: str) -> int:
+    """Points of `tag` in any run TensorBoard at `url` serves (0 while it is not up)."""
+    try:
+        with urllib.request.urlopen(f"{url}data/runs", timeout=2) as response:
+            runs = json.loads(response.read())
+        for run in runs:
+            query = urllib.parse.urlencode({"run": run, "tag": tag})
+            with urllib.request.urlopen(
+                f"{url}data/plugin/scalars/scalars?{query}", timeout=2
+            ) as response:
+                points = json.loads(response.read())
+            if points:
+                return len(points)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _plain(line: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+
+
+def measure(command: list[str], tag: str, url: str | None, cwd: Path) -> dict[str, Any]:
+    """Runs `command`, polling TensorBoard for `tag`'s first point; returns the timings.
+
+    Args:
+        command: The run to measure.
+        tag: The training-loss tag it logs.
+        url: TensorBoard's URL; None to read it from the command's output.
+        cwd: Working directory.
+
+    Returns:
+        first_point_seconds, total_seconds, the output lines and their arrival times.
+    """
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[tuple[float, str]] = []
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append((time.monotonic() - started, _plain(line)))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    first_point = None
+    while process.poll() is None:
+        if url is None:
+            found = [m for _, text in lines if (m := re.match(r"TensorBoard: (\S+) ", text))]
+            url = found[0].group(1) if found else None
+        if first_point is None and url is not None and _points(url, tag):
+            first_point = time.monotonic() - started
+        time.sleep(POLL_SECONDS)
+    total = time.monotonic() - started
+    reader.join(timeout=10)
+    if process.returncode != 0:
+        tail = "\n".join(text for _, text in lines[-30:])
+        raise SystemExit(f"{command[1]} failed (exit {process.returncode}):\n{tail}")
+    return {"first_point_seconds": first_point, "total_seconds": total, "lines": lines}
+
+
+def run_seed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    port = _free_port()
+    (work / "lightning_logs").mkdir(parents=True)
+    viewer = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tensorboard.main", "--logdir", str(work / "lightning_logs")),
+            *("--host", "127.0.0.1", "--port", str(port)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        command = [
+            sys.executable,
+            str(REPO / "benchmarks" / "seed_mnist.py"),
+            *("--mirror", args.mirror, "--root", str(work), "--epochs", str(args.epochs)),
+        ]
+        return measure(command, "train_loss", f"http://127.0.0.1:{port}/", work)
+    finally:
+        viewer.terminate()
+        viewer.wait()
+
+
+def run_ours(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        str(REPO / "pipelines" / "mnist.py"),
+        "--local",
+        *("--mirror", args.mirror, "--epochs", str(args.epochs), "--gpus", "0"),
+        *("--output-dir", str(work / "out")),
+    ]
+    result = measure(command, "loss/train", None, work)
+    result["breakdown"] = breakdown(result["lines"])
+    return result
+
+
+def breakdown(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Where our run's time went: kfp.local's tasks, and the training task's `timing:` line."""
+    parts: dict[str, float] = {}
+    started: dict[str, datetime.datetime] = {}
+    first_task_at = None
+    for at, text in lines:
+        match = _TASK_LINE.match(text)
+        if not match:
+            if text.startswith("timing: "):
+                for item in text.removeprefix("timing: ").split(", "):
+                    name, seconds, _ = item.rsplit(" ", 2)
+                    parts[f"  training task: {name}"] = float(seconds)
+            continue
+        stamp = datetime.datetime.strptime(match.group(1), "%H:%M:%S.%f")
+        if match.group(2):
+            started[match.group(2)] = stamp
+            first_task_at = at if first_task_at is None else first_task_at
+        else:
+            task = match.group(3)
+            parts[f"task {task}"] = (stamp - started[task]).total_seconds()
+    if first_task_at is not None:
+        parts["before the first task (CLI, kfp.local, TensorBoard)"] = first_task_at
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mirror", required=True, help="file:// or http:// mirror of MNIST")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs, order alternating")
+    args = parser.parse_args()
+    results: dict[str, list[dict[str, Any]]] = {"seed": [], "ours": []}
+    for i in range(args.repeat):
+        order = ("seed", "ours") if i % 2 == 0 else ("ours", "seed")
+        for name in order:
+            with tempfile.TemporaryDirectory(prefix=f"whole-run-{name}-") as tmp:
+                run = run_seed if name == "seed" else run_ours
+                result = run(args, Path(tmp))
+                results[name].append(result)
+                print(
+                    f"{name}: first point {result['first_point_seconds']:.1f} s, "
+                    f"whole run {result['total_seconds']:.1f} s",
+                    flush=True,
+                )
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    print(f"\n{args.epochs} epoch(s), real MNIST, {args.repeat} pair(s) of runs, medians:")
+    print(f"{'':22}{'seed':>10}{'ours':>10}{'ours/seed':>11}")
+    for key, label in (
+        ("first_point_seconds", "first point (s)"),
+        ("total_seconds", "whole run (s)"),
+    ):
+        seed, ours = median("seed", key), median("ours", key)
+        print(f"{label:22}{seed:10.1f}{ours:10.1f}{ours / seed:11.2f}")
+    print("\nours, where the time went (last run, seconds):")
+    for name, seconds in results["ours"][-1]["breakdown"].items():
+        print(f"  {name:60}{seconds:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The final evaluation's details: a confusion matrix, the most confident mistakes, examples.
+
+Accuracy says how often the network is wrong; a person deciding whether to trust it also wants
+to see *how*: which digits it confuses, and the images it gets wrong while being sure of
+itself. `CollectEvaluation` gathers that during the run's final evaluation pass, the one that
+produces the test metrics (the last validation pass when validation runs on the test set, the
+test pass otherwise), so no image is evaluated twice. Everything stays on the device until the
+pass ends: a 10 x 10 count matrix and the few candidates kept so far. Its result goes into
+checkpoints, so a run resumed after its last epoch still has it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+CLASSES = 10
+MISTAKES = 24  # most confidently misclassified test images kept
+EXAMPLES_PER_CLASS = 2  # correctly classified test images kept per digit
+FORMAT = "kfp-lightning/evaluation-v1"
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One test image's outcome.
+
+    Attributes:
+        index: Position in the test split.
+        label: True digit.
+        predicted: Predicted digit.
+        confidence: Probability the network gave `predicted`, in [0, 1].
+    """
+
+    index: int
+    label: int
+    predicted: int
+    confidence: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What the final evaluation pass saw.
+
+    Attributes:
+        confusion_matrix: 10 x 10 counts; row = true digit, column = predicted digit.
+        mistakes: The most confidently misclassified images, most confident first.
+        examples: Correctly classified images, `EXAMPLES_PER_CLASS` per digit where the split
+            has them, by digit.
+    """
+
+    confusion_matrix: list[list[int]]
+    mistakes: list[Prediction]
+    examples: list[Prediction]
+
+    @property
+    def samples(self) -> int:
+        """Images evaluated."""
+        return sum(map(sum, self.confusion_matrix))
+
+
+class EvaluationAccumulator:
+    """Running confusion matrix and candidates, on the device of the predictions.
+
+    Args:
+        device: Where the predictions live.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.counts = torch.zeros(CLASSES * CLASSES, dtype=torch.long, device=device)
+        empty_long = torch.empty(0, dtype=torch.long, device=device)
+        self._mistake_confidence = torch.empty(0, device=device)
+        self._mistake_index, self._mistake_label, self._mistake_predicted = (
+            empty_long,
+            empty_long,
+            empty_long,
+        )
+        self._correct: list[tuple[torch.Tensor, ...]] = []
+        self._correct_found = torch.zeros(CLASSES, dtype=torch.long, device=device)
+
+    def update(self, log_probs: torch.Tensor, labels: torch.Tensor, first_index: int) -> None:
+        """Adds one batch.
+
+        Args:
+            log_probs: N x 10 log-probabilities.
+            labels: N true digits.
+            first_index: Position of the batch's first image in the split.
+        """
+        log_probs = log_probs.detach().float()
+        confidence, predicted = log_probs.exp().max(dim=1)
+        self.counts += torch.bincount(labels * CLASSES + predicted, minlength=CLASSES * CLASSES)
+        index = torch.arange(labels.shape[0], device=labels.device) + first_index
+        wrong = predicted != labels
+        # Keep the best MISTAKES of (kept so far + this batch): a top-k, never a host sync.
+        conf = torch.cat([self._mistake_confidence, confidence[wrong]])
+        keep = torch.topk(conf, min(MISTAKES, conf.shape[0])).indices
+        self._mistake_confidence = conf[keep]
+        self._mistake_index = torch.cat([self._mistake_index, index[wrong]])[keep]
+        self._mistake_label = torch.cat([self._mistake_label, labels[wrong]])[keep]
+        self._mistake_predicted = torch.cat([self._mistake_predicted, predicted[wrong]])[keep]
+        # Correct examples: the first few per digit, in split order.
+        if bool((self._correct_found < EXAMPLES_PER_CLASS).any()):
+            right = ~wrong
+            self._correct.append((index[right], labels[right], predicted[right], confidence[right]))
+            self._correct_found += torch.bincount(labels[right], minlength=CLASSES)
+
+    def result(self) -> Evaluation:
+        """The pass's evaluation (reads the device once)."""
+        counts = self.counts.view(CLASSES, CLASSES).tolist()
+        mistakes = [
+            Prediction(int(i), int(t), int(p), float(c))
+            for i, t, p, c in zip(
+                self._mistake_index.tolist(),
+                self._mistake_label.tolist(),
+                self._mistake_predicted.tolist(),
+                self._mistake_confidence.tolist(),
+                strict=True,
+            )
+        ]
+        examples: dict[int, list[Prediction]] = {digit: [] for digit in range(CLASSES)}
+        for index, label, predicted, confidence in self._correct:
+            for i, t, p, c in zip(
+                index.tolist(), label.tolist(), predicted.tolist(), confidence.tolist(), strict=True
+            ):
+                if len(examples[t]) < EXAMPLES_PER_CLASS:
+                    examples[t].append(Prediction(i, t, p, c))
+        return Evaluation(counts, mistakes, [p for digit in examples.values() for p in digit])
+
+
+class CollectEvaluation(Callback):
+    """Gathers an `Evaluation` during the pass that yields the test metrics.
+
+    Args:
+        on_test_set_validation: The validation split is the test set: collect during the last
+            epoch's validation pass (the test metrics come from it). Otherwise collect during
+            the test pass.
+    """
+
+    def __init__(self, on_test_set_validation: bool) -> None:
+        self.on_test_set_validation = on_test_set_validation
+        self.evaluation: Evaluation | None = None
+
+    def _start(self, pl_module: L.LightningModule) -> None:
+        pl_module.evaluation = EvaluationAccumulator(pl_module.device)
+
+    def _finish(self, pl_module: L.LightningModule) -> None:
+        accumulator = getattr(pl_module, "evaluation", None)
+        if accumulator is not None:
+            self.evaluation = accumulator.result()
+            pl_module.evaluation = None
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.on_test_set_validation and trainer.current_epoch == trainer.max_epochs - 1:
+            self._start(pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(pl_module)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.on_test_set_validation:
+            self._start(pl_module)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"evaluation": dataclasses.asdict(self.evaluation) if self.evaluation else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("evaluation")
+        if saved:
+            self.evaluation = Evaluation(
+                saved["confusion_matrix"],
+                [Prediction(**p) for p in saved["mistakes"]],
+                [Prediction(**p) for p in saved["examples"]],
+            )
+
+
+def _pixels(images: torch.Tensor, index: int) -> list[list[int]]:
+    return images[index].tolist()
+
+
+def evaluation_document(
+    evaluation: Evaluation, test_images: torch.Tensor, run: dict[str, Any]
+) -> dict[str, Any]:
+    """The content of `evaluation.json` (the report's input; format `FORMAT`).
+
+    Args:
+        evaluation: The final evaluation.
+        test_images: The split's images as uint8, N x 28 x 28, on the CPU.
+        run: Run facts for the report's header (name, device, headline numbers, parameters).
+
+    Returns:
+        A JSON-ready dict.
+    """
+
+    def entry(p: Prediction) -> dict[str, Any]:
+        return {**dataclasses.asdict(p), "pixels": _pixels(test_images, p.index)}
+
+    return {
+        "format": FORMAT,
+        "split": "test",
+        "samples": evaluation.samples,
+        "labels": [str(digit) for digit in range(CLASSES)],
+        "confusion_matrix": evaluation.confusion_matrix,
+        "mistakes": [entry(p) for p in evaluation.mistakes],
+        "examples": [entry(p) for p in evaluation.examples],
+        "run": run,
+    }
+
+
+def confusion_markdown(evaluation: Evaluation) -> str:
+    """The confusion matrix as a Markdown table (TensorBoard's Text dashboard renders it)."""
+    header = "| true \\ predicted | " + " | ".join(str(d) for d in range(CLASSES)) + " |"
+    rule = "|" + "---|" * (CLASSES + 1)
+    rows = [
+        f"| **{digit}** | " + " | ".join(str(n) for n in row) + " |"
+        for digit, row in enumerate(evaluation.confusion_matrix)
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def image_grid(test_images: torch.Tensor, predictions: list[Prediction]) -> torch.Tensor:
+    """The predictions' images side by side, 3 x H x W float in [0, 1] for `add_image`."""
+    from torchvision.utils import make_grid
+
+    if not predictions:
+        return torch.zeros(3, 28, 28)
+    batch = torch.stack([test_images[p.index] for p in predictions]).unsqueeze(1).float() / 255
+    return make_grid(batch, nrow=min(len(predictions), 8), padding=2, pad_value=0.5)

@@ -1,0 +1,128 @@
+"""Where the step and the training nodes of a multi-node run meet: folders of the run's location.
+
+The nodes share nothing with the step but the run's live location (`<tensorboard_logs_root>/
+<run id>`, an s3:// prefix or a claim every node mounts; a directory on this machine for local
+runs). The step uploads its Dataset input to `dataset/`; every node downloads it from there;
+global rank 0 uploads the model, the TensorBoard logs, the evaluation and `result.json` to
+`outputs/`, then writes `outputs/complete.json` last, listing every file it uploaded with its
+size. The step trusts the outputs only once that marker lists them, so a node lost in the
+middle of an upload never passes for a finished run, and a retried step that finds the marker
+of its own run's finished job just downloads them again.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kfp_lightning.components.common.errors import RunError
+from kfp_lightning.components.common.files import write_json
+from kfp_lightning.components.common.storage import Storage
+
+DATASET = "dataset"
+OUTPUTS = "outputs"
+MARKER = "complete.json"  # in OUTPUTS, written last
+RESULT = "result.json"  # in OUTPUTS: metrics, model metadata, confusion matrix
+# The output folders rank 0 uploads, by the name of the KFP output artifact they become.
+OUTPUT_DIRS = ("model", "tensorboard_logs", "evaluation")
+
+
+def files_under(storage: Storage, prefix: str) -> dict[str, int]:
+    """The files below `prefix/` in `storage`, by path relative to the storage, with sizes."""
+    return {
+        path: size for path, size in storage.list_files().items() if path.startswith(f"{prefix}/")
+    }
+
+
+def upload_tree(storage: Storage, local_dir: Path, prefix: str) -> dict[str, int]:
+    """Copies every file below `local_dir` to `prefix/<its relative path>`.
+
+    Args:
+        storage: The run's location.
+        local_dir: A local directory.
+        prefix: Folder of the storage to copy into.
+
+    Returns:
+        Path in the storage -> size in bytes, of every file copied.
+    """
+    copied = {}
+    for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+        relative = f"{prefix}/{path.relative_to(local_dir).as_posix()}"
+        storage.upload(path, relative)
+        copied[relative] = path.stat().st_size
+    return copied
+
+
+def download_tree(storage: Storage, files: Mapping[str, int], prefix: str, local_dir: Path) -> None:
+    """Copies the listed files below `prefix/` into `local_dir`, checking each one's size.
+
+    Args:
+        storage: The run's location.
+        files: Path in the storage -> expected size (others below `prefix/` are ignored).
+        prefix: The folder to copy from.
+        local_dir: Where its files go, under their path relative to `prefix/`.
+
+    Raises:
+        RunError: A file is missing or does not have the size listed.
+    """
+    for relative, size in sorted(files.items()):
+        if not relative.startswith(f"{prefix}/"):
+            continue
+        target = Path(local_dir) / relative[len(prefix) + 1 :]
+        try:
+            storage.download(relative, target)
+        except Exception as err:  # OSError locally; botocore's own errors for S3
+            raise RunError(f"could not copy {relative} from the run's location: {err}") from err
+        if target.stat().st_size != size:
+            raise RunError(
+                f"{relative} in the run's location has {target.stat().st_size} bytes, "
+                f"{size} expected: it changed while being copied"
+            )
+
+
+def clear(storage: Storage, prefix: str) -> int:
+    """Deletes every file below `prefix/`; returns how many there were."""
+    files = files_under(storage, prefix)
+    for relative in files:
+        storage.delete(relative)
+    return len(files)
+
+
+def publish_outputs(
+    storage: Storage, output_dirs: Mapping[str, Path], result: Mapping[str, Any]
+) -> dict[str, int]:
+    """Rank 0's last act: uploads its outputs and `result`, then the marker that lists them.
+
+    Args:
+        storage: The run's location.
+        output_dirs: A key of `OUTPUT_DIRS` -> the local directory holding that output.
+        result: JSON-serialisable facts of the run (metrics, model metadata, ...).
+
+    Returns:
+        Every file uploaded (path in the storage -> size), as the marker lists them.
+    """
+    files: dict[str, int] = {}
+    for name in OUTPUT_DIRS:
+        files.update(upload_tree(storage, output_dirs[name], f"{OUTPUTS}/{name}"))
+    with tempfile.TemporaryDirectory(prefix="outputs-") as staging:
+        result_path = Path(staging) / RESULT
+        write_json(result_path, dict(result))
+        storage.upload(result_path, f"{OUTPUTS}/{RESULT}")
+        files[f"{OUTPUTS}/{RESULT}"] = result_path.stat().st_size
+        marker = Path(staging) / MARKER
+        write_json(marker, {"files": files})
+        storage.upload(marker, f"{OUTPUTS}/{MARKER}")
+    return files
+
+
+def read_marker(storage: Storage) -> dict[str, int] | None:
+    """The files rank 0 published, from the marker; None when there is no marker (yet)."""
+    if f"{OUTPUTS}/{MARKER}" not in storage.list_files():
+        return None
+    with tempfile.TemporaryDirectory(prefix="marker-") as staging:
+        local = Path(staging) / MARKER
+        storage.download(f"{OUTPUTS}/{MARKER}", local)
+        return {str(k): int(v) for k, v in json.loads(local.read_text())["files"].items()}

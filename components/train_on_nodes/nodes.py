@@ -1,0 +1,559 @@
+"""Train on several nodes: the step that runs them and turns rank 0's files into KFP outputs.
+
+`train_from_run_form` is the one function the KFP component calls. It validates the run-form
+values as single-node training does, uploads the Dataset input to the run's location, then
+runs the nodes: on a cluster as a Kubeflow Trainer `TrainJob` (`trainjob.py`), created, or found
+again after a retry of this step, and watched until its `Complete` or `Failed` condition, its
+progress printed to this step's log; locally as torchrun processes on 127.0.0.1
+(`local_nodes.py`). Global rank 0 publishes the model, logs, evaluation and result in the
+run's location (`layout.py`), and this step copies them into its own output directories, each
+atomically: the same outputs as single-node training, so the report and the live TensorBoard
+work unchanged.
+
+Cancelling the run ends the step with SIGTERM: it deletes the `TrainJob` (or stops the local
+nodes) before it goes, and does the same when the training timeout passes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from kfp_lightning.components.common.errors import RunError, invalid
+from kfp_lightning.components.common.files import atomic_directory
+from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
+from kfp_lightning.components.common.logs_location import (
+    LiveLogsConfig,
+    LogsLocation,
+    current_namespace,
+)
+from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.common.storage import Storage, open_storage
+from kfp_lightning.components.launch_tensorboard.kube_api import (
+    ClusterUnreachableError,
+    Patience,
+    connect,
+)
+from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.train_on_nodes import layout
+from kfp_lightning.components.train_on_nodes.trainjob import (
+    COMPLETE,
+    FAILED,
+    RUNTIME,
+    NodeSpec,
+    TrainJobs,
+    job_state,
+    trainjob_object,
+)
+
+ENTRY_MODULE = "kfp_lightning.components.train_mnist.distributed"
+TRAINJOB, LOCAL = "trainjob", "local"
+LAUNCHERS = (TRAINJOB, LOCAL)
+# A guard against typos; pod hostnames leave room for up to 999 nodes (see trainjob.py).
+MAX_NODES = 100
+# Seconds between two reads of the job's status, and between two training progress lines.
+POLL_SECONDS = 10.0
+PROGRESS_SECONDS = 30.0
+PROGRESS_TAGS = ("loss/train", "loss/val", "accuracy/val")
+
+
+def check_nodes(value: object) -> int:
+    """Validates a node count: a whole number from 1 to `MAX_NODES`.
+
+    Raises:
+        UserInputError: Anything else.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NODES:
+        raise invalid("nodes", value, f"a whole number from 1 to {MAX_NODES}")
+    return value
+
+
+def check_shared_location(location: LogsLocation, logs_pvc: str | None, launcher: str) -> None:
+    """Every node must reach the run's location: s3://, or a claim mounted on every node.
+
+    Args:
+        location: The run's location.
+        logs_pvc: The claim the pipeline was compiled to mount (--logs-pvc), if any.
+        launcher: TRAINJOB or LOCAL (local nodes share this machine's directories).
+
+    Raises:
+        UserInputError: A directory on a cluster, or a claim that is not the mounted one.
+    """
+    if launcher == LOCAL:
+        return
+    if location.scheme == "file":
+        raise invalid(
+            "tensorboard_logs_root",
+            location.uri,
+            "s3://bucket/prefix or pvc://claim/path with several nodes: every node reads the "
+            "dataset and rank 0 writes the outputs there",
+        )
+    if location.scheme == "pvc" and location.claim != logs_pvc:
+        raise invalid(
+            "tensorboard_logs_root",
+            location.uri,
+            f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
+            if logs_pvc
+            else f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class NodesSettings:
+    """How the step runs the nodes: settings fixed when the pipeline is compiled.
+
+    Attributes:
+        nodes: Nodes to train on.
+        launcher: TRAINJOB (a Kubeflow Trainer job) or LOCAL (processes on this machine).
+        trainer_image: The image every node runs (TRAINJOB).
+        logs_pvc: The claim mounted for pvc:// logs roots, "" for none.
+        timeout_seconds: Deadline of the training, from the step's start.
+    """
+
+    nodes: int = 2
+    launcher: str = TRAINJOB
+    trainer_image: str = ""
+    logs_pvc: str = ""
+    timeout_seconds: int = 6 * 3600
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", check_nodes(self.nodes))
+        if self.launcher not in LAUNCHERS:
+            raise invalid("node_launcher", self.launcher, f"one of {', '.join(LAUNCHERS)}")
+        if self.launcher == TRAINJOB and not self.trainer_image.strip():
+            raise invalid("trainer_image", self.trainer_image, "the trainer image reference")
+        if self.logs_pvc:
+            check_secret_name(self.logs_pvc, "logs_pvc")
+        seconds = self.timeout_seconds
+        # KFP hands a number input over as a float when the pipeline set it as a constant.
+        if isinstance(seconds, float) and seconds.is_integer():
+            seconds = int(seconds)
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+            raise invalid("timeout_seconds", self.timeout_seconds, "an integer >= 1")
+        object.__setattr__(self, "timeout_seconds", seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodesResult:
+    """What rank 0 published, as the component turns it into KFP outputs.
+
+    Attributes:
+        metrics: Final scalar metrics, with `nodes` and `processes` (the world size).
+        model_metadata: The metadata written beside the model.
+        labels: The class names, in the confusion matrix's order.
+        confusion_matrix: Test-set counts, row = true digit, column = predicted digit.
+    """
+
+    metrics: dict[str, float]
+    model_metadata: dict[str, Any]
+    labels: list[str]
+    confusion_matrix: list[list[int]]
+
+
+class Cancelled(BaseException):
+    """SIGTERM arrived: the run was cancelled, or the pod is being stopped."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turns SIGTERM into `Cancelled` in the main thread for the duration of the block.
+
+    A cancelled run's pod gets SIGTERM in every process of its main container: Argo signals
+    PID 1 (argoexec emissary, argoproj/argo-workflows v3.5.14, workflow/signal/signal.go,
+    `SignalContainer`), which forwards it to its child's whole process group
+    (cmd/argoexec/commands/emissary.go; workflow/executor/os-specific/signal_darwin.go,
+    `Kill`), this Python included. KFP's launcher, our parent, has no handler and exits at
+    once (kubeflow/pipelines 2.5.0, backend/src/v2/component/launcher_v2.go); emissary notices
+    within a second and the container ends, so the cleanup must be one quick request.
+    """
+
+    def cancel(signum: int, _frame: object) -> None:
+        # A second signal must not interrupt the cleanup the first one started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Cancelled(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --- training progress from the live logs ------------------------------------------------------
+
+
+class ProgressReader:
+    """Training progress for the step's log, read from the event files in the run's location.
+
+    Args:
+        storage: The run's location.
+        every_seconds: Shortest time between two reads.
+    """
+
+    def __init__(self, storage: Storage, every_seconds: float) -> None:
+        self.storage = storage
+        self.every_seconds = every_seconds
+        self.last_read = time.monotonic()
+        self.last_step = -1
+        self.copied: dict[str, int] = {}
+        self._directory = tempfile.TemporaryDirectory(prefix="progress-")
+
+    def close(self) -> None:
+        """Removes the local copies."""
+        self._directory.cleanup()
+
+    def poll(self) -> str | None:
+        """A progress line when it is time to read and training has moved on; else None."""
+        if time.monotonic() - self.last_read < self.every_seconds:
+            return None
+        self.last_read = time.monotonic()
+        from kfp_lightning.components.report_training.scalars import read_scalars
+
+        local = Path(self._directory.name)
+        try:
+            for relative, size in self.storage.list_files().items():
+                top = relative.split("/", 1)[0]
+                if "tfevents" not in relative or top in (layout.OUTPUTS, layout.DATASET):
+                    continue
+                if self.copied.get(relative) != size:
+                    self.storage.download(relative, local / relative)
+                    self.copied[relative] = size
+            series = read_scalars(local) if self.copied else []
+        except Exception as err:  # progress is a courtesy: never fail training over it
+            return f"training progress unreadable for now: {err}"
+        by_tag = {s.name: s for s in series}
+        step = max((s.steps[-1] for s in series if s.steps), default=-1)
+        if step <= self.last_step:
+            return None
+        self.last_step = step
+        parts = [f"step {step}"]
+        if "epoch" in by_tag:
+            parts.append(f"epoch {int(by_tag['epoch'].last) + 1}")
+        parts += [f"{tag} {by_tag[tag].last:.4f}" for tag in PROGRESS_TAGS if tag in by_tag]
+        return "training: " + ", ".join(parts)
+
+
+# --- the nodes on a cluster -------------------------------------------------------------------
+
+
+class _DeadlineExceeded(Exception):  # noqa: N818 - internal control flow
+    pass
+
+
+def run_on_cluster(
+    jobs: TrainJobs,
+    wanted: Mapping[str, Any],
+    storage: Storage,
+    deadline: float,
+    timeout_seconds: int,
+    progress: ProgressReader | None,
+) -> None:
+    """Creates (or finds) the run's `TrainJob` and follows it until it completes.
+
+    A job of an earlier attempt of this step is followed again if it is running or complete;
+    a failed one is deleted (its pods first) and replaced, since a retry is there to try again.
+
+    Args:
+        jobs: The namespace's TrainJobs.
+        wanted: The job to create.
+        storage: The run's location (stale outputs are cleared before a new job starts).
+        deadline: `time.monotonic()` by which the job must have completed.
+        timeout_seconds: The same deadline in seconds from the start, for the message.
+        progress: Where training progress lines come from; None for none.
+
+    Raises:
+        RunError: The job failed (its condition's reason and message), was deleted by someone
+            else, did not finish in time (then it is deleted), or the run was cancelled (then
+            too); or the API refused or could not be reached.
+    """
+    name = wanted["metadata"]["name"]
+    where = f"TrainJob {jobs.namespace}/{name}"
+    existing = jobs.get(name)
+    if existing is not None and job_state(existing).condition == FAILED:
+        print(
+            f"{where}: an earlier attempt's job failed ({job_state(existing).describe()}): "
+            "deleting it to start again",
+            flush=True,
+        )
+        jobs.delete(name, foreground=True)
+        if not jobs.wait_gone(name, deadline):
+            raise RunError(f"{where}: the failed job was not gone before the training timeout")
+        existing = None
+    if existing is None:
+        layout.clear(storage, layout.OUTPUTS)
+        if jobs.create(wanted) is not None:
+            trainer = wanted["spec"]["trainer"]
+            print(
+                f"{where}: created ({trainer['numNodes']} nodes x {trainer['numProcPerNode']} "
+                f"process(es), runtime {RUNTIME}, image {trainer['image']})",
+                flush=True,
+            )
+        else:
+            print(f"{where}: created meanwhile by another attempt: following it", flush=True)
+    else:
+        print(f"{where}: following the job of an earlier attempt of this step", flush=True)
+    try:
+        last, polls = "", 0
+        while True:
+            current = jobs.get(name)
+            if current is None:
+                raise RunError(f"{where} was deleted while it ran (not by this step)")
+            state = job_state(current)
+            if state.describe() != last:
+                last = state.describe()
+                print(f"{where}: {last}", flush=True)
+            if state.condition == COMPLETE:
+                return
+            if state.condition == FAILED:
+                detail = ": ".join(x for x in (state.reason, state.message) if x)
+                raise RunError(f"{where} failed: {detail or 'no reason given'}")
+            line = progress.poll() if progress else None
+            if line:
+                print(line, flush=True)
+            if not jobs.pause(polls, deadline):
+                raise _DeadlineExceeded
+            polls += 1
+    except _DeadlineExceeded:
+        jobs.delete(name)
+        raise RunError(
+            f"{where} did not finish within the training timeout ({timeout_seconds} s): deleted it"
+        ) from None
+    except (Cancelled, KeyboardInterrupt) as stop:
+        deleted = jobs.delete(name)
+        raise RunError(
+            f"cancelled ({stop or 'interrupted'}): "
+            + (f"deleted {where}" if deleted else f"{where} was already gone")
+        ) from None
+    except ClusterUnreachableError as err:
+        raise RunError(
+            f"lost the Kubernetes API while following {where} ({err}); a retry of this step "
+            "follows the same job"
+        ) from None
+
+
+# --- the step ----------------------------------------------------------------------------------
+
+
+def upload_dataset(storage: Storage, dataset_dir: Path) -> None:
+    """Puts the Dataset artifact in the run's location, unless it is there already."""
+    local = {
+        f"{layout.DATASET}/{p.relative_to(dataset_dir).as_posix()}": p.stat().st_size
+        for p in dataset_dir.rglob("*")
+        if p.is_file()
+    }
+    if not local:
+        raise invalid("dataset", str(dataset_dir), "a Dataset artifact written by download_mnist")
+    if layout.files_under(storage, layout.DATASET) == local:
+        return
+    layout.clear(storage, layout.DATASET)
+    layout.upload_tree(storage, dataset_dir, layout.DATASET)
+
+
+def collect_outputs(
+    storage: Storage, model_dir: Path, tensorboard_logs_dir: Path, evaluation_dir: Path
+) -> NodesResult:
+    """Copies what rank 0 published into the step's output directories, each atomically.
+
+    Raises:
+        RunError: Rank 0 published nothing, or a file is missing or incomplete.
+    """
+    files = layout.read_marker(storage)
+    if files is None:
+        raise RunError(
+            "the nodes finished, but rank 0 published no outputs "
+            f"({layout.OUTPUTS}/{layout.MARKER} is missing from the run's location)"
+        )
+    targets = {
+        "model": Path(model_dir),
+        "tensorboard_logs": Path(tensorboard_logs_dir),
+        "evaluation": Path(evaluation_dir),
+    }
+    with tempfile.TemporaryDirectory(prefix="result-") as staging:
+        result_path = Path(staging) / layout.RESULT
+        layout.download_tree(
+            storage,
+            {k: v for k, v in files.items() if k == f"{layout.OUTPUTS}/{layout.RESULT}"},
+            layout.OUTPUTS,
+            Path(staging),
+        )
+        result = json.loads(result_path.read_text())
+        with contextlib.ExitStack() as stack:
+            for name, target in targets.items():
+                directory = stack.enter_context(atomic_directory(target))
+                layout.download_tree(storage, files, f"{layout.OUTPUTS}/{name}", directory)
+    return NodesResult(
+        metrics={k: float(v) for k, v in result["metrics"].items()},
+        model_metadata=result["model_metadata"],
+        labels=list(result["labels"]),
+        confusion_matrix=result["confusion_matrix"],
+    )
+
+
+def train_on_nodes(
+    dataset_dir: str | Path,
+    model_dir: str | Path,
+    tensorboard_logs_dir: str | Path,
+    evaluation_dir: str | Path,
+    run_id: str,
+    run_name: str,
+    settings: NodesSettings,
+    config: TrainConfig,
+    logs: LiveLogsConfig,
+    node_selector: Mapping[str, str],
+    tolerations: list[dict[str, Any]],
+    patience: Patience | None = None,
+    progress_seconds: float = PROGRESS_SECONDS,
+) -> NodesResult:
+    """Trains on `settings.nodes` nodes and writes the same outputs as single-node training.
+
+    Args:
+        dataset_dir: The Dataset artifact written by download_mnist.
+        model_dir: The Model output to create.
+        tensorboard_logs_dir: The TensorBoard logs output to create.
+        evaluation_dir: The evaluation output to create.
+        run_id: The pipeline run's id: names the TrainJob and the run's location.
+        run_name: The pipeline run's display name (TensorBoard's name for the run).
+        settings: How to run the nodes.
+        config: The training configuration (`gpus` is per node).
+        logs: The live logs root and the object store's endpoint and credentials.
+        node_selector: Labels each node's pod must match (TRAINJOB).
+        tolerations: Tolerations of each node's pod (TRAINJOB).
+        patience: Request retries and the status polling interval (TRAINJOB).
+        progress_seconds: Shortest time between two training progress lines (TRAINJOB).
+
+    Returns:
+        What rank 0 published.
+
+    Raises:
+        UserInputError: A parameter cannot work (nothing is created then).
+        RunError: The nodes failed, time ran out, the run was cancelled, or the cluster
+            refused the job.
+    """
+    deadline = time.monotonic() + settings.timeout_seconds
+    patience = patience or Patience(poll_seconds=POLL_SECONDS)
+    api_client = None
+    if settings.launcher == TRAINJOB:
+        try:
+            api_client, config_namespace = connect(patience)
+        except ClusterUnreachableError as err:
+            raise RunError(f"no Kubernetes API to create the TrainJob: {err}") from None
+        namespace = current_namespace() or config_namespace or "default"
+        location = logs.run_location(run_id, namespace)
+    else:
+        namespace, location = "", logs.run_location(run_id)
+    check_shared_location(location, settings.logs_pvc or None, settings.launcher)
+    endpoint = logs.endpoint()
+    storage = open_storage(location, endpoint)
+    upload_dataset(storage, Path(dataset_dir))
+
+    from kfp_lightning.components.train_mnist.distributed import entry_arguments
+
+    arguments = entry_arguments(
+        location.uri, settings.nodes, config, endpoint, run_name, logs.live_update_seconds
+    )
+    processes_per_node = max(config.gpus, 1)
+    print(
+        f"training on {settings.nodes} nodes x {processes_per_node} process(es); run location "
+        f"{location.uri}",
+        flush=True,
+    )
+    with sigterm_raises():
+        if settings.launcher == LOCAL:
+            from kfp_lightning.components.train_on_nodes.local_nodes import run_local_nodes
+
+            layout.clear(storage, layout.OUTPUTS)
+            try:
+                run_local_nodes(
+                    settings.nodes,
+                    processes_per_node,
+                    ENTRY_MODULE,
+                    arguments,
+                    deadline,
+                    settings.timeout_seconds,
+                )
+            except (Cancelled, KeyboardInterrupt) as stop:
+                raise RunError(f"cancelled ({stop or 'interrupted'}): stopped the nodes") from None
+        else:
+            spec = NodeSpec(
+                image=settings.trainer_image,
+                nodes=settings.nodes,
+                processes_per_node=processes_per_node,
+                gpus_per_node=config.gpus,
+                arguments=arguments,
+                module=ENTRY_MODULE,
+                s3_secret=logs.s3_credentials_secret if location.scheme == "s3" else None,
+                logs_pvc=settings.logs_pvc or None,
+                node_selector=node_selector,
+                tolerations=tolerations,
+            )
+            wanted = trainjob_object(namespace, run_id, spec)
+            progress = ProgressReader(storage, progress_seconds)
+            try:
+                with api_client:
+                    run_on_cluster(
+                        TrainJobs(api_client, namespace, patience),
+                        wanted,
+                        storage,
+                        deadline,
+                        settings.timeout_seconds,
+                        progress,
+                    )
+            finally:
+                progress.close()
+    return collect_outputs(
+        storage, Path(model_dir), Path(tensorboard_logs_dir), Path(evaluation_dir)
+    )
+
+
+def train_from_run_form(
+    dataset_dir: str | Path,
+    output_dirs: Mapping[str, str | Path],
+    run_id: str,
+    run_name: str,
+    settings: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+) -> NodesResult:
+    """The KFP component's entry: validates every value, then calls `train_on_nodes`.
+
+    Args:
+        dataset_dir: The Dataset artifact directory.
+        output_dirs: "model", "tensorboard_logs" and "evaluation" -> the directory to create.
+        run_id: The pipeline run's id.
+        run_name: The pipeline run's display name.
+        settings: The `NodesSettings` fields, as the pipeline set them.
+        parameters: Run-form values of every `TrainConfig`, `LiveLogsConfig` and
+            `SchedulingConfig` field.
+
+    Returns:
+        What `train_on_nodes` returns.
+    """
+    from kfp_lightning.pipelines.scheduling import SchedulingConfig
+
+    nodes_settings = NodesSettings(**settings)
+    config = from_run_form(TrainConfig, parameters)
+    logs = from_run_form(LiveLogsConfig, parameters)
+    scheduling = from_run_form(SchedulingConfig, parameters)
+    return train_on_nodes(
+        dataset_dir,
+        output_dirs["model"],
+        output_dirs["tensorboard_logs"],
+        output_dirs["evaluation"],
+        run_id,
+        run_name,
+        nodes_settings,
+        config,
+        logs,
+        scheduling.node_selector,
+        scheduling.tolerations,
+    )

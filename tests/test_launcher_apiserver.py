@@ -1,0 +1,326 @@
+"""The TensorBoard launcher against a real kube-apiserver and etcd (tests/apiserver/).
+
+What the hand-written server of tests/fake_kubernetes.py cannot prove: that Kubeflow's CRDs are
+served as shipped, that the API server stores the launcher's objects exactly as sent (a
+structural schema silently prunes unknown fields), that the shipped Role is all the pipeline's
+service account needs and what a narrower one does (decided by the real RBAC authorizer, for a
+real service-account token), and that a retry's JSON merge patch after 409 keeps what others
+added. The launcher runs as the component runs it: `launch_tensorboard` with $KUBECONFIG and
+$POD_NAMESPACE set, as the service account `default-editor`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kfp_lightning.components import images
+from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.launch_tensorboard.kube_api import Patience
+from kfp_lightning.components.launch_tensorboard.launcher import (
+    RBAC_MANIFEST,
+    Launch,
+    launch_from_run_form,
+)
+from kfp_lightning.components.launch_tensorboard.objects import (
+    PODDEFAULT_API,
+    TENSORBOARD_API,
+    poddefault_name,
+    poddefault_object,
+    tensorboard_object,
+)
+from tests.apiserver.server import (
+    KUBEFLOW_CRDS,
+    KubeAPIServer,
+    apply_documents,
+    ensure_namespace,
+    kubeflow_crd,
+)
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.apiserver
+
+RUN_ID = "3f0c9a52-7d1e-4b8a-9c55-0e6f2d4b1a77"
+NAME = f"kfp-run-{RUN_ID}"
+S3_ROOT = "s3://mlpipeline/private/{namespace}/tensorboard"
+ENDPOINT = "http://minio-service.kubeflow:9000"
+SECRET = "mlpipeline-minio-artifact"
+SERVICE_ACCOUNT = "default-editor"
+FAST = Patience(attempts=2, backoff_seconds=0.05, poll_seconds=0.05)
+
+
+def rbac_documents() -> list[dict]:
+    """The shipped Role and RoleBinding."""
+    return list(yaml.safe_load_all((REPO / RBAC_MANIFEST).read_text()))
+
+
+@pytest.fixture
+def namespace(apiserver_admin: client.ApiClient, kubeflow_crds: None) -> str:
+    """A new namespace of its own for each test, the CRDs installed."""
+    name = f"launch-{secrets.token_hex(4)}"
+    ensure_namespace(apiserver_admin, name)
+    return name
+
+
+def as_service_account(
+    server: KubeAPIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, namespace: str
+) -> str:
+    """Points the standard configuration at `server` as the run's pod would see it.
+
+    Returns:
+        The service account's user name.
+    """
+    user = f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", user, namespace)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("POD_NAMESPACE", namespace)
+    monkeypatch.delenv(images.REGISTRY_ENV, raising=False)
+    return user
+
+
+def launch(directory: Path, **overrides: object) -> tuple[Launch, str]:
+    """Runs the launcher with the component's defaults and `overrides`; returns its note."""
+    params: dict = {
+        "run_id": RUN_ID,
+        "tensorboard_logs_root": S3_ROOT,
+        "s3_endpoint": ENDPOINT,
+        "s3_credentials_secret": SECRET,
+        "kubeflow_base_url": "/",
+        "wait_ready_seconds": 0,  # no controller here: it never becomes ready
+        **overrides,
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    markdown = directory / "tensorboard.md"
+    ui = directory / "ui.json"
+    result = launch_from_run_form(markdown, ui, params["run_id"], params, patience=FAST)
+    return result, markdown.read_text()
+
+
+def read(admin: client.ApiClient, resource: tuple[str, str, str, str], ns: str, name: str) -> dict:
+    group, version, plural, _ = resource
+    return client.CustomObjectsApi(admin).get_namespaced_custom_object(
+        group, version, ns, plural, name
+    )
+
+
+def listed(admin: client.ApiClient, resource: tuple[str, str, str, str], ns: str) -> list[dict]:
+    group, version, plural, _ = resource
+    api = client.CustomObjectsApi(admin)
+    return api.list_namespaced_custom_object(group, version, ns, plural)["items"]
+
+
+def assert_stored_as_sent(stored: dict, sent: dict) -> None:
+    """The server kept every field we sent: nothing pruned, nothing rewritten."""
+    assert stored["spec"] == sent["spec"]
+    assert stored["metadata"]["labels"] == sent["metadata"]["labels"]
+    assert stored["metadata"].get("annotations", {}) == sent["metadata"].get("annotations", {})
+
+
+# --- the CRDs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file_name", KUBEFLOW_CRDS)
+def test_kubeflow_crds_are_served_as_shipped(
+    apiserver_admin: client.ApiClient, kubeflow_crds: None, file_name: str
+) -> None:
+    shipped = kubeflow_crd(file_name)
+    name = shipped["metadata"]["name"]
+    answer = client.ApiextensionsV1Api(apiserver_admin).read_custom_resource_definition(
+        name, _preload_content=False
+    )
+    stored = json.loads(answer.data)
+    # v1.20 accepted the manifest untouched: every version's schema is stored as written.
+    for wanted, kept in zip(shipped["spec"]["versions"], stored["spec"]["versions"], strict=True):
+        assert kept["schema"] == wanted["schema"]
+        assert kept.get("subresources") == wanted.get("subresources")
+    group, version = shipped["spec"]["group"], shipped["spec"]["versions"][0]["name"]
+    resources = client.CustomObjectsApi(apiserver_admin).get_api_resources(group, version)
+    assert shipped["spec"]["names"]["plural"] in [r.name for r in resources.resources]
+
+
+def test_the_server_prunes_unknown_fields_and_rejects_missing_ones(
+    apiserver_admin: client.ApiClient, namespace: str
+) -> None:
+    # Why "stored as sent" matters: a misspelt field is dropped without an error.
+    group, version, plural, _ = TENSORBOARD_API
+    api = client.CustomObjectsApi(apiserver_admin)
+    body = tensorboard_object(
+        namespace, RUN_ID, parse_logs_root("s3://tb-bucket/logs").child(RUN_ID)
+    )
+    body["spec"]["logsPath"] = "s3://tb-bucket/other"
+    body["metadata"]["labels"]["extra"] = "kept"
+    stored = api.create_namespaced_custom_object(group, version, namespace, plural, body)
+    assert stored["spec"] == {"logspath": f"s3://tb-bucket/logs/{RUN_ID}"}
+    assert stored["metadata"]["labels"]["extra"] == "kept"
+
+    body["metadata"]["name"] = "no-logspath"
+    body["spec"] = {"logsPath": "s3://tb-bucket/other"}
+    with pytest.raises(ApiException) as refused:
+        api.create_namespaced_custom_object(group, version, namespace, plural, body)
+    assert refused.value.status == 422
+    assert "spec.logspath: Required value" in json.loads(refused.value.body)["message"]
+
+
+# --- the launcher with the shipped RBAC -----------------------------------------------------
+
+
+def test_shipped_role_lets_the_launcher_create_then_a_retry_changes_nothing(
+    kube_apiserver: KubeAPIServer,
+    apiserver_admin: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    apply_documents(apiserver_admin, rbac_documents(), namespace)
+    as_service_account(kube_apiserver, tmp_path, monkeypatch, namespace)
+
+    first, markdown = launch(tmp_path / "first")
+
+    assert (first.state, first.detail) == ("starting", "created"), markdown
+    assert first.url == f"/tensorboard/{namespace}/{NAME}/"
+    location = parse_logs_root(S3_ROOT, namespace).child(RUN_ID)
+    sent_poddefault = poddefault_object(namespace, ENDPOINT, SECRET)
+    sent_tensorboard = tensorboard_object(
+        namespace, RUN_ID, location, sent_poddefault["metadata"]["name"]
+    )
+    poddefault = read(apiserver_admin, PODDEFAULT_API, namespace, poddefault_name(ENDPOINT, SECRET))
+    tensorboard = read(apiserver_admin, TENSORBOARD_API, namespace, NAME)
+    assert_stored_as_sent(poddefault, sent_poddefault)
+    assert_stored_as_sent(tensorboard, sent_tensorboard)
+    versions = (
+        poddefault["metadata"]["resourceVersion"],
+        tensorboard["metadata"]["resourceVersion"],
+    )
+
+    retry, markdown = launch(tmp_path / "retry")
+
+    assert (retry.state, retry.detail) == ("starting", "unchanged"), markdown
+    assert [o["metadata"]["name"] for o in listed(apiserver_admin, TENSORBOARD_API, namespace)] == [
+        NAME
+    ]
+    assert len(listed(apiserver_admin, PODDEFAULT_API, namespace)) == 1
+    after = (
+        read(apiserver_admin, PODDEFAULT_API, namespace, poddefault_name(ENDPOINT, SECRET)),
+        read(apiserver_admin, TENSORBOARD_API, namespace, NAME),
+    )
+    assert tuple(o["metadata"]["resourceVersion"] for o in after) == versions
+
+
+def test_our_merge_patch_keeps_a_label_someone_else_added(
+    kube_apiserver: KubeAPIServer,
+    apiserver_admin: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    apply_documents(apiserver_admin, rbac_documents(), namespace)
+    as_service_account(kube_apiserver, tmp_path, monkeypatch, namespace)
+    launch(tmp_path / "first")
+    # Someone else labels it and points it elsewhere (a merge patch of their own).
+    group, version, plural, _ = TENSORBOARD_API
+    client.CustomObjectsApi(apiserver_admin).patch_namespaced_custom_object(
+        group,
+        version,
+        namespace,
+        plural,
+        NAME,
+        {"metadata": {"labels": {"owner": "someone"}}, "spec": {"logspath": "s3://else/logs"}},
+    )
+
+    retry, markdown = launch(tmp_path / "retry")
+
+    assert (retry.state, retry.detail) == ("starting", "updated"), markdown
+    stored = read(apiserver_admin, TENSORBOARD_API, namespace, NAME)
+    assert stored["metadata"]["labels"]["owner"] == "someone"
+    assert stored["spec"]["logspath"] == f"s3://mlpipeline/private/{namespace}/tensorboard/{RUN_ID}"
+    assert stored["metadata"]["labels"]["kfp-lightning/run-id"] == RUN_ID
+
+
+# --- narrower roles: the task succeeds, and its note names the RBAC cause --------------------
+
+
+def narrowed(documents: list[dict], rules: list[dict]) -> list[dict]:
+    """The shipped Role and RoleBinding, the Role granting only `rules`."""
+    role, binding = copy.deepcopy(documents)
+    role["rules"] = rules
+    return [role, binding]
+
+
+def rule(group: str, plural: str, *verbs: str) -> dict:
+    return {"apiGroups": [group], "resources": [plural], "verbs": list(verbs)}
+
+
+@pytest.mark.parametrize(
+    ("rules", "refused"),
+    [
+        (  # no poddefaults at all
+            [rule("tensorboard.kubeflow.org", "tensorboards", "create", "get", "patch")],
+            'cannot create resource "poddefaults" in API group "kubeflow.org"',
+        ),
+        (  # may read Tensorboards, not create them
+            [
+                rule("kubeflow.org", "poddefaults", "create", "get", "patch"),
+                rule("tensorboard.kubeflow.org", "tensorboards", "get"),
+            ],
+            'cannot create resource "tensorboards" in API group "tensorboard.kubeflow.org"',
+        ),
+    ],
+    ids=["no-poddefaults", "no-create-tensorboards"],
+)
+def test_a_narrower_role_falls_back_naming_the_rbac_cause(
+    kube_apiserver: KubeAPIServer,
+    apiserver_admin: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rules: list[dict],
+    refused: str,
+) -> None:
+    apply_documents(apiserver_admin, narrowed(rbac_documents(), rules), namespace)
+    user = as_service_account(kube_apiserver, tmp_path, monkeypatch, namespace)
+
+    result, markdown = launch(tmp_path / "out")
+
+    assert result.state == "fallback"
+    assert f'User "{user}" {refused}' in markdown
+    assert RBAC_MANIFEST in markdown
+    assert f"kubectl apply -n {namespace} -f -" in markdown
+    assert listed(apiserver_admin, TENSORBOARD_API, namespace) == []
+
+
+def test_without_patch_a_differing_tensorboard_falls_back(
+    kube_apiserver: KubeAPIServer,
+    apiserver_admin: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What Kubeflow's kubeflow-edit role grants: create and get, no patch.
+    rules = [
+        rule("kubeflow.org", "poddefaults", "create", "get"),
+        rule("tensorboard.kubeflow.org", "tensorboards", "create", "get"),
+    ]
+    apply_documents(apiserver_admin, narrowed(rbac_documents(), rules), namespace)
+    user = as_service_account(kube_apiserver, tmp_path, monkeypatch, namespace)
+    first, _ = launch(tmp_path / "first")
+    assert (first.state, first.detail) == ("starting", "created")  # the first run needs no patch
+    group, version, plural, _ = TENSORBOARD_API
+    client.CustomObjectsApi(apiserver_admin).patch_namespaced_custom_object(
+        group, version, namespace, plural, NAME, {"spec": {"logspath": "s3://else/logs"}}
+    )
+
+    result, markdown = launch(tmp_path / "retry")
+
+    assert result.state == "fallback"
+    assert f'User "{user}" cannot patch resource "tensorboards"' in markdown
+    assert RBAC_MANIFEST in markdown
+    stored = read(apiserver_admin, TENSORBOARD_API, namespace, NAME)
+    assert stored["spec"]["logspath"] == "s3://else/logs"

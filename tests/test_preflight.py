@@ -1,0 +1,512 @@
+"""`python pipelines/mnist.py --check-cluster` against a real kube-apiserver (tests/apiserver/).
+
+Each test starts from a cluster where a run would work: Kubeflow's CRDs, a profile-like
+namespace with the object-store secret, the service account `default-editor` bound by the
+shipped Role, a tainted GPU node and a CPU node (Node objects whose status is patched, as a
+kubelet and NVIDIA's device plugin would report it), and KFP's `ml-pipeline` Deployment at
+2.5.0. Then it removes or alters one prerequisite and expects the matching check to fail, with
+its fix, and the exit status to say so. The authorizer, discovery and the objects are the real
+server's; only the kubelets and controllers are absent. A few runs go through a subprocess, end
+to end; the rest call the CLI's `main` in this process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from kfp_lightning.components.launch_tensorboard.launcher import RBAC_MANIFEST
+from kfp_lightning.pipelines import cli, preflight
+from kfp_lightning.pipelines.preflight import Status, tolerates
+from tests.apiserver.server import (
+    KubeAPIServer,
+    apply_documents,
+    delete_crd,
+    ensure_namespace,
+    free_port,
+)
+from tests.conftest import REPO
+
+SECRET = "mlpipeline-minio-artifact"
+GPU_NODE, CPU_NODE = "gpu-node-1", "cpu-node-1"
+GPU_LABELS = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+KFP_IMAGE = "ghcr.io/kubeflow/kfp-api-server:{}"
+NAMES = {
+    "Tensorboard CRD",
+    "PodDefault CRD",
+    "object-store secret",
+    "launcher RBAC",
+    "training node",
+    "KFP backend",
+}
+
+
+def secret_body(**keys: str) -> dict:
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()}
+    return {"metadata": {"name": SECRET}, "data": data}
+
+
+def ml_pipeline(tag: str) -> dict:
+    labels = {"app": "ml-pipeline"}
+    container = {"name": preflight.KFP_CONTAINER, "image": KFP_IMAGE.format(tag)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "ml-pipeline", "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def put_ml_pipeline(admin: client.ApiClient, namespace: str, tag: str) -> None:
+    ensure_namespace(admin, namespace)
+    apps = client.AppsV1Api(admin)
+    apps.delete_collection_namespaced_deployment(namespace)
+    apps.create_namespaced_deployment(namespace, ml_pipeline(tag))
+
+
+def add_node(
+    admin: client.ApiClient,
+    name: str,
+    gpus: int,
+    labels: dict[str, str] | None = None,
+    taints: list[dict] | None = None,
+    unschedulable: bool = False,
+) -> None:
+    """A Node as a kubelet registers it, reports it ready with its device plugin's GPUs, and
+    the node lifecycle controller then lifts the not-ready taint that admission put on it."""
+    core = client.CoreV1Api(admin)
+    spec: dict = {"taints": taints or []}
+    if unschedulable:
+        spec["unschedulable"] = True
+    core.create_node({"metadata": {"name": name, "labels": labels or {}}, "spec": spec})
+    resources = {"cpu": "8", "memory": "32Gi", "pods": "110"}
+    if gpus:
+        resources["nvidia.com/gpu"] = str(gpus)
+    ready = {"type": "Ready", "status": "True", "reason": "KubeletReady"}
+    core.patch_node_status(
+        name, {"status": {"capacity": resources, "allocatable": resources, "conditions": [ready]}}
+    )
+    assert core.read_node(name).spec.taints[-1].key == "node.kubernetes.io/not-ready"
+    core.patch_node(name, {"spec": {"taints": taints or []}})
+
+
+@pytest.fixture
+def cluster(
+    kube_apiserver: KubeAPIServer,
+    apiserver_admin: client.ApiClient,
+    kubeflow_crds: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
+    """A cluster where a run would work; returns the run's namespace (the kubeconfig's too)."""
+    namespace = f"team-{secrets.token_hex(4)}"
+    ensure_namespace(apiserver_admin, namespace)
+    core = client.CoreV1Api(apiserver_admin)
+    core.create_namespaced_secret(namespace, secret_body(accesskey="minio", secretkey="minio123"))
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "default-editor"}})
+    apply_documents(
+        apiserver_admin, list(yaml.safe_load_all((REPO / RBAC_MANIFEST).read_text())), namespace
+    )
+    core.delete_collection_node()
+    add_node(apiserver_admin, GPU_NODE, 1, GPU_LABELS, [GPU_TAINT])
+    add_node(apiserver_admin, CPU_NODE, 0, {"pool": "cpu"})
+    put_ml_pipeline(apiserver_admin, "kubeflow", "2.5.0")
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kubeconfig", "admin", namespace)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    return namespace
+
+
+def check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, str]]:
+    """Runs `--check-cluster` in this process; returns the exit status and each check's line."""
+    status = cli.main(["--check-cluster", *args])
+    lines = capsys.readouterr().out.splitlines()
+    results = {}
+    for line in lines[1:-1]:
+        mark, _, rest = line.partition(" ")
+        name, _, detail = rest.partition(": ")
+        results[name] = f"{mark} {detail}"
+    assert set(results) == NAMES, lines
+    return status, results
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    return subprocess.run(
+        [sys.executable, "pipelines/mnist.py", "--check-cluster", *args],
+        cwd=REPO,
+        env={**environment, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# --- end to end, in a subprocess --------------------------------------------------------
+
+
+@pytest.mark.apiserver
+def test_a_ready_cluster_passes_every_check(cluster: str) -> None:
+    done = run_cli()  # the namespace comes from the kubeconfig's context
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Kubernetes v1.20.2 at https://127.0.0.1:")
+    assert f"namespace {cluster}, service account default-editor" in lines[0]
+    assert [line[0] for line in lines[1:-1]] == ["✓"] * len(NAMES), done.stdout
+    assert f"{cluster}/{SECRET} has accesskey and secretkey" in done.stdout
+    assert f"1 node(s) with 1 allocatable nvidia.com/gpu reachable: {GPU_NODE}" in done.stdout
+    assert "2.5.0 (ghcr.io/kubeflow/kfp-api-server:2.5.0)" in done.stdout
+    assert lines[-1] == f"No check failed: a run in {cluster} should work."
+    assert done.stderr == ""
+
+
+@pytest.mark.apiserver
+def test_a_too_old_backend_fails(cluster: str, apiserver_admin: client.ApiClient) -> None:
+    put_ml_pipeline(apiserver_admin, "kubeflow", "2.4.1")
+
+    done = run_cli("--namespace", cluster)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    line = next(x for x in done.stdout.splitlines() if "KFP backend" in x)
+    assert line.startswith("✗ KFP backend: 2.4.1 (ghcr.io/kubeflow/kfp-api-server:2.4.1)")
+    assert "Fix: upgrade Kubeflow Pipelines to 2.5.0 or newer" in line
+    assert done.stdout.splitlines()[-1] == "1 of 6 checks failed."
+
+
+def test_no_api_server_answering_is_one_line(tmp_path: Path) -> None:
+    closed = free_port()  # nothing listens there
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{closed}"}}],
+                "users": [{"name": "u", "user": {"token": "t0k3n"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+
+    done = run_cli(env={"KUBECONFIG": str(kubeconfig)})
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"error: no Kubernetes API server answers at https://127.0.0.1:{closed}: "
+        "[Errno 111] Connection refused\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--namespace", "Team_A"], "error: invalid namespace='Team_A': expected a Kubernetes"),
+        (["--gpus", "3"], "error: invalid gpus="),
+        (["--service-account", "Bad Name"], "error: invalid service_account='Bad Name'"),
+        (["--tolerations", "{}"], "error: invalid tolerations='{}': expected a JSON list"),
+    ],
+    ids=["namespace", "gpus", "service-account", "tolerations"],
+)
+def test_a_bad_argument_is_one_line_and_status_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    # No server needed: nothing may be asked of a cluster before the arguments are valid.
+    done = run_cli(*args, env={"KUBECONFIG": str(tmp_path / "missing")})
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(message), done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_no_kubeconfig_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--check-cluster"])
+
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no Kubernetes API configured: not running in a pod")
+    assert err.count("\n") == 1
+
+
+# --- each check, failing and passing -------------------------------------------------------
+
+
+@pytest.mark.apiserver
+@pytest.mark.parametrize(
+    ("crd", "name"),
+    [
+        ("tensorboards.tensorboard.kubeflow.org", "Tensorboard CRD"),
+        ("poddefaults.kubeflow.org", "PodDefault CRD"),
+    ],
+)
+def test_a_missing_crd_fails(
+    cluster: str,
+    apiserver_admin: client.ApiClient,
+    capsys: pytest.CaptureFixture[str],
+    crd: str,
+    name: str,
+) -> None:
+    delete_crd(apiserver_admin, crd)
+
+    status, results = check(capsys)
+
+    assert status == 1
+    assert results[name].startswith(f"✗ the cluster serves no {crd}/v1alpha1. Fix: install")
+    assert all(r.startswith("✓") for n, r in results.items() if n != name), results
+    if name == "PodDefault CRD":
+        # A pvc:// logs root needs no PodDefault.
+        status, results = check(capsys, "--tensorboard-logs-root", "pvc://logs/tb")
+        assert status == 0
+        assert results[name] == "✓ not needed for logs at pvc://logs/tb"
+
+
+@pytest.mark.apiserver
+def test_the_object_store_secret(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    core = client.CoreV1Api(apiserver_admin)
+    core.replace_namespaced_secret(SECRET, cluster, secret_body(accesskey="minio"))
+
+    status, results = check(capsys)
+    assert status == 1
+    assert results["object-store secret"].startswith(
+        f"✗ secret {cluster}/{SECRET} lacks key secretkey. Fix: recreate it with both keys: "
+    )
+
+    core.delete_namespaced_secret(SECRET, cluster)
+    status, results = check(capsys)
+    assert status == 1
+    assert results["object-store secret"].startswith(f"✗ no secret {SECRET} in namespace {cluster}")
+    assert f"kubectl -n {cluster} create secret generic {SECRET}" in results["object-store secret"]
+
+    # Another secret by parameter, or logs on a claim, which needs none.
+    core.create_namespaced_secret(
+        cluster, {**secret_body(accesskey="a", secretkey="b"), "metadata": {"name": "other"}}
+    )
+    status, results = check(capsys, "--s3-credentials-secret", "other")
+    assert (status, results["object-store secret"][0]) == (0, "✓")
+    status, results = check(capsys, "--logs-pvc", "tb-logs")
+    assert status == 0
+    assert results["object-store secret"] == "✓ not needed for logs at pvc://tb-logs/tensorboard"
+
+
+@pytest.mark.apiserver
+def test_launcher_rbac(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rbac = client.RbacAuthorizationV1Api(apiserver_admin)
+    role_name = "kfp-lightning-tensorboard-launcher"
+    role = rbac.read_namespaced_role(role_name, cluster)
+    role.rules = [r for r in role.rules if r.api_groups != ["kubeflow.org"]]
+    for r in role.rules:
+        r.verbs = ["create", "get"]
+    rbac.replace_namespaced_role(role_name, cluster, role)
+
+    status, results = check(capsys)
+    assert status == 1
+    line = results["launcher RBAC"]
+    assert line.startswith(
+        f"✗ {cluster}/default-editor may not create/get/patch poddefaults.kubeflow.org, patch "
+        "tensorboards.tensorboard.kubeflow.org (the live TensorBoard step falls back"
+    ), line
+    assert line.endswith(f"Fix: kubectl apply -n {cluster} -f {RBAC_MANIFEST}")
+
+    rbac.delete_namespaced_role_binding(role_name, cluster)
+    status, results = check(capsys)
+    assert status == 1
+    assert results["launcher RBAC"].startswith(
+        f"✗ {cluster}/default-editor may not create/get/patch poddefaults.kubeflow.org, "
+        "create/get/patch tensorboards.tensorboard.kubeflow.org"
+    )
+
+    # Another account, bound by the command the fix gives.
+    apply_documents(
+        apiserver_admin, list(yaml.safe_load_all((REPO / RBAC_MANIFEST).read_text())), cluster
+    )
+    status, results = check(capsys, "--service-account", "pipeline-runner")
+    assert status == 1
+    assert results["launcher RBAC"].startswith(f"✗ no service account {cluster}/pipeline-runner")
+    client.CoreV1Api(apiserver_admin).create_namespaced_service_account(
+        cluster, {"metadata": {"name": "pipeline-runner"}}
+    )
+    status, results = check(capsys, "--service-account", "pipeline-runner")
+    assert status == 1
+    assert f"--serviceaccount={cluster}:pipeline-runner" in results["launcher RBAC"]
+    rbac.create_namespaced_role_binding(
+        cluster,
+        {
+            "metadata": {"name": "runner"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+            "subjects": [{"kind": "ServiceAccount", "name": "pipeline-runner"}],
+        },
+    )
+    status, results = check(capsys, "--service-account", "pipeline-runner")
+    assert (status, results["launcher RBAC"][0]) == (0, "✓")
+
+
+@pytest.mark.apiserver
+def test_a_user_who_may_not_ask_gets_unknowns_not_failures(
+    cluster: str,
+    kube_apiserver: KubeAPIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # alice is authenticated and granted nothing: discovery works, the rest is unknown.
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "alice", "alice", cluster)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+
+    status, results = check(capsys)
+
+    assert status == 0
+    assert results["Tensorboard CRD"].startswith("✓")
+    for name in ("object-store secret", "launcher RBAC", "training node", "KFP backend"):
+        assert results[name].startswith("? "), results[name]
+    assert "HTTP 403 Forbidden" in results["training node"]
+
+
+@pytest.mark.apiserver
+def test_gpu_nodes(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The GPU node's taint, not tolerated.
+    status, results = check(capsys, "--tolerations", "[]")
+    assert status == 1
+    assert results["training node"].startswith(
+        "✗ nodes with 1 allocatable nvidia.com/gpu exist, but the tolerations and node selector "
+        f"reach none ({GPU_NODE}: taint nvidia.com/gpu=present:NoSchedule not tolerated)"
+    )
+    # A node selector its labels do not match; then one they do.
+    status, results = check(
+        capsys, "--node-selector", '{"cloud.google.com/gke-accelerator": "a100"}'
+    )
+    assert status == 1
+    assert (
+        f"{GPU_NODE}: label cloud.google.com/gke-accelerator=a100 missing (has nvidia-l4)"
+        in results["training node"]
+    )
+    status, results = check(capsys, "--node-selector", json.dumps(GPU_LABELS))
+    assert (status, results["training node"][0]) == (0, "✓")
+
+    # No GPU node at all: a GPU run fails, a CPU run (gpus=0) still finds a node.
+    client.CoreV1Api(apiserver_admin).delete_node(GPU_NODE)
+    status, results = check(capsys)
+    assert status == 1
+    assert results["training node"].startswith(
+        "✗ no node has 1 allocatable nvidia.com/gpu (most on one node: 0, of 1 nodes). Fix: "
+    )
+    status, results = check(capsys, "--gpus", "0")
+    assert status == 0
+    assert results["training node"] == f"✓ 1 node(s) reachable, no GPU needed (gpus=0): {CPU_NODE}"
+
+
+@pytest.mark.apiserver
+def test_gpu_node_taints_the_scheduler_honours(
+    cluster: str, apiserver_admin: client.ApiClient
+) -> None:
+    core = client.CoreV1Api(apiserver_admin)
+    core.delete_collection_node()
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    # PreferNoSchedule keeps no pod away; NoExecute does; a cordoned node is unschedulable.
+    add_node(apiserver_admin, "prefer", 1, taints=[{"key": "spot", "effect": "PreferNoSchedule"}])
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, tolerations)
+    assert (result.status, result.detail) == (
+        Status.PASSED,
+        "1 node(s) with 1 allocatable nvidia.com/gpu reachable: prefer",
+    )
+    core.delete_node("prefer")
+    add_node(apiserver_admin, "evicting", 1, taints=[{"key": "maint", "effect": "NoExecute"}])
+    add_node(apiserver_admin, "cordoned", 1, unschedulable=True)
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, tolerations)
+    assert result.status is Status.FAILED
+    assert "cordoned: taint node.kubernetes.io/unschedulable:NoSchedule not tolerated" in (
+        result.detail
+    )
+    assert "evicting: taint maint:NoExecute not tolerated" in result.detail
+    everything = [{"operator": "Exists"}]
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, everything)
+    assert result.status is Status.PASSED
+    assert result.detail.endswith("reachable: cordoned, evicting")
+
+
+@pytest.mark.apiserver
+def test_kfp_backend_version(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.AppsV1Api(apiserver_admin).delete_namespaced_deployment("ml-pipeline", "kubeflow")
+    status, results = check(capsys)
+    assert status == 0  # unknown is not a failure
+    assert results["KFP backend"] == (
+        "? no deployment kubeflow/ml-pipeline: version unknown (not a failure). To check: pass "
+        "the namespace Kubeflow Pipelines runs in with --kfp-namespace"
+    )
+    put_ml_pipeline(apiserver_admin, "kfp-standalone", "2.17.0")
+    status, results = check(capsys, "--kfp-namespace", "kfp-standalone")
+    assert (status, results["KFP backend"][0]) == (0, "✓")
+    assert "2.17.0" in results["KFP backend"]
+    put_ml_pipeline(apiserver_admin, "kfp-standalone", "latest")
+    status, results = check(capsys, "--kfp-namespace", "kfp-standalone")
+    assert status == 0
+    assert results["KFP backend"].startswith("? image ghcr.io/kubeflow/kfp-api-server:latest has")
+
+
+# --- the rules, without a server -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toleration", "taint", "expected"),
+    [
+        (
+            {"key": "k", "operator": "Exists", "effect": "NoSchedule"},
+            GPU_TAINT | {"key": "k"},
+            True,
+        ),
+        ({"key": "nvidia.com/gpu", "operator": "Exists"}, GPU_TAINT, True),
+        ({"operator": "Exists"}, GPU_TAINT, True),
+        ({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}, GPU_TAINT, True),
+        ({"key": "nvidia.com/gpu", "operator": "Equal", "value": "other"}, GPU_TAINT, False),
+        ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}, GPU_TAINT, False),
+        ({"key": "other", "operator": "Exists"}, GPU_TAINT, False),
+    ],
+)
+def test_tolerations_match_taints_as_kubernetes_does(
+    toleration: dict, taint: dict, expected: bool
+) -> None:
+    assert tolerates(toleration, taint) is expected
+
+
+@pytest.mark.parametrize(
+    ("image", "version"),
+    [
+        ("ghcr.io/kubeflow/kfp-api-server:2.5.0", (2, 5, 0)),
+        ("gcr.io/ml-pipeline/api-server:2.0.5", (2, 0, 5)),
+        ("registry.local:5000/kfp-api-server:v2.14.3@sha256:" + "0" * 64, (2, 14, 3)),
+        ("registry.local:5000/kfp-api-server", None),
+        ("ghcr.io/kubeflow/kfp-api-server:latest", None),
+    ],
+)
+def test_backend_version_from_the_image_tag(image: str, version: tuple | None) -> None:
+    assert preflight.image_version(image) == version

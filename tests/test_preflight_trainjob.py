@@ -1,0 +1,139 @@
+"""`--check-cluster --nodes N`: the Kubeflow Trainer checks, against a real kube-apiserver.
+
+Starts from the ready cluster of tests/test_preflight.py (its `cluster` fixture) plus Kubeflow
+Trainer (its CRDs as the test server serves them, the `torch-distributed` runtime as shipped)
+and the shipped `manifests/trainjob-rbac.yaml`; then removes or alters one prerequisite at a
+time and expects the matching check to fail with its fix.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from kubernetes import client
+
+from kfp_lightning.components.train_on_nodes.trainjob import RBAC_MANIFEST, RUNTIME, RUNTIME_API
+from kfp_lightning.pipelines import cli
+from tests.apiserver.server import apply_documents
+from tests.conftest import REPO
+from tests.test_preflight import NAMES
+from tests.test_preflight import cluster as ready_cluster  # noqa: F401 (a fixture)
+from tests.trainer_crds import (
+    TORCH_DISTRIBUTED,
+    TRAINJOB_CRD,
+    install_trainer,
+    shipped,
+    uninstall_trainer_crd,
+)
+
+pytestmark = pytest.mark.apiserver
+
+TRAINER_NAMES = {"TrainJob CRD", "training runtime", "TrainJob RBAC"}
+
+
+@pytest.fixture
+def cluster(ready_cluster: str, apiserver_admin: client.ApiClient) -> str:  # noqa: F811
+    """A cluster where a run on several nodes would work; returns the run's namespace."""
+    install_trainer(apiserver_admin)
+    documents = list(yaml.safe_load_all((REPO / RBAC_MANIFEST).read_text()))
+    apply_documents(apiserver_admin, documents, ready_cluster)
+    return ready_cluster
+
+
+def check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, str]]:
+    """Runs `--check-cluster` in this process; returns the exit status and each check's line."""
+    status = cli.main(["--check-cluster", *args])
+    lines = capsys.readouterr().out.splitlines()
+    results = {}
+    for line in lines[1:-1]:
+        mark, _, rest = line.partition(" ")
+        name, _, detail = rest.partition(": ")
+        results[name] = f"{mark} {detail}"
+    return status, results
+
+
+def test_one_node_needs_no_trainer_and_several_pass_on_a_ready_cluster(
+    cluster: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, results = check(capsys)
+    assert (status, set(results)) == (0, NAMES)
+
+    status, results = check(capsys, "--nodes", "2")
+
+    assert status == 0, results
+    assert set(results) == NAMES | TRAINER_NAMES
+    assert all(line.startswith("✓") for line in results.values()), results
+    assert results["TrainJob CRD"] == "✓ trainjobs.trainer.kubeflow.org/v1alpha1 is served"
+    assert results["training runtime"].startswith(f"✓ ClusterTrainingRuntime {RUNTIME} exists")
+    assert results["TrainJob RBAC"] == f"✓ {cluster}/default-editor may create/get/delete trainjobs"
+
+
+def test_a_missing_trainjob_crd_fails(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uninstall_trainer_crd(apiserver_admin, TRAINJOB_CRD)
+    try:
+        status, results = check(capsys, "--nodes", "2")
+    finally:
+        install_trainer(apiserver_admin)
+
+    assert status == 1
+    assert results["TrainJob CRD"].startswith(
+        "✗ the cluster serves no trainjobs.trainer.kubeflow.org/v1alpha1. Fix: install Kubeflow "
+        "Trainer v2"
+    )
+    assert all(r.startswith("✓") for n, r in results.items() if n != "TrainJob CRD"), results
+
+
+def test_the_training_runtime(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    group, version, plural, _ = RUNTIME_API
+    api = client.CustomObjectsApi(apiserver_admin)
+    try:
+        api.delete_cluster_custom_object(group, version, plural, RUNTIME)
+        status, results = check(capsys, "--nodes", "2")
+        assert status == 1
+        assert results["training runtime"].startswith(
+            f"✗ no ClusterTrainingRuntime {RUNTIME}. Fix: install it: kubectl apply --server-side"
+        )
+
+        broken = copy.deepcopy(shipped(TORCH_DISTRIBUTED))
+        del broken["spec"]["mlPolicy"]["torch"]
+        broken["spec"]["template"]["spec"]["replicatedJobs"][0]["name"] = "trainer"
+        api.create_cluster_custom_object(group, version, plural, broken)
+        status, results = check(capsys, "--nodes", "2")
+        assert status == 1
+        assert results["training runtime"].startswith(
+            f"✗ ClusterTrainingRuntime {RUNTIME} has no 'node' job with a 'node' container and "
+            "no torch policy"
+        )
+    finally:
+        install_trainer(apiserver_admin)
+
+
+def test_trainjob_rbac(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rbac = client.RbacAuthorizationV1Api(apiserver_admin)
+    role_name = "kfp-lightning-trainjob-launcher"
+    role = rbac.read_namespaced_role(role_name, cluster)
+    role.rules[0].verbs = ["create", "get"]
+    rbac.replace_namespaced_role(role_name, cluster, role)
+
+    status, results = check(capsys, "--nodes", "2")
+
+    assert status == 1
+    assert results["TrainJob RBAC"] == (
+        f"✗ {cluster}/default-editor may not delete trainjobs.trainer.kubeflow.org (the training "
+        f"step cannot run the nodes). Fix: kubectl apply -n {cluster} -f {RBAC_MANIFEST}"
+    )
+
+    rbac.delete_namespaced_role_binding(role_name, cluster)
+    status, results = check(capsys, "--nodes", "2")
+    assert status == 1
+    assert results["TrainJob RBAC"].startswith(
+        f"✗ {cluster}/default-editor may not create/get/delete trainjobs.trainer.kubeflow.org"
+    )

@@ -1,0 +1,324 @@
+"""The report of a real training run in a real browser: Debian's headless Chromium.
+
+The page is opened as the Kubeflow UI opens it: as the `srcdoc` of an iframe with
+`sandbox="allow-scripts"`, at least 600 px high and as wide as its card (kubeflow/pipelines,
+frontend/src/components/viewers/HTMLViewer.tsx), in a fresh profile with the network off. It
+must make no request, log no console error, draw each chart with its traces, answer a hover
+and the smoothing slider, and, with JavaScript disabled, show its static charts.
+
+Playwright drives the system's Chromium (`executable_path`, no browser of its own is
+downloaded) over the DevTools protocol, rather than a hand-written protocol client: it follows
+the sandboxed iframe wherever Chromium runs it (a process of its own, as Chromium isolates
+sandboxed frames) for evaluation, input and console messages. Its request events miss that
+process, though, so requests are read from Chromium's own net log (`--log-net-log`), which
+records every request of every process; a control test shows both witnesses hear a page in
+the iframe. The profile is offline: no host name resolves, so nothing leaves the machine.
+Screenshots go to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kfp_lightning.components.report_training.page_script import DEFAULT_SMOOTHING
+from kfp_lightning.components.report_training.report import write_training_report
+from tests.report_fixtures import trained_run
+
+# The iframe as HTMLViewer renders it, in a card with 20 px of padding (PlotCard.tsx).
+HOST = """<!DOCTYPE html><html><body style="margin:0"><div style="padding:20px">
+<iframe id="report" sandbox="allow-scripts" src="about:blank"
+ style="border:1px solid #e0e0e0;box-sizing:border-box;height:initial;min-height:600px;width:100%">
+</iframe></div></body></html>"""
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    # Offline: no host name resolves (Chromium's own update and sign-in checks included).
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
+# The run page's side panel takes half the window: about 480 px of report on a 1440 px screen.
+NARROW, WIDE = 520, 1100
+EXPECTED_TRACES = {"chart-loss": 4, "chart-accuracy": 2, "chart-learning_rate": 1}
+TIMEOUT_MS = 60_000
+
+
+def _unavailable(message: str) -> None:
+    # CI installs Chromium (.ci/run): there a missing browser is a failure, not a skip.
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        _unavailable("Debian's chromium is not installed (apt-get install chromium)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def playwright(chromium) -> Iterator:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[test]')")
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def report(dataset, tmp_path_factory) -> str:
+    """The HTML report of a real 2-epoch training run."""
+    root, _ = trained_run(dataset, tmp_path_factory)
+    out = tmp_path_factory.mktemp("browser-report")
+    write_training_report(root / "logs", root / "evaluation", out / "r.html", out / "r.md")
+    return (out / "r.html").read_text()
+
+
+class Browser:
+    """A fresh Chromium profile showing one page in the Kubeflow-like iframe."""
+
+    def __init__(self, playwright, chromium: str, profile: Path, width: int, javascript: bool):
+        self.net_log = profile.with_suffix(".netlog.json")
+        self.context = playwright.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=chromium,
+            headless=True,
+            args=[*FLAGS, f"--log-net-log={self.net_log}"],
+            java_script_enabled=javascript,
+            viewport={"width": width, "height": 680},
+            offline=True,
+        )
+        self.closed = False
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.context.on("request", lambda request: self.requests.append(request.url))
+        self.page = self.context.pages[0] if self.context.pages else self.context.new_page()
+        self.page.on(
+            "console",
+            lambda message: message.type == "error" and self.errors.append(message.text),
+        )
+        self.page.on("pageerror", lambda error: self.errors.append(f"uncaught {error}"))
+        self.page.set_content(HOST)
+
+    def show(self, html: str):
+        """Sets the iframe's srcdoc (as HTMLViewer does) and returns the iframe's frame."""
+        self.page.eval_on_selector("#report", "(frame, html) => { frame.srcdoc = html; }", html)
+        frame = self.page.main_frame.child_frames[0]
+        frame.wait_for_url("about:srcdoc", wait_until="load", timeout=TIMEOUT_MS)
+        return frame
+
+    def screenshot(self, path: Path) -> None:
+        self.page.locator("#report").screenshot(path=str(path))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.context.close()
+
+    def fetched(self) -> list[str]:
+        """Closes the browser; returns every URL a page requested, `data:` and `about:` aside.
+
+        From Playwright's request events and from the net log (complete once Chromium has
+        exited): every request a page started, i.e. whose initiator is a page's origin ("null"
+        for the sandboxed iframe) rather than the browser itself.
+        """
+        self.close()
+        log = json.loads(self.net_log.read_text())
+        start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+        starts = [e["params"] for e in log["events"] if e["type"] == start_job and "params" in e]
+        from_pages = [
+            params["url"]
+            for params in starts
+            if "url" in params and params.get("initiator") != "not an origin"
+        ]
+        urls = dict.fromkeys([*self.requests, *from_pages])
+        return [url for url in urls if not url.startswith(("data:", "about:"))]
+
+
+@pytest.fixture
+def browser(playwright, chromium, tmp_path) -> Iterator:
+    opened: list[Browser] = []
+
+    def open_browser(width: int = NARROW, javascript: bool = True) -> Browser:
+        profile = tmp_path / f"profile-{len(opened)}"
+        opened.append(Browser(playwright, chromium, profile, width, javascript))
+        return opened[-1]
+
+    yield open_browser
+    for each in opened:
+        each.close()
+
+
+def tensorboard_smoothing(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's classicSmoothing (debiased exponential moving average), for comparison."""
+    if all(v == values[0] for v in values):
+        return list(values)
+    last, smoothed = 0.0, []
+    for count, value in enumerate(values, start=1):
+        last = last * weight + (1 - weight) * value
+        smoothed.append(last / (1 - weight**count))
+    return smoothed
+
+
+def _charts(frame) -> dict[str, int]:
+    return dict(
+        frame.evaluate(
+            "() => Array.from(document.querySelectorAll('.js-plotly-plot'),"
+            " (el) => [el.id, el.data.length])"
+        )
+    )
+
+
+def _loss_traces(frame) -> dict[str, list[float]]:
+    return frame.evaluate(
+        "() => { const el = document.getElementById('chart-loss');"
+        " return {raw: el.data[0].y, smoothed: el.data[1].y}; }"
+    )
+
+
+def test_the_observers_see_what_a_page_in_the_iframe_does(browser):
+    # The checks below would pass on a silent browser: show they hear a fetch and an error.
+    opened = browser()
+    # Nothing listens on 127.0.0.1:80 here: the request fails at once, on this machine. The
+    # srcdoc's load event waits for the image.
+    with opened.page.expect_console_message(lambda message: message.text == "seen"):
+        opened.show('<img src="http://127.0.0.1/digit.png"><script>console.error("seen")</script>')
+    assert "seen" in opened.errors
+    assert opened.fetched() == ["http://127.0.0.1/digit.png"]
+
+
+def test_interactive_report(browser, report, tmp_path):
+    opened = browser()
+    frame = opened.show(report)
+    frame.wait_for_function(
+        f"() => document.querySelectorAll('.js-plotly-plot').length === {len(EXPECTED_TRACES)}",
+        timeout=TIMEOUT_MS,
+    )
+    opened.screenshot(tmp_path / "report-top.png")
+    assert _charts(frame) == EXPECTED_TRACES
+    # Scripts ran: the interactive charts replaced the static ones.
+    assert frame.locator(".static-chart").first.is_hidden()
+    assert frame.locator("#smoothing").is_visible()
+    # Two epochs: the second is shaded, both are numbered.
+    shapes, labels = frame.evaluate(
+        "() => { const l = document.getElementById('chart-loss').layout;"
+        " return [l.shapes.length, l.annotations.map((a) => a.text)]; }"
+    )
+    assert (shapes, labels) == (1, ["1", "2"])
+    # Readable at the card's width: nothing wider than the iframe.
+    assert frame.evaluate(
+        "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    )
+
+    # Hovering the loss chart shows the values there, with their epoch.
+    frame.locator("#chart-loss .nsewdrag").first.hover()
+    frame.wait_for_function(
+        "() => document.querySelector('#chart-loss .hoverlayer').textContent.includes('epoch')",
+        timeout=TIMEOUT_MS,
+    )
+    hover = frame.evaluate("() => document.querySelector('#chart-loss .hoverlayer').textContent")
+    assert re.search(r"train.*\d\.\d+", hover), hover
+    opened.screenshot(tmp_path / "report-hover.png")
+
+    # The smoothed curve is TensorBoard's smoothing of the raw one; the slider changes it.
+    before = _loss_traces(frame)
+    assert before["smoothed"] == pytest.approx(
+        tensorboard_smoothing(before["raw"], DEFAULT_SMOOTHING), rel=1e-9
+    )
+    frame.locator("#smoothing").focus()
+    opened.page.keyboard.press("End")
+    frame.wait_for_function(
+        "() => document.getElementById('smoothing-value').textContent === '0.99'",
+        timeout=TIMEOUT_MS,
+    )
+    after = _loss_traces(frame)
+    assert after["raw"] == before["raw"]
+    assert after["smoothed"] != before["smoothed"]
+    assert after["smoothed"] == pytest.approx(tensorboard_smoothing(after["raw"], 0.99), rel=1e-9)
+    opened.screenshot(tmp_path / "report-smoothed.png")
+
+    # The log-scale switch changes every chart's y axis.
+    frame.locator("#log-scale").check()
+    frame.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".every((el) => el.layout.yaxis.type === 'log')",
+        timeout=TIMEOUT_MS,
+    )
+    opened.screenshot(tmp_path / "report-log.png")
+
+    frame.locator("table.cm").scroll_into_view_if_needed()
+    opened.screenshot(tmp_path / "report-confusion.png")
+    frame.locator(".tiles").first.scroll_into_view_if_needed()
+    opened.screenshot(tmp_path / "report-mistakes.png")
+    assert frame.locator(".tile img").count() == frame.locator(".tile").count() > 0
+    assert frame.evaluate(
+        "() => Array.from(document.querySelectorAll('.tile img')).every((img) =>"
+        " img.complete && img.naturalWidth === 28 && img.naturalHeight === 28)"
+    )
+
+    assert opened.errors == []
+    assert opened.fetched() == []
+    print(f"screenshots: {tmp_path}")
+
+
+def test_two_columns_where_there_is_room(browser, report, tmp_path):
+    opened = browser(width=WIDE)
+    frame = opened.show(report)
+    frame.wait_for_function(
+        f"() => document.querySelectorAll('.js-plotly-plot').length === {len(EXPECTED_TRACES)}",
+        timeout=TIMEOUT_MS,
+    )
+    opened.screenshot(tmp_path / "report-wide.png")
+    assert _charts(frame) == EXPECTED_TRACES
+    loss, accuracy = (
+        frame.locator(f"#{name}").bounding_box() for name in ("chart-loss", "chart-accuracy")
+    )
+    assert loss["y"] == accuracy["y"]
+    assert loss["x"] < accuracy["x"]
+    assert frame.evaluate(
+        "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    )
+    assert opened.errors == []
+    assert opened.fetched() == []
+
+
+def test_static_charts_without_javascript(browser, report, tmp_path):
+    opened = browser(javascript=False)
+    frame = opened.show(report)
+    static = frame.locator(".static-chart")
+    assert static.count() == len(EXPECTED_TRACES)
+    for index in range(static.count()):
+        assert static.nth(index).is_visible()
+        box = static.nth(index).bounding_box()
+        assert box["width"] > 300
+        assert box["height"] > 150
+    assert frame.locator(".plotly-chart").first.is_hidden()
+    assert frame.locator("#smoothing").is_hidden()
+    # Each chart draws its lines and says what they are.
+    loss = frame.locator("#figure-chart-loss")
+    assert loss.locator("polyline").count() >= 2
+    assert loss.locator(".legend").text_content().split("■") == [
+        "",
+        " train",
+        " validation",
+        " test",
+    ]
+    assert frame.locator(".tile img").first.is_visible()
+    opened.screenshot(tmp_path / "report-static.png")
+    frame.locator("table.cm").scroll_into_view_if_needed()
+    opened.screenshot(tmp_path / "report-static-confusion.png")
+    assert opened.errors == []
+    assert opened.fetched() == []

@@ -1,0 +1,248 @@
+"""The run's TrainJob against Kubeflow Trainer v2.1.0: the CRD as shipped, and its runtime.
+
+Validated client-side against the untouched openAPIV3Schema (closed to unknown fields, which
+the API server would silently prune), and against what the Trainer's admission webhook and
+controller require of a TrainJob on the `torch-distributed` runtime (kubeflow/trainer v2.1.0:
+pkg/runtime/framework/plugins/torch/torch.go and jobset/jobset.go, `Validate`). The API
+server tests (test_trainjob_apiserver.py) then store it in a real kube-apiserver.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import jsonschema
+import pytest
+
+from kfp_lightning.components.common.kubernetes_syntax import is_label_key, is_label_value
+from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.train_mnist.distributed import MODULE, entry_arguments
+from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
+from kfp_lightning.components.train_on_nodes.trainjob import (
+    COMPLETE,
+    FAILED,
+    NODE,
+    RESERVED_ENV,
+    RUNTIME,
+    RUNTIME_API,
+    SUSPENDED,
+    TRAINJOB_API,
+    JobState,
+    NodeSpec,
+    job_state,
+    trainjob_name,
+    trainjob_object,
+)
+from tests.trainer_crds import (
+    RUNTIME_CRD,
+    TORCH_DISTRIBUTED,
+    TRAINJOB_CRD,
+    object_schema,
+    shipped,
+)
+
+RUN_ID = "3f0c9a52-7d1e-4b8a-9c55-0e6f2d4b1a77"
+NAMESPACE = "team-a"
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# The CRD's rule for metadata.name (x-kubernetes-validations on the object).
+RFC1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def node_spec(**changes: object) -> NodeSpec:
+    arguments = entry_arguments(
+        f"s3://mlpipeline/private/{NAMESPACE}/tensorboard/{RUN_ID}",
+        2,
+        TrainConfig(),
+        "http://minio-service.kubeflow:9000",
+        "my run",
+        10,
+    )
+    spec = NodeSpec(
+        image="registry.example.com/ml/kfp-lightning-trainer:0.1.0",
+        nodes=2,
+        processes_per_node=1,
+        gpus_per_node=1,
+        arguments=arguments,
+        module=ENTRY_MODULE,
+        s3_secret="mlpipeline-minio-artifact",
+        node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        tolerations=[GPU_TOLERATION],
+    )
+    return NodeSpec(**{**spec.__dict__, **changes})
+
+
+SPECS = {
+    "s3-gpu": node_spec(),
+    "pvc": node_spec(s3_secret=None, logs_pvc="tb-logs"),
+    "cpu-4-nodes": node_spec(nodes=4, gpus_per_node=0, node_selector={}, tolerations=()),
+    "2-gpus-per-node": node_spec(gpus_per_node=2, processes_per_node=2),
+}
+
+
+@pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
+def test_trainjob_matches_the_shipped_crd(spec: NodeSpec) -> None:
+    job = trainjob_object(NAMESPACE, RUN_ID, spec)
+
+    jsonschema.Draft7Validator(object_schema(TRAINJOB_CRD)).validate(job)
+    group, version, _, kind = TRAINJOB_API
+    assert (job["apiVersion"], job["kind"]) == (f"{group}/{version}", kind)
+    name = job["metadata"]["name"]
+    assert RFC1035_LABEL.fullmatch(name)
+    assert len(name) <= 63
+    # The nodes' pod hostnames, "<name>-node-0-<index>" (jobset.go, IdentifyPodNetwork).
+    assert len(f"{name}-{NODE}-0-{spec.nodes - 1}") <= 63
+    for labels in (job["metadata"]["labels"], job["spec"]["podTemplateOverrides"][0]["metadata"]):
+        labels = labels.get("labels", labels)
+        assert all(is_label_key(k) and is_label_value(v) for k, v in labels.items())
+
+
+def test_the_crd_check_catches_misspelt_and_mistyped_fields() -> None:
+    validator = jsonschema.Draft7Validator(object_schema(TRAINJOB_CRD))
+    job = trainjob_object(NAMESPACE, RUN_ID, node_spec())
+    misspelt = copy.deepcopy(job)
+    misspelt["spec"]["trainer"]["numNode"] = misspelt["spec"]["trainer"].pop("numNodes")
+    mistyped = copy.deepcopy(job)
+    mistyped["spec"]["trainer"]["numNodes"] = "two"
+    no_runtime = copy.deepcopy(job)
+    del no_runtime["spec"]["runtimeRef"]
+    for broken in (misspelt, mistyped, no_runtime):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(broken)
+
+
+def test_the_shipped_runtime_matches_its_crd() -> None:
+    jsonschema.Draft7Validator(object_schema(RUNTIME_CRD)).validate(shipped(TORCH_DISTRIBUTED))
+
+
+@pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
+def test_trainjob_suits_the_torch_distributed_runtime(spec: NodeSpec) -> None:
+    runtime = shipped(TORCH_DISTRIBUTED)
+    job = trainjob_object(NAMESPACE, RUN_ID, spec)
+    trainer = job["spec"]["trainer"]
+
+    group, version, _, kind = RUNTIME_API
+    assert (runtime["apiVersion"], runtime["kind"]) == (f"{group}/{version}", kind)
+    assert job["spec"]["runtimeRef"] == {"apiGroup": group, "kind": kind, "name": RUNTIME}
+    assert runtime["metadata"]["name"] == RUNTIME
+    assert "torch" in runtime["spec"]["mlPolicy"]
+    # The plugin puts trainer.image/command/args/env in the `node` container of the Job whose
+    # ancestor label is "trainer" (jobset/builder.go, Trainer), and PET_* beside them.
+    jobs = {j["name"]: j for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]}
+    node_job = jobs[NODE]
+    assert node_job["template"]["metadata"]["labels"] == {
+        "trainer.kubeflow.org/trainjob-ancestor-step": "trainer"
+    }
+    containers = [c["name"] for c in node_job["template"]["spec"]["template"]["spec"]["containers"]]
+    assert containers == [NODE]
+    # What the webhook refuses (torch.go and jobset.go, Validate).
+    assert not {e["name"] for e in trainer["env"]} & RESERVED_ENV
+    assert isinstance(trainer["numProcPerNode"], int)
+    assert trainer["numProcPerNode"] >= 1
+    for override in job["spec"]["podTemplateOverrides"]:
+        assert all(target["name"] in jobs for target in override["targetJobs"])
+        for container in override["spec"]["containers"]:
+            assert container["name"] in containers
+            assert "env" not in container  # refused for the `node` container
+    # The command is torchrun running our entry point; GPUs per node are the processes' devices.
+    assert trainer["command"] == ["torchrun", "--module", MODULE]
+    assert trainer["numNodes"] == spec.nodes
+    limits = trainer["resourcesPerNode"]["limits"]
+    assert limits.get("nvidia.com/gpu") == (str(spec.gpus_per_node) if spec.gpus_per_node else None)
+    assert trainer["numProcPerNode"] == max(spec.gpus_per_node, 1)
+
+
+def test_the_nodes_get_credentials_shared_memory_and_placement() -> None:
+    s3 = trainjob_object(NAMESPACE, RUN_ID, node_spec())
+    env = {e["name"]: e for e in s3["spec"]["trainer"]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlpipeline-minio-artifact",
+        "key": "accesskey",
+    }
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretkey"
+    pod = s3["spec"]["podTemplateOverrides"][0]["spec"]
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod["tolerations"] == [GPU_TOLERATION]
+    # Arguments are a list: the live logs location and the configuration, never a shell line.
+    arguments = s3["spec"]["trainer"]["args"]
+    assert arguments[arguments.index("--location") + 1].endswith(f"/{RUN_ID}")
+
+    pvc = trainjob_object(NAMESPACE, RUN_ID, node_spec(s3_secret=None, logs_pvc="tb-logs"))
+    assert not {e["name"] for e in pvc["spec"]["trainer"]["env"]} & {"AWS_ACCESS_KEY_ID"}
+    pod = pvc["spec"]["podTemplateOverrides"][0]["spec"]
+    claim = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert claim["persistentVolumeClaim"] == {"claimName": "tb-logs"}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == claim["name"])
+    assert mount["mountPath"] == "/mnt/pvc/tb-logs"
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    [RUN_ID, "0a" * 30, "Odd_Run/Id with spaces", "9" * 36],
+    ids=["uuid", "long", "odd", "digits"],
+)
+def test_names_are_rfc1035_labels_and_distinct(run_id: str) -> None:
+    name = trainjob_name(run_id)
+    assert RFC1035_LABEL.fullmatch(name), name
+    assert len(name) <= 48
+    assert trainjob_name(run_id) == name  # a retry finds its own job
+    assert trainjob_name(run_id + "x") != name
+
+
+def _condition(kind: str, status: str = "True", reason: str = "R", message: str = "") -> dict:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+
+
+def _jobs(**counts: int) -> list[dict]:
+    base = {"active": 0, "failed": 0, "ready": 0, "succeeded": 0, "suspended": 0}
+    return [{"name": NODE, **base, **counts}]
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({}, JobState("")),
+        ({"jobsStatus": _jobs(active=2, ready=1)}, JobState("", nodes="node 2 active, 1 ready")),
+        (
+            {"conditions": [_condition(SUSPENDED, reason="Suspended")]},
+            JobState(SUSPENDED, "Suspended"),
+        ),
+        (
+            {
+                "conditions": [
+                    _condition(SUSPENDED, "False", "Resumed"),
+                    _condition(COMPLETE, reason="AllJobsCompleted", message="jobset completed"),
+                ],
+                "jobsStatus": _jobs(succeeded=2),
+            },
+            JobState(COMPLETE, "AllJobsCompleted", "jobset completed", "node 2 succeeded"),
+        ),
+        (
+            {
+                "conditions": [
+                    _condition(COMPLETE, "False"),
+                    _condition(FAILED, reason="FailedJobs", message="jobset failed"),
+                ],
+            },
+            JobState(FAILED, "FailedJobs", "jobset failed"),
+        ),
+    ],
+    ids=["new", "running", "suspended", "complete", "failed"],
+)
+def test_job_state_reads_the_status_the_controller_writes(status: dict, expected: JobState) -> None:
+    job = trainjob_object(NAMESPACE, RUN_ID, node_spec())
+    if status:
+        job["status"] = status
+        # Only statuses the CRD allows: the test speaks the controller's language.
+        jsonschema.Draft7Validator(object_schema(TRAINJOB_CRD)).validate(job)
+    assert job_state(job) == expected
+    assert job_state(job).finished == (expected.condition in (COMPLETE, FAILED))
