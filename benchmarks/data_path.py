@@ -126,11 +126,15 @@ def run_naive(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def test_tensors(work: Path, device: Any) -> tuple[Any, Any]:
+    import torch
+
     from kfp_lightning.components.download_mnist.download import load_dataset
     from kfp_lightning.components.train_mnist.data import normalise
 
-    tensors = load_dataset(work / "dataset")
-    return normalise(tensors["test_images"]).to(device), tensors["test_labels"].long().to(device)
+    arrays = load_dataset(work / "dataset")
+    images = torch.from_numpy(arrays["test_images"])
+    labels = torch.from_numpy(arrays["test_labels"])
+    return normalise(images).to(device), labels.long().to(device)
 
 
 def _accuracy(net: Any, test: tuple[Any, Any]) -> float:

@@ -1,7 +1,9 @@
 """Benchmark: time to the first curve point and whole-run time, this pipeline against the seed.
 
-    python benchmarks/whole_run.py --mirror file:///path/to/mirror/ [--epochs 1 --repeat 1]
+    python benchmarks/whole_run.py --mirror /path/to/mirror [--epochs 1 --repeat 1]
 
+The mirror folder (`python ../shared/tools/mnist_mirror.py DIR` writes DIR/mirror) is served
+over HTTP on 127.0.0.1, so both download MNIST as they would from a real mirror.
 Runs, back to back in this invocation and in alternating order when repeated:
   seed  `benchmarks/seed_mnist.py` (PyTorch's example ported to Lightning the usual way), with
         `tensorboard --logdir lightning_logs` started just before it, as its user would;
@@ -18,7 +20,10 @@ here is asserted: these are measurements.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import functools
+import http.server
 import json
 import re
 import socket
@@ -30,6 +35,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +119,7 @@ def measure(command: list[str], tag: str, url: str | None, cwd: Path) -> dict[st
     return {"first_point_seconds": first_point, "total_seconds": total, "lines": lines}
 
 
-def run_seed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_seed(mirror: str, epochs: int, work: Path) -> dict[str, Any]:
     port = _free_port()
     (work / "lightning_logs").mkdir(parents=True)
     viewer = subprocess.Popen(
@@ -128,7 +134,7 @@ def run_seed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         command = [
             sys.executable,
             str(REPO / "benchmarks" / "seed_mnist.py"),
-            *("--mirror", args.mirror, "--root", str(work), "--epochs", str(args.epochs)),
+            *("--mirror", mirror, "--root", str(work), "--epochs", str(epochs)),
         ]
         return measure(command, "train_loss", f"http://127.0.0.1:{port}/", work)
     finally:
@@ -136,12 +142,12 @@ def run_seed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         viewer.wait()
 
 
-def run_ours(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_ours(mirror: str, epochs: int, work: Path) -> dict[str, Any]:
     command = [
         sys.executable,
         str(REPO / "pipelines" / "mnist.py"),
         "--local",
-        *("--mirror", args.mirror, "--epochs", str(args.epochs), "--gpus", "0"),
+        *("--mirror", mirror, "--epochs", str(epochs), "--gpus", "0"),
         *("--output-dir", str(work / "out")),
     ]
     result = measure(command, "loss/train", None, work)
@@ -174,25 +180,50 @@ def breakdown(lines: list[tuple[float, str]]) -> dict[str, float]:
     return parts
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mirror", required=True, help="file:// or http:// mirror of MNIST")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs, order alternating")
-    args = parser.parse_args()
+def run_pairs(args: argparse.Namespace, mirror: str) -> dict[str, list[dict[str, Any]]]:
+    """Runs `args.repeat` pairs, alternating which goes first."""
     results: dict[str, list[dict[str, Any]]] = {"seed": [], "ours": []}
     for i in range(args.repeat):
         order = ("seed", "ours") if i % 2 == 0 else ("ours", "seed")
         for name in order:
             with tempfile.TemporaryDirectory(prefix=f"whole-run-{name}-") as tmp:
                 run = run_seed if name == "seed" else run_ours
-                result = run(args, Path(tmp))
+                result = run(mirror, args.epochs, Path(tmp))
                 results[name].append(result)
                 print(
                     f"{name}: first point {result['first_point_seconds']:.1f} s, "
                     f"whole run {result['total_seconds']:.1f} s",
                     flush=True,
                 )
+    return results
+
+
+@contextlib.contextmanager
+def served(directory: Path) -> Iterator[str]:
+    """Serves `directory` over HTTP on 127.0.0.1 for the block; yields the base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mirror", required=True, type=Path, help="folder of the *-ubyte.gz")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs, order alternating")
+    args = parser.parse_args()
+    with served(args.mirror) as mirror:
+        results = run_pairs(args, mirror)
 
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])

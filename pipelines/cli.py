@@ -28,37 +28,20 @@ from kfp_lightning.components.train_on_nodes.nodes import (
     check_nodes,
     check_shared_location,
 )
-from kfp_lightning.pipelines import preflight
+from kfp_lightning.pipelines import compare, preflight
 from kfp_lightning.pipelines.mnist import (
     DEFAULT_TRAINING_TIMEOUT_SECONDS,
     build_pipeline,
-    mnist_pipeline,
 )
 from kfp_lightning.pipelines.parameters import (
     check_cluster_run,
     preset_parameters,
+    run_form_parameters,
     validate_parameters,
 )
 
 DEFAULT_YAML = "mnist_pipeline.yaml"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
-# KFP's names for parameter types -> the Python type a command-line value is parsed into.
-PARAMETER_TYPES: dict[str, type] = {
-    "Integer": int,
-    "Float": float,
-    "String": str,
-    "Dict": dict,
-    "List": list,
-}
-
-
-def _parameter_docs() -> dict[str, str]:
-    import docstring_parser
-
-    doc = docstring_parser.parse(mnist_pipeline.pipeline_func.__doc__ or "")
-    return {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
-
-
 _ACCEPTED = {int: "an integer", float: "a number", dict: "a JSON object", list: "a JSON list"}
 
 
@@ -101,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser: a mode, its options, and one option per pipeline parameter."""
     parser = OneLineParser(
         prog="python pipelines/mnist.py",
-        description="Compile the MNIST Lightning pipeline for Kubeflow, run it locally, or check "
-        "that a cluster can run it.",
+        description="Compile the MNIST Lightning pipeline for Kubeflow, run it locally, check "
+        "that a cluster can run it, or compare its runs in one TensorBoard.",
     )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--compile", action="store_true", help="write the KFP v2 pipeline YAML")
@@ -112,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check that the current kubeconfig context's cluster can run the pipeline with "
         "these parameters (see pipelines/preflight.py)",
+    )
+    mode.add_argument(
+        "--compare-runs",
+        action="store_true",
+        help="open one Kubeflow TensorBoard over every run's logs under tensorboard_logs_root "
+        "in the namespace, to compare runs (see pipelines/compare.py)",
     )
     parser.add_argument(
         "--preset",
@@ -162,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the local TensorBoard server running when the pipeline ends",
     )
-    check_options = parser.add_argument_group("--check-cluster options")
+    check_options = parser.add_argument_group("--check-cluster and --compare-runs options")
     check_options.add_argument(
         "--namespace",
         default=None,
@@ -179,18 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the Kubeflow Pipelines backend "
         f"(default: {preflight.DEFAULT_KFP_NAMESPACE})",
     )
-    docs = _parameter_docs()
     group = parser.add_argument_group("pipeline parameters (default: the preset's, or these)")
-    for name, spec in mnist_pipeline.component_spec.inputs.items():
-        kind = PARAMETER_TYPES[spec.type]
-        option = f"--{name.replace('_', '-')}"
+    # From the declarations the run form is made of: the same names, types and descriptions.
+    for parameter in run_form_parameters():
+        name, kind = parameter.name, parameter.form_type
         group.add_argument(
-            option,
+            f"--{name.replace('_', '-')}",
             dest=name,
             type=_typed(name, kind) if kind is not str else str,
             default=None,
             metavar=kind.__name__.upper(),
-            help=f"{docs.get(name, '')} (default: {json.dumps(spec.default)})",
+            help=f"{parameter.description} (default: {json.dumps(parameter.default)})",
         )
     return parser
 
@@ -198,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 def chosen_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The preset's values overlaid with the options given explicitly."""
     parameters = preset_parameters(args.preset) if args.preset else {}
-    for name in mnist_pipeline.component_spec.inputs:
-        if getattr(args, name) is not None:
-            parameters[name] = getattr(args, name)
+    for parameter in run_form_parameters():
+        if getattr(args, parameter.name) is not None:
+            parameters[parameter.name] = getattr(args, parameter.name)
     return parameters
 
 
@@ -258,11 +246,11 @@ def compile_pipeline(
     pipeline = build_pipeline(
         logs_pvc=logs_pvc, training_timeout_seconds=training_timeout_seconds, nodes=nodes
     )
-    values = validate_parameters(pipeline, parameters)
+    values = validate_parameters(parameters)
     check_cluster_run(values, logs_pvc)
     if nodes > 1:
         root = parse_logs_root(values["tensorboard_logs_root"], "namespace")
-        check_shared_location(root, logs_pvc, TRAINJOB)
+        check_shared_location(root, logs_pvc, TRAINJOB, values["tensorboard_logs_root"])
     with atomic_file(path) as staging:  # KFP wants a .yaml suffix: the staging file keeps it
         compiler.Compiler().compile(pipeline, str(staging), pipeline_parameters=parameters or None)
     return path
@@ -299,10 +287,14 @@ def run(args: argparse.Namespace) -> int:
     """Does what the parsed command line asks; see `main`."""
     parameters = run_or_exit(chosen_parameters, args)
     nodes = run_or_exit(check_nodes, args.nodes)
+    if args.compare_runs:
+        values = run_or_exit(validate_parameters, parameters)
+        run_or_exit(compare.open_runs_tensorboard, values, args.namespace)
+        return 0
     if args.check_cluster:
         if args.logs_pvc is not None:
             parameters.setdefault("tensorboard_logs_root", f"pvc://{args.logs_pvc}/tensorboard")
-        values = run_or_exit(validate_parameters, mnist_pipeline, parameters)
+        values = run_or_exit(validate_parameters, parameters)
         return run_or_exit(
             preflight.check_cluster,
             values,

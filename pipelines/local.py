@@ -105,7 +105,7 @@ def run_local(
     output_dir = Path(output_dir).absolute()
     parameters = {"tensorboard_logs_root": str(output_dir / "tensorboard"), **parameters}
     pipeline = build_pipeline(retries=False, nodes=nodes, node_launcher=LOCAL)
-    values = validate_parameters(pipeline, parameters)
+    values = validate_parameters(parameters)
     check_local_run(values)
     root = parse_logs_root(values["tensorboard_logs_root"], namespace="local")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def run_local(
         "test_loss": metrics["test_loss"],
         "epochs": int(metrics["epochs"]),
         "train_samples_per_second": metrics["train_samples_per_second"],
-        # How many nodes and processes trained (the multi-node step logs both).
+        # How many nodes and processes trained (training logs both).
         "nodes": int(metrics.get("nodes", 1)),
         "processes": int(metrics.get("processes", 1)),
         "metrics": metrics,

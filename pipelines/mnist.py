@@ -9,6 +9,7 @@ which component runs where, on what resources, with which Kubernetes settings.
 """
 
 import dataclasses
+import functools
 import sys
 from typing import Any, NamedTuple
 
@@ -284,7 +285,18 @@ def build_pipeline(
     return mnist_pipeline
 
 
-mnist_pipeline = build_pipeline()
+@functools.cache
+def default_pipeline() -> base_component.BaseComponent:
+    """The pipeline with the default compile options, built once (KFP takes most of a second)."""
+    return build_pipeline()
+
+
+def __getattr__(name: str) -> Any:
+    # `mnist_pipeline` is built when first used, not on import: the CLI derives its options
+    # from the declarations, and `--local` or `--compile` build the pipeline they need.
+    if name == "mnist_pipeline":
+        return default_pipeline()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kfp.dsl import base_component
-
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.files import atomic_write_text
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.common.run_form import (
     PIPELINE,
+    RunParameter,
     declared_parameters,
     from_run_form,
     parameters_of,
@@ -32,9 +31,14 @@ from kfp_lightning.components.train_mnist.config import (
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS
 
 
-def pipeline_defaults(pipeline: base_component.BaseComponent) -> dict[str, Any]:
-    """Every parameter of `pipeline` with its default value."""
-    return {name: spec.default for name, spec in pipeline.component_spec.inputs.items()}
+def run_form_parameters() -> list[RunParameter]:
+    """The pipeline's run parameters (its run form), in order."""
+    return parameters_of(RUN_PARAMETERS, scopes=[PIPELINE])
+
+
+def pipeline_defaults() -> dict[str, Any]:
+    """Every run parameter with its default value."""
+    return {parameter.name: parameter.default for parameter in run_form_parameters()}
 
 
 def preset_parameters(preset: str) -> dict[str, Any]:
@@ -53,13 +57,10 @@ def preset_parameters(preset: str) -> dict[str, Any]:
     }
 
 
-def validate_parameters(
-    pipeline: base_component.BaseComponent, parameters: Mapping[str, Any]
-) -> dict[str, Any]:
+def validate_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """Checks every parameter as the components will when they start.
 
     Args:
-        pipeline: The pipeline the parameters are for.
         parameters: Values chosen by the user; the others take their defaults.
 
     Returns:
@@ -68,7 +69,7 @@ def validate_parameters(
     Raises:
         UserInputError: Naming the first parameter with an unacceptable value.
     """
-    defaults = pipeline_defaults(pipeline)
+    defaults = pipeline_defaults()
     for name in parameters:
         if name not in defaults:
             raise invalid("parameter", name, f"one of {', '.join(sorted(defaults))}")
@@ -153,7 +154,7 @@ def _markdown_value(value: Any) -> str:
 def parameters_table() -> str:
     """The README's table of run parameters, from their declarations."""
     rows = ["| parameter | type | default | description |", "| --- | --- | --- | --- |"]
-    for parameter in parameters_of(RUN_PARAMETERS, scopes=[PIPELINE]):
+    for parameter in run_form_parameters():
         description = parameter.description.replace("|", "\\|")
         rows.append(
             f"| `{parameter.name}` | {parameter.form_type.__name__} "

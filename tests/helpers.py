@@ -22,9 +22,9 @@ FOUR_SCALARS = {"loss/train", "loss/val", "accuracy/val", "learning_rate"}
 _PREDICT = """
 import json, sys
 sys.modules["kfp_lightning"] = None
-import torch
+import numpy, torch
 program = torch.export.load(sys.argv[1]).module()
-data = torch.load(sys.argv[2], weights_only=True)
+data = {k: torch.from_numpy(v) for k, v in numpy.load(sys.argv[2]).items()}
 images = data["test_images"].float().div(255).unsqueeze(1)
 log_probs = program(images)
 labels, predicted = data["test_labels"].long(), log_probs.argmax(1)
@@ -44,7 +44,7 @@ def predict_in_fresh_process(model_dir: Path, dataset_dir: Path) -> dict:
             "-c",
             _PREDICT,
             str(model_dir / "model.pt2"),
-            str(dataset_dir / "mnist.pt"),
+            str(dataset_dir / "mnist.npz"),
         ],
         capture_output=True,
         text=True,

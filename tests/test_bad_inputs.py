@@ -114,7 +114,7 @@ def test_the_cli_enforces_what_the_component_enforces(values, message):
         assert component_messages, f"no component rejects {values}"
         assert component_messages[0].startswith(message)
     # CLI side: the same message, before anything runs.
-    assert _error(lambda: validate_parameters(mnist_pipeline, values)).startswith(message)
+    assert _error(lambda: validate_parameters(values)).startswith(message)
 
 
 # End to end through the CLI: (arguments, the start of the one line on stderr).

@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_image_file
 
 from kfp_lightning.components.common.errors import DownloadError, UserInputError
 from kfp_lightning.components.download_mnist.component import download_mnist as component
@@ -19,6 +21,7 @@ from kfp_lightning.components.download_mnist.download import (
     DownloadOptions,
     download_dataset,
     load_dataset,
+    read_idx,
 )
 from kfp_lightning.components.download_mnist.sources import (
     DEFAULT_MIRRORS,
@@ -31,19 +34,23 @@ from tests.synthetic_mnist import copy_mirror
 FAST = DownloadOptions(timeout_seconds=5, retries=0, backoff_seconds=0)
 
 
-def test_downloads_verifies_and_stores_tensors(mnist_mirror, http_mirror, tmp_path):
+def test_downloads_verifies_and_stores_arrays(mnist_mirror, http_mirror, tmp_path):
     directory, md5 = mnist_mirror
     metadata = download_dataset(tmp_path / "dataset", DownloadConfig(http_mirror, md5), FAST)
 
-    tensors = load_dataset(tmp_path / "dataset")
-    assert tensors["train_images"].dtype == torch.uint8
-    assert tuple(tensors["train_images"].shape) == (1200, 28, 28)
-    assert tuple(tensors["test_labels"].shape) == (300,)
-    # The stored tensors are the served bytes: compare with the raw IDX payload.
+    arrays = load_dataset(tmp_path / "dataset")
+    assert arrays["train_images"].dtype == np.uint8
+    assert arrays["train_images"].shape == (1200, 28, 28)
+    assert arrays["test_labels"].shape == (300,)
+    # The stored arrays are the served bytes: compare with the raw IDX payload.
     raw = gzip.decompress((directory / "t10k-images-idx3-ubyte.gz").read_bytes())
-    assert tensors["test_images"].numpy().tobytes() == raw[16:]
+    assert arrays["test_images"].tobytes() == raw[16:]
     labels = gzip.decompress((directory / "train-labels-idx1-ubyte.gz").read_bytes())
-    assert tensors["train_labels"].numpy().tobytes() == labels[8:]
+    assert arrays["train_labels"].tobytes() == labels[8:]
+    # And the same arrays torchvision's reader makes of those files.
+    raw_file = tmp_path / "t10k-images-idx3-ubyte"
+    raw_file.write_bytes(raw)
+    assert np.array_equal(read_image_file(str(raw_file)).numpy(), arrays["test_images"])
 
     written = json.loads((tmp_path / "dataset" / METADATA_FILE).read_text())
     assert written == metadata
@@ -142,3 +149,17 @@ def test_component_entry_point_fails_in_one_line(tmp_path: Path):
         "http(s)://host/path/ or file:///path/"
     ]
     assert not outputs["dataset"].exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x00\x00\x08\x01" + (2).to_bytes(4, "big") + b"\x01", "holds 1 bytes, not (2,)"),
+        (b"\x00\x00\x0d\x01" + (1).to_bytes(4, "big") + b"\x01", "not an IDX file"),
+        (b"\x00\x00", "not an IDX file"),
+    ],
+)
+def test_a_malformed_idx_file_is_refused(data, message):
+    # What a custom expected_md5 could let through: checksums prove identity, not format.
+    with pytest.raises(DownloadError, match=re.escape(message)):
+        read_idx(data, 1, "labels")

@@ -90,5 +90,5 @@ def test_every_writer_honours_the_umask(umask, mnist_mirror, tmp_path, monkeypat
     assert "live/run-1/a-run/hparams.yaml" in written
     assert "evaluation/evaluation.json" in written
     assert any("tfevents" in p for p in written if p.startswith("restored/"))
-    assert {"model/model.pt2", "dataset/mnist.pt", "report.html", "yaml/pipeline.yaml"} <= written
+    assert {"model/model.pt2", "dataset/mnist.npz", "report.html", "yaml/pipeline.yaml"} <= written
     assert wrong_modes(out, umask) == {}

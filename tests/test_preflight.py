@@ -218,7 +218,7 @@ def test_no_api_server_answering_is_one_line(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--namespace", "Team_A"], "error: invalid namespace='Team_A': expected a Kubernetes"),
-        (["--gpus", "3"], "error: invalid gpus="),
+        (["--gpus", "17"], "error: invalid gpus="),
         (["--service-account", "Bad Name"], "error: invalid service_account='Bad Name'"),
         (["--tolerations", "{}"], "error: invalid tolerations='{}': expected a JSON list"),
     ],

@@ -10,6 +10,7 @@ import torch
 
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.download_mnist.download import load_dataset
 from kfp_lightning.components.train_mnist.config import TrainConfig
 from kfp_lightning.components.train_mnist.data import DeviceBatches, shift_images
 from kfp_lightning.components.train_mnist.train import (
@@ -215,7 +216,7 @@ def test_test_set_validation_is_the_test_pass(dataset, tmp_path):
     assert document["confusion_matrix"] == prediction["confusion_matrix"]
     assert document["run"]["name"] == "Run-of-mnist-7f3a"
     assert document["run"]["parameters"]["epochs"] == 2
-    images = torch.load(dataset / "mnist.pt", weights_only=True)
+    images = load_dataset(dataset)
     for entry in document["mistakes"] + document["examples"]:
         assert entry["pixels"] == images["test_images"][entry["index"]].tolist()
         assert entry["label"] == int(images["test_labels"][entry["index"]])

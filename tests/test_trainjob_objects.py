@@ -14,6 +14,7 @@ import re
 
 import jsonschema
 import pytest
+import yaml
 
 from kfp_lightning.components.common.kubernetes_syntax import is_label_key, is_label_value
 from kfp_lightning.components.train_mnist.config import TrainConfig
@@ -23,6 +24,7 @@ from kfp_lightning.components.train_on_nodes.trainjob import (
     COMPLETE,
     FAILED,
     NODE,
+    RBAC_MANIFEST,
     RESERVED_ENV,
     RUNTIME,
     RUNTIME_API,
@@ -34,6 +36,8 @@ from kfp_lightning.components.train_on_nodes.trainjob import (
     trainjob_name,
     trainjob_object,
 )
+from kfp_lightning.pipelines.preflight import TRAINJOB_VERBS
+from tests.conftest import REPO
 from tests.trainer_crds import (
     RUNTIME_CRD,
     TORCH_DISTRIBUTED,
@@ -246,3 +250,20 @@ def test_job_state_reads_the_status_the_controller_writes(status: dict, expected
         jsonschema.Draft7Validator(object_schema(TRAINJOB_CRD)).validate(job)
     assert job_state(job) == expected
     assert job_state(job).finished == (expected.condition in (COMPLETE, FAILED))
+
+
+def test_the_shipped_role_grants_exactly_what_the_step_uses() -> None:
+    role, binding = yaml.safe_load_all((REPO / RBAC_MANIFEST).read_text())
+    group, _, plural, _ = TRAINJOB_API
+    # create: a new job; get: following it; delete: cancellation, the timeout and replacing a
+    # failed job (each exercised as this account in tests/test_trainjob_apiserver.py).
+    assert role["rules"] == [
+        {"apiGroups": [group], "resources": [plural], "verbs": ["create", "get", "delete"]}
+    ]
+    assert tuple(role["rules"][0]["verbs"]) == TRAINJOB_VERBS
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default-editor"}]

@@ -14,8 +14,8 @@ def download_mnist(dataset: Output[Dataset], **parameters):
     """Downloads MNIST, verifies every file and stores it as uint8 tensors with metadata.
 
     Args:
-        dataset: Output. mnist.pt (train/test images as uint8 N x 28 x 28, labels as uint8)
-            and metadata.json (counts, checksums, source URLs).
+        dataset: Output. mnist.npz (numpy arrays: train/test images as uint8 N x 28 x 28,
+            labels as uint8 N) and metadata.json (counts, checksums, source URLs).
     """
     from kfp_lightning.components.common.errors import run_or_exit
     from kfp_lightning.components.download_mnist.download import download_from_run_form

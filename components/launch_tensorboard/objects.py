@@ -142,14 +142,16 @@ def tensorboard_object(
     run_id: str,
     location: LogsLocation,
     poddefault: str | None = None,
+    name: str | None = None,
 ) -> dict[str, object]:
-    """The Kubeflow `Tensorboard` of one run.
+    """The Kubeflow `Tensorboard` of one run (or, with `name`, of every run under a root).
 
     Args:
         namespace: The run's namespace.
         run_id: The pipeline run's id.
         location: The run's live logs (s3:// or pvc://), which becomes `spec.logspath`.
         poddefault: Name of the `PodDefault` the pod must match (s3:// only).
+        name: The object's name, when it is not the run's (`tensorboard_name(run_id)`).
 
     Returns:
         The object, ready to create.
@@ -163,7 +165,7 @@ def tensorboard_object(
         "apiVersion": f"{group}/{version}",
         "kind": kind,
         "metadata": {
-            "name": tensorboard_name(run_id),
+            "name": name or tensorboard_name(run_id),
             "namespace": namespace,
             "labels": labels,
             "annotations": {RUN_ID_ANNOTATION: run_id},

@@ -187,7 +187,7 @@ class MNISTDataModule(L.LightningDataModule):
         if self.splits:
             return
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        tensors = load_dataset(self.dataset_dir)
+        tensors = {k: torch.from_numpy(v) for k, v in load_dataset(self.dataset_dir).items()}
         train_images, train_labels = tensors["train_images"], tensors["train_labels"].long()
         n = train_images.shape[0]
         if self.validation_size >= n:

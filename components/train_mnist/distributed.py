@@ -146,7 +146,7 @@ def train_on_this_node(args: argparse.Namespace) -> dict[str, Any] | None:
         if result is None:  # not global rank 0: it has written nothing
             return None
         published = {
-            "metrics": {**result.metrics, "nodes": args.nodes, "processes": processes},
+            "metrics": result.metrics,
             "model_metadata": result.model_metadata,
             "labels": result.labels,
             "confusion_matrix": result.confusion_matrix,

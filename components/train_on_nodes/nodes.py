@@ -79,30 +79,34 @@ def check_nodes(value: object) -> int:
     return value
 
 
-def check_shared_location(location: LogsLocation, logs_pvc: str | None, launcher: str) -> None:
+def check_shared_location(
+    location: LogsLocation, logs_pvc: str | None, launcher: str, value: str | None = None
+) -> None:
     """Every node must reach the run's location: s3://, or a claim mounted on every node.
 
     Args:
-        location: The run's location.
+        location: The run's location (or the logs root it is in).
         logs_pvc: The claim the pipeline was compiled to mount (--logs-pvc), if any.
         launcher: TRAINJOB or LOCAL (local nodes share this machine's directories).
+        value: The `tensorboard_logs_root` as the user gave it, for messages.
 
     Raises:
         UserInputError: A directory on a cluster, or a claim that is not the mounted one.
     """
     if launcher == LOCAL:
         return
+    shown = location.uri if value is None else value
     if location.scheme == "file":
         raise invalid(
             "tensorboard_logs_root",
-            location.uri,
+            shown,
             "s3://bucket/prefix or pvc://claim/path with several nodes: every node reads the "
             "dataset and rank 0 writes the outputs there",
         )
     if location.scheme == "pvc" and location.claim != logs_pvc:
         raise invalid(
             "tensorboard_logs_root",
-            location.uri,
+            shown,
             f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
             if logs_pvc
             else f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim",
@@ -279,31 +283,31 @@ def run_on_cluster(
     """
     name = wanted["metadata"]["name"]
     where = f"TrainJob {jobs.namespace}/{name}"
-    existing = jobs.get(name)
-    if existing is not None and job_state(existing).condition == FAILED:
-        print(
-            f"{where}: an earlier attempt's job failed ({job_state(existing).describe()}): "
-            "deleting it to start again",
-            flush=True,
-        )
-        jobs.delete(name, foreground=True)
-        if not jobs.wait_gone(name, deadline):
-            raise RunError(f"{where}: the failed job was not gone before the training timeout")
-        existing = None
-    if existing is None:
-        layout.clear(storage, layout.OUTPUTS)
-        if jobs.create(wanted) is not None:
-            trainer = wanted["spec"]["trainer"]
+    try:
+        existing = jobs.get(name)
+        if existing is not None and job_state(existing).condition == FAILED:
             print(
-                f"{where}: created ({trainer['numNodes']} nodes x {trainer['numProcPerNode']} "
-                f"process(es), runtime {RUNTIME}, image {trainer['image']})",
+                f"{where}: an earlier attempt's job failed ({job_state(existing).describe()}): "
+                "deleting it to start again",
                 flush=True,
             )
+            jobs.delete(name, foreground=True)
+            if not jobs.wait_gone(name, deadline):
+                raise _DeadlineExceeded
+            existing = None
+        if existing is None:
+            layout.clear(storage, layout.OUTPUTS)
+            if jobs.create(wanted) is not None:
+                trainer = wanted["spec"]["trainer"]
+                print(
+                    f"{where}: created ({trainer['numNodes']} nodes x {trainer['numProcPerNode']} "
+                    f"process(es), runtime {RUNTIME}, image {trainer['image']})",
+                    flush=True,
+                )
+            else:
+                print(f"{where}: created meanwhile by another attempt: following it", flush=True)
         else:
-            print(f"{where}: created meanwhile by another attempt: following it", flush=True)
-    else:
-        print(f"{where}: following the job of an earlier attempt of this step", flush=True)
-    try:
+            print(f"{where}: following the job of an earlier attempt of this step", flush=True)
         last, polls = "", 0
         while True:
             current = jobs.get(name)
@@ -452,7 +456,9 @@ def train_on_nodes(
         location = logs.run_location(run_id, namespace)
     else:
         namespace, location = "", logs.run_location(run_id)
-    check_shared_location(location, settings.logs_pvc or None, settings.launcher)
+    check_shared_location(
+        location, settings.logs_pvc or None, settings.launcher, logs.tensorboard_logs_root
+    )
     endpoint = logs.endpoint()
     storage = open_storage(location, endpoint)
     upload_dataset(storage, Path(dataset_dir))

@@ -67,8 +67,8 @@ CPU_REQUEST, MEMORY_REQUEST, MEMORY_LIMIT = "2", "4Gi", "16Gi"
 GPU_RESOURCE = "nvidia.com/gpu"
 # NCCL exchanges buffers between a node's processes through /dev/shm, which a container
 # otherwise gets at 64 MiB; a memory-backed volume lifts that (it counts towards the memory
-# limit only as far as it is filled).
-SHM_VOLUME, SHM_SIZE = "dshm", "2Gi"
+# limit only as far as it is filled). The same size as the single-node training pod's.
+SHM_VOLUME, SHM_SIZE = "dshm", "4Gi"
 LOGS_VOLUME = "logs"
 
 COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
@@ -306,7 +306,12 @@ def explain_refusal(err: ApiException, namespace: str, verb: str) -> RunError:
         The error to raise.
     """
     group, version, plural, kind = TRAINJOB_API
-    answer = f"HTTP {err.status}: {_status_message(err)}"
+    message = _status_message(err)
+    answer = f"HTTP {err.status}: {message}"
+    if "admission webhook" in message:
+        # The Trainer's validating webhook (controller-runtime v0.22.3, pkg/webhook/admission/
+        # validator_custom.go and response.go: `Denied`) answers 403 too; it is not RBAC.
+        return RunError(f"Kubeflow Trainer refused the {kind} in {namespace} ({answer})")
     if err.status == 404:
         return RunError(
             f"the cluster serves no {plural}.{group}/{version} in namespace {namespace} "

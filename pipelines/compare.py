@@ -1,0 +1,131 @@
+"""One TensorBoard over every run's logs, to compare runs side by side.
+
+Every run writes its logs under the same root, one folder per run (named by the run id, and
+inside it a folder named after the run's display name, which is TensorBoard's name for it).
+`--compare-runs` creates (or updates) one Kubeflow `Tensorboard` in the namespace whose
+`logspath` is that root, so every run of the namespace shows in one TensorBoard: their curves
+overlaid, and their parameters and final metrics side by side in the HParams dashboard. It
+uses the caller's kubeconfig (a profile user may create Tensorboards in their namespace), and
+the same objects as the per-run launcher, so the gateway serves it at
+`/tensorboard/<namespace>/kfp-lightning-runs/`. Local runs need none of this: every `--local`
+run into the same `--output-dir` appears in the TensorBoard it starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kfp_lightning.components.common.errors import RunError, invalid
+from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
+from kfp_lightning.components.common.logs_location import (
+    LiveLogsConfig,
+    current_namespace,
+    parse_logs_root,
+)
+from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.launch_tensorboard.kube_api import (
+    ClusterUnreachableError,
+    Patience,
+    connect,
+    ensure_object,
+    wait_until_ready,
+)
+from kfp_lightning.components.launch_tensorboard.launcher import (
+    LauncherConfig,
+    describe_refusal,
+)
+from kfp_lightning.components.launch_tensorboard.objects import (
+    PODDEFAULT_API,
+    TENSORBOARD_API,
+    poddefault_object,
+    tensorboard_object,
+)
+
+ALL_RUNS_NAME = "kfp-lightning-runs"
+ALL_RUNS_ID = "all-runs"  # its run-id label: it belongs to no single run
+
+
+def open_runs_tensorboard(
+    values: Mapping[str, Any],
+    namespace: str | None = None,
+    wait_seconds: int = 60,
+    out: TextIO | None = None,
+    patience: Patience = Patience(),
+) -> str:
+    """Creates or updates the namespace's all-runs `Tensorboard` and prints its link.
+
+    Args:
+        values: Every pipeline parameter, validated (the logs root, endpoint, secret and
+            `kubeflow_base_url` are used).
+        namespace: The runs' namespace; default: the pod's, else the kubeconfig context's.
+        wait_seconds: How long to wait for it to be ready (it keeps starting after that).
+        out: Where to print (default: stdout).
+        patience: Retries and polling.
+
+    Returns:
+        The link to it.
+
+    Raises:
+        UserInputError: A local logs root (no cluster TensorBoard can read it), or a bad name.
+        RunError: No Kubernetes API answers, or it refused the objects (the line says why).
+    """
+    out = out or sys.stdout
+    logs = from_run_form(LiveLogsConfig, values)
+    launcher = from_run_form(LauncherConfig, values)
+    if namespace is not None:
+        check_secret_name(namespace, "namespace")
+    if parse_logs_root(logs.tensorboard_logs_root, "namespace").scheme == "file":
+        raise invalid(
+            "tensorboard_logs_root",
+            logs.tensorboard_logs_root,
+            "s3:// or pvc:// (a --local run's TensorBoard already shows every run under "
+            "its --output-dir)",
+        )
+    try:
+        api_client, config_namespace = connect(patience)
+    except ClusterUnreachableError as err:
+        raise RunError(f"no Kubernetes API configured: {' '.join(str(err).split())}") from None
+    namespace = namespace or current_namespace() or config_namespace or "default"
+    root = parse_logs_root(logs.tensorboard_logs_root, namespace)
+    resource = PODDEFAULT_API
+    with api_client:
+        api = client.CustomObjectsApi(api_client)
+        try:
+            poddefault = None
+            if root.scheme == "s3":
+                endpoint = logs.endpoint() or logs.s3_endpoint
+                wanted = poddefault_object(namespace, endpoint, logs.s3_credentials_secret)
+                ensure_object(api, PODDEFAULT_API, wanted, patience)
+                poddefault = wanted["metadata"]["name"]
+            resource = TENSORBOARD_API
+            wanted = tensorboard_object(
+                namespace, ALL_RUNS_ID, root, poddefault, name=ALL_RUNS_NAME
+            )
+            outcome = ensure_object(api, TENSORBOARD_API, wanted, patience)
+            ready = wait_until_ready(api, namespace, ALL_RUNS_NAME, wait_seconds, patience)
+        except ApiException as err:
+            group, _, plural, _ = resource
+            if err.status in (401, 403):
+                raise RunError(
+                    f"your kubeconfig's user may not create or update {plural}.{group} in "
+                    f"namespace {namespace} (HTTP {err.status}); a profile's owners and "
+                    "contributors may (Kubeflow's kubeflow-edit role)"
+                ) from None
+            raise RunError(" ".join(describe_refusal(err, resource, namespace).split())) from None
+        except ClusterUnreachableError as err:
+            raise RunError(f"no Kubernetes API answered: {err}") from None
+    link = f"{launcher.link_prefix}/tensorboard/{namespace}/{ALL_RUNS_NAME}/"
+    if not launcher.link_prefix:
+        link += " (under your Kubeflow URL; --kubeflow-base-url makes it absolute)"
+    state = "ready" if ready else f"starting (not ready after {wait_seconds} s)"
+    print(
+        f"TensorBoard over every run in {root.uri} ({outcome}, {state}): {link}",
+        file=out,
+        flush=True,
+    )
+    return link
