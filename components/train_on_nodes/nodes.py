@@ -305,7 +305,8 @@ def run_on_cluster(
                     flush=True,
                 )
             else:
-                print(f"{where}: created meanwhile by another attempt: following it", flush=True)
+                # A retried request whose first try did create it, or a concurrent attempt.
+                print(f"{where}: exists already: following it", flush=True)
         else:
             print(f"{where}: following the job of an earlier attempt of this step", flush=True)
         last, polls = "", 0

@@ -70,6 +70,13 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # limit only as far as it is filled). The same size as the single-node training pod's.
 SHM_VOLUME, SHM_SIZE = "dshm", "4Gi"
 LOGS_VOLUME = "logs"
+# Kubeflow's profile controller labels every profile namespace istio-injection=enabled
+# (kubeflow/kubeflow, components/profile-controller/controllers/profile_controller.go). An
+# injected proxy outlives the training container, so a node's pod, and with it the job, would
+# never complete, and it would stand between the nodes' rendezvous; KFP keeps its own pods out
+# of the mesh the same way (kubeflow/pipelines 2.5.0, backend/src/apiserver/template/
+# argo_template.go).
+NO_ISTIO_SIDECAR = {"sidecar.istio.io/inject": "false"}
 
 COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
 
@@ -211,8 +218,11 @@ def trainjob_object(namespace: str, run_id: str, spec: NodeSpec) -> dict[str, An
             "podTemplateOverrides": [
                 {
                     "targetJobs": [{"name": NODE}],
-                    # The run id on every node's pod: `kubectl logs -l` finds them.
-                    "metadata": {"labels": {RUN_ID_LABEL: run_id_label(run_id)}},
+                    "metadata": {
+                        # The run id on every node's pod: `kubectl logs -l` finds them.
+                        "labels": {RUN_ID_LABEL: run_id_label(run_id)},
+                        "annotations": dict(NO_ISTIO_SIDECAR),
+                    },
                     "spec": pod_spec,
                 }
             ],
