@@ -233,11 +233,12 @@ def run_plain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def prepare(mirror: str, work: Path) -> None:
+def prepare(mirror: str, work: Path, expected_md5: dict[str, str] | None = None) -> None:
     """The Dataset artifact (our path) and torchvision's raw layout (the naive path)."""
-    from kfp_lightning.components.download_mnist.download import download_mnist
+    from kfp_lightning.components.download_mnist.download import download_dataset
+    from kfp_lightning.components.download_mnist.sources import DownloadConfig
 
-    download_mnist(work / "dataset", mirror)
+    download_dataset(work / "dataset", DownloadConfig(mirror, expected_md5))
     raw = work / "torchvision" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     base = urllib.parse.urlparse(mirror if mirror.endswith("/") else mirror + "/")
@@ -258,6 +259,12 @@ def prepare(mirror: str, work: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mirror", required=True, help="file:// URL of an MNIST mirror")
+    parser.add_argument(
+        "--expected-md5",
+        type=json.loads,
+        default=None,
+        help="MD5 of each uncompressed file as JSON (default: the published MNIST's)",
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1.0)
@@ -295,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
-        prepare(args.mirror, work)
+        prepare(args.mirror, work, args.expected_md5)
         for row in rows:
             process = subprocess.run(
                 [sys.executable, __file__, *forwarded, "--row", row, "--work", str(work)],

@@ -12,8 +12,9 @@
 #      torch.compile only where a C compiler is installed, else it says so);
 #   3. the fast preset through the pipeline (`--local --preset fast`): time and test accuracy;
 #   4. the classic recipe, 14 epochs, through the pipeline: time and test accuracy.
-# DEVICE=cpu runs the same steps on the CPU and CLASSIC_EPOCHS shortens step 4, to try the
-# script where no GPU is (numbers then mean nothing).
+# DEVICE=cpu runs the same steps on the CPU, CLASSIC_EPOCHS shortens step 4 and EXPECTED_MD5
+# (JSON) accepts another MNIST-format mirror, to try the script where no GPU is on a small
+# data set (the numbers then mean nothing).
 set -euo pipefail
 
 mirror=${1:?usage: benchmarks/gpu.sh file:///path/to/mnist/mirror/ [OUT_DIR]}
@@ -36,7 +37,11 @@ fi
 started=$SECONDS
 
 section() { printf '\n=== %s (%d s so far)\n' "$1" "$((SECONDS - started))"; }
-data_path() { "$python" benchmarks/data_path.py --mirror "$mirror" --device "$device" "$@"; }
+md5=()
+if [[ -n ${EXPECTED_MD5:-} ]]; then md5=(--expected-md5 "$EXPECTED_MD5"); fi
+data_path() {
+    "$python" benchmarks/data_path.py --mirror "$mirror" --device "$device" "${md5[@]}" "$@"
+}
 
 section "1. data path, batch 64, float32"
 data_path --batch-size 64 --output "$out/batch64.json"
@@ -57,7 +62,7 @@ fi
 pipeline() {
     local name=$1 begin=$SECONDS
     shift
-    "$python" pipelines/mnist.py --local --mirror "$mirror" --gpus "$gpus" \
+    "$python" pipelines/mnist.py --local --mirror "$mirror" --gpus "$gpus" "${md5[@]}" \
         --output-dir "$out/$name" "$@" >"$out/$name.log" 2>&1 \
         || { tail -20 "$out/$name.log" >&2; exit 1; }
     echo "$name: whole pipeline $((SECONDS - begin)) s"
