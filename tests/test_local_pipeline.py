@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -194,3 +196,37 @@ def test_corrupt_file_fails_cleanly(mnist_mirror, tmp_path):
     corrupt = copy_mirror(directory, tmp_path / "mirror", change_a_label)
     process = _run(small_run_args(corrupt.as_uri(), md5, tmp_path / "out"))
     _assert_download_failed(process, tmp_path / "out", "checksum mismatch")
+
+
+def test_ctrl_c_ends_with_one_line(http_mirror, mnist_mirror, tmp_path):
+    # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the CLI, the
+    # task kfp.local runs, and everything they started.
+    _, md5 = mnist_mirror
+    process = subprocess.Popen(
+        cli(*small_run_args(http_mirror, md5, tmp_path / "out"), "--epochs", "50"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not any("TensorBoard logs:" in line for line in lines):
+        assert process.poll() is None, "".join(lines)[-3000:]
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    time.sleep(2)  # training is under way
+    os.killpg(process.pid, signal.SIGINT)
+    stderr = process.stderr.read()
+    process.wait(timeout=120)
+    reader.join(timeout=10)
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
+    # The local TensorBoard, in its own session, was stopped all the same.
+    url = next(m.group(1) for line in lines if (m := re.match(r"TensorBoard: (\S+) ", line)))
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=2)

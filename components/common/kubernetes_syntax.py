@@ -7,6 +7,7 @@ from its cause. These checks give the one-line error up front instead.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 
@@ -17,6 +18,30 @@ _QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+DIGEST_LENGTH = 10
+
+
+def digest(text: str) -> str:
+    """A short, stable digest of `text`, valid in object names and label values."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+
+
+def name_for_run(prefix: str, run_id: str, max_length: int) -> str:
+    """An RFC 1035 label naming one run's object: `prefix` + the run id, at most `max_length`.
+
+    Run ids are UUIDs, which may start with a digit, hence the prefix (starting with a
+    letter). A run id that is already lowercase alphanumerics and single hyphens is used as
+    is, so the name shows which run it serves; anything else is shortened and given a digest
+    of the full id, so distinct runs never share a name and a retry always finds its own.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
+    name = prefix + slug
+    if slug == run_id and len(name) <= max_length:
+        return name
+    head = name[: max_length - DIGEST_LENGTH - 1].rstrip("-")
+    return f"{head}-{digest(run_id)}"
 
 
 def is_dns1123_label(value: str) -> bool:

@@ -12,11 +12,13 @@ deterministic in its inputs, so a retried task produces the very same objects.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from urllib.parse import urlparse
 
-from kfp_lightning.components.common.kubernetes_syntax import is_label_value
+from kfp_lightning.components.common.kubernetes_syntax import (
+    digest,
+    is_label_value,
+    name_for_run,
+)
 from kfp_lightning.components.common.logs_location import LogsLocation
 from kfp_lightning.components.common.storage import DEFAULT_REGION
 
@@ -27,7 +29,6 @@ PODDEFAULT_API = ("kubeflow.org", "v1alpha1", "poddefaults", "PodDefault")
 # letter (DNS-1035): run ids are UUIDs, which may start with a digit.
 NAME_PREFIX = "kfp-run-"
 MAX_NAME_LENGTH = 63
-DIGEST_LENGTH = 10
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kfp-lightning"}
 RUN_ID_LABEL = "kfp-lightning/run-id"
@@ -38,10 +39,6 @@ PODDEFAULT_PREFIX = "kfp-lightning-s3-"
 # Keys of KFP's `mlpipeline-minio-artifact` secret, present in every profile namespace.
 ACCESS_KEY_KEY = "accesskey"
 SECRET_KEY_KEY = "secretkey"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
 
 
 def tensorboard_name(run_id: str) -> str:
@@ -57,12 +54,7 @@ def tensorboard_name(run_id: str) -> str:
     Returns:
         `kfp-run-<run id>`, or `kfp-run-<shortened id>-<digest>`.
     """
-    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
-    name = NAME_PREFIX + slug
-    if slug == run_id and len(name) <= MAX_NAME_LENGTH:
-        return name
-    head = name[: MAX_NAME_LENGTH - DIGEST_LENGTH - 1].rstrip("-")
-    return f"{head}-{_digest(run_id)}"
+    return name_for_run(NAME_PREFIX, run_id, MAX_NAME_LENGTH)
 
 
 def poddefault_name(endpoint: str, secret: str) -> str:
@@ -79,7 +71,7 @@ def poddefault_name(endpoint: str, secret: str) -> str:
     Returns:
         `kfp-lightning-s3-<digest>`.
     """
-    return PODDEFAULT_PREFIX + _digest(f"{endpoint}\n{secret}")
+    return PODDEFAULT_PREFIX + digest(f"{endpoint}\n{secret}")
 
 
 def s3_environment(endpoint: str, secret: str) -> list[dict[str, object]]:
@@ -158,7 +150,7 @@ def tensorboard_object(
     """
     group, version, _, kind = TENSORBOARD_API
     # Label values are limited to 63 characters; the annotation keeps the full id regardless.
-    labels = {**MANAGED_BY, RUN_ID_LABEL: run_id if is_label_value(run_id) else _digest(run_id)}
+    labels = {**MANAGED_BY, RUN_ID_LABEL: run_id if is_label_value(run_id) else digest(run_id)}
     if poddefault:
         labels[S3_ACCESS_LABEL] = poddefault
     return {

@@ -17,9 +17,7 @@ reading and deleting a job by name are all safe to repeat.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,7 +26,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kfp_lightning.components.common.errors import RunError
-from kfp_lightning.components.common.kubernetes_syntax import is_label_value
+from kfp_lightning.components.common.kubernetes_syntax import (
+    digest,
+    is_label_value,
+    name_for_run,
+)
 from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT
 from kfp_lightning.components.launch_tensorboard.kube_api import Patience, call
 from kfp_lightning.components.launch_tensorboard.objects import (
@@ -61,7 +63,6 @@ RBAC_MANIFEST = "manifests/trainjob-rbac.yaml"
 # characters: 48 leaves room for a three-digit node index.
 MAX_NAME_LENGTH = 48
 NAME_PREFIX = "kfp-"
-DIGEST_LENGTH = 10
 # Per node, as the single-node training task asks for its pod.
 CPU_REQUEST, MEMORY_REQUEST, MEMORY_LIMIT = "2", "4Gi", "16Gi"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -110,10 +111,6 @@ class NodeSpec:
     tolerations: Sequence[Mapping[str, Any]] = ()
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
-
-
 def trainjob_name(run_id: str) -> str:
     """The name of a run's `TrainJob`: an RFC 1035 label short enough for its pods' hostnames.
 
@@ -128,17 +125,12 @@ def trainjob_name(run_id: str) -> str:
     Returns:
         `kfp-<run id>`, or `kfp-<shortened id>-<digest>`.
     """
-    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
-    name = NAME_PREFIX + slug
-    if slug == run_id and len(name) <= MAX_NAME_LENGTH:
-        return name
-    head = name[: MAX_NAME_LENGTH - DIGEST_LENGTH - 1].rstrip("-")
-    return f"{head}-{_digest(run_id)}"
+    return name_for_run(NAME_PREFIX, run_id, MAX_NAME_LENGTH)
 
 
 def run_id_label(run_id: str) -> str:
     """The run id as a label value (a digest when it cannot be one)."""
-    return run_id if is_label_value(run_id) else _digest(run_id)
+    return run_id if is_label_value(run_id) else digest(run_id)
 
 
 def trainjob_object(namespace: str, run_id: str, spec: NodeSpec) -> dict[str, Any]:
