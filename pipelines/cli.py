@@ -43,6 +43,21 @@ from kfp_lightning.pipelines.parameters import (
 DEFAULT_YAML = "mnist_pipeline.yaml"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
 _ACCEPTED = {int: "an integer", float: "a number", dict: "a JSON object", list: "a JSON list"}
+MODES = ("compile", "local", "check_cluster", "compare_runs")
+# The modes each option applies to, and its default there. An option given to a mode that
+# ignores it is refused rather than dropped silently (e.g. --training-timeout with --local).
+MODE_OPTIONS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "nodes": (("compile", "local", "check_cluster"), 1),
+    "output": (("compile",), DEFAULT_YAML),
+    "image_registry": (("compile",), None),
+    "logs_pvc": (("compile", "check_cluster"), None),
+    "training_timeout": (("compile",), DEFAULT_TRAINING_TIMEOUT_SECONDS),
+    "output_dir": (("local",), "runs/local"),
+    "keep_tensorboard": (("local",), False),
+    "namespace": (("check_cluster", "compare_runs"), None),
+    "service_account": (("check_cluster",), preflight.DEFAULT_SERVICE_ACCOUNT),
+    "kfp_namespace": (("check_cluster",), preflight.DEFAULT_KFP_NAMESPACE),
+}
 
 
 def _typed(name: str, kind: type) -> Callable[[str], Any]:
@@ -112,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--nodes",
         type=_typed("nodes", int),
-        default=1,
+        default=None,
         metavar="N",
         help=f"train on N nodes (1 to {MAX_NODES}, default 1): on a cluster as a Kubeflow "
         "Trainer TrainJob (--compile, --check-cluster), here as N torchrun processes on "
@@ -120,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compile_options = parser.add_argument_group("--compile options")
     compile_options.add_argument(
-        "--output", default=DEFAULT_YAML, help=f"YAML file to write (default: {DEFAULT_YAML})"
+        "--output", default=None, help=f"YAML file to write (default: {DEFAULT_YAML})"
     )
     compile_options.add_argument(
         "--image-registry",
@@ -138,17 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     compile_options.add_argument(
         "--training-timeout",
         type=_typed("training_timeout", int),
-        default=DEFAULT_TRAINING_TIMEOUT_SECONDS,
+        default=None,
         metavar="SECONDS",
         help=f"deadline of the training pod (default: {DEFAULT_TRAINING_TIMEOUT_SECONDS})",
     )
     local_options = parser.add_argument_group("--local options")
     local_options.add_argument(
-        "--output-dir", default="runs/local", help="artifacts, TensorBoard logs and summary.json"
+        "--output-dir", default=None, help="artifacts, TensorBoard logs and summary.json"
     )
     local_options.add_argument(
         "--keep-tensorboard",
         action="store_true",
+        default=None,
         help="leave the local TensorBoard server running when the pipeline ends",
     )
     check_options = parser.add_argument_group("--check-cluster and --compare-runs options")
@@ -159,12 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_options.add_argument(
         "--service-account",
-        default=preflight.DEFAULT_SERVICE_ACCOUNT,
+        default=None,
         help=f"account the runs' pods run as (default: {preflight.DEFAULT_SERVICE_ACCOUNT})",
     )
     check_options.add_argument(
         "--kfp-namespace",
-        default=preflight.DEFAULT_KFP_NAMESPACE,
+        default=None,
         help="namespace of the Kubeflow Pipelines backend "
         f"(default: {preflight.DEFAULT_KFP_NAMESPACE})",
     )
@@ -181,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{parameter.description} (default: {json.dumps(parameter.default)})",
         )
     return parser
+
+
+def apply_mode_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fills in each mode option's default, refusing options the chosen mode would ignore.
+
+    Raises:
+        SystemExit: Status 2, with one line naming the option and the modes it applies to.
+    """
+    mode = next(m for m in MODES if getattr(args, m))
+    for name, (modes, default) in MODE_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif mode not in modes:
+            applies = " and ".join(f"--{m.replace('_', '-')}" for m in modes)
+            parser.error(
+                f"--{name.replace('_', '-')} applies to {applies} only, "
+                f"not --{mode.replace('_', '-')}"
+            )
 
 
 def chosen_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -333,7 +367,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python pipelines/mnist.py`: exit status 0, 1 (failed), 2 (bad value)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    apply_mode_defaults(parser, args)
     try:
         return run(args)
     except KeyboardInterrupt:

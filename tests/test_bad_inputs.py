@@ -57,6 +57,9 @@ REJECTED = [
     ("precision", "fp8", "invalid precision='fp8': expected one of 32-true, bf16-mixed, 16-mixed"),
     ("torch_compile", "maybe", "invalid torch_compile='maybe': expected one of on, off"),
     ("channels_last", "yes", "invalid channels_last='yes': expected one of on, off"),
+    ("gradient_clip_val", "-1", "invalid gradient_clip_val='-1': expected off or a number > 0"),
+    ("gradient_clip_val", "nan", "invalid gradient_clip_val='nan'"),
+    ("gradient_clip_val", "none", "invalid gradient_clip_val='none'"),
     ("checkpoint_interval_minutes", 0.0, "invalid checkpoint_interval_minutes=0"),
     ("tensorboard_logs_root", "gs://bucket/tb", "invalid tensorboard_logs_root='gs://bucket/tb'"),
     ("tensorboard_logs_root", "runs/tb", "invalid tensorboard_logs_root='runs/tb'"),
@@ -165,6 +168,46 @@ def test_cli_as_a_user_runs_it(args, tmp_path):
     assert process.returncode == 2
     (line,) = process.stderr.strip().splitlines()
     assert line.startswith("error: invalid ")
+    assert list(tmp_path.iterdir()) == []
+
+
+# A valid value for each mode option (none for a flag): the mode, not the value, is refused.
+MODE_OPTION_VALUES = {
+    "nodes": ["2"],
+    "output": ["p.yaml"],
+    "image_registry": ["registry.example.com/ml"],
+    "logs_pvc": ["claim"],
+    "training_timeout": ["60"],
+    "output_dir": ["out"],
+    "keep_tensorboard": [],
+    "namespace": ["team-a"],
+    "service_account": ["pipeline-runner"],
+    "kfp_namespace": ["kubeflow"],
+}
+MISPLACED_OPTIONS = [
+    (mode, name)
+    for name, (modes, _) in cli.MODE_OPTIONS.items()
+    for mode in cli.MODES
+    if mode not in modes
+]
+
+
+def test_every_mode_option_has_a_value_to_try():
+    assert set(MODE_OPTION_VALUES) == set(cli.MODE_OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("mode", "name"), MISPLACED_OPTIONS, ids=[f"{m}-{n}" for m, n in MISPLACED_OPTIONS]
+)
+def test_cli_refuses_an_option_its_mode_ignores(mode, name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    option = f"--{name.replace('_', '-')}"
+    with pytest.raises(SystemExit) as exited:
+        cli.main([f"--{mode.replace('_', '-')}", option, *MODE_OPTION_VALUES[name]])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {option} applies to --")
+    assert line.endswith(f"only, not --{mode.replace('_', '-')}")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -117,6 +117,15 @@ def test_fast_preset_trains_with_one_cycle(dataset, tmp_path):
     assert lr[-1] < config.learning_rate / 100
 
 
+def test_gradient_clip_val_reaches_the_optimiser_steps(dataset, tmp_path):
+    # Adadelta's step scales with the gradient when its running averages are below its eps:
+    # gradients clipped to a norm of 1e-9 leave the weights where they started, at chance.
+    config = TrainConfig(epochs=1, gradient_clip_val="1e-9", **TINY)
+    result = run_training(dataset, TrainingOutputs(tmp_path / "model", tmp_path / "logs"), config)
+    # Unclipped, the same run reaches > 0.9 (test_learns_the_data).
+    assert result.metrics["test_accuracy"] < 0.3
+
+
 def test_bad_validation_fails_before_any_output(dataset, tmp_path):
     config = TrainConfig(epochs=1, **{**TINY, "validation": "5000"})
     with pytest.raises(

@@ -27,6 +27,7 @@ SWITCHES = {"on": True, "off": False, "true": True, "false": False}
 MAX_GPUS = 16
 TEST_SET = "test-set"
 NO_AUGMENTATION = "none"
+NO_CLIPPING = "off"
 _SHIFT = re.compile(r"shift:([1-4])")
 
 # Values that differ from the dataclass defaults (which are the classic recipe).
@@ -170,6 +171,9 @@ class TrainConfig:
     """on or off: compile the network with torch.compile (needs a C compiler in the image)."""
     channels_last: bool = run_parameter(False, form="switch")
     """on or off: keep convolutions in the NHWC memory layout."""
+    gradient_clip_val: str = run_parameter(NO_CLIPPING)
+    """off (classic) or the largest global L2 norm of each step's gradients, e.g. 1.0, to
+    which Lightning's Trainer clips them (its gradient_clip_val)."""
     checkpoint_interval_minutes: float = run_parameter(10.0)
     """Longest training time, in minutes, between checkpoints within an epoch (one is also
     written at every epoch end), kept beside the live logs; a retried or preempted training
@@ -215,6 +219,14 @@ class TrainConfig:
             raise invalid("precision", self.precision, accepted)
         set_("torch_compile", parse_switch("torch_compile", self.torch_compile))
         set_("channels_last", parse_switch("channels_last", self.channels_last))
+        set_("gradient_clip_val", str(self.gradient_clip_val).strip().lower())
+        if self.gradient_clip_val != NO_CLIPPING:
+            try:
+                norm = float(self.gradient_clip_val)
+            except ValueError:
+                norm = math.nan
+            if not 0 < norm < math.inf:
+                raise invalid("gradient_clip_val", self.gradient_clip_val, "off or a number > 0")
         _positive_float("progress_interval_seconds", self.progress_interval_seconds)
         _positive_float("checkpoint_interval_minutes", self.checkpoint_interval_minutes)
 
@@ -223,6 +235,11 @@ class TrainConfig:
         """Largest random shift of a training image, in pixels (0: no augmentation)."""
         match = _SHIFT.fullmatch(self.augmentation)
         return int(match.group(1)) if match else 0
+
+    @property
+    def gradient_clip_norm(self) -> float | None:
+        """Norm each step's gradients are clipped to; None leaves them unclipped."""
+        return None if self.gradient_clip_val == NO_CLIPPING else float(self.gradient_clip_val)
 
     @property
     def validation_size(self) -> int:

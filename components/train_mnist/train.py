@@ -378,6 +378,7 @@ def run_training(
             num_nodes=num_nodes,
             strategy="ddp" if processes > 1 else "auto",
             precision=config.precision,
+            gradient_clip_val=config.gradient_clip_norm,
             logger=live.logger,
             callbacks=[
                 LearningRateMonitor(),
