@@ -13,7 +13,7 @@ from typing import Any
 
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.files import atomic_write_text
-from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.common.logs_location import check_mounted_claim, parse_logs_root
 from kfp_lightning.components.common.run_form import (
     PIPELINE,
     RunParameter,
@@ -108,15 +108,7 @@ def check_cluster_run(values: Mapping[str, Any], logs_pvc: str | None) -> None:
             which the trainer image cannot run (it has no C compiler).
     """
     root = values["tensorboard_logs_root"]
-    location = parse_logs_root(root, "namespace")
-    if location.scheme == "pvc" and location.claim != logs_pvc:
-        raise invalid(
-            "tensorboard_logs_root",
-            root,
-            f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
-            if logs_pvc
-            else f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim",
-        )
+    check_mounted_claim(parse_logs_root(root, "namespace"), logs_pvc, root)
     if from_run_form(TrainConfig, values).torch_compile:
         raise invalid(
             "torch_compile",

@@ -198,6 +198,21 @@ def _refusal(err: ApiException) -> str:
 # --- the checks ---------------------------------------------------------------------------
 
 
+def _served(api_client: client.ApiClient, resource: tuple[str, str, str, str]) -> Check | None:
+    """The passed (or unreadable) check of a served custom resource; None when not served."""
+    group, version, plural, kind = resource
+    name = f"{kind} CRD"
+    try:
+        found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
+    except ApiException as err:
+        if err.status != 404:
+            return Check(name, Status.UNKNOWN, f"discovery of {group}/{version}: {_refusal(err)}")
+        return None
+    if any(r.name == plural for r in found.resources):
+        return Check(name, Status.PASSED, f"{plural}.{group}/{version} is served")
+    return None
+
+
 def check_crd(
     api_client: client.ApiClient, resource: tuple[str, str, str, str], logs: LogsLocation
 ) -> Check:
@@ -221,14 +236,9 @@ def check_crd(
     needed = logs.scheme == "s3" or (logs.scheme == "pvc" and resource == TENSORBOARD_API)
     if not needed:
         return Check(name, Status.PASSED, f"not needed for logs at {logs.uri}")
-    try:
-        found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
-    except ApiException as err:
-        if err.status != 404:
-            return Check(name, Status.UNKNOWN, f"discovery of {group}/{version}: {_refusal(err)}")
-        found = None
-    if found is not None and any(r.name == plural for r in found.resources):
-        return Check(name, Status.PASSED, f"{plural}.{group}/{version} is served")
+    served = _served(api_client, resource)
+    if served is not None:
+        return served
     if resource == TENSORBOARD_API:
         fix = (
             "install Kubeflow's TensorBoard controller and its CRD (part of a full Kubeflow "
@@ -584,14 +594,9 @@ def check_trainjob_crd(api_client: client.ApiClient) -> Check:
     """
     group, version, plural, kind = trainjob.TRAINJOB_API
     name = f"{kind} CRD"
-    try:
-        found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
-    except ApiException as err:
-        if err.status != 404:
-            return Check(name, Status.UNKNOWN, f"discovery of {group}/{version}: {_refusal(err)}")
-        found = None
-    if found is not None and any(r.name == plural for r in found.resources):
-        return Check(name, Status.PASSED, f"{plural}.{group}/{version} is served")
+    served = _served(api_client, trainjob.TRAINJOB_API)
+    if served is not None:
+        return served
     return Check(
         name, Status.FAILED, f"the cluster serves no {plural}.{group}/{version}", TRAINER_INSTALL
     )

@@ -145,6 +145,27 @@ def run_logs_location(root: str, run_id: str, namespace: str | None = None) -> L
     return parse_logs_root(root, namespace or current_namespace()).child(run_id.strip())
 
 
+def check_mounted_claim(location: LogsLocation, logs_pvc: str | None, shown: str) -> None:
+    """A pvc:// location must be on the claim the pipeline mounts (compiled with --logs-pvc).
+
+    Args:
+        location: The logs root, or a run's location in it.
+        logs_pvc: The claim the pipeline mounts, if any.
+        shown: The `tensorboard_logs_root` as the user gave it, for the message.
+
+    Raises:
+        UserInputError: A claim the pods would not have mounted.
+    """
+    if location.scheme == "pvc" and location.claim != logs_pvc:
+        raise invalid(
+            "tensorboard_logs_root",
+            shown,
+            f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
+            if logs_pvc
+            else f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim",
+        )
+
+
 # A valid namespace that stands in for the run's while a root is checked outside a pod.
 _ANY_NAMESPACE = "namespace"
 MAX_LIVE_UPDATE_SECONDS = 300

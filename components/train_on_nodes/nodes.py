@@ -32,6 +32,7 @@ from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.logs_location import (
     LiveLogsConfig,
     LogsLocation,
+    check_mounted_claim,
     current_namespace,
 )
 from kfp_lightning.components.common.run_form import from_run_form
@@ -103,14 +104,7 @@ def check_shared_location(
             "s3://bucket/prefix or pvc://claim/path with several nodes: every node reads the "
             "dataset and rank 0 writes the outputs there",
         )
-    if location.scheme == "pvc" and location.claim != logs_pvc:
-        raise invalid(
-            "tensorboard_logs_root",
-            shown,
-            f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
-            if logs_pvc
-            else f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim",
-        )
+    check_mounted_claim(location, logs_pvc, shown)
 
 
 @dataclasses.dataclass(frozen=True)
