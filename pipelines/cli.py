@@ -9,7 +9,9 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -42,6 +44,7 @@ from kfp_lightning.pipelines.parameters import (
 
 DEFAULT_YAML = "mnist_pipeline.yaml"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 _ACCEPTED = {int: "an integer", float: "a number", dict: "a JSON object", list: "a JSON list"}
 MODES = ("compile", "local", "check_cluster", "compare_runs")
 # The modes each option applies to, and its default there. An option given to a mode that
@@ -210,10 +213,11 @@ def apply_mode_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
         if getattr(args, name) is None:
             setattr(args, name, default)
         elif mode not in modes:
-            applies = " and ".join(f"--{m.replace('_', '-')}" for m in modes)
+            flags = [f"--{m.replace('_', '-')}" for m in modes]
+            applies = " and ".join([", ".join(flags[:-1]), flags[-1]] if len(flags) > 1 else flags)
             parser.error(
-                f"--{name.replace('_', '-')} applies to {applies} only, "
-                f"not --{mode.replace('_', '-')}"
+                f"--{name.replace('_', '-')} applies only to {applies}, "
+                f"not to --{mode.replace('_', '-')}"
             )
 
 
@@ -285,8 +289,15 @@ def compile_pipeline(
     if nodes > 1:
         root = parse_logs_root(values["tensorboard_logs_root"], "namespace")
         check_shared_location(root, logs_pvc, TRAINJOB, values["tensorboard_logs_root"])
-    with atomic_file(path) as staging:  # KFP wants a .yaml suffix: the staging file keeps it
-        compiler.Compiler().compile(pipeline, str(staging), pipeline_parameters=parameters or None)
+    try:
+        with atomic_file(path) as staging:  # KFP wants a .yaml suffix: the staging file keeps it
+            compiler.Compiler().compile(
+                pipeline, str(staging), pipeline_parameters=parameters or None
+            )
+    except OSError as err:  # a folder that cannot be made or written: nothing was written
+        raise invalid(
+            "output", str(output), f"a path this user can write ({err.strerror})"
+        ) from None
     return path
 
 
@@ -307,13 +318,13 @@ def describe_images(refs: Sequence[str]) -> str:
             f"images the cluster must pull:\n{listed}"
             f"({images.DEFAULT_REGISTRY} holds them for released versions only; for any other "
             "build, or a cluster that cannot reach it, push them to your own registry with "
-            "`python images/build.py --image-registry REGISTRY --push` and compile again with "
+            "`make images IMAGE_REGISTRY=REGISTRY PUSH=1` and compile again with "
             "the same --image-registry)"
         )
     return (
         f"images the cluster must pull:\n{listed}"
-        f"(push them before the first run: python images/build.py --image-registry "
-        f"{images.registry()} --push)"
+        f"(push them before the first run: make images IMAGE_REGISTRY={images.registry()} "
+        "PUSH=1)"
     )
 
 
@@ -357,7 +368,8 @@ def run(args: argparse.Namespace) -> int:
     rate = summary["train_samples_per_second"]
     print(
         f"test accuracy {summary['test_accuracy']:.4f}, test loss {summary['test_loss']:.4f}, "
-        f"{summary['epochs']} epochs, {rate:.0f} training samples/s, "
+        f"{summary['epochs']} epoch{'s' if summary['epochs'] != 1 else ''}, "
+        f"{rate:.0f} training samples/s, "
         f"{summary['nodes']} node(s), {summary['processes']} process(es)\n"
         f"model:   {summary['model']}\nreport:  {summary['report_html']}\n"
         f"summary: {Path(args.output_dir).absolute() / 'summary.json'}"
@@ -365,17 +377,52 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+_terminated = threading.Event()
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (a supervisor's or `kill`'s stop) ends a run as Ctrl-C does. It must raise
+    # KeyboardInterrupt itself: `subprocess.Popen.__exit__`, which kfp.local's task runner
+    # leaves through, waits briefly for the task only on exactly that type, and waits for it
+    # to end on any other.
+    _terminated.set()
+    raise KeyboardInterrupt
+
+
+def stop_own_tasks() -> None:
+    """Stops the tasks this process started, when only it got the signal.
+
+    A terminal's Ctrl-C reaches the whole foreground process group, tasks included; `kill
+    -INT <pid>`, a stop button or a supervisor's SIGTERM reach this process alone, and the
+    running kfp.local task (in this process's group) would go on training as an orphan. Only
+    when this process leads its group is the group its own to stop: otherwise it is shared
+    with whatever started this process.
+    """
+    if os.name != "posix" or os.getpgid(0) != os.getpid():
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python pipelines/mnist.py`: exit status 0, 1 (failed), 2 (bad value)."""
+    """Entry point of `python pipelines/mnist.py`: exit status 0, 1 (failed), 2 (bad value).
+
+    Interrupted by SIGINT (Ctrl-C) or SIGTERM, it stops its tasks and exits 130 or 143.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     apply_mode_defaults(parser, args)
+    _terminated.clear()
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         return run(args)
     except KeyboardInterrupt:
-        # Ctrl-C: every step cleans up after itself (atomic writes, the local TensorBoard).
+        # Every step cleans up after itself (atomic writes, the local TensorBoard).
+        stop_own_tasks()
         print("error: interrupted", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if _terminated.is_set() else EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kfp_lightning.components.common.errors import RunError, invalid
-from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
+from kfp_lightning.components.common.kubernetes_syntax import check_namespace_name
 from kfp_lightning.components.common.logs_location import (
     LiveLogsConfig,
     current_namespace,
@@ -78,7 +78,7 @@ def open_runs_tensorboard(
     logs = from_run_form(LiveLogsConfig, values)
     launcher = from_run_form(LauncherConfig, values)
     if namespace is not None:
-        check_secret_name(namespace, "namespace")
+        check_namespace_name(namespace)
     if parse_logs_root(logs.tensorboard_logs_root, "namespace").scheme == "file":
         raise invalid(
             "tensorboard_logs_root",
@@ -118,7 +118,8 @@ def open_runs_tensorboard(
                 ) from None
             raise RunError(" ".join(describe_refusal(err, resource, namespace).split())) from None
         except ClusterUnreachableError as err:
-            raise RunError(f"no Kubernetes API answered: {err}") from None
+            host = api_client.configuration.host
+            raise RunError(f"no Kubernetes API server answers at {host}: {err}") from None
     link = f"{launcher.link_prefix}/tensorboard/{namespace}/{ALL_RUNS_NAME}/"
     if not launcher.link_prefix:
         link += " (under your Kubeflow URL; --kubeflow-base-url makes it absolute)"

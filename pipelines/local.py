@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from kfp_lightning.components.common.errors import RunError
+from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.files import write_json
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.train_on_nodes.nodes import LOCAL
@@ -108,7 +108,14 @@ def run_local(
     values = validate_parameters(parameters)
     check_local_run(values)
     root = parse_logs_root(values["tensorboard_logs_root"], namespace="local")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise invalid("output_dir", str(output_dir), "a folder, not a file")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, or a folder this user cannot write
+        raise invalid(
+            "output_dir", str(output_dir), f"a folder this user can write ({err.strerror})"
+        ) from None
     # A summary from an earlier run must not pass for this run's if this one fails.
     (output_dir / "summary.json").unlink(missing_ok=True)
     # The components name container images; here they run in this Python environment.
@@ -133,7 +140,10 @@ def run_local(
             message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
             raise RunError(f"{message} Its error is printed above.") from None
     metrics = dict(outputs["metrics"].metadata)
-    confusion = outputs["classification_metrics"].metadata["confusionMatrix"]
+    classification = outputs["classification_metrics"]
+    confusion = classification.metadata["confusionMatrix"]
+    # kfp.local keeps a metrics artifact as metadata only; the summary points at a real file.
+    write_json(Path(classification.path), dict(classification.metadata))
     summary = {
         "test_accuracy": metrics["test_accuracy"],
         "test_loss": metrics["test_loss"],
@@ -145,7 +155,7 @@ def run_local(
         "metrics": metrics,
         "model": outputs["model"].path,
         "tensorboard_logs": outputs["tensorboard_logs"].path,
-        "classification_metrics": outputs["classification_metrics"].path,
+        "classification_metrics": classification.path,
         # Rows: true digit; columns: predicted digit (the artifact's metadata, as Kubeflow shows).
         "confusion_matrix": [row["row"] for row in confusion["rows"]],
         "report_html": outputs["report"].path,

@@ -29,7 +29,7 @@ from kubernetes.utils import parse_quantity
 
 from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.kubernetes_syntax import (
-    is_dns1123_label,
+    check_namespace_name,
     is_dns1123_subdomain,
 )
 from kfp_lightning.components.common.logs_location import (
@@ -37,7 +37,11 @@ from kfp_lightning.components.common.logs_location import (
     current_namespace,
     parse_logs_root,
 )
-from kfp_lightning.components.launch_tensorboard.kube_api import ClusterUnreachableError, connect
+from kfp_lightning.components.launch_tensorboard.kube_api import (
+    ClusterUnreachableError,
+    connect,
+    connection_failure,
+)
 from kfp_lightning.components.launch_tensorboard.launcher import RBAC_MANIFEST
 from kfp_lightning.components.launch_tensorboard.objects import (
     ACCESS_KEY_KEY,
@@ -128,13 +132,11 @@ def check_names(namespace: str | None, service_account: str, kfp_namespace: str)
     Raises:
         UserInputError: Naming the first invalid one.
     """
-    namespace_name = "a Kubernetes namespace name (lowercase letters, digits and -)"
-    if namespace is not None and not is_dns1123_label(namespace):
-        raise invalid("namespace", namespace, namespace_name)
+    if namespace is not None:
+        check_namespace_name(namespace)
     if not is_dns1123_subdomain(service_account):
         raise invalid("service_account", service_account, "a Kubernetes service account name")
-    if not is_dns1123_label(kfp_namespace):
-        raise invalid("kfp_namespace", kfp_namespace, namespace_name)
+    check_namespace_name(kfp_namespace, "kfp_namespace")
 
 
 def target_from_parameters(
@@ -174,21 +176,12 @@ def target_from_parameters(
     )
 
 
-def _reason(err: urllib3.exceptions.HTTPError) -> str:
-    # urllib3 nests the cause (MaxRetryError -> NewConnectionError -> OSError); the innermost
-    # message is the one a user can act on ("Connection refused", a TLS failure, a timeout).
-    reason = getattr(err, "reason", None) or err
-    text = str(reason)
-    text = text.split("Failed to establish a new connection: ")[-1]
-    return " ".join(text.split())
-
-
 def _call(request: Callable[..., T], *args: object, **kwargs: object) -> T:
     """One API call with the preflight's timeout; a lost connection ends the whole check."""
     try:
         return request(*args, _request_timeout=REQUEST_TIMEOUT_SECONDS, **kwargs)
     except urllib3.exceptions.HTTPError as err:
-        raise RunError(f"the Kubernetes API stopped answering: {_reason(err)}") from err
+        raise RunError(f"the Kubernetes API stopped answering: {connection_failure(err)}") from err
 
 
 def _refusal(err: ApiException) -> str:
@@ -817,7 +810,9 @@ def _probe(api_client: client.ApiClient) -> str:
     try:
         info = client.VersionApi(api_client).get_code(_request_timeout=REQUEST_TIMEOUT_SECONDS)
     except urllib3.exceptions.HTTPError as err:
-        raise RunError(f"no Kubernetes API server answers at {host}: {_reason(err)}") from None
+        raise RunError(
+            f"no Kubernetes API server answers at {host}: {connection_failure(err)}"
+        ) from None
     except ApiException as err:
         raise RunError(f"the Kubernetes API server at {host} refused: {_refusal(err)}") from None
     return str(info.git_version)

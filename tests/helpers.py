@@ -60,6 +60,13 @@ def run_folder(logs_dir: Path) -> Path:
     return folder
 
 
+def assert_only_logs(logs_dir: Path) -> None:
+    """A `tensorboard_logs` artifact holds one run folder of event files and hparams.yaml."""
+    files = [p for p in Path(logs_dir).rglob("*") if p.is_file()]
+    assert {p.parent for p in files} == {run_folder(logs_dir)}, files
+    assert all("tfevents" in p.name or p.name == "hparams.yaml" for p in files), files
+
+
 def scalars(logs_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the run logged under `logs_dir`: tag -> [(step, value)].
 

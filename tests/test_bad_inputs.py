@@ -206,8 +206,8 @@ def test_cli_refuses_an_option_its_mode_ignores(mode, name, tmp_path, monkeypatc
         cli.main([f"--{mode.replace('_', '-')}", option, *MODE_OPTION_VALUES[name]])
     assert exited.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: {option} applies to --")
-    assert line.endswith(f"only, not --{mode.replace('_', '-')}")
+    assert line.startswith(f"error: {option} applies only to --")
+    assert line.endswith(f", not to --{mode.replace('_', '-')}")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -256,14 +256,14 @@ def test_cli_compiles_to_the_default_path(tmp_path):
     # The images the YAML names are listed, with how to make them pullable.
     named = {e["container"]["image"] for e in spec.deployment_spec["executors"].values()}
     assert {line.strip() for line in notes if ":" in line and " " not in line.strip()} == named
-    assert "--image-registry REGISTRY --push" in notes[-1]
+    assert "make images IMAGE_REGISTRY=REGISTRY PUSH=1" in notes[-1]
 
 
 def test_cli_names_the_registry_to_push_to(tmp_path):
     process = run_cli("--compile", "--image-registry", "127.0.0.1:5000/ml", cwd=tmp_path)
     assert process.returncode == 0, process.stderr
     assert "  127.0.0.1:5000/ml/kfp-lightning-trainer:" in process.stdout
-    assert "--image-registry 127.0.0.1:5000/ml --push" in process.stdout
+    assert "make images IMAGE_REGISTRY=127.0.0.1:5000/ml PUSH=1" in process.stdout
 
 
 @pytest.mark.parametrize(

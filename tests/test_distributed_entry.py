@@ -25,7 +25,7 @@ from kfp_lightning.components.train_mnist.config import TrainConfig
 from kfp_lightning.components.train_mnist.distributed import MODULE, entry_arguments
 from kfp_lightning.components.train_on_nodes import layout
 from kfp_lightning.components.train_on_nodes.local_nodes import free_port, node_environment
-from tests.helpers import predict_in_fresh_process
+from tests.helpers import assert_only_logs, predict_in_fresh_process
 
 NODES = 2
 
@@ -90,6 +90,8 @@ def test_both_nodes_train_and_only_rank_zero_publishes(two_nodes: dict, dataset:
         assert f"{layout.OUTPUTS}/{name}" in files
     assert any("tfevents" in path for path in files)
     location = two_nodes["location"]
+    # The logs and nothing else of the run's location (not the dataset the nodes read).
+    assert_only_logs(location / layout.OUTPUTS / "tensorboard_logs")
     for path, size in files.items():
         assert (location / path).stat().st_size == size, path
     result = json.loads((location / layout.OUTPUTS / layout.RESULT).read_text())

@@ -17,7 +17,7 @@ import pytest
 
 from kfp_lightning.components.common.errors import RunError
 from kfp_lightning.components.train_on_nodes.local_nodes import run_local_nodes
-from tests.helpers import predict_in_fresh_process, scalars
+from tests.helpers import assert_only_logs, predict_in_fresh_process, scalars
 from tests.test_local_pipeline import cli, small_run_args
 
 # Node 1 fails at once; node 0 would wait forever (as a node waits for a lost peer).
@@ -101,6 +101,7 @@ def test_the_pipeline_trains_on_two_local_nodes(two_node_run) -> None:
     prediction = predict_in_fresh_process(model, dataset)
     assert prediction["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
     assert len(scalars(logs)["loss/val"]) == 2
+    assert_only_logs(logs)
     assert report.is_file()
     matrix = summary["confusion_matrix"]
     assert sum(map(sum, matrix)) == 300

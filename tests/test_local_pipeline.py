@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -117,6 +118,8 @@ def test_artifacts_and_summary(live_run):
     # Kubeflow's confusion matrix, also in the summary: every test image counted once.
     assert summary["classification_metrics"].endswith("classification_metrics")
     matrix = summary["confusion_matrix"]
+    written = json.loads(Path(summary["classification_metrics"]).read_text())
+    assert [row["row"] for row in written["confusionMatrix"]["rows"]] == matrix
     assert sum(map(sum, matrix)) == 300
     assert sum(matrix[i][i] for i in range(10)) / 300 == pytest.approx(summary["test_accuracy"])
 
@@ -198,9 +201,21 @@ def test_corrupt_file_fails_cleanly(mnist_mirror, tmp_path):
     _assert_download_failed(process, tmp_path / "out", "checksum mismatch")
 
 
-def test_ctrl_c_ends_with_one_line(http_mirror, mnist_mirror, tmp_path):
-    # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the CLI, the
-    # task kfp.local runs, and everything they started.
+# Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the CLI, the task
+# kfp.local runs, and everything they started. `kill -INT`, an IDE's stop button or a
+# supervisor's SIGTERM reach the CLI alone, which must then stop its tasks itself.
+STOPS = {
+    "ctrl-c": (signal.SIGINT, os.killpg, 130),
+    "sigint-to-the-cli": (signal.SIGINT, os.kill, 130),
+    "sigterm-to-the-cli": (signal.SIGTERM, os.kill, 143),
+}
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stopped_run_ends_with_one_line_and_no_task_left(
+    http_mirror, mnist_mirror, tmp_path, stop
+):
+    signum, send, status = STOPS[stop]
     _, md5 = mnist_mirror
     process = subprocess.Popen(
         cli(*small_run_args(http_mirror, md5, tmp_path / "out"), "--epochs", "50"),
@@ -218,11 +233,11 @@ def test_ctrl_c_ends_with_one_line(http_mirror, mnist_mirror, tmp_path):
         assert time.monotonic() < deadline, "training did not start"
         time.sleep(0.2)
     time.sleep(2)  # training is under way
-    os.killpg(process.pid, signal.SIGINT)
+    send(process.pid, signum)
     stderr = process.stderr.read()
     process.wait(timeout=120)
     reader.join(timeout=10)
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == status, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "error: interrupted"
     assert "Traceback" not in stderr
     assert not (tmp_path / "out" / "summary.json").exists()
@@ -230,3 +245,43 @@ def test_ctrl_c_ends_with_one_line(http_mirror, mnist_mirror, tmp_path):
     url = next(m.group(1) for line in lines if (m := re.match(r"TensorBoard: (\S+) ", line)))
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
+    # No task of the run goes on as an orphan: its process group empties.
+    deadline = time.monotonic() + 30
+    while _group_alive(process.pid):
+        assert time.monotonic() < deadline, f"processes of the run still alive after {stop}"
+        time.sleep(0.2)
+
+
+def test_a_stop_reaches_a_task_blocked_in_a_download(mnist_mirror, tmp_path):
+    # A supervisor's SIGTERM to the CLI alone, while the download task waits on a mirror that
+    # took the connection and never answers: left alone, that task would wait out its 60 s
+    # request timeout and retry, an orphan (no output pipe to break: stdout goes nowhere).
+    _, md5 = mnist_mirror
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        mirror = f"http://127.0.0.1:{server.getsockname()[1]}/"
+        process = subprocess.Popen(
+            cli(*small_run_args(mirror, md5, tmp_path / "out")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        server.settimeout(300)
+        connection, _ = server.accept()  # the download task now waits for an answer
+        with connection:
+            os.kill(process.pid, signal.SIGTERM)
+            _, stderr = process.communicate(timeout=120)
+            assert process.returncode == 143, stderr[-3000:]
+            assert stderr.strip().splitlines()[-1] == "error: interrupted"
+            deadline = time.monotonic() + 30
+            while _group_alive(process.pid):
+                assert time.monotonic() < deadline, "the download task outlived the run"
+                time.sleep(0.2)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

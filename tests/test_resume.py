@@ -16,7 +16,7 @@ import pytest
 from kfp_lightning.components.train_mnist.checkpoints import checkpoint_name
 from kfp_lightning.components.train_mnist.component import train_mnist
 from tests.component_runner import component_command, logged_metrics, run_component
-from tests.helpers import predict_in_fresh_process, scalar_events, scalars
+from tests.helpers import assert_only_logs, predict_in_fresh_process, scalar_events, scalars
 
 EPOCHS = 5
 BATCH = 16
@@ -118,6 +118,8 @@ def test_killed_training_resumes_where_it_stopped(dataset, uninterrupted, tmp_pa
     assert f"epoch {epoch}/{EPOCHS} " not in process.stdout
 
     baseline_outputs, baseline_metrics = uninterrupted
+    # The lost attempt's logs were restored, and nothing else of the location (checkpoints).
+    assert_only_logs(outputs["tensorboard_logs"])
     resumed, baseline = (
         scalars(outputs["tensorboard_logs"]),
         scalars(baseline_outputs["tensorboard_logs"]),

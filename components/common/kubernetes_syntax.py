@@ -67,6 +67,15 @@ def is_label_value(value: str) -> bool:
     return value == "" or (len(value) <= 63 and bool(_QUALIFIED_NAME.fullmatch(value)))
 
 
+def check_namespace_name(value: object, parameter: str = "namespace") -> str:
+    """Returns `value` if it is a namespace name (an RFC 1123 label, no dots); else raises."""
+    if not isinstance(value, str) or not is_dns1123_label(value):
+        raise invalid(
+            parameter, value, "a Kubernetes namespace name (lowercase letters, digits and -)"
+        )
+    return value
+
+
 def check_secret_name(value: object, parameter: str) -> str:
     """Validates the name of a Secret."""
     if not isinstance(value, str) or not is_dns1123_subdomain(value):

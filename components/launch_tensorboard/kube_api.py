@@ -87,14 +87,27 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
                 kubeconfig, client_configuration=configuration, persist_config=False
             )
             _, active = config.list_kube_config_contexts(kubeconfig)
-        except (config.ConfigException, OSError) as kubeconfig_error:
+        # A malformed file surfaces as YAML, type or key errors from deep in the client.
+        except Exception as kubeconfig_error:
+            first_line = (str(kubeconfig_error).strip().splitlines() or [""])[0]
             raise ClusterUnreachableError(
-                f"not running in a pod ({in_cluster_error}) and no usable kubeconfig "
-                f"({kubeconfig_error})"
+                f"not running in a pod ({in_cluster_error}) and no usable kubeconfig at "
+                f"{kubeconfig} ({type(kubeconfig_error).__name__}: {first_line})"
             ) from kubeconfig_error
         namespace = active.get("context", {}).get("namespace") or "default"
     configuration.retries = patience.retry()
     return client.ApiClient(configuration), namespace
+
+
+def connection_failure(err: urllib3.exceptions.HTTPError) -> str:
+    """What a user can act on in a failed connection: "Connection refused", a TLS failure...
+
+    urllib3 nests the cause (MaxRetryError -> NewConnectionError -> OSError); the innermost
+    message is the useful one, without the pool and retry bookkeeping around it.
+    """
+    reason = getattr(err, "reason", None) or err
+    text = str(reason).split("Failed to establish a new connection: ")[-1]
+    return " ".join(text.split())
 
 
 def call(request: Callable[[], T], what: str) -> T:
@@ -107,7 +120,7 @@ def call(request: Callable[[], T], what: str) -> T:
     try:
         return request()
     except urllib3.exceptions.HTTPError as err:
-        raise ClusterUnreachableError(f"{what}: {err}") from err
+        raise ClusterUnreachableError(f"{what}: {connection_failure(err)}") from err
 
 
 def merge_patched(target: object, patch: object) -> object:

@@ -80,15 +80,11 @@ def parse_gpus(value: object) -> int:
     Raises:
         UserInputError: Not a whole number from 0 to `MAX_GPUS`.
     """
-    text = value.strip() if isinstance(value, str) else value
-    if isinstance(text, str) and text.isascii() and text.isdigit():
-        text = int(text)
+    # Digits only, no spaces: the driver hands the text as typed to Kubernetes' ParseQuantity,
+    # which refuses " 2", and the pod would never be created.
+    text = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
     if isinstance(text, bool) or not isinstance(text, int) or not 0 <= text <= MAX_GPUS:
-        raise invalid(
-            "gpus",
-            value,
-            f"a whole number from 0 to {MAX_GPUS}",
-        )
+        raise invalid("gpus", value, f"a whole number from 0 to {MAX_GPUS}, digits only")
     return text
 
 
@@ -107,6 +103,33 @@ def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise invalid(name, value, f"one of {', '.join(choices)}")
     return value  # type: ignore[return-value]
+
+
+def plan_devices(gpus: int, precision: str, visible: int) -> tuple[str, int]:
+    """Lightning's accelerator and processes per node for `gpus` on a machine showing `visible`.
+
+    Args:
+        gpus: GPUs requested (0 = CPU), as `parse_gpus` returns them.
+        precision: Requested precision; "16-mixed" needs a GPU.
+        visible: GPUs this machine shows (`torch.cuda.device_count()`).
+
+    Returns:
+        (accelerator, devices). Without a visible GPU, as many CPU processes as GPUs were
+        requested (at least one), so the same distributed run works, slowly, on a node that
+        was not given its GPUs.
+
+    Raises:
+        UserInputError: More GPUs requested than the machine shows, or "16-mixed" on a CPU.
+    """
+    if gpus >= 1 and visible:
+        if gpus > visible:
+            raise invalid("gpus", str(gpus), f"at most {visible}: this node shows {visible} GPU(s)")
+        return "gpu", gpus
+    if precision == "16-mixed":
+        raise invalid(
+            "precision", precision, "32-true or bf16-mixed on a CPU (16-mixed needs a GPU)"
+        )
+    return "cpu", max(1, gpus)
 
 
 def parse_switch(name: str, value: object) -> bool:

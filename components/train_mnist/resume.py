@@ -21,6 +21,11 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.storage import Storage
 from kfp_lightning.components.train_mnist.checkpoints import CHECKPOINT_DIR
+from kfp_lightning.components.train_on_nodes.layout import DATASET, OUTPUTS
+
+# Folders of a run's location that are not TensorBoard logs: the checkpoints, and a multi-node
+# run's dataset and published outputs (train_on_nodes/layout.py).
+NOT_LOGS = (CHECKPOINT_DIR, DATASET, OUTPUTS)
 
 EVENT_FILE_MARK = "tfevents"
 
@@ -65,7 +70,7 @@ def restore_logs(storage: Storage, logs_dir: Path, below_step: int) -> list[str]
 
     Event files are cut (see `cut_event_file`); a cut file is written back to the live
     location in place of the old one, and one left without data is removed from both places.
-    Checkpoints stay where they are.
+    What is not logs (`NOT_LOGS`) stays where it is.
 
     Args:
         storage: The run's live location.
@@ -77,7 +82,7 @@ def restore_logs(storage: Storage, logs_dir: Path, below_step: int) -> list[str]
     """
     restored = []
     for relative in sorted(storage.list_files()):
-        if relative.startswith(f"{CHECKPOINT_DIR}/"):
+        if relative.split("/", 1)[0] in NOT_LOGS:
             continue
         local = logs_dir / relative
         storage.download(relative, local)

@@ -38,7 +38,12 @@ from kfp_lightning.components.train_mnist.checkpoints import (
     DurableCheckpoints,
     find_resumable_checkpoint,
 )
-from kfp_lightning.components.train_mnist.config import TEST_SET, TrainConfig, check_compiler
+from kfp_lightning.components.train_mnist.config import (
+    TEST_SET,
+    TrainConfig,
+    check_compiler,
+    plan_devices,
+)
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
 from kfp_lightning.components.train_mnist.divergence import (
     DivergenceGuard,
@@ -122,32 +127,12 @@ class TrainResult:
 
 
 def select_device(gpus: int, precision: str) -> tuple[str, int]:
-    """Chooses Lightning's accelerator and the processes per node for `gpus` on this machine.
-
-    Args:
-        gpus: GPUs requested (0 = CPU), already validated by `TrainConfig`.
-        precision: Requested precision; "16-mixed" needs a GPU.
-
-    Returns:
-        (accelerator, devices) for `lightning.Trainer`. Without a visible GPU, as many CPU
-        processes as GPUs were requested (at least one), so the same distributed run works,
-        slowly, on a node that was not given its GPUs.
-
-    Raises:
-        UserInputError: More GPUs requested than this node shows, or "16-mixed" on a CPU.
-    """
+    """`plan_devices` for the GPUs this process sees, saying when it falls back to the CPU."""
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus >= 1 and visible:
-        if gpus > visible:
-            raise invalid("gpus", str(gpus), f"at most {visible}: this node shows {visible} GPU(s)")
-        return "gpu", gpus
-    if gpus >= 1 and rank_zero_only.rank == 0:
+    accelerator, devices = plan_devices(gpus, precision, visible)
+    if gpus >= 1 and accelerator == "cpu" and rank_zero_only.rank == 0:
         print(f"gpus={gpus} but no GPU is visible to this process: training on the CPU", flush=True)
-    if precision == "16-mixed":
-        raise invalid(
-            "precision", precision, "32-true or bf16-mixed on a CPU (16-mixed needs a GPU)"
-        )
-    return "cpu", max(1, gpus)
+    return accelerator, devices
 
 
 def _read_dataset_metadata(dataset_dir: Path) -> dict[str, Any]:
