@@ -54,6 +54,7 @@ REJECTED = [
     ("gpus", "-1", "invalid gpus='-1': expected a whole number from 0 to 16"),
     ("gpus", "0.5", "invalid gpus='0.5'"),
     ("gpus", "17", "invalid gpus='17': expected a whole number from 0 to 16"),
+    ("gpus", " 2", "invalid gpus=' 2': expected a whole number from 0 to 16, digits only"),
     ("precision", "fp8", "invalid precision='fp8': expected one of 32-true, bf16-mixed, 16-mixed"),
     ("torch_compile", "maybe", "invalid torch_compile='maybe': expected one of on, off"),
     ("channels_last", "yes", "invalid channels_last='yes': expected one of on, off"),

@@ -140,7 +140,10 @@ def test_device_selection():
     assert select_device(0, "32-true") == ("cpu", 1)
     with pytest.raises(UserInputError, match="gpus='17'"):
         TrainConfig(gpus="17")
-    assert TrainConfig(gpus=" 0 ").gpus == TrainConfig(gpus=0).gpus == 0
+    assert TrainConfig(gpus="0").gpus == TrainConfig(gpus=0).gpus == 0
+    # The driver hands the text as typed to Kubernetes' ParseQuantity, which refuses spaces.
+    with pytest.raises(UserInputError, match="gpus=' 0 ': expected a whole number from 0 to 16"):
+        TrainConfig(gpus=" 0 ")
     if not torch.cuda.is_available():
         assert select_device(1, "bf16-mixed") == ("cpu", 1)
         with pytest.raises(UserInputError, match="precision='16-mixed'"):
