@@ -60,6 +60,7 @@ class DurableCheckpoints(Callback):
             too, so a resumed run's curves have no gap before the checkpoint's step.
         decide_every_n_steps: Steps between two decisions of whether to save, with several
             processes (one process decides every step).
+        log_every_n_steps: The trainer's logging interval (every step is logged up to it).
     """
 
     def __init__(
@@ -69,10 +70,12 @@ class DurableCheckpoints(Callback):
         keep: int = 2,
         before_upload: Callable[[], object] | None = None,
         decide_every_n_steps: int = 50,
+        log_every_n_steps: int = 50,
     ) -> None:
         self.storage, self.every_seconds, self.keep = storage, every_seconds, keep
         self.before_upload = before_upload
         self.decide_every_n_steps = max(1, decide_every_n_steps)
+        self.log_every_n_steps = max(1, log_every_n_steps)
         self._last = time.monotonic()
         self.saved: list[str] = []
 
@@ -95,11 +98,21 @@ class DurableCheckpoints(Callback):
         for old in existing[: -self.keep]:
             self.storage.delete(old)
 
+    def _point_pending(self, trainer: L.Trainer) -> bool:
+        # Lightning hands a step's loss to the logger after `on_train_batch_end`. A checkpoint
+        # taken at a step whose point is still to come would be one point ahead of the logs
+        # made durable with it, and a resume from it would lose that point: such a step waits
+        # for the next. (The same on every process: it depends on the step alone.)
+        step, every = trainer.global_step, self.log_every_n_steps
+        return every > 1 and (step <= every or step % every == 0)
+
     def _time_to_save(self, trainer: L.Trainer) -> bool:
+        if self._point_pending(trainer):
+            return False
         due = time.monotonic() - self._last >= self.every_seconds
         if trainer.world_size == 1:
             return due
-        if trainer.global_step % self.decide_every_n_steps:
+        if (trainer.global_step - 1) % self.decide_every_n_steps:
             return False
         return bool(trainer.strategy.broadcast(due, src=0))
 

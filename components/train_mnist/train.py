@@ -239,6 +239,7 @@ def live_logging(
                     checkpoint_seconds,
                     before_upload=live.make_readable,
                     decide_every_n_steps=early_steps,
+                    log_every_n_steps=early_steps,
                 )
             )
         live.callbacks.append(EarlyPoints(early_steps, make_readable=live.make_readable))
