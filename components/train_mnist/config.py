@@ -105,13 +105,20 @@ def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     return value  # type: ignore[return-value]
 
 
+def visible_gpus() -> int:
+    """GPUs this process sees; imports torch (about 2 s), which the rest of this module avoids."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def plan_devices(gpus: int, precision: str, visible: int) -> tuple[str, int]:
     """Lightning's accelerator and processes per node for `gpus` on a machine showing `visible`.
 
     Args:
         gpus: GPUs requested (0 = CPU), as `parse_gpus` returns them.
         precision: Requested precision; "16-mixed" needs a GPU.
-        visible: GPUs this machine shows (`torch.cuda.device_count()`).
+        visible: GPUs this machine shows (`visible_gpus()`).
 
     Returns:
         (accelerator, devices). Without a visible GPU, as many CPU processes as GPUs were

@@ -43,6 +43,7 @@ from kfp_lightning.components.train_mnist.config import (
     TrainConfig,
     check_compiler,
     plan_devices,
+    visible_gpus,
 )
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
 from kfp_lightning.components.train_mnist.divergence import (
@@ -128,8 +129,7 @@ class TrainResult:
 
 def select_device(gpus: int, precision: str) -> tuple[str, int]:
     """`plan_devices` for the GPUs this process sees, saying when it falls back to the CPU."""
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    accelerator, devices = plan_devices(gpus, precision, visible)
+    accelerator, devices = plan_devices(gpus, precision, visible_gpus())
     if gpus >= 1 and accelerator == "cpu" and rank_zero_only.rank == 0:
         print(f"gpus={gpus} but no GPU is visible to this process: training on the CPU", flush=True)
     return accelerator, devices
