@@ -25,6 +25,7 @@ import datetime
 import functools
 import http.server
 import json
+import math
 import re
 import socket
 import statistics
@@ -41,6 +42,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 0.2
+OUTSIDE = "outside the training loop (whole run - training)"
 _TASK_LINE = re.compile(
     r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task '([\w-]+)'"
     r"|Task '([\w-]+)' finished with status)"
@@ -149,34 +151,79 @@ def run_ours(mirror: str, epochs: int, work: Path) -> dict[str, Any]:
         "--local",
         *("--mirror", mirror, "--epochs", str(epochs), "--gpus", "0"),
         *("--output-dir", str(work / "out")),
+        "--verbose",  # kfp.local's task records, which the breakdown reads
     ]
     result = measure(command, "loss/train", None, work)
-    result["breakdown"] = breakdown(result["lines"])
+    result["breakdown"] = breakdown(result["lines"], result["total_seconds"])
     return result
 
 
-def breakdown(lines: list[tuple[float, str]]) -> dict[str, float]:
-    """Where our run's time went: kfp.local's tasks, and the training task's `timing:` line."""
+_EXECUTOR_LINE = re.compile(
+    r"^\[KFP Executor \d{4}-\d\d-\d\d (\d\d:\d\d:\d\d),(\d{3}) INFO\]: "
+    r"(Looking for component|Wrote executor output file)"
+)
+
+
+def _clock(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%H:%M:%S.%f")
+
+
+def breakdown(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
+    """Where our run's time went, in seconds.
+
+    From kfp.local's records (`HH:MM:SS.mmm - INFO - Executing task ...`), the KFP executor's
+    (`[KFP Executor ... INFO]: Looking for component` once it has started, `Wrote executor
+    output file` when the component's function has returned) and the training task's
+    `timing:` line. Each task splits into its start-up (the process, Python, importing kfp),
+    its work, and its exit (the process ending, kfp.local reading its outputs).
+    """
     parts: dict[str, float] = {}
     started: dict[str, datetime.datetime] = {}
-    first_task_at = None
+    marks: dict[str, datetime.datetime] = {}
+    first: tuple[float, datetime.datetime] | None = None
+    last_end = None
+    task = ""
     for at, text in lines:
+        text = text.strip()
         match = _TASK_LINE.match(text)
-        if not match:
-            if text.startswith("timing: "):
-                for item in text.removeprefix("timing: ").split(", "):
-                    name, seconds, _ = item.rsplit(" ", 2)
-                    parts[f"  training task: {name}"] = float(seconds)
+        if match:
+            stamp = _clock(match.group(1))
+            if match.group(2):
+                task = match.group(2)
+                started[task] = stamp
+                first = first or (at, stamp)
+            else:
+                name = match.group(3)
+                parts[f"task {name}"] = (stamp - started[name]).total_seconds()
+                if "looking" in marks and "wrote" in marks:
+                    parts[f"  {name}: start-up (process, Python, kfp)"] = (
+                        marks["looking"] - started[name]
+                    ).total_seconds()
+                    parts[f"  {name}: component function"] = (
+                        marks["wrote"] - marks["looking"]
+                    ).total_seconds()
+                    parts[f"  {name}: exit (process end, outputs read)"] = (
+                        stamp - marks["wrote"]
+                    ).total_seconds()
+                marks = {}
+                last_end = stamp
             continue
-        stamp = datetime.datetime.strptime(match.group(1), "%H:%M:%S.%f")
-        if match.group(2):
-            started[match.group(2)] = stamp
-            first_task_at = at if first_task_at is None else first_task_at
-        else:
-            task = match.group(3)
-            parts[f"task {task}"] = (stamp - started[task]).total_seconds()
-    if first_task_at is not None:
-        parts["before the first task (CLI, kfp.local, TensorBoard)"] = first_task_at
+        executor = _EXECUTOR_LINE.match(text)
+        if executor:
+            stamp = _clock(f"{executor.group(1)}.{executor.group(2)}")
+            marks["looking" if executor.group(3).startswith("Looking") else "wrote"] = stamp
+        elif text.startswith("timing: "):
+            for item in text.removeprefix("timing: ").split(", "):
+                name, seconds, _ = item.rsplit(" ", 2)
+                parts[f"  training task: {name}"] = float(seconds)
+    if first is not None:
+        parts["before the first task (CLI, kfp.local, TensorBoard)"] = first[0]
+        if last_end is not None:
+            ended_at = first[0] + (last_end - first[1]).total_seconds()
+            parts["after the last task (summary, TensorBoard stopped)"] = total - ended_at
+    training = parts.get("  training task: training")
+    if training is not None:
+        parts["outside the training loop (whole run - training)"] = total - training
     return parts
 
 
@@ -225,6 +272,7 @@ def main() -> None:
     parser.add_argument("--mirror", required=True, type=Path, help="folder of the *-ubyte.gz")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1, help="pairs of runs, order alternating")
+    parser.add_argument("--json", type=Path, help="also write every run's measurements here")
     args = parser.parse_args()
     with served(args.mirror) as mirror:
         results = run_pairs(args, mirror)
@@ -240,9 +288,32 @@ def main() -> None:
     ):
         seed, ours = median("seed", key), median("ours", key)
         print(f"{label:22}{seed:10.1f}{ours:10.1f}{ours / seed:11.2f}")
-    print("\nours, where the time went (last run, seconds):")
-    for name, seconds in results["ours"][-1]["breakdown"].items():
-        print(f"  {name:60}{seconds:8.1f}")
+    outside = [r["breakdown"].get(OUTSIDE) for r in results["ours"]]
+    if all(v is not None for v in outside):
+        print(f"{'outside the loop (s)':32}{statistics.median(outside):10.1f}")
+    print("\npairs (seconds): seed first point, seed whole, ours first point, ours whole, ratios")
+    for seed, ours in zip(results["seed"], results["ours"], strict=True):
+        first = (seed["first_point_seconds"] or math.nan, ours["first_point_seconds"] or math.nan)
+        print(
+            f"  {first[0]:6.1f} {seed['total_seconds']:6.1f} {first[1]:6.1f} "
+            f"{ours['total_seconds']:6.1f}   first {first[1] / first[0]:.2f}, "
+            f"whole {ours['total_seconds'] / seed['total_seconds']:.2f}"
+        )
+    print(f"\nours, where the time went (median of {len(results['ours'])} run(s), seconds):")
+    keys = list(results["ours"][-1]["breakdown"])
+    for name in keys:
+        values = [r["breakdown"][name] for r in results["ours"] if name in r["breakdown"]]
+        print(f"  {name:62}{statistics.median(values):8.2f}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    name: [{k: v for k, v in r.items() if k != "lines"} for r in runs]
+                    for name, runs in results.items()
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

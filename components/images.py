@@ -8,11 +8,14 @@ it) points every image at a user's own registry, for clusters that mirror images
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from importlib import metadata
+from pathlib import Path
 
 from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.files import atomic_write_text
 
 DISTRIBUTION = "kfp-lightning"
 REGISTRY_ENV = "KFP_LIGHTNING_IMAGE_REGISTRY"
@@ -28,6 +31,11 @@ DESCRIPTIONS = {
     TOOLS: "TensorBoard launcher, training report and TensorBoard server for kfp-lightning "
     "(no PyTorch).",
 }
+# What `images/build.py --push` pushed from this checkout: tag -> manifest digest. A tag can be
+# pushed again with other content (every development build of one version has the same tag),
+# and nodes keep the copy they pulled first (imagePullPolicy IfNotPresent, Kubernetes' default
+# for a tag other than `latest`), so a compile names what was pushed by digest when it knows it.
+PUSHED_FILE = Path(__file__).resolve().parents[1] / "build" / "images" / "pushed.json"
 # host[:port] followed by lowercase path components, as the OCI distribution spec allows.
 REGISTRY_PATTERN = re.compile(r"[a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*")
 
@@ -54,8 +62,39 @@ def registry() -> str:
     return os.environ.get(REGISTRY_ENV, "").strip().rstrip("/") or DEFAULT_REGISTRY
 
 
+def image_tag(name: str) -> str:
+    """The tag `<registry>/kfp-lightning-<name>:<version>` of one image.
+
+    Args:
+        name: One of `IMAGE_NAMES`.
+
+    Returns:
+        The tagged reference.
+    """
+    if name not in IMAGE_NAMES:
+        raise ValueError(f"unknown image {name!r}: expected one of {', '.join(IMAGE_NAMES)}")
+    return f"{registry()}/kfp-lightning-{name}:{package_version()}"
+
+
+def pushed_digests() -> dict[str, str]:
+    """Tag -> manifest digest of every image pushed from this checkout (none when not built)."""
+    try:
+        return dict(json.loads(PUSHED_FILE.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def record_pushed(tag: str, digest: str) -> None:
+    """Remembers that `tag` was pushed as `digest` (`images/build.py --push` calls it)."""
+    atomic_write_text(PUSHED_FILE, json.dumps({**pushed_digests(), tag: digest}, indent=2) + "\n")
+
+
 def image_ref(name: str) -> str:
-    """The full reference `<registry>/kfp-lightning-<name>:<version>` of one image.
+    """The reference the pipeline names for one image: its tag, pinned by digest when known.
+
+    `<registry>/kfp-lightning-<name>:<version>@sha256:...` when this checkout pushed that tag
+    (the digest `images/build.py --push` printed), so nodes run exactly what was pushed even
+    where they hold an older image under the same tag; else the tag alone.
 
     Args:
         name: One of `IMAGE_NAMES`.
@@ -63,6 +102,19 @@ def image_ref(name: str) -> str:
     Returns:
         The image reference.
     """
-    if name not in IMAGE_NAMES:
-        raise ValueError(f"unknown image {name!r}: expected one of {', '.join(IMAGE_NAMES)}")
-    return f"{registry()}/kfp-lightning-{name}:{package_version()}"
+    tag = image_tag(name)
+    digest = pushed_digests().get(tag)
+    return f"{tag}@{digest}" if digest else tag
+
+
+def pull_policy(ref: str) -> str | None:
+    """The imagePullPolicy a task running `ref` needs; None keeps Kubernetes' default.
+
+    A digest names one content: the default (IfNotPresent) is right. So is it for the default
+    registry, which holds released versions only, each pushed once. A tag in any other registry
+    is a development build that may be pushed again under the same tag: nodes must pull it
+    each time (Always), or they would run the copy they pulled first.
+    """
+    if "@" in ref or ref.startswith(f"{DEFAULT_REGISTRY}/"):
+        return None
+    return "Always"

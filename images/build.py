@@ -442,7 +442,7 @@ def build(
     }
     refs = {}
     for name in names:
-        tag = images.image_ref(name)
+        tag = images.image_tag(name)
         seconds = build_image(
             docker, name, stage_context(name, package_wheel), tag, base_image, labels, no_cache
         )
@@ -461,6 +461,7 @@ def build(
                 raise BuildError(f"{err}\nalready pushed: {', '.join(pushed)}") from err
             raise
         refs[name] = pinned_ref(tag, digest)
+        images.record_pushed(tag, digest)  # what --compile names from now on
         pushed.append(tag)
         print(f"pushed {tag} in {time.monotonic() - started:.0f}s: {refs[name]}", flush=True)
     return refs

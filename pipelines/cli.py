@@ -6,6 +6,7 @@ options win. Errors are one line on stderr: exit status 2 for a bad value, 1 for
 """
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -57,6 +58,7 @@ MODE_OPTIONS: dict[str, tuple[tuple[str, ...], Any]] = {
     "training_timeout": (("compile",), DEFAULT_TRAINING_TIMEOUT_SECONDS),
     "output_dir": (("local",), "runs/local"),
     "keep_tensorboard": (("local",), False),
+    "verbose": (("local",), False),
     "namespace": (("check_cluster", "compare_runs"), None),
     "service_account": (("check_cluster",), preflight.DEFAULT_SERVICE_ACCOUNT),
     "kfp_namespace": (("check_cluster",), preflight.DEFAULT_KFP_NAMESPACE),
@@ -162,7 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     local_options = parser.add_argument_group("--local options")
     local_options.add_argument(
-        "--output-dir", default=None, help="artifacts, TensorBoard logs and summary.json"
+        "--output-dir",
+        default=None,
+        help="artifacts, TensorBoard logs, local-run.log and summary.json (default: "
+        f"{MODE_OPTIONS['output_dir'][1]})",
+    )
+    local_options.add_argument(
+        "--verbose",
+        action="store_true",
+        default=None,
+        help="show everything kfp.local and the tasks print, not only each task's own lines "
+        "(all of it is in OUTPUT_DIR/local-run.log either way)",
     )
     local_options.add_argument(
         "--keep-tensorboard",
@@ -294,11 +306,42 @@ def compile_pipeline(
             compiler.Compiler().compile(
                 pipeline, str(staging), pipeline_parameters=parameters or None
             )
+            staging.write_text(stable_header(staging.read_text()))
     except OSError as err:  # a folder that cannot be made or written: nothing was written
         raise invalid(
             "output", str(output), f"a path this user can write ({err.strerror})"
         ) from None
     return path
+
+
+_DEFAULT_IN_HEADER = re.compile(r"^(#    \w+: \w+ \[Default: )([\[{].*)\]$")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
+
+
+def stable_header(text: str) -> str:
+    """`text` with the dict and list defaults of KFP's header comment in sorted key order.
+
+    KFP writes each default there from a protobuf Struct (kfp/compiler/pipeline_spec_builder.py,
+    the pipeline header's `collect_pipeline_signatures`), whose map order changes from one
+    process to the next; the YAML body below it is key-sorted already. Sorted, the same source
+    compiles to the same bytes, as GitOps diffs and content-keyed caches need.
+    """
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if not line.startswith("#"):
+            break
+        match = _DEFAULT_IN_HEADER.match(line)
+        if match:
+            value = _sorted(ast.literal_eval(match.group(2)))
+            lines[index] = f"{match.group(1)}{value!r}]"
+    return "\n".join(lines)
 
 
 def compiled_images(path: Path) -> list[str]:
@@ -364,7 +407,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from kfp_lightning.pipelines.local import run_local
 
-    summary = run_or_exit(run_local, args.output_dir, parameters, args.keep_tensorboard, nodes)
+    summary = run_or_exit(
+        run_local, args.output_dir, parameters, args.keep_tensorboard, nodes, args.verbose
+    )
     rate = summary["train_samples_per_second"]
     print(
         f"test accuracy {summary['test_accuracy']:.4f}, test loss {summary['test_loss']:.4f}, "

@@ -30,6 +30,7 @@ from kfp_lightning.components.common.logs_location import (
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.launch_tensorboard.kube_api import (
     ClusterUnreachableError,
+    ObjectNotEnsuredError,
     Patience,
     connect,
     ensure_object,
@@ -45,6 +46,7 @@ from kfp_lightning.components.launch_tensorboard.objects import (
     poddefault_object,
     tensorboard_object,
 )
+from kfp_lightning.pipelines.preflight import endpoint_in_cluster
 
 ALL_RUNS_NAME = "kfp-lightning-runs"
 ALL_RUNS_ID = "all-runs"  # its run-id label: it belongs to no single run
@@ -98,7 +100,8 @@ def open_runs_tensorboard(
         try:
             poddefault = None
             if root.scheme == "s3":
-                endpoint = logs.endpoint() or logs.s3_endpoint
+                # Outside the cluster, `auto` is resolved by asking its API server.
+                endpoint = endpoint_in_cluster(api_client, logs.s3_endpoint)
                 wanted = poddefault_object(namespace, endpoint, logs.s3_credentials_secret)
                 ensure_object(api, PODDEFAULT_API, wanted, patience)
                 poddefault = wanted["metadata"]["name"]
@@ -117,6 +120,8 @@ def open_runs_tensorboard(
                     "contributors may (Kubeflow's kubeflow-edit role)"
                 ) from None
             raise RunError(" ".join(describe_refusal(err, resource, namespace).split())) from None
+        except ObjectNotEnsuredError as err:
+            raise RunError(" ".join(str(err).split())) from None
         except ClusterUnreachableError as err:
             host = api_client.configuration.host
             raise RunError(f"no Kubernetes API server answers at {host}: {err}") from None

@@ -3,23 +3,29 @@
 Every task runs as a subprocess of this Python environment (the package must be installed in
 it), writing its artifacts under `<output_dir>/artifacts`. Training streams its event files to
 `<output_dir>/tensorboard/<run id>`, and a `tensorboard` server on 127.0.0.1 shows them while
-the pipeline runs; the URL is printed before the first task starts.
+the pipeline runs; the URL is printed before the first task starts. Everything kfp.local and
+the tasks print goes to `<output_dir>/local-run.log`; the terminal shows each task's own lines
+(progress, where things are) and, when a task fails, its one-line error last, on stderr.
 """
 
 import contextlib
+import io
+import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from kfp_lightning.components.common.errors import RunError, invalid
-from kfp_lightning.components.common.files import write_json
+from kfp_lightning.components.common.files import atomic_write_bytes, share_like_umask, write_json
 from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.train_mnist.config import CONSOLE_ENV
 from kfp_lightning.components.train_on_nodes.nodes import LOCAL
 from kfp_lightning.pipelines.mnist import build_pipeline
 from kfp_lightning.pipelines.parameters import check_local_run, validate_parameters
@@ -47,10 +53,11 @@ def local_tensorboard(logdir: Path, keep: bool, log_file: Path) -> Iterator[str]
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     with log_file.open("ab") as log:
+        # Rescanned every second: a new point is served within a second of reaching the file.
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir)),
-                *("--host", "127.0.0.1", "--port", str(port), "--reload_interval", "2"),
+                *("--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -81,11 +88,129 @@ def local_tensorboard(logdir: Path, keep: bool, log_file: Path) -> Iterator[str]
                 process.kill()
 
 
+LOG_FILE = "local-run.log"
+# What kfp.local prints around the tasks' own output (kfp/local/logging_utils.py: its records,
+# `HH:MM:SS.mmm - LEVEL - message`; each task's stream indented by four spaces; the executor's
+# records `[KFP Executor <time> LEVEL]: ...`, one of which dumps the executor input as JSON).
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - (\w+) - (.*)$")
+_EXECUTING = re.compile(r"^Executing task '([^']+)'")
+_STREAM_INDENT = "    "
+_EXECUTOR_RECORD = "[KFP Executor "
+_EXECUTOR_INPUT = "Got executor_input:"
+
+
+class TaskConsole(io.TextIOBase):
+    """Stands in for stdout while kfp.local runs: keeps all of it, shows what a user needs.
+
+    Every line goes to the log file. On the console (unless `verbose`), kfp.local's own records
+    and the executor's bookkeeping are left out, and each task line is shown as
+    `[task] line`. The last `error: ...` line (or, failing that, the last line) each task
+    printed is kept, so a failed run can end with the failed task's own cause.
+
+    Args:
+        console: Where the chosen lines go (the real stdout).
+        log: The log file, open for writing.
+        verbose: Show every line, as kfp.local prints it.
+    """
+
+    def __init__(self, console: TextIO, log: TextIO, verbose: bool) -> None:
+        self.console, self.verbose = console, verbose
+        self.log: TextIO | None = log
+        self.task = ""
+        self.in_stream = False  # between a task's "Streamed logs:" and kfp's next record
+        self.in_input_dump = False
+        self.last_lines: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.log is not None:
+            with contextlib.suppress(OSError):
+                self.log.flush()
+        self.console.flush()
+
+    def _line(self, line: str) -> None:
+        if self.log is not None:
+            try:
+                self.log.write(line + "\n")
+            except OSError as err:  # a full disk: the tasks say so themselves; keep showing
+                self.log = None
+                print(f"warning: {LOG_FILE} stopped here: {err.strerror}", file=sys.stderr)
+        if self.verbose:
+            self.console.write(line + "\n")
+        plain = _ANSI.sub("", line)
+        record = _KFP_RECORD.match(plain)
+        if record:
+            message = record.group(2)
+            started = _EXECUTING.match(message)
+            if started:
+                self.task = started.group(1)
+            self.in_stream = message.startswith("Streamed logs:")
+            self.in_input_dump = False
+            return
+        if not (self.in_stream and plain.startswith(_STREAM_INDENT)):
+            return  # kfp.local's multi-line records (a task's outputs), rules, blank lines
+        text = plain[len(_STREAM_INDENT) :].rstrip()
+        if self.in_input_dump:
+            self.in_input_dump = text != "}"  # the dump's closing brace, unindented
+            return
+        if text.startswith(_EXECUTOR_RECORD):
+            self.in_input_dump = text.endswith(_EXECUTOR_INPUT)
+            return
+        if not text.strip():
+            return
+        self.last_lines[self.task] = text.strip()
+        if text.startswith("error: "):
+            self.failures[self.task] = text[len("error: ") :]
+        if not self.verbose:
+            self.console.write(f"[{self.task}] {text}\n")
+
+    def cause(self, task: str) -> str:
+        """The failed task's own one-line error, or its last line when it printed none."""
+        return self.failures.get(task) or self.last_lines.get(task) or "no output"
+
+
+def _close_quietly(stream: TextIO) -> None:
+    with contextlib.suppress(OSError):
+        stream.close()
+
+
+def check_writable(output_dir: Path) -> None:
+    """Refuses an output folder this user cannot write, before anything runs.
+
+    Raises:
+        UserInputError: A file in the way, or a folder that cannot be created or written.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise invalid("output_dir", str(output_dir), "a folder, not a file")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # A probe, since permission bits do not tell root about a read-only mount.
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        raise invalid(
+            "output_dir", str(output_dir), f"a folder this user can write ({err.strerror})"
+        ) from None
+
+
 def run_local(
     output_dir: str | Path,
     parameters: Mapping[str, Any],
     keep_tensorboard: bool = False,
     nodes: int = 1,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Runs the pipeline here and writes `<output_dir>/summary.json`.
 
@@ -96,9 +221,15 @@ def run_local(
         keep_tensorboard: Leave the TensorBoard server running when the pipeline ends.
         nodes: Nodes to train on; more than one runs them as torchrun processes on 127.0.0.1
             (gloo on the CPU), through the same multi-node entry point as a cluster's TrainJob.
+        verbose: Show everything kfp.local and the tasks print, not only the tasks' own lines
+            (all of it is in `<output_dir>/local-run.log` either way).
 
     Returns:
         The summary that was written.
+
+    Raises:
+        UserInputError: A parameter or the output folder cannot be used (nothing ran).
+        RunError: A task failed: the message is that task's own error.
     """
     from kfp import local
 
@@ -108,18 +239,13 @@ def run_local(
     values = validate_parameters(parameters)
     check_local_run(values)
     root = parse_logs_root(values["tensorboard_logs_root"], namespace="local")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise invalid("output_dir", str(output_dir), "a folder, not a file")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # a file in the way, or a folder this user cannot write
-        raise invalid(
-            "output_dir", str(output_dir), f"a folder this user can write ({err.strerror})"
-        ) from None
-    # A summary from an earlier run must not pass for this run's if this one fails.
-    (output_dir / "summary.json").unlink(missing_ok=True)
-    # The components name container images; here they run in this Python environment.
+    check_writable(output_dir)
+    # The components name container images; here they run in this Python environment, and
+    # the runner's settings (resources, display names) have no effect: said once, here.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+    # Tasks inherit it: training then keeps Lightning's informational records out of the way.
+    os.environ[CONSOLE_ENV] = "verbose" if verbose else "quiet"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(output_dir / "artifacts"),
@@ -132,13 +258,26 @@ def run_local(
         if root.scheme == "file"
         else contextlib.nullcontext(None)
     )
-    with viewer as url:
+    log_path = output_dir / LOG_FILE
+    with viewer as url, contextlib.ExitStack() as stack:
+        log = log_path.open("w", encoding="utf-8")
+        # Closing flushes: on a full disk that fails too, and the tasks' own error says so.
+        stack.callback(_close_quietly, log)
+        console = TaskConsole(sys.stdout, log, verbose)
         try:
-            outputs = pipeline(**parameters).outputs
+            with contextlib.redirect_stdout(console):
+                outputs = pipeline(**parameters).outputs
         except RuntimeError as err:
-            # kfp.local reports the failed task in colour; the task's own error is above.
-            message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-            raise RunError(f"{message} Its error is printed above.") from None
+            failed = re.search(r"Task '([^']+)'", _ANSI.sub("", str(err)))
+            task = failed.group(1) if failed else console.task
+            print(f"task {task} failed; its whole output: {log_path}", file=sys.stderr)
+            raise RunError(console.cause(task)) from None
+        finally:
+            console.flush()
+            # kfp.local's cache writes private (0600) files; the folder is the user's to share.
+            share_like_umask(output_dir)
+    report_page = output_dir / "report.html"
+    atomic_write_bytes(report_page, Path(outputs["report"].path).read_bytes())
     metrics = dict(outputs["metrics"].metadata)
     classification = outputs["classification_metrics"]
     confusion = classification.metadata["confusionMatrix"]
@@ -158,7 +297,8 @@ def run_local(
         "classification_metrics": classification.path,
         # Rows: true digit; columns: predicted digit (the artifact's metadata, as Kubeflow shows).
         "confusion_matrix": [row["row"] for row in confusion["rows"]],
-        "report_html": outputs["report"].path,
+        # A path that opens as a page: KFP's HTML artifact is a file without an extension.
+        "report_html": str(report_page),
         "tensorboard_url": url,
         "parameters": values,
     }

@@ -191,6 +191,7 @@ def build_pipeline(
                 dataset=download.outputs["dataset"],
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
                 nodes=nodes,
                 node_launcher=node_launcher,
                 trainer_image=images.image_ref(images.TRAINER),
@@ -206,6 +207,12 @@ def build_pipeline(
             train_deadline = training_timeout_seconds + NODES_STEP_MARGIN_SECONDS
             kubernetes.set_timeout(train, train_deadline)
             kubernetes.use_field_path_as_env(train, "POD_NAMESPACE", "metadata.namespace")
+            # The nodes run as this step's account with its pull secrets, which the step reads
+            # from its own pod (components/train_on_nodes/trainjob.py).
+            kubernetes.use_field_path_as_env(train, "POD_NAME", "metadata.name")
+            kubernetes.use_field_path_as_env(
+                train, "POD_SERVICE_ACCOUNT", "spec.serviceAccountName"
+            )
             if logs_pvc:
                 kubernetes.mount_pvc(train, logs_pvc, str(PVC_MOUNT_ROOT / logs_pvc))
             else:
@@ -216,6 +223,8 @@ def build_pipeline(
                 dataset=download.outputs["dataset"],
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                # With the data and the parameters, it keys the task's state within the run.
+                task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
                 **arguments_for(train_mnist, parameters),
             )
             # A run is started in order to train (and to watch it): never answer from the cache.
@@ -266,7 +275,13 @@ def build_pipeline(
             (launcher, images.TOOLS),
             (report, images.TOOLS),
         ):
-            task.set_container_image(images.image_ref(image))
+            ref = images.image_ref(image)
+            task.set_container_image(ref)
+            policy = images.pull_policy(ref)
+            if policy:
+                # The KFP driver sets it on the task's container (backend/src/v2/driver/
+                # driver.go, `GetImagePullPolicy`; in the platform proto since backend 2.5.0).
+                kubernetes.set_image_pull_policy(task, policy)
 
         if retries:
             # Mirrors time out and GPU nodes get preempted; deterministic failures (bad input,

@@ -8,12 +8,14 @@ every rule a component enforces, from the same code, before anything runs.
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from kfp_lightning.components.common.errors import invalid
-from kfp_lightning.components.common.files import atomic_write_text
-from kfp_lightning.components.common.logs_location import check_mounted_claim, parse_logs_root
+from kfp_lightning.components.common.logs_location import (
+    LiveLogsConfig,
+    check_mounted_claim,
+    parse_logs_root,
+)
 from kfp_lightning.components.common.run_form import (
     PIPELINE,
     RunParameter,
@@ -26,11 +28,13 @@ from kfp_lightning.components.train_mnist.config import (
     PRESETS,
     TEST_SET,
     TrainConfig,
+    check_batch_size,
     check_compiler,
     plan_devices,
     visible_gpus,
 )
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS
+from kfp_lightning.pipelines.readme import rewrite_section, with_section
 
 
 def run_form_parameters() -> list[RunParameter]:
@@ -96,6 +100,8 @@ def check_dataset_fit(values: Mapping[str, Any]) -> None:
             values["validation"],
             f"{TEST_SET} or fewer than the {MNIST_TRAIN_SAMPLES} MNIST training images",
         )
+    if download.published_checksums:
+        check_batch_size(config.batch_size, MNIST_TRAIN_SAMPLES - config.validation_size)
 
 
 def check_cluster_run(values: Mapping[str, Any], logs_pvc: str | None) -> None:
@@ -129,6 +135,8 @@ def check_local_run(values: Mapping[str, Any]) -> None:
     root = values["tensorboard_logs_root"]
     if parse_logs_root(root, "local").scheme == "pvc":
         raise invalid("tensorboard_logs_root", root, "a directory or s3:// for --local runs")
+    # An s3:// root needs an endpoint this machine reaches; `auto` finds one only in a cluster.
+    from_run_form(LiveLogsConfig, values).endpoint()
     config = from_run_form(TrainConfig, values)
     # --local trains in this Python: on the CPU, or on this machine's GPU if it has one.
     check_compiler(config.torch_compile, "cpu")
@@ -161,16 +169,12 @@ def parameters_table() -> str:
 
 
 def with_parameters_table(readme: str) -> str:
-    """`readme` with the text between the table's markers replaced by `parameters_table()`.
+    """`readme` with its table of run parameters written from their declarations.
 
     Raises:
         ValueError: The markers are missing.
     """
-    before, found, rest = readme.partition(README_START)
-    _, found_end, after = rest.partition(README_END)
-    if not (found and found_end):
-        raise ValueError(f"README.md lacks {README_START} ... {README_END}")
-    return f"{before}{README_START}\n{parameters_table()}\n{README_END}{after}"
+    return with_section(readme, README_START, README_END, parameters_table())
 
 
 if __name__ == "__main__":
@@ -180,6 +184,5 @@ if __name__ == "__main__":
         prog="python -m kfp_lightning.pipelines.parameters",
         description="Rewrite the README's table of run parameters from their declarations.",
     ).parse_args()
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    atomic_write_text(readme, with_parameters_table(readme.read_text()))
-    print(f"updated the parameters table in {readme}")
+    path = rewrite_section(README_START, README_END, parameters_table())
+    print(f"updated the parameters table in {path}")

@@ -21,6 +21,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO, TypeVar
+from urllib.parse import urlparse
 
 import urllib3
 from kubernetes import client
@@ -37,12 +38,18 @@ from kfp_lightning.components.common.logs_location import (
     current_namespace,
     parse_logs_root,
 )
+from kfp_lightning.components.common.object_store import AUTO, KFP_OBJECT_STORES, ObjectStore
+from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.common.urls import parse_http_endpoint
 from kfp_lightning.components.launch_tensorboard.kube_api import (
     ClusterUnreachableError,
     connect,
     connection_failure,
 )
-from kfp_lightning.components.launch_tensorboard.launcher import RBAC_MANIFEST
+from kfp_lightning.components.launch_tensorboard.launcher import (
+    LAUNCHER_PERMISSIONS,
+    RBAC_MANIFEST,
+)
 from kfp_lightning.components.launch_tensorboard.objects import (
     ACCESS_KEY_KEY,
     PODDEFAULT_API,
@@ -63,15 +70,28 @@ KFP_CONTAINER = "ml-pipeline-api-server"
 MIN_BACKEND = (2, 5, 0)
 SUPPORTED_BACKENDS = "2.5.0 and newer (Kubeflow 1.10.1+, standalone 2.5-2.17)"
 REQUEST_TIMEOUT_SECONDS = 10.0
-# The verbs the launcher uses: create, then on 409 get and (if it differs) a merge patch;
-# readiness is polled with get (components/launch_tensorboard/kube_api.py).
-LAUNCHER_VERBS = ("create", "get", "patch")
+CLAIMS = "persistentvolumeclaims"
 # The scheduler treats a cordoned node as carrying this taint (kubernetes/kubernetes,
 # pkg/scheduler/framework/plugins/nodeunschedulable/node_unschedulable.go).
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 # Only these effects keep a new pod off a node; PreferNoSchedule is a preference
 # (pkg/scheduler/framework/plugins/tainttoleration/taint_toleration.go).
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
+# Taints the node lifecycle controller puts on a node for its condition (kubernetes/kubernetes,
+# staging/src/k8s.io/api/core/v1/well_known_taints.go): a node that is not ready, unreachable,
+# under pressure or cordoned. Tolerating them would put training on a broken node, so the
+# preflight never advises it: such a node is reported as not ready or not schedulable.
+CONDITION_TAINTS = frozenset(
+    {
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+        "node.kubernetes.io/unschedulable",
+        "node.kubernetes.io/memory-pressure",
+        "node.kubernetes.io/disk-pressure",
+        "node.kubernetes.io/pid-pressure",
+        "node.kubernetes.io/network-unavailable",
+    }
+)
 
 
 class Status(enum.Enum):
@@ -124,6 +144,8 @@ class Target:
     logs: LogsLocation
     s3_secret: str
     nodes: int = 1
+    s3_endpoint: str = AUTO
+    values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def check_names(namespace: str | None, service_account: str, kfp_namespace: str) -> None:
@@ -172,6 +194,8 @@ def target_from_parameters(
         tolerations=[dict(t) for t in values["tolerations"]],
         logs=parse_logs_root(values["tensorboard_logs_root"], namespace=namespace),
         s3_secret=values["s3_credentials_secret"],
+        s3_endpoint=values["s3_endpoint"],
+        values=dict(values),
         nodes=nodes,
     )
 
@@ -207,19 +231,25 @@ def _served(api_client: client.ApiClient, resource: tuple[str, str, str, str]) -
 
 
 def check_crd(
-    api_client: client.ApiClient, resource: tuple[str, str, str, str], logs: LogsLocation
+    api_client: client.ApiClient,
+    resource: tuple[str, str, str, str],
+    logs: LogsLocation,
+    tensorboards: bool = True,
 ) -> Check:
     """Whether the cluster serves a custom resource the launcher creates.
 
     Asks API discovery (`/apis/<group>/<version>`), which any authenticated user may read, for
-    the exact group, version and resource the launcher writes; a CRD that exists but does not
-    serve that version fails too.
+    the exact group, version and resource the launcher writes. Kubeflow's Tensorboard is
+    optional: standalone Kubeflow Pipelines has none, and a run there still trains and is
+    watched through the run page's "Start Tensorboard" button. A PodDefault is needed only to
+    give that Tensorboard's pod the object store's credentials.
 
     Args:
         api_client: A configured client.
         resource: (group, version, plural, kind), e.g. `TENSORBOARD_API`.
         logs: The run's logs root: PodDefaults are needed for s3:// only, neither for a
             local directory (no cluster TensorBoard is started then).
+        tensorboards: Whether the cluster serves Tensorboards (for the PodDefault check).
 
     Returns:
         The result.
@@ -229,20 +259,23 @@ def check_crd(
     needed = logs.scheme == "s3" or (logs.scheme == "pvc" and resource == TENSORBOARD_API)
     if not needed:
         return Check(name, Status.PASSED, f"not needed for logs at {logs.uri}")
+    if resource == PODDEFAULT_API and not tensorboards:
+        return Check(name, Status.PASSED, "not needed without Kubeflow's Tensorboard")
     served = _served(api_client, resource)
     if served is not None:
         return served
     if resource == TENSORBOARD_API:
-        fix = (
-            "install Kubeflow's TensorBoard controller and its CRD (part of a full Kubeflow "
-            "install, not of standalone Kubeflow Pipelines); without it the run still trains "
-            "and its Live TensorBoard step gives kubectl commands instead"
+        return Check(
+            name,
+            Status.PASSED,
+            f"{plural}.{group}/{version} is not served (standalone Kubeflow Pipelines): no "
+            "Kubeflow Tensorboard is started; the run page's Start Tensorboard button and the "
+            "Live TensorBoard step's kubectl commands show the logs instead",
         )
-    else:
-        fix = (
-            "install Kubeflow's admission webhook and its PodDefault CRD (part of a full "
-            "Kubeflow install), or log to a pvc:// root (--tensorboard-logs-root, --logs-pvc)"
-        )
+    fix = (
+        "install Kubeflow's admission webhook and its PodDefault CRD (part of a full "
+        "Kubeflow install), or log to a pvc:// root (--tensorboard-logs-root, --logs-pvc)"
+    )
     return Check(name, Status.FAILED, f"the cluster serves no {plural}.{group}/{version}", fix)
 
 
@@ -301,6 +334,188 @@ def check_s3_secret(
     )
 
 
+def _service_port(service: client.V1Service, port: int) -> bool:
+    return any(p.port == port for p in (service.spec.ports or []))
+
+
+def cluster_store(endpoint: str) -> ObjectStore | None:
+    """The in-cluster Service an endpoint names (`<svc>.<ns>[.svc[.cluster.local]]`), or None.
+
+    Args:
+        endpoint: http(s)://host[:port].
+
+    Returns:
+        The Service, namespace and port it names; None for a host outside the cluster.
+    """
+    parts = urlparse(endpoint)
+    labels = (parts.hostname or "").split(".")
+    if len(labels) == 2 or labels[2:] in (["svc"], ["svc", "cluster", "local"]):
+        default_port = 443 if parts.scheme == "https" else 80
+        return ObjectStore(labels[0], labels[1], parts.port or default_port, "the s3_endpoint")
+    return None
+
+
+def find_object_store(
+    api_client: client.ApiClient, candidates: Sequence[ObjectStore] = KFP_OBJECT_STORES
+) -> ObjectStore | None:
+    """The first of `candidates` whose Service exists with its port: what `auto` resolves to.
+
+    A pod resolves `auto` through the cluster's DNS, which answers for exactly the Services
+    that exist (components/common/object_store.py); from outside the cluster the API server
+    says the same.
+
+    Raises:
+        ApiException: A Service could not be read (no permission).
+    """
+    core = client.CoreV1Api(api_client)
+    for store in candidates:
+        try:
+            service = _call(core.read_namespaced_service, store.service, store.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                continue
+            raise
+        if _service_port(service, store.port):
+            return store
+    return None
+
+
+def endpoint_in_cluster(api_client: client.ApiClient, value: str) -> str:
+    """The endpoint pods of the cluster would use for `s3_endpoint=value`, told by its API.
+
+    For callers outside the cluster (`--compare-runs`), whose DNS cannot resolve `auto`.
+
+    Raises:
+        UserInputError: `auto`, and no object-store Service exists or may be read.
+    """
+    if value.strip() != AUTO:
+        return parse_http_endpoint(value, "s3_endpoint")
+    try:
+        found = find_object_store(api_client)
+    except ApiException as err:
+        found, why = None, f"its Services are not readable with these credentials ({_refusal(err)})"
+    else:
+        why = "none of its Services exists"
+    if found is None:
+        tried = ", ".join(store.host for store in KFP_OBJECT_STORES)
+        raise invalid(
+            "s3_endpoint", AUTO, f"http(s)://host[:port]: auto looks for {tried}, and {why}"
+        )
+    return found.endpoint
+
+
+def check_object_store(api_client: client.ApiClient, logs: LogsLocation, endpoint: str) -> Check:
+    """Whether the S3 endpoint the run would use is a Service of this cluster.
+
+    With `s3_endpoint=auto`, the run uses the first of KFP's object-store Services that exists
+    (seaweedfs, else minio-service, in `kubeflow`); an explicit endpoint naming an in-cluster
+    Service must name one that exists with that port. An endpoint outside the cluster cannot
+    be checked from here.
+
+    Args:
+        api_client: A configured client.
+        logs: The run's logs root (only s3:// needs an object store).
+        endpoint: The `s3_endpoint` parameter.
+
+    Returns:
+        The result; unknown when these credentials may not read the Services.
+    """
+    name = "object store"
+    if logs.scheme != "s3":
+        return Check(name, Status.PASSED, f"not needed for logs at {logs.uri}")
+    auto = endpoint.strip() == AUTO
+    if auto:
+        candidates: Sequence[ObjectStore] = KFP_OBJECT_STORES
+    else:
+        store = cluster_store(parse_http_endpoint(endpoint, "s3_endpoint"))
+        if store is None:
+            return Check(
+                name,
+                Status.UNKNOWN,
+                f"{endpoint} is not a Service of this cluster: not checked from here",
+                f"make sure the training and TensorBoard pods reach {endpoint}",
+            )
+        candidates = (store,)
+    services = " or ".join(f"Service {s.namespace}/{s.service} (port {s.port})" for s in candidates)
+    try:
+        found = find_object_store(api_client, candidates)
+    except ApiException as err:
+        return Check(
+            name,
+            Status.UNKNOWN,
+            f"{services} not readable with these credentials ({_refusal(err)})",
+            f"kubectl -n {candidates[0].namespace} get service as someone who may read it",
+        )
+    if found is None:
+        what = "KFP's object store" if auto else f"s3_endpoint={endpoint}"
+        return Check(
+            name,
+            Status.FAILED,
+            f"{what}: no {services} in this cluster",
+            "install Kubeflow Pipelines with its object store, or pass --s3-endpoint "
+            "http(s)://host[:port] of an S3 API the pods can reach",
+        )
+    shown = f"s3_endpoint={endpoint}" + (f" resolves to {found.endpoint}" if auto else "")
+    return Check(
+        name, Status.PASSED, f"{shown}: Service {found.namespace}/{found.service} ({found.product})"
+    )
+
+
+def check_logs_claim(api_client: client.ApiClient, namespace: str, logs: LogsLocation) -> Check:
+    """Whether a pvc:// logs root's claim exists and can be mounted on two nodes at once.
+
+    Training and the TensorBoard pod mount it at the same time, each wherever it is scheduled;
+    a ReadWriteOnce claim attaches to one node only, so the second pod would wait on a
+    Multi-Attach error (training, until its deadline). See `launch_tensorboard/launcher.py`.
+
+    Args:
+        api_client: A configured client.
+        namespace: The run's namespace.
+        logs: The run's logs root.
+
+    Returns:
+        The result; unknown when these credentials may not read the claim.
+    """
+    name = "logs claim"
+    if logs.scheme != "pvc":
+        return Check(name, Status.PASSED, f"not needed for logs at {logs.uri}")
+    where = f"{namespace}/{logs.claim}"
+    try:
+        claim = _call(
+            client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim,
+            logs.claim,
+            namespace,
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return Check(
+                name,
+                Status.FAILED,
+                f"no PersistentVolumeClaim {where}",
+                "create a ReadWriteMany claim of that name, or log to s3:// (the default)",
+            )
+        return Check(
+            name,
+            Status.UNKNOWN,
+            f"claim {where} not readable with these credentials ({_refusal(err)})",
+            f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'",
+        )
+    modes = list(claim.spec.access_modes or [])
+    # Training writes while TensorBoard reads, each on its own node: of the modes that let
+    # several nodes mount a volume (launch_tensorboard/launcher.py, `SHARED_ACCESS_MODES`),
+    # only ReadWriteMany lets them write.
+    if "ReadWriteMany" not in modes:
+        return Check(
+            name,
+            Status.FAILED,
+            f"claim {where} is {'/'.join(modes) or 'without access modes'}: training and the "
+            "TensorBoard pod may land on different nodes, and only one node can mount it",
+            "use a ReadWriteMany claim (e.g. NFS, CephFS, Filestore), or log to s3:// (the "
+            "default)",
+        )
+    return Check(name, Status.PASSED, f"claim {where} is {'/'.join(modes)}")
+
+
 def service_account_user(namespace: str, service_account: str) -> tuple[str, list[str]]:
     """The user name and groups a service account's token authenticates as.
 
@@ -344,30 +559,35 @@ def _allowed(
 
 
 def check_launcher_rbac(
-    api_client: client.ApiClient, namespace: str, service_account: str, logs: LogsLocation
+    api_client: client.ApiClient,
+    namespace: str,
+    service_account: str,
+    logs: LogsLocation,
+    tensorboards: bool = True,
 ) -> Check:
-    """Whether the run's service account may create, read and patch what the launcher writes.
+    """Whether the run's service account may make every call the launcher makes.
 
-    One SubjectAccessReview per verb and resource, answered by the cluster's own authorizer
-    for the service account's user and groups.
+    One SubjectAccessReview per verb and resource of `LAUNCHER_PERMISSIONS` the logs root
+    needs (Tensorboards; PodDefaults for s3://; reading the claim for pvc://), answered by the
+    cluster's own authorizer for the service account's user and groups.
 
     Args:
         api_client: A configured client.
         namespace: The run's namespace.
         service_account: The account the run's pods run as.
-        logs: The run's logs root (PodDefaults are written for s3:// only).
+        logs: The run's logs root.
+        tensorboards: Whether the cluster serves Tensorboards (else nothing is created).
 
     Returns:
         The result; unknown when these credentials may not ask.
     """
     name = "launcher RBAC"
     account = f"{namespace}/{service_account}"
-    resources = [
-        r
-        for r in (PODDEFAULT_API, TENSORBOARD_API)
-        if logs.scheme == "s3" or (logs.scheme == "pvc" and r == TENSORBOARD_API)
-    ]
-    if not resources:
+    if not tensorboards:
+        return Check(name, Status.PASSED, "nothing to create: Kubeflow's Tensorboard is not served")
+    needed = {"s3": (TENSORBOARD_API[2], PODDEFAULT_API[2]), "pvc": (TENSORBOARD_API[2], CLAIMS)}
+    permissions = [p for p in LAUNCHER_PERMISSIONS if p[1] in needed.get(logs.scheme, ())]
+    if not permissions:
         return Check(name, Status.PASSED, f"nothing to create for logs at {logs.uri}")
     try:
         _call(
@@ -386,9 +606,9 @@ def check_launcher_rbac(
     user, groups = service_account_user(namespace, service_account)
     denied: list[str] = []
     try:
-        for group, _, plural, _ in resources:
+        for group, plural, wanted in permissions:
             verbs = []
-            for verb in LAUNCHER_VERBS:
+            for verb in wanted:
                 attributes = client.V1ResourceAttributes(
                     namespace=namespace, verb=verb, group=group, resource=plural
                 )
@@ -406,7 +626,7 @@ def check_launcher_rbac(
             f"these credentials may not ask the authorizer ({_refusal(err)})",
             f"ask a cluster admin to run: kubectl auth can-i --list -n {namespace} --as {user}",
         )
-    allowed = ", ".join(f"{'/'.join(LAUNCHER_VERBS)} {r[2]}" for r in resources)
+    allowed = ", ".join(f"{'/'.join(verbs)} {plural}" for _, plural, verbs in permissions)
     if not denied:
         return Check(name, Status.PASSED, f"{account} may {allowed}")
     fix = f"kubectl apply -n {namespace} -f {RBAC_MANIFEST}"
@@ -479,10 +699,20 @@ def why_unreachable(
     ]
     if node.spec and node.spec.unschedulable:
         taints.append(UNSCHEDULABLE_TAINT)
-    reasons = [
-        f"taint {_taint_text(taint)} not tolerated"
+    blocking = [
+        taint
         for taint in taints
         if taint["effect"] in BLOCKING_EFFECTS and not any(tolerates(t, taint) for t in tolerations)
+    ]
+    reasons = [
+        f"not ready or not schedulable ({_taint_text(taint)})"
+        for taint in blocking
+        if taint["key"] in CONDITION_TAINTS
+    ]
+    reasons += [
+        f"taint {_taint_text(taint)} not tolerated"
+        for taint in blocking
+        if taint["key"] not in CONDITION_TAINTS
     ]
     labels = node.metadata.labels or {}
     reasons += [
@@ -535,11 +765,12 @@ def check_gpu_nodes(
             "add a GPU node pool with NVIDIA's device plugin (or GPU operator), request fewer "
             "with --gpus, or train on a CPU node with --gpus 0",
         )
-    reached, blocked = [], []
+    reached, blocked, obstacles = [], [], []
     for node in candidates:
         reasons = why_unreachable(node, node_selector, tolerations)
         if reasons:
             blocked.append(f"{node.metadata.name}: {', '.join(reasons)}")
+            obstacles += reasons
         else:
             reached.append(node.metadata.name)
     wanted = f"with {gpus} allocatable {GPU_RESOURCE} " if gpus else ""
@@ -548,15 +779,28 @@ def check_gpu_nodes(
         found = f"{len(reached)} node(s) {wanted}reachable"
         found += "" if gpus else ", no GPU needed (gpus=0)"
         return Check(name, Status.PASSED, f"{found}: {shown}")
+    fixes = []
+    if any(reason.startswith("not ready") for reason in obstacles):
+        # Never "tolerate it": the condition taints mark nodes a pod must not run on.
+        fixes.append(
+            "wait until those nodes are ready and schedulable again, or repair or uncordon them "
+            "(kubectl describe node NAME shows why); a training pod must not tolerate "
+            "node.kubernetes.io/* condition taints"
+        )
+    if any(reason.startswith("taint") for reason in obstacles):
+        fixes.append(
+            'add tolerations for those taints (--tolerations \'[{"key": KEY, "operator": '
+            '"Exists", "effect": EFFECT}]\')'
+        )
+    if any(reason.startswith("label") for reason in obstacles):
+        fixes.append("pass a --node-selector that those nodes' labels match")
     return Check(
         name,
         Status.FAILED,
-        f"nodes {wanted}exist, but the tolerations and node selector reach none ("
+        f"nodes {wanted}exist, but none can take the training pod ("
         + "; ".join(sorted(blocked)[:5])
         + ")",
-        'add tolerations for those taints (--tolerations \'[{"key": KEY, "operator": '
-        '"Exists", "effect": EFFECT}]\') and/or a --node-selector that those nodes\' labels '
-        "match",
+        "; ".join(fixes),
     )
 
 
@@ -710,6 +954,80 @@ def check_trainjob_rbac(
     )
 
 
+def check_trainjob_dry_run(api_client: client.ApiClient, target: Target) -> Check:
+    """Whether the cluster would store the run's real TrainJob exactly as the step builds it.
+
+    The form of its pod settings is read from the cluster's own TrainJob schema (Trainer
+    v2.1's podTemplateOverrides, v2.2's runtimePatches; v2.0's podSpecOverrides cannot carry
+    them), then the job, with the run's parameters, is submitted as a server-side dry run with
+    strict field validation and what would be stored is compared with what was sent: a field
+    the schema does not know would be pruned silently, and the job would start without it.
+
+    Args:
+        api_client: A configured client (its user needs `create` on trainjobs).
+        target: The run.
+
+    Returns:
+        The result; unknown when these credentials may not submit the dry run.
+    """
+    from kfp_lightning.components import images
+    from kfp_lightning.components.train_mnist.config import TrainConfig
+    from kfp_lightning.components.train_mnist.distributed import entry_arguments
+    from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
+
+    name = "TrainJob"
+    config = from_run_form(TrainConfig, target.values)
+    endpoint = None
+    if target.logs.scheme == "s3":
+        found = None if target.s3_endpoint != AUTO else _readable_store(api_client)
+        endpoint = found.endpoint if found else target.s3_endpoint
+    location = target.logs.child("preflight")
+    spec = trainjob.NodeSpec(
+        image=images.image_ref(images.TRAINER),
+        nodes=target.nodes,
+        processes_per_node=max(config.gpus, 1),
+        gpus_per_node=config.gpus,
+        arguments=entry_arguments(location.uri, target.nodes, config, endpoint, "preflight", 10),
+        module=ENTRY_MODULE,
+        s3_secret=target.s3_secret if target.logs.scheme == "s3" else None,
+        logs_pvc=target.logs.claim or None,
+        node_selector=target.node_selector,
+        tolerations=target.tolerations,
+        service_account=target.service_account,
+    )
+    problems = trainjob.check_trainjob(api_client, target.namespace, spec)
+    if not problems:
+        return Check(
+            name,
+            Status.PASSED,
+            f"the run's TrainJob, submitted as a dry run, would be stored as sent "
+            f"({target.nodes} nodes, {spec.processes_per_node} process(es) each)",
+        )
+    if all("HTTP 401" in p or "HTTP 403" in p for p in problems) and not any(
+        "admission webhook" in p for p in problems
+    ):
+        return Check(
+            name,
+            Status.UNKNOWN,
+            f"these credentials may not submit it as a dry run ({problems[0]})",
+            "run --check-cluster as someone who may create trainjobs in the namespace",
+        )
+    return Check(
+        name,
+        Status.FAILED,
+        "; ".join(problems),
+        "install Kubeflow Trainer v2.1 or newer (its TrainJob carries the pods' settings in "
+        "spec.podTemplateOverrides or spec.runtimePatches)",
+    )
+
+
+def _readable_store(api_client: client.ApiClient) -> ObjectStore | None:
+    try:
+        return find_object_store(api_client)
+    except ApiException:
+        return None
+
+
 def image_version(image: str) -> tuple[int, int, int] | None:
     """The (major, minor, patch) of an image's tag, e.g. `...kfp-api-server:2.5.0` -> (2, 5, 0).
 
@@ -778,22 +1096,36 @@ def run_checks(api_client: client.ApiClient, target: Target) -> list[Check]:
     Raises:
         RunError: The API stopped answering midway.
     """
+    tensorboard = check_crd(api_client, TENSORBOARD_API, target.logs)
+    served = tensorboard.detail.endswith("is served")
     return [
-        check_crd(api_client, TENSORBOARD_API, target.logs),
-        check_crd(api_client, PODDEFAULT_API, target.logs),
+        tensorboard,
+        check_crd(api_client, PODDEFAULT_API, target.logs, served),
         check_s3_secret(api_client, target.namespace, target.logs, target.s3_secret),
-        check_launcher_rbac(api_client, target.namespace, target.service_account, target.logs),
+        check_object_store(api_client, target.logs, target.s3_endpoint),
+        check_logs_claim(api_client, target.namespace, target.logs),
+        check_launcher_rbac(
+            api_client, target.namespace, target.service_account, target.logs, served
+        ),
         check_gpu_nodes(api_client, target.gpus, target.node_selector, target.tolerations),
         check_kfp_backend(api_client, target.kfp_namespace),
-    ] + (
-        [
-            check_trainjob_crd(api_client),
-            check_training_runtime(api_client),
-            check_trainjob_rbac(api_client, target.namespace, target.service_account),
-        ]
-        if target.nodes > 1
-        else []
+    ] + (trainer_checks(api_client, target) if target.nodes > 1 else [])
+
+
+def trainer_checks(api_client: client.ApiClient, target: Target) -> list[Check]:
+    """The checks of Kubeflow Trainer, for training on several nodes."""
+    crd = check_trainjob_crd(api_client)
+    dry_run = (
+        check_trainjob_dry_run(api_client, target)
+        if crd.status is Status.PASSED
+        else Check("TrainJob", Status.UNKNOWN, "not submitted: the TrainJob CRD is not served")
     )
+    return [
+        crd,
+        check_training_runtime(api_client),
+        check_trainjob_rbac(api_client, target.namespace, target.service_account),
+        dry_run,
+    ]
 
 
 def format_check(check: Check) -> str:

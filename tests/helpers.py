@@ -161,3 +161,40 @@ class FileWrites:
     def close(self) -> None:
         """Stops watching."""
         os.close(self._fd)
+
+
+# Runs a script in a new interpreter that imports torch and nothing of this package, as a
+# consumer of the Model artifact would; the script's last stdout line is its JSON result.
+_TORCH_ONLY_PRELUDE = """
+import json, sys
+import torch
+assert "kfp_lightning" not in sys.modules and "lightning" not in sys.modules, sorted(sys.modules)
+"""
+
+
+def run_with_torch_only(script: str, *args: object, cwd: Path | None = None) -> dict:
+    """Runs `script` (after importing torch alone) with `args` as sys.argv[1:]; its JSON result.
+
+    The script may not import this package or Lightning: the prelude asserts neither is loaded,
+    and the script should assert the same at its end.
+    """
+    process = subprocess.run(
+        [sys.executable, "-c", _TORCH_ONLY_PRELUDE + script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def task_dir(parameters: dict, dataset: Path, task_name: str = "") -> Path:
+    """Where a train_mnist task with these run-form `parameters` keeps its live state:
+    `<tensorboard_logs_root>/<run_id>/<task key>` (a local root)."""
+    from kfp_lightning.components.common.run_form import from_run_form
+    from kfp_lightning.components.download_mnist.download import read_dataset_metadata
+    from kfp_lightning.components.train_mnist.config import TrainConfig, training_task_key
+
+    config = from_run_form(TrainConfig, parameters)
+    key = training_task_key(task_name, read_dataset_metadata(dataset)["sha256"], config)
+    return Path(str(parameters["tensorboard_logs_root"])) / str(parameters["run_id"]) / key

@@ -181,6 +181,7 @@ MODE_OPTION_VALUES = {
     "training_timeout": ["60"],
     "output_dir": ["out"],
     "keep_tensorboard": [],
+    "verbose": [],
     "namespace": ["team-a"],
     "service_account": ["pipeline-runner"],
     "kfp_namespace": ["kubeflow"],

@@ -75,8 +75,11 @@ def test_the_step_runs_in_the_trainer_image_without_a_gpu(compiled):
     (secret,) = config.secret_as_env
     assert secret.secret_name_parameter.component_input_parameter == "s3_credentials_secret"
     assert not secret.HasField("optional")
+    # Its namespace, and the name and account the nodes' pods copy (trainjob.py).
     assert [(f.name, f.field_path) for f in config.field_path_as_env] == [
-        ("POD_NAMESPACE", "metadata.namespace")
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("POD_NAME", "metadata.name"),
+        ("POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
     ]
     # The step's own deadline (the training timeout) passes first; the pod's comes later.
     deadline = config.active_deadline_seconds

@@ -67,7 +67,7 @@ def built_images(docker_client):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"{result.stdout}images ready in {time.monotonic() - started:.0f}s")
-    return {name: docker_client.images.get(images.image_ref(name)) for name in images.IMAGE_NAMES}
+    return {name: docker_client.images.get(images.image_tag(name)) for name in images.IMAGE_NAMES}
 
 
 def _in_image(client, image, *command: str, user: str = "") -> str:

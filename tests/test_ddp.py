@@ -19,7 +19,7 @@ import pytest
 
 from kfp_lightning.components.train_mnist.component import train_mnist
 from tests.component_runner import component_command, logged_metrics
-from tests.helpers import FileWrites, scalar_events, scalars
+from tests.helpers import FileWrites, scalar_events, scalars, task_dir
 
 TRAIN_SAMPLES = 1000  # the synthetic set: 1200 training images, 200 held out
 GLOBAL_BATCH = 32
@@ -105,7 +105,7 @@ def test_two_processes_learn_like_one_on_the_same_global_batch(one_process, two_
 
 def test_a_killed_distributed_run_resumes(dataset, tmp_path):
     live_root = tmp_path / "live"
-    checkpoints = live_root / "run-1" / "checkpoints"
+    checkpoints = task_dir(parameters(live_root, 2), dataset) / "checkpoints"
     steps_per_epoch = math.ceil(TRAIN_SAMPLES / GLOBAL_BATCH)
     argv, env, _ = component_command(
         train_mnist, tmp_path / "pod-1", parameters(live_root, 2), {"dataset": dataset}

@@ -6,7 +6,8 @@ pkg/runtime/framework/plugins/torch/torch.go, `EnforceMLPolicy`): `PET_NNODES`,
 `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR` and `PET_MASTER_PORT`, the master being
 127.0.0.1 here instead of node 0's hostname. The run's location is a directory, as on a mounted
 claim; the dataset is put there as the step puts it, and rank 0 must publish there everything
-the step collects.
+the step collects. The location is the live TensorBoard's logspath: every event file must be
+there once, so one run shows one set of curves.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from kfp_lightning.components.train_mnist.config import TrainConfig
 from kfp_lightning.components.train_mnist.distributed import MODULE, entry_arguments
 from kfp_lightning.components.train_on_nodes import layout
 from kfp_lightning.components.train_on_nodes.local_nodes import free_port, node_environment
-from tests.helpers import assert_only_logs, predict_in_fresh_process
+from kfp_lightning.components.train_on_nodes.nodes import collect_outputs
+from tests.helpers import assert_only_logs, predict_in_fresh_process, scalars
 
 NODES = 2
 
@@ -90,8 +92,9 @@ def test_both_nodes_train_and_only_rank_zero_publishes(two_nodes: dict, dataset:
         assert f"{layout.OUTPUTS}/{name}" in files
     assert any("tfevents" in path for path in files)
     location = two_nodes["location"]
-    # The logs and nothing else of the run's location (not the dataset the nodes read).
-    assert_only_logs(location / layout.OUTPUTS / "tensorboard_logs")
+    # The logs are listed where they live, not copied below outputs/.
+    assert any("tfevents" in path for path in layout.live_log_files(files))
+    assert not any("tfevents" in path for path in files if path.startswith(layout.OUTPUTS))
     for path, size in files.items():
         assert (location / path).stat().st_size == size, path
     result = json.loads((location / layout.OUTPUTS / layout.RESULT).read_text())
@@ -109,10 +112,21 @@ def test_both_nodes_train_and_only_rank_zero_publishes(two_nodes: dict, dataset:
 
 def test_live_logs_have_one_run_written_by_rank_zero(two_nodes: dict) -> None:
     location = two_nodes["location"]
-    live = [
-        p
-        for p in location.rglob("*tfevents*")
-        if p.relative_to(location).parts[0] not in (layout.OUTPUTS, layout.DATASET)
-    ]
-    assert len({p.parent for p in live}) == 1, live
+    events = list(location.rglob("*tfevents*"))
+    # Once each, in one run folder: nothing below outputs/ (the TensorBoard reading the
+    # location, and --compare-runs reading all runs, would show a second set of curves).
+    assert len({p.parent for p in events}) == 1, events
+    assert {p.relative_to(location).parts[0] for p in events} == {events[0].parent.name}
     assert list((location / "checkpoints").glob("*.ckpt"))
+
+
+def test_the_step_collects_the_curves_from_the_live_logs(two_nodes: dict, tmp_path) -> None:
+    out = tmp_path / "out"
+
+    collect_outputs(two_nodes["storage"], out / "model", out / "logs", out / "evaluation")
+
+    assert_only_logs(out / "logs")
+    curves = scalars(out / "logs")
+    assert len(curves["loss/val"]) == 2
+    assert curves == scalars(two_nodes["location"])
+    assert (out / "model" / "weights.pt").is_file()

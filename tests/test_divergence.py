@@ -44,16 +44,13 @@ def test_diverged_local_run_fails_with_one_line(http_mirror, mnist_mirror, tmp_p
     output = process.stdout + process.stderr
     assert process.returncode == 1, output[-3000:]
     assert "Traceback" not in output
-    # kfp.local indents each task's output.
-    (line,) = [x.strip() for x in output.splitlines() if "training diverged" in x]
-    # Where, what, and the parameters most likely at fault.
+    # The last line, on stderr, is the failed task's own error: where, what, and the
+    # parameters most likely at fault; the line before it says which task and where its log is.
+    *_, which, line = process.stderr.strip().splitlines()
     assert line.startswith("error: training diverged: loss/train=nan at step ")
     assert "learning_rate (now 1e+06 with optimizer=sgd" in line
-    assert (
-        process.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: Pipeline 'mnist-lightning' finished with status FAILURE")
-    )
+    assert which == f"task train-mnist failed; its whole output: {out / 'local-run.log'}"
+    assert line.removeprefix("error: ") in (out / "local-run.log").read_text()
     assert not (out / "summary.json").exists()
     assert not list(out.glob("artifacts/*/train-mnist/model"))
     # The curve up to the divergence stays readable in the live logs.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +93,43 @@ def test_every_writer_honours_the_umask(umask, mnist_mirror, tmp_path, monkeypat
     assert any("tfevents" in p for p in written if p.startswith("restored/"))
     assert {"model/model.pt2", "dataset/mnist.npz", "report.html", "yaml/pipeline.yaml"} <= written
     assert wrong_modes(out, umask) == {}
+
+
+def test_share_like_umask_opens_what_a_library_made_private(umask, tmp_path):
+    # What kfp.local's cache writes: mkstemp files (0600) in mkdtemp folders (0700).
+    from kfp_lightning.components.common.files import share_like_umask
+
+    root = tmp_path / "out"
+    root.mkdir(mode=0o700)
+    cache = Path(tempfile.mkdtemp(dir=root))
+    fd, private = tempfile.mkstemp(dir=cache)
+    os.close(fd)
+    script = cache / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o700)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not below root")
+    outside.chmod(0o600)
+    (root / "link").symlink_to(outside)
+    before = wrong_modes(root, umask)
+    assert before  # the library's modes: what this test is about
+
+    share_like_umask(root, umask)
+
+    expected_script = 0o777 & ~umask  # executables stay executable
+    assert stat.S_IMODE(script.stat().st_mode) == expected_script
+    script.chmod(0o666 & ~umask)  # for `wrong_modes`, which expects plain files
+    assert wrong_modes(root, umask) == {"link": f"777 (expected {0o666 & ~umask:o})"}
+    # A link is not followed: its target outside `root` keeps its mode; `root` keeps its own.
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert Path(private).is_file()
+
+
+def test_share_like_umask_uses_the_process_umask(umask, tmp_path):
+    from kfp_lightning.components.common.files import share_like_umask
+
+    fd, private = tempfile.mkstemp(dir=tmp_path)
+    os.close(fd)
+    share_like_umask(tmp_path)
+    assert stat.S_IMODE(Path(private).stat().st_mode) == 0o666 & ~umask

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard as component
 from kfp_lightning.components.launch_tensorboard.kube_api import Patience
 from kfp_lightning.components.launch_tensorboard.launcher import Launch, launch_from_run_form
-from kfp_lightning.components.launch_tensorboard.objects import tensorboard_name
+from kfp_lightning.components.launch_tensorboard.objects import poddefault_label, tensorboard_name
 from tests.conftest import SHARED
 from tests.fake_kubernetes import FakeKubernetes, Fault, fake_kubernetes, use_as_cluster
 
@@ -34,6 +35,7 @@ S3_ROOT = "s3://mlpipeline/private/{namespace}/tensorboard"
 S3_LOGS = f"s3://mlpipeline/private/{NAMESPACE}/tensorboard/{RUN_ID}"
 ENDPOINT = "http://minio-service.kubeflow:9000"
 SECRET = "mlpipeline-minio-artifact"
+TOOLS_IMAGE = "ghcr.io/kfp-lightning/kfp-lightning-tools:"
 FAST = Patience(attempts=3, backoff_seconds=0.01, poll_seconds=0.01, request_timeout_seconds=5)
 TOKEN = "t0k3n"
 
@@ -139,8 +141,10 @@ def test_s3_creates_poddefault_then_tensorboard_and_waits_until_ready(
     assert tensorboard["metadata"]["name"] == NAME
     assert tensorboard["spec"] == {"logspath": S3_LOGS}
     assert tensorboard["metadata"]["labels"]["kfp-lightning/run-id"] == RUN_ID
-    # The PodDefault selects the Tensorboard's pod (the controller copies the CR's labels).
+    # The PodDefault selects the Tensorboard's pod (the controller copies the CR's labels), by
+    # the web apps' convention: its own key, with the value "true".
     selector = poddefault["spec"]["selector"]["matchLabels"]
+    assert selector == {poddefault_label(poddefault["metadata"]["name"]): "true"}
     assert selector.items() <= tensorboard["metadata"]["labels"].items()
     env = {e["name"]: e for e in poddefault["spec"]["env"]}
     assert env["S3_ENDPOINT"]["value"] == ENDPOINT
@@ -159,18 +163,44 @@ def test_s3_creates_poddefault_then_tensorboard_and_waits_until_ready(
     assert f"[Open TensorBoard for this run](/tensorboard/{NAMESPACE}/{NAME}/)" in markdown
     assert re.search(r"\*\*Ready\*\*, \d+ s after this task requested it", markdown)
     assert S3_LOGS in markdown
-    assert ui == {"outputs": [{"type": "tensorboard", "source": S3_LOGS}]}
+    assert_s3_viewer(ui)
+
+
+def assert_s3_viewer(ui: dict) -> None:
+    """A "Start Tensorboard" entry over the run's s3:// logs (tests/test_viewer_metadata.py
+    checks every entry against what the KFP frontend accepts)."""
+    [entry] = ui["outputs"]
+    assert (entry["type"], entry["source"]) == ("tensorboard", S3_LOGS)
+    assert entry["image"].startswith(TOOLS_IMAGE)
+    env = {e["name"]: e for e in entry["pod_template_spec"]["spec"]["containers"][0]["env"]}
+    assert env["S3_ENDPOINT"]["value"] == ENDPOINT
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == SECRET
 
 
 def test_pvc_logs_need_no_poddefault(cluster: FakeKubernetes, tmp_path: Path) -> None:
-    result, _, ui = launch(tmp_path, tensorboard_logs_root="pvc://tb-logs/runs")
+    result, markdown, ui = launch(tmp_path, tensorboard_logs_root="pvc://tb-logs/runs")
 
     assert [c for c in cluster.calls() if c[0] != "GET"] == [("POST", "tensorboards")]
     tensorboard = cluster.get_object("tensorboards", NAMESPACE, NAME)
     assert tensorboard["spec"]["logspath"] == f"pvc://tb-logs/runs/{RUN_ID}"
-    assert "kfp-lightning/s3-access" not in tensorboard["metadata"]["labels"]
+    assert not any(
+        k.startswith("kfp-lightning/kfp-lightning-s3-") for k in tensorboard["metadata"]["labels"]
+    )
     assert result.state == "ready"
-    assert ui["outputs"][0]["source"] == f"pvc://tb-logs/runs/{RUN_ID}"
+    # This server serves no claims: the note says the access mode is unknown, and goes on.
+    assert cluster.calls()[0] == (
+        "GET",
+        f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/tb-logs",
+    )
+    assert "The claim `tb-logs` could not be read (HTTP 404" in markdown
+    assert "ReadWriteMany claim or an s3:// logs root" in markdown
+    [entry] = ui["outputs"]
+    assert entry["source"] == f"volume://tensorboard-logs/runs/{RUN_ID}"
+    volumes = entry["pod_template_spec"]["spec"]["volumes"]
+    assert {
+        "name": "tensorboard-logs",
+        "persistentVolumeClaim": {"claimName": "tb-logs", "readOnly": True},
+    } in volumes
 
 
 def test_absolute_link_with_a_kubeflow_url(cluster: FakeKubernetes, tmp_path: Path) -> None:
@@ -178,39 +208,6 @@ def test_absolute_link_with_a_kubeflow_url(cluster: FakeKubernetes, tmp_path: Pa
 
     assert result.url == f"https://kubeflow.example.com/tensorboard/{NAMESPACE}/{NAME}/"
     assert f"]({result.url})" in markdown
-
-
-def test_existing_objects_that_differ_are_patched(cluster: FakeKubernetes, tmp_path: Path) -> None:
-    # Left by another client: a different logs path, an extra label, its own readiness.
-    cluster.add_object(
-        {
-            "apiVersion": "tensorboard.kubeflow.org/v1alpha1",
-            "kind": "Tensorboard",
-            "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": {"owner": "someone"}},
-            "spec": {"logspath": "s3://elsewhere/logs"},
-        }
-    )
-    before = cluster.get_object("tensorboards", NAMESPACE, NAME)["metadata"]["resourceVersion"]
-
-    result, markdown, _ = launch(tmp_path)
-
-    assert cluster.calls()[:5] == [
-        ("POST", "poddefaults"),
-        ("POST", "tensorboards"),
-        ("GET", f"tensorboards/{NAME}"),
-        ("PATCH", f"tensorboards/{NAME}"),
-        ("GET", f"tensorboards/{NAME}"),
-    ]
-    patch = cluster.requests[3]
-    assert patch.content_type == "application/merge-patch+json"
-    assert patch.body["spec"] == {"logspath": S3_LOGS}
-    stored = cluster.get_object("tensorboards", NAMESPACE, NAME)
-    assert stored["spec"]["logspath"] == S3_LOGS
-    assert stored["metadata"]["labels"]["owner"] == "someone"  # a merge patch keeps others' labels
-    assert stored["metadata"]["labels"]["kfp-lightning/s3-access"].startswith("kfp-lightning-s3-")
-    assert stored["metadata"]["resourceVersion"] != before
-    assert (result.state, result.detail) == ("ready", "updated")
-    assert f"Kubeflow Tensorboard `{NAME}` in namespace `{NAMESPACE}` was updated" in markdown
 
 
 def test_a_retried_task_changes_nothing(cluster: FakeKubernetes, tmp_path: Path) -> None:
@@ -221,7 +218,7 @@ def test_a_retried_task_changes_nothing(cluster: FakeKubernetes, tmp_path: Path)
     result, markdown, _ = launch(tmp_path / "second")
 
     writes = [c for c in cluster.calls() if c[0] != "GET"]
-    assert writes == [("POST", "poddefaults"), ("POST", "tensorboards")]  # both 409, no PATCH
+    assert writes == [("POST", "poddefaults"), ("POST", "tensorboards")]  # both 409, no DELETE
     assert {k: o["metadata"]["resourceVersion"] for k, o in cluster.objects.items()} == versions
     assert (result.state, result.detail) == ("ready", "unchanged")
     assert "was already there" in markdown
@@ -242,7 +239,7 @@ def test_missing_crd_falls_back_to_a_clusterip_tensorboard(
     assert_fallback_note(markdown, S3_LOGS)
     env = manifest_in(markdown)[0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "S3_ENDPOINT", "value": ENDPOINT} in env
-    assert ui == {"outputs": [{"type": "tensorboard", "source": S3_LOGS}]}
+    assert_s3_viewer(ui)  # the run page's viewer needs no Kubeflow CRD
 
 
 def test_missing_tensorboard_crd_alone_also_falls_back(
@@ -252,7 +249,7 @@ def test_missing_tensorboard_crd_alone_also_falls_back(
 
     result, markdown, _ = launch(tmp_path, tensorboard_logs_root="pvc://tb-logs/runs")
 
-    assert cluster.calls() == [("POST", "tensorboards")]
+    assert cluster.calls()[1:] == [("POST", "tensorboards")]  # after reading the claim
     assert result.state == "fallback"
     assert "`tensorboards.tensorboard.kubeflow.org`" in markdown
     assert_fallback_note(markdown, f"pvc://tb-logs/runs/{RUN_ID}")
@@ -279,7 +276,7 @@ def test_forbidden_falls_back_and_names_the_rbac_fix(
 def test_forbidden_update_of_a_differing_object_falls_back(
     cluster: FakeKubernetes, tmp_path: Path
 ) -> None:
-    # Kubeflow's default kubeflow-edit role grants create and get, not patch.
+    # A differing object is deleted and created again; a role without delete cannot.
     cluster.add_object(
         {
             "apiVersion": "tensorboard.kubeflow.org/v1alpha1",
@@ -288,12 +285,13 @@ def test_forbidden_update_of_a_differing_object_falls_back(
             "spec": {"logspath": "s3://elsewhere/logs"},
         }
     )
-    cluster.forbidden.add(("PATCH", "tensorboards"))
+    cluster.forbidden.add(("DELETE", "tensorboards"))
 
     result, markdown, _ = launch(tmp_path)
 
     assert result.state == "fallback"
-    assert "cannot patch resource" in markdown
+    assert 'cannot delete resource "tensorboards"' in markdown
+    assert "PATCH" not in [c[0] for c in cluster.calls()]
 
 
 def test_a_server_error_is_retried(cluster: FakeKubernetes, tmp_path: Path) -> None:
@@ -339,7 +337,7 @@ def test_a_create_whose_answer_was_lost_is_not_repeated(
         ("POST", "tensorboards"),
         ("GET", f"tensorboards/{NAME}"),
     ]
-    assert "PATCH" not in [c[0] for c in cluster.calls()]
+    assert "DELETE" not in [c[0] for c in cluster.calls()]
     assert (result.state, result.detail) == ("ready", "unchanged")
 
 
@@ -380,7 +378,7 @@ def test_unreachable_api_falls_back(
     assert result.state == "fallback"
     assert "No Kubernetes API could be reached" in markdown
     assert_fallback_note(markdown, S3_LOGS)
-    assert ui["outputs"][0]["source"] == S3_LOGS
+    assert_s3_viewer(ui)
     assert cluster.requests == []
 
 
@@ -413,14 +411,22 @@ def test_kubeconfig_namespace_when_no_pod_namespace(
 
 
 def test_a_local_directory_needs_no_cluster(cluster: FakeKubernetes, tmp_path: Path) -> None:
-    logs = tmp_path / "logs"
+    logs = tmp_path / "my logs"  # a space: the command must still be one argument
 
     result, markdown, ui = launch(tmp_path, tensorboard_logs_root=str(logs))
 
     assert cluster.requests == []
     assert result.state == "local"
-    assert f"tensorboard --logdir {logs / RUN_ID} --host 127.0.0.1" in markdown
-    assert ui == {"outputs": [{"type": "tensorboard", "source": str(logs / RUN_ID)}]}
+    command = re.search(r"`(tensorboard --logdir [^`]+)`", markdown).group(1)
+    assert shlex.split(command) == [
+        "tensorboard",
+        "--logdir",
+        str(logs / RUN_ID),
+        "--host",
+        "127.0.0.1",
+    ]
+    # No viewer pod can read this machine's directory; an entry would be an error on the page.
+    assert ui == {"outputs": []}
 
 
 # --- the component ------------------------------------------------------------------------
@@ -440,12 +446,30 @@ def run_component(tmp_path: Path, **params: object) -> tuple[Path, Path]:
 def test_component_end_to_end_with_its_defaults(cluster: FakeKubernetes, tmp_path: Path) -> None:
     cluster.ready_after_gets = 1
     defaults = {k: v.default for k, v in component.component_spec.inputs.items() if k != "run_id"}
+    # In a pod, `auto` becomes the endpoint of KFP's object store that its DNS resolves; this
+    # machine resolves none, so the endpoint a pod would find is given (see the next test).
+    defaults["s3_endpoint"] = ENDPOINT
 
     markdown, ui = run_component(tmp_path, **defaults)
 
     assert cluster.calls()[:2] == [("POST", "poddefaults"), ("POST", "tensorboards")]
     assert f"](/tensorboard/{NAMESPACE}/{NAME}/)" in markdown.read_text()
-    assert json.loads(ui.read_text()) == {"outputs": [{"type": "tensorboard", "source": S3_LOGS}]}
+    assert_s3_viewer(json.loads(ui.read_text()))
+
+
+def test_an_object_store_auto_cannot_find_is_explained_not_failed(
+    cluster: FakeKubernetes, tmp_path: Path
+) -> None:
+    defaults = {k: v.default for k, v in component.component_spec.inputs.items() if k != "run_id"}
+    assert defaults["s3_endpoint"] == "auto"
+
+    markdown, _ = run_component(tmp_path, **defaults)
+
+    note = markdown.read_text()
+    assert "not started on the cluster" in note
+    assert "KFP's object store, which holds the logs, was not found from this pod" in note
+    assert "invalid s3_endpoint='auto'" in note
+    assert cluster.calls() == []  # nothing created for logs no pod could read
 
 
 @pytest.mark.parametrize(
@@ -500,7 +524,7 @@ def test_bad_run_id_exits_with_one_line(
 def test_component_defaults_are_usable_in_the_run_form() -> None:
     inputs = component.component_spec.inputs
     assert inputs["tensorboard_logs_root"].default == fallback.DEFAULT_LOGS_ROOT
-    assert inputs["s3_endpoint"].default == fallback.DEFAULT_S3_ENDPOINT
+    assert inputs["s3_endpoint"].default == "auto"
     assert inputs["s3_credentials_secret"].default == fallback.DEFAULT_S3_SECRET
     for name, spec in inputs.items():
         assert spec.description, name

@@ -77,7 +77,11 @@ def two_node_run(http_mirror, mnist_mirror, tmp_path_factory):
     _, md5 = mnist_mirror
     output_dir = tmp_path_factory.mktemp("nodes")
     done = subprocess.run(
-        cli(*small_run_args(http_mirror, md5, output_dir), "--nodes", "2", "--epochs", "2"),
+        # --verbose: every node's own lines reach the terminal, not only rank 0's progress.
+        cli(
+            *small_run_args(http_mirror, md5, output_dir),
+            *("--nodes", "2", "--epochs", "2", "--verbose"),
+        ),
         capture_output=True,
         text=True,
         timeout=900,
@@ -102,6 +106,12 @@ def test_the_pipeline_trains_on_two_local_nodes(two_node_run) -> None:
     assert prediction["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
     assert len(scalars(logs)["loss/val"]) == 2
     assert_only_logs(logs)
+    # The live TensorBoard reads the logs root: each event file is there once, in the run's
+    # folder, not a second time below the run location's outputs/.
+    events = list((output_dir / "tensorboard").rglob("*tfevents*"))
+    assert len(events) == len(list(logs.rglob("*tfevents*"))), events
+    assert not [p for p in events if "outputs" in p.parts], events
+    assert scalars(output_dir / "tensorboard") == scalars(logs)
     assert report.is_file()
     matrix = summary["confusion_matrix"]
     assert sum(map(sum, matrix)) == 300

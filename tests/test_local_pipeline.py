@@ -134,8 +134,11 @@ def test_artifacts_and_summary(live_run):
     assert len(values["loss/val"]) == EPOCHS
     assert_self_contained_html(report.read_text())
 
-    # The live copy TensorBoard read is the artifact, file for file.
-    (live,) = (output_dir / "tensorboard").iterdir()
+    # The live copy TensorBoard read is the artifact, file for file: the run's folder holds
+    # the training task's folder (its name and a digest of its inputs).
+    (run_folder,) = (output_dir / "tensorboard").iterdir()
+    (live,) = run_folder.iterdir()
+    assert live.name.startswith("train-mnist-")
 
     def files(where: Path) -> dict[str, bytes]:
         return {
@@ -176,10 +179,11 @@ def test_bad_values_stop_before_any_task(http_mirror, mnist_mirror, tmp_path, ex
 
 def _assert_download_failed(process, output_dir: Path, reason: str) -> None:
     assert process.returncode == 1
-    last = process.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: Pipeline 'mnist-lightning' finished with status FAILURE")
-    assert "download-mnist" in last
-    assert reason in process.stdout
+    # The failed task's own error is the last line, on stderr; the one before names the task.
+    *_, which, last = process.stderr.strip().splitlines()
+    assert which.startswith("task download-mnist failed; its whole output: ")
+    assert last.startswith("error: ")
+    assert reason in last
     assert not (output_dir / "summary.json").exists()
     assert not list(output_dir.glob("artifacts/*/download-mnist/dataset"))
 

@@ -45,6 +45,8 @@ NAMES = {
     "Tensorboard CRD",
     "PodDefault CRD",
     "object-store secret",
+    "object store",
+    "logs claim",
     "launcher RBAC",
     "training node",
     "KFP backend",
@@ -103,6 +105,27 @@ def add_node(
     core.patch_node(name, {"spec": {"taints": taints or []}})
 
 
+def put_object_store(admin: client.ApiClient, name: str = "seaweedfs") -> None:
+    """KFP's object-store Service with its S3 port (SeaweedFS 8333, MinIO 9000)."""
+    ensure_namespace(admin, "kubeflow")
+    core = client.CoreV1Api(admin)
+    for service in core.list_namespaced_service("kubeflow").items:
+        core.delete_namespaced_service(service.metadata.name, "kubeflow")
+    port = 8333 if name == "seaweedfs" else 9000
+    ports = [{"name": "http-s3", "port": port, "targetPort": port}]
+    core.create_namespaced_service(
+        "kubeflow",
+        {"metadata": {"name": name}, "spec": {"ports": ports, "selector": {"app": name}}},
+    )
+
+
+def claim_body(name: str, mode: str) -> dict:
+    return {
+        "metadata": {"name": name},
+        "spec": {"accessModes": [mode], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+
+
 @pytest.fixture
 def cluster(
     kube_apiserver: KubeAPIServer,
@@ -123,6 +146,9 @@ def cluster(
     core.delete_collection_node()
     add_node(apiserver_admin, GPU_NODE, 1, GPU_LABELS, [GPU_TAINT])
     add_node(apiserver_admin, CPU_NODE, 0, {"pool": "cpu"})
+    put_object_store(apiserver_admin)
+    for claim, mode in (("tb-logs", "ReadWriteMany"), ("logs", "ReadWriteMany")):
+        core.create_namespaced_persistent_volume_claim(namespace, claim_body(claim, mode))
     put_ml_pipeline(apiserver_admin, "kubeflow", "2.5.0")
     kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kubeconfig", "admin", namespace)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
@@ -185,7 +211,7 @@ def test_a_too_old_backend_fails(cluster: str, apiserver_admin: client.ApiClient
     line = next(x for x in done.stdout.splitlines() if "KFP backend" in x)
     assert line.startswith("✗ KFP backend: 2.4.1 (ghcr.io/kubeflow/kfp-api-server:2.4.1)")
     assert "Fix: upgrade Kubeflow Pipelines to 2.5.0 or newer" in line
-    assert done.stdout.splitlines()[-1] == "1 of 6 checks failed."
+    assert done.stdout.splitlines()[-1] == "1 of 8 checks failed."
 
 
 def test_no_api_server_answering_is_one_line(tmp_path: Path) -> None:
@@ -248,6 +274,7 @@ def test_no_kubeconfig_is_one_line(
     assert exited.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no Kubernetes API configured: not running in a pod")
+    assert err.endswith(f"and no kubeconfig at {tmp_path / 'missing'} (no such file)\n")
     assert err.count("\n") == 1
 
 
@@ -255,32 +282,104 @@ def test_no_kubeconfig_is_one_line(
 
 
 @pytest.mark.apiserver
-@pytest.mark.parametrize(
-    ("crd", "name"),
-    [
-        ("tensorboards.tensorboard.kubeflow.org", "Tensorboard CRD"),
-        ("poddefaults.kubeflow.org", "PodDefault CRD"),
-    ],
-)
-def test_a_missing_crd_fails(
-    cluster: str,
-    apiserver_admin: client.ApiClient,
-    capsys: pytest.CaptureFixture[str],
-    crd: str,
-    name: str,
+def test_a_missing_poddefault_crd_fails(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    delete_crd(apiserver_admin, crd)
+    delete_crd(apiserver_admin, "poddefaults.kubeflow.org")
 
     status, results = check(capsys)
 
     assert status == 1
-    assert results[name].startswith(f"✗ the cluster serves no {crd}/v1alpha1. Fix: install")
-    assert all(r.startswith("✓") for n, r in results.items() if n != name), results
-    if name == "PodDefault CRD":
-        # A pvc:// logs root needs no PodDefault.
-        status, results = check(capsys, "--tensorboard-logs-root", "pvc://logs/tb")
-        assert status == 0
-        assert results[name] == "✓ not needed for logs at pvc://logs/tb"
+    assert results["PodDefault CRD"].startswith(
+        "✗ the cluster serves no poddefaults.kubeflow.org/v1alpha1. Fix: install"
+    )
+    assert all(r.startswith("✓") for n, r in results.items() if n != "PodDefault CRD"), results
+    # A pvc:// logs root needs no PodDefault.
+    status, results = check(capsys, "--tensorboard-logs-root", "pvc://logs/tb")
+    assert status == 0
+    assert results["PodDefault CRD"] == "✓ not needed for logs at pvc://logs/tb"
+
+
+@pytest.mark.apiserver
+def test_no_tensorboard_crd_is_standalone_kfp_not_a_failure(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Standalone Kubeflow Pipelines serves neither CRD: the run page's viewer shows the logs.
+    delete_crd(apiserver_admin, "tensorboards.tensorboard.kubeflow.org")
+    delete_crd(apiserver_admin, "poddefaults.kubeflow.org")
+
+    status, results = check(capsys)
+
+    assert status == 0, results
+    assert results["Tensorboard CRD"].startswith(
+        "✓ tensorboards.tensorboard.kubeflow.org/v1alpha1 is not served (standalone Kubeflow "
+        "Pipelines)"
+    )
+    assert results["PodDefault CRD"] == "✓ not needed without Kubeflow's Tensorboard"
+    assert results["launcher RBAC"] == "✓ nothing to create: Kubeflow's Tensorboard is not served"
+
+
+@pytest.mark.apiserver
+def test_the_object_store_the_run_would_use(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, results = check(capsys)
+    assert status == 0
+    assert results["object store"] == (
+        "✓ s3_endpoint=auto resolves to http://seaweedfs.kubeflow:8333: Service "
+        "kubeflow/seaweedfs (SeaweedFS, KFP 2.15 and newer)"
+    )
+    # Kubeflow 1.10: MinIO only.
+    put_object_store(apiserver_admin, "minio-service")
+    status, results = check(capsys)
+    assert status == 0
+    assert "resolves to http://minio-service.kubeflow:9000" in results["object store"]
+    # An explicit in-cluster endpoint must name a Service that exists, with that port.
+    status, results = check(capsys, "--s3-endpoint", "http://minio-service.kubeflow:9000")
+    assert (status, results["object store"][0]) == (0, "✓")
+    status, results = check(capsys, "--s3-endpoint", "http://minio-service.kubeflow.svc:8333")
+    assert status == 1
+    assert results["object store"].startswith(
+        "✗ s3_endpoint=http://minio-service.kubeflow.svc:8333: no Service kubeflow/minio-service "
+        "(port 8333) in this cluster. Fix: "
+    )
+    status, results = check(capsys, "--s3-endpoint", "https://s3.example.com")
+    assert status == 0
+    assert results["object store"].startswith("? https://s3.example.com is not a Service of this")
+    # No object store at all: the default fails, naming it.
+    client.CoreV1Api(apiserver_admin).delete_namespaced_service("minio-service", "kubeflow")
+    status, results = check(capsys)
+    assert status == 1
+    assert results["object store"].startswith(
+        "✗ KFP's object store: no Service kubeflow/seaweedfs (port 8333) or Service "
+        "kubeflow/minio-service (port 9000) in this cluster. Fix: "
+    )
+    # A claim needs no object store.
+    status, results = check(capsys, "--logs-pvc", "tb-logs")
+    assert results["object store"] == "✓ not needed for logs at pvc://tb-logs/tensorboard"
+
+
+@pytest.mark.apiserver
+def test_a_logs_claim_one_node_can_mount_is_refused(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    core = client.CoreV1Api(apiserver_admin)
+    status, results = check(capsys, "--logs-pvc", "tb-logs")
+    assert status == 0
+    assert results["logs claim"] == f"✓ claim {cluster}/tb-logs is ReadWriteMany"
+
+    core.create_namespaced_persistent_volume_claim(cluster, claim_body("rwo", "ReadWriteOnce"))
+    status, results = check(capsys, "--logs-pvc", "rwo")
+    assert status == 1
+    assert results["logs claim"].startswith(
+        f"✗ claim {cluster}/rwo is ReadWriteOnce: training and the TensorBoard pod may land on "
+        "different nodes"
+    )
+    assert "Fix: use a ReadWriteMany claim" in results["logs claim"]
+
+    status, results = check(capsys, "--logs-pvc", "missing")
+    assert status == 1
+    assert results["logs claim"].startswith(f"✗ no PersistentVolumeClaim {cluster}/missing")
 
 
 @pytest.mark.apiserver
@@ -329,8 +428,8 @@ def test_launcher_rbac(
     assert status == 1
     line = results["launcher RBAC"]
     assert line.startswith(
-        f"✗ {cluster}/default-editor may not create/get/patch poddefaults.kubeflow.org, patch "
-        "tensorboards.tensorboard.kubeflow.org (the live TensorBoard step falls back"
+        f"✗ {cluster}/default-editor may not delete tensorboards.tensorboard.kubeflow.org, "
+        "create/get/delete poddefaults.kubeflow.org (the live TensorBoard step falls back"
     ), line
     assert line.endswith(f"Fix: kubectl apply -n {cluster} -f {RBAC_MANIFEST}")
 
@@ -338,8 +437,8 @@ def test_launcher_rbac(
     status, results = check(capsys)
     assert status == 1
     assert results["launcher RBAC"].startswith(
-        f"✗ {cluster}/default-editor may not create/get/patch poddefaults.kubeflow.org, "
-        "create/get/patch tensorboards.tensorboard.kubeflow.org"
+        f"✗ {cluster}/default-editor may not create/get/delete "
+        "tensorboards.tensorboard.kubeflow.org, create/get/delete poddefaults.kubeflow.org"
     )
 
     # Another account, bound by the command the fix gives.
@@ -396,8 +495,9 @@ def test_gpu_nodes(
     status, results = check(capsys, "--tolerations", "[]")
     assert status == 1
     assert results["training node"].startswith(
-        "✗ nodes with 1 allocatable nvidia.com/gpu exist, but the tolerations and node selector "
-        f"reach none ({GPU_NODE}: taint nvidia.com/gpu=present:NoSchedule not tolerated)"
+        "✗ nodes with 1 allocatable nvidia.com/gpu exist, but none can take the training pod "
+        f"({GPU_NODE}: taint nvidia.com/gpu=present:NoSchedule not tolerated). Fix: add "
+        "tolerations for those taints"
     )
     # A node selector its labels do not match; then one they do.
     status, results = check(
@@ -442,14 +542,48 @@ def test_gpu_node_taints_the_scheduler_honours(
     add_node(apiserver_admin, "cordoned", 1, unschedulable=True)
     result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, tolerations)
     assert result.status is Status.FAILED
-    assert "cordoned: taint node.kubernetes.io/unschedulable:NoSchedule not tolerated" in (
-        result.detail
+    assert (
+        "cordoned: not ready or not schedulable (node.kubernetes.io/unschedulable:NoSchedule)"
+        in (result.detail)
     )
     assert "evicting: taint maint:NoExecute not tolerated" in result.detail
     everything = [{"operator": "Exists"}]
     result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, everything)
     assert result.status is Status.PASSED
     assert result.detail.endswith("reachable: cordoned, evicting")
+
+
+@pytest.mark.apiserver
+@pytest.mark.parametrize(
+    ("condition", "effect"),
+    [
+        ("not-ready", "NoSchedule"),
+        ("not-ready", "NoExecute"),
+        ("unreachable", "NoExecute"),
+        ("memory-pressure", "NoSchedule"),
+        ("disk-pressure", "NoSchedule"),
+        ("pid-pressure", "NoSchedule"),
+        ("network-unavailable", "NoSchedule"),
+    ],
+)
+def test_a_node_in_a_bad_condition_is_never_advised_to_be_tolerated(
+    cluster: str, apiserver_admin: client.ApiClient, condition: str, effect: str
+) -> None:
+    core = client.CoreV1Api(apiserver_admin)
+    core.delete_collection_node()
+    taint = {"key": f"node.kubernetes.io/{condition}", "effect": effect}
+    add_node(apiserver_admin, "sick", 1, taints=[taint])
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, tolerations)
+
+    assert result.status is Status.FAILED
+    assert f"sick: not ready or not schedulable (node.kubernetes.io/{condition}:{effect})" in (
+        result.detail
+    )
+    assert "toleration" not in result.fix.replace("must not tolerate", "")
+    assert "--tolerations" not in result.fix
+    assert "ready and schedulable again" in result.fix
 
 
 @pytest.mark.apiserver

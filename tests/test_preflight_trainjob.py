@@ -30,7 +30,7 @@ from tests.trainer_crds import (
 
 pytestmark = pytest.mark.apiserver
 
-TRAINER_NAMES = {"TrainJob CRD", "training runtime", "TrainJob RBAC"}
+TRAINER_NAMES = {"TrainJob CRD", "training runtime", "TrainJob RBAC", "TrainJob"}
 
 
 @pytest.fixture
@@ -68,6 +68,35 @@ def test_one_node_needs_no_trainer_and_several_pass_on_a_ready_cluster(
     assert results["TrainJob CRD"] == "✓ trainjobs.trainer.kubeflow.org/v1alpha1 is served"
     assert results["training runtime"].startswith(f"✓ ClusterTrainingRuntime {RUNTIME} exists")
     assert results["TrainJob RBAC"] == f"✓ {cluster}/default-editor may create/get/delete trainjobs"
+    assert results["TrainJob"] == (
+        "✓ the run's TrainJob, submitted as a dry run, would be stored as sent (2 nodes, 1 "
+        "process(es) each)"
+    )
+
+
+@pytest.mark.parametrize("version", ["kubeflow-trainer-v2.2.0", "kubeflow-trainer-v2.0.0"])
+def test_the_dry_run_follows_the_trainer_the_cluster_runs(
+    cluster: str,
+    apiserver_admin: client.ApiClient,
+    capsys: pytest.CaptureFixture[str],
+    version: str,
+) -> None:
+    install_trainer(apiserver_admin, version)
+    try:
+        status, results = check(capsys, "--nodes", "2")
+    finally:
+        install_trainer(apiserver_admin)
+
+    if version.endswith("v2.2.0"):  # runtimePatches: the job goes there, unchanged
+        assert status == 0, results
+        assert results["TrainJob"].startswith("✓ the run's TrainJob, submitted as a dry run")
+    else:  # podSpecOverrides cannot carry the pods' annotations and pull secrets
+        assert status == 1
+        failed = [name for name, line in results.items() if line.startswith("✗")]
+        assert failed == ["TrainJob"], results
+        assert "TrainJob" in results["TrainJob"]
+        assert "podTemplateOverrides" in results["TrainJob"]
+        assert "Fix: install Kubeflow Trainer v2.1 or newer" in results["TrainJob"]
 
 
 def test_a_missing_trainjob_crd_fails(
@@ -84,7 +113,9 @@ def test_a_missing_trainjob_crd_fails(
         "✗ the cluster serves no trainjobs.trainer.kubeflow.org/v1alpha1. Fix: install Kubeflow "
         "Trainer v2"
     )
-    assert all(r.startswith("✓") for n, r in results.items() if n != "TrainJob CRD"), results
+    assert results["TrainJob"] == "? not submitted: the TrainJob CRD is not served"
+    others = {n: r for n, r in results.items() if n not in ("TrainJob CRD", "TrainJob")}
+    assert all(r.startswith("✓") for r in others.values()), results
 
 
 def test_the_training_runtime(

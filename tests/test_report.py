@@ -23,6 +23,7 @@ from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.report_training import svg
 from kfp_lightning.components.report_training.component import report_training as component
 from kfp_lightning.components.report_training.evaluation import read_evaluation
+from kfp_lightning.components.report_training.plotly_bundle import plotly_js
 from kfp_lightning.components.report_training.report import (
     MAX_OTHER_CHARTS,
     MAX_RUNS,
@@ -43,11 +44,14 @@ from tests.helpers import assert_self_contained_html
 from tests.report_fixtures import (
     evaluation_document,
     trained_run,
+    write_classic_run,
     write_evaluation,
+    write_one_epoch_run,
     write_training_logs,
 )
 
-MAX_PAGE_BYTES = 5_000_000
+# What the run page loads inline, whatever was logged (issue 19: a 4.75 MB page for one epoch).
+MAX_PAGE_BYTES = 1_500_000
 
 
 def report_data(page: str) -> dict:
@@ -205,18 +209,25 @@ def test_report_page_summary_and_metrics(logs, evaluation, tmp_path):
     assert raw["x"] == [s for s, _ in written["loss/train"]]
     assert raw["y"] == pytest.approx([v for _, v in written["loss/train"]], rel=1e-4)
     assert charts["chart-loss"]["data"][1]["x"] == []  # the page's script smooths
-    assert [len(c["data"]) for c in data["charts"]] == [6, 2, 1, 2, 2]
+    # The tag without a finite value has no chart to draw (see below).
+    assert [len(c["data"]) for c in data["charts"]] == [6, 2, 1, 2]
     # The learning rate holds until the run's last step.
     lr = charts["chart-learning_rate"]["data"][0]
     assert lr["x"] == [0, 20, 40, 60]
     assert lr["line"]["shape"] == "hv"
     # Non-finite values are gaps (JSON null), never NaN in the page.
     assert charts["chart-grad_norm"]["data"][0]["y"] == [1.5, None]
-    assert charts["chart-odd-tag"]["data"][0]["y"] == [None]
+    assert "chart-odd-tag" not in charts
 
-    # Without scripts: a static chart per chart (the one without finite values says so).
+    # Without scripts: a static chart per chart. The one without finite values says so, with
+    # or without scripts, rather than showing an empty plot.
     assert page.count('<div class="static-only"><svg') == 4
-    assert '<div class="static-only"><p class="empty">no finite values</p></div>' in page
+    assert re.search(
+        r'<figure class="chart" id="figure-chart-odd-tag"><figcaption>.*?</figcaption>'
+        r'<p class="empty">No finite values to draw \(NaN or infinite\); see the table.</p>'
+        r"</figure>",
+        page,
+    )
     assert "odd&lt;tag&gt;&amp;" in page
     assert "<tag>" not in page
     assert "<h1>Run &lt;7&gt;</h1>" in page
@@ -273,25 +284,158 @@ def test_static_chart_points_stay_inside_the_plot(logs, evaluation, tmp_path):
             assert svg.MARGIN_TOP <= y <= svg.HEIGHT - svg.MARGIN_BOTTOM
 
 
-def test_page_size_of_a_14_epoch_run(tmp_path):
-    # The classic recipe on the real MNIST: 938 steps an epoch, the first 50 logged one by
-    # one, then every 50th; a one-cycle learning rate logged at every one of those steps.
-    written = write_training_logs(tmp_path / "logs", 14, 938, 50, learning_rate_every_step=True)
-    assert len(written["loss/train"]) == 50 + len(range(50, 14 * 938, 50))
-    evaluation = write_evaluation(tmp_path / "evaluation", evaluation_document())
-    write_training_report(tmp_path / "logs", evaluation, tmp_path / "r.html", tmp_path / "r.md")
+@pytest.mark.parametrize(
+    ("epochs", "one_cycle"), [(1, False), (14, True)], ids=["1-epoch", "14-epoch"]
+)
+def test_page_size(epochs, one_cycle, tmp_path):
+    # The classic recipe on the real MNIST (report_fixtures.write_classic_run); the 14 epochs
+    # with a one-cycle learning rate logged at every logged step, the most points it logs.
+    logs, evaluation = write_classic_run(tmp_path, epochs, learning_rate_every_step=one_cycle)
+    write_training_report(logs, evaluation, tmp_path / "r.html", tmp_path / "r.md")
     size = (tmp_path / "r.html").stat().st_size
-    print(f"report of a 14-epoch run: {size:,} bytes, {len(written['loss/train'])} loss points")
+    page = (tmp_path / "r.html").read_text()
+    library = len(plotly_js().encode())
+    print(f"report of a {epochs}-epoch run: {size:,} bytes, of which the library {library:,}")
     assert size <= MAX_PAGE_BYTES
-    data = report_data((tmp_path / "r.html").read_text())
+    assert page.count(plotly_js()) == 1
     # Nothing thinned at this size: every logged point is charted.
-    assert len(data["charts"][0]["data"][0]["x"]) == len(written["loss/train"])
+    loss = read_scalars(logs)[[s.tag for s in read_scalars(logs)].index("loss/train")]
+    assert len(loss.steps) == 50 + len(range(50, epochs * 938, 50))
+    assert report_data(page)["charts"][0]["data"][0]["x"] == list(loss.steps)
+
+
+def _figure(page: str, chart_id: str) -> str:
+    pattern = rf'<figure class="chart" id="figure-{chart_id}">.*?</figure>'
+    return re.search(pattern, page, re.DOTALL).group(0)
+
+
+def _static_values(figure: str) -> list[str]:
+    """The value labels of a static chart's lone points."""
+    return re.findall(r'<text [^>]*class="value"[^>]*>([^<]*)</text>', figure)
+
+
+def _static_ticks(figure: str) -> list[float]:
+    """The value axis ticks of a static chart (percentages as fractions)."""
+    ticks = []
+    for text in re.findall(r'<text [^>]*class="tick" text-anchor="end">([^<]*)<', figure):
+        ticks.append(float(text[:-1]) / 100 if text.endswith("%") else float(text))
+    return ticks
 
 
 @pytest.mark.parametrize(
-    ("epochs", "prefix", "reduced"), [(30, "short_", False), (60, "metric_" * 6, True)]
+    ("low", "high", "percent", "expected"),
+    [
+        (0.98, 0.98, True, (0.931, 1.0)),  # one accuracy, or a constant one: not past 100%
+        (1.0, 1.0, True, (0.95, 1.0)),
+        (0.89, 0.9924, True, (0.88488, 0.99752)),
+        (0.0, 0.0, False, (0.0, 0.05)),  # a constant 0: not below 0
+        (0.02, 2.3, False, (0.0, 2.414)),  # a loss: not below 0
+        (1e-4, 1e-4, False, (0.95e-4, 1.05e-4)),  # a constant learning rate: close around it
+        (-1.0, 1.0, False, (-1.1, 1.1)),  # values across 0 keep their margin
+        (0.5, 1.2, True, (0.465, 1.235)),  # a "fraction" past 100% is shown, not cut off
+    ],
 )
-def test_page_stays_under_5_mb_whatever_was_logged(epochs, prefix, reduced, tmp_path):
+def test_value_axis(low, high, percent, expected):
+    assert svg.value_range(low, high, percent) == pytest.approx(expected)
+
+
+def test_lone_point_labels_point_into_the_plot_and_keep_apart():
+    x, y = (0, 1000), (0.0, 1.0)
+    # In the right half, to the left; in the lower half above, in the upper half below.
+    assert svg.label_sides([(990, 0.1), (995, 0.9)], x, y) == [("top", "left"), ("bottom", "left")]
+    assert svg.label_sides([(10, 0.2)], x, y) == [("top", "right")]
+    # Close in value: the one nearer the edge gets its label beside it, not over the other.
+    assert svg.label_sides([(937, 0.1), (938, 0.12)], x, y) == [("middle", "left"), ("top", "left")]
+    assert svg.label_sides([(937, 0.9), (938, 0.88)], x, y) == [
+        ("middle", "left"),
+        ("bottom", "left"),
+    ]
+    assert svg.label_sides([(937, 0.5), (938, 0.5)], x, y) == [("middle", "left"), ("top", "left")]
+
+
+@pytest.mark.parametrize("accuracies", [(0.98, 0.98), (1.0, 1.0), (0.9813, 0.9834)])
+def test_a_one_epoch_report_labels_its_points_and_keeps_its_axes(accuracies, tmp_path):
+    # One epoch: one validation point and one test value per chart (issue 19: "a lone
+    # diamond", and without scripts an accuracy axis up to 102%).
+    logs, evaluation = write_classic_run(tmp_path, 1, accuracies=accuracies)
+    write_training_report(logs, evaluation, tmp_path / "r.html", tmp_path / "r.md")
+    page = (tmp_path / "r.html").read_text()
+    charts = {chart["id"]: chart for chart in report_data(page)["charts"]}
+    # No accuracy axis past 100%, no loss axis below 0, with or without scripts.
+    ticks = _static_ticks(_figure(page, "chart-accuracy"))
+    assert ticks
+    assert 0 <= min(ticks) <= max(ticks) <= 1
+    assert min(_static_ticks(_figure(page, "chart-loss"))) >= 0
+    options = charts["chart-accuracy"]["autorange"]
+    top = options["linear"].get("maxallowed", options["linear"].get("clipmax"))
+    assert top is not None
+    assert top <= 1
+    assert options["log"] == {"clipmax": 1}
+    bottom = charts["chart-loss"]["autorange"]["linear"]
+    assert bottom.get("minallowed", bottom.get("clipmin")) == 0
+    expected = {
+        "chart-accuracy": [svg.format_value(a, percent=True) for a in accuracies],
+        "chart-loss": ["0.32", "0.0252"],
+    }
+    for chart_id, values in expected.items():
+        # Without scripts: each lone point has its value beside it.
+        figure = _figure(page, chart_id)
+        assert _static_values(figure) == values
+        # With scripts: the same labels.
+        labelled = [t for t in charts[chart_id]["data"] if "text" in t]
+        assert [t["text"] for t in labelled] == [[v] for v in values]
+        assert all(t["mode"].endswith("+text") for t in labelled)
+    # The two accuracy points are close (or one): their labels go on different sides.
+    sides = {t["textposition"] for t in charts["chart-accuracy"]["data"]}
+    assert len(sides) == 2
+
+
+def test_constant_single_and_empty_series(tmp_path):
+    logs, evaluation = write_one_epoch_run(tmp_path)
+    write_training_report(logs, evaluation, tmp_path / "r.html", tmp_path / "r.md")
+    page = (tmp_path / "r.html").read_text()
+    charts = {chart["id"]: chart for chart in report_data(page)["charts"]}
+    assert list(charts) == [
+        "chart-loss",
+        "chart-accuracy",
+        "chart-learning_rate",
+        "chart-grad_norm",
+        "chart-lone_metric",
+    ]
+
+    # A learning rate set once holds to the end: a line in both renderings, not a dot.
+    learning_rate = _figure(page, "chart-learning_rate")
+    assert "<polyline" in learning_rate
+    assert "<circle" not in learning_rate
+    assert _static_values(learning_rate) == []
+    # Constants: an axis close around the value (plotly.js's own would span it +- 1), and
+    # never below 0 for a constant 0.
+    assert charts["chart-learning_rate"]["autorange"]["linear"] == {
+        "minallowed": pytest.approx(0.95),
+        "maxallowed": pytest.approx(1.05),
+    }
+    assert charts["chart-grad_norm"]["autorange"]["linear"] == {
+        "minallowed": 0,
+        "maxallowed": pytest.approx(0.05),
+    }
+    grad_norm_ticks = _static_ticks(_figure(page, "chart-grad_norm"))
+    assert min(grad_norm_ticks) == 0
+    assert max(grad_norm_ticks) <= 0.05
+    # One point of a per-step scalar: its value written beside it, in both renderings.
+    assert _static_values(_figure(page, "chart-lone_metric")) == ["3.5"]
+    smoothed = charts["chart-lone_metric"]["data"][1]
+    assert (smoothed["text"], smoothed["mode"]) == (["3.5"], "markers+text")
+    # Nothing finite: a note, with or without scripts, in place of an empty plot.
+    nan_figure = _figure(page, "chart-nan_metric")
+    assert "js-only" not in nan_figure
+    assert "static-only" not in nan_figure
+    assert "No finite values to draw" in nan_figure
+
+
+@pytest.mark.parametrize(
+    ("epochs", "prefix", "reduced"), [(30, "short_", False), (60, "metric_" * 80, True)]
+)
+def test_page_stays_under_its_limit_whatever_was_logged(epochs, prefix, reduced, tmp_path):
     # More runs than are charted, each with the known tags and more other tags than are
     # charted, every one with more points than a chart keeps. The larger one is too much for
     # the full page: it has fewer points and static charts of the known tags only.

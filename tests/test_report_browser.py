@@ -19,6 +19,7 @@ Screenshots go to the test's temporary directory.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ import pytest
 
 from kfp_lightning.components.report_training.page_script import DEFAULT_SMOOTHING
 from kfp_lightning.components.report_training.report import write_training_report
-from tests.report_fixtures import trained_run
+from tests.report_fixtures import trained_run, write_one_epoch_run
 
 # The iframe as HTMLViewer renders it, in a card with 20 px of padding (PlotCard.tsx).
 HOST = """<!DOCTYPE html><html><body style="margin:0"><div style="padding:20px">
@@ -85,6 +86,15 @@ def report(dataset, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("browser-report")
     write_training_report(root / "logs", root / "evaluation", out / "r.html", out / "r.md")
     return (out / "r.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def one_epoch_report(tmp_path_factory) -> str:
+    """The report of one epoch, with a constant, a single point and a scalar never finite."""
+    root = tmp_path_factory.mktemp("one-epoch-report")
+    logs, evaluation = write_one_epoch_run(root)
+    write_training_report(logs, evaluation, root / "r.html", root / "r.md")
+    return (root / "r.html").read_text()
 
 
 class Browser:
@@ -233,6 +243,22 @@ def test_interactive_report(browser, report, tmp_path):
     assert re.search(r"train.*\d\.\d+", hover), hover
     opened.screenshot(tmp_path / "report-hover.png")
 
+    # Dragging across the loss chart zooms in on those steps; a double-click goes back.
+    steps = "() => document.getElementById('chart-loss')._fullLayout.xaxis.range.slice()"
+    full = frame.evaluate(steps)
+    box = frame.locator("#chart-loss .nsewdrag").first.bounding_box()
+    middle = box["y"] + box["height"] / 2
+    opened.page.mouse.move(box["x"] + box["width"] * 0.3, middle)
+    opened.page.mouse.down()
+    opened.page.mouse.move(box["x"] + box["width"] * 0.6, middle, steps=8)
+    opened.page.mouse.up()
+    frame.wait_for_function(f"() => ({steps})()[0] > {full[0]}", timeout=TIMEOUT_MS)
+    zoomed = frame.evaluate(steps)
+    assert full[0] < zoomed[0] < zoomed[1] < full[1]
+    frame.locator("#chart-loss .nsewdrag").first.dblclick()
+    frame.wait_for_function(f"() => ({steps})()[0] === {full[0]}", timeout=TIMEOUT_MS)
+    assert frame.evaluate(steps) == full
+
     # The smoothed curve is TensorBoard's smoothing of the raw one; the slider changes it.
     before = _loss_traces(frame)
     assert before["smoothed"] == pytest.approx(
@@ -320,5 +346,104 @@ def test_static_charts_without_javascript(browser, report, tmp_path):
     opened.screenshot(tmp_path / "report-static.png")
     frame.locator("table.cm").scroll_into_view_if_needed()
     opened.screenshot(tmp_path / "report-static-confusion.png")
+    assert opened.errors == []
+    assert opened.fetched() == []
+
+
+# What plotly.js drew: each chart's value axis and the value labels of its lone points.
+_AXES = """() => Object.fromEntries(Array.from(document.querySelectorAll('.js-plotly-plot'),
+  (el) => [el.id, el._fullLayout.yaxis.range.slice()]))"""
+_LABELS = """() => Object.fromEntries(Array.from(document.querySelectorAll('.js-plotly-plot'),
+  (el) => [el.id, Array.from(el.querySelectorAll('.textpoint'), (t) => t.textContent)]))"""
+ONE_EPOCH_LABELS = {
+    "chart-loss": ["0.32", "0.0252"],
+    "chart-accuracy": ["98%", "98%"],
+    "chart-learning_rate": [],
+    "chart-grad_norm": [],
+    "chart-lone_metric": ["3.5"],
+}
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return not (
+        a["x"] + a["width"] <= b["x"]
+        or b["x"] + b["width"] <= a["x"]
+        or a["y"] + a["height"] <= b["y"]
+        or b["y"] + b["height"] <= a["y"]
+    )
+
+
+def test_one_epoch_report(browser, one_epoch_report, tmp_path):
+    # Issue 19: at one epoch the accuracy chart was a lone diamond on an axis from -2% to 101%.
+    opened = browser()
+    frame = opened.show(one_epoch_report)
+    frame.wait_for_function(
+        f"() => document.querySelectorAll('.js-plotly-plot').length === {len(ONE_EPOCH_LABELS)}",
+        timeout=TIMEOUT_MS,
+    )
+    opened.screenshot(tmp_path / "one-epoch.png")
+    # Each lone point shows its value, readable: inside the frame and not over another label.
+    assert frame.evaluate(_LABELS) == ONE_EPOCH_LABELS
+    for chart_id, values in ONE_EPOCH_LABELS.items():
+        boxes = [
+            frame.locator(f"#{chart_id} .textpoint").nth(i).bounding_box()
+            for i in range(len(values))
+        ]
+        plot = frame.locator(f"#{chart_id}").bounding_box()
+        for box in boxes:
+            assert box["width"] > 0
+            assert plot["x"] <= box["x"] <= box["x"] + box["width"] <= plot["x"] + plot["width"]
+        assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    # Value axes: an accuracy within 0-100%, nothing below 0 that is never negative, and a
+    # constant or a single value shown close around it (plotly.js's own axis spans it +- 1).
+    axes = frame.evaluate(_AXES)
+    assert 0 <= axes["chart-accuracy"][0] < 0.98 < axes["chart-accuracy"][1] <= 1
+    assert axes["chart-loss"][0] == 0
+    assert axes["chart-learning_rate"] == pytest.approx([0.95, 1.05])
+    assert axes["chart-grad_norm"] == pytest.approx([0, 0.05])
+    assert axes["chart-lone_metric"] == pytest.approx([3.325, 3.675])
+    # The log scale (in powers of 10): an accuracy still at most 100%; back to linear, the
+    # same axes as before.
+    frame.locator("#log-scale").check()
+    frame.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".every((el) => el._fullLayout.yaxis.type === 'log')",
+        timeout=TIMEOUT_MS,
+    )
+    logarithmic = frame.evaluate(_AXES)
+    assert logarithmic["chart-accuracy"][0] < math.log10(0.98) < logarithmic["chart-accuracy"][1]
+    assert logarithmic["chart-accuracy"][1] <= 0
+    opened.screenshot(tmp_path / "one-epoch-log.png")
+    frame.locator("#log-scale").uncheck()
+    frame.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".every((el) => el._fullLayout.yaxis.type === 'linear')",
+        timeout=TIMEOUT_MS,
+    )
+    assert frame.evaluate(_AXES) == axes
+    # A scalar never finite: a note in place of an empty plot.
+    assert frame.locator("#chart-nan_metric").count() == 0
+    assert frame.locator("#figure-chart-nan_metric .empty").is_visible()
+    assert opened.errors == []
+    assert opened.fetched() == []
+
+
+def test_one_epoch_report_without_javascript(browser, one_epoch_report, tmp_path):
+    opened = browser(javascript=False)
+    frame = opened.show(one_epoch_report)
+    opened.screenshot(tmp_path / "one-epoch-static.png")
+    accuracy = frame.locator("#figure-chart-accuracy")
+    labels = accuracy.locator(".value")
+    assert labels.all_text_contents() == ["98%", "98%"]
+    boxes = [labels.nth(i).bounding_box() for i in range(labels.count())]
+    assert all(label.is_visible() for label in labels.all())
+    assert not _overlap(*boxes)
+    ticks = [
+        t.removesuffix("%") for t in accuracy.locator(".tick[text-anchor=end]").all_text_contents()
+    ]
+    assert ticks
+    assert max(map(float, ticks)) <= 100
+    assert frame.locator("#figure-chart-loss .value").all_text_contents() == ["0.32", "0.0252"]
+    assert frame.locator("#figure-chart-nan_metric .empty").is_visible()
     assert opened.errors == []
     assert opened.fetched() == []

@@ -16,7 +16,13 @@ import pytest
 from kfp_lightning.components.train_mnist.checkpoints import checkpoint_name
 from kfp_lightning.components.train_mnist.component import train_mnist
 from tests.component_runner import component_command, logged_metrics, run_component
-from tests.helpers import assert_only_logs, predict_in_fresh_process, scalar_events, scalars
+from tests.helpers import (
+    assert_only_logs,
+    predict_in_fresh_process,
+    scalar_events,
+    scalars,
+    task_dir,
+)
 
 EPOCHS = 5
 BATCH = 16
@@ -94,7 +100,7 @@ def _kill_mid_epoch(argv, env, cwd: Path, checkpoints: Path) -> str:
 
 def test_killed_training_resumes_where_it_stopped(dataset, uninterrupted, tmp_path):
     live_root = tmp_path / "live"
-    checkpoints = live_root / "run-1" / "checkpoints"
+    checkpoints = task_dir(parameters(live_root), dataset) / "checkpoints"
     argv, env, _ = component_command(
         train_mnist, tmp_path / "pod-1", parameters(live_root), {"dataset": dataset}
     )
@@ -191,7 +197,7 @@ def _kill_when(argv, env, cwd: Path, ready, what: str) -> None:
 @pytest.mark.parametrize("death", ["before-first-checkpoint", "epoch-end", "after-training"])
 def test_retry_after_any_death_logs_each_step_once(dataset, tmp_path, death):
     live_root = tmp_path / "live"
-    live = live_root / "run-1"
+    live = task_dir(short_parameters(live_root), dataset)
     checkpoints = live / "checkpoints"
     final_step = SHORT_EPOCHS * STEPS_PER_EPOCH
     ready = {

@@ -251,3 +251,33 @@ def test_the_component_refuses_bad_values_in_one_line(
     assert done.stderr.startswith(message), done.stderr
     assert done.stderr.count("\n") == 1
     assert not any(path.exists() for path in outputs.values())
+
+
+def test_the_logs_are_published_where_they_live_not_copied_below_outputs(tmp_path: Path) -> None:
+    # The run's location is the live TensorBoard's logspath: a copy of the event files below
+    # outputs/ would show every curve twice.
+    location = tmp_path / "location"
+    storage = DirectoryStorage(location)
+    dirs = make_outputs(tmp_path / "rank0")
+    # The live copy holds the run's event file already (training keeps it current), but not
+    # hparams.yaml, as after a storage outage during the last copy.
+    (location / "run").mkdir(parents=True)
+    (location / "run" / "events.out.tfevents.1").write_bytes(b"e" * 10)
+    (dirs["tensorboard_logs"] / "run" / "hparams.yaml").write_text("lr: 1\n")
+
+    files = layout.publish_outputs(storage, dirs, RESULT)
+
+    assert layout.live_log_files(files) == {"run/events.out.tfevents.1": 10, "run/hparams.yaml": 6}
+    assert not list((location / layout.OUTPUTS).rglob("*tfevents*"))
+    assert [p.relative_to(location).as_posix() for p in location.rglob("*tfevents*")] == [
+        "run/events.out.tfevents.1"
+    ]
+    out = tmp_path / "out"
+    collect_outputs(storage, out / "model", out / "logs", out / "evaluation")
+    assert files_of(out / "logs") == files_of(dirs["tensorboard_logs"])
+
+    # A live file that changed after the marker listed it is not trusted.
+    (location / "run" / "events.out.tfevents.1").write_bytes(b"e" * 12)
+    again = tmp_path / "again"
+    with pytest.raises(RunError, match=r"run/events.out.tfevents.1 .* has 12 bytes, 10 expected"):
+        collect_outputs(storage, again / "model", again / "logs", again / "evaluation")

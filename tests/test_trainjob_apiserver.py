@@ -6,9 +6,10 @@ controller would (`Complete`, `Failed` with a reason, or never), plays global ra
 publishing outputs to the run's location as the entry point does, and plays the garbage
 collector when a foreground deletion waits for it. The step runs as KFP runs it (the compiled
 component, in a subprocess) as the service account `default-editor`, bound only by the shipped
-`manifests/trainjob-rbac.yaml`; its files go to an S3 server on 127.0.0.1 (moto), as to KFP's
-object store. Cancellation is the signal Argo sends a cancelled run's pod: SIGTERM to the
-step's whole process group.
+`manifests/trainjob-rbac.yaml`, in a pod the test stores (nothing runs it) and names through
+POD_NAME and POD_SERVICE_ACCOUNT as the downward API would; its files go to an S3 server on
+127.0.0.1 (moto), as to KFP's object store. Cancellation is the signal Argo sends a cancelled
+run's pod: SIGTERM to the step's whole process group.
 """
 
 from __future__ import annotations
@@ -31,21 +32,25 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from moto.server import ThreadedMotoServer
 
-from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.common.logs_location import LogsLocation, parse_logs_root
+from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.storage import open_storage
+from kfp_lightning.components.download_mnist.download import read_dataset_metadata
+from kfp_lightning.components.train_mnist.config import TrainConfig, training_task_key
 from kfp_lightning.components.train_on_nodes import layout
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes
 from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 from kfp_lightning.components.train_on_nodes.trainjob import (
     RBAC_MANIFEST,
     RUNTIME,
+    TEMPLATE_OVERRIDES,
     TRAINJOB_API,
     trainjob_name,
 )
 from tests.apiserver.server import KubeAPIServer, apply_documents, ensure_namespace
 from tests.component_runner import component_command
 from tests.conftest import REPO
-from tests.trainer_crds import install_trainer
+from tests.trainer_crds import DEFAULT_VERSION, install_trainer
 
 pytestmark = pytest.mark.apiserver
 
@@ -55,6 +60,8 @@ SECRET = "mlpipeline-minio-artifact"
 SERVICE_ACCOUNT = "default-editor"
 IMAGE = "registry.example.com/ml/kfp-lightning-trainer:0.1.0"
 WAIT_SECONDS = 60
+STEP_POD = "mnist-run-train-on-nodes-driver-1234"
+PULL_SECRET = "regcred"
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +83,34 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def namespace(apiserver_admin: client.ApiClient) -> str:
-    """A namespace of its own, with the shipped TrainJob RBAC applied, and Kubeflow Trainer's
-    CRDs and runtime installed."""
-    install_trainer(apiserver_admin)
+def trainer_version() -> str:
+    """The Kubeflow Trainer release installed (a folder of ../shared/schemas); tests
+    parametrize it to run on another."""
+    return DEFAULT_VERSION
+
+
+@pytest.fixture
+def namespace(apiserver_admin: client.ApiClient, trainer_version: str) -> str:
+    """A namespace of its own, with the shipped TrainJob RBAC applied, Kubeflow Trainer's CRDs
+    and runtime installed, and the step's pod: run as `default-editor`, with a pull secret."""
+    install_trainer(apiserver_admin, trainer_version)
     name = f"nodes-{secrets.token_hex(4)}"
     ensure_namespace(apiserver_admin, name)
     documents = list(yaml.safe_load_all((REPO / RBAC_MANIFEST).read_text()))
     apply_documents(apiserver_admin, documents, name)
+    core = client.CoreV1Api(apiserver_admin)
+    core.create_namespaced_service_account(name, {"metadata": {"name": SERVICE_ACCOUNT}})
+    pod = {
+        "metadata": {"name": STEP_POD},
+        "spec": {
+            "serviceAccountName": SERVICE_ACCOUNT,
+            # No token secret exists (no controller runs): the pod must not ask to mount one.
+            "automountServiceAccountToken": False,
+            "imagePullSecrets": [{"name": PULL_SECRET}],
+            "containers": [{"name": "main", "image": IMAGE}],
+        },
+    }
+    core.create_namespaced_pod(name, pod)
     return name
 
 
@@ -100,7 +127,14 @@ def pod_environment(
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)  # for this process, which plays rank 0
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    return {"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": namespace, **CREDENTIALS}
+    return {
+        "KUBECONFIG": str(kubeconfig),
+        "POD_NAMESPACE": namespace,
+        # What pipelines/mnist.py gives the step through the downward API.
+        "POD_NAME": STEP_POD,
+        "POD_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+        **CREDENTIALS,
+    }
 
 
 RUN_IDS = iter(f"{secrets.token_hex(4)}-7d1e-4b8a-9c55-0e6f2d4b1a{i:02d}" for i in range(100))
@@ -210,9 +244,22 @@ def set_condition(
     )
 
 
-def publish_as_rank_zero(namespace: str, run_id: str, endpoint: str, tmp_path: Path) -> dict:
-    """Plays global rank 0: writes its outputs and the marker to the run's location."""
-    location = parse_logs_root(ROOT, namespace).child(run_id)
+def task_key_of(dataset: Path) -> str:
+    """The key the step gives its task here: no task name, `Step`'s training parameters."""
+    sha256 = read_dataset_metadata(dataset)["sha256"]
+    return training_task_key("", sha256, from_run_form(TrainConfig, {"gpus": "1"}))
+
+
+def task_location(namespace: str, run_id: str, dataset: Path) -> LogsLocation:
+    """Where the step and its nodes meet: `<root>/<run id>/<task key>`."""
+    return parse_logs_root(ROOT, namespace).child(run_id).child(task_key_of(dataset))
+
+
+def publish_as_rank_zero(
+    namespace: str, run_id: str, endpoint: str, tmp_path: Path, dataset: Path
+) -> dict:
+    """Plays global rank 0: writes its outputs and the marker to the task's location."""
+    location = task_location(namespace, run_id, dataset)
     storage = open_storage(location, endpoint)
     dirs = {name: tmp_path / "rank0" / name for name in layout.OUTPUT_DIRS}
     (dirs["model"]).mkdir(parents=True)
@@ -250,7 +297,9 @@ def test_the_stripped_crd_stores_a_valid_job_rejects_a_bad_one_and_takes_status(
 
     group, version, plural, _ = TRAINJOB_API
     spec = NodeSpec(IMAGE, 2, 1, 1, ["--location", "s3://b/p"], ENTRY_MODULE, "secret")
-    sent = trainjob_object(namespace, "3f0c9a52-7d1e-4b8a-9c55-0e6f2d4b1a77", spec)
+    sent = trainjob_object(
+        namespace, "3f0c9a52-7d1e-4b8a-9c55-0e6f2d4b1a77", spec, TEMPLATE_OVERRIDES
+    )
     api = jobs_api(apiserver_admin)
 
     stored = api.create_namespaced_custom_object(group, version, namespace, plural, sent)
@@ -285,7 +334,7 @@ def test_complete_job_becomes_the_steps_outputs(
     tmp_path: Path,
 ) -> None:
     run_id = next(RUN_IDS)
-    name = trainjob_name(run_id)
+    name = trainjob_name(f"{run_id}-{task_key_of(dataset)}")
     step = Step(tmp_path / "step", dataset, pod_environment, run_id, s3_endpoint)
 
     job = wait_for(lambda: read_job(apiserver_admin, namespace, name), "the TrainJob", step)
@@ -294,7 +343,7 @@ def test_complete_job_becomes_the_steps_outputs(
     assert job["spec"]["runtimeRef"]["name"] == RUNTIME
     assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["image"]) == (2, 1, IMAGE)
     assert trainer["command"] == ["torchrun", "--module", ENTRY_MODULE]
-    location = parse_logs_root(ROOT, namespace).child(run_id)
+    location = task_location(namespace, run_id, dataset)
     arguments = trainer["args"]
     assert arguments[arguments.index("--location") + 1] == location.uri
     assert arguments[arguments.index("--s3-endpoint") + 1] == s3_endpoint
@@ -310,7 +359,7 @@ def test_complete_job_becomes_the_steps_outputs(
         if p.is_file()
     }
 
-    rank0 = publish_as_rank_zero(namespace, run_id, s3_endpoint, tmp_path)
+    rank0 = publish_as_rank_zero(namespace, run_id, s3_endpoint, tmp_path, dataset)
     set_condition(apiserver_admin, namespace, name, "Complete", "AllJobsCompleted", "done")
     code, out, err = step.finish()
 
@@ -336,7 +385,7 @@ def test_failed_job_fails_the_step_with_its_reason(
     tmp_path: Path,
 ) -> None:
     run_id = next(RUN_IDS)
-    name = trainjob_name(run_id)
+    name = trainjob_name(f"{run_id}-{task_key_of(dataset)}")
     step = Step(tmp_path / "step", dataset, pod_environment, run_id, s3_endpoint)
     wait_for(lambda: read_job(apiserver_admin, namespace, name), "the TrainJob", step)
 
@@ -358,7 +407,7 @@ def test_a_job_that_never_finishes_is_deleted_at_the_timeout(
     tmp_path: Path,
 ) -> None:
     run_id = next(RUN_IDS)
-    name = trainjob_name(run_id)
+    name = trainjob_name(f"{run_id}-{task_key_of(dataset)}")
     step = Step(tmp_path / "step", dataset, pod_environment, run_id, s3_endpoint, timeout_seconds=8)
     wait_for(lambda: read_job(apiserver_admin, namespace, name), "the TrainJob", step)
 
@@ -381,7 +430,7 @@ def test_cancelling_the_run_deletes_the_job(
     tmp_path: Path,
 ) -> None:
     run_id = next(RUN_IDS)
-    name = trainjob_name(run_id)
+    name = trainjob_name(f"{run_id}-{task_key_of(dataset)}")
     step = Step(tmp_path / "step", dataset, pod_environment, run_id, s3_endpoint)
     wait_for(lambda: read_job(apiserver_admin, namespace, name), "the TrainJob", step)
 
@@ -402,7 +451,7 @@ def test_a_retry_follows_a_running_job_and_replaces_a_failed_one(
     tmp_path: Path,
 ) -> None:
     run_id = next(RUN_IDS)
-    name = trainjob_name(run_id)
+    name = trainjob_name(f"{run_id}-{task_key_of(dataset)}")
     group, version, plural, _ = TRAINJOB_API
     # The first attempt's pod is lost (SIGKILL: no cleanup); its job keeps running.
     first = Step(tmp_path / "first", dataset, pod_environment, run_id, s3_endpoint)
@@ -412,7 +461,7 @@ def test_a_retry_follows_a_running_job_and_replaces_a_failed_one(
 
     second = Step(tmp_path / "second", dataset, pod_environment, run_id, s3_endpoint)
     # Whether it reads the job before or after it completes, it must follow it, not start one.
-    publish_as_rank_zero(namespace, run_id, s3_endpoint, tmp_path / "a")
+    publish_as_rank_zero(namespace, run_id, s3_endpoint, tmp_path / "a", dataset)
     set_condition(apiserver_admin, namespace, name, "Complete", "AllJobsCompleted", "done")
     code, out, err = second.finish()
 
@@ -445,12 +494,118 @@ def test_a_retry_follows_a_running_job_and_replaces_a_failed_one(
 
     wait_for(replaced, "the replacement job", third)
     # The failed job's outputs were cleared before the new one started.
-    storage = open_storage(parse_logs_root(ROOT, namespace).child(run_id), s3_endpoint)
+    storage = open_storage(task_location(namespace, run_id, dataset), s3_endpoint)
     assert layout.read_marker(storage) is None
-    publish_as_rank_zero(namespace, run_id, s3_endpoint, tmp_path / "b")
+    publish_as_rank_zero(namespace, run_id, s3_endpoint, tmp_path / "b", dataset)
     set_condition(apiserver_admin, namespace, name, "Complete", "AllJobsCompleted", "done")
     code, out, err = third.finish()
 
     assert code == 0, out + err
     assert "an earlier attempt's job failed" in out
     assert f"TrainJob {namespace}/{name}: created" in out
+
+
+# --- who the nodes run as, and which Trainer can run them ---------------------------------------
+
+
+@pytest.mark.parametrize("trainer_version", ["kubeflow-trainer-v2.1.0", "kubeflow-trainer-v2.2.0"])
+def test_the_nodes_run_as_the_steps_account_with_its_pull_secrets(
+    apiserver_admin: client.ApiClient,
+    namespace: str,
+    pod_environment: dict[str, str],
+    s3_endpoint: str,
+    dataset: Path,
+    tmp_path: Path,
+) -> None:
+    from tests.test_trainjob_objects import pod_patch
+
+    run_id = next(RUN_IDS)
+    name = trainjob_name(f"{run_id}-{task_key_of(dataset)}")
+    step = Step(tmp_path / "step", dataset, pod_environment, run_id, s3_endpoint)
+
+    job = wait_for(lambda: read_job(apiserver_admin, namespace, name), "the TrainJob", step)
+    set_condition(apiserver_admin, namespace, name, "Failed", "FailedJobs", "stop")
+    code, out, err = step.finish()
+
+    pod = pod_patch(job)
+    assert pod["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
+    assert pod["spec"]["imagePullSecrets"] == [{"name": PULL_SECRET}]
+    assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert (
+        f"node pods: service account {SERVICE_ACCOUNT}, image pull secrets {PULL_SECRET}, as "
+        f"this step's pod {namespace}/{STEP_POD}\n"
+    ) in out, out + err
+    assert code == 1
+
+
+def test_without_reading_its_pod_the_nodes_rely_on_the_account(
+    apiserver_admin: client.ApiClient,
+    namespace: str,
+    pod_environment: dict[str, str],
+    s3_endpoint: str,
+    dataset: Path,
+    tmp_path: Path,
+) -> None:
+    from kfp_lightning.components.train_on_nodes.trainjob import step_pod_identity
+    from tests.test_trainjob_objects import pod_patch
+
+    # A role granting the TrainJob verbs only: reading the step's pod is refused.
+    rbac = client.RbacAuthorizationV1Api(apiserver_admin)
+    role = rbac.read_namespaced_role("kfp-lightning-trainjob-launcher", namespace)
+    role.rules = role.rules[:1]
+    rbac.replace_namespaced_role(role.metadata.name, namespace, role)
+    run_id = next(RUN_IDS)
+    name = trainjob_name(f"{run_id}-{task_key_of(dataset)}")
+    step = Step(tmp_path / "step", dataset, pod_environment, run_id, s3_endpoint)
+
+    job = wait_for(lambda: read_job(apiserver_admin, namespace, name), "the TrainJob", step)
+    set_condition(apiserver_admin, namespace, name, "Failed", "FailedJobs", "stop")
+    code, out, _ = step.finish()
+
+    pod = pod_patch(job)["spec"]
+    assert pod["serviceAccountName"] == SERVICE_ACCOUNT
+    assert "imagePullSecrets" not in pod
+    (line,) = [x for x in out.splitlines() if x.startswith("node pods:")]
+    assert line.startswith(
+        f"node pods: service account {SERVICE_ACCOUNT}; image pull secrets not copied (reading "
+        f"pod {namespace}/{STEP_POD} was refused: HTTP 403: "
+    ), line
+    assert line.endswith(
+        "they get those of the service account, which Kubernetes adds to every pod it runs as"
+    )
+    # Without POD_NAME (no downward API), the same, saying why.
+    identity = step_pod_identity(
+        apiserver_admin, namespace, {"POD_SERVICE_ACCOUNT": SERVICE_ACCOUNT}
+    )
+    assert (identity.service_account, identity.image_pull_secrets) == (SERVICE_ACCOUNT, ())
+    assert "image pull secrets not copied (POD_NAME is unset)" in identity.note
+    assert code == 1
+
+
+@pytest.mark.parametrize("trainer_version", ["kubeflow-trainer-v2.0.0"])
+def test_on_trainer_v2_0_the_step_fails_before_anything_is_created(
+    apiserver_admin: client.ApiClient,
+    namespace: str,
+    pod_environment: dict[str, str],
+    s3_endpoint: str,
+    dataset: Path,
+    tmp_path: Path,
+) -> None:
+    group, version, plural, _ = TRAINJOB_API
+    run_id = next(RUN_IDS)
+    step = Step(tmp_path / "step", dataset, pod_environment, run_id, s3_endpoint)
+
+    code, out, err = step.finish()
+
+    assert code == 1, out + err
+    assert err.startswith(
+        "error: the cluster's TrainJob (trainer.kubeflow.org/v1alpha1) has no "
+        "spec.podTemplateOverrides or spec.runtimePatches (Kubeflow Trainer v2.0? "
+    ), err
+    assert err.count("\n") == 1
+    listed = jobs_api(apiserver_admin).list_namespaced_custom_object(
+        group, version, namespace, plural
+    )
+    assert listed["items"] == []
+    storage = open_storage(task_location(namespace, run_id, dataset), s3_endpoint)
+    assert storage.list_files() == {}

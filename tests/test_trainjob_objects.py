@@ -1,10 +1,12 @@
-"""The run's TrainJob against Kubeflow Trainer v2.1.0: the CRD as shipped, and its runtime.
+"""The run's TrainJob against Kubeflow Trainer v2.1.0 to v2.3.0: each CRD as shipped, and runtime.
 
-Validated client-side against the untouched openAPIV3Schema (closed to unknown fields, which
-the API server would silently prune), and against what the Trainer's admission webhook and
-controller require of a TrainJob on the `torch-distributed` runtime (kubeflow/trainer v2.1.0:
-pkg/runtime/framework/plugins/torch/torch.go and jobset/jobset.go, `Validate`). The API
-server tests (test_trainjob_apiserver.py) then store it in a real kube-apiserver.
+Validated client-side against the untouched openAPIV3Schema of each version (closed to unknown
+fields, which the API server would silently prune), in the form that version serves (v2.1
+`spec.podTemplateOverrides`, v2.2+ `spec.runtimePatches`), and against what the Trainer's
+admission webhook and controller require of a TrainJob on the `torch-distributed` runtime
+(kubeflow/trainer v2.1.0 and v2.2.0: pkg/runtime/framework/plugins/torch/torch.go and
+jobset/jobset.go, `Validate`). The API server tests (test_trainjob_apiserver.py,
+test_trainjob_versions.py) then store it in a real kube-apiserver.
 """
 
 from __future__ import annotations
@@ -24,15 +26,19 @@ from kfp_lightning.components.train_on_nodes.trainjob import (
     COMPLETE,
     FAILED,
     NODE,
+    PATCH_MANAGER,
     RBAC_MANIFEST,
     RESERVED_ENV,
     RUNTIME,
     RUNTIME_API,
+    RUNTIME_PATCHES,
     SUSPENDED,
+    TEMPLATE_OVERRIDES,
     TRAINJOB_API,
     JobState,
     NodeSpec,
     job_state,
+    stored_differences,
     trainjob_name,
     trainjob_object,
 )
@@ -51,6 +57,31 @@ NAMESPACE = "team-a"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 # The CRD's rule for metadata.name (x-kubernetes-validations on the object).
 RFC1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+# The webhook's rule for a runtime patch's manager (v2.2.0 jobset.go, `Validate`: apimachinery's
+# IsDomainPrefixedPath): a DNS-1123 subdomain, "/", then HTTP path characters.
+DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+DOMAIN_PREFIXED_PATH = re.compile(DNS1123_SUBDOMAIN + r"/[A-Za-z0-9/\-._~%!$&'()*+,;=:]+")
+# Each Trainer version's schemas folder, and the form its TrainJob serves.
+FORM_OF = {
+    "kubeflow-trainer-v2.1.0": TEMPLATE_OVERRIDES,
+    "kubeflow-trainer-v2.2.0": RUNTIME_PATCHES,
+    "kubeflow-trainer-v2.3.0": RUNTIME_PATCHES,
+}
+FORM = TEMPLATE_OVERRIDES  # where one form is enough
+
+
+def pod_patch(job: dict) -> dict:
+    """The node pod template patch of a job, in either form."""
+    spec = job["spec"]
+    if TEMPLATE_OVERRIDES in spec:
+        (override,) = spec[TEMPLATE_OVERRIDES]
+        assert override["targetJobs"] == [{"name": NODE}]
+        return {k: v for k, v in override.items() if k != "targetJobs"}
+    (patch,) = spec[RUNTIME_PATCHES]
+    assert patch["manager"] == PATCH_MANAGER
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert replicated["name"] == NODE
+    return replicated["template"]["spec"]["template"]
 
 
 def node_spec(**changes: object) -> NodeSpec:
@@ -72,6 +103,8 @@ def node_spec(**changes: object) -> NodeSpec:
         s3_secret="mlpipeline-minio-artifact",
         node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
         tolerations=[GPU_TOLERATION],
+        service_account="default-editor",
+        image_pull_secrets=("regcred",),
     )
     return NodeSpec(**{**spec.__dict__, **changes})
 
@@ -81,14 +114,16 @@ SPECS = {
     "pvc": node_spec(s3_secret=None, logs_pvc="tb-logs"),
     "cpu-4-nodes": node_spec(nodes=4, gpus_per_node=0, node_selector={}, tolerations=()),
     "2-gpus-per-node": node_spec(gpus_per_node=2, processes_per_node=2),
+    "no-identity": node_spec(service_account=None, image_pull_secrets=()),
 }
 
 
+@pytest.mark.parametrize("version", FORM_OF)
 @pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
-def test_trainjob_matches_the_shipped_crd(spec: NodeSpec) -> None:
-    job = trainjob_object(NAMESPACE, RUN_ID, spec)
+def test_trainjob_matches_the_shipped_crd(spec: NodeSpec, version: str) -> None:
+    job = trainjob_object(NAMESPACE, RUN_ID, spec, FORM_OF[version])
 
-    jsonschema.Draft7Validator(object_schema(TRAINJOB_CRD)).validate(job)
+    jsonschema.Draft7Validator(object_schema(TRAINJOB_CRD, version)).validate(job)
     group, version, _, kind = TRAINJOB_API
     assert (job["apiVersion"], job["kind"]) == (f"{group}/{version}", kind)
     name = job["metadata"]["name"]
@@ -96,14 +131,62 @@ def test_trainjob_matches_the_shipped_crd(spec: NodeSpec) -> None:
     assert len(name) <= 63
     # The nodes' pod hostnames, "<name>-node-0-<index>" (jobset.go, IdentifyPodNetwork).
     assert len(f"{name}-{NODE}-0-{spec.nodes - 1}") <= 63
-    for labels in (job["metadata"]["labels"], job["spec"]["podTemplateOverrides"][0]["metadata"]):
-        labels = labels.get("labels", labels)
+    for labels in (job["metadata"]["labels"], pod_patch(job)["metadata"]["labels"]):
         assert all(is_label_key(k) and is_label_value(v) for k, v in labels.items())
+
+
+@pytest.mark.parametrize("version", FORM_OF)
+def test_each_version_knows_only_its_own_form(version: str) -> None:
+    """The other form is what the server would prune: the form must follow the cluster."""
+    validator = jsonschema.Draft7Validator(object_schema(TRAINJOB_CRD, version))
+    for form in (TEMPLATE_OVERRIDES, RUNTIME_PATCHES):
+        job = trainjob_object(NAMESPACE, RUN_ID, node_spec(), form)
+        assert validator.is_valid(job) == (form == FORM_OF[version]), form
+
+
+def test_trainer_v2_0_knows_neither_form() -> None:
+    validator = jsonschema.Draft7Validator(object_schema(TRAINJOB_CRD, "kubeflow-trainer-v2.0.0"))
+    for form in (TEMPLATE_OVERRIDES, RUNTIME_PATCHES):
+        assert not validator.is_valid(trainjob_object(NAMESPACE, RUN_ID, node_spec(), form))
+    # What v2.0 has instead cannot carry the pod's annotations nor its pull secrets.
+    overrides = shipped(TRAINJOB_CRD, "kubeflow-trainer-v2.0.0")["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"
+    ]["properties"]["spec"]["properties"]["podSpecOverrides"]["items"]["properties"]
+    assert "metadata" not in overrides
+    assert "imagePullSecrets" not in overrides
+
+
+def test_both_forms_carry_the_same_pod_settings() -> None:
+    overrides = trainjob_object(NAMESPACE, RUN_ID, node_spec(), TEMPLATE_OVERRIDES)
+    patches = trainjob_object(NAMESPACE, RUN_ID, node_spec(), RUNTIME_PATCHES)
+    assert pod_patch(overrides) == pod_patch(patches)
+    assert {k: v for k, v in overrides["spec"].items() if k != TEMPLATE_OVERRIDES} == {
+        k: v for k, v in patches["spec"].items() if k != RUNTIME_PATCHES
+    }
+    assert DOMAIN_PREFIXED_PATH.fullmatch(PATCH_MANAGER)
+    with pytest.raises(ValueError, match="invalid form='podSpecOverrides'"):
+        trainjob_object(NAMESPACE, RUN_ID, node_spec(), "podSpecOverrides")
+
+
+def test_stored_differences_name_every_pruned_or_changed_field() -> None:
+    sent = trainjob_object(NAMESPACE, RUN_ID, node_spec(), RUNTIME_PATCHES)
+    stored = copy.deepcopy(sent)
+    stored["metadata"]["uid"] = "x"  # added by the server: not a difference
+    stored["spec"]["runtimePatches"][0]["time"] = "2026-01-01T00:00:00Z"  # the webhook's
+    assert stored_differences(sent, stored) == []
+    del stored["spec"]["runtimePatches"]
+    stored["spec"]["trainer"]["numNodes"] = 3
+    stored["spec"]["trainer"]["args"] = stored["spec"]["trainer"]["args"][:-1]
+    assert stored_differences(sent, stored) == [
+        "spec.trainer.args",
+        "spec.trainer.numNodes",
+        "spec.runtimePatches",
+    ]
 
 
 def test_the_crd_check_catches_misspelt_and_mistyped_fields() -> None:
     validator = jsonschema.Draft7Validator(object_schema(TRAINJOB_CRD))
-    job = trainjob_object(NAMESPACE, RUN_ID, node_spec())
+    job = trainjob_object(NAMESPACE, RUN_ID, node_spec(), FORM)
     misspelt = copy.deepcopy(job)
     misspelt["spec"]["trainer"]["numNode"] = misspelt["spec"]["trainer"].pop("numNodes")
     mistyped = copy.deepcopy(job)
@@ -119,10 +202,11 @@ def test_the_shipped_runtime_matches_its_crd() -> None:
     jsonschema.Draft7Validator(object_schema(RUNTIME_CRD)).validate(shipped(TORCH_DISTRIBUTED))
 
 
+@pytest.mark.parametrize("version", FORM_OF)
 @pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
-def test_trainjob_suits_the_torch_distributed_runtime(spec: NodeSpec) -> None:
-    runtime = shipped(TORCH_DISTRIBUTED)
-    job = trainjob_object(NAMESPACE, RUN_ID, spec)
+def test_trainjob_suits_the_torch_distributed_runtime(spec: NodeSpec, version: str) -> None:
+    runtime = shipped(TORCH_DISTRIBUTED, version)
+    job = trainjob_object(NAMESPACE, RUN_ID, spec, FORM_OF[version])
     trainer = job["spec"]["trainer"]
 
     group, version, _, kind = RUNTIME_API
@@ -143,11 +227,11 @@ def test_trainjob_suits_the_torch_distributed_runtime(spec: NodeSpec) -> None:
     assert not {e["name"] for e in trainer["env"]} & RESERVED_ENV
     assert isinstance(trainer["numProcPerNode"], int)
     assert trainer["numProcPerNode"] >= 1
-    for override in job["spec"]["podTemplateOverrides"]:
-        assert all(target["name"] in jobs for target in override["targetJobs"])
-        for container in override["spec"]["containers"]:
-            assert container["name"] in containers
-            assert "env" not in container  # refused for the `node` container
+    for container in pod_patch(job)["spec"]["containers"]:
+        assert container["name"] in containers
+        assert "env" not in container  # refused for the `node` container
+        # v2.2's ContainerPatch has only name, env, volumeMounts and securityContext.
+        assert set(container) <= {"name", "volumeMounts"}
     # The command is torchrun running our entry point; GPUs per node are the processes' devices.
     assert trainer["command"] == ["torchrun", "--module", MODULE]
     assert trainer["numNodes"] == spec.nodes
@@ -156,18 +240,22 @@ def test_trainjob_suits_the_torch_distributed_runtime(spec: NodeSpec) -> None:
     assert trainer["numProcPerNode"] == max(spec.gpus_per_node, 1)
 
 
-def test_the_nodes_get_credentials_shared_memory_and_placement() -> None:
-    s3 = trainjob_object(NAMESPACE, RUN_ID, node_spec())
+@pytest.mark.parametrize("form", [TEMPLATE_OVERRIDES, RUNTIME_PATCHES])
+def test_the_nodes_get_credentials_shared_memory_placement_and_identity(form: str) -> None:
+    s3 = trainjob_object(NAMESPACE, RUN_ID, node_spec(), form)
     env = {e["name"]: e for e in s3["spec"]["trainer"]["env"]}
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
         "name": "mlpipeline-minio-artifact",
         "key": "accesskey",
     }
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretkey"
-    override = s3["spec"]["podTemplateOverrides"][0]
+    override = pod_patch(s3)
     # Out of a profile namespace's Istio mesh: an injected proxy would keep the pods running.
     assert override["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     pod = override["spec"]
+    # The step's account and pull secrets, not the namespace's default account.
+    assert pod["serviceAccountName"] == "default-editor"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
@@ -177,9 +265,9 @@ def test_the_nodes_get_credentials_shared_memory_and_placement() -> None:
     arguments = s3["spec"]["trainer"]["args"]
     assert arguments[arguments.index("--location") + 1].endswith(f"/{RUN_ID}")
 
-    pvc = trainjob_object(NAMESPACE, RUN_ID, node_spec(s3_secret=None, logs_pvc="tb-logs"))
+    pvc = trainjob_object(NAMESPACE, RUN_ID, node_spec(s3_secret=None, logs_pvc="tb-logs"), form)
     assert not {e["name"] for e in pvc["spec"]["trainer"]["env"]} & {"AWS_ACCESS_KEY_ID"}
-    pod = pvc["spec"]["podTemplateOverrides"][0]["spec"]
+    pod = pod_patch(pvc)["spec"]
     claim = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
     assert claim["persistentVolumeClaim"] == {"claimName": "tb-logs"}
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == claim["name"])
@@ -246,7 +334,7 @@ def _jobs(**counts: int) -> list[dict]:
     ids=["new", "running", "suspended", "complete", "failed"],
 )
 def test_job_state_reads_the_status_the_controller_writes(status: dict, expected: JobState) -> None:
-    job = trainjob_object(NAMESPACE, RUN_ID, node_spec())
+    job = trainjob_object(NAMESPACE, RUN_ID, node_spec(), FORM)
     if status:
         job["status"] = status
         # Only statuses the CRD allows: the test speaks the controller's language.
@@ -259,9 +347,11 @@ def test_the_shipped_role_grants_exactly_what_the_step_uses() -> None:
     role, binding = yaml.safe_load_all((REPO / RBAC_MANIFEST).read_text())
     group, _, plural, _ = TRAINJOB_API
     # create: a new job; get: following it; delete: cancellation, the timeout and replacing a
-    # failed job (each exercised as this account in tests/test_trainjob_apiserver.py).
+    # failed job; get pods: the step's own pod's pull secrets (each exercised as this account
+    # in tests/test_trainjob_apiserver.py).
     assert role["rules"] == [
-        {"apiGroups": [group], "resources": [plural], "verbs": ["create", "get", "delete"]}
+        {"apiGroups": [group], "resources": [plural], "verbs": ["create", "get", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
     ]
     assert tuple(role["rules"][0]["verbs"]) == TRAINJOB_VERBS
     assert binding["roleRef"] == {

@@ -8,13 +8,35 @@ whether it came from the command line or from the Kubeflow run form.
 
 from __future__ import annotations
 
+import errno
 import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 
 EXIT_USER_ERROR = 2
+
+# Faults of the machine a write can meet, in the words a one-line message uses. (Not the
+# network's: a mirror or an API server failing has messages of its own.)
+WRITE_FAULT_CAUSES: dict[int, str] = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "input/output error",
+    errno.ENOTDIR: "not a directory",
+    errno.EISDIR: "is a directory",
+    errno.EEXIST: "already exists",
+    errno.ENOTEMPTY: "directory not empty",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EMFILE: "too many open files",
+    errno.ENFILE: "too many open files in the system",
+    errno.ENOMEM: "out of memory",
+}
 
 
 class UserInputError(ValueError):
@@ -27,6 +49,22 @@ class RunError(RuntimeError):
 
 class DownloadError(RunError):
     """Every mirror failed for a file; the message lists each mirror's failure."""
+
+
+class WriteError(RunError):
+    """A file or folder could not be written (no space, read-only, no permission, I/O error).
+
+    The message names the path that could not be written and the cause, on one line.
+
+    Attributes:
+        path: What could not be written, as the user knows it (never a temporary name).
+        cause: The cause in words, e.g. "no space left on device".
+        detail: What the system said, on one line (may be empty).
+    """
+
+    def __init__(self, path: object, cause: str, detail: str = "") -> None:
+        self.path, self.cause, self.detail = str(path), cause, detail
+        super().__init__(f"{cause} writing {path}" + (f": {detail}" if detail else ""))
 
 
 def invalid(parameter: str, value: object, accepted: str) -> UserInputError:
@@ -55,13 +93,45 @@ def run_or_exit(func: Callable[..., T], /, *args: object, **kwargs: object) -> T
         Whatever `func` returns.
 
     Raises:
-        SystemExit: With status 2 for a `UserInputError`, 1 for a `RunError`.
+        SystemExit: With status 2 for a `UserInputError`, 1 for a `RunError` or an `OSError`
+            that is a fault of the machine (`WRITE_FAULT_CAUSES`: a full disk, a read-only
+            file system...).
     """
+    thread_faults: list[threading.ExceptHookArgs] = []
+    previous_hook = threading.excepthook
+
+    def quiet_thread_faults(hook_args: threading.ExceptHookArgs) -> None:
+        # A writer's thread that dies of a full disk (TensorBoard's event writer) hands the
+        # error to its owner, which fails with it here: its traceback, printed by the thread
+        # at the same moment, would bury the one line that says what happened.
+        fault = hook_args.exc_value
+        if isinstance(fault, OSError) and fault.errno in WRITE_FAULT_CAUSES:
+            thread_faults.append(hook_args)
+        else:
+            previous_hook(hook_args)
+
+    threading.excepthook = quiet_thread_faults
     try:
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
     except RunError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    except OSError as err:
+        # A fault of the machine that no writer of ours translated (they raise `WriteError`
+        # naming what they wrote): still one line, naming the file the system named.
+        cause = WRITE_FAULT_CAUSES.get(err.errno or 0)
+        if cause is None:
+            raise
+        where = f": {err.filename}" if err.filename is not None else ""
+        print(f"error: {cause}{where}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    finally:
+        threading.excepthook = previous_hook
+    for hook_args in thread_faults:
+        # Its owner went on without it: say so, briefly.
+        name = hook_args.thread.name if hook_args.thread is not None else "a thread"
+        print(f"warning: {name} stopped: {hook_args.exc_value}", file=sys.stderr, flush=True)
+    return result

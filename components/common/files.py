@@ -2,6 +2,12 @@
 
 Everything is first written beside its destination (same filesystem, so the final rename is
 atomic) and only renamed into place once complete; on any error the temporary copy is removed.
+
+A fault of the machine met while writing (a full disk, a read-only mount, a quota, an I/O
+error) becomes a `WriteError`: one line naming the path as the user knows it (never the
+temporary name) and the cause, which `run_or_exit` prints before exiting non-zero. PyTorch's
+zip writer reports a full disk as a bare `RuntimeError` ("unexpected pos 576 vs 534"); such an
+error is recognised by the free space left on the filesystem it was writing to.
 """
 
 from __future__ import annotations
@@ -10,9 +16,19 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from kfp_lightning.components.common.errors import WRITE_FAULT_CAUSES, RunError, WriteError
+
+NO_SPACE = WRITE_FAULT_CAUSES[28]
+# A write that fails for lack of space first fills the filesystem up to its last blocks; with
+# less than this left, a writer's failure is taken to be that.
+FULL_BELOW_BYTES = 1 << 20
+# What PyTorch's C++ zip writer (torch.save, torch.export.save) says when a write fails.
+_TORCH_WRITER_MARKS = ("PytorchStreamWriter", "inline_container", "file write failed")
 
 
 def _umask() -> int:
@@ -22,6 +38,130 @@ def _umask() -> int:
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     return 0o022
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Bytes an unprivileged writer may still use on the filesystem holding `path`.
+
+    Args:
+        path: A file or folder; when it does not exist, its nearest existing parent.
+
+    Returns:
+        The free bytes, or None when no parent can be examined.
+    """
+    for candidate in (Path(path), *Path(path).parents):
+        try:
+            fs = os.statvfs(candidate)
+        except OSError:
+            continue
+        return fs.f_bavail * fs.f_frsize
+    return None
+
+
+def _within(path: Path, folder: Path) -> Path | None:
+    try:
+        return path.relative_to(folder)
+    except ValueError:
+        return None
+
+
+def _shown_path(filename: object, destination: Path, staging: Path | None) -> Path | None:
+    """What the user should read for `filename`: its final name, not a temporary one.
+
+    Returns None for a file that is neither the destination, its temporary copy, nor a folder
+    above it: a fault there was not met writing it (an input that could not be read).
+    """
+    if filename is None:
+        return destination
+    path = Path(os.fsdecode(filename)) if isinstance(filename, (str, bytes, os.PathLike)) else None
+    if path is None:
+        return destination
+    if staging is not None and (relative := _within(path, staging)) is not None:
+        return destination / relative if relative.parts else destination
+    if _within(path, destination) is not None or path in destination.parents:
+        return path
+    # The temporary beside the destination (mkstemp/mkdtemp named it ".<name>.<random>").
+    if path.parent == destination.parent and path.name.startswith(f".{destination.stem}."):
+        return destination
+    return None
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def write_fault(
+    err: BaseException, destination: str | os.PathLike[str], staging: Path | None = None
+) -> WriteError | None:
+    """The one-line error for a fault of the machine met while writing `destination`.
+
+    Args:
+        err: What the writing code raised.
+        destination: What was being written, as the user knows it.
+        staging: The temporary file or folder actually written, when there is one; paths in
+            it are shown as the matching paths of `destination`.
+
+    Returns:
+        The `WriteError` to raise instead, or None when `err` is no such fault (a bug, a bad
+        input, an interrupt): those are raised as they are.
+    """
+    destination = Path(destination)
+    if isinstance(err, WriteError):
+        shown = _shown_path(err.path, destination, staging)
+        if staging is None or shown is None or shown == Path(err.path):
+            return None
+        return WriteError(shown, err.cause, err.detail)
+    if isinstance(err, RunError) or not isinstance(err, Exception):
+        return None
+    for cause in _causes(err):
+        if isinstance(cause, OSError) and cause.errno in WRITE_FAULT_CAUSES:
+            # A copy or rename names its source first and what it wrote second.
+            written = cause.filename if cause.filename2 is None else cause.filename2
+            shown = _shown_path(written, destination, staging)
+            if shown is None:
+                return None
+            detail = f"[Errno {cause.errno}] {cause.strerror}"
+            return WriteError(shown, WRITE_FAULT_CAUSES[cause.errno], detail)
+    if isinstance(err, RuntimeError) and any(mark in str(err) for mark in _TORCH_WRITER_MARKS):
+        free = free_bytes(staging or destination)
+        full = free is not None and free < FULL_BELOW_BYTES
+        return WriteError(destination, NO_SPACE if full else "could not write", _one_line(str(err)))
+    return None
+
+
+@contextlib.contextmanager
+def reported_write_faults(
+    destination: str | os.PathLike[str], staging: Path | None = None
+) -> Iterator[None]:
+    """Turns a fault of the machine met in the block into a one-line `WriteError`.
+
+    For writers that do not go through `atomic_file` or `atomic_directory` (a framework's
+    own save, an appended log). What the block leaves behind is the caller's to remove.
+
+    Args:
+        destination: What the block writes, as the user knows it.
+        staging: The temporary the block really writes, if any (see `write_fault`).
+
+    Raises:
+        WriteError: For a full disk, a read-only or missing mount, a quota, an I/O error...
+    """
+    try:
+        yield
+    except Exception as err:
+        fault = write_fault(err, destination, staging)
+        if fault is None:
+            raise
+        raise fault from err
 
 
 @contextlib.contextmanager
@@ -34,22 +174,32 @@ def atomic_directory(destination: str | os.PathLike[str]) -> Iterator[Path]:
 
     Yields:
         The staging directory to fill.
+
+    Raises:
+        WriteError: The disk is full, the folder read-only... (see `write_fault`), whether
+            met here or by the block's writes into the staging directory; the staging
+            directory is removed and `destination` is left as it was.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    # mkdtemp makes it private (0700); artifacts are read by other users and tools.
-    staging.chmod(0o777 & ~_umask())
+    with reported_write_faults(destination):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
+        # mkdtemp makes it private (0700); artifacts are read by other users and tools.
+        staging.chmod(0o777 & ~_umask())
         yield staging
         if destination.is_dir() and not any(destination.iterdir()):
             destination.rmdir()
         elif destination.is_file() and destination.stat().st_size == 0:
             destination.unlink()
         os.replace(staging, destination)
-    except BaseException:
+    except BaseException as err:
+        # Judged before the staging copy is removed: its size is what filled the disk.
+        fault = write_fault(err, destination, staging)
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        if fault is None:
+            raise
+        raise fault from err
 
 
 @contextlib.contextmanager
@@ -64,19 +214,31 @@ def atomic_file(destination: str | os.PathLike[str]) -> Iterator[Path]:
 
     Yields:
         The path to write.
+
+    Raises:
+        WriteError: The disk is full, the folder read-only... (see `write_fault`); the
+            temporary file is removed and `destination` is left as it was.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent
-    )
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
+    with reported_write_faults(destination):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent
+        )
+    tmp = Path(name)
     try:
-        yield Path(tmp)
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+        yield tmp
         os.replace(tmp, destination)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        fault = write_fault(err, destination, tmp)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        if fault is None:
+            raise
+        raise fault from err
 
 
 def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None:
@@ -85,11 +247,36 @@ def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None
     Args:
         destination: File to write.
         data: Full content.
+
+    Raises:
+        WriteError: See `atomic_file`.
     """
     with atomic_file(destination) as tmp, tmp.open("wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def atomic_write_files(contents: Mapping[str | os.PathLike[str], bytes | str]) -> None:
+    """Writes several files, each atomically, renaming none into place before all are written.
+
+    A set of outputs that belong together (a report and its summary): a fault while writing
+    any of them leaves none of them behind.
+
+    Args:
+        contents: Destination -> full content (text is written as UTF-8).
+
+    Raises:
+        WriteError: See `atomic_file`.
+    """
+    with contextlib.ExitStack() as stack:
+        for destination, content in contents.items():
+            tmp = stack.enter_context(atomic_file(destination))
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def atomic_write_text(destination: str | os.PathLike[str], text: str) -> None:
@@ -103,6 +290,74 @@ def write_json(destination: str | os.PathLike[str], value: object) -> None:
     Raises:
         ValueError: `value` holds a NaN or an infinity, which JSON cannot represent (Python
             would write the non-standard `NaN`, which KFP and most readers reject).
+        WriteError: See `atomic_file`.
     """
     text = json.dumps(value, indent=2, sort_keys=True, allow_nan=False)
     atomic_write_text(destination, text + "\n")
+
+
+def shared_mode(mode: int, umask: int) -> int:
+    """The permissions a plain create under `umask` gives a file or folder of `mode`.
+
+    Folders and executable files start from 0777, other files from 0666; the set-id and
+    sticky bits are kept.
+
+    Args:
+        mode: The `st_mode` of the file or folder.
+        umask: The umask to honour.
+
+    Returns:
+        The permission bits to set (as `os.chmod` takes them).
+    """
+    full = 0o777 if stat.S_ISDIR(mode) or mode & 0o111 else 0o666
+    return (stat.S_IMODE(mode) & 0o7000) | (full & ~umask)
+
+
+def share_like_umask(root: str | os.PathLike[str], umask: int | None = None) -> None:
+    """Gives every file and folder below `root` the permissions the umask gives a plain one.
+
+    For what a library wrote private (kfp.local's cache writes 0600 files through
+    `tempfile.mkstemp`): afterwards everything below `root` reads as if it had been created
+    with `open()` and `mkdir()` under the umask. `root` itself is left alone (it may be the
+    user's own folder). Symbolic links are neither followed nor changed; files another user
+    owns (which we cannot change) and files removed meanwhile are skipped.
+
+    Args:
+        root: The folder whose contents to fix.
+        umask: The umask to honour; the process's when None.
+
+    Raises:
+        WriteError: A permission cannot be changed for a fault of the machine (a read-only
+            file system...).
+    """
+    umask = _umask() if umask is None else umask
+    root = Path(root)
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise WriteError(folder, WRITE_FAULT_CAUSES.get(err.errno or 0, "cannot read")) from err
+        for entry in entries:
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                    continue  # links, sockets, pipes
+                wanted = shared_mode(mode, umask)
+                if stat.S_IMODE(mode) != wanted:
+                    # Checked just above not to be a link (Linux cannot chmod without following).
+                    os.chmod(entry.path, wanted)
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                continue  # another user's file
+            except OSError as err:
+                fault = write_fault(err, entry.path)
+                if fault is None:
+                    raise
+                raise fault from err
+            if stat.S_ISDIR(mode):
+                pending.append(Path(entry.path))

@@ -16,13 +16,17 @@ Kubeflow profile (SeaweedFS grants each profile `private/<namespace>/` in the `m
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import urlparse
 
 from kfp_lightning.components.common.errors import invalid
-from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
+from kfp_lightning.components.common.kubernetes_syntax import check_secret_name, digest
+from kfp_lightning.components.common.object_store import AUTO, resolve_auto
 from kfp_lightning.components.common.run_form import run_parameter
 from kfp_lightning.components.common.urls import parse_http_endpoint
 
@@ -145,6 +149,29 @@ def run_logs_location(root: str, run_id: str, namespace: str | None = None) -> L
     return parse_logs_root(root, namespace or current_namespace()).child(run_id.strip())
 
 
+def task_key(task_name: str, inputs: Mapping[str, Any]) -> str:
+    """The folder of one task's state within its run: `<task name>-<digest of its inputs>`.
+
+    A run may hold several training tasks (a user's own pipeline trains on two data sets, or
+    with two learning rates; a ParallelFor repeats one task name), and a task finds its
+    earlier work (checkpoints, live logs) in its folder when it is retried. Keyed by the task
+    and by what makes the work the same, a resume only ever continues the same task on the
+    same inputs, and two tasks never write one folder.
+
+    Args:
+        task_name: The task's name in the pipeline (KFP's `PIPELINE_TASK_NAME_PLACEHOLDER`);
+            "" for a task whose pipeline does not pass it.
+        inputs: Everything that makes the work the same: the data set's checksums, the
+            training parameters. JSON-serialisable.
+
+    Returns:
+        A path segment of at most 51 characters.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", task_name.strip()).strip("-.")[:40] or "task"
+    encoded = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{name}-{digest(encoded)}"
+
+
 def check_mounted_claim(location: LogsLocation, logs_pvc: str | None, shown: str) -> None:
     """A pvc:// location must be on the claim the pipeline mounts (compiled with --logs-pvc).
 
@@ -184,9 +211,10 @@ class LiveLogsConfig:
     s3://bucket/prefix (default: KFP's object store), pvc://claim/path (compile with
     --logs-pvc; ReadWriteMany, or TensorBoard on the training node) or a directory.
     {namespace} becomes the run's namespace."""
-    s3_endpoint: str = run_parameter("http://minio-service.kubeflow:9000")
-    """S3 API of an s3:// root, http(s)://host[:port]. Default: KFP's object store (MinIO, or
-    SeaweedFS behind the same service in newer Kubeflow releases)."""
+    s3_endpoint: str = run_parameter(AUTO)
+    """S3 API of an s3:// root: auto (default: the object store KFP itself uses on the run's
+    cluster, seaweedfs.kubeflow or, before KFP 2.15, minio-service.kubeflow) or
+    http(s)://host[:port]."""
     s3_credentials_secret: str = run_parameter("mlpipeline-minio-artifact")
     """Secret in the run's namespace with keys accesskey and secretkey for the S3 API (KFP's
     own, which Kubeflow creates in every profile namespace, by default)."""
@@ -196,7 +224,7 @@ class LiveLogsConfig:
 
     def __post_init__(self) -> None:
         root = parse_logs_root(self.tensorboard_logs_root, _ANY_NAMESPACE)
-        if root.scheme == "s3":
+        if root.scheme == "s3" and self.s3_endpoint.strip() != AUTO:
             parse_http_endpoint(self.s3_endpoint, "s3_endpoint")
         check_secret_name(self.s3_credentials_secret, "s3_credentials_secret")
         seconds = self.live_update_seconds
@@ -216,8 +244,30 @@ class LiveLogsConfig:
         """The live logs location of one run: `<tensorboard_logs_root>/<run_id>`."""
         return run_logs_location(self.tensorboard_logs_root, run_id, namespace)
 
+    def task_location(self, run_id: str, key: str, namespace: str | None = None) -> LogsLocation:
+        """Where one task of a run keeps its state: `<tensorboard_logs_root>/<run_id>/<key>`.
+
+        The run's TensorBoard reads `<run_id>`, so it shows every task of the run.
+
+        Args:
+            run_id: The pipeline run's id.
+            key: The task's `task_key`.
+            namespace: For `{namespace}`; defaults to the pod's.
+        """
+        return self.run_location(run_id, namespace).child(key)
+
     def endpoint(self) -> str | None:
-        """The S3 endpoint without a trailing "/", or None when the root is not s3://."""
+        """The S3 endpoint without a trailing "/", or None when the root is not s3://.
+
+        `auto` becomes the concrete endpoint of KFP's object store on this cluster, so what
+        reads or writes the logs (training, the TensorBoard pod, the nodes) is given a real
+        address (see `object_store.py`).
+
+        Raises:
+            UserInputError: `auto` outside a cluster that runs KFP's object store.
+        """
         if parse_logs_root(self.tensorboard_logs_root, _ANY_NAMESPACE).scheme != "s3":
             return None
+        if self.s3_endpoint.strip() == AUTO:
+            return resolve_auto()
         return parse_http_endpoint(self.s3_endpoint, "s3_endpoint")

@@ -5,17 +5,24 @@ sizes, upload one file (appending just the new bytes when the destination is a g
 it), and download one file. TensorBoard event files only ever grow, so on a filesystem the copy
 appends the new tail instead of rewriting the file: a reader holding the file open keeps
 reading it. Object stores cannot append; there the whole (small) file is uploaded again.
+
+Every failure to write ends in one line naming the destination and the cause: a `WriteError`
+for a fault of the machine (full disk, read-only mount...), a `RunError` for an object store
+that refuses or cannot be reached. Nothing half-written is left: a copy is atomic, and an
+append that fails is cut back to where it started, so the file stays a valid prefix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from kfp_lightning.components.common.errors import invalid
-from kfp_lightning.components.common.files import atomic_file
+from kfp_lightning.components.common.errors import RunError, invalid
+from kfp_lightning.components.common.files import atomic_file, reported_write_faults
 from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT, LogsLocation
 
 DEFAULT_REGION = "us-east-1"
@@ -57,22 +64,50 @@ class DirectoryStorage:
         }
 
     def upload(self, source: Path, relative: str, append_from: int | None = None) -> None:
+        """Copies `source` to `relative`, or appends its bytes from `append_from` on.
+
+        Raises:
+            WriteError: The location is full, read-only... (see `files.write_fault`).
+        """
         target = self.root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
+        with reported_write_faults(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
         if append_from is not None and target.is_file() and target.stat().st_size == append_from:
-            with source.open("rb") as src, target.open("ab") as dst:
-                src.seek(append_from)
-                shutil.copyfileobj(src, dst)
+            try:
+                with (
+                    reported_write_faults(target),
+                    source.open("rb") as src,
+                    target.open("ab") as dst,
+                ):
+                    src.seek(append_from)
+                    shutil.copyfileobj(src, dst)
+            except BaseException:
+                # A torn record at the end would be read as the file's last event.
+                with contextlib.suppress(OSError):
+                    os.truncate(target, append_from)
+                raise
             return
         with atomic_file(target) as tmp:
             shutil.copyfile(source, tmp)
 
     def download(self, relative: str, destination: Path) -> None:
+        """Copies `relative` to `destination` atomically.
+
+        Raises:
+            WriteError: `destination`'s disk is full, read-only...
+        """
         with atomic_file(destination) as tmp:
             shutil.copyfile(self.root / relative, tmp)
 
     def delete(self, relative: str) -> None:
-        (self.root / relative).unlink(missing_ok=True)
+        """Removes `relative`, if it is there.
+
+        Raises:
+            WriteError: The location is read-only...
+        """
+        target = self.root / relative
+        with reported_write_faults(target):
+            target.unlink(missing_ok=True)
 
 
 class S3Storage:
@@ -110,23 +145,56 @@ class S3Storage:
     def list_files(self) -> dict[str, int]:
         start = f"{self.prefix}/" if self.prefix else ""
         files = {}
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=start
-        ):
-            for item in page.get("Contents", []):
-                files[item["Key"][len(start) :]] = int(item["Size"])
+        with self._refusals("list", ""):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start
+            ):
+                for item in page.get("Contents", []):
+                    files[item["Key"][len(start) :]] = int(item["Size"])
         return files
 
+    def _uri(self, relative: str) -> str:
+        return f"s3://{self.bucket}/{self._key(relative)}"
+
+    @contextlib.contextmanager
+    def _refusals(self, action: str, relative: str) -> Iterator[None]:
+        """Turns the store's refusal (no bucket, no permission, unreachable) into one line."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (Boto3Error, BotoCoreError, ClientError) as err:
+            detail = " ".join(str(err).split())
+            raise RunError(f"could not {action} {self._uri(relative)}: {detail}") from err
+
     def upload(self, source: Path, relative: str, append_from: int | None = None) -> None:
-        # Objects cannot be appended to: every upload sends the whole file.
-        self.client.upload_file(str(source), self.bucket, self._key(relative))
+        """Uploads all of `source` (objects cannot be appended to).
+
+        Raises:
+            RunError: The store refused or could not be reached.
+        """
+        with self._refusals("upload to", relative):
+            self.client.upload_file(str(source), self.bucket, self._key(relative))
 
     def download(self, relative: str, destination: Path) -> None:
-        with atomic_file(destination) as tmp:
+        """Downloads `relative` to `destination` atomically.
+
+        Raises:
+            RunError: The store refused or could not be reached.
+            WriteError: `destination`'s disk is full, read-only...
+        """
+        with atomic_file(destination) as tmp, self._refusals("download", relative):
             self.client.download_file(self.bucket, self._key(relative), str(tmp))
 
     def delete(self, relative: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(relative))
+        """Removes `relative` (no error if it is already gone).
+
+        Raises:
+            RunError: The store refused or could not be reached.
+        """
+        with self._refusals("delete", relative):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(relative))
 
 
 def open_storage(location: LogsLocation, s3_endpoint: str | None = None) -> Storage:

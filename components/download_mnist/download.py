@@ -16,6 +16,7 @@ import dataclasses
 import gzip
 import hashlib
 import http.client
+import json
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,11 @@ from typing import Any
 import numpy as np
 
 from kfp_lightning.components.common.errors import DownloadError, invalid
-from kfp_lightning.components.common.files import atomic_directory, write_json
+from kfp_lightning.components.common.files import (
+    atomic_directory,
+    reported_write_faults,
+    write_json,
+)
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.download_mnist.sources import DownloadConfig
 
@@ -166,6 +171,8 @@ def download_dataset(
 
     Raises:
         DownloadError: When a file cannot be obtained with the expected content.
+        WriteError: When `output_dir` cannot be written (a full disk, a read-only folder);
+            nothing is left behind.
     """
     config = config or DownloadConfig()
     mirrors, checksums = config.mirrors, config.expected_md5
@@ -195,7 +202,9 @@ def download_dataset(
             "sources": sources,
         }
         # Uncompressed: the bytes are already verified, and loading needs no inflating.
-        np.savez(staging / DATA_FILE, **arrays)
+        # (numpy's zip writer names no file when the disk fills up: this names it.)
+        with reported_write_faults(staging / DATA_FILE):
+            np.savez(staging / DATA_FILE, **arrays)
         write_json(staging / METADATA_FILE, metadata)
     return metadata
 
@@ -236,3 +245,19 @@ def load_dataset(dataset_dir: str | Path) -> dict[str, np.ndarray]:
         )
     with np.load(path) as arrays:
         return {name: arrays[name] for name in arrays.files}
+
+
+def read_dataset_metadata(dataset_dir: str | Path) -> dict[str, Any]:
+    """The metadata written by `download_dataset`: counts, checksums, sources.
+
+    Raises:
+        UserInputError: `dataset_dir` is not a Dataset written by download_mnist.
+    """
+    path = Path(dataset_dir) / METADATA_FILE
+    if not path.is_file():
+        raise invalid(
+            "dataset",
+            str(dataset_dir),
+            f"a directory written by download_mnist (no {METADATA_FILE})",
+        )
+    return json.loads(path.read_text())

@@ -19,17 +19,21 @@ def launch_tensorboard(
 ):
     """Starts a Kubeflow TensorBoard over the run's live logs and links it from the run page.
 
-    Creates (or updates, on retry) a Kubeflow Tensorboard in the run's namespace, plus, for
-    s3:// logs, a PodDefault giving its pod the object store's endpoint and credentials. Where
-    the cluster cannot host one (no Tensorboard CRD, RBAC, no API), the task still succeeds and
-    its note gives the kubectl commands for a port-forwarded TensorBoard instead.
+    Creates a Kubeflow Tensorboard in the run's namespace (a retry keeps it, or replaces one
+    that differs), plus, for s3:// logs, a PodDefault giving its pod the object store's
+    endpoint and credentials. Where the cluster cannot host one (no Tensorboard CRD, RBAC, no
+    API), the task still succeeds and its note gives the kubectl commands for a port-forwarded
+    TensorBoard instead. A pvc:// claim that only one node can mount at a time
+    (ReadWriteOnce) gets no TensorBoard during training, which it could block; the note says
+    what to do.
 
     Args:
         run_id: The pipeline run's id; names the Tensorboard and the run's logs folder.
         tensorboard: Output. Link to the live TensorBoard and how long until it is ready, or
             the kubectl commands to view the logs where none could be started.
-        mlpipeline_ui_metadata: Output. Legacy TensorBoard viewer metadata ("Start Tensorboard"
-            in older KFP UIs).
+        mlpipeline_ui_metadata: Output. "Start Tensorboard" on the run's page: a viewer over
+            the run's logs in the project's tools image, given the object store's credentials
+            or the claim mounted read-only.
     """
     from kfp_lightning.components.common.errors import run_or_exit
     from kfp_lightning.components.launch_tensorboard.launcher import launch_from_run_form

@@ -1,8 +1,13 @@
 """Create-or-update of namespaced custom objects with the `kubernetes` client, safe to retry.
 
 A task can be retried, and a request can fail after the server acted on it, so every write is
-idempotent: create; if it already exists, read it and patch only what differs from the wanted
-object (a JSON merge patch, so labels or fields added by others stay). Transient failures
+idempotent: create; if it already exists, read it, and only if it differs from the wanted object
+delete it and create it again. That needs only create, get and delete, which the roles Kubeflow
+gives every profile grant (`kubeflow-edit`, aggregated from the Tensorboards and Jupyter web
+apps' `cluster-role.yaml` in kubeflow/manifests: get/list/create/delete, no patch or update on
+`tensorboards`; Jupyter's adds patch on `poddefaults`, the Tensorboards app's does not). What the
+server stored is compared with what was sent, since a CRD's structural schema prunes unknown
+fields without an error. Transient failures
 (HTTP 429 and 5xx, dropped or refused connections) are retried with exponential backoff by
 urllib3's own `Retry`, which the `kubernetes` client hands to its connection pool: every method
 is retried, since each write here is safe to repeat.
@@ -10,11 +15,11 @@ is retried, since each write here is safe to repeat.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import urllib3
@@ -26,6 +31,10 @@ from kfp_lightning.components.launch_tensorboard.objects import TENSORBOARD_API
 T = TypeVar("T")
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Every verb `ensure_object` and `wait_until_ready` use on the objects they write.
+LAUNCHER_VERBS = ("create", "get", "delete")
+# Create / read / delete rounds before giving up on an object that keeps changing.
+REPLACE_ROUNDS = 3
 DEFAULT_KUBECONFIG = "~/.kube/config"
 
 
@@ -43,12 +52,14 @@ class Patience:
             further one twice as long as the one before (the first is immediate).
         poll_seconds: Pause between two readiness checks.
         request_timeout_seconds: Connect and read timeout of one request.
+        delete_timeout_seconds: How long an object being replaced may take to go away.
     """
 
     attempts: int = 5
     backoff_seconds: float = 0.5
     poll_seconds: float = 2.0
     request_timeout_seconds: float = 15.0
+    delete_timeout_seconds: float = 60.0
 
     def retry(self) -> urllib3.Retry:
         """The urllib3 retry policy for one request."""
@@ -56,7 +67,7 @@ class Patience:
             total=self.attempts - 1,
             backoff_factor=self.backoff_seconds,
             status_forcelist=TRANSIENT_STATUSES,
-            allowed_methods=None,  # every method: creates and patches here are idempotent
+            allowed_methods=None,  # every method: each write here is safe to repeat
             raise_on_status=False,  # the last answer reaches the caller as an ApiException
             respect_retry_after_header=True,
         )
@@ -82,6 +93,12 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
     except config.ConfigException as in_cluster_error:
         # The client reads $KUBECONFIG once, when imported; read it when connecting instead.
         kubeconfig = os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
+        # The client says "No configuration found" for a path that does not exist: say that.
+        if not any(Path(p).expanduser().is_file() for p in kubeconfig.split(os.pathsep)):
+            raise ClusterUnreachableError(
+                f"not running in a pod ({in_cluster_error}) and no kubeconfig at {kubeconfig} "
+                "(no such file)"
+            ) from None
         try:
             config.load_kube_config(
                 kubeconfig, client_configuration=configuration, persist_config=False
@@ -123,17 +140,52 @@ def call(request: Callable[[], T], what: str) -> T:
         raise ClusterUnreachableError(f"{what}: {connection_failure(err)}") from err
 
 
-def merge_patched(target: object, patch: object) -> object:
-    """`target` with a JSON merge patch (RFC 7386) applied, as the API server would apply it."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patched(result.get(key), value)
-    return result
+def differences(sent: object, stored: object, path: str = "") -> list[str]:
+    """Where `stored` lacks or changed what `sent` holds, as field paths (`spec.env[2].name`).
+
+    Fields the server added (defaults, a webhook's additions, metadata it manages) are not
+    differences; a field it dropped (a structural schema prunes unknown fields without an
+    error) or rewrote is.
+
+    Args:
+        sent: What was sent, or the part of it that must be kept.
+        stored: What the server holds.
+        path: The path of `sent` within the whole object (for recursion).
+
+    Returns:
+        The paths, in the order of `sent`; empty when everything sent was kept as sent.
+    """
+    if isinstance(sent, dict):
+        if not isinstance(stored, dict):
+            return [path or "."]
+        found: list[str] = []
+        for key, value in sent.items():
+            where = f"{path}.{key}" if path else str(key)
+            found += differences(value, stored[key], where) if key in stored else [where]
+        return found
+    if isinstance(sent, list):
+        if not isinstance(stored, list) or len(stored) != len(sent):
+            return [path or "."]
+        found = []
+        for index, (value, kept) in enumerate(zip(sent, stored, strict=True)):
+            found += differences(value, kept, f"{path}[{index}]")
+        return found
+    return [] if sent == stored else [path or "."]
+
+
+class ObjectNotEnsuredError(RuntimeError):
+    """An object could not be brought to the wanted state (the message says which and why)."""
+
+
+def same_object(wanted: dict[str, object], existing: dict[str, object]) -> bool:
+    """Whether an existing object is the wanted one: the same `spec`, and our labels and
+    annotations with our values (others may add their own; they change nothing here)."""
+    metadata = wanted["metadata"]
+    assert isinstance(metadata, dict)
+    ours = {k: metadata[k] for k in ("labels", "annotations") if k in metadata}
+    return existing.get("spec") == wanted.get("spec") and not differences(
+        ours, existing.get("metadata", {})
+    )
 
 
 def ensure_object(
@@ -142,55 +194,133 @@ def ensure_object(
     wanted: dict[str, object],
     patience: Patience,
 ) -> str:
-    """Creates a namespaced custom object, or brings an existing one in line with `wanted`.
+    """Creates a namespaced custom object, or replaces an existing one that differs from it.
+
+    Uses only the verbs in `LAUNCHER_VERBS`, which the roles Kubeflow gives a profile grant:
+    create; on 409 get and compare; if it differs, delete exactly the version read (uid and
+    resourceVersion preconditions, so a concurrent change is re-read, not lost), wait until it
+    is gone and create again. The objects are deterministic in their inputs, so a difference
+    means an older format or a hand edit. Whatever is created is compared with what the server
+    stored, so a pruned or rewritten field is an error, not a silent success.
 
     Args:
         api: The client.
         resource: (group, version, plural, kind).
         wanted: The full object; its metadata names its namespace.
-        patience: Retries.
+        patience: Retries, polling, and how long a deleted object may take to go.
 
     Returns:
-        "created", "updated" or "unchanged".
+        "created", "replaced" or "unchanged".
 
     Raises:
         ApiException: The server refused (404: no such resource type, 403: forbidden, ...).
         ClusterUnreachableError: The API could not be reached.
+        ObjectNotEnsuredError: The server stored it differently from what was sent, or an
+            object being replaced did not go away or kept changing.
     """
     group, version, plural, kind = resource
     metadata = wanted["metadata"]
+    assert isinstance(metadata, dict)
     namespace, name = metadata["namespace"], metadata["name"]
     timeout = patience.request_timeout_seconds
-    try:
-        call(
-            lambda: api.create_namespaced_custom_object(
-                group, version, namespace, plural, wanted, _request_timeout=timeout
-            ),
-            f"create {kind} {namespace}/{name}",
-        )
-        return "created"
-    except ApiException as err:
-        if err.status != 409:
+    what = f"{kind} {namespace}/{name}"
+    replaced = False
+    for _ in range(REPLACE_ROUNDS):
+        try:
+            stored = call(
+                lambda: api.create_namespaced_custom_object(
+                    group, version, namespace, plural, wanted, _request_timeout=timeout
+                ),
+                f"create {what}",
+            )
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        else:
+            changed = differences(wanted, stored)
+            if changed:
+                fields = ", ".join(f"`{field}`" for field in changed)
+                raise ObjectNotEnsuredError(
+                    f"the API server stored {what} without {fields} as sent (pruned or "
+                    "rewritten: its CRD's schema does not know the field, or a webhook changed it)"
+                )
+            return "replaced" if replaced else "created"
+        try:
+            existing = _read(api, resource, namespace, name, timeout)
+        except ApiException as err:
+            if err.status == 404:  # deleted since: create it again
+                continue
             raise
-    existing = call(
+        if same_object(wanted, existing):
+            return "replaced" if replaced else "unchanged"
+        found = existing["metadata"]
+        options = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(
+                uid=found["uid"], resource_version=found["resourceVersion"]
+            )
+        )
+        try:
+            call(
+                lambda options=options: api.delete_namespaced_custom_object(
+                    group, version, namespace, plural, name, body=options, _request_timeout=timeout
+                ),
+                f"delete {what}",
+            )
+        except ApiException as err:
+            if err.status == 409:  # changed since it was read: read and compare again
+                continue
+            if err.status != 404:  # 404: already gone
+                raise
+        _wait_gone(api, resource, namespace, name, found["uid"], patience)
+        replaced = True
+    raise ObjectNotEnsuredError(
+        f"{what} kept changing while it was being replaced ({REPLACE_ROUNDS} tries)"
+    )
+
+
+def _read(
+    api: client.CustomObjectsApi,
+    resource: tuple[str, str, str, str],
+    namespace: str,
+    name: str,
+    timeout: float,
+) -> dict:
+    group, version, plural, kind = resource
+    return call(
         lambda: api.get_namespaced_custom_object(
             group, version, namespace, plural, name, _request_timeout=timeout
         ),
         f"read {kind} {namespace}/{name}",
     )
-    patch = {
-        "metadata": {k: metadata[k] for k in ("labels", "annotations") if k in metadata},
-        "spec": wanted["spec"],
-    }
-    if merge_patched(existing, patch) == existing:
-        return "unchanged"
-    call(
-        lambda: api.patch_namespaced_custom_object(
-            group, version, namespace, plural, name, patch, _request_timeout=timeout
-        ),
-        f"update {kind} {namespace}/{name}",
-    )
-    return "updated"
+
+
+def _wait_gone(
+    api: client.CustomObjectsApi,
+    resource: tuple[str, str, str, str],
+    namespace: str,
+    name: str,
+    uid: str,
+    patience: Patience,
+) -> None:
+    """Waits until the object with `uid` is gone (finalizers may hold it for a while)."""
+    deadline = time.monotonic() + patience.delete_timeout_seconds
+    while True:
+        try:
+            current = _read(api, resource, namespace, name, patience.request_timeout_seconds)
+        except ApiException as err:
+            if err.status == 404:
+                return
+            raise
+        if current["metadata"].get("uid") != uid:
+            return  # someone created it again meanwhile: compared on the next round
+        if time.monotonic() >= deadline:
+            _, _, _, kind = resource
+            raise ObjectNotEnsuredError(
+                f"{kind} {namespace}/{name} was deleted to be replaced but was still there "
+                f"after {patience.delete_timeout_seconds:g} s (finalizers: "
+                f"{current['metadata'].get('finalizers') or 'none'})"
+            )
+        time.sleep(patience.poll_seconds)
 
 
 def wait_until_ready(

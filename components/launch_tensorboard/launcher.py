@@ -1,28 +1,35 @@
 """Start a run's live TensorBoard on Kubeflow, or explain how to view the logs without one.
 
-Runs beside training: validates the parameters, creates or updates the run's `Tensorboard`
-(and, for `s3://` logs, the `PodDefault` with the object store's credentials) in the run's
-namespace, waits a bounded time for it to be ready, and writes a Markdown note with the link
-plus the legacy `mlpipeline_ui_metadata` for KFP UIs that offer "Start Tensorboard".
+Runs beside training: validates the parameters, creates the run's `Tensorboard` (and, for
+`s3://` logs, the `PodDefault` with the object store's credentials) in the run's namespace,
+waits a bounded time for it to be ready, and writes a Markdown note with the link plus the
+`mlpipeline_ui_metadata` behind the run page's "Start Tensorboard" button (`viewer.py`).
 Monitoring must never fail a training run: when the cluster cannot host a `Tensorboard`
-(no CRD, RBAC, no API reachable, a local logs directory) the task still succeeds, and the note
-says why and gives the `kubectl` commands for a port-forwarded ClusterIP TensorBoard instead.
-Only a bad parameter fails the task, with a one-line message and no output written.
+(no CRD, RBAC, no API reachable, a local logs directory, an object stored differently from what
+was sent) the task still succeeds, and the note says why and gives the `kubectl` commands for a
+port-forwarded ClusterIP TensorBoard instead. For a `pvc://` claim that only one node can mount
+at a time (ReadWriteOnce), no TensorBoard is started at all: its pod, created while the download
+runs, could take the claim to another node first and leave training waiting on a Multi-Attach
+error. Only a bad parameter fails the task, with a one-line message and no output written.
+
+Every API call is one the roles Kubeflow gives a profile's `default-editor` allow
+(`LAUNCHER_PERMISSIONS`); `manifests/tensorboard-launcher-rbac.yaml` grants exactly these.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.errors import UserInputError, invalid
 from kfp_lightning.components.common.files import atomic_write_text, write_json
 from kfp_lightning.components.common.logs_location import (
     LiveLogsConfig,
@@ -33,8 +40,11 @@ from kfp_lightning.components.common.run_form import COMPONENT, from_run_form, r
 from kfp_lightning.components.common.urls import parse_base_url
 from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.kube_api import (
+    LAUNCHER_VERBS,
     ClusterUnreachableError,
+    ObjectNotEnsuredError,
     Patience,
+    call,
     connect,
     ensure_object,
     wait_until_ready,
@@ -46,9 +56,22 @@ from kfp_lightning.components.launch_tensorboard.objects import (
     tensorboard_name,
     tensorboard_object,
 )
+from kfp_lightning.components.launch_tensorboard.viewer import ui_metadata
 
 MAX_WAIT_SECONDS = 3600
 RBAC_MANIFEST = "manifests/tensorboard-launcher-rbac.yaml"
+# (group, plural, verbs) of every call the launcher makes: its objects, and the claim of a
+# pvc:// root, read for its access modes. Kubeflow's `kubeflow-edit` grants all of them.
+LAUNCHER_PERMISSIONS = (
+    (TENSORBOARD_API[0], TENSORBOARD_API[2], LAUNCHER_VERBS),
+    (PODDEFAULT_API[0], PODDEFAULT_API[2], LAUNCHER_VERBS),
+    ("", "persistentvolumeclaims", ("get",)),
+)
+# Access modes that let pods on several nodes mount a volume at once: Kubernetes' attach-detach
+# controller allows attaching a persistent volume to a second node only with one of these
+# (kubernetes/kubernetes, pkg/volume/util/util.go, `IsMultiAttachAllowed`); any other claim is
+# attached to one node, and a pod elsewhere waits on a Multi-Attach error.
+SHARED_ACCESS_MODES = ("ReadWriteMany", "ReadOnlyMany")
 FIRST_START_HINT = (
     "The first TensorBoard on a node pulls its image, which usually takes one to three "
     "minutes; later ones start in seconds."
@@ -83,12 +106,15 @@ class Launch:
     """What the launcher did, as the Markdown tells it.
 
     Attributes:
-        state: "ready" or "starting" (a `Tensorboard` exists), "fallback" (none could be made)
-            or "local" (the logs are a local directory).
+        state: "ready" or "starting" (a `Tensorboard` exists), "fallback" (none could be made),
+            "single-node-claim" (none was started: the pvc:// claim attaches to one node at a
+            time) or "local" (the logs are a local directory).
         name: The `Tensorboard`'s name (for a fallback, the name it would have had).
         url: The TensorBoard link ("" unless a `Tensorboard` exists).
-        detail: "created", "updated" or "unchanged" for a `Tensorboard`; the cause for a fallback.
+        detail: "created", "replaced" or "unchanged" for a `Tensorboard`; the cause for a
+            fallback; the claim's access modes for a single-node claim.
         ready_after_seconds: Time from the first request to the first ready status, if seen.
+        warning: What the note must add (a claim whose access modes could not be read).
     """
 
     state: str
@@ -96,6 +122,7 @@ class Launch:
     url: str = ""
     detail: str = ""
     ready_after_seconds: float | None = None
+    warning: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,10 +192,65 @@ def describe_refusal(err: ApiException, resource: tuple[str, str, str, str], nam
     return f"The Kubernetes API refused the {kind} ({answer})."
 
 
+def shares_across_nodes(access_modes: Sequence[str]) -> bool:
+    """Whether a volume with these access modes can be mounted on several nodes at once.
+
+    Args:
+        access_modes: A claim's (or volume's) access modes, e.g. ["ReadWriteOnce"].
+
+    Returns:
+        True when they include ReadWriteMany or ReadOnlyMany (`SHARED_ACCESS_MODES`); False
+        for ReadWriteOnce, ReadWriteOncePod or none.
+    """
+    return any(mode in SHARED_ACCESS_MODES for mode in access_modes)
+
+
+def claim_access_modes(
+    api_client: client.ApiClient, namespace: str, claim: str, patience: Patience
+) -> list[str]:
+    """The access modes of a PersistentVolumeClaim: its bound volume's, else those it asks for.
+
+    Args:
+        api_client: A configured client.
+        namespace: The claim's namespace.
+        claim: Its name.
+        patience: Retries.
+
+    Returns:
+        `status.accessModes` (the volume's) once bound, else `spec.accessModes`.
+
+    Raises:
+        ApiException: The server refused the read (403, or 404 for no such claim).
+        ClusterUnreachableError: The API could not be reached.
+    """
+    found = call(
+        lambda: client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim(
+            claim, namespace, _request_timeout=patience.request_timeout_seconds
+        ),
+        f"read PersistentVolumeClaim {namespace}/{claim}",
+    )
+    status_modes = (found.status.access_modes if found.status else None) or []
+    return list(status_modes or (found.spec.access_modes if found.spec else None) or [])
+
+
+def _unreadable_claim(settings: Settings, err: ApiException | ClusterUnreachableError) -> str:
+    """The note's warning for a pvc:// claim whose access modes could not be read."""
+    namespace, claim = settings.namespace, settings.location.claim
+    cause = f"HTTP {err.status}: {_status_message(err)}" if isinstance(err, ApiException) else err
+    name = tensorboard_name(settings.run_id)
+    return (
+        f"The claim `{claim}` could not be read ({cause}), so whether two nodes can mount it "
+        "at once is unknown. If it is ReadWriteOnce, this TensorBoard's pod may take it to "
+        "another node first and training will wait on a Multi-Attach error: then delete this "
+        f"Tensorboard (`kubectl -n {namespace} delete tensorboard {name}`) and use a "
+        "ReadWriteMany claim or an s3:// logs root."
+    )
+
+
 def start_on_cluster(
     api_client: client.ApiClient, settings: Settings, patience: Patience
 ) -> Launch:
-    """Creates or updates the run's `Tensorboard` (and `PodDefault`), then waits for it.
+    """Creates the run's `Tensorboard` (and `PodDefault`), then waits for it.
 
     Args:
         api_client: A configured client.
@@ -176,11 +258,21 @@ def start_on_cluster(
         patience: Retries and polling.
 
     Returns:
-        A "ready" or "starting" launch, or a "fallback" one saying why none could be made.
+        A "ready" or "starting" launch, a "fallback" one saying why none could be made, or a
+        "single-node-claim" one when the pvc:// claim cannot be shared with training.
     """
     api = client.CustomObjectsApi(api_client)
     namespace, location = str(settings.namespace), settings.location
     name = tensorboard_name(settings.run_id)
+    warning = ""
+    if location.scheme == "pvc":
+        try:
+            modes = claim_access_modes(api_client, namespace, location.claim, patience)
+        except (ApiException, ClusterUnreachableError) as err:
+            warning = _unreadable_claim(settings, err)  # the launch goes on as before
+        else:
+            if not shares_across_nodes(modes):
+                return Launch("single-node-claim", name, detail=", ".join(modes) or "none")
     started = time.monotonic()
     resource = PODDEFAULT_API
     try:
@@ -195,9 +287,14 @@ def start_on_cluster(
         wanted = tensorboard_object(namespace, settings.run_id, location, poddefault)
         outcome = ensure_object(api, TENSORBOARD_API, wanted, patience)
     except ApiException as err:
-        return Launch("fallback", name, detail=describe_refusal(err, resource, namespace))
+        detail = describe_refusal(err, resource, namespace)
+        return Launch("fallback", name, detail=detail, warning=warning)
     except ClusterUnreachableError as err:
-        return Launch("fallback", name, detail=f"No Kubernetes API could be reached: {err}.")
+        detail = f"No Kubernetes API could be reached: {err}."
+        return Launch("fallback", name, detail=detail, warning=warning)
+    except ObjectNotEnsuredError as err:
+        detail = f"The {resource[3]} could not be made as this run needs it: {err}."
+        return Launch("fallback", name, detail=detail, warning=warning)
     url = f"{settings.base_url}/tensorboard/{namespace}/{name}/"
     try:
         ready = wait_until_ready(api, namespace, name, settings.wait_seconds, patience)
@@ -205,13 +302,17 @@ def start_on_cluster(
         # It exists; only its progress is unknown, which the note's kubectl command shows.
         ready = False
     if not ready:
-        return Launch("starting", name, url, outcome)
-    return Launch("ready", name, url, outcome, time.monotonic() - started)
+        return Launch("starting", name, url, outcome, warning=warning)
+    return Launch("ready", name, url, outcome, time.monotonic() - started, warning)
 
 
 def _markdown_started(launch: Launch, settings: Settings) -> str:
     ns, name = settings.namespace, launch.name
-    done = {"created": "was created", "updated": "was updated", "unchanged": "was already there"}
+    done = {
+        "created": "was created",
+        "replaced": "was replaced (the one there differed from this run's)",
+        "unchanged": "was already there",
+    }
     if launch.state == "ready":
         readiness = f"**Ready**, {launch.ready_after_seconds:.0f} s after this task requested it."
     else:
@@ -231,22 +332,55 @@ def _markdown_started(launch: Launch, settings: Settings) -> str:
         f"- Kubeflow Tensorboard `{name}` in namespace `{ns}` {done[launch.detail]}. It keeps "
         "running after the run ends, so the curves stay available; delete it on Kubeflow's "
         f"TensorBoards page or with `kubectl -n {ns} delete tensorboard {name}`.\n"
+        + _warning_item(launch)
+    )
+
+
+def _warning_item(launch: Launch) -> str:
+    return f"- **Warning:** {launch.warning}\n" if launch.warning else ""
+
+
+def _port_forward(settings: Settings) -> tuple[str, str]:
+    """The kubectl commands of the ClusterIP TensorBoard over the run's logs, and how to end it."""
+    ns = settings.namespace or "NAMESPACE"
+    objects = fallback.fallback_objects(settings.location, settings.s3_endpoint, settings.s3_secret)
+    commands = fallback.kubectl_commands(ns, fallback.render_manifest(objects))
+    after = (
+        f"Then open http://127.0.0.1:{fallback.LOCAL_PORT}/ while the port-forward runs. "
+        f"Remove it with `kubectl -n {ns} delete deployment,service {fallback.NAME}`.\n"
+    )
+    return commands, after
+
+
+def _markdown_single_node_claim(launch: Launch, settings: Settings) -> str:
+    claim, ns = settings.location.claim, settings.namespace
+    commands, after = _port_forward(settings)
+    return (
+        "### Live TensorBoard: not started\n\n"
+        f"**Why:** the logs are on the claim `{claim}` in namespace `{ns}`, whose access mode "
+        f"is {launch.detail}: one node at a time can mount it. A TensorBoard pod started now "
+        "could mount it first on another node, and training would then wait on a Multi-Attach "
+        "error until its deadline.\n\n"
+        "**To watch training live,** run the pipeline with an s3:// `tensorboard_logs_root` "
+        "(the default: KFP's object store) or a claim whose access mode is ReadWriteMany.\n\n"
+        '**After training has ended,** view this run\'s logs with "Start Tensorboard" in the '
+        "run's `mlpipeline_ui_metadata` output, or with a TensorBoard behind a ClusterIP "
+        "Service and a port-forward, using your own kubectl credentials:\n\n"
+        f"```sh\n{commands}```\n\n{after}"
     )
 
 
 def _markdown_fallback(launch: Launch, settings: Settings) -> str:
     ns = settings.namespace or "NAMESPACE"
-    objects = fallback.fallback_objects(settings.location, settings.s3_endpoint, settings.s3_secret)
-    commands = fallback.kubectl_commands(ns, fallback.render_manifest(objects))
+    commands, after = _port_forward(settings)
+    warning = f"**Warning:** {launch.warning}\n\n" if launch.warning else ""
     return (
         "### Live TensorBoard: not started on the cluster\n\n"
-        f"**Why:** {launch.detail}\n\n"
+        f"**Why:** {launch.detail}\n\n{warning}"
         f"Training is not affected. To watch its logs (`{settings.location.uri}`) live, run a "
         f"TensorBoard in namespace `{ns}` behind a ClusterIP Service and forward a local port "
         "to it, with your own kubectl credentials:\n\n"
-        f"```sh\n{commands}```\n\n"
-        f"Then open http://127.0.0.1:{fallback.LOCAL_PORT}/ while the port-forward runs. "
-        f"Remove it with `kubectl -n {ns} delete deployment,service {fallback.NAME}`.\n"
+        f"```sh\n{commands}```\n\n{after}"
     )
 
 
@@ -256,7 +390,8 @@ def _markdown_local(settings: Settings) -> str:
         "### Live TensorBoard\n\n"
         f"The logs are in the local directory `{path}`, which no cluster TensorBoard can read, "
         "so none was started. `--local` runs start TensorBoard on 127.0.0.1 and print its URL; "
-        f"otherwise run `tensorboard --logdir {path} --host 127.0.0.1` on the machine that "
+        f"otherwise run `tensorboard --logdir {shlex.quote(path)} --host 127.0.0.1` on the "
+        "machine that "
         "holds the directory and open the URL it prints.\n"
     )
 
@@ -267,12 +402,9 @@ def render_markdown(launch: Launch, settings: Settings) -> str:
         return _markdown_local(settings)
     if launch.state == "fallback":
         return _markdown_fallback(launch, settings)
+    if launch.state == "single-node-claim":
+        return _markdown_single_node_claim(launch, settings)
     return _markdown_started(launch, settings)
-
-
-def ui_metadata(location: LogsLocation) -> dict[str, object]:
-    """The legacy `mlpipeline_ui_metadata` that offers "Start Tensorboard" in older KFP UIs."""
-    return {"outputs": [{"type": "tensorboard", "source": location.uri}]}
 
 
 def start_live_tensorboard(
@@ -304,11 +436,17 @@ def start_live_tensorboard(
         api_client, config_namespace, unreachable = None, None, str(err)
     # A pod's own namespace ($POD_NAMESPACE, else its service account's) wins over kubeconfig's.
     namespace = current_namespace() or config_namespace
+    try:
+        endpoint, unresolved = logs.endpoint() or logs.s3_endpoint, ""
+    except UserInputError as err:
+        # `auto`, and no KFP object store resolves from this pod: training cannot reach it
+        # either, but this task only watches; the note says why and what to set.
+        endpoint, unresolved = fallback.DEFAULT_S3_ENDPOINT, str(err)
     settings = Settings(
         run_id=run_id.strip(),
         location=logs.run_location(run_id, namespace),
         namespace=namespace,
-        s3_endpoint=logs.endpoint() or logs.s3_endpoint,
+        s3_endpoint=endpoint,
         s3_secret=logs.s3_credentials_secret,
         base_url=launcher.link_prefix,
         wait_seconds=launcher.wait_ready_seconds,
@@ -316,13 +454,19 @@ def start_live_tensorboard(
     name = tensorboard_name(settings.run_id)
     if settings.location.scheme == "file":
         launch = Launch("local", name)
+    elif unresolved and settings.location.scheme == "s3":
+        cause = (
+            f"KFP's object store, which holds the logs, was not found from this pod ({unresolved})."
+        )
+        launch = Launch("fallback", name, detail=cause)
     elif api_client is None or namespace is None:
         cause = f"No Kubernetes API could be reached: {unreachable or 'namespace unknown'}."
         launch = Launch("fallback", name, detail=cause)
     else:
         with api_client:
             launch = start_on_cluster(api_client, settings, patience)
-    write_json(ui_metadata_path, ui_metadata(settings.location))
+    metadata = ui_metadata(settings.location, settings.s3_endpoint, settings.s3_secret)
+    write_json(ui_metadata_path, metadata)
     atomic_write_text(markdown_path, render_markdown(launch, settings))
     print(f"TensorBoard: {launch.state} {launch.url or settings.location.uri}", flush=True)
     return launch

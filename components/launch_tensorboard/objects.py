@@ -6,8 +6,13 @@ Kubeflow's tensorboard-controller turns a `Tensorboard` into a Deployment (runni
 `/tensorboard/<namespace>/<name>/`, and copies every label of the `Tensorboard` onto the pod.
 It mounts `pvc://` claims itself but passes nothing for `s3://`: Kubeflow's admission webhook
 adds a `PodDefault`'s environment to each new pod whose labels match its selector, so the
-`Tensorboard` carries the label the `PodDefault` selects. Everything here is a plain dict,
-deterministic in its inputs, so a retried task produces the very same objects.
+`Tensorboard` carries the label the `PodDefault` selects. That label follows the convention of
+Kubeflow's Notebook and Tensorboards web apps (kubeflow/notebooks, branch notebooks-v1,
+`components/crud-web-apps/{jupyter,tensorboards}/backend`: `routes/get.py` offers each PodDefault
+under the first key of its `spec.selector.matchLabels`, and `form.py` / `utils.py` label the
+chosen pod or Tensorboard `<that key>: "true"`), so users can pick our PodDefault in those forms
+too. Everything here is a plain dict, deterministic in its inputs, so a retried task produces
+the very same objects.
 """
 
 from __future__ import annotations
@@ -33,8 +38,11 @@ MAX_NAME_LENGTH = 63
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kfp-lightning"}
 RUN_ID_LABEL = "kfp-lightning/run-id"
 RUN_ID_ANNOTATION = "kfp-lightning/run-id"
-S3_ACCESS_LABEL = "kfp-lightning/s3-access"
 PODDEFAULT_PREFIX = "kfp-lightning-s3-"
+# A PodDefault's selector key is this prefix + its name, so that each PodDefault has a key of
+# its own (the web apps select by key alone, with the value "true").
+PODDEFAULT_LABEL_PREFIX = "kfp-lightning/"
+SELECTED = "true"
 
 # Keys of KFP's `mlpipeline-minio-artifact` secret, present in every profile namespace.
 ACCESS_KEY_KEY = "accesskey"
@@ -72,6 +80,21 @@ def poddefault_name(endpoint: str, secret: str) -> str:
         `kfp-lightning-s3-<digest>`.
     """
     return PODDEFAULT_PREFIX + digest(f"{endpoint}\n{secret}")
+
+
+def poddefault_label(poddefault: str) -> str:
+    """The label key that selects a pod for the `PodDefault` named `poddefault`.
+
+    A pod (or a `Tensorboard`, whose labels the controller copies to its pod) opts in with
+    `<key>: "true"`, as Kubeflow's web apps label what a user picks in their forms.
+
+    Args:
+        poddefault: The PodDefault's name (`poddefault_name`).
+
+    Returns:
+        `kfp-lightning/<name>`.
+    """
+    return PODDEFAULT_LABEL_PREFIX + poddefault
 
 
 def s3_environment(endpoint: str, secret: str) -> list[dict[str, object]]:
@@ -123,7 +146,7 @@ def poddefault_object(namespace: str, endpoint: str, secret: str) -> dict[str, o
         "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY)},
         "spec": {
             "desc": f"S3 access to {endpoint} with secret {secret} (kfp-lightning TensorBoards)",
-            "selector": {"matchLabels": {S3_ACCESS_LABEL: name}},
+            "selector": {"matchLabels": {poddefault_label(name): SELECTED}},
             "env": s3_environment(endpoint, secret),
         },
     }
@@ -142,7 +165,8 @@ def tensorboard_object(
         namespace: The run's namespace.
         run_id: The pipeline run's id.
         location: The run's live logs (s3:// or pvc://), which becomes `spec.logspath`.
-        poddefault: Name of the `PodDefault` the pod must match (s3:// only).
+        poddefault: Name of the `PodDefault` the pod must match (s3:// only): the
+            `Tensorboard` is labelled `poddefault_label(poddefault): "true"`.
         name: The object's name, when it is not the run's (`tensorboard_name(run_id)`).
 
     Returns:
@@ -152,7 +176,7 @@ def tensorboard_object(
     # Label values are limited to 63 characters; the annotation keeps the full id regardless.
     labels = {**MANAGED_BY, RUN_ID_LABEL: run_id if is_label_value(run_id) else digest(run_id)}
     if poddefault:
-        labels[S3_ACCESS_LABEL] = poddefault
+        labels[poddefault_label(poddefault)] = SELECTED
     return {
         "apiVersion": f"{group}/{version}",
         "kind": kind,

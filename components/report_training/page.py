@@ -6,12 +6,13 @@ card (kubeflow/pipelines, frontend/src/components/viewers/MetricsVisualizations.
 HTMLViewer.tsx; the card is PlotCard.tsx, in the run page's side panel, half the page wide by
 default: frontend/src/pages/RunDetailsV2.tsx). Scripts run, but the page has no origin of its
 own and must not reach the network, so everything is inline: the Plotly library (the charts,
-with hover values, zoom and pan), the page's own script (smoothing, log scale, epoch bands;
-page_script.py), the style sheet, and the digit images as `data:` PNGs. Links to `#anchors`
-are avoided: a srcdoc page resolves them against the Kubeflow UI's address, so following one
-would load the UI inside the report. The layout is one column at the card's width and two
-where there is room. Static SVG charts (svg.py) are part of the page, shown until the script
-has drawn Plotly's: where scripts do not run, or the library fails, they stay.
+with hover values, zoom and pan; plotly_bundle.py), the page's own script (smoothing, log
+scale, epoch bands; page_script.py), the style sheet, and the digit images as `data:` PNGs.
+Links to `#anchors` are avoided: a srcdoc page resolves them against the Kubeflow UI's
+address, so following one would load the UI inside the report. The layout is one column at the
+card's width and two where there is room. Static SVG charts (svg.py) are part of the page,
+shown until the script has drawn Plotly's: where scripts do not run, or the library fails,
+they stay.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 
 from kfp_lightning.components.report_training.evaluation import Evaluation, Sample
 from kfp_lightning.components.report_training.page_script import DEFAULT_SMOOTHING, SCRIPT, STYLE
+from kfp_lightning.components.report_training.plotly_bundle import plotly_js
 from kfp_lightning.components.report_training.scalars import (
     EPOCH,
     EPOCH_TAG,
@@ -43,16 +45,19 @@ from kfp_lightning.components.report_training.svg import (
     MAX_BANDS,
     element,
     format_value,
+    label_sides,
     render_chart,
+    value_range,
 )
 
 # Points per page, shared among the dense lines of every chart, and the most per line, for the
-# interactive charts and for the static ones; with the library's 4.8 MB, they keep every page
-# under 5 MB however many points were logged.
+# interactive charts and for the static ones; with the library's 1.2 MB, they keep a page
+# under 1.5 MB however many points were logged (report.MAX_PAGE_BYTES).
 CHART_POINTS, CHART_POINTS_PER_LINE = 2000, 1000
 STATIC_POINTS, STATIC_POINTS_PER_LINE = 600, 150
 MIN_POINTS_PER_LINE = 20
 KNOWN_KEYS = {kind.key for kind in KNOWN_CHARTS}
+LONE_MARKER = 11  # px, the marker of a line of one point (a FINAL value's diamond included)
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, sans-serif'
 
 
@@ -169,7 +174,10 @@ def plotly_figure(
 
     value = "%{y:.2%}" if chart.percent else "%{y:.4g}"
     hover = value + (" · epoch %{customdata}" if epochs else "")
+    finite = [v for line in chart.lines for v in line.series.finite_values()]
+    y_range = value_range(min(finite), max(finite), chart.percent)
     traces, smooth = [], []
+    lone: list[tuple[dict, tuple[int, float]]] = []  # a trace of one point, and the point
     for line in chart.lines:
         colour = line.colour
         cap = limit if _dense(line.style) else CHART_POINTS_PER_LINE
@@ -179,6 +187,7 @@ def plotly_figure(
             steps, ys = [*steps, last_steps[line.series.run]], [*ys, ys[-1]]
         shared = {"legendgroup": line.label, "hovertemplate": hover}
         mode = "lines" if len(steps) > 1 else "markers"
+        points = [(x, y) for x, y in zip(steps, ys, strict=True) if y is not None]
         if line.style == STEP:
             traces.append(
                 go.Scatter(
@@ -240,11 +249,32 @@ def plotly_figure(
                     **shared,
                 )
             )
+        if len(points) == 1:  # the visible trace: the smoothed one of a STEP line
+            lone.append((traces[-1], points[0]))
+    # A lone point carries its value, placed as the static chart places it (svg.label_sides),
+    # and a marker of LONE_MARKER px: plotly.js sets text above or below a point by its marker's
+    # size (textPointPosition, src/components/drawing/index.js), which keeps a label beside one
+    # point clear of one below the other. Not clipped at the plot's edge; plotly.js still hides
+    # markers and text outside a zoomed range (Drawing.hideOutsideRangePoints).
+    sides = label_sides([point for _, point in lone], x_range, y_range)
+    for (trace, (_, y)), (vertical, horizontal) in zip(lone, sides, strict=True):
+        trace.update(
+            mode=trace.mode + "+text",
+            marker={"size": LONE_MARKER},
+            text=[format_value(y, chart.percent)],
+            textposition=f"{vertical} {horizontal}",
+            textfont={"color": trace.marker.color, "size": 11},
+            cliponaxis=False,
+        )
     axis = {"gridcolor": "#eceff1", "zeroline": False, "automargin": True}
     pad = max(1.0, (x_range[1] - x_range[0]) * 0.02)
-    yaxis = {**axis, "tickformat": ".1%" if chart.percent else "", "exponentformat": "e"}
-    if chart.percent:  # a fraction is at most 1: no axis up to 200% around a constant 100%
-        yaxis["autorangeoptions"] = {"maxallowed": 1.01}
+    autorange = _autorange_options(chart, finite, y_range)
+    yaxis = {
+        **axis,
+        "tickformat": ".1%" if chart.percent else "",
+        "exponentformat": "e",
+        "autorangeoptions": autorange["linear"],
+    }
     layout = go.Layout(
         template="none",
         height=310,
@@ -263,7 +293,38 @@ def plotly_figure(
     )
     figure = go.Figure(data=traces, layout=layout).to_plotly_json()
     figure["layout"].pop("template", None)  # "none": Plotly's built-in look, nothing to ship
-    return {"data": figure["data"], "layout": figure["layout"], "smooth": smooth}
+    return {
+        "data": figure["data"],
+        "layout": figure["layout"],
+        "smooth": smooth,
+        "autorange": autorange,
+    }
+
+
+def _autorange_options(
+    chart: Chart, finite: Sequence[float], y_range: tuple[float, float]
+) -> dict[str, dict[str, float]]:
+    """plotly.js's `yaxis.autorangeoptions` of a chart, for a linear and for a log axis.
+
+    They give the interactive chart the value axis of the static one (svg.value_range):
+    where every value is the same (one point, a constant), plotly.js's autorange spans the
+    value +- 1 (`getAutoRange`, src/plots/cartesian/autorange.js: a single point of 98%
+    would have an axis from -2% to 198%), so the axis is set to the static chart's; elsewhere
+    it is plotly.js's, clipped at 0 and at 100% where the values do not cross them. The options
+    are in the axis's own units, and `clipmin` 0 has no logarithm (plotly.js 4.1 then clips
+    a log axis wrongly), so a log axis gets only the 100% clip; the page's script swaps the
+    two with the log-scale switch.
+    """
+    low, high = min(finite), max(finite)
+    linear: dict[str, float] = {}
+    log: dict[str, float] = {}
+    if low >= 0:
+        linear["clipmin"] = 0
+    if chart.percent and high <= 1:
+        linear["clipmax"] = log["clipmax"] = 1
+    if low == high:
+        linear = {"minallowed": y_range[0], "maxallowed": y_range[1]}
+    return {"linear": linear, "log": log}
 
 
 def _parameter_text(value: object) -> str:
@@ -295,6 +356,10 @@ def _header(title: str, evaluation: Evaluation | None, numbers: list[tuple[str, 
     return element("header", "".join(parts))
 
 
+def _chart_id(chart: Chart) -> str:
+    return f"chart-{chart.key}"
+
+
 def _charts_section(
     plan: ChartPlan,
     epochs: Epochs | None,
@@ -305,18 +370,31 @@ def _charts_section(
     charts = plan.charts
     static_charts = [c for c in charts if not reduced or c.key in KNOWN_KEYS]
     static_limit = _limits(static_charts, STATIC_POINTS, STATIC_POINTS_PER_LINE)
+    drawn = {entry["id"] for entry in spec}
     figures = []
-    for chart, entry in zip(charts, spec, strict=True):
-        static = (
-            render_chart(chart, epochs, static_limit, x_range)
-            if chart in static_charts
-            else element("p", "Drawn with JavaScript only; see the table below.", class_="empty")
-        )
+    for chart in charts:
+        chart_id = _chart_id(chart)
+        if chart_id not in drawn:
+            # Nothing finite to draw: an empty plot would read as a broken one, with or
+            # without scripts. Its values are in the table.
+            body = element(
+                "p", "No finite values to draw (NaN or infinite); see the table.", class_="empty"
+            )
+        else:
+            static = (
+                render_chart(chart, epochs, static_limit, x_range)
+                if chart in static_charts
+                else element(
+                    "p", "Drawn with JavaScript only; see the table below.", class_="empty"
+                )
+            )
+            body = (
+                f'<div class="plotly-chart js-only" id="{chart_id}"></div>'
+                f'<div class="static-only">{static}</div>'
+            )
         figures.append(
-            f'<figure class="chart" id="figure-{entry["id"]}">'
-            f"<figcaption><h3>{html.escape(chart.title)}</h3></figcaption>"
-            f'<div class="plotly-chart js-only" id="{entry["id"]}"></div>'
-            f'<div class="static-only">{static}</div></figure>'
+            f'<figure class="chart" id="figure-{chart_id}">'
+            f"<figcaption><h3>{html.escape(chart.title)}</h3></figcaption>{body}</figure>"
         )
     controls = (
         '<div class="controls js-only">'
@@ -487,8 +565,6 @@ def render_html(
     Returns:
         The HTML document.
     """
-    from plotly.offline import get_plotlyjs
-
     numbers = headline(evaluation, series, epochs)
     sections = [_header(title, evaluation, numbers)]
     charts = plan.charts
@@ -500,11 +576,9 @@ def render_html(
         x_range = (min(s.steps[0] for s in charted), max(s.steps[-1] for s in charted))
         limit = _limits(charts, CHART_POINTS // (2 if reduced else 1), CHART_POINTS_PER_LINE)
         spec = [
-            {
-                "id": f"chart-{chart.key}",
-                **plotly_figure(chart, epochs, limit, last_steps, x_range),
-            }
+            {"id": _chart_id(chart), **plotly_figure(chart, epochs, limit, last_steps, x_range)}
             for chart in charts
+            if any(line.series.finite_values() for line in chart.lines)
         ]
         sections.append(_charts_section(plan, epochs, spec, reduced, x_range))
     else:
@@ -532,7 +606,7 @@ def render_html(
         + "".join(sections)
         + f'<script type="application/json" id="report-data">{_inline_json(data)}</script>'
         # The library first, then the page's script that uses it; both after the content, so
-        # the header and tables show while the 4.8 MB library is parsed.
-        + f"<script>{get_plotlyjs()}</script><script>{SCRIPT}</script>"
+        # the header and tables show while the 1.2 MB library is parsed.
+        + f"<script>{plotly_js()}</script><script>{SCRIPT}</script>"
         + "</body></html>\n"
     )

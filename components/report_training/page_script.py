@@ -96,10 +96,13 @@ SCRIPT = """
                      plot.chart.smooth.map(([smoothed]) => smoothed));
     }
   });
+  // Each chart's autorange options are in its axis's units: the pair for the new type
+  // (page.py, _autorange_options) goes with it.
   logScale.addEventListener("change", () => {
+    const type = logScale.checked ? "log" : "linear";
     for (const plot of plots) {
-      Plotly.relayout(plot.element, {"yaxis.type": logScale.checked ? "log" : "linear",
-                                     "yaxis.autorange": true});
+      Plotly.relayout(plot.element, {"yaxis.type": type, "yaxis.autorange": true,
+                                     "yaxis.autorangeoptions": plot.chart.autorange[type]});
     }
   });
 })();
@@ -137,6 +140,7 @@ html:not(.js) .js-only,html.js .static-only{display:none!important}
 .grid{stroke:#eceff1}
 .tick{font-size:11px;fill:#5f6368}
 .axis{font-size:12px;fill:#5f6368}
+.value{font-size:11px;font-weight:600}
 .legend{font-size:12px}
 .key{margin-right:12px;white-space:nowrap}
 .empty,.note{color:#5f6368}

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from kfp_lightning.components.common.files import atomic_write_text
+from kfp_lightning.components.common.files import atomic_write_files
 from kfp_lightning.components.report_training.evaluation import Evaluation, read_evaluation
 from kfp_lightning.components.report_training.page import headline, render_html, scalar_rows
 from kfp_lightning.components.report_training.scalars import (
@@ -32,8 +32,9 @@ from kfp_lightning.components.report_training.scalars import (
 # size limit. Training writes one run; several come from logs gathered by hand.
 MAX_OTHER_CHARTS = 8
 MAX_RUNS = 4
-# The page's limit, the Plotly library (4.8 MB) included.
-MAX_PAGE_BYTES = 5_000_000
+# The page's limit, the Plotly library (1.2 MB, plotly_bundle.py) included: a page the run's
+# side panel loads quickly. Past it, charts get half the points (page.render_html, reduced).
+MAX_PAGE_BYTES = 1_500_000
 
 
 def _markdown_cell(text: str) -> str:
@@ -84,7 +85,7 @@ def write_training_report(
     """Writes the HTML report and the Markdown summary of a run, and returns its metrics.
 
     Both files are written atomically, and only once everything has been read and checked: a
-    malformed input leaves neither behind.
+    malformed input, or a fault while writing either of them, leaves neither behind.
 
     Args:
         tensorboard_logs_dir: The run's TensorBoard log directory.
@@ -100,6 +101,7 @@ def write_training_report(
 
     Raises:
         UserInputError: The logs are not a directory, or the evaluation is missing or malformed.
+        WriteError: A report file cannot be written (a full disk, a read-only folder...).
     """
     series = read_scalars(tensorboard_logs_dir)
     evaluation = read_evaluation(evaluation_dir) if evaluation_dir is not None else None
@@ -109,8 +111,8 @@ def write_training_report(
     if len(page.encode("utf-8")) > MAX_PAGE_BYTES:
         page = render_html(title, series, plan, epochs, evaluation, reduced=True)
     markdown = render_markdown(title, series, epochs, evaluation)
-    atomic_write_text(html_path, page)
-    atomic_write_text(markdown_path, markdown)
+    # Together: a fault writing either (a full disk) leaves neither behind.
+    atomic_write_files({html_path: page, markdown_path: markdown})
     return {
         (s.tag if s.run == TOP_RUN else f"{s.run}/{s.tag}"): s.last
         for s in series

@@ -11,7 +11,9 @@ bands and axis ticks.
 from __future__ import annotations
 
 import html
+import itertools
 import math
+from collections.abc import Sequence
 
 from kfp_lightning.components.report_training.scalars import (
     EPOCH,
@@ -19,6 +21,7 @@ from kfp_lightning.components.report_training.scalars import (
     SCHEDULE,
     Chart,
     Epochs,
+    Line,
     thin,
 )
 
@@ -27,6 +30,12 @@ MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 60, 12, 10, 36
 PLOT_WIDTH = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
 PLOT_HEIGHT = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
 MAX_BANDS = 60  # epochs beyond which the bands would be thinner than a line
+PAD = 0.05  # of the value span, on either side of the value axis
+CLOSE = 0.06  # of the plot's height: labels of points closer than this would overlap
+LABEL_GAP = 7  # between a lone point and its value, in px
+# A value label's baseline below its point, in px: the 11 px text above, centred on, or below
+# it, each line box (13 px) clear of the others.
+LABEL_BASELINES = {"top": -10, "middle": 4, "bottom": 18}
 # Plotly's dash names as SVG stroke patterns.
 DASH_ARRAYS = {"solid": None, "dash": "6 4", "dot": "2 3", "dashdot": "6 3 2 3"}
 
@@ -38,6 +47,70 @@ def format_value(value: float, percent: bool = False) -> str:
     if value == 0 or 1e-3 <= abs(value) < 1e5 or not math.isfinite(value):
         return f"{value:.4g}"
     return f"{value:.2e}"
+
+
+def value_range(low: float, high: float, percent: bool) -> tuple[float, float]:
+    """The y axis of a chart whose finite values run from `low` to `high`.
+
+    5% of the span is added on either side (of the value itself where every value is the
+    same: a single point, a constant), so that no point sits on the frame, but the axis never
+    crosses a bound the values do not: 0 where none is negative (a loss, a learning rate, an
+    accuracy is never shown below 0), 100% for a fraction where none exceeds it.
+
+    Args:
+        low: The smallest finite value.
+        high: The largest finite value.
+        percent: The values are fractions, shown as percentages.
+
+    Returns:
+        The bottom and top of the axis, bottom < top.
+    """
+    span = high - low or abs(high) or 1.0
+    bottom, top = low - span * PAD, high + span * PAD
+    if low >= 0:
+        bottom = max(bottom, 0.0)
+    if percent and high <= 1:
+        top = min(top, 1.0)
+    return bottom, top
+
+
+def label_sides(
+    points: Sequence[tuple[float, float]],
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+) -> list[tuple[str, str]]:
+    """Where the value labels of a chart's lone points go, in Plotly's words.
+
+    A line of one point is one marker: its value is written beside it, so that a chart of
+    one epoch (one validation point, one test value) does not read as a broken one. A label
+    points into the plot (above a point in the lower half, to the left of one in the right
+    half); of two labels that would overlap (points close in value on the same side), the one
+    farther from the plot's middle goes beside its point instead.
+
+    Args:
+        points: (step, value) of each lone point.
+        x_range: The step axis, first and last.
+        y_range: The value axis, bottom and top (see `value_range`).
+
+    Returns:
+        (vertical, horizontal) of each label: "top", "middle" or "bottom", and "left" or
+        "right".
+    """
+    (x_lo, x_hi), (y_lo, y_hi) = x_range, y_range
+    middle, height, width = (y_lo + y_hi) / 2, y_hi - y_lo, (x_hi - x_lo) or 1
+    sides = [
+        ["top" if y <= middle else "bottom", "left" if x > (x_lo + x_hi) / 2 else "right"]
+        for x, y in points
+    ]
+    order = sorted(range(len(points)), key=lambda i: points[i][1])
+    for lower, upper in itertools.pairwise(order):
+        close = (
+            points[upper][1] - points[lower][1] < CLOSE * height
+            and abs(points[upper][0] - points[lower][0]) < CLOSE * width
+        )
+        if close and sides[lower] == sides[upper]:
+            sides[lower if sides[lower][0] == "top" else upper][0] = "middle"
+    return [(vertical, horizontal) for vertical, horizontal in sides]
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -83,13 +156,11 @@ def render_chart(
     if not finite:
         return element("p", "no finite values", class_="empty")
     x_lo, x_hi = min(p[0] for p in finite), max(p[0] for p in finite)
-    y_lo, y_hi = min(p[1] for p in finite), max(p[1] for p in finite)
+    y_lo, y_hi = value_range(min(p[1] for p in finite), max(p[1] for p in finite), chart.percent)
     if epochs is not None:
         x_lo, x_hi = min(x_lo, epochs.first_step), max(x_hi, epochs.ends[-1])
     if x_range is not None:
         x_lo, x_hi = min(x_lo, x_range[0]), max(x_hi, x_range[1])
-    if y_hi == y_lo:
-        y_lo, y_hi = y_lo - (abs(y_lo) or 1) * 0.05, y_hi + (abs(y_hi) or 1) * 0.05
     if x_hi == x_lo:  # one step: centre it
         x_lo, x_hi = x_lo - 1, x_hi + 1
 
@@ -144,8 +215,14 @@ def render_chart(
             text_anchor="middle",
         )
     )
+
+    def is_lone(line: Line, points: list[tuple[int, float]]) -> bool:
+        # A schedule's value holds until the axis ends: one value before then is a line.
+        return len(points) == 1 and not (line.style == SCHEDULE and points[0][0] < x_hi)
+
+    lone = [(colour, points[0]) for line, colour, points in lines if is_lone(line, points)]
     for line, colour, points in lines:
-        if len(points) == 1 or line.style == FINAL:
+        if is_lone(line, points) or line.style == FINAL:
             parts.extend(element("circle", cx=sx(x), cy=sy(y), r=4, fill=colour) for x, y in points)
             continue
         if line.style == SCHEDULE:  # the value holds until the next one
@@ -168,6 +245,22 @@ def render_chart(
         if line.style == EPOCH:  # markers: zero-length segments with round ends
             dots = "".join(f"M{sx(x)},{sy(y)}h0" for x, y in points)
             parts.append(element("path", d=dots, stroke=colour, stroke_width=5, class_="dots"))
+    # Each lone point's value beside it, in its line's colour, over everything else.
+    sides = label_sides([point for _, point in lone], (x_lo, x_hi), (y_lo, y_hi))
+    for (colour, (x, y)), (vertical, horizontal) in zip(lone, sides, strict=True):
+        dx, anchor = (-LABEL_GAP, "end") if horizontal == "left" else (LABEL_GAP, "start")
+        dy = LABEL_BASELINES[vertical]
+        parts.append(
+            element(
+                "text",
+                html.escape(format_value(y, chart.percent)),
+                x=round(sx(x) + dx, 1),
+                y=round(sy(y) + dy, 1),
+                fill=colour,
+                class_="value",
+                text_anchor=anchor,
+            )
+        )
     svg = element(
         "svg",
         "".join(parts),

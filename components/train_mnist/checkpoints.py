@@ -31,6 +31,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from kfp_lightning.components.common.files import reported_write_faults
 from kfp_lightning.components.common.storage import Storage
 
 CHECKPOINT_DIR = "checkpoints"
@@ -81,9 +82,13 @@ class DurableCheckpoints(Callback):
 
     def _save(self, trainer: L.Trainer) -> None:
         name = checkpoint_name(trainer.global_step, trainer.current_epoch)
-        with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+        # A full or read-only temp folder or location ends training with one line naming
+        # what could not be written (the upload reports its own).
+        scratch = Path(tempfile.gettempdir())
+        with reported_write_faults(scratch), tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
             local = Path(tmp) / name
-            trainer.save_checkpoint(local, weights_only=False)
+            with reported_write_faults(local):
+                trainer.save_checkpoint(local, weights_only=False)
             if trainer.is_global_zero:
                 if self.before_upload is not None:
                     self.before_upload()

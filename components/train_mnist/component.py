@@ -20,16 +20,21 @@ def train_mnist(
     evaluation: Output[Artifact],
     run_id: str,
     run_name: str = "",
+    task_name: str = "",
     **parameters,
 ):
     """Trains the pytorch/examples MNIST CNN with Lightning, tests it and exports it.
 
     Args:
         dataset: The Dataset written by download_mnist.
-        run_id: The pipeline run's id; live logs go to <tensorboard_logs_root>/<run_id>.
+        run_id: The pipeline run's id; live logs go to <tensorboard_logs_root>/<run_id>/<task
+            key>, the key made of task_name, the dataset's checksums and the parameters.
         run_name: The pipeline run's display name; TensorBoard names the run after it.
-        model: Output. model.pt2 (torch.export program taking [0, 1] pixels, normalising
-            itself), weights.pt (state_dict) and metadata.json.
+        task_name: The task's name in the pipeline (pass dsl.PIPELINE_TASK_NAME_PLACEHOLDER),
+            so that two training tasks of one run keep their state apart.
+        model: Output. model.pt2 (torch.export program taking N x 1 x 28 x 28 images, uint8
+            pixels in [0, 255] or floats in [0, 1], normalising them itself), weights.pt
+            (state_dict) and metadata.json (the input contract).
         metrics: Output. Test accuracy and loss (when validation is test-set, from the last
             validation pass, which ran on the test set: the same numbers), last validation
             values, epochs, steps, training samples seen and per second, training time.
@@ -44,7 +49,9 @@ def train_mnist(
     from kfp_lightning.components.train_mnist.train import TrainingOutputs, train_from_run_form
 
     outputs = TrainingOutputs(model.path, tensorboard_logs.path, evaluation.path)
-    result = run_or_exit(train_from_run_form, dataset.path, outputs, run_id, run_name, parameters)
+    result = run_or_exit(
+        train_from_run_form, dataset.path, outputs, run_id, run_name, parameters, task_name
+    )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     model.metadata.update(result.model_metadata)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.logs_location import task_key
 from kfp_lightning.components.common.run_form import COMPONENT, run_parameter
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
@@ -30,6 +31,9 @@ NO_AUGMENTATION = "none"
 NO_CLIPPING = "off"
 _SHIFT = re.compile(r"shift:([1-4])")
 
+# Set to "quiet" by a `--local` run that shows only the tasks' own lines (pipelines/local.py):
+# training then keeps Lightning's informational records out of the terminal.
+CONSOLE_ENV = "KFP_LIGHTNING_CONSOLE"
 # Values that differ from the dataclass defaults (which are the classic recipe).
 PRESETS: dict[str, dict[str, Any]] = {
     # pytorch/examples/mnist: Adadelta lr 1.0, StepLR gamma 0.7 per epoch, batch 64, 14 epochs.
@@ -294,6 +298,48 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         """All fields as a plain dict."""
         return dataclasses.asdict(self)
+
+
+def check_batch_size(batch_size: int, train_samples: int, processes: int = 1) -> None:
+    """Refuses a training batch larger than each process's share of the training images.
+
+    Such a batch is the whole share: every epoch would be one optimiser step, whatever the
+    number asked for, which no one means (a batch of exactly the share, full-batch training,
+    is accepted).
+
+    Args:
+        batch_size: Training images per step of each process.
+        train_samples: Training images after the validation hold-out.
+        processes: Processes sharing every epoch (each trains on its equal share).
+
+    Raises:
+        UserInputError: `batch_size` exceeds the share.
+    """
+    share = train_samples // processes
+    if batch_size > share:
+        each = f" of each of {processes} processes" if processes > 1 else ""
+        raise invalid("batch_size", batch_size, f"at most the {share} training images{each}")
+
+
+def training_task_key(
+    task_name: str, dataset_sha256: Mapping[str, str], config: TrainConfig
+) -> str:
+    """The key of a training task's state in its run: the task, its data set and its parameters.
+
+    A retry of the same task on the same data with the same parameters finds its own
+    checkpoints and live logs; any other training task of the run gets a folder of its own
+    (`logs_location.task_key`).
+
+    Args:
+        task_name: The task's name in the pipeline ("" when not passed).
+        dataset_sha256: The data set's files' SHA-256, from its metadata.json.
+        config: The training parameters.
+
+    Returns:
+        The key, a path segment.
+    """
+    inputs = {"dataset_sha256": dict(dataset_sha256), "config": config.as_dict()}
+    return task_key(task_name, inputs)
 
 
 def check_compiler(torch_compile: bool, accelerator: str) -> None:

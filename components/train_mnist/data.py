@@ -18,6 +18,7 @@ import torch
 
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.download_mnist.download import load_dataset
+from kfp_lightning.components.train_mnist.config import check_batch_size
 
 # Mean and standard deviation of the MNIST training pixels in [0, 1] (pytorch/examples).
 MNIST_MEAN = 0.1307
@@ -196,6 +197,8 @@ class MNISTDataModule(L.LightningDataModule):
                 self.validation_size,
                 f"an integer in [0, {n - 1}] for this dataset",
             )
+        processes = self.trainer.world_size if self.trainer else 1
+        check_batch_size(self.batch_size, n - self.validation_size, processes)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         val_idx, train_idx = order[: self.validation_size], order[self.validation_size :]
         test = (tensors["test_images"], tensors["test_labels"].long())

@@ -11,7 +11,9 @@ processes on 127.0.0.1, and starts this module in each process with `RANK`, `WOR
 the rest, from which Lightning detects its `TorchElasticEnvironment`. Every process downloads
 the run's dataset from `<location>/dataset/` (see `components/train_on_nodes/layout.py`) and
 calls `run_training(..., num_nodes=N)`; global rank 0, the only process that gets a result,
-uploads the model, logs, evaluation and result to `<location>/outputs/`, the marker last.
+uploads the model, evaluation and result to `<location>/outputs/`, and the marker last, which
+also lists the live TensorBoard logs rank 0 kept current in the location (they are not copied
+to `outputs/`, which lies inside the TensorBoard's logspath: see `layout.py`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ never calls `.item()` on the hot path, so logging does not synchronise the GPU e
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,6 +81,10 @@ class MNISTClassifier(L.LightningModule):
         self.channels_last = config.channels_last
         self.net = Net()
         self.evaluation: EvaluationAccumulator | None = None
+        # A channels-last copy of `net` that evaluation passes use on the CPU (see
+        # `_start_evaluation`), empty while training. In a tuple, so that it is no submodule:
+        # it never enters checkpoints, the parameters or the model summary.
+        self._evaluation_net: tuple[nn.Module, ...] = ()
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -98,9 +103,39 @@ class MNISTClassifier(L.LightningModule):
         self.log(tag(LOSS, TRAIN), loss, on_step=True, on_epoch=False, batch_size=labels.shape[0])
         return loss
 
+    def _start_evaluation(self) -> None:
+        # On the CPU, oneDNN's channels-last convolutions run this network's forward pass about
+        # 1.5-2x as fast (its backward pass is slower, so training keeps the default layout):
+        # a copy of the weights in that layout evaluates the validation and test sets, which on
+        # the real MNIST's 10,000 test images saves seconds every epoch. The same weights, so
+        # the same predictions (log-probabilities agree to about 1e-6). A copy, not the
+        # weights themselves converted and back, so training's parameters, their gradients
+        # and the optimiser's state never change layout.
+        if self.device.type == "cpu" and not self.channels_last and not self.config.torch_compile:
+            self._evaluation_net = (copy.deepcopy(self.net).to(memory_format=torch.channels_last),)
+
+    def _end_evaluation(self) -> None:
+        self._evaluation_net = ()
+
+    def on_validation_start(self) -> None:
+        self._start_evaluation()
+
+    def on_validation_end(self) -> None:
+        self._end_evaluation()
+
+    def on_test_start(self) -> None:
+        self._start_evaluation()
+
+    def on_test_end(self) -> None:
+        self._end_evaluation()
+
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, split: str):
         images, labels = batch
-        log_probs = self(images)
+        if self._evaluation_net:
+            (net,) = self._evaluation_net
+            log_probs = net(images.contiguous(memory_format=torch.channels_last))
+        else:
+            log_probs = self(images)
         loss = F.nll_loss(log_probs, labels)
         accuracy = (log_probs.argmax(dim=1) == labels).float().mean()
         # Epoch values are means weighted by batch size, i.e. exact dataset means.

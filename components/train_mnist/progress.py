@@ -132,6 +132,7 @@ class ThroughputMeter(Callback):
         self.seconds = 0.0
         self._start: float | None = None
         self._wall_before = 0.0  # wall seconds of earlier attempts, up to their checkpoint
+        self._seconds_before = 0.0  # training seconds of earlier attempts
         self._fit_start: float | None = None
 
     def _stop(self, trainer: L.Trainer) -> None:
@@ -181,7 +182,13 @@ class ThroughputMeter(Callback):
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.samples = int(state_dict["samples"])
         self.seconds = float(state_dict["seconds"])
+        self._seconds_before = self.seconds
         self._wall_before = float(state_dict["wall_seconds"])
+
+    @property
+    def attempt_seconds(self) -> float:
+        """Training seconds of this attempt alone (a resumed one counts from its checkpoint)."""
+        return self.seconds - self._seconds_before
 
     @property
     def wall_seconds(self) -> float:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import logging
 import math
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -26,23 +27,27 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import LightningDeprecationWarning
 
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.files import atomic_directory, write_json
 from kfp_lightning.components.common.logs_location import LiveLogsConfig, LogsLocation
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.storage import Storage, open_storage
-from kfp_lightning.components.download_mnist.download import METADATA_FILE as DATASET_METADATA
+from kfp_lightning.components.download_mnist.download import read_dataset_metadata
 from kfp_lightning.components.train_mnist.checkpoints import (
     CHECKPOINT_DIR,
     DurableCheckpoints,
     find_resumable_checkpoint,
 )
 from kfp_lightning.components.train_mnist.config import (
+    CONSOLE_ENV,
     TEST_SET,
     TrainConfig,
+    check_batch_size,
     check_compiler,
     plan_devices,
+    training_task_key,
     visible_gpus,
 )
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
@@ -84,6 +89,19 @@ from kfp_lightning.components.train_mnist.summaries import (
 )
 
 Checkpoint = tuple[Path, dict[str, Any]]  # a downloaded checkpoint file and its contents
+# The "lightning" logger prints its records through a handler of its own and also hands them
+# to the root logger, which KFP's executor configures (kfp/dsl/executor_main.py): every line
+# would appear twice in a pod's log. One is enough.
+logging.getLogger("lightning").propagate = False
+# Lightning 2.6 builds torch's `LeafSpec`, which torch 2.14 deprecates (lightning/pytorch/
+# utilities/_pytree.py): a warning about the library pair, nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+if os.environ.get(CONSOLE_ENV) == "quiet":
+    # Device, tips and the model summary stay out of the terminal; --verbose shows them. The
+    # levels are set where Lightning sets them, on its two packages' loggers.
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=LightningDeprecationWarning)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,20 +151,6 @@ def select_device(gpus: int, precision: str) -> tuple[str, int]:
     if gpus >= 1 and accelerator == "cpu" and rank_zero_only.rank == 0:
         print(f"gpus={gpus} but no GPU is visible to this process: training on the CPU", flush=True)
     return accelerator, devices
-
-
-def _read_dataset_metadata(dataset_dir: Path) -> dict[str, Any]:
-    path = dataset_dir / DATASET_METADATA
-    if not path.is_file():
-        raise invalid("dataset", str(dataset_dir), "a Dataset artifact written by download_mnist")
-    return json.loads(path.read_text())
-
-
-def _read_dataset_metadata(dataset_dir: Path) -> dict[str, Any]:
-    path = dataset_dir / DATASET_METADATA
-    if not path.is_file():
-        raise invalid("dataset", str(dataset_dir), "a Dataset artifact written by download_mnist")
-    return json.loads(path.read_text())
 
 
 @contextlib.contextmanager
@@ -306,7 +310,7 @@ def run_training(
     timeline = Timeline()
     config = config or TrainConfig()
     dataset_dir = Path(dataset_dir)
-    dataset_metadata = _read_dataset_metadata(dataset_dir)
+    dataset_metadata = read_dataset_metadata(dataset_dir)
     accelerator, devices = select_device(config.gpus, config.precision)
     check_compiler(config.torch_compile, accelerator)
     storage = open_storage(live_logs, s3_endpoint) if live_logs else None
@@ -318,6 +322,7 @@ def run_training(
             config.validation,
             f"{TEST_SET} or fewer than the {dataset_metadata['train_samples']} training images",
         )
+    check_batch_size(config.batch_size, train_samples, devices * num_nodes)
     # At least one training-loss point per epoch, however small the data set.
     log_every_n_steps = min(config.log_every_n_steps, math.ceil(train_samples / config.batch_size))
 
@@ -457,7 +462,8 @@ def run_training(
         },
     )
     timeline.mark("exported")
-    print(timeline.line(throughput.seconds), flush=True)
+    # This attempt's time only: a resumed run's earlier training happened in another pod.
+    print(timeline.line(throughput.attempt_seconds), flush=True)
     return TrainResult(metrics=metrics, model_metadata=model_metadata, evaluation=evaluation)
 
 
@@ -467,15 +473,18 @@ def train_from_run_form(
     run_id: str,
     run_name: str,
     parameters: Mapping[str, Any],
+    task_name: str = "",
 ) -> TrainResult:
     """The KFP component's entry: validates the run-form values, then calls `run_training`.
 
     Args:
         dataset_dir: Dataset artifact directory.
         outputs: The directories to create.
-        run_id: The pipeline run's id; the live logs go to `<tensorboard_logs_root>/<run_id>`.
+        run_id: The pipeline run's id; the live logs go to
+            `<tensorboard_logs_root>/<run_id>/<task key>` (`config.training_task_key`).
         run_name: The pipeline run's display name (TensorBoard's name for the run).
         parameters: Run-form values of every `TrainConfig` and `LiveLogsConfig` field.
+        task_name: The task's name in the pipeline, part of its key.
 
     Returns:
         What `run_training` returns on global rank 0.
@@ -485,11 +494,13 @@ def train_from_run_form(
     """
     config = from_run_form(TrainConfig, parameters)
     logs = from_run_form(LiveLogsConfig, parameters)
+    sha256 = read_dataset_metadata(Path(dataset_dir)).get("sha256", {})
+    location = logs.task_location(run_id, training_task_key(task_name, sha256, config))
     result = run_training(
         dataset_dir,
         outputs,
         config,
-        logs.run_location(run_id),
+        location,
         logs.endpoint(),
         logs.live_update_seconds,
         run_name,

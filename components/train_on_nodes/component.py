@@ -26,6 +26,7 @@ def train_on_nodes(
     trainer_image: str = "",
     logs_pvc: str = "",
     timeout_seconds: int = 21600,
+    task_name: str = "",
     **parameters,
 ):
     """Trains the MNIST CNN on several nodes with Lightning DDP and gathers what rank 0 wrote.
@@ -48,8 +49,11 @@ def train_on_nodes(
         logs_pvc: The claim mounted for pvc:// logs roots (--logs-pvc), "" for none.
         timeout_seconds: Deadline of the training, in seconds from this step's start; the
             TrainJob is deleted when it passes.
-        model: Output. model.pt2 (torch.export program taking [0, 1] pixels, normalising
-            itself), weights.pt (state_dict) and metadata.json.
+        task_name: The task's name in the pipeline (pass dsl.PIPELINE_TASK_NAME_PLACEHOLDER),
+            so that two training tasks of one run keep their state and TrainJobs apart.
+        model: Output. model.pt2 (torch.export program taking N x 1 x 28 x 28 images, uint8
+            pixels in [0, 255] or floats in [0, 1], normalising them itself), weights.pt
+            (state_dict) and metadata.json (the input contract).
         metrics: Output. Test accuracy and loss, last validation values, epochs, steps,
             training samples seen and per second, training time, nodes and processes.
         classification_metrics: Output. The test set's confusion matrix, which Kubeflow shows
@@ -80,6 +84,7 @@ def train_on_nodes(
             "timeout_seconds": timeout_seconds,
         },
         parameters,
+        task_name,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

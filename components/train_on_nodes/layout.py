@@ -3,11 +3,18 @@
 The nodes share nothing with the step but the run's live location (`<tensorboard_logs_root>/
 <run id>`, an s3:// prefix or a claim every node mounts; a directory on this machine for local
 runs). The step uploads its Dataset input to `dataset/`; every node downloads it from there;
-global rank 0 uploads the model, the TensorBoard logs, the evaluation and `result.json` to
-`outputs/`, then writes `outputs/complete.json` last, listing every file it uploaded with its
-size. The step trusts the outputs only once that marker lists them, so a node lost in the
-middle of an upload never passes for a finished run, and a retried step that finds the marker
-of its own run's finished job just downloads them again.
+global rank 0 uploads the model, the evaluation and `result.json` to `outputs/`, then writes
+`outputs/complete.json` last, listing every file it published with its size. The step trusts
+the outputs only once that marker lists them, so a node lost in the middle of an upload never
+passes for a finished run, and a retried step that finds the marker of its own run's finished
+job just downloads them again.
+
+The TensorBoard logs are not copied to `outputs/`: rank 0 already keeps them current in the
+location itself (`<run name>/events...`, the live logs the TensorBoard server and
+`--compare-runs` read), and the location is the TensorBoard's logspath, so a second copy below
+`outputs/` would show every curve twice. The marker lists those live files instead (their
+paths outside `outputs/`), with the sizes rank 0 wrote, and the step builds its
+`tensorboard_logs` output from them.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ DATASET = "dataset"
 OUTPUTS = "outputs"
 MARKER = "complete.json"  # in OUTPUTS, written last
 RESULT = "result.json"  # in OUTPUTS: metrics, model metadata, confusion matrix
-# The output folders rank 0 uploads, by the name of the KFP output artifact they become.
+# The output folders rank 0 publishes, by the name of the KFP output artifact they become.
 OUTPUT_DIRS = ("model", "tensorboard_logs", "evaluation")
+# The one published from the live logs in place, not uploaded to outputs/ (see the docstring).
+LIVE_LOGS = "tensorboard_logs"
 
 
 def files_under(storage: Storage, prefix: str) -> dict[str, int]:
@@ -62,16 +71,17 @@ def download_tree(storage: Storage, files: Mapping[str, int], prefix: str, local
     Args:
         storage: The run's location.
         files: Path in the storage -> expected size (others below `prefix/` are ignored).
-        prefix: The folder to copy from.
+        prefix: The folder to copy from ("": the location itself).
         local_dir: Where its files go, under their path relative to `prefix/`.
 
     Raises:
         RunError: A file is missing or does not have the size listed.
     """
+    start = f"{prefix}/" if prefix else ""
     for relative, size in sorted(files.items()):
-        if not relative.startswith(f"{prefix}/"):
+        if not relative.startswith(start):
             continue
-        target = Path(local_dir) / relative[len(prefix) + 1 :]
+        target = Path(local_dir) / relative[len(start) :]
         try:
             storage.download(relative, target)
         except Exception as err:  # OSError locally; botocore's own errors for S3
@@ -91,22 +101,58 @@ def clear(storage: Storage, prefix: str) -> int:
     return len(files)
 
 
-def publish_outputs(
-    storage: Storage, output_dirs: Mapping[str, Path], result: Mapping[str, Any]
-) -> dict[str, int]:
-    """Rank 0's last act: uploads its outputs and `result`, then the marker that lists them.
+def publish_live_logs(storage: Storage, logs_dir: Path) -> dict[str, int]:
+    """Makes sure the location holds every file of rank 0's logs directory, as it is now.
+
+    The live copy is normally complete already (training's last act is a final copy), but a
+    storage failure during that copy only delays it: what is missing or of another size is
+    copied now, at the same path.
 
     Args:
         storage: The run's location.
-        output_dirs: A key of `OUTPUT_DIRS` -> the local directory holding that output.
+        logs_dir: Rank 0's local logs directory.
+
+    Returns:
+        Path in the storage (relative to the location, outside `outputs/`) -> size.
+    """
+    held = storage.list_files()
+    files = {}
+    for path in sorted(p for p in Path(logs_dir).rglob("*") if p.is_file()):
+        relative = path.relative_to(logs_dir).as_posix()
+        if relative.split("/", 1)[0] in (OUTPUTS, DATASET):
+            raise RunError(f"a log file would shadow the run's {relative.split('/')[0]}/ folder")
+        size = path.stat().st_size
+        if held.get(relative) != size:
+            storage.upload(path, relative)
+        files[relative] = size
+    return files
+
+
+def live_log_files(files: Mapping[str, int]) -> dict[str, int]:
+    """The live log files among the files a marker lists (those outside `outputs/`)."""
+    return {path: size for path, size in files.items() if not path.startswith(f"{OUTPUTS}/")}
+
+
+def publish_outputs(
+    storage: Storage, output_dirs: Mapping[str, Path], result: Mapping[str, Any]
+) -> dict[str, int]:
+    """Rank 0's last act: publishes its outputs and `result`, then the marker that lists them.
+
+    Args:
+        storage: The run's location.
+        output_dirs: A key of `OUTPUT_DIRS` -> the local directory holding that output; the
+            `LIVE_LOGS` one is the directory the live logs are copied from.
         result: JSON-serialisable facts of the run (metrics, model metadata, ...).
 
     Returns:
-        Every file uploaded (path in the storage -> size), as the marker lists them.
+        Every file published (path in the storage -> size), as the marker lists them.
     """
     files: dict[str, int] = {}
     for name in OUTPUT_DIRS:
-        files.update(upload_tree(storage, output_dirs[name], f"{OUTPUTS}/{name}"))
+        if name == LIVE_LOGS:
+            files.update(publish_live_logs(storage, output_dirs[name]))
+        else:
+            files.update(upload_tree(storage, output_dirs[name], f"{OUTPUTS}/{name}"))
     with tempfile.TemporaryDirectory(prefix="outputs-") as staging:
         result_path = Path(staging) / RESULT
         write_json(result_path, dict(result))

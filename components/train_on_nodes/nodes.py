@@ -37,20 +37,24 @@ from kfp_lightning.components.common.logs_location import (
 )
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.storage import Storage, open_storage
+from kfp_lightning.components.download_mnist.download import read_dataset_metadata
 from kfp_lightning.components.launch_tensorboard.kube_api import (
     ClusterUnreachableError,
     Patience,
     connect,
 )
-from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.train_mnist.config import TrainConfig, training_task_key
 from kfp_lightning.components.train_on_nodes import layout
 from kfp_lightning.components.train_on_nodes.trainjob import (
     COMPLETE,
     FAILED,
     RUNTIME,
     NodeSpec,
+    PodIdentity,
     TrainJobs,
     job_state,
+    step_pod_identity,
+    trainjob_form,
     trainjob_object,
 )
 
@@ -362,7 +366,9 @@ def upload_dataset(storage: Storage, dataset_dir: Path) -> None:
 def collect_outputs(
     storage: Storage, model_dir: Path, tensorboard_logs_dir: Path, evaluation_dir: Path
 ) -> NodesResult:
-    """Copies what rank 0 published into the step's output directories, each atomically.
+    """Copies what rank 0 published into the step's output directories, each atomically: the
+    model and evaluation from `outputs/`, the TensorBoard logs from the live logs the marker
+    lists.
 
     Raises:
         RunError: Rank 0 published nothing, or a file is missing or incomplete.
@@ -390,7 +396,11 @@ def collect_outputs(
         with contextlib.ExitStack() as stack:
             for name, target in targets.items():
                 directory = stack.enter_context(atomic_directory(target))
-                layout.download_tree(storage, files, f"{layout.OUTPUTS}/{name}", directory)
+                if name == layout.LIVE_LOGS:
+                    # The live logs, where rank 0 kept them current (see layout.py).
+                    layout.download_tree(storage, layout.live_log_files(files), "", directory)
+                else:
+                    layout.download_tree(storage, files, f"{layout.OUTPUTS}/{name}", directory)
     return NodesResult(
         metrics={k: float(v) for k, v in result["metrics"].items()},
         model_metadata=result["model_metadata"],
@@ -413,8 +423,13 @@ def train_on_nodes(
     tolerations: list[dict[str, Any]],
     patience: Patience | None = None,
     progress_seconds: float = PROGRESS_SECONDS,
+    task_name: str = "",
 ) -> NodesResult:
     """Trains on `settings.nodes` nodes and writes the same outputs as single-node training.
+
+    On a cluster the node pods run as the step's own service account with its pod's image
+    pull secrets, which the step finds through `POD_SERVICE_ACCOUNT` and `POD_NAME` (the
+    downward API's spec.serviceAccountName and metadata.name, set by the pipeline).
 
     Args:
         dataset_dir: The Dataset artifact written by download_mnist.
@@ -430,6 +445,8 @@ def train_on_nodes(
         tolerations: Tolerations of each node's pod (TRAINJOB).
         patience: Request retries and the status polling interval (TRAINJOB).
         progress_seconds: Shortest time between two training progress lines (TRAINJOB).
+        task_name: The task's name in the pipeline: with the dataset and the parameters, it
+            keys the task's location and TrainJob within the run (`config.training_task_key`).
 
     Returns:
         What rank 0 published.
@@ -437,23 +454,35 @@ def train_on_nodes(
     Raises:
         UserInputError: A parameter cannot work (nothing is created then).
         RunError: The nodes failed, time ran out, the run was cancelled, or the cluster
-            refused the job.
+            refused the job, stored it without a field sent, or runs a Kubeflow Trainer whose
+            TrainJob cannot carry the pod settings (nothing is created then).
     """
     deadline = time.monotonic() + settings.timeout_seconds
     patience = patience or Patience(poll_seconds=POLL_SECONDS)
     api_client = None
+    form, identity = "", PodIdentity(None, (), "")
     if settings.launcher == TRAINJOB:
         try:
             api_client, config_namespace = connect(patience)
         except ClusterUnreachableError as err:
             raise RunError(f"no Kubernetes API to create the TrainJob: {err}") from None
         namespace = current_namespace() or config_namespace or "default"
-        location = logs.run_location(run_id, namespace)
     else:
-        namespace, location = "", logs.run_location(run_id)
+        namespace = ""
+    sha256 = read_dataset_metadata(dataset_dir).get("sha256", {})
+    key = training_task_key(task_name, sha256, config)
+    location = logs.task_location(run_id, key, namespace or None)
     check_shared_location(
         location, settings.logs_pvc or None, settings.launcher, logs.tensorboard_logs_root
     )
+    if api_client is not None:
+        try:
+            # Before anything is uploaded or created: a Trainer whose TrainJob cannot carry
+            # the pod settings fails the step here, in one line.
+            form = trainjob_form(api_client, patience)
+        except ClusterUnreachableError as err:
+            raise RunError(f"no Kubernetes API to create the TrainJob: {err}") from None
+        identity = step_pod_identity(api_client, namespace, patience=patience)
     endpoint = logs.endpoint()
     storage = open_storage(location, endpoint)
     upload_dataset(storage, Path(dataset_dir))
@@ -497,8 +526,11 @@ def train_on_nodes(
                 logs_pvc=settings.logs_pvc or None,
                 node_selector=node_selector,
                 tolerations=tolerations,
+                service_account=identity.service_account,
+                image_pull_secrets=identity.image_pull_secrets,
             )
-            wanted = trainjob_object(namespace, run_id, spec)
+            print(identity.note, flush=True)
+            wanted = trainjob_object(namespace, run_id, spec, form, task=key)
             progress = ProgressReader(storage, progress_seconds)
             try:
                 with api_client:
@@ -524,6 +556,7 @@ def train_from_run_form(
     run_name: str,
     settings: Mapping[str, Any],
     parameters: Mapping[str, Any],
+    task_name: str = "",
 ) -> NodesResult:
     """The KFP component's entry: validates every value, then calls `train_on_nodes`.
 
@@ -535,6 +568,7 @@ def train_from_run_form(
         settings: The `NodesSettings` fields, as the pipeline set them.
         parameters: Run-form values of every `TrainConfig`, `LiveLogsConfig` and
             `SchedulingConfig` field.
+        task_name: The task's name in the pipeline.
 
     Returns:
         What `train_on_nodes` returns.
@@ -557,4 +591,5 @@ def train_from_run_form(
         logs,
         scheduling.node_selector,
         scheduling.tolerations,
+        task_name=task_name,
     )

@@ -8,6 +8,16 @@ pkg/runtime/framework/plugins/torch/torch.go, `EnforceMLPolicy`; jobset/builder.
 The controller copies the JobSet's `Completed` and `Failed` conditions to the TrainJob as
 `Complete` and `Failed`, reason and message included (jobset/jobset.go, `Status`).
 
+The pod settings of the nodes (placement, volumes, service account, pull secrets, the Istio
+opt-out) travel in a field whose name and shape changed between Trainer releases
+(pkg/apis/trainer/v1alpha1/trainjob_types.go of each tag): v2.0.0 `spec.podSpecOverrides`
+(a pod spec subset without pod metadata or imagePullSecrets), v2.1.x `spec.podTemplateOverrides`
+(pod metadata and spec, by target job), v2.2.0 and later `spec.runtimePatches` (kubeflow/trainer
+#3309: patches of the runtime's JobSet template, keyed by `manager`). The API server prunes a
+field its CRD does not know without a word, so the form is read from the schema the cluster
+serves (`trainjob_form`), and what the server stored is compared with what was sent
+(`stored_differences`).
+
 Everything here is deterministic in its inputs: the name comes from the run id, so a retried
 step finds its own job instead of starting a second one. Writes are retried on transient
 failures by the client's urllib3 `Retry` (see `launch_tensorboard/kube_api.py`); creating,
@@ -16,8 +26,11 @@ reading and deleting a job by name are all safe to repeat.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import os
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,7 +45,11 @@ from kfp_lightning.components.common.kubernetes_syntax import (
     name_for_run,
 )
 from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT
-from kfp_lightning.components.launch_tensorboard.kube_api import Patience, call
+from kfp_lightning.components.launch_tensorboard.kube_api import (
+    ClusterUnreachableError,
+    Patience,
+    call,
+)
 from kfp_lightning.components.launch_tensorboard.objects import (
     ACCESS_KEY_KEY,
     MANAGED_BY,
@@ -63,6 +80,7 @@ RBAC_MANIFEST = "manifests/trainjob-rbac.yaml"
 # characters: 48 leaves room for a three-digit node index.
 MAX_NAME_LENGTH = 48
 NAME_PREFIX = "kfp-"
+TASK_ANNOTATION = "kfp-lightning/task"
 # Per node, as the single-node training task asks for its pod.
 CPU_REQUEST, MEMORY_REQUEST, MEMORY_LIMIT = "2", "4Gi", "16Gi"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -81,6 +99,23 @@ NO_ISTIO_SIDECAR = {"sidecar.istio.io/inject": "false"}
 
 COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
 
+# The two forms of pod settings this module writes, named after the TrainJob spec field that
+# carries them (see the module docstring).
+TEMPLATE_OVERRIDES = "podTemplateOverrides"  # Trainer v2.1.x
+RUNTIME_PATCHES = "runtimePatches"  # Trainer v2.2.0 and later
+FORMS = (RUNTIME_PATCHES, TEMPLATE_OVERRIDES)  # the newer one wins where both are served
+# The owner of our entry in spec.runtimePatches. The Trainer's validating webhook requires a
+# domain-prefixed path, "<DNS-1123 subdomain>/<HTTP path characters>" (kubeflow/trainer v2.2.0,
+# pkg/runtime/framework/plugins/jobset/jobset.go, `Validate`, calling apimachinery's
+# `validation.IsDomainPrefixedPath`); the prefix is the one of our labels.
+PATCH_MANAGER = "kfp-lightning/train-on-nodes"
+# Where a cluster publishes the TrainJob's schema: per group-version in OpenAPI v3 (Kubernetes
+# 1.24 and later), the whole API in OpenAPI v2 (all versions; structural CRD schemas since
+# 1.15). Both are readable by every authenticated user through the `system:discovery`
+# ClusterRole (kubernetes, plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go).
+OPENAPI_V3 = "/openapi/v3/apis/{group}/{version}"
+OPENAPI_V2 = "/openapi/v2"
+
 
 @dataclasses.dataclass(frozen=True)
 class NodeSpec:
@@ -97,6 +132,9 @@ class NodeSpec:
         logs_pvc: A claim to mount at /mnt/pvc/<claim>, for a pvc:// location; None otherwise.
         node_selector: Labels each node's pod must match.
         tolerations: Tolerations of each node's pod.
+        service_account: The account the node pods run as (the step's own, so they get what
+            the pipeline's pods get); None leaves the namespace's `default`.
+        image_pull_secrets: Secrets the node pods pull the image with (the step pod's own).
     """
 
     image: str
@@ -109,6 +147,8 @@ class NodeSpec:
     logs_pvc: str | None = None
     node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
     tolerations: Sequence[Mapping[str, Any]] = ()
+    service_account: str | None = None
+    image_pull_secrets: Sequence[str] = ()
 
 
 def trainjob_name(run_id: str) -> str:
@@ -133,23 +173,108 @@ def run_id_label(run_id: str) -> str:
     return run_id if is_label_value(run_id) else digest(run_id)
 
 
-def trainjob_object(namespace: str, run_id: str, spec: NodeSpec) -> dict[str, Any]:
-    """The `TrainJob` of one run.
+def node_pod_template(run_id: str, spec: NodeSpec) -> dict[str, Any]:
+    """The pod settings of every node, as a pod template patch: the one description of them.
 
-    The environment goes in `spec.trainer.env`, since the runtime refuses environment
-    overrides for the `node` container (jobset/jobset.go, `Validate`); the volumes, node
-    selector and tolerations in a pod template override of the `node` Job, which the runtime
-    merges into its pod template as a strategic merge patch (core/trainingruntime.go,
-    `mergePodTemplateOverrides`).
+    Each Trainer form carries this patch whole, and the Trainer merges it into the runtime's
+    `node` pod template as a strategic merge patch (kubeflow/trainer v2.1.0,
+    pkg/runtime/core/trainingruntime.go, `mergePodTemplateOverrides`; v2.2.0 the same file,
+    `mergeRuntimePatches`), so containers and volumes are matched by name. The container patch
+    holds only volume mounts: its environment goes in `spec.trainer.env`, since both forms
+    refuse environment for the `node` container (v2.1.0 and v2.2.0,
+    pkg/runtime/framework/plugins/jobset/jobset.go, `Validate`), and v2.2's container patch
+    has no other field we use (trainjob_types.go, `ContainerPatch`).
+
+    Args:
+        run_id: The pipeline run's id.
+        spec: What the nodes run, and where.
+
+    Returns:
+        `{"metadata": {...}, "spec": {...}}`.
+    """
+    volumes: list[dict[str, Any]] = [
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
+    ]
+    mounts: list[dict[str, Any]] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    if spec.logs_pvc:
+        volumes.append({"name": LOGS_VOLUME, "persistentVolumeClaim": {"claimName": spec.logs_pvc}})
+        mounts.append({"name": LOGS_VOLUME, "mountPath": str(PVC_MOUNT_ROOT / spec.logs_pvc)})
+    pod_spec: dict[str, Any] = {
+        "containers": [{"name": NODE, "volumeMounts": mounts}],
+        "volumes": volumes,
+    }
+    if spec.service_account:
+        pod_spec["serviceAccountName"] = spec.service_account
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    return {
+        "metadata": {
+            # The run id on every node's pod: `kubectl logs -l` finds them.
+            "labels": {RUN_ID_LABEL: run_id_label(run_id)},
+            "annotations": dict(NO_ISTIO_SIDECAR),
+        },
+        "spec": pod_spec,
+    }
+
+
+def as_template_overrides(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Trainer v2.1's `spec.podTemplateOverrides`: the pod patch, for the `node` job.
+
+    kubeflow/trainer v2.1.0, pkg/apis/trainer/v1alpha1/trainjob_types.go, `PodTemplateOverride`
+    (`targetJobs`, `metadata`, `spec`).
+    """
+    return [{"targetJobs": [{"name": NODE}], **copy.deepcopy(dict(pod))}]
+
+
+def as_runtime_patches(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Trainer v2.2+'s `spec.runtimePatches`: the pod patch, at the `node` job's pod template.
+
+    kubeflow/trainer v2.2.0, pkg/apis/trainer/v1alpha1/trainjob_types.go, `RuntimePatch`:
+    `trainingRuntimeSpec.template.spec.replicatedJobs[name].template.spec.template` is a
+    `PodTemplatePatch` (pod metadata and a `PodSpecPatch`); the list is keyed by `manager`.
+    The Trainer's mutating webhook adds `time` to each entry (pkg/webhooks/trainjob_webhook.go).
+    """
+    job = {"name": NODE, "template": {"spec": {"template": copy.deepcopy(dict(pod))}}}
+    return [
+        {
+            "manager": PATCH_MANAGER,
+            "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}},
+        }
+    ]
+
+
+RENDER = {TEMPLATE_OVERRIDES: as_template_overrides, RUNTIME_PATCHES: as_runtime_patches}
+
+
+def trainjob_object(
+    namespace: str, run_id: str, spec: NodeSpec, form: str, task: str = ""
+) -> dict[str, Any]:
+    """The `TrainJob` of one run, its pod settings in the cluster's form.
+
+    The environment goes in `spec.trainer.env` and the resources in
+    `spec.trainer.resourcesPerNode` (the same in every Trainer v2 release); the rest of the
+    pod settings (`node_pod_template`) in `spec.<form>`.
 
     Args:
         namespace: The run's namespace.
         run_id: The pipeline run's id.
         spec: What the nodes run, and where.
+        form: TEMPLATE_OVERRIDES or RUNTIME_PATCHES, as `trainjob_form` reads it.
+        task: The task's key within the run (`config.training_task_key`): with it, each
+            training task of a run has a job of its own, which its retries find again.
 
     Returns:
         The object, ready to create.
+
+    Raises:
+        ValueError: `form` is not one of FORMS.
     """
+    if form not in RENDER:
+        raise ValueError(f"invalid form={form!r}: expected one of {', '.join(FORMS)}")
     group, version, _, kind = TRAINJOB_API
     env: list[dict[str, Any]] = [
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
@@ -165,21 +290,6 @@ def trainjob_object(namespace: str, run_id: str, spec: NodeSpec) -> dict[str, An
                 ("AWS_SECRET_ACCESS_KEY", SECRET_KEY_KEY),
             )
         ]
-    volumes: list[dict[str, Any]] = [
-        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
-    ]
-    mounts: list[dict[str, Any]] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
-    if spec.logs_pvc:
-        volumes.append({"name": LOGS_VOLUME, "persistentVolumeClaim": {"claimName": spec.logs_pvc}})
-        mounts.append({"name": LOGS_VOLUME, "mountPath": str(PVC_MOUNT_ROOT / spec.logs_pvc)})
-    pod_spec: dict[str, Any] = {
-        "containers": [{"name": NODE, "volumeMounts": mounts}],
-        "volumes": volumes,
-    }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
     limits = {"memory": MEMORY_LIMIT}
     if spec.gpus_per_node:
         limits[GPU_RESOURCE] = str(spec.gpus_per_node)
@@ -188,10 +298,10 @@ def trainjob_object(namespace: str, run_id: str, spec: NodeSpec) -> dict[str, An
         "apiVersion": f"{group}/{version}",
         "kind": kind,
         "metadata": {
-            "name": trainjob_name(run_id),
+            "name": trainjob_name(f"{run_id}-{task}" if task else run_id),
             "namespace": namespace,
             "labels": labels,
-            "annotations": {RUN_ID_ANNOTATION: run_id},
+            "annotations": {RUN_ID_ANNOTATION: run_id, TASK_ANNOTATION: task},
         },
         "spec": {
             "runtimeRef": {"apiGroup": group, "kind": RUNTIME_API[3], "name": RUNTIME},
@@ -207,19 +317,46 @@ def trainjob_object(namespace: str, run_id: str, spec: NodeSpec) -> dict[str, An
                 },
                 "env": env,
             },
-            "podTemplateOverrides": [
-                {
-                    "targetJobs": [{"name": NODE}],
-                    "metadata": {
-                        # The run id on every node's pod: `kubectl logs -l` finds them.
-                        "labels": {RUN_ID_LABEL: run_id_label(run_id)},
-                        "annotations": dict(NO_ISTIO_SIDECAR),
-                    },
-                    "spec": pod_spec,
-                }
-            ],
+            form: RENDER[form](node_pod_template(run_id, spec)),
         },
     }
+
+
+def stored_differences(sent: Any, stored: Any, path: str = "") -> list[str]:
+    """Where the object the server stored lacks or changed a field that was sent.
+
+    Fields the server or a webhook added (status, metadata, defaults, a runtime patch's
+    `time`) are not differences; a field the CRD's schema does not know, which the server
+    prunes without a word, is.
+
+    Args:
+        sent: The object as sent (or a part of it).
+        stored: The server's answer at the same place.
+        path: The field path of `sent`, for the result.
+
+    Returns:
+        Field paths such as `spec.runtimePatches` or `spec.trainer.numNodes`; empty when
+        everything sent was stored as sent.
+    """
+    if isinstance(sent, Mapping):
+        if not isinstance(stored, Mapping):
+            return [path or "."]
+        found = []
+        for key, value in sent.items():
+            child = f"{path}.{key}" if path else str(key)
+            if key not in stored:
+                found.append(child)
+            else:
+                found += stored_differences(value, stored[key], child)
+        return found
+    if isinstance(sent, list):
+        if not isinstance(stored, list) or len(stored) != len(sent):
+            return [path]
+        found = []
+        for index, (value, kept) in enumerate(zip(sent, stored, strict=True)):
+            found += stored_differences(value, kept, f"{path}[{index}]")
+        return found
+    return [] if sent == stored else [path]
 
 
 # --- reading a job's state --------------------------------------------------------------------
@@ -314,6 +451,14 @@ def explain_refusal(err: ApiException, namespace: str, verb: str) -> RunError:
         # The Trainer's validating webhook (controller-runtime v0.22.3, pkg/webhook/admission/
         # validator_custom.go and response.go: `Denied`) answers 403 too; it is not RBAC.
         return RunError(f"Kubeflow Trainer refused the {kind} in {namespace} ({answer})")
+    if "strict decoding error" in message or "unknown field" in message:
+        # fieldValidation=Strict (Kubernetes 1.25 and later) refuses a field the CRD's schema
+        # does not know instead of pruning it.
+        return RunError(
+            f"the cluster's {kind} ({group}/{version}) in {namespace} does not know a field the "
+            f"nodes need ({answer}): its Kubeflow Trainer release is not one this step supports "
+            "(v2.1 or newer)"
+        )
     if err.status == 404:
         return RunError(
             f"the cluster serves no {plural}.{group}/{version} in namespace {namespace} "
@@ -360,19 +505,45 @@ class TrainJobs:
         )
 
     def create(self, wanted: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Creates `wanted`; None when a job of that name exists already.
+        """Creates `wanted` and checks the server stored it as sent; None when a job of that
+        name exists already.
+
+        Strict field validation is asked for: servers from Kubernetes 1.25 refuse an unknown
+        field instead of pruning it (older ones ignore the option). Either way the stored
+        object, as the create answers it and as read back, must hold every field sent: a
+        job that lost one is deleted at once, before its nodes run without the setting.
 
         Raises:
-            RunError: The server refused (no CRD, no permission, a webhook's verdict).
+            RunError: The server refused (no CRD, no permission, a webhook's verdict, an
+                unknown field), or stored the job without a field sent (then it is deleted).
             ClusterUnreachableError: The API could not be reached.
         """
         name = wanted["metadata"]["name"]
         try:
-            return self._call("create", name, self.api.create_namespaced_custom_object, wanted)
+            stored = self._call(
+                "create",
+                name,
+                self.api.create_namespaced_custom_object,
+                wanted,
+                field_validation="Strict",
+            )
         except ApiException as err:
             if err.status == 409:
                 return None
             raise explain_refusal(err, self.namespace, "create") from None
+        differences = stored_differences(wanted, stored)
+        if not differences:
+            stored = self.get(name) or stored
+            differences = stored_differences(wanted, stored)
+        if differences:
+            self.delete(name)
+            raise RunError(
+                f"{TRAINJOB_API[3]} {self.namespace}/{name}: the cluster stored it without "
+                f"{', '.join(differences)} as sent (its TrainJob schema does not know them): "
+                "deleted it, since its nodes would run without these settings; install Kubeflow "
+                "Trainer v2.1 or newer, with its own CRDs"
+            )
+        return stored
 
     def get(self, name: str) -> dict[str, Any] | None:
         """The job called `name`; None when there is none."""
@@ -439,3 +610,275 @@ class TrainJobs:
                 return False
             polls += 1
         return True
+
+
+# --- the cluster's TrainJob schema ----------------------------------------------------------
+
+
+def _read_json(
+    api_client: client.ApiClient, path: str, patience: Patience
+) -> dict[str, Any] | None:
+    """GET `path` of the API server as JSON; None when it answers 404."""
+    try:
+        answer = call(
+            lambda: api_client.call_api(
+                path,
+                "GET",
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=patience.request_timeout_seconds,
+            ),
+            f"read {path}",
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise RunError(
+            f"could not read the cluster's API schema {path} (HTTP {err.status}: "
+            f"{_status_message(err)}), which every authenticated user may read through the "
+            "system:discovery ClusterRole: ask a cluster admin to restore it"
+        ) from None
+    return json.loads(answer.data)
+
+
+def _is_trainjob(schema: Mapping[str, Any]) -> bool:
+    group, version, _, kind = TRAINJOB_API
+    return any(
+        (gvk.get("group"), gvk.get("version"), gvk.get("kind")) == (group, version, kind)
+        for gvk in schema.get("x-kubernetes-group-version-kind") or []
+    )
+
+
+def served_trainjob_schema(
+    api_client: client.ApiClient, patience: Patience = Patience()
+) -> dict[str, Any] | None:
+    """The TrainJob's schema as the cluster publishes it, from OpenAPI v3, else v2.
+
+    Args:
+        api_client: A configured client (any authenticated user may read these documents).
+        patience: Request timeout (the client's `Retry` does the retries).
+
+    Returns:
+        The schema whose `x-kubernetes-group-version-kind` is the TrainJob's; None when the
+        cluster publishes none (no Trainer CRD, or one without a structural schema).
+
+    Raises:
+        RunError: The server refused to serve its OpenAPI documents.
+        ClusterUnreachableError: The API could not be reached.
+    """
+    group, version, _, _ = TRAINJOB_API
+    document = _read_json(api_client, OPENAPI_V3.format(group=group, version=version), patience)
+    if document is not None:
+        schemas = (document.get("components") or {}).get("schemas") or {}
+    else:
+        document = _read_json(api_client, OPENAPI_V2, patience) or {}
+        schemas = document.get("definitions") or {}
+    return next((schema for schema in schemas.values() if _is_trainjob(schema)), None)
+
+
+def trainjob_form(api_client: client.ApiClient, patience: Patience = Patience()) -> str:
+    """Which field carries the node pods' settings in the cluster's TrainJob schema.
+
+    Decided from the schema the cluster serves, not a version: RUNTIME_PATCHES where
+    `spec.runtimePatches` exists (Trainer v2.2 and later), else TEMPLATE_OVERRIDES where
+    `spec.podTemplateOverrides` does (v2.1).
+
+    Args:
+        api_client: A configured client.
+        patience: Request timeout.
+
+    Returns:
+        RUNTIME_PATCHES or TEMPLATE_OVERRIDES.
+
+    Raises:
+        RunError: In one line: the cluster publishes no TrainJob schema, or one with neither
+            field (Trainer v2.0's `spec.podSpecOverrides` has no pod metadata, so it cannot
+            keep the nodes out of the Istio mesh, and no imagePullSecrets).
+        ClusterUnreachableError: The API could not be reached.
+    """
+    group, version, plural, kind = TRAINJOB_API
+    schema = served_trainjob_schema(api_client, patience)
+    if schema is None:
+        raise RunError(
+            f"the cluster publishes no schema of {kind} ({plural}.{group}/{version}) in its "
+            f"OpenAPI ({OPENAPI_V2}): install Kubeflow Trainer v2.1 or newer and its "
+            f"{RUNTIME} runtime (see the README, Train on several nodes)"
+        )
+    fields = ((schema.get("properties") or {}).get("spec") or {}).get("properties") or {}
+    for form in FORMS:
+        if form in fields:
+            return form
+    older = (
+        " (Kubeflow Trainer v2.0? its spec.podSpecOverrides cannot carry the pod annotation "
+        f"{next(iter(NO_ISTIO_SIDECAR))} nor imagePullSecrets)"
+        if "podSpecOverrides" in fields
+        else ""
+    )
+    raise RunError(
+        f"the cluster's {kind} ({group}/{version}) has no spec.{TEMPLATE_OVERRIDES} or "
+        f"spec.{RUNTIME_PATCHES}{older}: the node pods' settings cannot be given; upgrade to "
+        "Kubeflow Trainer v2.1 or newer"
+    )
+
+
+def dry_run_trainjob(
+    api_client: client.ApiClient,
+    namespace: str,
+    wanted: Mapping[str, Any],
+    patience: Patience = Patience(),
+) -> list[str]:
+    """Submits `wanted` as a server-side dry run and compares what would be stored.
+
+    The API server runs the whole create (schema validation and pruning, the Trainer's
+    admission webhooks, which declare no side effects) and answers the object it would store,
+    storing nothing.
+
+    Args:
+        api_client: A configured client (its user needs `create` on trainjobs).
+        namespace: The namespace to try it in.
+        wanted: The job, as `trainjob_object` builds it.
+        patience: Request timeout.
+
+    Returns:
+        One line per problem: the server's refusal, or each field it would drop or change;
+        empty when it would store the job as sent.
+
+    Raises:
+        ClusterUnreachableError: The API could not be reached.
+    """
+    group, version, plural, kind = TRAINJOB_API
+    name = wanted["metadata"]["name"]
+    api = client.CustomObjectsApi(api_client)
+    try:
+        stored = call(
+            lambda: api.create_namespaced_custom_object(
+                group,
+                version,
+                namespace,
+                plural,
+                wanted,
+                dry_run="All",
+                field_validation="Strict",
+                _request_timeout=patience.request_timeout_seconds,
+            ),
+            f"create {kind} {namespace}/{name} (dry run)",
+        )
+    except ApiException as err:
+        return [str(explain_refusal(err, namespace, "create"))]
+    return [
+        f"{kind} {namespace}/{name}: the cluster would not store {path} as sent"
+        for path in stored_differences(wanted, stored)
+    ]
+
+
+def check_trainjob(
+    api_client: client.ApiClient,
+    namespace: str,
+    spec: NodeSpec,
+    patience: Patience = Patience(),
+) -> list[str]:
+    """The preflight's check of the run's real TrainJob: its form, then a dry run of it.
+
+    Args:
+        api_client: A configured client.
+        namespace: The run's namespace.
+        spec: What the nodes would run, and where.
+        patience: Request timeout.
+
+    Returns:
+        Problems, one line each (empty: the cluster would store the job as built).
+
+    Raises:
+        ClusterUnreachableError: The API could not be reached.
+    """
+    try:
+        form = trainjob_form(api_client, patience)
+    except RunError as err:
+        return [str(err)]
+    run_id = f"preflight-{secrets.token_hex(4)}"
+    return dry_run_trainjob(api_client, namespace, trainjob_object(namespace, run_id, spec, form))
+
+
+# --- the step's own pod: its service account and image pull secrets ---------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PodIdentity:
+    """Who the node pods run as, taken from the step's own pod.
+
+    Attributes:
+        service_account: The step pod's service account; None when unknown.
+        image_pull_secrets: The step pod's image pull secrets (its own and its account's,
+            which the ServiceAccount admission plugin adds to a pod's spec).
+        note: One line for the step's log saying what the nodes get and why.
+    """
+
+    service_account: str | None
+    image_pull_secrets: tuple[str, ...]
+    note: str
+
+
+def step_pod_identity(
+    api_client: client.ApiClient,
+    namespace: str,
+    environ: Mapping[str, str] = os.environ,
+    patience: Patience = Patience(),
+) -> PodIdentity:
+    """The step pod's service account and image pull secrets, for the node pods.
+
+    KFP runs a pipeline's pods as its service account (a profile's `default-editor`), which
+    may hold the registry's pull secrets; a TrainJob's pods would run as the namespace's
+    `default`. The step's pod names itself through the downward API: `POD_NAME`
+    (metadata.name) and `POD_SERVICE_ACCOUNT` (spec.serviceAccountName). Its pull secrets are
+    read from the pod itself (GET pods/POD_NAME); where that is not possible the node pods rely
+    on the service account, whose pull secrets Kubernetes adds to every pod it runs as.
+
+    Args:
+        api_client: A configured client.
+        namespace: The step's namespace.
+        environ: Where POD_NAME and POD_SERVICE_ACCOUNT are read.
+        patience: Request timeout.
+
+    Returns:
+        What the node pods get, and the line saying so.
+    """
+    account = environ.get("POD_SERVICE_ACCOUNT", "").strip() or None
+    pod_name = environ.get("POD_NAME", "").strip()
+    reason = "POD_NAME is unset"
+    if pod_name:
+        where = f"pod {namespace}/{pod_name}"
+        try:
+            answer = call(
+                lambda: client.CoreV1Api(api_client).read_namespaced_pod(
+                    pod_name,
+                    namespace,
+                    _preload_content=False,
+                    _request_timeout=patience.request_timeout_seconds,
+                ),
+                f"read {where}",
+            )
+        except ApiException as err:
+            reason = f"reading {where} was refused: HTTP {err.status}: {_status_message(err)}"
+        except ClusterUnreachableError as err:
+            reason = str(err)
+        else:
+            spec = json.loads(answer.data).get("spec") or {}
+            account = account or spec.get("serviceAccountName") or None
+            pulls = tuple(
+                str(s["name"]) for s in spec.get("imagePullSecrets") or [] if s.get("name")
+            )
+            return PodIdentity(
+                account,
+                pulls,
+                f"node pods: service account {account or 'default'}, image pull secrets "
+                f"{', '.join(pulls) or '(none)'}, as this step's {where}",
+            )
+    shown = account or "the namespace's default"
+    return PodIdentity(
+        account,
+        (),
+        f"node pods: service account {shown}; image pull secrets not copied ({reason}): they "
+        "get those of the service account, which Kubernetes adds to every pod it runs as",
+    )
