@@ -10,9 +10,13 @@ Runs, back to back in this invocation and in alternating order when repeated:
   ours  `python pipelines/mnist.py --local`, which starts its own TensorBoard.
 For each it measures, from the moment the command starts: the first training-loss point
 served by TensorBoard's HTTP API (the number a user waiting for the first curve feels), and
-the whole run until the command exits. For ours it also prints where the time went: each
-kfp.local task (from its log's timestamps), and inside training the start-up, training,
-validation, final evaluation and export (from the task's `timing:` line). Ratios are ours /
+the whole run until the command exits. For ours it also prints the time outside the training
+loop (the whole run minus the training task's `training` seconds) and where the time went:
+each kfp.local task, split into its start-up, its component function and its exit (from
+kfp.local's and the KFP executor's timestamps), inside training the start-up, training,
+validation, final evaluation and export (from the task's `timing:` line), and the time before
+the first task and after the last; medians over the runs. `--json FILE` keeps every run's
+measurements. Ratios are ours /
 seed, measured in the same invocation, so the machine's noise affects both alike. Nothing
 here is asserted: these are measurements.
 """

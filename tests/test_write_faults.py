@@ -240,7 +240,7 @@ def _report(inputs: tuple[Path, Path], folder: Path) -> None:
 
 
 def test_the_report_on_a_full_disk(tmpfs, report_inputs):
-    full = tmpfs(MB)  # the page alone is a few MB
+    full = tmpfs(MB)  # the page alone (about 1.3 MB, most of it Plotly's script) does not fit
     with pytest.raises(WriteError) as err:
         _report(report_inputs, full)
     assert str(err.value) == f"{NO_SPACE} writing {full}/report.html: {ENOSPC_DETAIL}"
