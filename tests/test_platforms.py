@@ -341,7 +341,7 @@ def test_every_object_a_run_creates_is_stored_as_sent(
 ) -> None:
     """As the run's own service account, with the release's stock roles only."""
     from kfp_lightning.components.common.logs_location import LiveLogsConfig
-    from kfp_lightning.components.launch_tensorboard.kube_api import Patience
+    from kfp_lightning.components.launch_tensorboard.kube_api import Patience, differences
     from kfp_lightning.components.launch_tensorboard.launcher import (
         LauncherConfig,
         start_live_tensorboard,
@@ -391,7 +391,7 @@ def test_every_object_a_run_creates_is_stored_as_sent(
     stored = json.loads(
         core.create_namespaced_pod(cluster.namespace, pod, _preload_content=False).data
     )
-    assert trainjob.stored_differences(pod, stored) == []
+    assert differences(pod, stored) == []
 
     # Several nodes: the TrainJob in this Trainer's form, created as the run's account.
     if cluster.platform.trainer:
@@ -416,7 +416,7 @@ def test_every_object_a_run_creates_is_stored_as_sent(
             created = client.CustomObjectsApi(account).create_namespaced_custom_object(
                 "trainer.kubeflow.org", "v1alpha1", cluster.namespace, "trainjobs", wanted
             )
-        assert trainjob.stored_differences(wanted, created) == []
+        assert differences(wanted, created) == []
         expected = "runtimePatches" if cluster.platform.trainer >= "2.2" else "podTemplateOverrides"
         assert expected in created["spec"]
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from kfp_lightning.components.common.kubernetes_syntax import is_label_key, is_label_value
+from kfp_lightning.components.launch_tensorboard.kube_api import differences
 from kfp_lightning.components.train_mnist.config import TrainConfig
 from kfp_lightning.components.train_mnist.distributed import MODULE, entry_arguments
 from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
@@ -38,7 +39,6 @@ from kfp_lightning.components.train_on_nodes.trainjob import (
     JobState,
     NodeSpec,
     job_state,
-    stored_differences,
     trainjob_name,
     trainjob_object,
 )
@@ -173,11 +173,11 @@ def test_stored_differences_name_every_pruned_or_changed_field() -> None:
     stored = copy.deepcopy(sent)
     stored["metadata"]["uid"] = "x"  # added by the server: not a difference
     stored["spec"]["runtimePatches"][0]["time"] = "2026-01-01T00:00:00Z"  # the webhook's
-    assert stored_differences(sent, stored) == []
+    assert differences(sent, stored) == []
     del stored["spec"]["runtimePatches"]
     stored["spec"]["trainer"]["numNodes"] = 3
     stored["spec"]["trainer"]["args"] = stored["spec"]["trainer"]["args"][:-1]
-    assert stored_differences(sent, stored) == [
+    assert differences(sent, stored) == [
         "spec.trainer.args",
         "spec.trainer.numNodes",
         "spec.runtimePatches",

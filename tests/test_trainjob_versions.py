@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client
 
 from kfp_lightning.components.common.errors import RunError
-from kfp_lightning.components.launch_tensorboard.kube_api import Patience
+from kfp_lightning.components.launch_tensorboard.kube_api import Patience, differences
 from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 from kfp_lightning.components.train_on_nodes.trainjob import (
     RBAC_MANIFEST,
@@ -28,7 +28,6 @@ from kfp_lightning.components.train_on_nodes.trainjob import (
     TrainJobs,
     check_trainjob,
     dry_run_trainjob,
-    stored_differences,
     trainjob_form,
     trainjob_object,
 )
@@ -99,7 +98,7 @@ def test_each_trainer_stores_every_pod_setting_in_its_form(
 
     stored = read_job(apiserver_admin, namespace, name)
     assert created is not None
-    assert stored_differences(wanted, stored) == []
+    assert differences(wanted, stored) == []
     pod = pod_patch(stored)
     assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     assert pod["spec"]["serviceAccountName"] == SERVICE_ACCOUNT

@@ -16,7 +16,7 @@ opt-out) travel in a field whose name and shape changed between Trainer releases
 #3309: patches of the runtime's JobSet template, keyed by `manager`). The API server prunes a
 field its CRD does not know without a word, so the form is read from the schema the cluster
 serves (`trainjob_form`), and what the server stored is compared with what was sent
-(`stored_differences`).
+(`kube_api.differences`).
 
 Everything here is deterministic in its inputs: the name comes from the run id, so a retried
 step finds its own job instead of starting a second one. Writes are retried on transient
@@ -49,6 +49,7 @@ from kfp_lightning.components.launch_tensorboard.kube_api import (
     ClusterUnreachableError,
     Patience,
     call,
+    differences,
 )
 from kfp_lightning.components.launch_tensorboard.objects import (
     ACCESS_KEY_KEY,
@@ -322,43 +323,6 @@ def trainjob_object(
     }
 
 
-def stored_differences(sent: Any, stored: Any, path: str = "") -> list[str]:
-    """Where the object the server stored lacks or changed a field that was sent.
-
-    Fields the server or a webhook added (status, metadata, defaults, a runtime patch's
-    `time`) are not differences; a field the CRD's schema does not know, which the server
-    prunes without a word, is.
-
-    Args:
-        sent: The object as sent (or a part of it).
-        stored: The server's answer at the same place.
-        path: The field path of `sent`, for the result.
-
-    Returns:
-        Field paths such as `spec.runtimePatches` or `spec.trainer.numNodes`; empty when
-        everything sent was stored as sent.
-    """
-    if isinstance(sent, Mapping):
-        if not isinstance(stored, Mapping):
-            return [path or "."]
-        found = []
-        for key, value in sent.items():
-            child = f"{path}.{key}" if path else str(key)
-            if key not in stored:
-                found.append(child)
-            else:
-                found += stored_differences(value, stored[key], child)
-        return found
-    if isinstance(sent, list):
-        if not isinstance(stored, list) or len(stored) != len(sent):
-            return [path]
-        found = []
-        for index, (value, kept) in enumerate(zip(sent, stored, strict=True)):
-            found += stored_differences(value, kept, f"{path}[{index}]")
-        return found
-    return [] if sent == stored else [path]
-
-
 # --- reading a job's state --------------------------------------------------------------------
 
 
@@ -531,15 +495,15 @@ class TrainJobs:
             if err.status == 409:
                 return None
             raise explain_refusal(err, self.namespace, "create") from None
-        differences = stored_differences(wanted, stored)
-        if not differences:
+        lost = differences(wanted, stored)
+        if not lost:
             stored = self.get(name) or stored
-            differences = stored_differences(wanted, stored)
-        if differences:
+            lost = differences(wanted, stored)
+        if lost:
             self.delete(name)
             raise RunError(
                 f"{TRAINJOB_API[3]} {self.namespace}/{name}: the cluster stored it without "
-                f"{', '.join(differences)} as sent (its TrainJob schema does not know them): "
+                f"{', '.join(lost)} as sent (its TrainJob schema does not know them): "
                 "deleted it, since its nodes would run without these settings; install Kubeflow "
                 "Trainer v2.1 or newer, with its own CRDs"
             )
@@ -769,7 +733,7 @@ def dry_run_trainjob(
         return [str(explain_refusal(err, namespace, "create"))]
     return [
         f"{kind} {namespace}/{name}: the cluster would not store {path} as sent"
-        for path in stored_differences(wanted, stored)
+        for path in differences(wanted, stored)
     ]
 
 
