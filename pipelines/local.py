@@ -178,7 +178,15 @@ class TaskConsole(io.TextIOBase):
 
     def cause(self, task: str) -> str:
         """The failed task's own one-line error, or its last line when it printed none."""
-        return self.failures.get(task) or self.last_lines.get(task) or "no output"
+        last = self.last_lines.get(task)
+        if task not in self.failures and last == "Killed":
+            # The shell that runs a task's command says only this when the task got SIGKILL,
+            # on Linux usually from the kernel's out-of-memory killer.
+            return (
+                f"{task} was killed (SIGKILL), most likely for lack of memory: lower "
+                "batch_size or eval_batch_size, or free memory on this machine"
+            )
+        return self.failures.get(task) or last or "no output"
 
 
 def _close_quietly(stream: TextIO) -> None:

@@ -184,3 +184,26 @@ def test_a_full_output_folder_fails_in_one_line_naming_the_path(
     assert str(output_dir) in last
     # Nothing that looks complete: no model, no summary.
     assert (models, summary) == ([], False)
+
+
+def test_a_task_the_system_killed_is_named_with_the_likely_cause(tmp_path) -> None:
+    import io
+
+    from kfp_lightning.pipelines.local import TaskConsole
+
+    shown, log = io.StringIO(), io.StringIO()
+    console = TaskConsole(shown, log, verbose=False)
+    # What kfp.local prints around a task that the kernel's out-of-memory killer ended.
+    console.write(
+        "12:00:00.000 - INFO - Executing task \x1b[96m'train-mnist'\x1b[0m\n"
+        "12:00:00.001 - INFO - Streamed logs:\n\n"
+        "    [train-mnist] epoch 1/1 batch 1/1 step 1 loss 2.3\n"
+        "    Killed\n"
+        "12:01:00.000 - ERROR - Task \x1b[96m'train-mnist'\x1b[0m finished with status FAILURE\n"
+    )
+
+    assert console.cause("train-mnist").startswith(
+        "train-mnist was killed (SIGKILL), most likely for lack of memory: lower batch_size"
+    )
+    assert "[train-mnist] Killed" in shown.getvalue()
+    assert "    Killed" in log.getvalue()

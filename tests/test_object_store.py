@@ -103,3 +103,12 @@ def test_every_release_runs_one_of_the_stores_auto_tries() -> None:
         # The one auto takes is the release's first, in auto's order.
         first = next(s for s in services if s in platform.object_stores)
         assert first == platform.object_stores[0]
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["ftp://x", "http://", "http://host:99999", "http://h/path", ""]
+)
+def test_a_bad_endpoint_is_refused_whatever_the_root(endpoint: str) -> None:
+    # Typed in for a local root it is unused now, but a mistake all the same.
+    with pytest.raises(UserInputError, match=r"^invalid s3_endpoint="):
+        LiveLogsConfig("/tmp/tb", endpoint)

@@ -223,8 +223,9 @@ class LiveLogsConfig:
     the logs (1 to 300): the event files are flushed and copied there twice as often."""
 
     def __post_init__(self) -> None:
-        root = parse_logs_root(self.tensorboard_logs_root, _ANY_NAMESPACE)
-        if root.scheme == "s3" and self.s3_endpoint.strip() != AUTO:
+        parse_logs_root(self.tensorboard_logs_root, _ANY_NAMESPACE)
+        # Checked whatever the root: a value typed in is a mistake even where it is unused now.
+        if self.s3_endpoint.strip() != AUTO:
             parse_http_endpoint(self.s3_endpoint, "s3_endpoint")
         check_secret_name(self.s3_credentials_secret, "s3_credentials_secret")
         seconds = self.live_update_seconds
