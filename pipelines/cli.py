@@ -259,7 +259,9 @@ def check_output(output: str | Path) -> Path:
         raise invalid("output", str(output), accepted)
     blocking = next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
-        raise invalid("output", str(output), f"{accepted} ({blocking} is a file, not a folder)")
+        raise invalid(
+            "output", str(output), f"a path whose folders are folders ({blocking} is a file)"
+        )
     return path.absolute()
 
 

@@ -341,3 +341,16 @@ def test_oldest_backend_check_rejects_a_newer_field():
         ]
     }
     assert "optional" in rejected_by_oldest_backend({"exec-x": config})["exec-x"]
+
+
+def test_an_output_under_a_file_names_the_file_in_the_way(tmp_path):
+    from kfp_lightning.components.common.errors import UserInputError
+
+    blocking = tmp_path / "afile"
+    blocking.write_text("")
+    with pytest.raises(UserInputError) as raised:
+        compile_pipeline(blocking / "x.yaml")
+    assert str(raised.value) == (
+        f"invalid output='{blocking / 'x.yaml'}': expected a path whose folders are folders "
+        f"({blocking} is a file)"
+    )

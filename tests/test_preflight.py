@@ -644,3 +644,20 @@ def test_tolerations_match_taints_as_kubernetes_does(
 )
 def test_backend_version_from_the_image_tag(image: str, version: tuple | None) -> None:
     assert preflight.image_version(image) == version
+
+
+def test_a_file_that_is_no_kubeconfig_is_one_line_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_kubeconfig = tmp_path / "hostname"
+    not_a_kubeconfig.write_text("build-host\n")
+    monkeypatch.setenv("KUBECONFIG", str(not_a_kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--check-cluster"])
+
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert f"and {not_a_kubeconfig} is not a usable kubeconfig (" in err
+    assert err.count("\n") == 1

@@ -108,8 +108,8 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
         except Exception as kubeconfig_error:
             first_line = (str(kubeconfig_error).strip().splitlines() or [""])[0]
             raise ClusterUnreachableError(
-                f"not running in a pod ({in_cluster_error}) and no usable kubeconfig at "
-                f"{kubeconfig} ({type(kubeconfig_error).__name__}: {first_line})"
+                f"not running in a pod ({in_cluster_error}) and {kubeconfig} is not a usable "
+                f"kubeconfig ({type(kubeconfig_error).__name__}: {first_line})"
             ) from kubeconfig_error
         namespace = active.get("context", {}).get("namespace") or "default"
     configuration.retries = patience.retry()
