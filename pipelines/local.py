@@ -116,6 +116,7 @@ class TaskConsole(io.TextIOBase):
 
     def __init__(self, console: TextIO, log: TextIO, verbose: bool) -> None:
         self.console, self.verbose = console, verbose
+        self._colours = bool(getattr(console, "isatty", lambda: False)())
         self.log: TextIO | None = log
         self.task = ""
         self.in_stream = False  # between a task's "Streamed logs:" and kfp's next record
@@ -147,9 +148,10 @@ class TaskConsole(io.TextIOBase):
             except OSError as err:  # a full disk: the tasks say so themselves; keep showing
                 self.log = None
                 print(f"warning: {LOG_FILE} stopped here: {err.strerror}", file=sys.stderr)
-        if self.verbose:
-            self.console.write(line + "\n")
         plain = _ANSI.sub("", line)
+        if self.verbose:
+            # kfp.local colours its records for a terminal; a pipe or a file gets them plain.
+            self.console.write((line if self._colours else plain) + "\n")
         record = _KFP_RECORD.match(plain)
         if record:
             message = record.group(2)

@@ -106,6 +106,7 @@ def test_verbose_shows_what_kfp_local_prints(http_mirror, mnist_mirror, tmp_path
     assert done.returncode == 0, done.stderr
     assert "[KFP Executor" in done.stdout
     assert "Executing task" in done.stdout
+    assert "\x1b[" not in done.stdout  # a pipe gets no terminal colours
 
 
 def test_a_failed_run_ends_with_the_tasks_own_error_and_keeps_the_last_summary(
