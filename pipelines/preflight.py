@@ -43,12 +43,14 @@ from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.urls import parse_http_endpoint
 from kfp_lightning.components.launch_tensorboard.kube_api import (
     ClusterUnreachableError,
+    Patience,
     connect,
     connection_failure,
 )
 from kfp_lightning.components.launch_tensorboard.launcher import (
     LAUNCHER_PERMISSIONS,
     RBAC_MANIFEST,
+    claim_access_modes,
 )
 from kfp_lightning.components.launch_tensorboard.objects import (
     ACCESS_KEY_KEY,
@@ -481,11 +483,15 @@ def check_logs_claim(api_client: client.ApiClient, namespace: str, logs: LogsLoc
         return Check(name, Status.PASSED, f"not needed for logs at {logs.uri}")
     where = f"{namespace}/{logs.claim}"
     try:
-        claim = _call(
-            client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim,
-            logs.claim,
+        # The launcher's own reading: the bound volume's modes, else those the claim asks for.
+        modes = claim_access_modes(
+            api_client,
             namespace,
+            logs.claim,
+            Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS),
         )
+    except ClusterUnreachableError as err:
+        raise RunError(f"the Kubernetes API stopped answering: {err}") from err
     except ApiException as err:
         if err.status == 404:
             return Check(
@@ -500,7 +506,6 @@ def check_logs_claim(api_client: client.ApiClient, namespace: str, logs: LogsLoc
             f"claim {where} not readable with these credentials ({_refusal(err)})",
             f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'",
         )
-    modes = list(claim.spec.access_modes or [])
     # Training writes while TensorBoard reads, each on its own node: of the modes that let
     # several nodes mount a volume (launch_tensorboard/launcher.py, `SHARED_ACCESS_MODES`),
     # only ReadWriteMany lets them write.
@@ -987,7 +992,14 @@ def check_trainjob_dry_run(api_client: client.ApiClient, target: Target) -> Chec
         nodes=target.nodes,
         processes_per_node=max(config.gpus, 1),
         gpus_per_node=config.gpus,
-        arguments=entry_arguments(location.uri, target.nodes, config, endpoint, "preflight", 10),
+        arguments=entry_arguments(
+            location.uri,
+            target.nodes,
+            config,
+            endpoint,
+            "preflight",
+            target.values.get("live_update_seconds", 10),
+        ),
         module=ENTRY_MODULE,
         s3_secret=target.s3_secret if target.logs.scheme == "s3" else None,
         logs_pvc=target.logs.claim or None,
