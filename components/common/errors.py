@@ -12,7 +12,10 @@ import errno
 import sys
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
+
+# Imported first by every component shim: see its module docstring.
+from kfp_lightning.components.common import fast_exit
 
 T = TypeVar("T")
 
@@ -81,6 +84,13 @@ def invalid(parameter: str, value: object, accepted: str) -> UserInputError:
     return UserInputError(f"invalid {parameter}={value!r}: expected {accepted}")
 
 
+def _fail(message: str, status: int) -> NoReturn:
+    # Failed after all: the exit status must survive, so the process ends the usual way.
+    fast_exit.disarm()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status) from None
+
+
 def run_or_exit(func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
     """Calls `func`, turning user-fixable errors into a one-line message and a non-zero exit.
 
@@ -114,20 +124,16 @@ def run_or_exit(func: Callable[..., T], /, *args: object, **kwargs: object) -> T
     try:
         result = func(*args, **kwargs)
     except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
+        _fail(str(err), EXIT_USER_ERROR)
     except RunError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        _fail(str(err), 1)
     except OSError as err:
         # A fault of the machine that no writer of ours translated (they raise `WriteError`
         # naming what they wrote): still one line, naming the file the system named.
         cause = WRITE_FAULT_CAUSES.get(err.errno or 0)
         if cause is None:
             raise
-        where = f": {err.filename}" if err.filename is not None else ""
-        print(f"error: {cause}{where}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        _fail(cause + (f": {err.filename}" if err.filename is not None else ""), 1)
     finally:
         threading.excepthook = previous_hook
     for hook_args in thread_faults:
