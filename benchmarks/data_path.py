@@ -128,7 +128,7 @@ def run_naive(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def test_tensors(work: Path, device: Any) -> tuple[Any, Any]:
     import torch
 
-    from kfp_lightning.components.download_mnist.download import load_dataset
+    from kfp_lightning.components.common.dataset import load_dataset
     from kfp_lightning.components.train_mnist.data import normalise
 
     arrays = load_dataset(work / "dataset")
@@ -150,7 +150,7 @@ def _accuracy(net: Any, test: tuple[Any, Any]) -> float:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from kfp_lightning.components.train_mnist.config import TrainConfig
+    from kfp_lightning.components.common.training import TrainConfig
 
     return TrainConfig(
         epochs=args.epochs,
@@ -186,9 +186,8 @@ def run_plain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from kfp_lightning.components.train_mnist.config import build_optimizer
     from kfp_lightning.components.train_mnist.data import MNISTDataModule
-    from kfp_lightning.components.train_mnist.model import MNISTClassifier
+    from kfp_lightning.components.train_mnist.model import MNISTClassifier, build_optimizer
 
     config = _config(args)
     _, device = _accelerator(args.device)

@@ -3,7 +3,7 @@
     python images/build.py [--image trainer|tools]... [--image-registry PREFIX]
                            [--base-image IMAGE | --local-base] [--no-cache] [--push]
 
-Each image is tagged exactly as `components/images.py` names it (`<registry>/kfp-lightning-
+Each image is tagged exactly as `components/common/images.py` names it (`<registry>/kfp-lightning-
 <name>:<package version>`), so the compiled pipeline and `kfp.local.DockerRunner` find it. Before
 building, this host downloads the locked wheels once into `build/images/wheels/` (with its own
 pip settings: index, mirror, certificates) and builds this package's wheel; each image's build
@@ -323,7 +323,7 @@ def build_image(
     no_cache: bool = False,
 ) -> float:
     """Runs `docker build` for one image; returns the seconds it took."""
-    from kfp_lightning.components import images
+    from kfp_lightning.components.common import images
 
     command = [
         docker, "build", "--network", "host", "--progress", "plain",
@@ -403,8 +403,8 @@ def build(
     source. A push that fails after others succeeded is reported with what was pushed.
 
     Args:
-        names: Image names, each one of `components.images.IMAGE_NAMES`.
-        registry: Registry prefix for the tags (default: components/images.py's).
+        names: Image names, each one of `components.common.images.IMAGE_NAMES`.
+        registry: Registry prefix for the tags (default: components/common/images.py's).
         base_image: Base image of every image (default: the Dockerfile's pinned one).
         local_base: Build and use the debootstrap base instead (excludes `base_image`).
         push: Push the images after building them all.
@@ -417,7 +417,7 @@ def build(
     Raises:
         BuildError: A step failed; the message names it and its log.
     """
-    from kfp_lightning.components import images
+    from kfp_lightning.components.common import images
 
     if registry is not None:
         images.use_registry(registry)
@@ -469,7 +469,7 @@ def build(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parses and validates the command line; exits with a one-line error on bad input."""
-    from kfp_lightning.components import images
+    from kfp_lightning.components.common import images
 
     parser = argparse.ArgumentParser(
         prog="python images/build.py", description=__doc__.split("\n\n")[0]

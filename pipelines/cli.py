@@ -1,4 +1,4 @@
-"""Command line of `python pipelines/mnist.py`: compile, run locally, or check a cluster.
+"""Command line of `python pipelines/mnist.py` (`kfp-lightning` installed): compile, run, check.
 
 Every pipeline parameter is also an option, generated from the pipeline's signature and
 docstring so the two never drift; a preset supplies a recipe's values as defaults, explicit
@@ -19,12 +19,12 @@ from typing import Any, NoReturn
 
 from kfp import compiler
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 from kfp_lightning.components.common.errors import EXIT_USER_ERROR, invalid, run_or_exit
 from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.train_mnist.config import PRESETS
+from kfp_lightning.components.common.training import PRESETS
 from kfp_lightning.components.train_on_nodes.nodes import (
     MAX_NODES,
     TRAINJOB,
@@ -100,10 +100,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {message}\n")
 
 
+SCRIPT = "kfp-lightning"  # the console script (pyproject.toml's [project.scripts])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser: a mode, its options, and one option per pipeline parameter."""
     parser = OneLineParser(
-        prog="python pipelines/mnist.py",
+        # Usage lines name the command as it was typed: the console script, or the file.
+        prog=SCRIPT if Path(sys.argv[0]).name == SCRIPT else "python pipelines/mnist.py",
         description="Compile the MNIST Lightning pipeline for Kubeflow, run it locally, check "
         "that a cluster can run it, or compare its runs in one TensorBoard.",
     )

@@ -21,14 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kfp_lightning.components.common.errors import RunError, invalid
-from kfp_lightning.components.common.kubernetes_syntax import check_namespace_name
-from kfp_lightning.components.common.logs_location import (
-    LiveLogsConfig,
-    current_namespace,
-    parse_logs_root,
-)
-from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.launch_tensorboard.kube_api import (
+from kfp_lightning.components.common.kubernetes import (
     ClusterUnreachableError,
     ObjectNotEnsuredError,
     Patience,
@@ -36,6 +29,13 @@ from kfp_lightning.components.launch_tensorboard.kube_api import (
     ensure_object,
     wait_until_ready,
 )
+from kfp_lightning.components.common.kubernetes_syntax import check_namespace_name
+from kfp_lightning.components.common.logs_location import (
+    LiveLogsConfig,
+    current_namespace,
+    parse_logs_root,
+)
+from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.launch_tensorboard.launcher import (
     LauncherConfig,
     describe_refusal,
@@ -110,7 +110,9 @@ def open_runs_tensorboard(
                 namespace, ALL_RUNS_ID, root, poddefault, name=ALL_RUNS_NAME
             )
             outcome = ensure_object(api, TENSORBOARD_API, wanted, patience)
-            ready = wait_until_ready(api, namespace, ALL_RUNS_NAME, wait_seconds, patience)
+            ready = wait_until_ready(
+                api, TENSORBOARD_API, namespace, ALL_RUNS_NAME, wait_seconds, patience
+            )
         except ApiException as err:
             group, _, plural, _ = resource
             if err.status in (401, 403):

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.files import atomic_write_bytes, share_like_umask, write_json
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.train_mnist.config import CONSOLE_ENV
+from kfp_lightning.components.common.training import CONSOLE_ENV
 from kfp_lightning.components.train_on_nodes.nodes import LOCAL
 from kfp_lightning.pipelines.mnist import build_pipeline
 from kfp_lightning.pipelines.parameters import check_local_run, validate_parameters

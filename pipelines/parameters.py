@@ -23,8 +23,7 @@ from kfp_lightning.components.common.run_form import (
     from_run_form,
     parameters_of,
 )
-from kfp_lightning.components.download_mnist.sources import MNIST_TRAIN_SAMPLES, DownloadConfig
-from kfp_lightning.components.train_mnist.config import (
+from kfp_lightning.components.common.training import (
     PRESETS,
     TEST_SET,
     TrainConfig,
@@ -33,6 +32,7 @@ from kfp_lightning.components.train_mnist.config import (
     plan_devices,
     visible_gpus,
 )
+from kfp_lightning.components.download_mnist.sources import MNIST_TRAIN_SAMPLES, DownloadConfig
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS
 from kfp_lightning.pipelines.readme import rewrite_section, with_section
 

@@ -29,6 +29,12 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 
 from kfp_lightning.components.common.errors import RunError, invalid
+from kfp_lightning.components.common.kubernetes import (
+    ClusterUnreachableError,
+    Patience,
+    connect,
+    connection_failure,
+)
 from kfp_lightning.components.common.kubernetes_syntax import (
     check_namespace_name,
     is_dns1123_subdomain,
@@ -38,26 +44,21 @@ from kfp_lightning.components.common.logs_location import (
     current_namespace,
     parse_logs_root,
 )
-from kfp_lightning.components.common.object_store import AUTO, KFP_OBJECT_STORES, ObjectStore
+from kfp_lightning.components.common.object_store import (
+    ACCESS_KEY_KEY,
+    AUTO,
+    KFP_OBJECT_STORES,
+    SECRET_KEY_KEY,
+    ObjectStore,
+)
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.urls import parse_http_endpoint
-from kfp_lightning.components.launch_tensorboard.kube_api import (
-    ClusterUnreachableError,
-    Patience,
-    connect,
-    connection_failure,
-)
 from kfp_lightning.components.launch_tensorboard.launcher import (
     LAUNCHER_PERMISSIONS,
     RBAC_MANIFEST,
     claim_access_modes,
 )
-from kfp_lightning.components.launch_tensorboard.objects import (
-    ACCESS_KEY_KEY,
-    PODDEFAULT_API,
-    SECRET_KEY_KEY,
-    TENSORBOARD_API,
-)
+from kfp_lightning.components.launch_tensorboard.objects import PODDEFAULT_API, TENSORBOARD_API
 from kfp_lightning.components.train_on_nodes import trainjob
 from kfp_lightning.pipelines.mnist import GPU_RESOURCE
 
@@ -975,9 +976,9 @@ def check_trainjob_dry_run(api_client: client.ApiClient, target: Target) -> Chec
     Returns:
         The result; unknown when these credentials may not submit the dry run.
     """
-    from kfp_lightning.components import images
-    from kfp_lightning.components.train_mnist.config import TrainConfig
-    from kfp_lightning.components.train_mnist.distributed import entry_arguments
+    from kfp_lightning.components.common import images
+    from kfp_lightning.components.common.run_layout import entry_arguments
+    from kfp_lightning.components.common.training import TrainConfig
     from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 
     name = "TrainJob"

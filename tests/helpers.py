@@ -191,9 +191,9 @@ def run_with_torch_only(script: str, *args: object, cwd: Path | None = None) -> 
 def task_dir(parameters: dict, dataset: Path, task_name: str = "") -> Path:
     """Where a train_mnist task with these run-form `parameters` keeps its live state:
     `<tensorboard_logs_root>/<run_id>/<task key>` (a local root)."""
+    from kfp_lightning.components.common.dataset import read_dataset_metadata
     from kfp_lightning.components.common.run_form import from_run_form
-    from kfp_lightning.components.download_mnist.download import read_dataset_metadata
-    from kfp_lightning.components.train_mnist.config import TrainConfig, training_task_key
+    from kfp_lightning.components.common.training import TrainConfig, training_task_key
 
     config = from_run_form(TrainConfig, parameters)
     key = training_task_key(task_name, read_dataset_metadata(dataset)["sha256"], config)

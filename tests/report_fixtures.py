@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,43 @@ def evaluation_document(mistakes: int = 24, run: dict[str, Any] | None = None) -
     }
 
 
+def tensorboard_smoothing(values: list[float | None], weight: float) -> list[float | None]:
+    """TensorBoard's classicSmoothing (debiased exponential moving average), for comparison.
+
+    Written from tensorboard/webapp/widgets/line_chart_v2/data_transformer.ts, apart from the
+    report's own code: a constant series and gaps (None) pass through.
+    """
+    if all(v == values[0] for v in values):
+        return list(values)
+    last, count, smoothed = 0.0, 0, []
+    for value in values:
+        if value is None:
+            smoothed.append(None)
+            continue
+        count += 1
+        last = last * weight + (1 - weight) * value
+        smoothed.append(last / (1 - weight**count) if weight < 1 else last)
+    return smoothed
+
+
+def page_figures(page: str) -> dict[str, dict[str, Any]]:
+    """Each chart of a report page as plotly.js draws it: element id -> data, layout, config.
+
+    Read from the `Plotly.newPlot(id, data, layout, config)` call that Plotly's `to_html`
+    writes for each chart.
+    """
+    decoder = json.JSONDecoder()
+    figures = {}
+    for call in re.finditer(r'Plotly\.newPlot\(\s*"([^"]+)",', page):
+        values, index = [], call.end()
+        for _ in range(3):
+            index += len(page[index:]) - len(page[index:].lstrip(" ,\n"))
+            value, index = decoder.raw_decode(page, index)
+            values.append(value)
+        figures[call[1]] = dict(zip(("data", "layout", "config"), values, strict=True))
+    return figures
+
+
 def write_evaluation(directory: Path, document: dict[str, Any]) -> Path:
     """Writes `document` as `directory/evaluation.json`; returns the directory."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -222,7 +260,7 @@ def trained_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
         The directory holding `logs/` and `evaluation/` (the training's artifacts), and the
         training's result.
     """
-    from kfp_lightning.components.train_mnist.config import TrainConfig
+    from kfp_lightning.components.common.training import TrainConfig
     from kfp_lightning.components.train_mnist.train import TrainingOutputs, run_training
 
     if dataset not in _TRAINED:

@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 
 from kfp_lightning.components.common.errors import RunError, UserInputError
-from kfp_lightning.components.launch_tensorboard.kube_api import Patience
+from kfp_lightning.components.common.kubernetes import Patience
 from kfp_lightning.components.launch_tensorboard.objects import (
     PODDEFAULT_API,
     PODDEFAULT_LABEL_PREFIX,

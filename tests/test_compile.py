@@ -15,9 +15,9 @@ from google.protobuf.struct_pb2 import Struct
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
+from kfp_lightning.components.common.training import TrainConfig, preset_values
 from kfp_lightning.components.train_mnist.component import train_mnist
-from kfp_lightning.components.train_mnist.config import TrainConfig, preset_values
 from kfp_lightning.pipelines.cli import compile_pipeline
 
 REPO = Path(__file__).resolve().parents[1]

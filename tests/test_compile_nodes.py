@@ -15,7 +15,7 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 from kfp_lightning.pipelines.cli import compile_pipeline
 from kfp_lightning.pipelines.mnist import (
     DEFAULT_TRAINING_TIMEOUT_SECONDS,

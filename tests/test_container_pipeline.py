@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 from tests.helpers import (
     FOUR_SCALARS,
     assert_self_contained_html,

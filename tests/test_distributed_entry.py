@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.common.run_layout import entry_arguments
 from kfp_lightning.components.common.storage import open_storage
-from kfp_lightning.components.train_mnist.config import TrainConfig
-from kfp_lightning.components.train_mnist.distributed import MODULE, entry_arguments
-from kfp_lightning.components.train_on_nodes import layout
+from kfp_lightning.components.common.training import TrainConfig
+from kfp_lightning.components.train_mnist.distributed import MODULE
 from kfp_lightning.components.train_on_nodes.local_nodes import free_port, node_environment
 from kfp_lightning.components.train_on_nodes.nodes import collect_outputs
 from tests.helpers import assert_only_logs, predict_in_fresh_process, scalars
@@ -57,7 +58,7 @@ def two_nodes(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("location")
     location = parse_logs_root(str(root)).child("run-1")
     storage = open_storage(location)
-    layout.upload_tree(storage, dataset, layout.DATASET)
+    run_layout.upload_tree(storage, dataset, run_layout.DATASET)
     config = TrainConfig(epochs=2, batch_size=32, gpus=0, validation="200")
     arguments = entry_arguments(location.uri, NODES, config, None, "two nodes", 1)
     port = free_port()
@@ -86,18 +87,18 @@ def test_both_nodes_train_and_only_rank_zero_publishes(two_nodes: dict, dataset:
     assert "rank 0 of 2 processes on 2 nodes: published" in node0
     assert "published" not in node1
 
-    files = layout.read_marker(two_nodes["storage"])
+    files = run_layout.read_marker(two_nodes["storage"])
     assert files is not None
     for name in ("model/model.pt2", "model/weights.pt", "evaluation/evaluation.json"):
-        assert f"{layout.OUTPUTS}/{name}" in files
+        assert f"{run_layout.OUTPUTS}/{name}" in files
     assert any("tfevents" in path for path in files)
     location = two_nodes["location"]
     # The logs are listed where they live, not copied below outputs/.
-    assert any("tfevents" in path for path in layout.live_log_files(files))
-    assert not any("tfevents" in path for path in files if path.startswith(layout.OUTPUTS))
+    assert any("tfevents" in path for path in run_layout.live_log_files(files))
+    assert not any("tfevents" in path for path in files if path.startswith(run_layout.OUTPUTS))
     for path, size in files.items():
         assert (location / path).stat().st_size == size, path
-    result = json.loads((location / layout.OUTPUTS / layout.RESULT).read_text())
+    result = json.loads((location / run_layout.OUTPUTS / run_layout.RESULT).read_text())
     metrics = result["metrics"]
     assert (metrics["nodes"], metrics["processes"]) == (2, 2)
     assert metrics["epochs"] == 2
@@ -106,7 +107,7 @@ def test_both_nodes_train_and_only_rank_zero_publishes(two_nodes: dict, dataset:
     assert sum(map(sum, matrix)) == 300  # every test image, counted once (not once per node)
     assert sum(matrix[i][i] for i in range(10)) / 300 == pytest.approx(metrics["test_accuracy"])
     # The published model is the trained one: it scores what the metrics say.
-    prediction = predict_in_fresh_process(location / layout.OUTPUTS / "model", dataset)
+    prediction = predict_in_fresh_process(location / run_layout.OUTPUTS / "model", dataset)
     assert prediction["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
 
 

@@ -13,14 +13,12 @@ import pytest
 from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file
 
+from kfp_lightning.components.common.dataset import DATA_FILE, METADATA_FILE, load_dataset
 from kfp_lightning.components.common.errors import DownloadError, UserInputError
 from kfp_lightning.components.download_mnist.component import download_mnist as component
 from kfp_lightning.components.download_mnist.download import (
-    DATA_FILE,
-    METADATA_FILE,
     DownloadOptions,
     download_dataset,
-    load_dataset,
     read_idx,
 )
 from kfp_lightning.components.download_mnist.sources import (

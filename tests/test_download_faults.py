@@ -15,12 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from kfp_lightning.components.common.dataset import load_dataset
 from kfp_lightning.components.common.errors import DownloadError
-from kfp_lightning.components.download_mnist.download import (
-    DownloadOptions,
-    download_dataset,
-    load_dataset,
-)
+from kfp_lightning.components.download_mnist.download import DownloadOptions, download_dataset
 from kfp_lightning.components.download_mnist.sources import DownloadConfig
 
 TIMEOUT = 0.5

@@ -18,6 +18,7 @@ import pytest
 
 from kfp_lightning.components.common.logs_location import LiveLogsConfig, parse_logs_root
 from kfp_lightning.components.common.storage import DirectoryStorage
+from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.download_mnist.download import (
     DownloadOptions,
     download_dataset,
@@ -28,7 +29,6 @@ from kfp_lightning.components.launch_tensorboard.launcher import (
     start_live_tensorboard,
 )
 from kfp_lightning.components.report_training.report import write_training_report
-from kfp_lightning.components.train_mnist.config import TrainConfig
 from kfp_lightning.components.train_mnist.resume import restore_logs
 from kfp_lightning.components.train_mnist.train import TrainingOutputs, run_training
 from kfp_lightning.pipelines.cli import compile_pipeline

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 from tests.test_container_pipeline import IMAGE_USER, _docker_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,7 +192,7 @@ def test_image_pulled_by_digest_runs_as_the_non_root_user(docker_client, pushed)
             [
                 "python3",
                 "-c",
-                "import os; from kfp_lightning.components import images;"
+                "import os; from kfp_lightning.components.common import images;"
                 " print(os.getuid(), images.package_version())",
             ],
             user=IMAGE_USER,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 from tests.test_compile import load
 
 DIGEST = "sha256:" + "ab" * 32

@@ -1,9 +1,10 @@
 """The container images' sources, without Docker: names and tags, locks, the Dockerfile, scripts.
 
-The images are built from `images/<name>/` and referenced by `components/images.py`; these tests
-hold the two together, hold each lock to pyproject.toml (the lock may only pin what pyproject
-leads to, at versions it allows, with hashes; kfp exactly as the compiler's), and check the
-parts of the build that need no Docker: argument errors, the staged context, the package wheel.
+The images are built from `images/<name>/` and referenced by `components/common/images.py`;
+these tests hold the two together, hold each lock to pyproject.toml (the lock may only pin what
+pyproject leads to, at versions it allows, with hashes; kfp exactly as the compiler's), and
+check the parts of the build that need no Docker: argument errors, the staged context, the
+package wheel.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / "images"
@@ -193,7 +194,7 @@ def test_dockerfile_base_user_and_labels():
     assert len(users) == 1
     assert users[0].isdigit()
     assert int(users[0]) != 0
-    # Each image's title and description come from components/images.py through build.py.
+    # Each image's title and description come from components/common/images.py through build.py.
     for key in ("title", "description", "version", "revision", "source"):
         assert re.search(rf"org\.opencontainers\.image\.{key}=\"\$\{{\w+\}}\"", final_stage)
     # Installs are offline from the staged wheels, each one checked against the lock's hashes.

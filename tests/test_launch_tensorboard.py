@@ -18,10 +18,10 @@ import pytest
 import yaml
 from kfp import dsl
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
+from kfp_lightning.components.common.kubernetes import Patience
 from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard as component
-from kfp_lightning.components.launch_tensorboard.kube_api import Patience
 from kfp_lightning.components.launch_tensorboard.launcher import Launch, launch_from_run_form
 from kfp_lightning.components.launch_tensorboard.objects import poddefault_label, tensorboard_name
 from tests.conftest import SHARED

@@ -22,13 +22,13 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kfp_lightning.components import images
-from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.launch_tensorboard.kube_api import (
+from kfp_lightning.components.common import images
+from kfp_lightning.components.common.kubernetes import (
     ObjectNotEnsuredError,
     Patience,
     ensure_object,
 )
+from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.launch_tensorboard.launcher import (
     LAUNCHER_PERMISSIONS,
     RBAC_MANIFEST,

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 from kfp_lightning.components.common.kubernetes_syntax import (
     is_dns1123_label,
     is_label_key,

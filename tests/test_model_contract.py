@@ -13,9 +13,9 @@ import json
 import pytest
 import torch
 
+from kfp_lightning.components.common.dataset import load_dataset
 from kfp_lightning.components.common.errors import UserInputError
-from kfp_lightning.components.download_mnist.download import load_dataset
-from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.train import TrainingOutputs, run_training
 from tests.helpers import run_with_torch_only
 

@@ -340,8 +340,8 @@ def test_every_object_a_run_creates_is_stored_as_sent(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As the run's own service account, with the release's stock roles only."""
+    from kfp_lightning.components.common.kubernetes import Patience, differences
     from kfp_lightning.components.common.logs_location import LiveLogsConfig
-    from kfp_lightning.components.launch_tensorboard.kube_api import Patience, differences
     from kfp_lightning.components.launch_tensorboard.launcher import (
         LauncherConfig,
         start_live_tensorboard,

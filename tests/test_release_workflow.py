@@ -4,7 +4,7 @@ jactionlint checks it (actionlint's checks, the scripts through shellcheck, and 
 rules: pinned actions, token permissions, credentials). Its shell steps that decide what is
 published run here as GitHub runs them (`bash -e -o pipefail`, the same environment variables),
 so the tag check and the registry it logs in to are tested, not just read: both must come from
-the package (pyproject.toml's version, components/images.py's registry), never be written in
+the package (pyproject.toml's version, components/common/images.py's registry), never be written in
 the workflow.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "release.yml"

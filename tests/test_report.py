@@ -1,8 +1,9 @@
 """report_training: the report, summary and metrics of real event files and evaluation files.
 
 Event files come from TensorBoard's own writer (hand-made schedules, old and new tag names) and
-from a real training run; the page is checked here for content and size, and in a real browser
-by test_report_browser.py.
+from a real training run; the page is checked here for content, size, escaping and the charts'
+Plotly figures (menus, epoch bands, labels, axes), and in a real browser by
+test_report_browser.py.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import re
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from kfp_lightning.components.common.errors import UserInputError
-from kfp_lightning.components.report_training import svg
+from kfp_lightning.components.report_training import figures
 from kfp_lightning.components.report_training.component import report_training as component
 from kfp_lightning.components.report_training.evaluation import read_evaluation
 from kfp_lightning.components.report_training.plotly_bundle import plotly_js
@@ -34,6 +36,7 @@ from kfp_lightning.components.report_training.scalars import (
     FINAL,
     SCHEDULE,
     STEP,
+    Epochs,
     charts_of,
     epochs_of,
     read_scalars,
@@ -43,6 +46,8 @@ from tests.component_runner import run_component
 from tests.helpers import assert_self_contained_html
 from tests.report_fixtures import (
     evaluation_document,
+    page_figures,
+    tensorboard_smoothing,
     trained_run,
     write_classic_run,
     write_evaluation,
@@ -52,12 +57,6 @@ from tests.report_fixtures import (
 
 # What the run page loads inline, whatever was logged (issue 19: a 4.75 MB page for one epoch).
 MAX_PAGE_BYTES = 1_500_000
-
-
-def report_data(page: str) -> dict:
-    """The JSON the page's script draws its charts from."""
-    (text,) = re.findall(r'<script type="application/json" id="report-data">(.*?)</script>', page)
-    return json.loads(text)
 
 
 def decode_png(uri: str) -> list[list[int]]:
@@ -189,14 +188,13 @@ def test_report_page_summary_and_metrics(logs, evaluation, tmp_path):
     )
     page = (tmp_path / "r.html").read_text()
     assert_self_contained_html(page)
-    assert page.count("<script") == 3  # the data, the library, the page's script
-    assert "Plotly" in page
-
-    data = report_data(page)
-    assert data["epochs"] == {"first": 0, "ends": [19, 39, 59], "bands": True}
-    charts = {chart["id"]: chart for chart in data["charts"]}
+    charts = page_figures(page)
+    # The library, then each chart as Plotly's to_html writes it: nothing else is a script.
+    assert page.count("<script") == 1 + len(charts)
+    assert page.count(plotly_js()) == 1
     # Raw and smoothed train loss of both runs, validation and test.
-    assert [trace["name"] for trace in charts["chart-loss"]["data"]] == [
+    loss = charts["chart-loss"]["data"]
+    assert [trace["name"] for trace in loss] == [
         "train (.) (raw)",
         "train (.)",
         "validation (.)",
@@ -204,13 +202,25 @@ def test_report_page_summary_and_metrics(logs, evaluation, tmp_path):
         "train (retry) (raw)",
         "train (retry)",
     ]
-    assert charts["chart-loss"]["smooth"] == [[1, 0], [5, 4]]
-    raw = charts["chart-loss"]["data"][0]
-    assert raw["x"] == [s for s, _ in written["loss/train"]]
-    assert raw["y"] == pytest.approx([v for _, v in written["loss/train"]], rel=1e-4)
-    assert charts["chart-loss"]["data"][1]["x"] == []  # the page's script smooths
+    assert loss[0]["x"] == [s for s, _ in written["loss/train"]]
+    assert loss[0]["y"] == pytest.approx([v for _, v in written["loss/train"]], rel=1e-4)
+    # Drawn smoothed as TensorBoard first shows it; the hover names the epoch of each point.
+    assert loss[1]["y"] == pytest.approx(tensorboard_smoothing(loss[0]["y"], 0.6), rel=1e-4)
+    assert loss[0]["customdata"][:3] == [1, 1, 1]
+    assert loss[0]["customdata"][-1] == 3
+    assert "epoch %{customdata}" in loss[0]["hovertemplate"]
+    # Epochs: the second of three shaded, all three numbered above the plot.
+    layout = charts["chart-loss"]["layout"]
+    (band,) = layout["shapes"]
+    assert (band["type"], band["path"], band["xref"], band["yref"]) == (
+        "path",
+        "M19,0H39V1H19Z",  # a rectangle from step 19 to 39, the plot's height
+        "x",
+        "paper",
+    )
+    assert [a["text"] for a in layout["annotations"]] == ["1", "2", "3"]
     # The tag without a finite value has no chart to draw (see below).
-    assert [len(c["data"]) for c in data["charts"]] == [6, 2, 1, 2]
+    assert [len(c["data"]) for c in charts.values()] == [6, 2, 1, 2]
     # The learning rate holds until the run's last step.
     lr = charts["chart-learning_rate"]["data"][0]
     assert lr["x"] == [0, 20, 40, 60]
@@ -219,9 +229,7 @@ def test_report_page_summary_and_metrics(logs, evaluation, tmp_path):
     assert charts["chart-grad_norm"]["data"][0]["y"] == [1.5, None]
     assert "chart-odd-tag" not in charts
 
-    # Without scripts: a static chart per chart. The one without finite values says so, with
-    # or without scripts, rather than showing an empty plot.
-    assert page.count('<div class="static-only"><svg') == 4
+    # The chart without finite values says so rather than showing an empty plot.
     assert re.search(
         r'<figure class="chart" id="figure-chart-odd-tag"><figcaption>.*?</figcaption>'
         r'<p class="empty">No finite values to draw \(NaN or infinite\); see the table.</p>'
@@ -240,11 +248,12 @@ def test_report_page_summary_and_metrics(logs, evaluation, tmp_path):
     assert "<span>optimizer <b>adadelta</b></span>" in page
 
     # Confusion matrix: recall of 4 is 990 / 996, precision of 9 is 990 / 996.
-    table = re.search(r'<table class="cm">.*?</table>', page).group(0)
+    table = re.search(r'<table class="cm">.*?</table>', page, re.DOTALL).group(0)
     assert table.count("<tr>") == 12
     assert re.search(
         r'>990</td>(<td [^>]*></td>)*<td [^>]*>6</td><td class="total">99.4</td>', table
     )
+    assert "<td>99.4</td>" in table
     assert "99.9% correct" in page
 
     # Mistakes, then examples: each image decodes to the pixels it was given.
@@ -271,17 +280,124 @@ def test_report_page_summary_and_metrics(logs, evaluation, tmp_path):
     assert {"grad_norm", "odd<tag>&", "epoch"}.isdisjoint(metrics)
 
 
-def test_static_chart_points_stay_inside_the_plot(logs, evaluation, tmp_path):
+def test_without_scripts_the_page_says_the_charts_need_them(logs, evaluation, tmp_path):
     directory, _ = logs
     write_training_report(directory, evaluation, tmp_path / "r.html", tmp_path / "r.md")
     page = (tmp_path / "r.html").read_text()
-    polylines = re.findall(r'<polyline points="([^"]+)"', page)
-    assert polylines
-    for points in polylines:
-        for pair in points.split():
-            x, y = map(float, pair.split(","))
-            assert svg.MARGIN_LEFT <= x <= svg.WIDTH - svg.MARGIN_RIGHT
-            assert svg.MARGIN_TOP <= y <= svg.HEIGHT - svg.MARGIN_BOTTOM
+    # Without scripts, the charts' part is hidden (CSS's `scripting` media feature) and one
+    # note takes its place; the header and the tables are plain HTML outside it.
+    assert "@media (scripting:none){.js-only{display:none}}" in page
+    assert re.findall(r"<noscript>(.*?)</noscript>", page, re.DOTALL) == [
+        "The charts need JavaScript; the table of scalars below has their values."
+    ]
+    hidden = re.search(r'<div class="js-only">.*?</section>', page, re.DOTALL).group(0)
+    assert len(page_figures(page)) == 4
+    assert all(f'id="{chart_id}"' in hidden for chart_id in page_figures(page))
+    for shown in ('<dl class="stats">', '<table class="cm">', '<figure class="tile"', "<th>max"):
+        assert shown in page
+        assert shown not in hidden
+
+
+def test_each_chart_has_a_log_scale_menu_and_a_smoothing_menu(logs, evaluation, tmp_path):
+    directory, _ = logs
+    write_training_report(directory, evaluation, tmp_path / "r.html", tmp_path / "r.md")
+    charts = page_figures((tmp_path / "r.html").read_text())
+    for chart_id, chart in charts.items():
+        scale, *smoothing = chart["layout"]["updatemenus"]
+        assert [b["label"] for b in scale["buttons"]] == ["linear scale", "log scale"]
+        # Each button switches the value axis, with the autorange options of its type.
+        for button, kind in zip(scale["buttons"], ("linear", "log"), strict=True):
+            assert button["method"] == "relayout"
+            (change,) = button["args"]
+            assert change["yaxis.type"] == kind
+            assert change["yaxis.autorange"] is True
+        linear = scale["buttons"][0]["args"][0]["yaxis.autorangeoptions"]
+        assert linear == chart["layout"]["yaxis"]["autorangeoptions"]
+        # Only charts with per-step lines smooth.
+        has_raw = any(trace["name"].endswith("(raw)") for trace in chart["data"])
+        assert len(smoothing) == has_raw, chart_id
+    # An accuracy's log axis keeps its 100% cap; a loss's linear axis starts at 0.
+    accuracy = charts["chart-accuracy"]["layout"]["updatemenus"][0]["buttons"]
+    assert accuracy[1]["args"][0]["yaxis.autorangeoptions"] == {"clipmax": 1}
+    assert accuracy[0]["args"][0]["yaxis.autorangeoptions"] == {"clipmin": 0, "clipmax": 1}
+
+    # The smoothing menu swaps in each choice's values, computed for every smoothed trace.
+    loss = charts["chart-loss"]
+    (menu,) = loss["layout"]["updatemenus"][1:]
+    assert [b["label"] for b in menu["buttons"]] == [
+        "no smoothing",
+        "smoothing 0.6",
+        "smoothing 0.9",
+        "smoothing 0.99",
+    ]
+    assert menu["active"] == 1  # TensorBoard's default, as drawn
+    raws = [loss["data"][0]["y"], loss["data"][4]["y"]]
+    for button, weight in zip(menu["buttons"], (0, 0.6, 0.9, 0.99), strict=True):
+        assert button["method"] == "restyle"
+        values, traces = button["args"]
+        assert traces == [1, 5]
+        for smoothed, raw in zip(values["y"], raws, strict=True):
+            assert smoothed == pytest.approx(tensorboard_smoothing(raw, weight), rel=1e-4)
+    assert menu["buttons"][0]["args"][0]["y"] == raws
+
+
+def test_epoch_bands_and_numbers():
+    shapes, numbers = figures.epoch_marks(Epochs(0, tuple(range(9, 400, 10))))  # 40 epochs
+    (band,) = shapes
+    # Epochs 2, 4, ... 40 shaded: 20 rectangles in one path, below the lines.
+    assert band["path"].startswith("M9,0H19V1H9ZM29,0H39V1H29Z")
+    assert band["path"].count("Z") == 20
+    assert band["layer"] == "below"
+    # Every other epoch numbered, at its middle: at most 20 numbers.
+    assert [n["text"] for n in numbers] == [str(e) for e in range(1, 41, 2)]
+    assert numbers[1] == {"x": 24.0, "text": "3"}  # epoch 3: steps 19 to 29
+    # Past MAX_BANDS, bands would be thinner than a line: none.
+    many = Epochs(0, tuple(range(1, figures.MAX_BANDS + 2)))
+    assert figures.epoch_marks(many) == ([], [])
+    assert figures.epoch_marks(None) == ([], [])
+
+
+def test_smoothing_is_tensorboards():
+    values = [1.0, None, 3.0, 2.0]
+    # Debiased: the first value is itself, not pulled towards 0; gaps stay gaps.
+    smoothed = figures.smooth(values, 0.6)
+    assert smoothed[1] is None
+    assert smoothed[::2] == pytest.approx([1.0, 2.25], rel=1e-4)
+    assert smoothed[3] == pytest.approx(2.1224, rel=1e-4)
+    assert figures.smooth(values, 0) == values
+    assert figures.smooth([5.0, 5.0, None], 0.9) == [5.0, 5.0, None]  # a constant stays
+
+
+def test_hostile_strings_are_text_not_markup(logs, tmp_path):
+    directory, _ = logs
+    # (No src= or href= in it: the self-contained check would take the text for a link.)
+    attack = '</script><script>alert("x")</script><b onmouseover=alert(1)>bold</b>'
+    writer = SummaryWriter(str(directory))
+    writer.add_scalar(f"{attack}/<i>", 1.0, 0)
+    writer.close()
+    run = {**evaluation_document()["run"], "name": attack, "device": attack}
+    run["parameters"] = {attack: attack}
+    document = evaluation_document(run=run)
+    document["labels"][3] = attack
+    document["split"] = attack
+    evaluation = write_evaluation(tmp_path / "evaluation", document)
+    write_training_report(directory, evaluation, tmp_path / "r.html", tmp_path / "r.md", attack)
+    page = (tmp_path / "r.html").read_text()
+    assert_self_contained_html(page)
+    assert '<script>alert("x")' not in page
+    assert "<b onmouseover" not in page
+    assert "<i>" not in page
+    escaped = str(escape(attack))
+    assert f"<h1>{escaped}</h1>" in page
+    assert f'<p class="run">{escaped}</p>' in page
+    assert f"<dd>{escaped}</dd>" in page
+    assert f"<span>{escaped} <b>{escaped}</b></span>" in page
+    assert f"<th>{escaped}</th>" in page
+    # Charted, the tag is text for plotly.js too, which would read tags in a legend entry.
+    (chart,) = [c for key, c in page_figures(page).items() if key.startswith("chart-script")]
+    assert chart["data"][1]["name"] == html.escape(f"{attack}/<i> (.)")
+    # Every script is the library or a chart's: none came from a string of the run.
+    assert page.count("<script") == 1 + len(page_figures(page))
 
 
 @pytest.mark.parametrize(
@@ -301,25 +417,7 @@ def test_page_size(epochs, one_cycle, tmp_path):
     # Nothing thinned at this size: every logged point is charted.
     loss = read_scalars(logs)[[s.tag for s in read_scalars(logs)].index("loss/train")]
     assert len(loss.steps) == 50 + len(range(50, epochs * 938, 50))
-    assert report_data(page)["charts"][0]["data"][0]["x"] == list(loss.steps)
-
-
-def _figure(page: str, chart_id: str) -> str:
-    pattern = rf'<figure class="chart" id="figure-{chart_id}">.*?</figure>'
-    return re.search(pattern, page, re.DOTALL).group(0)
-
-
-def _static_values(figure: str) -> list[str]:
-    """The value labels of a static chart's lone points."""
-    return re.findall(r'<text [^>]*class="value"[^>]*>([^<]*)</text>', figure)
-
-
-def _static_ticks(figure: str) -> list[float]:
-    """The value axis ticks of a static chart (percentages as fractions)."""
-    ticks = []
-    for text in re.findall(r'<text [^>]*class="tick" text-anchor="end">([^<]*)<', figure):
-        ticks.append(float(text[:-1]) / 100 if text.endswith("%") else float(text))
-    return ticks
+    assert page_figures(page)["chart-loss"]["data"][0]["x"] == list(loss.steps)
 
 
 @pytest.mark.parametrize(
@@ -336,55 +434,44 @@ def _static_ticks(figure: str) -> list[float]:
     ],
 )
 def test_value_axis(low, high, percent, expected):
-    assert svg.value_range(low, high, percent) == pytest.approx(expected)
+    assert figures.value_range(low, high, percent) == pytest.approx(expected)
 
 
 def test_lone_point_labels_point_into_the_plot_and_keep_apart():
     x, y = (0, 1000), (0.0, 1.0)
     # In the right half, to the left; in the lower half above, in the upper half below.
-    assert svg.label_sides([(990, 0.1), (995, 0.9)], x, y) == [("top", "left"), ("bottom", "left")]
-    assert svg.label_sides([(10, 0.2)], x, y) == [("top", "right")]
+    assert figures.label_sides([(990, 0.1), (995, 0.9)], x, y) == ["top left", "bottom left"]
+    assert figures.label_sides([(10, 0.2)], x, y) == ["top right"]
     # Close in value: the one nearer the edge gets its label beside it, not over the other.
-    assert svg.label_sides([(937, 0.1), (938, 0.12)], x, y) == [("middle", "left"), ("top", "left")]
-    assert svg.label_sides([(937, 0.9), (938, 0.88)], x, y) == [
-        ("middle", "left"),
-        ("bottom", "left"),
-    ]
-    assert svg.label_sides([(937, 0.5), (938, 0.5)], x, y) == [("middle", "left"), ("top", "left")]
+    assert figures.label_sides([(937, 0.1), (938, 0.12)], x, y) == ["middle left", "top left"]
+    assert figures.label_sides([(937, 0.9), (938, 0.88)], x, y) == ["middle left", "bottom left"]
+    assert figures.label_sides([(937, 0.5), (938, 0.5)], x, y) == ["middle left", "top left"]
 
 
 @pytest.mark.parametrize("accuracies", [(0.98, 0.98), (1.0, 1.0), (0.9813, 0.9834)])
 def test_a_one_epoch_report_labels_its_points_and_keeps_its_axes(accuracies, tmp_path):
     # One epoch: one validation point and one test value per chart (issue 19: "a lone
-    # diamond", and without scripts an accuracy axis up to 102%).
+    # diamond" on an accuracy axis up to 102%).
     logs, evaluation = write_classic_run(tmp_path, 1, accuracies=accuracies)
     write_training_report(logs, evaluation, tmp_path / "r.html", tmp_path / "r.md")
-    page = (tmp_path / "r.html").read_text()
-    charts = {chart["id"]: chart for chart in report_data(page)["charts"]}
-    # No accuracy axis past 100%, no loss axis below 0, with or without scripts.
-    ticks = _static_ticks(_figure(page, "chart-accuracy"))
-    assert ticks
-    assert 0 <= min(ticks) <= max(ticks) <= 1
-    assert min(_static_ticks(_figure(page, "chart-loss"))) >= 0
-    options = charts["chart-accuracy"]["autorange"]
-    top = options["linear"].get("maxallowed", options["linear"].get("clipmax"))
+    charts = page_figures((tmp_path / "r.html").read_text())
+    # No accuracy axis past 100%, no loss axis below 0.
+    options = charts["chart-accuracy"]["layout"]["yaxis"]["autorangeoptions"]
+    top = options.get("maxallowed", options.get("clipmax"))
     assert top is not None
     assert top <= 1
-    assert options["log"] == {"clipmax": 1}
-    bottom = charts["chart-loss"]["autorange"]["linear"]
+    bottom = charts["chart-loss"]["layout"]["yaxis"]["autorangeoptions"]
     assert bottom.get("minallowed", bottom.get("clipmin")) == 0
     expected = {
-        "chart-accuracy": [svg.format_value(a, percent=True) for a in accuracies],
+        "chart-accuracy": [figures.format_value(a, percent=True) for a in accuracies],
         "chart-loss": ["0.32", "0.0252"],
     }
     for chart_id, values in expected.items():
-        # Without scripts: each lone point has its value beside it.
-        figure = _figure(page, chart_id)
-        assert _static_values(figure) == values
-        # With scripts: the same labels.
+        # Each lone point has its value beside it.
         labelled = [t for t in charts[chart_id]["data"] if "text" in t]
         assert [t["text"] for t in labelled] == [[v] for v in values]
         assert all(t["mode"].endswith("+text") for t in labelled)
+        assert all(t["marker"]["size"] == figures.LONE_MARKER for t in labelled)
     # The two accuracy points are close (or one): their labels go on different sides.
     sides = {t["textposition"] for t in charts["chart-accuracy"]["data"]}
     assert len(sides) == 2
@@ -394,7 +481,7 @@ def test_constant_single_and_empty_series(tmp_path):
     logs, evaluation = write_one_epoch_run(tmp_path)
     write_training_report(logs, evaluation, tmp_path / "r.html", tmp_path / "r.md")
     page = (tmp_path / "r.html").read_text()
-    charts = {chart["id"]: chart for chart in report_data(page)["charts"]}
+    charts = page_figures(page)
     assert list(charts) == [
         "chart-loss",
         "chart-accuracy",
@@ -403,33 +490,29 @@ def test_constant_single_and_empty_series(tmp_path):
         "chart-lone_metric",
     ]
 
-    # A learning rate set once holds to the end: a line in both renderings, not a dot.
-    learning_rate = _figure(page, "chart-learning_rate")
-    assert "<polyline" in learning_rate
-    assert "<circle" not in learning_rate
-    assert _static_values(learning_rate) == []
+    # A learning rate set once holds to the end: a line, not a lone labelled dot.
+    (learning_rate,) = charts["chart-learning_rate"]["data"]
+    assert learning_rate["mode"] == "lines"
+    assert "text" not in learning_rate
     # Constants: an axis close around the value (plotly.js's own would span it +- 1), and
     # never below 0 for a constant 0.
-    assert charts["chart-learning_rate"]["autorange"]["linear"] == {
+    assert charts["chart-learning_rate"]["layout"]["yaxis"]["autorangeoptions"] == {
         "minallowed": pytest.approx(0.95),
         "maxallowed": pytest.approx(1.05),
     }
-    assert charts["chart-grad_norm"]["autorange"]["linear"] == {
+    assert charts["chart-grad_norm"]["layout"]["yaxis"]["autorangeoptions"] == {
         "minallowed": 0,
         "maxallowed": pytest.approx(0.05),
     }
-    grad_norm_ticks = _static_ticks(_figure(page, "chart-grad_norm"))
-    assert min(grad_norm_ticks) == 0
-    assert max(grad_norm_ticks) <= 0.05
-    # One point of a per-step scalar: its value written beside it, in both renderings.
-    assert _static_values(_figure(page, "chart-lone_metric")) == ["3.5"]
+    # One point of a per-step scalar: its value written beside it.
     smoothed = charts["chart-lone_metric"]["data"][1]
     assert (smoothed["text"], smoothed["mode"]) == (["3.5"], "markers+text")
-    # Nothing finite: a note, with or without scripts, in place of an empty plot.
-    nan_figure = _figure(page, "chart-nan_metric")
-    assert "js-only" not in nan_figure
-    assert "static-only" not in nan_figure
-    assert "No finite values to draw" in nan_figure
+    # Nothing finite: a note in place of an empty plot.
+    assert re.search(
+        r'id="figure-chart-nan_metric"><figcaption><h3>nan_metric</h3></figcaption>'
+        r'<p class="empty">No finite values to draw',
+        page,
+    )
 
 
 @pytest.mark.parametrize(
@@ -438,7 +521,7 @@ def test_constant_single_and_empty_series(tmp_path):
 def test_page_stays_under_its_limit_whatever_was_logged(epochs, prefix, reduced, tmp_path):
     # More runs than are charted, each with the known tags and more other tags than are
     # charted, every one with more points than a chart keeps. The larger one is too much for
-    # the full page: it has fewer points and static charts of the known tags only.
+    # the full page: its charts have half the points.
     runs = [f"run{k}" for k in range(MAX_RUNS + 1)]
     tags = ["loss/train", "learning_rate", "accuracy/train"]
     tags += [f"{prefix}{k:02d}" for k in range(MAX_OTHER_CHARTS + 2)]
@@ -462,12 +545,14 @@ def test_page_stays_under_its_limit_whatever_was_logged(epochs, prefix, reduced,
     size = len(page.encode())
     print(f"largest report: {size:,} bytes")
     assert size <= MAX_PAGE_BYTES
-    assert len(report_data(page)["charts"]) == 3 + MAX_OTHER_CHARTS
+    charts = page_figures(page)
+    assert len(charts) == 3 + MAX_OTHER_CHARTS
     assert f"scalars {prefix}{MAX_OTHER_CHARTS:02d}, {prefix}{MAX_OTHER_CHARTS + 1:02d}." in page
     assert f"runs run{MAX_RUNS}." in page
-    static_charts = 3 if reduced else 3 + MAX_OTHER_CHARTS
-    assert page.count('<div class="static-only"><svg') == static_charts
-    assert page.count("Drawn with JavaScript only") == 3 + MAX_OTHER_CHARTS - static_charts
+    dense = [t for c in charts.values() for t in c["data"] if t["name"].endswith("(raw)")]
+    points = sum(len(t["x"]) for t in dense)
+    assert points <= (1000 if reduced else 2000)
+    assert points > (500 if reduced else 1000)
     # Every tag of every run is still in the tables and the metrics.
     assert len(metrics) == len(runs) * (len(tags) + 2)
     assert (tmp_path / "r.md").read_text().count(f"| {prefix}") == len(runs) * (
@@ -484,6 +569,7 @@ def test_a_run_without_scalars_or_evaluation(tmp_path):
     page = (tmp_path / "r.html").read_text()
     assert "No scalars were found" in page
     assert_self_contained_html(page)
+    assert "<script" not in page  # nothing to draw: no library either
     assert "No scalars were found" in (tmp_path / "r.md").read_text()
 
 
@@ -505,26 +591,63 @@ def _malformed(change):
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        (_malformed(lambda d: d.update(format="other/v2")), "format is 'other/v2'"),
-        (_malformed(lambda d: d.pop("labels")), "has no 'labels'"),
-        (_malformed(lambda d: d["confusion_matrix"].pop()), "confusion_matrix has 9 rows"),
-        (_malformed(lambda d: d["confusion_matrix"][3].append(0)), r"confusion_matrix\[3\] has 11"),
-        (_malformed(lambda d: d.update(samples=9999)), "sums to 10000, not 9999"),
-        (_malformed(lambda d: d["confusion_matrix"][0].__setitem__(1, -1)), "not an integer >= 0"),
+        (
+            _malformed(lambda d: d.update(format="other/v2")),
+            r"\(format: Input should be 'kfp-lightning/evaluation-v1', found 'other/v2'\)$",
+        ),
+        (_malformed(lambda d: d.pop("labels")), r"\(labels: Field required\)$"),
+        (
+            _malformed(lambda d: d["confusion_matrix"].pop()),
+            r"\(confusion_matrix: expected 10 rows, found 9\)$",
+        ),
+        (
+            _malformed(lambda d: d["confusion_matrix"][3].append(0)),
+            r"\(confusion_matrix\[3\]: expected 10 columns, found 11\)$",
+        ),
+        (
+            _malformed(lambda d: d.update(samples=9999)),
+            r"\(samples: expected the confusion matrix's total 10000, found 9999\)$",
+        ),
+        (
+            _malformed(lambda d: d["confusion_matrix"][0].__setitem__(1, -1)),
+            r"\(confusion_matrix\[0\]\[1\]: Input should be greater than or equal to 0, "
+            r"found -1\)$",
+        ),
         (
             _malformed(lambda d: d["mistakes"][2]["pixels"][5].pop()),
-            r"mistakes\[2\].pixels\[5\] has 27 pixels",
+            r"\(mistakes\[2\]\.pixels\[5\]: expected 28 pixels, as row 0 has, found 27\)$",
         ),
         (
             _malformed(lambda d: d["mistakes"][0]["pixels"][0].__setitem__(0, 256)),
-            "is 256, not an integer <= 255",
+            r"\(mistakes\[0\]\.pixels\[0\]\[0\]: Input should be less than or equal to 255, "
+            r"found 256\)$",
         ),
-        (_malformed(lambda d: d["mistakes"][0].update(predicted=4)), "is not a misclassified"),
-        (_malformed(lambda d: d["examples"][0].update(label=10)), "not an integer <= 9"),
-        (_malformed(lambda d: d["examples"][1].update(confidence=1.5)), "outside"),
-        (_malformed(lambda d: d["run"].update(test_accuracy="high")), "not a finite number"),
-        (_malformed(lambda d: d["run"].pop("device")), "run has no 'device'"),
-        ([1, 2], "the file is not an object"),
+        (
+            _malformed(lambda d: d["mistakes"][0].update(predicted=4)),
+            r"\(mistakes\[0\]: expected a misclassified image, found label 4, predicted 4\)$",
+        ),
+        (
+            _malformed(lambda d: d["examples"][0].update(label=10)),
+            r"\(examples\[0\]\.label: expected a class index below 10, found 10\)$",
+        ),
+        (
+            _malformed(lambda d: d["examples"][1].update(confidence=1.5)),
+            r"\(examples\[1\]\.confidence: Input should be less than or equal to 1, found 1\.5\)$",
+        ),
+        (
+            _malformed(lambda d: d["run"].update(test_accuracy="high")),
+            r"\(run\.test_accuracy: Input should be a valid number, found 'high'\)$",
+        ),
+        (
+            _malformed(lambda d: d["run"].update(epochs=True)),
+            r"\(run\.epochs: Input should be a valid integer, found True\)$",
+        ),
+        (_malformed(lambda d: d["run"].pop("device")), r"\(run\.device: Field required\)$"),
+        (
+            _malformed(lambda d: (d["run"].pop("device"), d.pop("split"))),
+            r"\(split: Field required \(and 1 more\)\)$",
+        ),
+        ([1, 2], r"\(the file: Input should be an object\)$"),
     ],
 )
 def test_a_malformed_evaluation_is_one_clear_error(document, message, logs, tmp_path):
@@ -532,10 +655,50 @@ def test_a_malformed_evaluation_is_one_clear_error(document, message, logs, tmp_
     evaluation = write_evaluation(tmp_path / "evaluation", document)
     with pytest.raises(UserInputError, match=message) as raised:
         write_training_report(directory, evaluation, tmp_path / "r.html", tmp_path / "r.md")
-    assert str(raised.value).startswith("invalid evaluation=")
+    # The file, then what the format is, then the field and what it should have been.
+    assert str(raised.value).startswith(
+        f"invalid evaluation={str(evaluation / 'evaluation.json')!r}: expected a directory"
+        " holding evaluation.json in format kfp-lightning/evaluation-v1 ("
+    )
     assert "\n" not in str(raised.value)
     assert not (tmp_path / "r.html").exists()
     assert not (tmp_path / "r.md").exists()
+
+
+def test_what_training_writes_is_what_the_report_reads(tmp_path):
+    import torch
+    from pydantic import ValidationError
+
+    from kfp_lightning.components.common.files import write_json
+    from kfp_lightning.components.train_mnist import evaluation as training
+
+    images = torch.randint(0, 256, (30, 28, 28), dtype=torch.uint8)
+    matrix = [[3 if r == c else 0 for c in range(10)] for r in range(10)]
+    matrix[4][9] = 1
+    mistake, example = training.Prediction(7, 4, 9, 0.875), training.Prediction(2, 1, 1, 0.5)
+    result = training.Evaluation(matrix, [mistake], [example])
+    run = evaluation_document()["run"]
+    document = training.evaluation_document(result, images, run)
+    # The file's content, field for field: the format the report has always read.
+    assert document == {
+        "format": "kfp-lightning/evaluation-v1",
+        "split": "test",
+        "samples": 31,
+        "labels": [str(d) for d in range(10)],
+        "confusion_matrix": matrix,
+        "mistakes": [{**vars(mistake), "pixels": images[7].tolist()}],
+        "examples": [{**vars(example), "pixels": images[2].tolist()}],
+        "run": run,
+    }
+    write_json(tmp_path / "evaluation.json", document)
+    read = read_evaluation(tmp_path)
+    assert read.model_dump() == document
+    assert read.mistakes[0].pixels == images[7].tolist()
+    # Training cannot write a file the report would reject.
+    with pytest.raises(ValidationError, match=r"run\.device\n  Field required"):
+        training.evaluation_document(
+            result, images, {k: v for k, v in run.items() if k != "device"}
+        )
 
 
 def test_missing_inputs(tmp_path):
@@ -546,7 +709,7 @@ def test_missing_inputs(tmp_path):
         write_training_report(tmp_path / "logs", tmp_path, tmp_path / "x.html", tmp_path / "x.md")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "evaluation.json").write_text("{not json")
-    with pytest.raises(UserInputError, match="not JSON"):
+    with pytest.raises(UserInputError, match=r"\(the file: Invalid JSON: key must be a string"):
         write_training_report(
             tmp_path / "logs", tmp_path / "bad", tmp_path / "x.html", tmp_path / "x.md"
         )
@@ -593,19 +756,15 @@ def test_report_of_a_real_training_run(dataset, tmp_path_factory, tmp_path):
     )
     page = (tmp_path / "r.html").read_text()
     assert_self_contained_html(page)
-    data = report_data(page)
-    assert [c["id"] for c in data["charts"]] == [
-        "chart-loss",
-        "chart-accuracy",
-        "chart-learning_rate",
-    ]
-    assert [len(c["data"]) for c in data["charts"]] == [4, 2, 1]
-    assert len(data["epochs"]["ends"]) == 2
+    charts = page_figures(page)
+    assert list(charts) == ["chart-loss", "chart-accuracy", "chart-learning_rate"]
+    assert [len(c["data"]) for c in charts.values()] == [4, 2, 1]
+    assert [a["text"] for a in charts["chart-loss"]["layout"]["annotations"]] == ["1", "2"]
     assert metrics["accuracy/test"] == pytest.approx(result.metrics["test_accuracy"], rel=1e-6)
     evaluation = read_evaluation(root / "evaluation")
     assert f"<dd>{result.metrics['test_accuracy']:.2%}</dd>" in page
     assert page.count('<figure class="tile"') == len(evaluation.mistakes) + len(evaluation.examples)
-    assert f'<p class="run">{html.escape(evaluation.run.name)}</p>' in page
+    assert f'<p class="run">{escape(evaluation.run.name)}</p>' in page
     assert Path(tmp_path / "r.md").read_text().count("\n| loss/train | ") == 1
 
 

@@ -5,7 +5,7 @@ The report inlines plotly.js's "basic" partial bundle, vendored as the npm tarba
 registry's `dist.integrity` recorded in the code (`npm view plotly.js-basic-dist-min@4.1.1 dist`
 prints the same), its version against the plotly.js that plotly.py bundles (a plotly upgrade
 fails here until the vendored file follows), its trace types against what the page draws, and
-the package wheel, which the images install, must carry it.
+the package wheel, which the images install, must carry it and the page's template.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from kfp_lightning.components.report_training.plotly_bundle import (
     vendored_file,
 )
 from kfp_lightning.components.report_training.report import write_training_report
-from tests.report_fixtures import write_classic_run
+from tests.report_fixtures import page_figures, write_classic_run
 
 REPO = Path(__file__).resolve().parents[1]
 VENDOR = REPO / "components" / "report_training" / "vendor"
@@ -87,8 +87,9 @@ def test_the_bundle_has_every_trace_type_the_page_draws(tmp_path):
     logs, evaluation = write_classic_run(tmp_path, 2)
     write_training_report(logs, evaluation, tmp_path / "r.html", tmp_path / "r.md")
     page = (tmp_path / "r.html").read_text()
-    (text,) = re.findall(r'<script type="application/json" id="report-data">(.*?)</script>', page)
-    drawn = {trace["type"] for chart in json.loads(text)["charts"] for trace in chart["data"]}
+    charts = page_figures(page).values()
+    assert len(charts) == 3
+    drawn = {trace["type"] for chart in charts for trace in chart["data"]}
     assert drawn == {"scatter"}
     assert drawn <= modules
     # The page inlines this bundle, not plotly.py's full one.
@@ -96,8 +97,9 @@ def test_the_bundle_has_every_trace_type_the_page_draws(tmp_path):
     assert get_plotlyjs()[:2000] not in page
 
 
-def test_the_package_wheel_ships_the_bundle(tmp_path):
-    """The images install the package wheel: the bundle must be package data in it."""
+def test_the_package_wheel_ships_the_bundle_and_the_template(tmp_path):
+    """The images install the package wheel: the bundle and the page's template must be
+    package data in it."""
     spec = importlib.util.spec_from_file_location("images_build", REPO / "images" / "build.py")
     assert spec is not None
     assert spec.loader is not None
@@ -105,7 +107,10 @@ def test_the_package_wheel_ships_the_bundle(tmp_path):
     spec.loader.exec_module(build)
     wheel = build.build_package_wheel(tmp_path / "package", isolated=False)
     folder = "kfp_lightning/components/report_training/vendor"
+    template = REPO / "components" / "report_training" / "templates" / "report.html.j2"
     with zipfile.ZipFile(wheel) as archive:
         for name in (TARBALL, LICENSE):
             assert archive.read(f"{folder}/{name}") == (VENDOR / name).read_bytes()
+        package = "kfp_lightning/components/report_training"
+        assert archive.read(f"{package}/templates/report.html.j2") == template.read_bytes()
     assert plotly_bundle.__package__ == "kfp_lightning.components.report_training"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
+import shutil
 
 import pytest
 
@@ -13,17 +15,23 @@ from kfp_lightning.components.common.run_form import (
     declared_parameters,
     parameters_of,
     run_parameter,
-    with_run_parameters,
 )
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
 from kfp_lightning.components.train_mnist.component import train_mnist
+from kfp_lightning.components.train_on_nodes.component import train_on_nodes
+from kfp_lightning.pipelines import signatures
 from kfp_lightning.pipelines.cli import build_parser
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS, mnist_pipeline
 from kfp_lightning.pipelines.parameters import with_parameters_table
+from kfp_lightning.pipelines.signatures import END, SIGNATURES, START, Signature, written
 from tests.conftest import REPO
 
 KFP_TYPES = {str: "String", int: "Integer", float: "Float", dict: "Dict", list: "List"}
+COMPONENTS = {
+    c.python_func.__name__: c
+    for c in (download_mnist, train_mnist, launch_tensorboard, train_on_nodes)
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,32 +48,62 @@ class _Example:
     """Not a run parameter."""
 
 
-def _template(data: str, **parameters) -> dict:
+EXAMPLE = f'''"""An example."""
+
+
+def example(
+    data: str,
+    {START}
+    removed: int = 1,
+    {END}
+):
     """Collects its parameters.
 
     Args:
         data: A fixed parameter.
+        removed: A run parameter no longer declared.
         result: Output. What comes back.
     """
-    return {"data": data, **parameters}
+    return dict(locals())
+'''
 
 
-def test_a_template_gets_one_explicit_parameter_per_declared_field():
-    function = with_run_parameters(_Example, defaults={"count": 7})(_template)
-    signature = inspect.signature(function)
-    assert list(signature.parameters) == ["data", "count", "enabled", "tuning"]
-    assert signature.parameters["count"].default == 7  # a preset's override
-    assert signature.parameters["enabled"].default == "off"  # the run form's switch
-    assert signature.parameters["count"].annotation is int
-    assert function("d") == {"data": "d", "count": 7, "enabled": "off", "tuning": 0.5}
-    source = inspect.getsource(function)  # what KFP ships to the pod
-    doc = inspect.getdoc(function)
-    # Declared entries go before the outputs, each with its field's docstring.
+def _signature(function: str) -> tuple[list[tuple[str, str, object]], str]:
+    tree = ast.parse(function)
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef))
+    defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults
+    arguments = [
+        (a.arg, ast.unparse(a.annotation), d and ast.literal_eval(d))
+        for a, d in zip(node.args.args, defaults, strict=True)
+    ]
+    return arguments, ast.get_docstring(node)
+
+
+def test_the_generator_writes_each_declared_field_into_the_signature():
+    signature = Signature("example.py", "example", (_Example,))
+    text = written(signature, EXAMPLE)
+    arguments, doc = _signature(text)
+    assert arguments == [
+        ("data", "str", None),
+        ("count", "int", 3),
+        ("enabled", "str", "off"),  # the run form's switch
+        ("tuning", "float", 0.5),
+    ]
+    # Declared entries go before the outputs, each with its field's docstring; the entry of a
+    # parameter no longer declared goes with it.
     assert doc.index("count: How many | of them.") < doc.index("result: Output.")
     assert "enabled: on or off." in doc
-    assert "internal" not in source
-    pipeline_only = with_run_parameters(_Example, scopes=[PIPELINE])(_template)
-    assert list(inspect.signature(pipeline_only).parameters) == ["data", "count", "enabled"]
+    assert "removed" not in text
+    assert "internal" not in text
+    assert written(signature, text) == text  # a fixed point: --check passes after a rewrite
+    pipeline = Signature("example.py", "example", (_Example,), scopes=(PIPELINE,))
+    assert [a for a, _, _ in _signature(written(pipeline, text))[0]] == ["data", "count", "enabled"]
+
+
+def test_a_function_without_the_markers_is_refused():
+    signature = Signature("example.py", "example", (_Example,))
+    with pytest.raises(ValueError, match="no example with # run parameters"):
+        written(signature, EXAMPLE.replace(START, "# hand-written"))
 
 
 def test_a_field_without_a_docstring_is_refused():
@@ -75,6 +113,28 @@ def test_a_field_without_a_docstring_is_refused():
 
     with pytest.raises(TypeError, match="needs a docstring"):
         declared_parameters(Undocumented)
+
+
+def test_every_signature_is_written_from_the_declarations():
+    stale = [str(path.relative_to(REPO)) for path, _ in signatures.drifted()]
+    assert not stale, (
+        f"{stale} differ from the declarations: run `python -m kfp_lightning.pipelines.signatures`"
+    )
+
+
+def test_check_names_a_stale_file_and_a_rewrite_fixes_it(tmp_path, monkeypatch, capsys):
+    (signature,) = [s for s in SIGNATURES if s.function == "download_mnist"]
+    copy = tmp_path / signature.path
+    copy.parent.mkdir(parents=True)
+    shutil.copy(REPO / "pyproject.toml", tmp_path)  # ruff's settings
+    copy.write_text((REPO / signature.path).read_text().replace("    mirror: str", "    old: int"))
+    monkeypatch.setattr(signatures, "REPO", tmp_path)
+    monkeypatch.setattr(signatures, "SIGNATURES", (signature,))
+    assert signatures.main(["--check"]) == 1
+    assert f"stale: {signature.path}" in capsys.readouterr().out
+    assert signatures.main([]) == 0
+    assert copy.read_text() == (REPO / signature.path).read_text()
+    assert signatures.main(["--check"]) == 0
 
 
 def test_pipeline_run_form_is_the_declarations():
@@ -88,19 +148,29 @@ def test_pipeline_run_form_is_the_declarations():
         assert " ".join(spec.description.split()) == parameter.description, parameter.name
 
 
-@pytest.mark.parametrize("component", [download_mnist, train_mnist, launch_tensorboard])
-def test_each_component_takes_its_declared_parameters(component):
+@pytest.mark.parametrize("signature", SIGNATURES[:-1], ids=lambda s: s.function)
+def test_each_component_takes_its_declared_parameters(signature):
+    component = COMPONENTS[signature.function]
     inputs = component.component_spec.inputs
-    run_parameters = component.python_func.run_parameters
-    assert run_parameters, component.name
-    for parameter in run_parameters:
+    for parameter in signature.parameters():
         assert inputs[parameter.name].default == parameter.default, parameter.name
         assert inputs[parameter.name].type == KFP_TYPES[parameter.form_type], parameter.name
     # The pipeline passes every one it has: a component never silently keeps a default the
     # run form shows otherwise.
     pipeline_names = set(mnist_pipeline.component_spec.inputs)
-    for parameter in run_parameters:
+    for parameter in signature.parameters():
         assert (parameter.name in pipeline_names) == (parameter.scope == PIPELINE)
+
+
+@pytest.mark.parametrize("component", COMPONENTS.values(), ids=list(COMPONENTS))
+def test_kfp_ships_the_component_as_its_file_says(component):
+    function = component.python_func
+    assert inspect.getsourcefile(function).endswith(f"{function.__name__}/component.py")
+    source = inspect.getsource(function)
+    shipped = "\n".join(component.component_spec.implementation.container.command)
+    assert source[source.index("def ") :] in shipped
+    kinds = {p.kind for p in inspect.signature(function).parameters.values()}
+    assert inspect.Parameter.VAR_KEYWORD not in kinds
 
 
 def test_cli_has_an_option_per_run_parameter_with_its_description():

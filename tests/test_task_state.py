@@ -14,9 +14,9 @@ import pytest
 import yaml
 from kfp import compiler, dsl, local
 
+from kfp_lightning.components.common.training import TrainConfig, training_task_key
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.train_mnist.component import train_mnist
-from kfp_lightning.components.train_mnist.config import TrainConfig, training_task_key
 from tests.helpers import predict_in_fresh_process, scalars
 from tests.synthetic_mnist import write_mirror
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.train import TrainingOutputs, run_training
 
 pytestmark = pytest.mark.live

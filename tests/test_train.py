@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from kfp_lightning.components.common.dataset import load_dataset
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.download_mnist.download import load_dataset
-from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.data import DeviceBatches, shift_images
 from kfp_lightning.components.train_mnist.train import (
     TrainingOutputs,

@@ -13,10 +13,10 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from torch.utils.tensorboard import SummaryWriter
 
+from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.errors import RunError, UserInputError
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.common.storage import DirectoryStorage
-from kfp_lightning.components.train_on_nodes import layout
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes
 from kfp_lightning.components.train_on_nodes.nodes import (
     LOCAL,
@@ -73,7 +73,7 @@ def test_every_node_must_reach_the_location() -> None:
 
 
 def make_outputs(root: Path) -> dict[str, Path]:
-    dirs = {name: root / name for name in layout.OUTPUT_DIRS}
+    dirs = {name: root / name for name in run_layout.OUTPUT_DIRS}
     (dirs["model"] / "sub").mkdir(parents=True)
     (dirs["model"] / "weights.pt").write_bytes(b"w" * 1000)
     (dirs["model"] / "sub" / "x.json").write_text("{}")
@@ -103,8 +103,8 @@ RESULT = {
 def test_published_outputs_are_collected_file_for_file(tmp_path: Path) -> None:
     storage = DirectoryStorage(tmp_path / "location")
     dirs = make_outputs(tmp_path / "rank0")
-    files = layout.publish_outputs(storage, dirs, RESULT)
-    assert layout.read_marker(storage) == files
+    files = run_layout.publish_outputs(storage, dirs, RESULT)
+    assert run_layout.read_marker(storage) == files
     out = tmp_path / "out"
 
     result = collect_outputs(storage, out / "model", out / "logs", out / "evaluation")
@@ -123,7 +123,7 @@ def test_nothing_is_collected_without_the_marker_or_from_a_torn_file(tmp_path: P
         collect_outputs(storage, out / "model", out / "logs", out / "evaluation")
     assert not out.exists()
 
-    layout.publish_outputs(storage, make_outputs(tmp_path / "rank0"), RESULT)
+    run_layout.publish_outputs(storage, make_outputs(tmp_path / "rank0"), RESULT)
     # A file changed after the marker listed it (a node still writing): refused, nothing kept.
     (tmp_path / "location" / "outputs" / "model" / "weights.pt").write_bytes(b"w" * 10)
     with pytest.raises(RunError, match=r"outputs/model/weights.pt .* has 10 bytes, 1000 expected"):
@@ -134,7 +134,7 @@ def test_nothing_is_collected_without_the_marker_or_from_a_torn_file(tmp_path: P
 def test_the_dataset_is_uploaded_once(tmp_path: Path, dataset: Path) -> None:
     storage = DirectoryStorage(tmp_path / "location")
     upload_dataset(storage, dataset)
-    uploaded = layout.files_under(storage, layout.DATASET)
+    uploaded = run_layout.files_under(storage, run_layout.DATASET)
     assert uploaded == {f"dataset/{p.name}": p.stat().st_size for p in dataset.iterdir()}
     first = {p: p.stat().st_mtime_ns for p in (tmp_path / "location" / "dataset").iterdir()}
     upload_dataset(storage, dataset)  # a retry: the same files are there already
@@ -265,10 +265,13 @@ def test_the_logs_are_published_where_they_live_not_copied_below_outputs(tmp_pat
     (location / "run" / "events.out.tfevents.1").write_bytes(b"e" * 10)
     (dirs["tensorboard_logs"] / "run" / "hparams.yaml").write_text("lr: 1\n")
 
-    files = layout.publish_outputs(storage, dirs, RESULT)
+    files = run_layout.publish_outputs(storage, dirs, RESULT)
 
-    assert layout.live_log_files(files) == {"run/events.out.tfevents.1": 10, "run/hparams.yaml": 6}
-    assert not list((location / layout.OUTPUTS).rglob("*tfevents*"))
+    assert run_layout.live_log_files(files) == {
+        "run/events.out.tfevents.1": 10,
+        "run/hparams.yaml": 6,
+    }
+    assert not list((location / run_layout.OUTPUTS).rglob("*tfevents*"))
     assert [p.relative_to(location).as_posix() for p in location.rglob("*tfevents*")] == [
         "run/events.out.tfevents.1"
     ]

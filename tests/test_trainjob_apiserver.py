@@ -32,12 +32,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from moto.server import ThreadedMotoServer
 
+from kfp_lightning.components.common import run_layout
+from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.logs_location import LogsLocation, parse_logs_root
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.storage import open_storage
-from kfp_lightning.components.download_mnist.download import read_dataset_metadata
-from kfp_lightning.components.train_mnist.config import TrainConfig, training_task_key
-from kfp_lightning.components.train_on_nodes import layout
+from kfp_lightning.components.common.training import TrainConfig, training_task_key
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes
 from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 from kfp_lightning.components.train_on_nodes.trainjob import (
@@ -261,7 +261,7 @@ def publish_as_rank_zero(
     """Plays global rank 0: writes its outputs and the marker to the task's location."""
     location = task_location(namespace, run_id, dataset)
     storage = open_storage(location, endpoint)
-    dirs = {name: tmp_path / "rank0" / name for name in layout.OUTPUT_DIRS}
+    dirs = {name: tmp_path / "rank0" / name for name in run_layout.OUTPUT_DIRS}
     (dirs["model"]).mkdir(parents=True)
     (dirs["model"] / "weights.pt").write_bytes(os.urandom(4096))
     (dirs["model"] / "metadata.json").write_text('{"test_accuracy": 0.97}')
@@ -275,7 +275,7 @@ def publish_as_rank_zero(
         "labels": [str(d) for d in range(10)],
         "confusion_matrix": [[1 if r == c else 0 for c in range(10)] for r in range(10)],
     }
-    layout.publish_outputs(storage, dirs, result)
+    run_layout.publish_outputs(storage, dirs, result)
     return {"dirs": dirs, "result": result, "storage": storage}
 
 
@@ -352,9 +352,9 @@ def test_complete_job_becomes_the_steps_outputs(
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == SECRET
     # The nodes find the dataset in the run's location, as the step put it there.
     storage = open_storage(location, s3_endpoint)
-    uploaded = layout.files_under(storage, layout.DATASET)
+    uploaded = run_layout.files_under(storage, run_layout.DATASET)
     assert uploaded == {
-        f"{layout.DATASET}/{p.relative_to(dataset).as_posix()}": p.stat().st_size
+        f"{run_layout.DATASET}/{p.relative_to(dataset).as_posix()}": p.stat().st_size
         for p in dataset.rglob("*")
         if p.is_file()
     }
@@ -366,7 +366,7 @@ def test_complete_job_becomes_the_steps_outputs(
     assert code == 0, out + err
     assert f"TrainJob {namespace}/{name}: created (2 nodes x 1 process(es)" in out
     assert f"TrainJob {namespace}/{name}: complete (AllJobsCompleted: done)" in out
-    for artifact in layout.OUTPUT_DIRS:
+    for artifact in run_layout.OUTPUT_DIRS:
         assert files_of(step.outputs[artifact]) == files_of(rank0["dirs"][artifact]), artifact
     metrics = step.metrics()
     assert metrics["nodes"] == 2
@@ -495,7 +495,7 @@ def test_a_retry_follows_a_running_job_and_replaces_a_failed_one(
     wait_for(replaced, "the replacement job", third)
     # The failed job's outputs were cleared before the new one started.
     storage = open_storage(task_location(namespace, run_id, dataset), s3_endpoint)
-    assert layout.read_marker(storage) is None
+    assert run_layout.read_marker(storage) is None
     publish_as_rank_zero(namespace, run_id, s3_endpoint, tmp_path / "b", dataset)
     set_condition(apiserver_admin, namespace, name, "Complete", "AllJobsCompleted", "done")
     code, out, err = third.finish()

@@ -18,10 +18,11 @@ import jsonschema
 import pytest
 import yaml
 
+from kfp_lightning.components.common.kubernetes import differences
 from kfp_lightning.components.common.kubernetes_syntax import is_label_key, is_label_value
-from kfp_lightning.components.launch_tensorboard.kube_api import differences
-from kfp_lightning.components.train_mnist.config import TrainConfig
-from kfp_lightning.components.train_mnist.distributed import MODULE, entry_arguments
+from kfp_lightning.components.common.run_layout import entry_arguments
+from kfp_lightning.components.common.training import TrainConfig
+from kfp_lightning.components.train_mnist.distributed import MODULE
 from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 from kfp_lightning.components.train_on_nodes.trainjob import (
     COMPLETE,

@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 
 from kfp_lightning.components.common.errors import RunError
-from kfp_lightning.components.launch_tensorboard.kube_api import Patience
+from kfp_lightning.components.common.kubernetes import Patience
 from kfp_lightning.components.train_on_nodes.trainjob import (
     RUNTIME_PATCHES,
     TEMPLATE_OVERRIDES,

@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client
 
 from kfp_lightning.components.common.errors import RunError
-from kfp_lightning.components.launch_tensorboard.kube_api import Patience, differences
+from kfp_lightning.components.common.kubernetes import Patience, differences
 from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 from kfp_lightning.components.train_on_nodes.trainjob import (
     RBAC_MANIFEST,

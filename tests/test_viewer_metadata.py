@@ -45,10 +45,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
+from kfp_lightning.components.common.kubernetes import differences
 from kfp_lightning.components.common.logs_location import LogsLocation, parse_logs_root
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard as component
-from kfp_lightning.components.launch_tensorboard.kube_api import differences
 from kfp_lightning.components.launch_tensorboard.objects import s3_environment
 from kfp_lightning.components.launch_tensorboard.viewer import ui_metadata
 from tests.apiserver.server import ensure_namespace

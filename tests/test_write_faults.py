@@ -292,7 +292,7 @@ _TRAIN = textwrap.dedent(
     from pathlib import Path
     from kfp_lightning.components.common.errors import run_or_exit
     from kfp_lightning.components.common.logs_location import parse_logs_root
-    from kfp_lightning.components.train_mnist.config import TrainConfig
+    from kfp_lightning.components.common.training import TrainConfig
     from kfp_lightning.components.train_mnist.train import TrainingOutputs, run_training
 
     dataset, model, logs, evaluation, live = sys.argv[1:]

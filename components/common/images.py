@@ -35,7 +35,7 @@ DESCRIPTIONS = {
 # pushed again with other content (every development build of one version has the same tag),
 # and nodes keep the copy they pulled first (imagePullPolicy IfNotPresent, Kubernetes' default
 # for a tag other than `latest`), so a compile names what was pushed by digest when it knows it.
-PUSHED_FILE = Path(__file__).resolve().parents[1] / "build" / "images" / "pushed.json"
+PUSHED_FILE = Path(__file__).resolve().parents[2] / "build" / "images" / "pushed.json"
 # host[:port] followed by lowercase path components, as the OCI distribution spec allows.
 REGISTRY_PATTERN = re.compile(r"[a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*")
 

@@ -26,8 +26,6 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kfp_lightning.components.launch_tensorboard.objects import TENSORBOARD_API
-
 T = TypeVar("T")
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -36,6 +34,10 @@ LAUNCHER_VERBS = ("create", "get", "delete")
 # Create / read / delete rounds before giving up on an object that keeps changing.
 REPLACE_ROUNDS = 3
 DEFAULT_KUBECONFIG = "~/.kube/config"
+# What marks the objects a run creates (a Tensorboard, a PodDefault, a TrainJob) as ours.
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kfp-lightning"}
+RUN_ID_LABEL = "kfp-lightning/run-id"
+RUN_ID_ANNOTATION = "kfp-lightning/run-id"
 
 
 class ClusterUnreachableError(RuntimeError):
@@ -325,15 +327,17 @@ def _wait_gone(
 
 def wait_until_ready(
     api: client.CustomObjectsApi,
+    resource: tuple[str, str, str, str],
     namespace: str,
     name: str,
     timeout_seconds: float,
     patience: Patience,
 ) -> bool:
-    """Polls a `Tensorboard` until its controller reports a ready replica.
+    """Polls a custom object (a `Tensorboard`) until its controller reports a ready replica.
 
     Args:
         api: The client.
+        resource: (group, version, plural, kind) of the object.
         namespace: Its namespace.
         name: Its name.
         timeout_seconds: How long to keep polling; 0 checks once.
@@ -346,7 +350,7 @@ def wait_until_ready(
         ApiException: The server refused a read.
         ClusterUnreachableError: The API could not be reached.
     """
-    group, version, plural, kind = TENSORBOARD_API
+    group, version, plural, kind = resource
     deadline = time.monotonic() + timeout_seconds
     while True:
         current = call(

@@ -26,6 +26,9 @@ from collections.abc import Sequence
 from kfp_lightning.components.common.errors import invalid
 
 AUTO = "auto"
+# Keys of KFP's `mlpipeline-minio-artifact` secret, present in every profile namespace.
+ACCESS_KEY_KEY = "accesskey"
+SECRET_KEY_KEY = "secretkey"
 
 
 @dataclasses.dataclass(frozen=True)

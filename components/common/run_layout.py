@@ -7,7 +7,8 @@ global rank 0 uploads the model, the evaluation and `result.json` to `outputs/`,
 `outputs/complete.json` last, listing every file it published with its size. The step trusts
 the outputs only once that marker lists them, so a node lost in the middle of an upload never
 passes for a finished run, and a retried step that finds the marker of its own run's finished
-job just downloads them again.
+job just downloads them again. The step starts every node with `entry_arguments`, which the
+nodes' entry point (`train_mnist/distributed.py`) parses.
 
 The TensorBoard logs are not copied to `outputs/`: rank 0 already keeps them current in the
 location itself (`<run name>/events...`, the live logs the TensorBoard server and
@@ -28,6 +29,7 @@ from typing import Any
 from kfp_lightning.components.common.errors import RunError
 from kfp_lightning.components.common.files import write_json
 from kfp_lightning.components.common.storage import Storage
+from kfp_lightning.components.common.training import TrainConfig
 
 DATASET = "dataset"
 OUTPUTS = "outputs"
@@ -172,3 +174,41 @@ def read_marker(storage: Storage) -> dict[str, int] | None:
         local = Path(staging) / MARKER
         storage.download(f"{OUTPUTS}/{MARKER}", local)
         return {str(k): int(v) for k, v in json.loads(local.read_text())["files"].items()}
+
+
+def entry_arguments(
+    location: str,
+    nodes: int,
+    config: TrainConfig,
+    s3_endpoint: str | None,
+    run_name: str,
+    live_update_seconds: float,
+) -> list[str]:
+    """The arguments after `torchrun --module <the entry module>` that start every node.
+
+    Args:
+        location: The run's location URI, `{namespace}` already filled in.
+        nodes: Nodes in the world.
+        config: The training configuration.
+        s3_endpoint: S3 API of an s3:// location, else None.
+        run_name: The pipeline run's display name.
+        live_update_seconds: Longest delay before a logged point is readable in the location.
+
+    Returns:
+        The argument list.
+    """
+    arguments = [
+        "--location",
+        location,
+        "--nodes",
+        str(nodes),
+        "--config",
+        json.dumps(config.as_dict(), sort_keys=True),
+        "--run-name",
+        run_name,
+        "--live-update-seconds",
+        f"{live_update_seconds:g}",
+    ]
+    if s3_endpoint:
+        arguments += ["--s3-endpoint", s3_endpoint]
+    return arguments

@@ -1,7 +1,8 @@
 """Where the training pod may run: the GPU resource, node selector and tolerations.
 
-Only the pipeline uses these (they become the training task's Kubernetes settings through
-kfp-kubernetes); the preflight checks a cluster's nodes against the same values.
+The pipeline makes them the training task's Kubernetes settings (through kfp-kubernetes), the
+multi-node step gives them to every node of its TrainJob, and the preflight checks a cluster's
+nodes against the same values.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import dataclasses
 import gzip
 import hashlib
 import http.client
-import json
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from kfp_lightning.components.common.dataset import DATA_FILE, FORMAT, METADATA_FILE
 from kfp_lightning.components.common.errors import DownloadError, invalid
 from kfp_lightning.components.common.files import (
     atomic_directory,
@@ -36,9 +36,6 @@ from kfp_lightning.components.common.files import (
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.download_mnist.sources import DownloadConfig
 
-DATA_FILE = "mnist.npz"
-METADATA_FILE = "metadata.json"
-FORMAT = "kfp-lightning/mnist-arrays-v2"
 # IDX magic numbers: two zero bytes, the type (0x08: unsigned byte), the number of dimensions.
 _IDX_UBYTE = {3: 0x00000803, 1: 0x00000801}
 
@@ -226,38 +223,3 @@ def download_from_run_form(output_dir: str | Path, parameters: Mapping[str, Any]
         UserInputError: For a malformed mirror or checksum table (nothing is written).
     """
     return download_dataset(output_dir, from_run_form(DownloadConfig, parameters))
-
-
-def load_dataset(dataset_dir: str | Path) -> dict[str, np.ndarray]:
-    """Loads the arrays written by `download_dataset`.
-
-    Args:
-        dataset_dir: The Dataset artifact directory.
-
-    Returns:
-        `train_images`, `test_images` (uint8, N x 28 x 28) and `train_labels`, `test_labels`
-        (uint8, N).
-    """
-    path = Path(dataset_dir) / DATA_FILE
-    if not path.is_file():
-        raise invalid(
-            "dataset", str(dataset_dir), f"a directory written by download_mnist (no {DATA_FILE})"
-        )
-    with np.load(path) as arrays:
-        return {name: arrays[name] for name in arrays.files}
-
-
-def read_dataset_metadata(dataset_dir: str | Path) -> dict[str, Any]:
-    """The metadata written by `download_dataset`: counts, checksums, sources.
-
-    Raises:
-        UserInputError: `dataset_dir` is not a Dataset written by download_mnist.
-    """
-    path = Path(dataset_dir) / METADATA_FILE
-    if not path.is_file():
-        raise invalid(
-            "dataset",
-            str(dataset_dir),
-            f"a directory written by download_mnist (no {METADATA_FILE})",
-        )
-    return json.loads(path.read_text())

@@ -18,14 +18,15 @@ import copy
 
 import yaml
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
+from kfp_lightning.components.common.kubernetes import MANAGED_BY
 from kfp_lightning.components.common.logs_location import (
     NAMESPACE_PLACEHOLDER,
     LiveLogsConfig,
     LogsLocation,
 )
 from kfp_lightning.components.common.object_store import KFP_OBJECT_STORES
-from kfp_lightning.components.launch_tensorboard.objects import MANAGED_BY, s3_environment
+from kfp_lightning.components.launch_tensorboard.objects import s3_environment
 
 # The run parameters' defaults. A manifest applied by hand cannot resolve `s3_endpoint=auto`
 # (components/common/object_store.py): it names the newest KFP's object store.

@@ -31,15 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kfp_lightning.components.common.errors import UserInputError, invalid
 from kfp_lightning.components.common.files import atomic_write_text, write_json
-from kfp_lightning.components.common.logs_location import (
-    LiveLogsConfig,
-    LogsLocation,
-    current_namespace,
-)
-from kfp_lightning.components.common.run_form import COMPONENT, from_run_form, run_parameter
-from kfp_lightning.components.common.urls import parse_base_url
-from kfp_lightning.components.launch_tensorboard import fallback
-from kfp_lightning.components.launch_tensorboard.kube_api import (
+from kfp_lightning.components.common.kubernetes import (
     LAUNCHER_VERBS,
     ClusterUnreachableError,
     ObjectNotEnsuredError,
@@ -49,6 +41,14 @@ from kfp_lightning.components.launch_tensorboard.kube_api import (
     ensure_object,
     wait_until_ready,
 )
+from kfp_lightning.components.common.logs_location import (
+    LiveLogsConfig,
+    LogsLocation,
+    current_namespace,
+)
+from kfp_lightning.components.common.run_form import COMPONENT, from_run_form, run_parameter
+from kfp_lightning.components.common.urls import parse_base_url
+from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.objects import (
     PODDEFAULT_API,
     TENSORBOARD_API,
@@ -297,7 +297,9 @@ def start_on_cluster(
         return Launch("fallback", name, detail=detail, warning=warning)
     url = f"{settings.base_url}/tensorboard/{namespace}/{name}/"
     try:
-        ready = wait_until_ready(api, namespace, name, settings.wait_seconds, patience)
+        ready = wait_until_ready(
+            api, TENSORBOARD_API, namespace, name, settings.wait_seconds, patience
+        )
     except (ApiException, ClusterUnreachableError):
         # It exists; only its progress is unknown, which the note's kubectl command shows.
         ready = False

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
+from kfp_lightning.components.common.kubernetes import MANAGED_BY, RUN_ID_ANNOTATION, RUN_ID_LABEL
 from kfp_lightning.components.common.kubernetes_syntax import (
     digest,
     is_label_value,
     name_for_run,
 )
 from kfp_lightning.components.common.logs_location import LogsLocation
+from kfp_lightning.components.common.object_store import ACCESS_KEY_KEY, SECRET_KEY_KEY
 from kfp_lightning.components.common.storage import DEFAULT_REGION
 
 TENSORBOARD_API = ("tensorboard.kubeflow.org", "v1alpha1", "tensorboards", "Tensorboard")
@@ -35,18 +37,11 @@ PODDEFAULT_API = ("kubeflow.org", "v1alpha1", "poddefaults", "PodDefault")
 NAME_PREFIX = "kfp-run-"
 MAX_NAME_LENGTH = 63
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "kfp-lightning"}
-RUN_ID_LABEL = "kfp-lightning/run-id"
-RUN_ID_ANNOTATION = "kfp-lightning/run-id"
 PODDEFAULT_PREFIX = "kfp-lightning-s3-"
 # A PodDefault's selector key is this prefix + its name, so that each PodDefault has a key of
 # its own (the web apps select by key alone, with the value "true").
 PODDEFAULT_LABEL_PREFIX = "kfp-lightning/"
 SELECTED = "true"
-
-# Keys of KFP's `mlpipeline-minio-artifact` secret, present in every profile namespace.
-ACCESS_KEY_KEY = "accesskey"
-SECRET_KEY_KEY = "secretkey"
 
 
 def tensorboard_name(run_id: str) -> str:

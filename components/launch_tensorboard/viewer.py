@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 from kfp_lightning.components.common.logs_location import LogsLocation
 from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.objects import s3_environment

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Output
 
-from kfp_lightning.components import images
+from kfp_lightning.components.common import images
 
 
 @dsl.component(base_image=images.image_ref(images.TOOLS), install_kfp_package=False)

@@ -14,18 +14,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from kfp_lightning.components.common.evaluation import Evaluation
 from kfp_lightning.components.common.files import atomic_write_files
-from kfp_lightning.components.report_training.evaluation import Evaluation, read_evaluation
+from kfp_lightning.components.report_training import scalars
+from kfp_lightning.components.report_training.evaluation import read_evaluation
 from kfp_lightning.components.report_training.page import headline, render_html, scalar_rows
-from kfp_lightning.components.report_training.scalars import (
-    EPOCH_TAG,
-    TOP_RUN,
-    Epochs,
-    Series,
-    charts_of,
-    epochs_of,
-    read_scalars,
-)
 
 # Charts of tags the report does not know, beyond loss, accuracy and learning rate, and runs
 # charted; further tags and runs are listed in the tables only, so the page stays within its
@@ -42,7 +35,10 @@ def _markdown_cell(text: str) -> str:
 
 
 def render_markdown(
-    title: str, series: Sequence[Series], epochs: Epochs | None, evaluation: Evaluation | None
+    title: str,
+    series: Sequence[scalars.Series],
+    epochs: scalars.Epochs | None,
+    evaluation: Evaluation | None,
 ) -> str:
     """The Markdown summary: the run's name, its headline numbers and a table of the scalars.
 
@@ -103,10 +99,10 @@ def write_training_report(
         UserInputError: The logs are not a directory, or the evaluation is missing or malformed.
         WriteError: A report file cannot be written (a full disk, a read-only folder...).
     """
-    series = read_scalars(tensorboard_logs_dir)
+    series = scalars.read_scalars(tensorboard_logs_dir)
     evaluation = read_evaluation(evaluation_dir) if evaluation_dir is not None else None
-    epochs = epochs_of(series)
-    plan = charts_of(series, MAX_OTHER_CHARTS, MAX_RUNS)
+    epochs = scalars.epochs_of(series)
+    plan = scalars.charts_of(series, MAX_OTHER_CHARTS, MAX_RUNS)
     page = render_html(title, series, plan, epochs, evaluation)
     if len(page.encode("utf-8")) > MAX_PAGE_BYTES:
         page = render_html(title, series, plan, epochs, evaluation, reduced=True)
@@ -114,7 +110,7 @@ def write_training_report(
     # Together: a fault writing either (a full disk) leaves neither behind.
     atomic_write_files({html_path: page, markdown_path: markdown})
     return {
-        (s.tag if s.run == TOP_RUN else f"{s.run}/{s.tag}"): s.last
+        (s.tag if s.run == scalars.TOP_RUN else f"{s.run}/{s.tag}"): s.last
         for s in series
-        if s.tag != EPOCH_TAG and math.isfinite(s.last)
+        if s.tag != scalars.EPOCH_TAG and math.isfinite(s.last)
     }

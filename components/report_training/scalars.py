@@ -58,27 +58,15 @@ class ChartKind:
     lines: tuple[tuple[str, str, str], ...]
 
 
+def _by_split(quantity: str) -> tuple[tuple[str, str, str], ...]:
+    # A quantity's chart: training per step, validation per epoch, the test value once.
+    splits = (("train", "train", STEP), ("val", "validation", EPOCH), ("test", "test", FINAL))
+    return tuple((f"{quantity}/{split}", label, style) for split, label, style in splits)
+
+
 KNOWN_CHARTS = (
-    ChartKind(
-        "loss",
-        "Loss",
-        False,
-        (
-            ("loss/train", "train", STEP),
-            ("loss/val", "validation", EPOCH),
-            ("loss/test", "test", FINAL),
-        ),
-    ),
-    ChartKind(
-        "accuracy",
-        "Accuracy",
-        True,
-        (
-            ("accuracy/train", "train", STEP),
-            ("accuracy/val", "validation", EPOCH),
-            ("accuracy/test", "test", FINAL),
-        ),
-    ),
+    ChartKind("loss", "Loss", False, _by_split("loss")),
+    ChartKind("accuracy", "Accuracy", True, _by_split("accuracy")),
     ChartKind(
         "learning_rate", "Learning rate", False, (("learning_rate", "learning rate", SCHEDULE),)
     ),
@@ -134,6 +122,11 @@ class Line:
     style: str
     colour: str = PALETTE[0]
     dash: str = "solid"
+
+    @property
+    def dense(self) -> bool:
+        """A line of many points (per step), which charts thin to share their points."""
+        return self.style in (STEP, SCHEDULE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from kfp_lightning.components.common.dataset import load_dataset
 from kfp_lightning.components.common.errors import invalid
-from kfp_lightning.components.download_mnist.download import load_dataset
-from kfp_lightning.components.train_mnist.config import check_batch_size
+from kfp_lightning.components.common.training import check_batch_size
 
 # Mean and standard deviation of the MNIST training pixels in [0, 1] (pytorch/examples).
 MNIST_MEAN = 0.1307
@@ -172,7 +172,7 @@ class MNISTDataModule(L.LightningDataModule):
         self,
         dataset_dir: str | Path,
         batch_size: int,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = 128,
         validation_size: int = 0,
         seed: int = 1,
         max_shift: int = 0,

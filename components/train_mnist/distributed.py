@@ -9,11 +9,11 @@ plugin sets on every node of a `TrainJob` (`PET_NNODES`, `PET_NPROC_PER_NODE`,
 pkg/runtime/framework/plugins/torch/torch.go, `EnforceMLPolicy`), or that a local run sets for
 processes on 127.0.0.1, and starts this module in each process with `RANK`, `WORLD_SIZE` and
 the rest, from which Lightning detects its `TorchElasticEnvironment`. Every process downloads
-the run's dataset from `<location>/dataset/` (see `components/train_on_nodes/layout.py`) and
+the run's dataset from `<location>/dataset/` (see `components/common/run_layout.py`) and
 calls `run_training(..., num_nodes=N)`; global rank 0, the only process that gets a result,
 uploads the model, evaluation and result to `<location>/outputs/`, and the marker last, which
 also lists the live TensorBoard logs rank 0 kept current in the location (they are not copied
-to `outputs/`, which lies inside the TensorBoard's logspath: see `layout.py`).
+to `outputs/`, which lies inside the TensorBoard's logspath: see `run_layout.py`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from typing import Any
 
 from kfp_lightning.components.common.errors import RunError, invalid, run_or_exit
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.common.storage import open_storage
-from kfp_lightning.components.train_mnist.config import TrainConfig
-from kfp_lightning.components.train_on_nodes.layout import (
+from kfp_lightning.components.common.run_layout import (
     DATASET,
     OUTPUT_DIRS,
     download_tree,
     files_under,
     publish_outputs,
 )
+from kfp_lightning.components.common.storage import open_storage
+from kfp_lightning.components.common.training import TrainConfig
 
 MODULE = "kfp_lightning.components.train_mnist.distributed"
 
@@ -54,44 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--live-update-seconds", type=float, default=10.0, help="live logs' longest delay"
     )
     return parser
-
-
-def entry_arguments(
-    location: str,
-    nodes: int,
-    config: TrainConfig,
-    s3_endpoint: str | None,
-    run_name: str,
-    live_update_seconds: float,
-) -> list[str]:
-    """The arguments after `torchrun --module MODULE` that start this entry point.
-
-    Args:
-        location: The run's location URI, `{namespace}` already filled in.
-        nodes: Nodes in the world.
-        config: The training configuration.
-        s3_endpoint: S3 API of an s3:// location, else None.
-        run_name: The pipeline run's display name.
-        live_update_seconds: Longest delay before a logged point is readable in the location.
-
-    Returns:
-        The argument list.
-    """
-    arguments = [
-        "--location",
-        location,
-        "--nodes",
-        str(nodes),
-        "--config",
-        json.dumps(config.as_dict(), sort_keys=True),
-        "--run-name",
-        run_name,
-        "--live-update-seconds",
-        f"{live_update_seconds:g}",
-    ]
-    if s3_endpoint:
-        arguments += ["--s3-endpoint", s3_endpoint]
-    return arguments
 
 
 def world_size() -> int:

@@ -18,11 +18,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from kfp_lightning.components.common import evaluation as schema
+
 CLASSES = 10
 MISTAKES = 24  # most confidently misclassified test images kept
 EXAMPLES_PER_CLASS = 2  # correctly classified test images kept per digit
-FORMAT = "kfp-lightning/evaluation-v1"
-EVALUATION_FILE = "evaluation.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,37 +180,38 @@ class CollectEvaluation(Callback):
             )
 
 
-def _pixels(images: torch.Tensor, index: int) -> list[list[int]]:
-    return images[index].tolist()
-
-
 def evaluation_document(
     evaluation: Evaluation, test_images: torch.Tensor, run: dict[str, Any]
 ) -> dict[str, Any]:
-    """The content of `evaluation.json` (the report's input; format `FORMAT`).
+    """The content of `evaluation.json`, the report's input, checked against its schema.
 
     Args:
         evaluation: The final evaluation.
         test_images: The split's images as uint8, N x 28 x 28, on the CPU.
-        run: Run facts for the report's header (name, device, headline numbers, parameters).
+        run: Run facts for the report's header: the fields of `schema.RunInfo` (name, device,
+            headline numbers, parameters).
 
     Returns:
-        A JSON-ready dict.
+        A JSON-ready dict in format `schema.FORMAT`.
+
+    Raises:
+        pydantic.ValidationError: Something the report would reject (a bug, not an input).
     """
 
-    def entry(p: Prediction) -> dict[str, Any]:
-        return {**dataclasses.asdict(p), "pixels": _pixels(test_images, p.index)}
+    def sample(p: Prediction) -> dict[str, Any]:
+        return {**dataclasses.asdict(p), "pixels": test_images[p.index].tolist()}
 
-    return {
-        "format": FORMAT,
-        "split": "test",
-        "samples": evaluation.samples,
-        "labels": [str(digit) for digit in range(CLASSES)],
-        "confusion_matrix": evaluation.confusion_matrix,
-        "mistakes": [entry(p) for p in evaluation.mistakes],
-        "examples": [entry(p) for p in evaluation.examples],
-        "run": run,
-    }
+    document = schema.Evaluation(
+        format=schema.FORMAT,
+        split="test",
+        samples=evaluation.samples,
+        labels=[str(digit) for digit in range(CLASSES)],
+        confusion_matrix=evaluation.confusion_matrix,
+        mistakes=[sample(p) for p in evaluation.mistakes],
+        examples=[sample(p) for p in evaluation.examples],
+        run=run,
+    )
+    return document.model_dump(mode="json")
 
 
 def confusion_markdown(evaluation: Evaluation) -> str:

@@ -206,7 +206,7 @@ def cpu_copy(net: Net) -> Net:
     copy = Net()
     copy.load_state_dict({k: v.detach().float().cpu() for k, v in net.state_dict().items()})
     # Inference only: without gradients a user's call builds no autograd graph.
-    return copy.requires_grad_(False).eval()
+    return copy.requires_grad_(False).train(False)
 
 
 def export_program(net: Net) -> torch.export.ExportedProgram:
@@ -218,7 +218,7 @@ def export_program(net: Net) -> torch.export.ExportedProgram:
     Returns:
         The exported program.
     """
-    module = ExportedNet(net).eval()
+    module = ExportedNet(net).train(False)
     # An example above CHUNK_SIZE: export traces both branches of the cond with it, and the
     # chunked one needs a whole chunk to index. One image expanded: the archive keeps the
     # example's storage (data/sample_inputs), 784 floats rather than 3 MB.

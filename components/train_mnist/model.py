@@ -9,7 +9,7 @@ never calls `.item()` on the hot path, so logging does not synchronise the GPU e
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kfp_lightning.components.train_mnist.config import TrainConfig, build_optimizer
+from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.evaluation import EvaluationAccumulator
 
 # TensorBoard tags: quantity/split, so TensorBoard groups each quantity's curves together.
@@ -157,3 +157,40 @@ class MNISTClassifier(L.LightningModule):
         return build_optimizer(
             self.config, self.net.parameters(), lambda: self.trainer.estimated_stepping_batches
         )
+
+
+def build_optimizer(
+    config: TrainConfig, parameters: Iterable[Any], total_steps: Callable[[], int | float]
+) -> dict[str, Any]:
+    """Creates the optimiser and scheduler in Lightning's `configure_optimizers` form.
+
+    Args:
+        config: Supplies optimizer, lr_schedule, learning_rate and gamma.
+        parameters: Model parameters to optimise.
+        total_steps: Returns the optimiser steps of the whole run (one-cycle spans exactly
+            these); called only when needed, since Lightning must load the data to count them.
+
+    Returns:
+        {"optimizer": ..., "lr_scheduler": {...}}; the scheduler is named "learning_rate",
+        the tag under which `LearningRateMonitor` logs it.
+    """
+    if config.optimizer == "adadelta":
+        optimizer = torch.optim.Adadelta(parameters, lr=config.learning_rate)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-4)
+    else:
+        optimizer = torch.optim.SGD(
+            parameters, lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
+    if config.lr_schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.gamma)
+        interval = "epoch"
+    else:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.learning_rate, total_steps=int(total_steps()), pct_start=0.25
+        )
+        interval = "step"
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "interval": interval, "name": "learning_rate"},
+    }

@@ -19,12 +19,12 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from kfp_lightning.components.common.files import atomic_file
+from kfp_lightning.components.common.run_layout import DATASET, OUTPUTS
 from kfp_lightning.components.common.storage import Storage
 from kfp_lightning.components.train_mnist.checkpoints import CHECKPOINT_DIR
-from kfp_lightning.components.train_on_nodes.layout import DATASET, OUTPUTS
 
 # Folders of a run's location that are not TensorBoard logs: the checkpoints, and a multi-node
-# run's dataset and published outputs (train_on_nodes/layout.py).
+# run's dataset and published outputs (components/common/run_layout.py).
 NOT_LOGS = (CHECKPOINT_DIR, DATASET, OUTPUTS)
 
 EVENT_FILE_MARK = "tfevents"

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
-from kfp_lightning.components.train_mnist.config import TrainConfig
+from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.evaluation import (
     Evaluation,
     confusion_markdown,

@@ -29,18 +29,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import LightningDeprecationWarning
 
+from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.evaluation import FILE_NAME as EVALUATION_FILE
+from kfp_lightning.components.common.fast_exit import exit_without_teardown
 from kfp_lightning.components.common.files import atomic_directory, write_json
 from kfp_lightning.components.common.logs_location import LiveLogsConfig, LogsLocation
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.storage import Storage, open_storage
-from kfp_lightning.components.download_mnist.download import read_dataset_metadata
-from kfp_lightning.components.train_mnist.checkpoints import (
-    CHECKPOINT_DIR,
-    DurableCheckpoints,
-    find_resumable_checkpoint,
-)
-from kfp_lightning.components.train_mnist.config import (
+from kfp_lightning.components.common.training import (
     CONSOLE_ENV,
     TEST_SET,
     TrainConfig,
@@ -49,6 +46,11 @@ from kfp_lightning.components.train_mnist.config import (
     plan_devices,
     training_task_key,
     visible_gpus,
+)
+from kfp_lightning.components.train_mnist.checkpoints import (
+    CHECKPOINT_DIR,
+    DurableCheckpoints,
+    find_resumable_checkpoint,
 )
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
 from kfp_lightning.components.train_mnist.divergence import (
@@ -59,7 +61,6 @@ from kfp_lightning.components.train_mnist.divergence import (
 )
 from kfp_lightning.components.train_mnist.evaluation import (
     CLASSES,
-    EVALUATION_FILE,
     CollectEvaluation,
     Evaluation,
     evaluation_document,
@@ -510,4 +511,6 @@ def train_from_run_form(
         # executor too, and must end before the executor writes the task's outputs
         # (executor_output.json), which global rank 0 alone writes.
         raise SystemExit(0)
+    # Its files are written and closed: the next task need not wait for torch's teardown.
+    exit_without_teardown()
     return result

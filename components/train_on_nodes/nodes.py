@@ -6,9 +6,9 @@ runs the nodes: on a cluster as a Kubeflow Trainer `TrainJob` (`trainjob.py`), c
 again after a retry of this step, and watched until its `Complete` or `Failed` condition, its
 progress printed to this step's log; locally as torchrun processes on 127.0.0.1
 (`local_nodes.py`). Global rank 0 publishes the model, logs, evaluation and result in the
-run's location (`layout.py`), and this step copies them into its own output directories, each
-atomically: the same outputs as single-node training, so the report and the live TensorBoard
-work unchanged.
+run's location (`components/common/run_layout.py`), and this step copies them into its own
+output directories, each atomically: the same outputs as single-node training, so the report
+and the live TensorBoard work unchanged.
 
 Cancelling the run ends the step with SIGTERM: it deletes the `TrainJob` (or stops the local
 nodes) before it goes, and does the same when the training timeout passes first.
@@ -26,8 +26,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from kfp_lightning.components.common import run_layout
+from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.files import atomic_directory
+from kfp_lightning.components.common.kubernetes import ClusterUnreachableError, Patience, connect
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.logs_location import (
     LiveLogsConfig,
@@ -36,15 +39,9 @@ from kfp_lightning.components.common.logs_location import (
     current_namespace,
 )
 from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.common.scheduling import SchedulingConfig
 from kfp_lightning.components.common.storage import Storage, open_storage
-from kfp_lightning.components.download_mnist.download import read_dataset_metadata
-from kfp_lightning.components.launch_tensorboard.kube_api import (
-    ClusterUnreachableError,
-    Patience,
-    connect,
-)
-from kfp_lightning.components.train_mnist.config import TrainConfig, training_task_key
-from kfp_lightning.components.train_on_nodes import layout
+from kfp_lightning.components.common.training import TrainConfig, training_task_key
 from kfp_lightning.components.train_on_nodes.trainjob import (
     COMPLETE,
     FAILED,
@@ -220,30 +217,43 @@ class ProgressReader:
         if time.monotonic() - self.last_read < self.every_seconds:
             return None
         self.last_read = time.monotonic()
-        from kfp_lightning.components.report_training.scalars import read_scalars
-
         local = Path(self._directory.name)
         try:
             for relative, size in self.storage.list_files().items():
                 top = relative.split("/", 1)[0]
-                if "tfevents" not in relative or top in (layout.OUTPUTS, layout.DATASET):
+                if "tfevents" not in relative or top in (run_layout.OUTPUTS, run_layout.DATASET):
                     continue
                 if self.copied.get(relative) != size:
                     self.storage.download(relative, local / relative)
                     self.copied[relative] = size
-            series = read_scalars(local) if self.copied else []
+            last = last_scalars(local)
         except Exception as err:  # progress is a courtesy: never fail training over it
             return f"training progress unreadable for now: {err}"
-        by_tag = {s.name: s for s in series}
-        step = max((s.steps[-1] for s in series if s.steps), default=-1)
+        step = max((step for step, _ in last.values()), default=-1)
         if step <= self.last_step:
             return None
         self.last_step = step
         parts = [f"step {step}"]
-        if "epoch" in by_tag:
-            parts.append(f"epoch {int(by_tag['epoch'].last) + 1}")
-        parts += [f"{tag} {by_tag[tag].last:.4f}" for tag in PROGRESS_TAGS if tag in by_tag]
+        if "epoch" in last:
+            parts.append(f"epoch {int(last['epoch'][1]) + 1}")
+        parts += [f"{tag} {last[tag][1]:.4f}" for tag in PROGRESS_TAGS if tag in last]
         return "training: " + ", ".join(parts)
+
+
+def last_scalars(logs_dir: Path) -> dict[str, tuple[int, float]]:
+    """The highest step of every scalar tag in the event files under `logs_dir`, and its value."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    last: dict[str, tuple[int, float]] = {}
+    for run_dir in sorted({path.parent for path in logs_dir.rglob("*tfevents*")}):
+        # Its default sample of each tag always keeps the newest point.
+        accumulator = EventAccumulator(str(run_dir))
+        accumulator.Reload()
+        for tag in accumulator.Tags()[SCALARS]:
+            for event in accumulator.Scalars(tag):
+                if event.step >= last.get(tag, (-1, 0.0))[0]:
+                    last[tag] = (event.step, event.value)
+    return last
 
 
 # --- the nodes on a cluster -------------------------------------------------------------------
@@ -294,7 +304,7 @@ def run_on_cluster(
                 raise _DeadlineExceeded
             existing = None
         if existing is None:
-            layout.clear(storage, layout.OUTPUTS)
+            run_layout.clear(storage, run_layout.OUTPUTS)
             if jobs.create(wanted) is not None:
                 trainer = wanted["spec"]["trainer"]
                 print(
@@ -351,16 +361,16 @@ def run_on_cluster(
 def upload_dataset(storage: Storage, dataset_dir: Path) -> None:
     """Puts the Dataset artifact in the run's location, unless it is there already."""
     local = {
-        f"{layout.DATASET}/{p.relative_to(dataset_dir).as_posix()}": p.stat().st_size
+        f"{run_layout.DATASET}/{p.relative_to(dataset_dir).as_posix()}": p.stat().st_size
         for p in dataset_dir.rglob("*")
         if p.is_file()
     }
     if not local:
         raise invalid("dataset", str(dataset_dir), "a Dataset artifact written by download_mnist")
-    if layout.files_under(storage, layout.DATASET) == local:
+    if run_layout.files_under(storage, run_layout.DATASET) == local:
         return
-    layout.clear(storage, layout.DATASET)
-    layout.upload_tree(storage, dataset_dir, layout.DATASET)
+    run_layout.clear(storage, run_layout.DATASET)
+    run_layout.upload_tree(storage, dataset_dir, run_layout.DATASET)
 
 
 def collect_outputs(
@@ -373,11 +383,11 @@ def collect_outputs(
     Raises:
         RunError: Rank 0 published nothing, or a file is missing or incomplete.
     """
-    files = layout.read_marker(storage)
+    files = run_layout.read_marker(storage)
     if files is None:
         raise RunError(
             "the nodes finished, but rank 0 published no outputs "
-            f"({layout.OUTPUTS}/{layout.MARKER} is missing from the run's location)"
+            f"({run_layout.OUTPUTS}/{run_layout.MARKER} is missing from the run's location)"
         )
     targets = {
         "model": Path(model_dir),
@@ -385,22 +395,26 @@ def collect_outputs(
         "evaluation": Path(evaluation_dir),
     }
     with tempfile.TemporaryDirectory(prefix="result-") as staging:
-        result_path = Path(staging) / layout.RESULT
-        layout.download_tree(
+        result_path = Path(staging) / run_layout.RESULT
+        run_layout.download_tree(
             storage,
-            {k: v for k, v in files.items() if k == f"{layout.OUTPUTS}/{layout.RESULT}"},
-            layout.OUTPUTS,
+            {k: v for k, v in files.items() if k == f"{run_layout.OUTPUTS}/{run_layout.RESULT}"},
+            run_layout.OUTPUTS,
             Path(staging),
         )
         result = json.loads(result_path.read_text())
         with contextlib.ExitStack() as stack:
             for name, target in targets.items():
                 directory = stack.enter_context(atomic_directory(target))
-                if name == layout.LIVE_LOGS:
-                    # The live logs, where rank 0 kept them current (see layout.py).
-                    layout.download_tree(storage, layout.live_log_files(files), "", directory)
+                if name == run_layout.LIVE_LOGS:
+                    # The live logs, where rank 0 kept them current (see run_layout.py).
+                    run_layout.download_tree(
+                        storage, run_layout.live_log_files(files), "", directory
+                    )
                 else:
-                    layout.download_tree(storage, files, f"{layout.OUTPUTS}/{name}", directory)
+                    run_layout.download_tree(
+                        storage, files, f"{run_layout.OUTPUTS}/{name}", directory
+                    )
     return NodesResult(
         metrics={k: float(v) for k, v in result["metrics"].items()},
         model_metadata=result["model_metadata"],
@@ -487,9 +501,7 @@ def train_on_nodes(
     storage = open_storage(location, endpoint)
     upload_dataset(storage, Path(dataset_dir))
 
-    from kfp_lightning.components.train_mnist.distributed import entry_arguments
-
-    arguments = entry_arguments(
+    arguments = run_layout.entry_arguments(
         location.uri, settings.nodes, config, endpoint, run_name, logs.live_update_seconds
     )
     processes_per_node = max(config.gpus, 1)
@@ -502,7 +514,7 @@ def train_on_nodes(
         if settings.launcher == LOCAL:
             from kfp_lightning.components.train_on_nodes.local_nodes import run_local_nodes
 
-            layout.clear(storage, layout.OUTPUTS)
+            run_layout.clear(storage, run_layout.OUTPUTS)
             try:
                 run_local_nodes(
                     settings.nodes,
@@ -573,8 +585,6 @@ def train_from_run_form(
     Returns:
         What `train_on_nodes` returns.
     """
-    from kfp_lightning.pipelines.scheduling import SchedulingConfig
-
     nodes_settings = NodesSettings(**settings)
     config = from_run_form(TrainConfig, parameters)
     logs = from_run_form(LiveLogsConfig, parameters)

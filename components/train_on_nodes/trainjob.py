@@ -16,11 +16,11 @@ opt-out) travel in a field whose name and shape changed between Trainer releases
 #3309: patches of the runtime's JobSet template, keyed by `manager`). The API server prunes a
 field its CRD does not know without a word, so the form is read from the schema the cluster
 serves (`trainjob_form`), and what the server stored is compared with what was sent
-(`kube_api.differences`).
+(`kubernetes.differences` in components/common/).
 
 Everything here is deterministic in its inputs: the name comes from the run id, so a retried
 step finds its own job instead of starting a second one. Writes are retried on transient
-failures by the client's urllib3 `Retry` (see `launch_tensorboard/kube_api.py`); creating,
+failures by the client's urllib3 `Retry` (see `components/common/kubernetes.py`); creating,
 reading and deleting a job by name are all safe to repeat.
 """
 
@@ -39,25 +39,22 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kfp_lightning.components.common.errors import RunError
+from kfp_lightning.components.common.kubernetes import (
+    MANAGED_BY,
+    RUN_ID_ANNOTATION,
+    RUN_ID_LABEL,
+    ClusterUnreachableError,
+    Patience,
+    call,
+    differences,
+)
 from kfp_lightning.components.common.kubernetes_syntax import (
     digest,
     is_label_value,
     name_for_run,
 )
 from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT
-from kfp_lightning.components.launch_tensorboard.kube_api import (
-    ClusterUnreachableError,
-    Patience,
-    call,
-    differences,
-)
-from kfp_lightning.components.launch_tensorboard.objects import (
-    ACCESS_KEY_KEY,
-    MANAGED_BY,
-    RUN_ID_ANNOTATION,
-    RUN_ID_LABEL,
-    SECRET_KEY_KEY,
-)
+from kfp_lightning.components.common.object_store import ACCESS_KEY_KEY, SECRET_KEY_KEY
 
 TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
 RUNTIME_API = (
