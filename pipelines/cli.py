@@ -24,7 +24,6 @@ from kfp_lightning.components.common.errors import EXIT_USER_ERROR, invalid, run
 from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.common.training import PRESETS
 from kfp_lightning.components.train_on_nodes.nodes import (
     MAX_NODES,
     TRAINJOB,
@@ -80,17 +79,6 @@ def _typed(name: str, kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _choice(name: str, choices: Sequence[str]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise argparse.ArgumentTypeError(
-                f"invalid {name}={text!r}: expected one of {', '.join(choices)}"
-            )
-        return text
-
-    return parse
-
-
 class OneLineParser(argparse.ArgumentParser):
     """argparse, with its errors as one line on stderr (no usage block) and exit status 2."""
 
@@ -128,7 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--preset",
-        type=_choice("preset", tuple(PRESETS)),
         default=None,
         help="recipe whose values become the defaults: classic (pytorch/examples, the default) "
         "or fast (one-cycle AdamW with 1-pixel shifts, 2 epochs); explicit options still win",

@@ -32,6 +32,7 @@ from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.kubernetes import (
     ClusterUnreachableError,
     Patience,
+    api_answer,
     connect,
     connection_failure,
 )
@@ -211,10 +212,6 @@ def _call(request: Callable[..., T], *args: object, **kwargs: object) -> T:
         raise RunError(f"the Kubernetes API stopped answering: {connection_failure(err)}") from err
 
 
-def _refusal(err: ApiException) -> str:
-    return f"HTTP {err.status} {err.reason}".strip()
-
-
 # --- the checks ---------------------------------------------------------------------------
 
 
@@ -226,7 +223,7 @@ def _served(api_client: client.ApiClient, resource: tuple[str, str, str, str]) -
         found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
     except ApiException as err:
         if err.status != 404:
-            return Check(name, Status.UNKNOWN, f"discovery of {group}/{version}: {_refusal(err)}")
+            return Check(name, Status.UNKNOWN, f"discovery of {group}/{version}: {api_answer(err)}")
         return None
     if any(r.name == plural for r in found.resources):
         return Check(name, Status.PASSED, f"{plural}.{group}/{version} is served")
@@ -320,7 +317,7 @@ def check_s3_secret(
         return Check(
             name,
             Status.UNKNOWN,
-            f"secret {namespace}/{secret} not readable with these credentials ({_refusal(err)})",
+            f"secret {namespace}/{secret} not readable with these credentials ({api_answer(err)})",
             f"kubectl -n {namespace} get secret {secret} as someone who may read it",
         )
     data = {**(found.data or {}), **(found.string_data or {})}
@@ -396,7 +393,8 @@ def endpoint_in_cluster(api_client: client.ApiClient, value: str) -> str:
     try:
         found = find_object_store(api_client)
     except ApiException as err:
-        found, why = None, f"its Services are not readable with these credentials ({_refusal(err)})"
+        found = None
+        why = f"its Services are not readable with these credentials ({api_answer(err)})"
     else:
         why = "none of its Services exists"
     if found is None:
@@ -446,7 +444,7 @@ def check_object_store(api_client: client.ApiClient, logs: LogsLocation, endpoin
         return Check(
             name,
             Status.UNKNOWN,
-            f"{services} not readable with these credentials ({_refusal(err)})",
+            f"{services} not readable with these credentials ({api_answer(err)})",
             f"kubectl -n {candidates[0].namespace} get service as someone who may read it",
         )
     if found is None:
@@ -504,7 +502,7 @@ def check_logs_claim(api_client: client.ApiClient, namespace: str, logs: LogsLoc
         return Check(
             name,
             Status.UNKNOWN,
-            f"claim {where} not readable with these credentials ({_refusal(err)})",
+            f"claim {where} not readable with these credentials ({api_answer(err)})",
             f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'",
         )
     # Training writes while TensorBoard reads, each on its own node: of the modes that let
@@ -629,7 +627,7 @@ def check_launcher_rbac(
         return Check(
             name,
             Status.UNKNOWN,
-            f"these credentials may not ask the authorizer ({_refusal(err)})",
+            f"these credentials may not ask the authorizer ({api_answer(err)})",
             f"ask a cluster admin to run: kubectl auth can-i --list -n {namespace} --as {user}",
         )
     allowed = ", ".join(f"{'/'.join(verbs)} {plural}" for _, plural, verbs in permissions)
@@ -757,7 +755,7 @@ def check_gpu_nodes(
         return Check(
             name,
             Status.UNKNOWN,
-            f"nodes not readable with these credentials ({_refusal(err)})",
+            f"nodes not readable with these credentials ({api_answer(err)})",
             "ask a cluster admin whether a node offers the GPUs and taints/labels you set",
         )
     candidates = [n for n in nodes if _gpu_count(n) >= gpus]
@@ -876,7 +874,7 @@ def check_training_runtime(api_client: client.ApiClient) -> Check:
         return Check(
             name,
             Status.UNKNOWN,
-            f"{wanted} not readable with these credentials ({_refusal(err)})",
+            f"{wanted} not readable with these credentials ({api_answer(err)})",
             f"ask a cluster admin to run: kubectl get {plural} {trainjob.RUNTIME}",
         )
     spec = runtime.get("spec") or {}
@@ -938,7 +936,7 @@ def check_trainjob_rbac(
         return Check(
             name,
             Status.UNKNOWN,
-            f"these credentials may not ask the authorizer ({_refusal(err)})",
+            f"these credentials may not ask the authorizer ({api_answer(err)})",
             f"ask a cluster admin to run: kubectl auth can-i --list -n {namespace} --as {user}",
         )
     account = f"{namespace}/{service_account}"
@@ -1077,7 +1075,7 @@ def check_kfp_backend(api_client: client.ApiClient, kfp_namespace: str) -> Check
             detail = f"no {where}: version unknown (not a failure)"
             hint = "pass the namespace Kubeflow Pipelines runs in with --kfp-namespace"
         else:
-            detail = f"{where} not readable with these credentials ({_refusal(err)}): version "
+            detail = f"{where} not readable with these credentials ({api_answer(err)}): version "
             detail += "unknown (not a failure)"
             hint = f"supported: {SUPPORTED_BACKENDS}"
         return Check(name, Status.UNKNOWN, detail, hint)
@@ -1159,7 +1157,7 @@ def _probe(api_client: client.ApiClient) -> str:
             f"no Kubernetes API server answers at {host}: {connection_failure(err)}"
         ) from None
     except ApiException as err:
-        raise RunError(f"the Kubernetes API server at {host} refused: {_refusal(err)}") from None
+        raise RunError(f"the Kubernetes API server at {host} refused: {api_answer(err)}") from None
     return str(info.git_version)
 
 

@@ -1,12 +1,14 @@
-"""Several processes in one training pod: Lightning's DDP, run as KFP runs the component.
+"""Several processes in one training pod: torchrun's, run as KFP runs the component.
 
 Without a GPU, `gpus=2` trains as two CPU processes (gloo) exactly as two GPUs would (NCCL):
-Lightning starts the second by running the component's executor command again, so both run
-the component. Only global rank 0 may write the task's outputs and executor_output.json.
+the component runs `torchrun --standalone` as its child, which starts the entry point once per
+device; the component alone writes executor_output.json, from what global rank 0 published.
+With one process, the component trains in its own process, and writes the same outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -38,6 +40,32 @@ def parameters(live_root: Path, processes: int) -> dict[str, object]:
         "live_update_seconds": 2,
         "checkpoint_interval_minutes": 0.01,
     }
+
+
+def processes_of(marker: Path) -> list[int]:
+    """Processes whose command line names `marker` (torchrun and its workers name the location)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(marker) in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+def lose_the_pod(process: subprocess.Popen, marker: Path) -> None:
+    """SIGKILLs every process of the "pod", as a lost pod's container ends them all.
+
+    torchrun, and each of its workers, run in sessions of their own, out of the component's
+    process group: they are found by their command line.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for pid in processes_of(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
 
 
 def run(workdir: Path, dataset: Path, live_root: Path, processes: int) -> dict:
@@ -85,6 +113,16 @@ def test_only_rank_zero_writes_the_outputs(two_processes):
     # Progress lines come from rank 0 alone.
     ends = [line for line in process.stdout.splitlines() if "end of epoch 1 " in line]
     assert len(ends) == 1, process.stdout
+    # torchrun started the two, as the component's child.
+    assert "starting 1 node(s) x 2 process(es) under torchrun" in process.stdout
+
+
+def test_one_process_trains_without_torchrun(one_process):
+    process = one_process["process"]
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "torchrun" not in process.stdout + process.stderr
+    assert one_process["executor_output_writes"] == 1
+    assert logged_metrics(one_process["outputs"]["model"].parents[1])["processes"] == 1
 
 
 def test_two_processes_learn_like_one_on_the_same_global_batch(one_process, two_processes):
@@ -131,13 +169,10 @@ def test_a_killed_distributed_run_resumes(dataset, tmp_path):
                 and int(m.group(1)) % steps_per_epoch
             ]
             if mid:
-                os.killpg(process.pid, signal.SIGKILL)
                 break
             time.sleep(0.05)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        lose_the_pod(process, live_root)
     assert process.returncode == -signal.SIGKILL, "no mid-epoch checkpoint of epoch 2 was seen"
 
     retry = run(tmp_path / "pod-2", dataset, live_root, 2)
@@ -152,3 +187,40 @@ def test_a_killed_distributed_run_resumes(dataset, tmp_path):
     assert [s for s, _ in values["loss/val"]] == [
         steps_per_epoch * (e + 1) - 1 for e in range(EPOCHS)
     ]
+
+
+def test_a_cancelled_run_stops_its_ranks(dataset, tmp_path):
+    live_root = tmp_path / "live"
+    argv, env, outputs = component_command(
+        train_mnist, tmp_path / "pod", parameters(live_root, 2), {"dataset": dataset}
+    )
+    process = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=tmp_path / "pod",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        live = task_dir(parameters(live_root, 2), dataset)
+        deadline = time.monotonic() + 300
+        # Training is under way: rank 0 has logged to the live location.
+        while not list(live.rglob("*tfevents*")):
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        # KFP's cancellation: SIGTERM to the component's process group (argoexec's emissary
+        # signals its child's group), which torchrun, in a session of its own, is not part of.
+        os.killpg(process.pid, signal.SIGTERM)
+        stderr = process.communicate(timeout=120)[1]
+        assert stderr.strip().splitlines()[-1] == "error: cancelled (SIGTERM): stopped the training"
+        assert not any(path.exists() for path in outputs.values())
+        deadline = time.monotonic() + 30
+        while processes_of(live_root):
+            assert time.monotonic() < deadline, "a rank outlived the cancelled component"
+            time.sleep(0.2)
+    finally:
+        if process.poll() is None:
+            lose_the_pod(process, live_root)

@@ -1,4 +1,4 @@
-"""The multi-node entry point under `torchrun --nnodes 2`, on 127.0.0.1 with gloo on the CPU.
+"""The training entry point as two torchrun nodes, on 127.0.0.1 with gloo on the CPU.
 
 Two torchrun processes, one per node, with exactly the environment Kubeflow Trainer's torch
 plugin gives each node of a TrainJob (kubeflow/trainer v2.1.0,
@@ -24,10 +24,9 @@ from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.common.run_layout import entry_arguments
 from kfp_lightning.components.common.storage import open_storage
+from kfp_lightning.components.common.torchrun import free_port, node_environment
 from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.distributed import MODULE
-from kfp_lightning.components.train_on_nodes.local_nodes import free_port, node_environment
-from kfp_lightning.components.train_on_nodes.nodes import collect_outputs
 from tests.helpers import assert_only_logs, predict_in_fresh_process, scalars
 
 NODES = 2
@@ -84,7 +83,7 @@ def two_nodes(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_both_nodes_train_and_only_rank_zero_publishes(two_nodes: dict, dataset: Path) -> None:
     assert two_nodes["codes"] == [0, 0], "\n".join(two_nodes["logs"])[-4000:]
     node0, node1 = two_nodes["logs"]
-    assert "rank 0 of 2 processes on 2 nodes: published" in node0
+    assert "rank 0 of 2 processes on 2 node(s): published" in node0
     assert "published" not in node1
 
     files = run_layout.read_marker(two_nodes["storage"])
@@ -124,10 +123,13 @@ def test_live_logs_have_one_run_written_by_rank_zero(two_nodes: dict) -> None:
 def test_the_step_collects_the_curves_from_the_live_logs(two_nodes: dict, tmp_path) -> None:
     out = tmp_path / "out"
 
-    collect_outputs(two_nodes["storage"], out / "model", out / "logs", out / "evaluation")
+    outputs = {"model": out / "model", "tensorboard_logs": out / "logs", "evaluation": out / "e"}
+    result = run_layout.collect_outputs(two_nodes["storage"], outputs)
 
     assert_only_logs(out / "logs")
     curves = scalars(out / "logs")
     assert len(curves["loss/val"]) == 2
     assert curves == scalars(two_nodes["location"])
     assert (out / "model" / "weights.pt").is_file()
+    assert (result.metrics["nodes"], result.metrics["processes"]) == (2, 2)
+    assert sum(map(sum, result.confusion_matrix)) == 300

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kfp_lightning.components.common.errors import RunError
-from kfp_lightning.components.train_on_nodes.local_nodes import run_local_nodes
+from kfp_lightning.components.common.torchrun import run_torchrun
 from tests.helpers import assert_only_logs, predict_in_fresh_process, scalars
 from tests.test_local_pipeline import cli, small_run_args
 
@@ -56,7 +56,7 @@ def test_a_failing_node_stops_the_others(
     entry_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(RunError, match=r"^node 1 of 2 failed \(exit status 1\); see its log$"):
-        run_local_nodes(2, 1, entry_module, [str(tmp_path), "1"], time.monotonic() + 120, 120)
+        run_torchrun(2, 1, entry_module, [str(tmp_path), "1"], time.monotonic() + 120, 120)
     workers = started_pids(tmp_path)
     assert len(workers) == 2
     assert not any(alive(pid) for pid in workers)
@@ -66,7 +66,7 @@ def test_a_failing_node_stops_the_others(
 def test_the_deadline_stops_every_node(entry_module: str, tmp_path: Path) -> None:
     # Long enough for both torchrun nodes to start their workers on a busy 2-core machine.
     with pytest.raises(RunError, match=r"did not finish within the training timeout \(20 s\)"):
-        run_local_nodes(2, 1, entry_module, [str(tmp_path), "none"], time.monotonic() + 20, 20)
+        run_torchrun(2, 1, entry_module, [str(tmp_path), "none"], time.monotonic() + 20, 20)
     workers = started_pids(tmp_path)
     assert len(workers) == 2
     assert not any(alive(pid) for pid in workers)

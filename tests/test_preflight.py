@@ -484,7 +484,8 @@ def test_a_user_who_may_not_ask_gets_unknowns_not_failures(
     assert results["Tensorboard CRD"].startswith("✓")
     for name in ("object-store secret", "launcher RBAC", "training node", "KFP backend"):
         assert results[name].startswith("? "), results[name]
-    assert "HTTP 403 Forbidden" in results["training node"]
+    # The server's own words, in the wording every refusal uses.
+    assert 'HTTP 403: nodes is forbidden: User "alice" cannot list' in results["training node"]
 
 
 @pytest.mark.apiserver

@@ -6,17 +6,28 @@ import ast
 import dataclasses
 import inspect
 import shutil
+from typing import Annotated, Literal
 
+import pydantic
 import pytest
 
+from kfp_lightning.components.common.errors import UserInputError
+from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.run_form import (
     COMPONENT,
     PIPELINE,
+    Switch,
+    checked_by,
     declared_parameters,
+    from_run_form,
     parameters_of,
+    run_config,
     run_parameter,
 )
+from kfp_lightning.components.common.scheduling import GPU_TOLERATION, SchedulingConfig
+from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.download_mnist.component import download_mnist
+from kfp_lightning.components.download_mnist.sources import MNIST_MD5, DownloadConfig
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
 from kfp_lightning.components.train_mnist.component import train_mnist
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes
@@ -113,6 +124,83 @@ def test_a_field_without_a_docstring_is_refused():
 
     with pytest.raises(TypeError, match="needs a docstring"):
         declared_parameters(Undocumented)
+
+
+@run_config
+class _Checked:
+    """A tiny declaration with rules."""
+
+    count: Annotated[int, pydantic.Field(ge=1, description="an integer >= 1")] = run_parameter(3)
+    """How many."""
+    speed: Literal["fast", "slow"] = run_parameter("fast")
+    """fast or slow."""
+    secret: Annotated[str, checked_by(check_secret_name)] = run_parameter("keys")
+    """A Secret's name."""
+    enabled: Switch = run_parameter(False, form="switch")
+    """on or off."""
+    label: str = run_parameter("x")
+    """Any text."""
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((0,), {}, "invalid count=0: expected an integer >= 1"),  # positional
+        ((), {"count": "0"}, "invalid count='0': expected an integer >= 1"),  # as given
+        ((), {"speed": "slowest"}, "invalid speed='slowest': expected one of fast, slow"),
+        ((), {"secret": "Not A Name"}, "invalid secret='Not A Name': expected a Kubernetes"),
+        ((), {"enabled": "yes"}, "invalid enabled='yes': expected one of on, off"),
+        ((), {"label": {}}, "invalid label={}: expected a valid string"),  # pydantic's words
+    ],
+)
+def test_a_rejected_value_is_one_line_naming_it_as_given(args, kwargs, message):
+    with pytest.raises(UserInputError) as raised:
+        _Checked(*args, **kwargs)
+    assert str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_validated_declaration_is_a_run_form_like_any_other():
+    form = {p.name: (p.form_type, p.default) for p in declared_parameters(_Checked)}
+    assert form == {
+        "count": (int, 3),
+        "speed": (str, "fast"),
+        "secret": (str, "keys"),
+        "enabled": (str, "off"),
+        "label": (str, "x"),
+    }
+    with pytest.raises(pydantic.ValidationError, match="Unexpected keyword"):
+        _Checked(counts=3)  # a mistake in the code, not in a value
+
+
+def test_run_form_values_coerce_as_they_always_have():
+    train = from_run_form(
+        TrainConfig,
+        {
+            "gpus": "2",
+            "torch_compile": "ON",
+            "channels_last": " false ",
+            "validation": 5000,
+            "augmentation": " shift:2 ",
+            "gradient_clip_val": 1.0,
+            "epochs": 3.0,
+        },
+    )
+    assert (train.gpus, train.torch_compile, train.channels_last) == (2, True, False)
+    assert (train.validation, train.augmentation, train.gradient_clip_val) == (
+        "5000",
+        "shift:2",
+        "1.0",
+    )
+    assert (train.epochs, type(train.epochs)) == (3, int)
+    assert dataclasses.replace(train, gpus="0").gpus == 0
+    placement = from_run_form(SchedulingConfig, {"node_selector": {"gpu": "l4"}})
+    assert (placement.node_selector, placement.tolerations) == ({"gpu": "l4"}, [GPU_TOLERATION])
+    for empty in (None, {}):
+        assert DownloadConfig(expected_md5=empty).expected_md5 == MNIST_MD5
+    reordered = dict(reversed(MNIST_MD5.items()))
+    assert list(DownloadConfig(expected_md5=reordered).expected_md5) == list(MNIST_MD5)
+    assert DownloadConfig(" http://a/x  file:///m ").mirror == "http://a/x/,file:///m/"
 
 
 def test_every_signature_is_written_from_the_declarations():

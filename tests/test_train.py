@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
+from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.dataset import load_dataset
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.common.run_layout import collect_outputs
 from kfp_lightning.components.common.training import TrainConfig
+from kfp_lightning.components.train_mnist import train
 from kfp_lightning.components.train_mnist.data import DeviceBatches, shift_images
 from kfp_lightning.components.train_mnist.train import (
     TrainingOutputs,
     run_training,
     select_device,
+    train_from_run_form,
 )
-from tests.helpers import FOUR_SCALARS, predict_in_fresh_process, scalars
+from tests.helpers import FOUR_SCALARS, predict_in_fresh_process, scalars, task_dir
 
 TINY = {"validation": "200", "gpus": "0", "log_every_n_steps": 5}
 
@@ -53,7 +61,7 @@ def test_model_loads_and_predicts_without_this_package(classic_run, dataset):
     # The exported program normalises itself: raw pixels give the trained accuracy.
     assert prediction["accuracy"] == pytest.approx(result.metrics["test_accuracy"], abs=1e-6)
     # Validation held out: the test pass gathered the evaluation.
-    assert result.evaluation.confusion_matrix == prediction["confusion_matrix"]
+    assert result.confusion_matrix == prediction["confusion_matrix"]
     assert result.model_metadata["normalisation"]["applied_by_program"] is True
     assert result.model_metadata["input"]["shape"] == ["batch", 1, 28, 28]
 
@@ -222,8 +230,8 @@ def test_test_set_validation_is_the_test_pass(dataset, tmp_path):
 
     # The confusion matrix is what the exported model predicts, computed independently.
     prediction = predict_in_fresh_process(tmp_path / "model", dataset)
-    assert result.evaluation.confusion_matrix == prediction["confusion_matrix"]
-    assert result.evaluation.samples == 300
+    assert result.confusion_matrix == prediction["confusion_matrix"]
+    assert sum(map(sum, result.confusion_matrix)) == 300
     document = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert document["confusion_matrix"] == prediction["confusion_matrix"]
     assert document["run"]["name"] == "Run-of-mnist-7f3a"
@@ -237,3 +245,51 @@ def test_test_set_validation_is_the_test_pass(dataset, tmp_path):
     assert confidences == sorted(confidences, reverse=True)
     assert all(e["label"] == e["predicted"] for e in document["examples"])
     assert len(document["examples"]) == 20  # two of each digit
+
+
+def test_one_process_trains_here_and_collects_what_it_published(dataset, tmp_path, monkeypatch):
+    # One device: the entry point runs in this very process, with no launcher and no child
+    # process (a torchrun, or Lightning re-running the command, would go through these).
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a one-process training started a process: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    monkeypatch.setattr(os, "fork", no_process)
+    fast_exits = []
+    monkeypatch.setattr(train, "exit_without_teardown", lambda: fast_exits.append(True))
+    parameters = {
+        "run_id": "run-1",
+        "tensorboard_logs_root": str(tmp_path / "live"),
+        "epochs": 1,
+        "live_update_seconds": 1,
+        **TINY,
+    }
+    location = task_dir(parameters, dataset)
+    published = []
+
+    def collect(storage, output_dirs):
+        # What rank 0 published, as the launcher finds it: in a folder of this machine, not in
+        # the location (an object store, on a cluster).
+        handover = Path(storage.root)
+        assert not handover.is_relative_to(location)
+        published.append(json.loads((handover / "outputs" / "result.json").read_text()))
+        return collect_outputs(storage, output_dirs)
+
+    monkeypatch.setattr(run_layout, "collect_outputs", collect)
+    outputs = {name: tmp_path / name for name in ("model", "tensorboard_logs", "evaluation")}
+
+    result = train_from_run_form(dataset, outputs, "run-1", "one process", parameters)
+
+    monkeypatch.undo()
+    assert fast_exits == [True]  # the process may end without the interpreter's teardown
+    assert published == [json.loads(json.dumps(dataclasses.asdict(result)))]
+    assert result.metrics["processes"] == 1
+    # The location holds the run's logs and checkpoints, never the outputs.
+    held = {p.relative_to(location).parts[0] for p in location.rglob("*") if p.is_file()}
+    assert held == {"checkpoints", "one-process"}
+    assert scalars(outputs["tensorboard_logs"]) == scalars(location)
+    evaluation = json.loads((outputs["evaluation"] / "evaluation.json").read_text())
+    assert evaluation["confusion_matrix"] == result.confusion_matrix
+    assert predict_in_fresh_process(outputs["model"], dataset)["accuracy"] == pytest.approx(
+        result.metrics["test_accuracy"], abs=1e-6
+    )

@@ -17,17 +17,15 @@ from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.errors import RunError, UserInputError
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.common.storage import DirectoryStorage
+from kfp_lightning.components.common.torchrun import Cancelled, sigterm_raises
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes
 from kfp_lightning.components.train_on_nodes.nodes import (
     LOCAL,
     TRAINJOB,
-    Cancelled,
     NodesSettings,
     ProgressReader,
     check_nodes,
     check_shared_location,
-    collect_outputs,
-    sigterm_raises,
     upload_dataset,
 )
 from kfp_lightning.components.train_on_nodes.trainjob import explain_refusal
@@ -84,6 +82,11 @@ def make_outputs(root: Path) -> dict[str, Path]:
     return dirs
 
 
+def collect_outputs(storage: DirectoryStorage, out: Path) -> run_layout.TrainResult:
+    targets = {"model": "model", "tensorboard_logs": "logs", "evaluation": "evaluation"}
+    return run_layout.collect_outputs(storage, {k: out / v for k, v in targets.items()})
+
+
 def files_of(directory: Path) -> dict[str, bytes]:
     return {
         p.relative_to(directory).as_posix(): p.read_bytes()
@@ -107,7 +110,7 @@ def test_published_outputs_are_collected_file_for_file(tmp_path: Path) -> None:
     assert run_layout.read_marker(storage) == files
     out = tmp_path / "out"
 
-    result = collect_outputs(storage, out / "model", out / "logs", out / "evaluation")
+    result = collect_outputs(storage, out)
 
     assert result.metrics == {"test_accuracy": 0.5, "nodes": 2.0, "processes": 4.0}
     assert (result.labels, result.confusion_matrix) == (["0", "1"], [[1, 0], [0, 1]])
@@ -120,14 +123,14 @@ def test_nothing_is_collected_without_the_marker_or_from_a_torn_file(tmp_path: P
     storage = DirectoryStorage(tmp_path / "location")
     out = tmp_path / "out"
     with pytest.raises(RunError, match="rank 0 published no outputs"):
-        collect_outputs(storage, out / "model", out / "logs", out / "evaluation")
+        collect_outputs(storage, out)
     assert not out.exists()
 
     run_layout.publish_outputs(storage, make_outputs(tmp_path / "rank0"), RESULT)
     # A file changed after the marker listed it (a node still writing): refused, nothing kept.
     (tmp_path / "location" / "outputs" / "model" / "weights.pt").write_bytes(b"w" * 10)
     with pytest.raises(RunError, match=r"outputs/model/weights.pt .* has 10 bytes, 1000 expected"):
-        collect_outputs(storage, out / "model", out / "logs", out / "evaluation")
+        collect_outputs(storage, out)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -276,11 +279,11 @@ def test_the_logs_are_published_where_they_live_not_copied_below_outputs(tmp_pat
         "run/events.out.tfevents.1"
     ]
     out = tmp_path / "out"
-    collect_outputs(storage, out / "model", out / "logs", out / "evaluation")
+    collect_outputs(storage, out)
     assert files_of(out / "logs") == files_of(dirs["tensorboard_logs"])
 
     # A live file that changed after the marker listed it is not trusted.
     (location / "run" / "events.out.tfevents.1").write_bytes(b"e" * 12)
     again = tmp_path / "again"
     with pytest.raises(RunError, match=r"run/events.out.tfevents.1 .* has 12 bytes, 10 expected"):
-        collect_outputs(storage, again / "model", again / "logs", again / "evaluation")
+        collect_outputs(storage, again)

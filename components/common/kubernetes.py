@@ -16,6 +16,7 @@ is retried, since each write here is safe to repeat.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -127,6 +128,19 @@ def connection_failure(err: urllib3.exceptions.HTTPError) -> str:
     reason = getattr(err, "reason", None) or err
     text = str(reason).split("Failed to establish a new connection: ")[-1]
     return " ".join(text.split())
+
+
+def api_answer(err: ApiException) -> str:
+    """The API server's refusal in the one wording every message uses: "HTTP 403: <message>".
+
+    The server answers with a Status object whose `message` says what was refused and why;
+    without one (a proxy's answer), the HTTP reason stands in.
+    """
+    try:
+        message = str(json.loads(err.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        message = str(err.reason or "").strip()
+    return f"HTTP {err.status}: {message}" if message else f"HTTP {err.status}"
 
 
 def call(request: Callable[[], T], what: str) -> T:

@@ -21,13 +21,15 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
+
+import pydantic
 
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name, digest
 from kfp_lightning.components.common.object_store import AUTO, resolve_auto
-from kfp_lightning.components.common.run_form import run_parameter
+from kfp_lightning.components.common.run_form import checked_by, run_config, run_parameter
 from kfp_lightning.components.common.urls import parse_http_endpoint
 
 NAMESPACE_PLACEHOLDER = "{namespace}"
@@ -195,10 +197,11 @@ def check_mounted_claim(location: LogsLocation, logs_pvc: str | None, shown: str
 
 # A valid namespace that stands in for the run's while a root is checked outside a pod.
 _ANY_NAMESPACE = "namespace"
-MAX_LIVE_UPDATE_SECONDS = 300
+UpdateSeconds = Annotated[int, pydantic.Field(ge=1, le=300, description="an integer from 1 to 300")]
+SecretName = Annotated[str, checked_by(check_secret_name)]
 
 
-@dataclasses.dataclass(frozen=True)
+@run_config
 class LiveLogsConfig:
     """Where a run's live TensorBoard logs go, and how fresh they are; validated on construction.
 
@@ -215,31 +218,26 @@ class LiveLogsConfig:
     """S3 API of an s3:// root: auto (default: the object store KFP itself uses on the run's
     cluster, seaweedfs.kubeflow or, before KFP 2.15, minio-service.kubeflow) or
     http(s)://host[:port]."""
-    s3_credentials_secret: str = run_parameter("mlpipeline-minio-artifact")
+    s3_credentials_secret: SecretName = run_parameter("mlpipeline-minio-artifact")
     """Secret in the run's namespace with keys accesskey and secretkey for the S3 API (KFP's
     own, which Kubeflow creates in every profile namespace, by default)."""
-    live_update_seconds: int = run_parameter(10)
+    live_update_seconds: UpdateSeconds = run_parameter(10)
     """Longest delay, in seconds, before a logged point is readable where TensorBoard reads
     the logs (1 to 300): the event files are flushed and copied there twice as often."""
 
-    def __post_init__(self) -> None:
-        parse_logs_root(self.tensorboard_logs_root, _ANY_NAMESPACE)
+    @pydantic.field_validator("tensorboard_logs_root")
+    @classmethod
+    def _root(cls, root: str) -> str:
+        parse_logs_root(root, _ANY_NAMESPACE)
+        return root
+
+    @pydantic.field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, endpoint: str) -> str:
         # Checked whatever the root: a value typed in is a mistake even where it is unused now.
-        if self.s3_endpoint.strip() != AUTO:
-            parse_http_endpoint(self.s3_endpoint, "s3_endpoint")
-        check_secret_name(self.s3_credentials_secret, "s3_credentials_secret")
-        seconds = self.live_update_seconds
-        if isinstance(seconds, float) and seconds.is_integer():
-            seconds = int(seconds)
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int)
-            or not 1 <= seconds <= MAX_LIVE_UPDATE_SECONDS
-        ):
-            raise invalid(
-                "live_update_seconds", self.live_update_seconds, "an integer from 1 to 300"
-            )
-        object.__setattr__(self, "live_update_seconds", seconds)
+        if endpoint.strip() != AUTO:
+            parse_http_endpoint(endpoint, "s3_endpoint")
+        return endpoint
 
     def run_location(self, run_id: str, namespace: str | None = None) -> LogsLocation:
         """The live logs location of one run: `<tensorboard_logs_root>/<run_id>`."""

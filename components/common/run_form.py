@@ -6,7 +6,13 @@ under it, as litgpt declares its arguments. KFP needs them again as explicit par
 component and of the pipeline: `python -m kfp_lightning.pipelines.signatures` writes those from
 these fields (a test fails when they differ), so the YAML reads like hand-written code, and the
 Kubeflow run form, the CLI and the README table all come from the same fields. A component
-builds, and so validates, the same dataclasses from its arguments with `from_run_form`.
+builds, and so validates, the same dataclasses from its arguments with `from_run_form`:
+`run_config` makes them pydantic dataclasses, whose fields declare their rules (pydantic
+`Field` constraints, `Literal` choices, a validator where a rule is not declarative), and turns
+pydantic's `ValidationError` into the project's one-line `UserInputError`. URIs and Kubernetes
+names keep the project's parsers (`urls.py`, `kubernetes_syntax.py`, `parse_logs_root`), called
+from validators: pydantic's URL types rewrite what they accept (a trailing "/", a lower-case
+host) and know neither S3's nor Kubernetes' naming rules.
 """
 
 from __future__ import annotations
@@ -14,10 +20,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import docstring_parser
+import pydantic
+from pydantic import BeforeValidator, Field
+
+from kfp_lightning.components.common.errors import UserInputError, invalid
 
 T = TypeVar("T")
 
@@ -26,8 +37,65 @@ COMPONENT = "component"  # in component signatures only; the pipeline leaves the
 # Switch values in the run form: the Kubeflow UI treats a `false` default as missing and
 # refuses to start the run (frontend/src/components/NewRunParametersV2.tsx), so on/off.
 ON, OFF = "on", "off"
+_SWITCHES = {ON: True, OFF: False, "true": True, "false": False}
 _FORM_TYPES = (str, int, float, dict, list)
-_BY_NAME = {kind.__name__: kind for kind in _FORM_TYPES}
+# Numbers typed into a text field are its text (validation=5000, gradient_clip_val=1.0); every
+# default is checked too; an unknown keyword is a mistake, not something to drop.
+_CONFIG = pydantic.ConfigDict(coerce_numbers_to_str=True, validate_default=True, extra="forbid")
+
+
+def _switch(value: object) -> object:
+    return _SWITCHES.get(value.strip().lower(), value) if isinstance(value, str) else value
+
+
+Switch = Annotated[bool, Field(strict=True, description="one of on, off"), BeforeValidator(_switch)]
+"""An on/off run parameter: "on", "off", "true", "false" (any case) or a bool."""
+
+
+def checked_by(check: Callable[[Any, str], Any]) -> BeforeValidator:
+    """A validator (for `Annotated`) that hands the value and the field's name to `check`.
+
+    Args:
+        check: One of the project's checks, e.g. `check_secret_name`: returns the value to
+            keep, or raises `UserInputError` with its own one-line message.
+    """
+    return BeforeValidator(lambda value, info: check(value, info.field_name))
+
+
+def run_config(cls: type[T]) -> type[T]:
+    """Makes `cls` a frozen pydantic dataclass whose bad values raise `UserInputError`.
+
+    The one place a `ValidationError` becomes the project's message, `invalid <name>=<value>:
+    expected <accepted>`, naming the value as it was given. `<accepted>` is the message of a
+    `UserInputError` a validator raised, else the field's `Literal` choices, else its
+    `Field(description=...)`, else pydantic's words ("a valid string").
+    """
+    cls = pydantic.dataclasses.dataclass(frozen=True, config=_CONFIG)(cls)
+    names = [field.name for field in dataclasses.fields(cls)]
+    validate = cls.__init__
+
+    @functools.wraps(validate)
+    def init(self: T, *args: Any, **kwargs: Any) -> None:
+        try:
+            validate(self, *args, **kwargs)
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            cause = first.get("ctx", {}).get("error")
+            if isinstance(cause, UserInputError):
+                raise cause from None
+            loc = first["loc"][0] if first["loc"] else ""
+            name = names[loc] if isinstance(loc, int) and loc < len(names) else loc
+            field = cls.__pydantic_fields__.get(name)
+            if field is None:
+                raise
+            given = {**dict(zip(names, args, strict=False)), **kwargs}
+            accepted = field.description or first["msg"].removeprefix("Input should be ")
+            if typing.get_origin(field.annotation) is Literal:
+                accepted = f"one of {', '.join(typing.get_args(field.annotation))}"
+            raise invalid(name, given.get(name, first["input"]), accepted) from None
+
+    cls.__init__ = init
+    return cls
 
 
 def run_parameter(
@@ -43,7 +111,8 @@ def run_parameter(
         default: The default, of the field's Python type.
         default_factory: For a dict or list default.
         form: The type the run form uses, when it differs from the field's: `str` for a
-            count the KFP driver must read as a string, or "switch" for a bool shown as on/off.
+            count the KFP driver must read as a string, or "switch" for a bool shown as on/off
+            (a `Switch` field).
         scope: `PIPELINE` (run form and components) or `COMPONENT` (components only).
 
     Returns:
@@ -98,15 +167,16 @@ def declared_parameters(cls: type) -> tuple[RunParameter, ...]:
         TypeError: A run parameter has no docstring, or a type KFP cannot show in a form.
     """
     descriptions = _descriptions(cls)
+    hints = typing.get_type_hints(cls)  # without `Annotated`'s rules
     declared = []
     for field in dataclasses.fields(cls):
         meta = field.metadata.get("run_form")
         if meta is None:
             continue
-        form = meta["form"]
-        # The annotation's name, as a module with `from __future__ import annotations` keeps it.
-        hint = getattr(field.type, "__name__", field.type)
-        form_type = str if form in (str, "switch") else _BY_NAME.get(hint, hint)
+        hint, origin = hints[field.name], typing.get_origin(hints[field.name])
+        # The form type of a `Literal` is its choices' type; of `dict[str, str]`, dict.
+        hint = type(typing.get_args(hint)[0]) if origin is Literal else origin or hint
+        form_type = str if meta["form"] in (str, "switch") else hint
         if form_type not in _FORM_TYPES:
             raise TypeError(f"{cls.__name__}.{field.name}: run-form type {form_type!r}")
         if not descriptions.get(field.name):

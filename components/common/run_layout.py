@@ -1,25 +1,29 @@
-"""Where the step and the training nodes of a multi-node run meet: folders of the run's location.
+"""Where a training's launcher and its processes meet: folders of the task's location.
 
-The nodes share nothing with the step but the run's live location (`<tensorboard_logs_root>/
-<run id>`, an s3:// prefix or a claim every node mounts; a directory on this machine for local
-runs). The step uploads its Dataset input to `dataset/`; every node downloads it from there;
-global rank 0 uploads the model, the evaluation and `result.json` to `outputs/`, then writes
-`outputs/complete.json` last, listing every file it published with its size. The step trusts
-the outputs only once that marker lists them, so a node lost in the middle of an upload never
-passes for a finished run, and a retried step that finds the marker of its own run's finished
-job just downloads them again. The step starts every node with `entry_arguments`, which the
-nodes' entry point (`train_mnist/distributed.py`) parses.
+However training is launched (in the component's own process, as torchrun processes in its pod,
+or as the nodes of a `TrainJob` or of a local run), its processes share nothing with the
+launcher but the task's live location (`<tensorboard_logs_root>/<run id>/<task key>`: an s3://
+prefix, a claim every node mounts, or a directory on this machine). Nodes of another machine
+download the Dataset from `dataset/`, which the nodes step uploads first. Global rank 0 uploads
+the model, the evaluation and `result.json` (a `TrainResult`) to `outputs/`, then writes
+`outputs/complete.json` last, listing every file it published with its size. The launcher
+trusts the outputs only once that marker lists them (`collect_outputs`), so a process lost in
+the middle of an upload never passes for a finished run, and a retried nodes step that finds
+the marker of its own finished job just downloads them again. Every launch starts the entry
+point (`train_mnist/distributed.py`) with `entry_arguments`.
 
 The TensorBoard logs are not copied to `outputs/`: rank 0 already keeps them current in the
 location itself (`<run name>/events...`, the live logs the TensorBoard server and
 `--compare-runs` read), and the location is the TensorBoard's logspath, so a second copy below
 `outputs/` would show every curve twice. The marker lists those live files instead (their
-paths outside `outputs/`), with the sizes rank 0 wrote, and the step builds its
+paths outside `outputs/`), with the sizes rank 0 wrote, and the launcher builds its
 `tensorboard_logs` output from them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import tempfile
 from collections.abc import Mapping
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kfp_lightning.components.common.errors import RunError
-from kfp_lightning.components.common.files import write_json
+from kfp_lightning.components.common.files import atomic_directory, write_json
 from kfp_lightning.components.common.storage import Storage
 from kfp_lightning.components.common.training import TrainConfig
 
@@ -39,6 +43,33 @@ RESULT = "result.json"  # in OUTPUTS: metrics, model metadata, confusion matrix
 OUTPUT_DIRS = ("model", "tensorboard_logs", "evaluation")
 # The one published from the live logs in place, not uploaded to outputs/ (see the docstring).
 LIVE_LOGS = "tensorboard_logs"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced (`outputs/result.json`), as the component reports it.
+
+    Attributes:
+        metrics: Final scalar metrics (test accuracy and loss, last validation values, epochs,
+            optimiser steps, training samples seen and per second, training and wall seconds,
+            nodes and processes).
+        model_metadata: The metadata written beside the model.
+        labels: The class names, in the confusion matrix's order.
+        confusion_matrix: Test-set counts, row = true digit, column = predicted digit.
+    """
+
+    metrics: dict[str, float]
+    model_metadata: dict[str, Any]
+    labels: list[str]
+    confusion_matrix: list[list[int]]
+
+    def log_to(self, metrics: Any, model: Any, classification_metrics: Any) -> None:
+        """Writes the run's numbers to the component's KFP outputs (kfp.dsl's `Metrics`, `Model`
+        and `ClassificationMetrics` artifacts: this module does not import kfp)."""
+        for name, value in self.metrics.items():
+            metrics.log_metric(name, value)
+        model.metadata.update(self.model_metadata)
+        classification_metrics.log_confusion_matrix(self.labels, self.confusion_matrix)
 
 
 def files_under(storage: Storage, prefix: str) -> dict[str, int]:
@@ -144,7 +175,7 @@ def publish_outputs(
         storage: The run's location.
         output_dirs: A key of `OUTPUT_DIRS` -> the local directory holding that output; the
             `LIVE_LOGS` one is the directory the live logs are copied from.
-        result: JSON-serialisable facts of the run (metrics, model metadata, ...).
+        result: A `TrainResult`'s fields (`dataclasses.asdict`).
 
     Returns:
         Every file published (path in the storage -> size), as the marker lists them.
@@ -176,6 +207,43 @@ def read_marker(storage: Storage) -> dict[str, int] | None:
         return {str(k): int(v) for k, v in json.loads(local.read_text())["files"].items()}
 
 
+def collect_outputs(storage: Storage, output_dirs: Mapping[str, str | Path]) -> TrainResult:
+    """Copies what rank 0 published into the launcher's output directories, each atomically.
+
+    The model and evaluation come from `outputs/`, the TensorBoard logs from the live logs the
+    marker lists.
+
+    Args:
+        storage: The task's location.
+        output_dirs: Each name of `OUTPUT_DIRS` -> the directory to create.
+
+    Returns:
+        The published `result.json`.
+
+    Raises:
+        RunError: Rank 0 published nothing, or a file is missing or incomplete.
+    """
+    files = read_marker(storage)
+    if files is None:
+        raise RunError(
+            "training finished, but rank 0 published no outputs "
+            f"({OUTPUTS}/{MARKER} is missing from the run's location)"
+        )
+    result_file = f"{OUTPUTS}/{RESULT}"
+    with contextlib.ExitStack() as stack:
+        staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="result-")))
+        download_tree(storage, {result_file: files[result_file]}, OUTPUTS, staging)
+        result = json.loads((staging / RESULT).read_text())
+        for name in OUTPUT_DIRS:
+            directory = stack.enter_context(atomic_directory(output_dirs[name]))
+            if name == LIVE_LOGS:  # where rank 0 kept them current (see the module docstring)
+                download_tree(storage, live_log_files(files), "", directory)
+            else:
+                download_tree(storage, files, f"{OUTPUTS}/{name}", directory)
+    result["metrics"] = {k: float(v) for k, v in result["metrics"].items()}
+    return TrainResult(**result)
+
+
 def entry_arguments(
     location: str,
     nodes: int,
@@ -183,16 +251,19 @@ def entry_arguments(
     s3_endpoint: str | None,
     run_name: str,
     live_update_seconds: float,
+    dataset: str | Path | None = None,
 ) -> list[str]:
-    """The arguments after `torchrun --module <the entry module>` that start every node.
+    """The arguments of the entry point (after `torchrun --module <the entry module>`).
 
     Args:
-        location: The run's location URI, `{namespace}` already filled in.
+        location: The task's location URI, `{namespace}` already filled in.
         nodes: Nodes in the world.
         config: The training configuration.
         s3_endpoint: S3 API of an s3:// location, else None.
         run_name: The pipeline run's display name.
         live_update_seconds: Longest delay before a logged point is readable in the location.
+        dataset: The Dataset's directory on this machine; None: every process downloads it
+            from the location's `dataset/` (nodes on other machines).
 
     Returns:
         The argument list.
@@ -211,4 +282,6 @@ def entry_arguments(
     ]
     if s3_endpoint:
         arguments += ["--s3-endpoint", s3_endpoint]
+    if dataset is not None:
+        arguments += ["--dataset", str(dataset)]
     return arguments

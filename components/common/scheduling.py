@@ -7,27 +7,25 @@ nodes against the same values.
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Annotated
 
 from kfp_lightning.components.common.kubernetes_syntax import check_node_selector, check_tolerations
-from kfp_lightning.components.common.run_form import run_parameter
+from kfp_lightning.components.common.run_form import checked_by, run_config, run_parameter
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # The taint GPU node pools commonly carry (GKE, EKS, the NVIDIA GPU operator's examples).
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+NodeSelector = Annotated[dict, checked_by(check_node_selector)]
+Tolerations = Annotated[list, checked_by(check_tolerations)]
 
 
-@dataclasses.dataclass(frozen=True)
+@run_config
 class SchedulingConfig:
     """The training pod's placement; validated on construction."""
 
-    node_selector: dict = run_parameter(default_factory=dict)
+    node_selector: NodeSelector = run_parameter(default_factory=dict)
     """Node labels the training pod must match, as a JSON object, e.g.
     {"cloud.google.com/gke-accelerator": "nvidia-l4"}. Empty: any GPU node."""
-    tolerations: list = run_parameter(default_factory=lambda: [dict(GPU_TOLERATION)])
+    tolerations: Tolerations = run_parameter(default_factory=lambda: [dict(GPU_TOLERATION)])
     """Tolerations of the training pod, as a JSON list of Kubernetes Toleration objects.
     Default: tolerate the nvidia.com/gpu NoSchedule taint."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "node_selector", check_node_selector(self.node_selector))
-        object.__setattr__(self, "tolerations", check_tolerations(self.tolerations))

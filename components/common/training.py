@@ -15,16 +15,15 @@ import os
 import re
 import shutil
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import Field, StringConstraints
 
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.logs_location import task_key
-from kfp_lightning.components.common.run_form import COMPONENT, run_parameter
+from kfp_lightning.components.common.run_form import COMPONENT, Switch, run_config, run_parameter
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-OPTIMIZERS = ("adadelta", "sgd", "adamw")
-LR_SCHEDULES = ("step", "onecycle")
-SWITCHES = {"on": True, "off": False, "true": True, "false": False}
 # GPUs one training pod may use (DDP, one process each): the most a GPU node has today.
 MAX_GPUS = 16
 TEST_SET = "test-set"
@@ -53,61 +52,50 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _integer(name: str, value: object, low: int, high: int | None = None) -> int:
-    # JSON numbers may arrive as 14.0; an integral float is the integer it spells.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        accepted = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        raise invalid(name, value, accepted)
+def _digits(value: object) -> object:
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
+
+
+def _clip_norm(value: str) -> str:
+    value = value.strip().lower()
+    if value != NO_CLIPPING and not 0 < float(value) < math.inf:  # float("x") raises too
+        raise ValueError(value)
     return value
 
 
-def parse_gpus(value: object) -> int:
-    """Reads the `gpus` run parameter: a string (or int) holding a count from 0 to `MAX_GPUS`.
-
-    The run form declares it a string because the KFP driver resolves the accelerator count
-    of a pod spec with `GetStringValue()` (kubeflow/pipelines backend/src/v2/driver/resolve.go,
-    `resolvePodSpecInputRuntimeParameter`): from a number parameter it reads "", and the
-    `nvidia.com/gpu` limit is silently dropped.
-
-    Args:
-        value: "0", "1", ... as typed in the run form, or an int.
-
-    Returns:
-        The count.
-
-    Raises:
-        UserInputError: Not a whole number from 0 to `MAX_GPUS`.
-    """
-    # Digits only, no spaces: the driver hands the text as typed to Kubernetes' ParseQuantity,
-    # which refuses " 2", and the pod would never be created.
-    text = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
-    if isinstance(text, bool) or not isinstance(text, int) or not 0 <= text <= MAX_GPUS:
-        raise invalid("gpus", value, f"a whole number from 0 to {MAX_GPUS}, digits only")
-    return text
-
-
-def _positive_float(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise invalid(name, value, "a finite number > 0")
-    return float(value)
-
-
-def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise invalid(name, value, f"one of {', '.join(choices)}")
-    return value  # type: ignore[return-value]
+# The rules of the fields below, with what each accepts in words (`run_form.run_config`).
+Count = Annotated[int, Field(ge=1, description="an integer >= 1")]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False, description="a finite number > 0")]
+Decay = Annotated[float, Field(gt=0, le=1, description="a number in (0, 1]")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="an integer in [0, 4294967295]")]
+HoldOut = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, pattern=rf"^({TEST_SET}|[0-9]*[1-9][0-9]*)$"),
+    Field(description=f"{TEST_SET} or a number of training images to hold out, e.g. 5000"),
+]
+Augmentation = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, pattern=rf"^({NO_AUGMENTATION}|{_SHIFT.pattern})$"),
+    Field(description=f"{NO_AUGMENTATION} or shift:N with N from 1 to 4"),
+]
+# A string in the run form: the KFP driver resolves a pod spec's accelerator count with
+# `GetStringValue()` (kubeflow/pipelines backend/src/v2/driver/resolve.go,
+# `resolvePodSpecInputRuntimeParameter`), which reads "" from a number parameter and drops the
+# nvidia.com/gpu limit. Digits only, no spaces: the driver hands the text as typed to
+# Kubernetes' ParseQuantity, which refuses " 2", and the pod would never be created.
+Gpus = Annotated[
+    int,
+    Field(
+        strict=True,
+        ge=0,
+        le=MAX_GPUS,
+        description=f"a whole number from 0 to {MAX_GPUS}, digits only",
+    ),
+    pydantic.BeforeValidator(_digits),
+]
+ClipNorm = Annotated[
+    str, Field(description=f"{NO_CLIPPING} or a number > 0"), pydantic.AfterValidator(_clip_norm)
+]
 
 
 def visible_gpus() -> int:
@@ -121,7 +109,7 @@ def plan_devices(gpus: int, precision: str, visible: int) -> tuple[str, int]:
     """Lightning's accelerator and processes per node for `gpus` on a machine showing `visible`.
 
     Args:
-        gpus: GPUs requested (0 = CPU), as `parse_gpus` returns them.
+        gpus: GPUs requested (0 = CPU), as `TrainConfig.gpus` holds them.
         precision: Requested precision; "16-mixed" needs a GPU.
         visible: GPUs this machine shows (`visible_gpus()`).
 
@@ -144,27 +132,7 @@ def plan_devices(gpus: int, precision: str, visible: int) -> tuple[str, int]:
     return "cpu", max(1, gpus)
 
 
-def parse_switch(name: str, value: object) -> bool:
-    """Reads an on/off run parameter.
-
-    The run form takes strings here because the Kubeflow UI treats a `false` default as a
-    missing value and refuses to start the run.
-
-    Args:
-        name: Parameter name for the error message.
-        value: "on"/"off"/"true"/"false" (any case) or a bool.
-
-    Returns:
-        The boolean.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in SWITCHES:
-        return SWITCHES[value.strip().lower()]
-    raise invalid(name, value, "one of on, off")
-
-
-@dataclasses.dataclass(frozen=True)
+@run_config
 class TrainConfig:
     """Every training parameter, validated on construction; the defaults are the classic recipe.
 
@@ -172,99 +140,62 @@ class TrainConfig:
     the README (see `components/common/run_form.py`).
     """
 
-    epochs: int = run_parameter(14)
+    epochs: Count = run_parameter(14)
     """Passes over the training set (classic recipe: 14)."""
-    batch_size: int = run_parameter(64)
+    batch_size: Count = run_parameter(64)
     """Training batch size of each process, i.e. per GPU (classic: 64); with several GPUs or
     nodes, each step trains on batch_size x processes images. The learning rate is used as
     given: scale it with the global batch if the recipe needs it."""
-    learning_rate: float = run_parameter(1.0)
+    learning_rate: Positive = run_parameter(1.0)
     """Adadelta's learning rate (classic: 1.0), or the peak of the one-cycle schedule."""
-    gamma: float = run_parameter(0.7)
+    gamma: Decay = run_parameter(0.7)
     """StepLR's learning-rate decay per epoch, in (0, 1] (classic: 0.7); unused by one-cycle."""
-    optimizer: str = run_parameter("adadelta")
+    optimizer: Literal["adadelta", "sgd", "adamw"] = run_parameter("adadelta")
     """adadelta (classic), sgd (Nesterov momentum 0.9, weight decay 5e-4) or adamw (weight
     decay 1e-4, the fast preset's)."""
-    lr_schedule: str = run_parameter("step")
+    lr_schedule: Literal["step", "onecycle"] = run_parameter("step")
     """step (StepLR each epoch, classic) or onecycle (OneCycleLR each step)."""
-    seed: int = run_parameter(1)
+    seed: Seed = run_parameter(1)
     """Seed of the initial weights, the validation split, dropout and shuffling."""
-    validation: str = run_parameter(TEST_SET)
+    validation: HoldOut = run_parameter(TEST_SET)
     """What the validation pass after every epoch runs on: test-set (as the upstream example;
     training uses every training image, and the last validation pass is the test pass) or a
     number of training images to hold out instead, e.g. 5000."""
-    augmentation: str = run_parameter(NO_AUGMENTATION)
+    augmentation: Augmentation = run_parameter(NO_AUGMENTATION)
     """none (classic) or shift:N, each training image moved by a random offset of up to N
     pixels (1 to 4) in each direction, drawn on the device."""
-    gpus: int = run_parameter(1, form=str)
+    gpus: Gpus = run_parameter(1, form=str)
     """GPUs requested for training (the nvidia.com/gpu limit), a whole number from 0 (CPU
     nodes) to 16; several train with Lightning's DDP, one process per GPU. Without a visible
     GPU, training uses the CPU."""
-    precision: str = run_parameter("32-true")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = run_parameter("32-true")
     """32-true, bf16-mixed or 16-mixed (16-mixed needs a GPU)."""
-    torch_compile: bool = run_parameter(False, form="switch")
+    torch_compile: Switch = run_parameter(False, form="switch")
     """on or off: compile the network with torch.compile (needs a C compiler in the image)."""
-    channels_last: bool = run_parameter(False, form="switch")
+    channels_last: Switch = run_parameter(False, form="switch")
     """on or off: keep convolutions in the NHWC memory layout."""
-    gradient_clip_val: str = run_parameter(NO_CLIPPING)
+    gradient_clip_val: ClipNorm = run_parameter(NO_CLIPPING)
     """off (classic) or the largest global L2 norm of each step's gradients, e.g. 1.0, to
     which Lightning's Trainer clips them (its gradient_clip_val)."""
-    checkpoint_interval_minutes: float = run_parameter(10.0)
+    checkpoint_interval_minutes: Positive = run_parameter(10.0)
     """Longest training time, in minutes, between checkpoints within an epoch (one is also
     written at every epoch end), kept beside the live logs; a retried or preempted training
     task resumes from the newest."""
-    eval_batch_size: int = run_parameter(128, scope=COMPONENT)
+    eval_batch_size: Count = run_parameter(128, scope=COMPONENT)
     """Batch size of the validation and test passes. 128, not larger: on CPU cores a pass in
     batches of 1,000 took twice as long (their activations, ~150 MB, leave the caches)."""
-    log_every_n_steps: int = run_parameter(50, scope=COMPONENT)
+    log_every_n_steps: Count = run_parameter(50, scope=COMPONENT)
     """Optimiser steps between logged training-loss points (every step is logged before the
     first such interval ends)."""
-    progress_interval_seconds: float = 10.0
+    progress_interval_seconds: Positive = 10.0
     """Seconds between progress lines when stdout is not a terminal."""
 
-    def __post_init__(self) -> None:
-        def set_(name: str, value: object) -> None:
-            object.__setattr__(self, name, value)
-
-        set_("epochs", _integer("epochs", self.epochs, 1))
-        set_("batch_size", _integer("batch_size", self.batch_size, 1))
-        set_("seed", _integer("seed", self.seed, 0, 2**32 - 1))
-        set_("eval_batch_size", _integer("eval_batch_size", self.eval_batch_size, 1))
-        set_("gpus", parse_gpus(self.gpus))
-        set_("log_every_n_steps", _integer("log_every_n_steps", self.log_every_n_steps, 1))
-        _positive_float("learning_rate", self.learning_rate)
-        if _positive_float("gamma", self.gamma) > 1:
-            raise invalid("gamma", self.gamma, "a number in (0, 1]")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        value = str(self.validation).strip()
-        if value != TEST_SET and not (value.isdigit() and int(value) > 0):
-            raise invalid(
-                "validation",
-                self.validation,
-                f"{TEST_SET} or a number of training images to hold out, e.g. 5000",
-            )
-        set_("validation", value)
-        augmentation = str(self.augmentation).strip()
-        if augmentation != NO_AUGMENTATION and not _SHIFT.fullmatch(augmentation):
-            raise invalid("augmentation", self.augmentation, "none or shift:N with N from 1 to 4")
-        set_("augmentation", augmentation)
-        _choice("precision", self.precision, PRECISIONS)
+    @pydantic.model_validator(mode="after")
+    def _half_precision_needs_a_gpu(self) -> TrainConfig:
         if self.precision == "16-mixed" and self.gpus == 0:
             accepted = "32-true or bf16-mixed with gpus=0 (16-mixed needs a GPU)"
             raise invalid("precision", self.precision, accepted)
-        set_("torch_compile", parse_switch("torch_compile", self.torch_compile))
-        set_("channels_last", parse_switch("channels_last", self.channels_last))
-        set_("gradient_clip_val", str(self.gradient_clip_val).strip().lower())
-        if self.gradient_clip_val != NO_CLIPPING:
-            try:
-                norm = float(self.gradient_clip_val)
-            except ValueError:
-                norm = math.nan
-            if not 0 < norm < math.inf:
-                raise invalid("gradient_clip_val", self.gradient_clip_val, "off or a number > 0")
-        _positive_float("progress_interval_seconds", self.progress_interval_seconds)
-        _positive_float("checkpoint_interval_minutes", self.checkpoint_interval_minutes)
+        return self
 
     @property
     def max_shift(self) -> int:
@@ -293,7 +224,8 @@ class TrainConfig:
         Returns:
             The validated configuration.
         """
-        _choice("preset", preset, tuple(PRESETS))
+        if preset not in PRESETS:
+            raise invalid("preset", preset, f"one of {', '.join(PRESETS)}")
         values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
         return cls(**values)
 

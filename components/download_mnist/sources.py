@@ -6,12 +6,13 @@ download parameters before anything starts.
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from collections.abc import Mapping
+from typing import Annotated
 
-from kfp_lightning.components.common.errors import invalid
-from kfp_lightning.components.common.run_form import run_parameter
+import pydantic
+from pydantic import Field
+
+from kfp_lightning.components.common.run_form import run_config, run_parameter
 from kfp_lightning.components.common.urls import parse_mirrors
 
 # MD5 of the official, uncompressed IDX files, as published with the data set.
@@ -21,31 +22,8 @@ MNIST_MD5: Mapping[str, str] = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
-_MD5 = re.compile(r"[0-9a-f]{32}")
 # Images in the official training files: what a run with the published checksums trains on.
 MNIST_TRAIN_SAMPLES = 60_000
-
-
-def checksum_table(expected_md5: Mapping[str, str] | None) -> dict[str, str]:
-    """Validates a table of expected MD5s (None or empty: the published ones).
-
-    Args:
-        expected_md5: File name -> MD5 of its uncompressed content.
-
-    Returns:
-        The table to verify downloads against, in the standard file order.
-    """
-    table = dict(expected_md5 or MNIST_MD5)
-    if set(table) != set(MNIST_MD5) or not all(
-        isinstance(v, str) and _MD5.fullmatch(v) for v in table.values()
-    ):
-        raise invalid(
-            "expected_md5",
-            table,
-            "a 32-hex-digit MD5 for each of " + ", ".join(MNIST_MD5),
-        )
-    return {name: table[name] for name in MNIST_MD5}
-
 
 # torchvision's MNIST mirrors (torchvision.datasets.MNIST.mirrors), written out so the CLI and
 # the compiler need not import torchvision; a test holds the two equal.
@@ -55,7 +33,22 @@ DEFAULT_MIRRORS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+def _standard_files(table: dict[str, str]) -> dict[str, str]:
+    if set(table) != set(MNIST_MD5):
+        raise ValueError(sorted(table))
+    return {name: table[name] for name in MNIST_MD5}
+
+
+# File name -> MD5 of its uncompressed content; None or empty: the published ones.
+Checksums = Annotated[
+    dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]],
+    Field(description="a 32-hex-digit MD5 for each of " + ", ".join(MNIST_MD5)),
+    pydantic.BeforeValidator(lambda table: table or dict(MNIST_MD5)),
+    pydantic.AfterValidator(_standard_files),
+]
+
+
+@run_config
 class DownloadConfig:
     """Where MNIST comes from and what it must be; validated on construction."""
 
@@ -64,13 +57,14 @@ class DownloadConfig:
     t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, comma-separated, tried in order
     (http://, https:// or file:///path/). Default: torchvision's public mirrors; point it at
     an internal mirror on air-gapped clusters."""
-    expected_md5: dict = run_parameter(default_factory=lambda: dict(MNIST_MD5))
+    expected_md5: Checksums = run_parameter(default_factory=lambda: dict(MNIST_MD5))
     """MD5 of each uncompressed file, by file name. Default: the published MNIST checksums;
     change it only to train on another MNIST-format data set."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mirror", ",".join(parse_mirrors(self.mirror, DEFAULT_MIRRORS)))
-        object.__setattr__(self, "expected_md5", checksum_table(self.expected_md5))
+    @pydantic.field_validator("mirror")
+    @classmethod
+    def _mirrors(cls, mirror: str) -> str:
+        return ",".join(parse_mirrors(mirror, DEFAULT_MIRRORS))
 
     @property
     def mirrors(self) -> tuple[str, ...]:

@@ -19,23 +19,24 @@ Every API call is one the roles Kubeflow gives a profile's `default-editor` allo
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import pydantic
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kfp_lightning.components.common.errors import UserInputError, invalid
+from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.files import atomic_write_text, write_json
 from kfp_lightning.components.common.kubernetes import (
     LAUNCHER_VERBS,
     ClusterUnreachableError,
     ObjectNotEnsuredError,
     Patience,
+    api_answer,
     call,
     connect,
     ensure_object,
@@ -46,7 +47,12 @@ from kfp_lightning.components.common.logs_location import (
     LogsLocation,
     current_namespace,
 )
-from kfp_lightning.components.common.run_form import COMPONENT, from_run_form, run_parameter
+from kfp_lightning.components.common.run_form import (
+    COMPONENT,
+    from_run_form,
+    run_config,
+    run_parameter,
+)
 from kfp_lightning.components.common.urls import parse_base_url
 from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.objects import (
@@ -58,7 +64,7 @@ from kfp_lightning.components.launch_tensorboard.objects import (
 )
 from kfp_lightning.components.launch_tensorboard.viewer import ui_metadata
 
-MAX_WAIT_SECONDS = 3600
+WaitSeconds = Annotated[int, pydantic.Field(ge=0, le=3600, description="an integer from 0 to 3600")]
 RBAC_MANIFEST = "manifests/tensorboard-launcher-rbac.yaml"
 # (group, plural, verbs) of every call the launcher makes: its objects, and the claim of a
 # pvc:// root, read for its access modes. Kubeflow's `kubeflow-edit` grants all of them.
@@ -125,42 +131,27 @@ class Launch:
     warning: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@run_config
 class LauncherConfig:
     """How the run's TensorBoard is offered to the user; validated on construction."""
 
     kubeflow_base_url: str = run_parameter("/")
     """"/" for a TensorBoard link relative to the Kubeflow UI, or the Kubeflow URL (e.g.
     https://kubeflow.example.com) for an absolute one."""
-    wait_ready_seconds: int = run_parameter(60, scope=COMPONENT)
+    wait_ready_seconds: WaitSeconds = run_parameter(60, scope=COMPONENT)
     """How long to wait for TensorBoard to be ready before finishing (0 to 3600); the note
     says whether it was."""
 
-    def __post_init__(self) -> None:
-        parse_base_url(self.kubeflow_base_url)
-        object.__setattr__(self, "wait_ready_seconds", check_wait(self.wait_ready_seconds))
+    @pydantic.field_validator("kubeflow_base_url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        parse_base_url(url)
+        return url
 
     @property
     def link_prefix(self) -> str:
         """What goes before `/tensorboard/...` in links: "" or the URL without trailing "/"."""
         return parse_base_url(self.kubeflow_base_url)
-
-
-def check_wait(value: object) -> int:
-    """Validates `wait_ready_seconds`: an integer from 0 to `MAX_WAIT_SECONDS`."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WAIT_SECONDS:
-        raise invalid("wait_ready_seconds", value, f"an integer from 0 to {MAX_WAIT_SECONDS}")
-    return value
-
-
-def _status_message(err: ApiException) -> str:
-    # The API server answers with a Status object; fall back to the HTTP reason without one.
-    try:
-        return str(json.loads(err.body)["message"])
-    except (TypeError, ValueError, KeyError):
-        return str(err.reason)
 
 
 def describe_refusal(err: ApiException, resource: tuple[str, str, str, str], namespace: str) -> str:
@@ -175,7 +166,7 @@ def describe_refusal(err: ApiException, resource: tuple[str, str, str, str], nam
         One paragraph of Markdown.
     """
     group, _, plural, kind = resource
-    answer = f"HTTP {err.status}: {_status_message(err)}"
+    answer = api_answer(err)
     if err.status == 404:
         return (
             f"The cluster has no `{plural}.{group}` resource in namespace `{namespace}` "
@@ -236,7 +227,7 @@ def claim_access_modes(
 def _unreadable_claim(settings: Settings, err: ApiException | ClusterUnreachableError) -> str:
     """The note's warning for a pvc:// claim whose access modes could not be read."""
     namespace, claim = settings.namespace, settings.location.claim
-    cause = f"HTTP {err.status}: {_status_message(err)}" if isinstance(err, ApiException) else err
+    cause = api_answer(err) if isinstance(err, ApiException) else err
     name = tensorboard_name(settings.run_id)
     return (
         f"The claim `{claim}` could not be read ({cause}), so whether two nodes can mount it "

@@ -109,13 +109,10 @@ def train_mnist(
     # The arguments by name: the entry function reads its run parameters from them.
     parameters = dict(locals())
     from kfp_lightning.components.common.errors import run_or_exit
-    from kfp_lightning.components.train_mnist.train import TrainingOutputs, train_from_run_form
+    from kfp_lightning.components.train_mnist.train import train_from_run_form
 
-    outputs = TrainingOutputs(model.path, tensorboard_logs.path, evaluation.path)
+    outputs = {name: parameters[name].path for name in ("model", "tensorboard_logs", "evaluation")}
     result = run_or_exit(
         train_from_run_form, dataset.path, outputs, run_id, run_name, parameters, task_name
     )
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
-    model.metadata.update(result.model_metadata)
-    classification_metrics.log_confusion_matrix(result.labels, result.confusion_matrix)
+    result.log_to(metrics, model, classification_metrics)

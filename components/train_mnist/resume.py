@@ -23,8 +23,8 @@ from kfp_lightning.components.common.run_layout import DATASET, OUTPUTS
 from kfp_lightning.components.common.storage import Storage
 from kfp_lightning.components.train_mnist.checkpoints import CHECKPOINT_DIR
 
-# Folders of a run's location that are not TensorBoard logs: the checkpoints, and a multi-node
-# run's dataset and published outputs (components/common/run_layout.py).
+# Folders of a run's location that are not TensorBoard logs: the checkpoints, the dataset of
+# nodes on other machines, and rank 0's published outputs (components/common/run_layout.py).
 NOT_LOGS = (CHECKPOINT_DIR, DATASET, OUTPUTS)
 
 EVENT_FILE_MARK = "tfevents"

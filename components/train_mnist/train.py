@@ -1,12 +1,15 @@
 """Train the MNIST network with Lightning and write the Model, metrics, logs and evaluation.
 
 `train_from_run_form` is the one function the KFP component calls: it validates the run-form
-values into typed configurations, then `run_training` trains on the GPU when one is visible
-(CPU otherwise), logs scalars to TensorBoard as it goes, copies the event files to the run's
-live location every few seconds (where the TensorBoard server reads them), stops at the first
-non-finite loss, evaluates on the test set at the end, and writes each output directory
-atomically, so a failed run leaves no partial artifact behind. A retried task (same run id)
-resumes from the newest good checkpoint in the live location.
+values into typed configurations and launches the training entry point (`distributed.py`) on
+this pod's devices: in this very process for one device, or as torchrun's processes, one per
+GPU, for several; then it collects what global rank 0 published to the task's live location.
+In each process `run_training` trains on the GPU when one is visible (CPU otherwise), logs
+scalars to TensorBoard as it goes, copies the event files to the live location every few
+seconds (where the TensorBoard server reads them), stops at the first non-finite loss,
+evaluates on the test set at the end, and writes each output directory atomically, so a failed
+run leaves no partial artifact behind. A retried task (same run id) resumes from the newest
+good checkpoint in the live location.
 """
 
 from __future__ import annotations
@@ -29,14 +32,21 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import LightningDeprecationWarning
 
+from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.evaluation import FILE_NAME as EVALUATION_FILE
 from kfp_lightning.components.common.fast_exit import exit_without_teardown
 from kfp_lightning.components.common.files import atomic_directory, write_json
-from kfp_lightning.components.common.logs_location import LiveLogsConfig, LogsLocation
+from kfp_lightning.components.common.logs_location import (
+    LiveLogsConfig,
+    LogsLocation,
+    parse_logs_root,
+)
 from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.common.run_layout import TrainResult
 from kfp_lightning.components.common.storage import Storage, open_storage
+from kfp_lightning.components.common.torchrun import run_torchrun
 from kfp_lightning.components.common.training import (
     CONSOLE_ENV,
     TEST_SET,
@@ -53,6 +63,7 @@ from kfp_lightning.components.train_mnist.checkpoints import (
     find_resumable_checkpoint,
 )
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
+from kfp_lightning.components.train_mnist.distributed import MODULE, build_parser, train_and_publish
 from kfp_lightning.components.train_mnist.divergence import (
     DivergenceGuard,
     TrainingDivergedError,
@@ -62,7 +73,6 @@ from kfp_lightning.components.train_mnist.divergence import (
 from kfp_lightning.components.train_mnist.evaluation import (
     CLASSES,
     CollectEvaluation,
-    Evaluation,
     evaluation_document,
 )
 from kfp_lightning.components.train_mnist.export import export_model
@@ -120,32 +130,6 @@ class TrainingOutputs:
     evaluation_dir: str | Path | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainResult:
-    """What a training run produced.
-
-    Attributes:
-        metrics: Final scalar metrics (test accuracy and loss, last validation values, epochs,
-            optimiser steps, training samples seen and per second, training and wall seconds).
-        model_metadata: The metadata written beside the model.
-        evaluation: The final evaluation's confusion matrix, mistakes and examples.
-    """
-
-    metrics: dict[str, float]
-    model_metadata: dict[str, Any]
-    evaluation: Evaluation
-
-    @property
-    def labels(self) -> list[str]:
-        """The class names, in the confusion matrix's order."""
-        return [str(digit) for digit in range(CLASSES)]
-
-    @property
-    def confusion_matrix(self) -> list[list[int]]:
-        """Test-set counts, row = true digit, column = predicted digit."""
-        return self.evaluation.confusion_matrix
-
-
 def select_device(gpus: int, precision: str) -> tuple[str, int]:
     """`plan_devices` for the GPUs this process sees, saying when it falls back to the CPU."""
     accelerator, devices = plan_devices(gpus, precision, visible_gpus())
@@ -154,11 +138,33 @@ def select_device(gpus: int, precision: str) -> tuple[str, int]:
     return accelerator, devices
 
 
-@contextlib.contextmanager
-def _scratch() -> Iterator[Path]:
-    """A private directory for a process that writes no output (ranks other than 0)."""
-    with tempfile.TemporaryDirectory(prefix="rank-logs-") as tmp:
-        yield Path(tmp)
+def check_run(
+    config: TrainConfig, dataset_metadata: Mapping[str, Any], accelerator: str, processes: int
+) -> int:
+    """Fails at once, and in one line, on parameters that cannot train on this data and device.
+
+    Args:
+        config: The training parameters.
+        dataset_metadata: The Dataset's metadata.
+        accelerator: "gpu" or "cpu", as `plan_devices` chose.
+        processes: Processes in the world, each taking `config.batch_size` images per step.
+
+    Returns:
+        The training images (those the validation split leaves).
+
+    Raises:
+        UserInputError: A parameter that cannot work here.
+    """
+    check_compiler(config.torch_compile, accelerator)
+    train_samples = int(dataset_metadata["train_samples"]) - config.validation_size
+    if train_samples < 1:
+        raise invalid(
+            "validation",
+            config.validation,
+            f"{TEST_SET} or fewer than the {dataset_metadata['train_samples']} training images",
+        )
+    check_batch_size(config.batch_size, train_samples, processes)
+    return train_samples
 
 
 def resume_step(resume: Checkpoint | None) -> int:
@@ -275,14 +281,12 @@ def run_training(
     run_name: str = "",
     num_nodes: int = 1,
 ) -> TrainResult | None:
-    """Trains, evaluates and exports the MNIST network, on one process or several.
+    """Trains, evaluates and exports the MNIST network, as one process or one of several.
 
-    With several GPUs (`config.gpus`), or nodes started by torchrun (`num_nodes`), training
-    runs with Lightning's DDP: each process trains on its share of every epoch, with
-    `config.batch_size` images per step (a global batch of batch_size x processes), and
-    global rank 0 alone writes the logs, checkpoints and outputs. Lightning starts the other
-    processes of a pod by running this process's command again (under KFP, the component's
-    executor), so they run this function too and return None.
+    Started by torchrun (several GPUs, `config.gpus`, or `num_nodes` nodes), every process runs
+    this function and Lightning's DDP joins them: each trains on its share of every epoch,
+    with `config.batch_size` images per step (a global batch of batch_size x processes), and
+    global rank 0 alone writes the logs, checkpoints and outputs; the others return None.
 
     Args:
         dataset_dir: Dataset artifact directory written by `download_mnist`.
@@ -300,8 +304,8 @@ def run_training(
             torchrun's environment); 1 inside one pod.
 
     Returns:
-        The metrics, the model metadata and the final evaluation on global rank 0; None on
-        every other process, which writes nothing.
+        The metrics, the model metadata and the confusion matrix on global rank 0; None on
+        every other process, which writes no output.
 
     Raises:
         UserInputError: A parameter cannot work with this data or on this machine (nothing
@@ -313,17 +317,8 @@ def run_training(
     dataset_dir = Path(dataset_dir)
     dataset_metadata = read_dataset_metadata(dataset_dir)
     accelerator, devices = select_device(config.gpus, config.precision)
-    check_compiler(config.torch_compile, accelerator)
+    train_samples = check_run(config, dataset_metadata, accelerator, devices * num_nodes)
     storage = open_storage(live_logs, s3_endpoint) if live_logs else None
-
-    train_samples = int(dataset_metadata["train_samples"]) - config.validation_size
-    if train_samples < 1:
-        raise invalid(
-            "validation",
-            config.validation,
-            f"{TEST_SET} or fewer than the {dataset_metadata['train_samples']} training images",
-        )
-    check_batch_size(config.batch_size, train_samples, devices * num_nodes)
     # At least one training-loss point per epoch, however small the data set.
     log_every_n_steps = min(config.log_every_n_steps, math.ceil(train_samples / config.batch_size))
 
@@ -348,7 +343,9 @@ def run_training(
     processes = devices * num_nodes
 
     with (
-        atomic_directory(outputs.tensorboard_logs_dir) if writer else _scratch() as logs_dir,
+        # Every process has its own (only the entry point starts several, each in a scratch
+        # directory); only rank 0's logger writes to it.
+        atomic_directory(outputs.tensorboard_logs_dir) as logs_dir,
         live_logging(
             logs_dir,
             run_label,
@@ -465,22 +462,30 @@ def run_training(
     timeline.mark("exported")
     # This attempt's time only: a resumed run's earlier training happened in another pod.
     print(timeline.line(throughput.attempt_seconds), flush=True)
-    return TrainResult(metrics=metrics, model_metadata=model_metadata, evaluation=evaluation)
+    return TrainResult(
+        metrics, model_metadata, [str(d) for d in range(CLASSES)], evaluation.confusion_matrix
+    )
 
 
 def train_from_run_form(
     dataset_dir: str | Path,
-    outputs: TrainingOutputs,
+    output_dirs: Mapping[str, str | Path],
     run_id: str,
     run_name: str,
     parameters: Mapping[str, Any],
     task_name: str = "",
 ) -> TrainResult:
-    """The KFP component's entry: validates the run-form values, then calls `run_training`.
+    """The KFP component's entry: validates the run-form values, then trains on this pod.
+
+    One device: the entry point's `train_and_publish` runs in this process (no launcher, no
+    second process: the first curve point comes soonest). Several GPUs: `torchrun --standalone`
+    runs the entry point as one process per GPU, as a child of this one, which waits for it and
+    stops it on SIGTERM. Either way global rank 0 publishes the outputs to a folder of this pod,
+    and this process collects them from there as the nodes step collects them from the location.
 
     Args:
         dataset_dir: Dataset artifact directory.
-        outputs: The directories to create.
+        output_dirs: Each name of `run_layout.OUTPUT_DIRS` -> the directory to create.
         run_id: The pipeline run's id; the live logs go to
             `<tensorboard_logs_root>/<run_id>/<task key>` (`config.training_task_key`).
         run_name: The pipeline run's display name (TensorBoard's name for the run).
@@ -488,29 +493,29 @@ def train_from_run_form(
         task_name: The task's name in the pipeline, part of its key.
 
     Returns:
-        What `run_training` returns on global rank 0.
-
-    Raises:
-        SystemExit: On every other process, which writes nothing.
+        What rank 0 published.
     """
     config = from_run_form(TrainConfig, parameters)
     logs = from_run_form(LiveLogsConfig, parameters)
-    sha256 = read_dataset_metadata(Path(dataset_dir)).get("sha256", {})
-    location = logs.task_location(run_id, training_task_key(task_name, sha256, config))
-    result = run_training(
-        dataset_dir,
-        outputs,
-        config,
-        location,
-        logs.endpoint(),
-        logs.live_update_seconds,
-        run_name,
-    )
-    if result is None:
-        # A process Lightning started for another GPU of the pod: it runs the component's
-        # executor too, and must end before the executor writes the task's outputs
-        # (executor_output.json), which global rank 0 alone writes.
-        raise SystemExit(0)
-    # Its files are written and closed: the next task need not wait for torch's teardown.
+    metadata = read_dataset_metadata(Path(dataset_dir))
+    key = training_task_key(task_name, metadata.get("sha256", {}), config)
+    location = logs.task_location(run_id, key)
+    endpoint = logs.endpoint()
+    accelerator, devices = plan_devices(config.gpus, config.precision, visible_gpus())
+    # Before any process starts: one line for a value that cannot work, not one per process.
+    check_run(config, metadata, accelerator, devices)
+    with tempfile.TemporaryDirectory(prefix="handover-") as handover:
+        arguments = run_layout.entry_arguments(
+            location.uri, 1, config, endpoint, run_name, logs.live_update_seconds, dataset_dir
+        )
+        arguments += ["--publish", handover]
+        if devices > 1:
+            run_torchrun(1, devices, MODULE, arguments)
+        else:
+            train_and_publish(build_parser().parse_args(arguments))
+        handed_over = open_storage(parse_logs_root(handover, parameter="publish"), None)
+        result = run_layout.collect_outputs(handed_over, output_dirs)
+    # Its files are written and closed, and no child is left: the next task need not wait for
+    # torch's teardown.
     exit_without_teardown()
     return result

@@ -137,27 +137,8 @@ def train_on_nodes(
     from kfp_lightning.components.common.errors import run_or_exit
     from kfp_lightning.components.train_on_nodes.nodes import train_from_run_form
 
+    outputs = {name: parameters[name].path for name in ("model", "tensorboard_logs", "evaluation")}
     result = run_or_exit(
-        train_from_run_form,
-        dataset.path,
-        {
-            "model": model.path,
-            "tensorboard_logs": tensorboard_logs.path,
-            "evaluation": evaluation.path,
-        },
-        run_id,
-        run_name,
-        {
-            "nodes": nodes,
-            "launcher": node_launcher,
-            "trainer_image": trainer_image,
-            "logs_pvc": logs_pvc,
-            "timeout_seconds": timeout_seconds,
-        },
-        parameters,
-        task_name,
+        train_from_run_form, dataset.path, outputs, run_id, run_name, parameters, task_name
     )
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
-    model.metadata.update(result.model_metadata)
-    classification_metrics.log_confusion_matrix(result.labels, result.confusion_matrix)
+    result.log_to(metrics, model, classification_metrics)

@@ -5,9 +5,9 @@ values as single-node training does, uploads the Dataset input to the run's loca
 runs the nodes: on a cluster as a Kubeflow Trainer `TrainJob` (`trainjob.py`), created, or found
 again after a retry of this step, and watched until its `Complete` or `Failed` condition, its
 progress printed to this step's log; locally as torchrun processes on 127.0.0.1
-(`local_nodes.py`). Global rank 0 publishes the model, logs, evaluation and result in the
-run's location (`components/common/run_layout.py`), and this step copies them into its own
-output directories, each atomically: the same outputs as single-node training, so the report
+(`components/common/torchrun.py`). Global rank 0 publishes the model, logs, evaluation and
+result in the run's location, and this step collects them into its own output directories, as
+single-node training does (`components/common/run_layout.py`): the same outputs, so the report
 and the live TensorBoard work unchanged.
 
 Cancelling the run ends the step with SIGTERM: it deletes the `TrainJob` (or stops the local
@@ -16,20 +16,16 @@ nodes) before it goes, and does the same when the training timeout passes first.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import signal
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.errors import RunError, invalid
-from kfp_lightning.components.common.files import atomic_directory
 from kfp_lightning.components.common.kubernetes import ClusterUnreachableError, Patience, connect
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.logs_location import (
@@ -41,6 +37,7 @@ from kfp_lightning.components.common.logs_location import (
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.scheduling import SchedulingConfig
 from kfp_lightning.components.common.storage import Storage, open_storage
+from kfp_lightning.components.common.torchrun import Cancelled, run_torchrun, sigterm_raises
 from kfp_lightning.components.common.training import TrainConfig, training_task_key
 from kfp_lightning.components.train_on_nodes.trainjob import (
     COMPLETE,
@@ -141,52 +138,6 @@ class NodesSettings:
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
             raise invalid("timeout_seconds", self.timeout_seconds, "an integer >= 1")
         object.__setattr__(self, "timeout_seconds", seconds)
-
-
-@dataclasses.dataclass(frozen=True)
-class NodesResult:
-    """What rank 0 published, as the component turns it into KFP outputs.
-
-    Attributes:
-        metrics: Final scalar metrics, with `nodes` and `processes` (the world size).
-        model_metadata: The metadata written beside the model.
-        labels: The class names, in the confusion matrix's order.
-        confusion_matrix: Test-set counts, row = true digit, column = predicted digit.
-    """
-
-    metrics: dict[str, float]
-    model_metadata: dict[str, Any]
-    labels: list[str]
-    confusion_matrix: list[list[int]]
-
-
-class Cancelled(BaseException):
-    """SIGTERM arrived: the run was cancelled, or the pod is being stopped."""
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Turns SIGTERM into `Cancelled` in the main thread for the duration of the block.
-
-    A cancelled run's pod gets SIGTERM in every process of its main container: Argo signals
-    PID 1 (argoexec emissary, argoproj/argo-workflows v3.5.14, workflow/signal/signal.go,
-    `SignalContainer`), which forwards it to its child's whole process group
-    (cmd/argoexec/commands/emissary.go; workflow/executor/os-specific/signal_darwin.go,
-    `Kill`), this Python included. KFP's launcher, our parent, has no handler and exits at
-    once (kubeflow/pipelines 2.5.0, backend/src/v2/component/launcher_v2.go); emissary notices
-    within a second and the container ends, so the cleanup must be one quick request.
-    """
-
-    def cancel(signum: int, _frame: object) -> None:
-        # A second signal must not interrupt the cleanup the first one started.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Cancelled(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, cancel)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # --- training progress from the live logs ------------------------------------------------------
@@ -373,61 +324,9 @@ def upload_dataset(storage: Storage, dataset_dir: Path) -> None:
     run_layout.upload_tree(storage, dataset_dir, run_layout.DATASET)
 
 
-def collect_outputs(
-    storage: Storage, model_dir: Path, tensorboard_logs_dir: Path, evaluation_dir: Path
-) -> NodesResult:
-    """Copies what rank 0 published into the step's output directories, each atomically: the
-    model and evaluation from `outputs/`, the TensorBoard logs from the live logs the marker
-    lists.
-
-    Raises:
-        RunError: Rank 0 published nothing, or a file is missing or incomplete.
-    """
-    files = run_layout.read_marker(storage)
-    if files is None:
-        raise RunError(
-            "the nodes finished, but rank 0 published no outputs "
-            f"({run_layout.OUTPUTS}/{run_layout.MARKER} is missing from the run's location)"
-        )
-    targets = {
-        "model": Path(model_dir),
-        "tensorboard_logs": Path(tensorboard_logs_dir),
-        "evaluation": Path(evaluation_dir),
-    }
-    with tempfile.TemporaryDirectory(prefix="result-") as staging:
-        result_path = Path(staging) / run_layout.RESULT
-        run_layout.download_tree(
-            storage,
-            {k: v for k, v in files.items() if k == f"{run_layout.OUTPUTS}/{run_layout.RESULT}"},
-            run_layout.OUTPUTS,
-            Path(staging),
-        )
-        result = json.loads(result_path.read_text())
-        with contextlib.ExitStack() as stack:
-            for name, target in targets.items():
-                directory = stack.enter_context(atomic_directory(target))
-                if name == run_layout.LIVE_LOGS:
-                    # The live logs, where rank 0 kept them current (see run_layout.py).
-                    run_layout.download_tree(
-                        storage, run_layout.live_log_files(files), "", directory
-                    )
-                else:
-                    run_layout.download_tree(
-                        storage, files, f"{run_layout.OUTPUTS}/{name}", directory
-                    )
-    return NodesResult(
-        metrics={k: float(v) for k, v in result["metrics"].items()},
-        model_metadata=result["model_metadata"],
-        labels=list(result["labels"]),
-        confusion_matrix=result["confusion_matrix"],
-    )
-
-
 def train_on_nodes(
     dataset_dir: str | Path,
-    model_dir: str | Path,
-    tensorboard_logs_dir: str | Path,
-    evaluation_dir: str | Path,
+    output_dirs: Mapping[str, str | Path],
     run_id: str,
     run_name: str,
     settings: NodesSettings,
@@ -438,7 +337,7 @@ def train_on_nodes(
     patience: Patience | None = None,
     progress_seconds: float = PROGRESS_SECONDS,
     task_name: str = "",
-) -> NodesResult:
+) -> run_layout.TrainResult:
     """Trains on `settings.nodes` nodes and writes the same outputs as single-node training.
 
     On a cluster the node pods run as the step's own service account with its pod's image
@@ -447,9 +346,7 @@ def train_on_nodes(
 
     Args:
         dataset_dir: The Dataset artifact written by download_mnist.
-        model_dir: The Model output to create.
-        tensorboard_logs_dir: The TensorBoard logs output to create.
-        evaluation_dir: The evaluation output to create.
+        output_dirs: Each name of `run_layout.OUTPUT_DIRS` -> the directory to create.
         run_id: The pipeline run's id: names the TrainJob and the run's location.
         run_name: The pipeline run's display name (TensorBoard's name for the run).
         settings: How to run the nodes.
@@ -510,55 +407,47 @@ def train_on_nodes(
         f"{location.uri}",
         flush=True,
     )
-    with sigterm_raises():
-        if settings.launcher == LOCAL:
-            from kfp_lightning.components.train_on_nodes.local_nodes import run_local_nodes
-
-            run_layout.clear(storage, run_layout.OUTPUTS)
-            try:
-                run_local_nodes(
-                    settings.nodes,
-                    processes_per_node,
-                    ENTRY_MODULE,
-                    arguments,
+    if settings.launcher == LOCAL:
+        run_layout.clear(storage, run_layout.OUTPUTS)
+        run_torchrun(
+            settings.nodes,
+            processes_per_node,
+            ENTRY_MODULE,
+            arguments,
+            deadline,
+            settings.timeout_seconds,
+        )
+    else:
+        spec = NodeSpec(
+            image=settings.trainer_image,
+            nodes=settings.nodes,
+            processes_per_node=processes_per_node,
+            gpus_per_node=config.gpus,
+            arguments=arguments,
+            module=ENTRY_MODULE,
+            s3_secret=logs.s3_credentials_secret if location.scheme == "s3" else None,
+            logs_pvc=settings.logs_pvc or None,
+            node_selector=node_selector,
+            tolerations=tolerations,
+            service_account=identity.service_account,
+            image_pull_secrets=identity.image_pull_secrets,
+        )
+        print(identity.note, flush=True)
+        wanted = trainjob_object(namespace, run_id, spec, form, task=key)
+        progress = ProgressReader(storage, progress_seconds)
+        try:
+            with api_client, sigterm_raises():
+                run_on_cluster(
+                    TrainJobs(api_client, namespace, patience),
+                    wanted,
+                    storage,
                     deadline,
                     settings.timeout_seconds,
+                    progress,
                 )
-            except (Cancelled, KeyboardInterrupt) as stop:
-                raise RunError(f"cancelled ({stop or 'interrupted'}): stopped the nodes") from None
-        else:
-            spec = NodeSpec(
-                image=settings.trainer_image,
-                nodes=settings.nodes,
-                processes_per_node=processes_per_node,
-                gpus_per_node=config.gpus,
-                arguments=arguments,
-                module=ENTRY_MODULE,
-                s3_secret=logs.s3_credentials_secret if location.scheme == "s3" else None,
-                logs_pvc=settings.logs_pvc or None,
-                node_selector=node_selector,
-                tolerations=tolerations,
-                service_account=identity.service_account,
-                image_pull_secrets=identity.image_pull_secrets,
-            )
-            print(identity.note, flush=True)
-            wanted = trainjob_object(namespace, run_id, spec, form, task=key)
-            progress = ProgressReader(storage, progress_seconds)
-            try:
-                with api_client:
-                    run_on_cluster(
-                        TrainJobs(api_client, namespace, patience),
-                        wanted,
-                        storage,
-                        deadline,
-                        settings.timeout_seconds,
-                        progress,
-                    )
-            finally:
-                progress.close()
-    return collect_outputs(
-        storage, Path(model_dir), Path(tensorboard_logs_dir), Path(evaluation_dir)
-    )
+        finally:
+            progress.close()
+    return run_layout.collect_outputs(storage, output_dirs)
 
 
 def train_from_run_form(
@@ -566,39 +455,40 @@ def train_from_run_form(
     output_dirs: Mapping[str, str | Path],
     run_id: str,
     run_name: str,
-    settings: Mapping[str, Any],
     parameters: Mapping[str, Any],
     task_name: str = "",
-) -> NodesResult:
+) -> run_layout.TrainResult:
     """The KFP component's entry: validates every value, then calls `train_on_nodes`.
 
     Args:
         dataset_dir: The Dataset artifact directory.
-        output_dirs: "model", "tensorboard_logs" and "evaluation" -> the directory to create.
+        output_dirs: Each name of `run_layout.OUTPUT_DIRS` -> the directory to create.
         run_id: The pipeline run's id.
         run_name: The pipeline run's display name.
-        settings: The `NodesSettings` fields, as the pipeline set them.
-        parameters: Run-form values of every `TrainConfig`, `LiveLogsConfig` and
-            `SchedulingConfig` field.
+        parameters: The component's arguments by name: the `NodesSettings` (`launcher` as
+            `node_launcher`) and every `TrainConfig`, `LiveLogsConfig` and `SchedulingConfig`
+            field.
         task_name: The task's name in the pipeline.
 
     Returns:
-        What `train_on_nodes` returns.
+        What rank 0 published.
     """
-    nodes_settings = NodesSettings(**settings)
-    config = from_run_form(TrainConfig, parameters)
-    logs = from_run_form(LiveLogsConfig, parameters)
+    settings = NodesSettings(
+        parameters["nodes"],
+        parameters["node_launcher"],
+        parameters["trainer_image"],
+        parameters["logs_pvc"],
+        parameters["timeout_seconds"],
+    )
     scheduling = from_run_form(SchedulingConfig, parameters)
     return train_on_nodes(
         dataset_dir,
-        output_dirs["model"],
-        output_dirs["tensorboard_logs"],
-        output_dirs["evaluation"],
+        output_dirs,
         run_id,
         run_name,
-        nodes_settings,
-        config,
-        logs,
+        settings,
+        from_run_form(TrainConfig, parameters),
+        from_run_form(LiveLogsConfig, parameters),
         scheduling.node_selector,
         scheduling.tolerations,
         task_name=task_name,

@@ -45,6 +45,7 @@ from kfp_lightning.components.common.kubernetes import (
     RUN_ID_LABEL,
     ClusterUnreachableError,
     Patience,
+    api_answer,
     call,
     differences,
 )
@@ -387,13 +388,6 @@ def job_state(trainjob: Mapping[str, Any]) -> JobState:
 # --- API calls --------------------------------------------------------------------------------
 
 
-def _status_message(err: ApiException) -> str:
-    try:
-        return str(json.loads(err.body)["message"])
-    except (TypeError, ValueError, KeyError):
-        return str(err.reason)
-
-
 def explain_refusal(err: ApiException, namespace: str, verb: str) -> RunError:
     """A refused request as one line a user can act on.
 
@@ -406,13 +400,12 @@ def explain_refusal(err: ApiException, namespace: str, verb: str) -> RunError:
         The error to raise.
     """
     group, version, plural, kind = TRAINJOB_API
-    message = _status_message(err)
-    answer = f"HTTP {err.status}: {message}"
-    if "admission webhook" in message:
+    answer = api_answer(err)
+    if "admission webhook" in answer:
         # The Trainer's validating webhook (controller-runtime v0.22.3, pkg/webhook/admission/
         # validator_custom.go and response.go: `Denied`) answers 403 too; it is not RBAC.
         return RunError(f"Kubeflow Trainer refused the {kind} in {namespace} ({answer})")
-    if "strict decoding error" in message or "unknown field" in message:
+    if "strict decoding error" in answer or "unknown field" in answer:
         # fieldValidation=Strict (Kubernetes 1.25 and later) refuses a field the CRD's schema
         # does not know instead of pruning it.
         return RunError(
@@ -597,8 +590,8 @@ def _read_json(
         if err.status == 404:
             return None
         raise RunError(
-            f"could not read the cluster's API schema {path} (HTTP {err.status}: "
-            f"{_status_message(err)}), which every authenticated user may read through the "
+            f"could not read the cluster's API schema {path} ({api_answer(err)}), which every "
+            "authenticated user may read through the "
             "system:discovery ClusterRole: ask a cluster admin to restore it"
         ) from None
     return json.loads(answer.data)
@@ -821,7 +814,7 @@ def step_pod_identity(
                 f"read {where}",
             )
         except ApiException as err:
-            reason = f"reading {where} was refused: HTTP {err.status}: {_status_message(err)}"
+            reason = f"reading {where} was refused: {api_answer(err)}"
         except ClusterUnreachableError as err:
             reason = str(err)
         else:
