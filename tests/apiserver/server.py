@@ -312,6 +312,27 @@ def _discovered(api_client: client.ApiClient, group: str, version: str, plural: 
     return any(r.name == plural for r in resources.resources)
 
 
+def _wait_etcd(url: str, process: subprocess.Popen, log: Path) -> None:
+    """Waits until etcd reports itself healthy.
+
+    A kube-apiserver started before etcd accepts connections can exit at once, failing the
+    session's server tests (seen on a loaded 2-core machine).
+    """
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"etcd exited ({process.returncode}):\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+                if json.load(answer).get("health") == "true":
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"etcd not healthy in {START_TIMEOUT_SECONDS} s:\n{_tail(log)}")
+        time.sleep(0.1)
+
+
 def _wait_ready(server: KubeAPIServer, process: subprocess.Popen, log: Path) -> None:
     context = ssl.create_default_context(cafile=str(server.ca_file))
     request = urllib.request.Request(
@@ -393,6 +414,7 @@ def running_apiserver(binary: Path, directory: Path) -> Iterator[KubeAPIServer]:
         )
         apiserver = None
         try:
+            _wait_etcd(etcd_url, etcd, etcd_log)
             apiserver = subprocess.Popen(
                 [
                     str(binary),
