@@ -46,7 +46,16 @@ DEFAULT_YAML = "mnist_pipeline.yaml"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 _ACCEPTED = {int: "an integer", float: "a number", dict: "a JSON object", list: "a JSON list"}
-MODES = ("compile", "local", "check_cluster", "compare_runs")
+# The modes, each a flag of its own, with their help.
+MODE_HELP = {
+    "compile": "write the KFP v2 pipeline YAML",
+    "local": "run the pipeline here (kfp.local)",
+    "check_cluster": "check that the current kubeconfig context's cluster can run the pipeline "
+    "with these parameters (see pipelines/preflight.py)",
+    "compare_runs": "open one Kubeflow TensorBoard over every run's logs under "
+    "tensorboard_logs_root in the namespace, to compare runs (see pipelines/compare.py)",
+}
+MODES = tuple(MODE_HELP)
 # The modes each option applies to, and its default there. An option given to a mode that
 # ignores it is refused rather than dropped silently (e.g. --training-timeout with --local).
 MODE_OPTIONS: dict[str, tuple[tuple[str, ...], Any]] = {
@@ -64,6 +73,10 @@ MODE_OPTIONS: dict[str, tuple[tuple[str, ...], Any]] = {
 }
 
 
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
 def _typed(name: str, kind: type) -> Callable[[str], Any]:
     """Parses an option's text as `kind`, failing with the project's one-line message."""
 
@@ -77,6 +90,51 @@ def _typed(name: str, kind: type) -> Callable[[str], Any]:
         return value
 
     return parse
+
+
+# The options besides the modes and the pipeline parameters, by `--help` group (None: the main
+# list), in `--help`'s order; each defaults to None (its mode's default: MODE_OPTIONS).
+OPTION_HELP: dict[str | None, dict[str, str]] = {
+    None: {
+        "preset": "recipe whose values become the defaults: classic (pytorch/examples, the "
+        "default) or fast (one-cycle AdamW with 1-pixel shifts, 2 epochs); explicit options "
+        "still win",
+        "nodes": f"train on N nodes (1 to {MAX_NODES}, default 1): on a cluster as a Kubeflow "
+        "Trainer TrainJob (--compile, --check-cluster), here as N torchrun processes on "
+        "127.0.0.1 (--local)",
+    },
+    "--compile options": {
+        "output": f"YAML file to write (default: {DEFAULT_YAML})",
+        "image_registry": "registry prefix for every image "
+        f"(default: ${images.REGISTRY_ENV}, else {images.DEFAULT_REGISTRY})",
+        "logs_pvc": "mount this PersistentVolumeClaim in the training pod, for a "
+        "tensorboard_logs_root of pvc://CLAIM/path (which becomes the default)",
+        "training_timeout": "deadline of the training pod "
+        f"(default: {DEFAULT_TRAINING_TIMEOUT_SECONDS})",
+    },
+    "--local options": {
+        "output_dir": "artifacts, TensorBoard logs, local-run.log and summary.json (default: "
+        f"{MODE_OPTIONS['output_dir'][1]})",
+        "verbose": "show everything kfp.local and the tasks print, not only each task's own "
+        "lines (all of it is in OUTPUT_DIR/local-run.log either way)",
+        "keep_tensorboard": "leave the local TensorBoard server running when the pipeline ends",
+    },
+    "--check-cluster and --compare-runs options": {
+        "namespace": "namespace the runs run in (default: the kubeconfig context's)",
+        "service_account": "account the runs' pods run as "
+        f"(default: {preflight.DEFAULT_SERVICE_ACCOUNT})",
+        "kfp_namespace": "namespace of the Kubeflow Pipelines backend "
+        f"(default: {preflight.DEFAULT_KFP_NAMESPACE})",
+    },
+}
+# add_argument's other keywords, for the options that need some.
+_OPTION_EXTRA: dict[str, dict[str, Any]] = {
+    "nodes": {"type": _typed("nodes", int), "metavar": "N"},
+    "logs_pvc": {"metavar": "CLAIM"},
+    "training_timeout": {"type": _typed("training_timeout", int), "metavar": "SECONDS"},
+    "verbose": {"action": "store_true"},
+    "keep_tensorboard": {"action": "store_true"},
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -100,102 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
         "that a cluster can run it, or compare its runs in one TensorBoard.",
     )
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--compile", action="store_true", help="write the KFP v2 pipeline YAML")
-    mode.add_argument("--local", action="store_true", help="run the pipeline here (kfp.local)")
-    mode.add_argument(
-        "--check-cluster",
-        action="store_true",
-        help="check that the current kubeconfig context's cluster can run the pipeline with "
-        "these parameters (see pipelines/preflight.py)",
-    )
-    mode.add_argument(
-        "--compare-runs",
-        action="store_true",
-        help="open one Kubeflow TensorBoard over every run's logs under tensorboard_logs_root "
-        "in the namespace, to compare runs (see pipelines/compare.py)",
-    )
-    parser.add_argument(
-        "--preset",
-        default=None,
-        help="recipe whose values become the defaults: classic (pytorch/examples, the default) "
-        "or fast (one-cycle AdamW with 1-pixel shifts, 2 epochs); explicit options still win",
-    )
-    parser.add_argument(
-        "--nodes",
-        type=_typed("nodes", int),
-        default=None,
-        metavar="N",
-        help=f"train on N nodes (1 to {MAX_NODES}, default 1): on a cluster as a Kubeflow "
-        "Trainer TrainJob (--compile, --check-cluster), here as N torchrun processes on "
-        "127.0.0.1 (--local)",
-    )
-    compile_options = parser.add_argument_group("--compile options")
-    compile_options.add_argument(
-        "--output", default=None, help=f"YAML file to write (default: {DEFAULT_YAML})"
-    )
-    compile_options.add_argument(
-        "--image-registry",
-        default=None,
-        help="registry prefix for every image "
-        f"(default: ${images.REGISTRY_ENV}, else {images.DEFAULT_REGISTRY})",
-    )
-    compile_options.add_argument(
-        "--logs-pvc",
-        default=None,
-        metavar="CLAIM",
-        help="mount this PersistentVolumeClaim in the training pod, for a "
-        "tensorboard_logs_root of pvc://CLAIM/path (which becomes the default)",
-    )
-    compile_options.add_argument(
-        "--training-timeout",
-        type=_typed("training_timeout", int),
-        default=None,
-        metavar="SECONDS",
-        help=f"deadline of the training pod (default: {DEFAULT_TRAINING_TIMEOUT_SECONDS})",
-    )
-    local_options = parser.add_argument_group("--local options")
-    local_options.add_argument(
-        "--output-dir",
-        default=None,
-        help="artifacts, TensorBoard logs, local-run.log and summary.json (default: "
-        f"{MODE_OPTIONS['output_dir'][1]})",
-    )
-    local_options.add_argument(
-        "--verbose",
-        action="store_true",
-        default=None,
-        help="show everything kfp.local and the tasks print, not only each task's own lines "
-        "(all of it is in OUTPUT_DIR/local-run.log either way)",
-    )
-    local_options.add_argument(
-        "--keep-tensorboard",
-        action="store_true",
-        default=None,
-        help="leave the local TensorBoard server running when the pipeline ends",
-    )
-    check_options = parser.add_argument_group("--check-cluster and --compare-runs options")
-    check_options.add_argument(
-        "--namespace",
-        default=None,
-        help="namespace the runs run in (default: the kubeconfig context's)",
-    )
-    check_options.add_argument(
-        "--service-account",
-        default=None,
-        help=f"account the runs' pods run as (default: {preflight.DEFAULT_SERVICE_ACCOUNT})",
-    )
-    check_options.add_argument(
-        "--kfp-namespace",
-        default=None,
-        help="namespace of the Kubeflow Pipelines backend "
-        f"(default: {preflight.DEFAULT_KFP_NAMESPACE})",
-    )
+    for name, help_text in MODE_HELP.items():
+        mode.add_argument(_flag(name), action="store_true", help=help_text)
+    for title, options in OPTION_HELP.items():
+        group = parser.add_argument_group(title) if title else parser
+        for name, help_text in options.items():
+            extra = _OPTION_EXTRA.get(name, {})
+            group.add_argument(_flag(name), default=None, help=help_text, **extra)
     group = parser.add_argument_group("pipeline parameters (default: the preset's, or these)")
     # From the declarations the run form is made of: the same names, types and descriptions.
     for parameter in run_form_parameters():
         name, kind = parameter.name, parameter.form_type
         group.add_argument(
-            f"--{name.replace('_', '-')}",
+            _flag(name),
             dest=name,
             type=_typed(name, kind) if kind is not str else str,
             default=None,
@@ -216,12 +191,9 @@ def apply_mode_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
         if getattr(args, name) is None:
             setattr(args, name, default)
         elif mode not in modes:
-            flags = [f"--{m.replace('_', '-')}" for m in modes]
+            flags = [_flag(m) for m in modes]
             applies = " and ".join([", ".join(flags[:-1]), flags[-1]] if len(flags) > 1 else flags)
-            parser.error(
-                f"--{name.replace('_', '-')} applies only to {applies}, "
-                f"not to --{mode.replace('_', '-')}"
-            )
+            parser.error(f"{_flag(name)} applies only to {applies}, not to {_flag(mode)}")
 
 
 def chosen_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -310,14 +282,6 @@ def compile_pipeline(
 _DEFAULT_IN_HEADER = re.compile(r"^(#    \w+: \w+ \[Default: )([\[{].*)\]$")
 
 
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _sorted(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(item) for item in value]
-    return value
-
-
 def stable_header(text: str) -> str:
     """`text` with the dict and list defaults of KFP's header comment in sorted key order.
 
@@ -332,7 +296,8 @@ def stable_header(text: str) -> str:
             break
         match = _DEFAULT_IN_HEADER.match(line)
         if match:
-            value = _sorted(ast.literal_eval(match.group(2)))
+            # A JSON round trip with sorted keys sorts every nested dict too.
+            value = json.loads(json.dumps(ast.literal_eval(match.group(2)), sort_keys=True))
             lines[index] = f"{match.group(1)}{value!r}]"
     return "\n".join(lines)
 
@@ -350,18 +315,17 @@ def describe_images(refs: Sequence[str]) -> str:
     """What a user must know about the images before uploading the YAML: each node pulls them."""
     listed = "".join(f"  {ref}\n" for ref in refs)
     if images.registry() == images.DEFAULT_REGISTRY:
-        return (
-            f"images the cluster must pull:\n{listed}"
-            f"({images.DEFAULT_REGISTRY} holds them for released versions only; for any other "
+        advice = (
+            f"{images.DEFAULT_REGISTRY} holds them for released versions only; for any other "
             "build, or a cluster that cannot reach it, push them to your own registry with "
             "`make images IMAGE_REGISTRY=REGISTRY PUSH=1` and compile again with "
-            "the same --image-registry)"
+            "the same --image-registry"
         )
-    return (
-        f"images the cluster must pull:\n{listed}"
-        f"(push them before the first run: make images IMAGE_REGISTRY={images.registry()} "
-        "PUSH=1)"
-    )
+    else:
+        advice = (
+            f"push them before the first run: make images IMAGE_REGISTRY={images.registry()} PUSH=1"
+        )
+    return f"images the cluster must pull:\n{listed}({advice})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -388,12 +352,7 @@ def run(args: argparse.Namespace) -> int:
         if args.image_registry is not None:
             run_or_exit(images.use_registry, args.image_registry)
         path = run_or_exit(
-            compile_pipeline,
-            args.output,
-            parameters,
-            args.logs_pvc,
-            args.training_timeout,
-            nodes,
+            compile_pipeline, args.output, parameters, args.logs_pvc, args.training_timeout, nodes
         )
         print(path)
         print(describe_images(compiled_images(path)))

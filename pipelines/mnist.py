@@ -25,11 +25,12 @@ from kfp.dsl import (
 )
 
 from kfp_lightning.components.common import images
-from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT, LiveLogsConfig
-from kfp_lightning.components.common.object_store import ACCESS_KEY_KEY, SECRET_KEY_KEY
+from kfp_lightning.components.common import training_pod as pod
+from kfp_lightning.components.common.logs_location import LiveLogsConfig
 from kfp_lightning.components.common.run_form import PIPELINE, parameters_of
-from kfp_lightning.components.common.scheduling import GPU_RESOURCE, SchedulingConfig
+from kfp_lightning.components.common.scheduling import SchedulingConfig
 from kfp_lightning.components.common.training import TrainConfig
+from kfp_lightning.components.common.training_pod import GPU_RESOURCE, S3_SECRET_KEYS
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.download_mnist.sources import DownloadConfig
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
@@ -42,11 +43,8 @@ from kfp_lightning.components.train_on_nodes.nodes import TRAINJOB
 PIPELINE_NAME = "mnist-lightning"
 # Every run parameter, in the run form's order: the dataclasses that declare them.
 RUN_PARAMETERS = (DownloadConfig, TrainConfig, LiveLogsConfig, LauncherConfig, SchedulingConfig)
-# Keys of KFP's object-store secret (`mlpipeline-minio-artifact`) -> the AWS SDK's variables.
-S3_SECRET_KEYS = {ACCESS_KEY_KEY: "AWS_ACCESS_KEY_ID", SECRET_KEY_KEY: "AWS_SECRET_ACCESS_KEY"}
 DEFAULT_TRAINING_TIMEOUT_SECONDS = 6 * 3600
 DOWNLOAD_TIMEOUT_SECONDS = 30 * 60
-SHARED_MEMORY_LIMIT = "4Gi"  # /dev/shm of the training pod
 # With several nodes the step enforces the training timeout itself (deleting the TrainJob when
 # it passes); its pod's deadline comes this much later, for collecting the outputs.
 NODES_STEP_MARGIN_SECONDS = 15 * 60
@@ -109,6 +107,47 @@ def use_secret_as_env(task: PipelineTask, secret_name: Any, keys: dict[str, str]
     for entry in task.platform_config["kubernetes"]["secretAsEnv"]:
         if entry.get("optional") is False:
             del entry["optional"]
+
+
+def apply_training_pod(task: PipelineTask, gpus: Any, node_selector: Any, tolerations: Any) -> None:
+    """Gives a training task the training pod's settings (components/common/training_pod.py).
+
+    Args:
+        task: The training task.
+        gpus: Its GPU limit. A string parameter: the driver reads the count with
+            GetStringValue() (backend/src/v2/driver/resolve.go,
+            resolvePodSpecInputRuntimeParameter).
+        node_selector: Node labels the pod must match.
+        tolerations: The pod's tolerations.
+    """
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+    task.set_cpu_request(pod.CPU_REQUEST).set_memory_request(pod.MEMORY_REQUEST)
+    task.set_memory_limit(pod.MEMORY_LIMIT)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    kubernetes.empty_dir_mount(
+        task, pod.SHM_VOLUME, pod.SHM_PATH, medium=pod.SHM_MEDIUM, size_limit=pod.SHM_SIZE
+    )
+
+
+def use_run_location(
+    task: PipelineTask, logs_pvc: str | None, s3_secret: Any, pod_fields: dict[str, str]
+) -> None:
+    """Gives a task its pod's `pod_fields` as variables and access to the run's location.
+
+    Args:
+        task: The task.
+        logs_pvc: The claim to mount for pvc:// logs roots; None: the object store's keys.
+        s3_secret: The secret with the object store's keys.
+        pod_fields: Variable name -> the pod's field path (the downward API).
+    """
+    for name, path in pod_fields.items():
+        kubernetes.use_field_path_as_env(task, name, path)
+    if logs_pvc:
+        kubernetes.mount_pvc(task, logs_pvc, pod.logs_mount_path(logs_pvc))
+    else:
+        # The secret exists in every Kubeflow profile namespace and in standalone KFP's.
+        use_secret_as_env(task, s3_secret, S3_SECRET_KEYS)
 
 
 def download_retries(attempt_deadline_seconds: int) -> RetryPolicy:
@@ -288,17 +327,15 @@ def build_pipeline(
             train.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("4Gi")
             train_deadline = training_timeout_seconds + NODES_STEP_MARGIN_SECONDS
             kubernetes.set_timeout(train, train_deadline)
-            kubernetes.use_field_path_as_env(train, "POD_NAMESPACE", "metadata.namespace")
             # The nodes run as this step's account with its pull secrets, which the step reads
             # from its own pod (components/train_on_nodes/trainjob.py).
-            kubernetes.use_field_path_as_env(train, "POD_NAME", "metadata.name")
-            kubernetes.use_field_path_as_env(
-                train, "POD_SERVICE_ACCOUNT", "spec.serviceAccountName"
+            step_fields = {
+                "POD_NAME": "metadata.name",
+                "POD_SERVICE_ACCOUNT": "spec.serviceAccountName",
+            }
+            use_run_location(
+                train, logs_pvc, s3_credentials_secret, {**pod.NAMESPACE_ENV, **step_fields}
             )
-            if logs_pvc:
-                kubernetes.mount_pvc(train, logs_pvc, str(PVC_MOUNT_ROOT / logs_pvc))
-            else:
-                use_secret_as_env(train, s3_credentials_secret, S3_SECRET_KEYS)
         else:
             train_deadline = training_timeout_seconds
             train = train_mnist(
@@ -311,25 +348,9 @@ def build_pipeline(
             )
             # A run is started in order to train (and to watch it): never answer from the cache.
             train.set_display_name("Train with Lightning").set_caching_options(False)
-            # `gpus` is a string parameter: the driver reads the count with GetStringValue()
-            # (backend/src/v2/driver/resolve.go, resolvePodSpecInputRuntimeParameter).
-            train.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-            train.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("16Gi")
-            kubernetes.add_node_selector_json(train, node_selector)
-            kubernetes.add_toleration_json(train, tolerations)
+            apply_training_pod(train, gpus, node_selector, tolerations)
             kubernetes.set_timeout(train, training_timeout_seconds)
-            # With several GPUs, NCCL passes data between the processes through /dev/shm,
-            # which a pod gets at only 64 MiB by default: a memory-backed volume there (it
-            # counts against the memory limit only as far as it is used).
-            kubernetes.empty_dir_mount(
-                train, "dshm", "/dev/shm", medium="Memory", size_limit=SHARED_MEMORY_LIMIT
-            )
-            kubernetes.use_field_path_as_env(train, "POD_NAMESPACE", "metadata.namespace")
-            if logs_pvc:
-                kubernetes.mount_pvc(train, logs_pvc, str(PVC_MOUNT_ROOT / logs_pvc))
-            else:
-                # The secret exists in every Kubeflow profile namespace and in standalone KFP's.
-                use_secret_as_env(train, s3_credentials_secret, S3_SECRET_KEYS)
+            use_run_location(train, logs_pvc, s3_credentials_secret, pod.NAMESPACE_ENV)
 
         # Beside training, not after it: TensorBoard is up while the first epochs run.
         launcher = launch_tensorboard(

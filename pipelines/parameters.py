@@ -19,7 +19,6 @@ from kfp_lightning.components.common.logs_location import (
 from kfp_lightning.components.common.run_form import (
     PIPELINE,
     RunParameter,
-    declared_parameters,
     from_run_form,
     parameters_of,
 )
@@ -53,11 +52,8 @@ def preset_parameters(preset: str) -> dict[str, Any]:
         UserInputError: No such preset.
     """
     config = TrainConfig.from_preset(preset)
-    return {
-        p.name: p.to_form(getattr(config, p.name))
-        for p in declared_parameters(TrainConfig)
-        if p.scope == PIPELINE
-    }
+    fields = parameters_of([TrainConfig], scopes=[PIPELINE])
+    return {p.name: p.to_form(getattr(config, p.name)) for p in fields}
 
 
 def validate_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,14 +87,15 @@ def check_dataset_fit(values: Mapping[str, Any]) -> None:
     """
     download = from_run_form(DownloadConfig, values)
     config = from_run_form(TrainConfig, values)
-    if download.published_checksums and config.validation_size >= MNIST_TRAIN_SAMPLES:
+    if not download.published_checksums:
+        return
+    if config.validation_size >= MNIST_TRAIN_SAMPLES:
         raise invalid(
             "validation",
             values["validation"],
             f"{TEST_SET} or fewer than the {MNIST_TRAIN_SAMPLES} MNIST training images",
         )
-    if download.published_checksums:
-        check_batch_size(config.batch_size, MNIST_TRAIN_SAMPLES - config.validation_size)
+    check_batch_size(config.batch_size, MNIST_TRAIN_SAMPLES - config.validation_size)
 
 
 def check_cluster_run(values: Mapping[str, Any], logs_pvc: str | None) -> None:

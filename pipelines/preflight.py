@@ -18,9 +18,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import urllib3
@@ -53,6 +52,7 @@ from kfp_lightning.components.common.object_store import (
     ObjectStore,
 )
 from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.common.scheduling import SchedulingConfig
 from kfp_lightning.components.common.urls import parse_http_endpoint
 from kfp_lightning.components.launch_tensorboard.launcher import (
     LAUNCHER_PERMISSIONS,
@@ -96,6 +96,46 @@ CONDITION_TAINTS = frozenset(
         "node.kubernetes.io/network-unavailable",
     }
 )
+# The fix for each kind of obstacle `why_unreachable` names, by how its phrase starts. Never
+# "tolerate it" for a node in a bad condition: the condition taints mark nodes a pod must not
+# run on.
+NODE_FIXES = {
+    "not ready": "wait until those nodes are ready and schedulable again, or repair or uncordon "
+    "them (kubectl describe node NAME shows why); a training pod must not tolerate "
+    "node.kubernetes.io/* condition taints",
+    "taint": 'add tolerations for those taints (--tolerations \'[{"key": KEY, "operator": '
+    '"Exists", "effect": EFFECT}]\')',
+    "label": "pass a --node-selector that those nodes' labels match",
+}
+PODDEFAULT_INSTALL = (
+    "install Kubeflow's admission webhook and its PodDefault CRD (part of a full "
+    "Kubeflow install), or log to a pvc:// root (--tensorboard-logs-root, --logs-pvc)"
+)
+TRAINER_INSTALL = (
+    "install Kubeflow Trainer v2 (part of Kubeflow 1.11 and 26.03; elsewhere: kubectl apply "
+    '--server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/manager'
+    '?ref=v2.1.0")'
+)
+RUNTIME_INSTALL = (
+    'kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/'
+    'runtimes?ref=v2.1.0"'
+)
+# The step creates the run's TrainJob, reads it while it runs and deletes it when the run is
+# cancelled or times out, or to replace a failed one (components/train_on_nodes/trainjob.py).
+TRAINJOB_VERBS = ("create", "get", "delete")
+# Per RBAC check: the Role its manifest creates, the manifest, and what fails without them.
+RBAC_FIXES = {
+    "launcher RBAC": (
+        "kfp-lightning-tensorboard-launcher",
+        RBAC_MANIFEST,
+        "the live TensorBoard step falls back to kubectl instructions",
+    ),
+    "TrainJob RBAC": (
+        "kfp-lightning-trainjob-launcher",
+        trainjob.RBAC_MANIFEST,
+        "the training step cannot run the nodes",
+    ),
+}
 
 
 class Status(enum.Enum):
@@ -123,6 +163,23 @@ class Check:
     fix: str = ""
 
 
+def _passed(name: str, detail: str) -> Check:
+    return Check(name, Status.PASSED, detail)
+
+
+def _failed(name: str, detail: str, fix: str) -> Check:
+    return Check(name, Status.FAILED, detail, fix)
+
+
+def _unknown(name: str, detail: str, fix: str = "") -> Check:
+    return Check(name, Status.UNKNOWN, detail, fix)
+
+
+def _unreadable(name: str, what: str, err: ApiException, fix: str) -> Check:
+    """The unknown result of a read these credentials may not make."""
+    return _unknown(name, f"{what} not readable with these credentials ({api_answer(err)})", fix)
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """What a run needs from the cluster, from the pipeline's parameters and the options.
@@ -131,83 +188,23 @@ class Target:
         namespace: Where the run's pods run (a Kubeflow profile's namespace).
         service_account: The account the run's pods run as.
         kfp_namespace: Where the Kubeflow Pipelines backend runs.
-        gpus: `nvidia.com/gpu` requested by training (0: a CPU node).
-        node_selector: Labels the training node must carry.
-        tolerations: Tolerations of the training pod (Kubernetes Toleration objects).
         logs: The live logs root, `{namespace}` filled in.
-        s3_secret: Secret holding the object store's keys (s3:// logs).
+        values: Every pipeline parameter, validated.
         nodes: Nodes training runs on; more than one needs Kubeflow Trainer.
     """
 
     namespace: str
     service_account: str
     kfp_namespace: str
-    gpus: int
-    node_selector: dict[str, str]
-    tolerations: list[dict[str, Any]]
     logs: LogsLocation
-    s3_secret: str
+    values: Mapping[str, Any]
     nodes: int = 1
-    s3_endpoint: str = AUTO
-    values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def check_names(namespace: str | None, service_account: str, kfp_namespace: str) -> None:
-    """Validates the options that name Kubernetes objects.
-
-    Raises:
-        UserInputError: Naming the first invalid one.
-    """
-    if namespace is not None:
-        check_namespace_name(namespace)
-    if not is_dns1123_subdomain(service_account):
-        raise invalid("service_account", service_account, "a Kubernetes service account name")
-    check_namespace_name(kfp_namespace, "kfp_namespace")
-
-
-def target_from_parameters(
-    values: Mapping[str, Any],
-    namespace: str,
-    service_account: str,
-    kfp_namespace: str,
-    nodes: int = 1,
-) -> Target:
-    """The `Target` of a run with the given (validated) pipeline parameters.
-
-    Args:
-        values: Every pipeline parameter, as `validate_parameters` returns them.
-        namespace: The run's namespace.
-        service_account: The account its pods run as.
-        kfp_namespace: The Kubeflow Pipelines backend's namespace.
-        nodes: Nodes training runs on.
-
-    Returns:
-        The target.
-
-    Raises:
-        UserInputError: A name is not a valid Kubernetes name.
-    """
-    check_names(namespace, service_account, kfp_namespace)
-    return Target(
-        namespace=namespace,
-        service_account=service_account,
-        kfp_namespace=kfp_namespace,
-        # The run form may hold the count as text ("1"): validated already, either form works.
-        gpus=int(str(values["gpus"])),
-        node_selector=dict(values["node_selector"]),
-        tolerations=[dict(t) for t in values["tolerations"]],
-        logs=parse_logs_root(values["tensorboard_logs_root"], namespace=namespace),
-        s3_secret=values["s3_credentials_secret"],
-        s3_endpoint=values["s3_endpoint"],
-        values=dict(values),
-        nodes=nodes,
-    )
-
-
-def _call(request: Callable[..., T], *args: object, **kwargs: object) -> T:
+def _call(request: Callable[..., T], *args: object) -> T:
     """One API call with the preflight's timeout; a lost connection ends the whole check."""
     try:
-        return request(*args, _request_timeout=REQUEST_TIMEOUT_SECONDS, **kwargs)
+        return request(*args, _request_timeout=REQUEST_TIMEOUT_SECONDS)
     except urllib3.exceptions.HTTPError as err:
         raise RunError(f"the Kubernetes API stopped answering: {connection_failure(err)}") from err
 
@@ -215,73 +212,59 @@ def _call(request: Callable[..., T], *args: object, **kwargs: object) -> T:
 # --- the checks ---------------------------------------------------------------------------
 
 
-def _served(api_client: client.ApiClient, resource: tuple[str, str, str, str]) -> Check | None:
-    """The passed (or unreadable) check of a served custom resource; None when not served."""
-    group, version, plural, kind = resource
-    name = f"{kind} CRD"
-    try:
-        found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
-    except ApiException as err:
-        if err.status != 404:
-            return Check(name, Status.UNKNOWN, f"discovery of {group}/{version}: {api_answer(err)}")
-        return None
-    if any(r.name == plural for r in found.resources):
-        return Check(name, Status.PASSED, f"{plural}.{group}/{version} is served")
-    return None
-
-
 def check_crd(
     api_client: client.ApiClient,
     resource: tuple[str, str, str, str],
-    logs: LogsLocation,
+    logs: LogsLocation | None = None,
     tensorboards: bool = True,
 ) -> Check:
-    """Whether the cluster serves a custom resource the launcher creates.
+    """Whether the cluster serves a custom resource the run creates.
 
     Asks API discovery (`/apis/<group>/<version>`), which any authenticated user may read, for
-    the exact group, version and resource the launcher writes. Kubeflow's Tensorboard is
-    optional: standalone Kubeflow Pipelines has none, and a run there still trains and is
-    watched through the run page's "Start Tensorboard" button. A PodDefault is needed only to
-    give that Tensorboard's pod the object store's credentials.
+    the exact group, version and resource the launcher (or the training step) writes.
+    Kubeflow's Tensorboard is optional: standalone Kubeflow Pipelines has none, and a run there
+    still trains and is watched through the run page's "Start Tensorboard" button. A PodDefault
+    is needed only to give that Tensorboard's pod the object store's credentials; Kubeflow
+    Trainer's TrainJob only for training on several nodes.
 
     Args:
         api_client: A configured client.
         resource: (group, version, plural, kind), e.g. `TENSORBOARD_API`.
         logs: The run's logs root: PodDefaults are needed for s3:// only, neither for a
-            local directory (no cluster TensorBoard is started then).
+            local directory (no cluster TensorBoard is started then); None for the TrainJob.
         tensorboards: Whether the cluster serves Tensorboards (for the PodDefault check).
 
     Returns:
         The result.
     """
     group, version, plural, kind = resource
-    name = f"{kind} CRD"
-    needed = logs.scheme == "s3" or (logs.scheme == "pvc" and resource == TENSORBOARD_API)
-    if not needed:
-        return Check(name, Status.PASSED, f"not needed for logs at {logs.uri}")
-    if resource == PODDEFAULT_API and not tensorboards:
-        return Check(name, Status.PASSED, "not needed without Kubeflow's Tensorboard")
-    served = _served(api_client, resource)
-    if served is not None:
-        return served
+    name, api = f"{kind} CRD", f"{plural}.{group}/{version}"
+    schemes = ("s3", "pvc") if resource == TENSORBOARD_API else ("s3",)
+    if logs is not None and logs.scheme not in schemes:
+        return _passed(name, f"not needed for logs at {logs.uri}")
+    if not tensorboards:
+        return _passed(name, "not needed without Kubeflow's Tensorboard")
+    discovery = client.CustomObjectsApi(api_client)
+    try:
+        found = _call(discovery.get_api_resources, group, version).resources
+    except ApiException as err:
+        if err.status != 404:
+            return _unknown(name, f"discovery of {group}/{version}: {api_answer(err)}")
+        found = []
+    if any(r.name == plural for r in found):
+        return _passed(name, f"{api} is served")
     if resource == TENSORBOARD_API:
-        return Check(
+        return _passed(
             name,
-            Status.PASSED,
-            f"{plural}.{group}/{version} is not served (standalone Kubeflow Pipelines): no "
-            "Kubeflow Tensorboard is started; the run page's Start Tensorboard button and the "
-            "Live TensorBoard step's kubectl commands show the logs instead",
+            f"{api} is not served (standalone Kubeflow Pipelines): no Kubeflow Tensorboard is "
+            "started; the run page's Start Tensorboard button and the Live TensorBoard step's "
+            "kubectl commands show the logs instead",
         )
-    fix = (
-        "install Kubeflow's admission webhook and its PodDefault CRD (part of a full "
-        "Kubeflow install), or log to a pvc:// root (--tensorboard-logs-root, --logs-pvc)"
-    )
-    return Check(name, Status.FAILED, f"the cluster serves no {plural}.{group}/{version}", fix)
+    fix = PODDEFAULT_INSTALL if resource == PODDEFAULT_API else TRAINER_INSTALL
+    return _failed(name, f"the cluster serves no {api}", fix)
 
 
-def check_s3_secret(
-    api_client: client.ApiClient, namespace: str, logs: LogsLocation, secret: str
-) -> Check:
+def check_s3_secret(api_client: client.ApiClient, target: Target) -> Check:
     """Whether the object store's credentials secret exists in the run's namespace, with keys.
 
     Training reads `accesskey` and `secretkey` from it into its environment, and so does the
@@ -289,16 +272,15 @@ def check_s3_secret(
 
     Args:
         api_client: A configured client.
-        namespace: The run's namespace.
-        logs: The run's logs root.
-        secret: The `s3_credentials_secret` parameter.
+        target: The run (its namespace, logs root and `s3_credentials_secret`).
 
     Returns:
         The result.
     """
-    name = "object-store secret"
+    name, logs = "object-store secret", target.logs
     if logs.scheme != "s3":
-        return Check(name, Status.PASSED, f"not needed for logs at {logs.uri}")
+        return _passed(name, f"not needed for logs at {logs.uri}")
+    namespace, secret = target.namespace, target.values["s3_credentials_secret"]
     create = (
         f"kubectl -n {namespace} create secret generic {secret} "
         f"--from-literal={ACCESS_KEY_KEY}=ACCESS_KEY --from-literal={SECRET_KEY_KEY}=SECRET_KEY"
@@ -306,36 +288,24 @@ def check_s3_secret(
     try:
         found = _call(client.CoreV1Api(api_client).read_namespaced_secret, secret, namespace)
     except ApiException as err:
-        if err.status == 404:
-            return Check(
-                name,
-                Status.FAILED,
-                f"no secret {secret} in namespace {namespace} (logs at {logs.uri})",
-                f"{create} (Kubeflow creates mlpipeline-minio-artifact in every profile "
-                "namespace), or pass --s3-credentials-secret NAME",
-            )
-        return Check(
+        if err.status != 404:
+            fix = f"kubectl -n {namespace} get secret {secret} as someone who may read it"
+            return _unreadable(name, f"secret {namespace}/{secret}", err, fix)
+        return _failed(
             name,
-            Status.UNKNOWN,
-            f"secret {namespace}/{secret} not readable with these credentials ({api_answer(err)})",
-            f"kubectl -n {namespace} get secret {secret} as someone who may read it",
+            f"no secret {secret} in namespace {namespace} (logs at {logs.uri})",
+            f"{create} (Kubeflow creates mlpipeline-minio-artifact in every profile "
+            "namespace), or pass --s3-credentials-secret NAME",
         )
     data = {**(found.data or {}), **(found.string_data or {})}
     missing = [k for k in (ACCESS_KEY_KEY, SECRET_KEY_KEY) if not data.get(k)]
     if missing:
-        return Check(
+        return _failed(
             name,
-            Status.FAILED,
             f"secret {namespace}/{secret} lacks key {' and '.join(missing)}",
             f"recreate it with both keys: kubectl -n {namespace} delete secret {secret}; {create}",
         )
-    return Check(
-        name, Status.PASSED, f"{namespace}/{secret} has {ACCESS_KEY_KEY} and {SECRET_KEY_KEY}"
-    )
-
-
-def _service_port(service: client.V1Service, port: int) -> bool:
-    return any(p.port == port for p in (service.spec.ports or []))
+    return _passed(name, f"{namespace}/{secret} has {ACCESS_KEY_KEY} and {SECRET_KEY_KEY}")
 
 
 def cluster_store(endpoint: str) -> ObjectStore | None:
@@ -375,7 +345,7 @@ def find_object_store(
             if err.status == 404:
                 continue
             raise
-        if _service_port(service, store.port):
+        if any(p.port == store.port for p in service.spec.ports or []):
             return store
     return None
 
@@ -405,7 +375,7 @@ def endpoint_in_cluster(api_client: client.ApiClient, value: str) -> str:
     return found.endpoint
 
 
-def check_object_store(api_client: client.ApiClient, logs: LogsLocation, endpoint: str) -> Check:
+def check_object_store(api_client: client.ApiClient, target: Target) -> Check:
     """Whether the S3 endpoint the run would use is a Service of this cluster.
 
     With `s3_endpoint=auto`, the run uses the first of KFP's object-store Services that exists
@@ -415,54 +385,43 @@ def check_object_store(api_client: client.ApiClient, logs: LogsLocation, endpoin
 
     Args:
         api_client: A configured client.
-        logs: The run's logs root (only s3:// needs an object store).
-        endpoint: The `s3_endpoint` parameter.
+        target: The run (its logs root, as only s3:// needs an object store, and its
+            `s3_endpoint`).
 
     Returns:
         The result; unknown when these credentials may not read the Services.
     """
-    name = "object store"
-    if logs.scheme != "s3":
-        return Check(name, Status.PASSED, f"not needed for logs at {logs.uri}")
+    name, endpoint = "object store", target.values["s3_endpoint"]
+    if target.logs.scheme != "s3":
+        return _passed(name, f"not needed for logs at {target.logs.uri}")
     auto = endpoint.strip() == AUTO
-    if auto:
-        candidates: Sequence[ObjectStore] = KFP_OBJECT_STORES
-    else:
-        store = cluster_store(parse_http_endpoint(endpoint, "s3_endpoint"))
-        if store is None:
-            return Check(
-                name,
-                Status.UNKNOWN,
-                f"{endpoint} is not a Service of this cluster: not checked from here",
-                f"make sure the training and TensorBoard pods reach {endpoint}",
-            )
-        candidates = (store,)
+    store = None if auto else cluster_store(parse_http_endpoint(endpoint, "s3_endpoint"))
+    if not auto and store is None:
+        return _unknown(
+            name,
+            f"{endpoint} is not a Service of this cluster: not checked from here",
+            f"make sure the training and TensorBoard pods reach {endpoint}",
+        )
+    candidates = (store,) if store else KFP_OBJECT_STORES
     services = " or ".join(f"Service {s.namespace}/{s.service} (port {s.port})" for s in candidates)
     try:
         found = find_object_store(api_client, candidates)
     except ApiException as err:
-        return Check(
-            name,
-            Status.UNKNOWN,
-            f"{services} not readable with these credentials ({api_answer(err)})",
-            f"kubectl -n {candidates[0].namespace} get service as someone who may read it",
-        )
+        fix = f"kubectl -n {candidates[0].namespace} get service as someone who may read it"
+        return _unreadable(name, services, err, fix)
     if found is None:
         what = "KFP's object store" if auto else f"s3_endpoint={endpoint}"
-        return Check(
+        return _failed(
             name,
-            Status.FAILED,
             f"{what}: no {services} in this cluster",
             "install Kubeflow Pipelines with its object store, or pass --s3-endpoint "
             "http(s)://host[:port] of an S3 API the pods can reach",
         )
     shown = f"s3_endpoint={endpoint}" + (f" resolves to {found.endpoint}" if auto else "")
-    return Check(
-        name, Status.PASSED, f"{shown}: Service {found.namespace}/{found.service} ({found.product})"
-    )
+    return _passed(name, f"{shown}: Service {found.namespace}/{found.service} ({found.product})")
 
 
-def check_logs_claim(api_client: client.ApiClient, namespace: str, logs: LogsLocation) -> Check:
+def check_logs_claim(api_client: client.ApiClient, target: Target) -> Check:
     """Whether a pvc:// logs root's claim exists and can be mounted on two nodes at once.
 
     Training and the TensorBoard pod mount it at the same time, each wherever it is scheduled;
@@ -471,53 +430,39 @@ def check_logs_claim(api_client: client.ApiClient, namespace: str, logs: LogsLoc
 
     Args:
         api_client: A configured client.
-        namespace: The run's namespace.
-        logs: The run's logs root.
+        target: The run (its namespace and logs root).
 
     Returns:
         The result; unknown when these credentials may not read the claim.
     """
-    name = "logs claim"
+    name, logs, namespace = "logs claim", target.logs, target.namespace
     if logs.scheme != "pvc":
-        return Check(name, Status.PASSED, f"not needed for logs at {logs.uri}")
+        return _passed(name, f"not needed for logs at {logs.uri}")
     where = f"{namespace}/{logs.claim}"
+    patience = Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS)
     try:
         # The launcher's own reading: the bound volume's modes, else those the claim asks for.
-        modes = claim_access_modes(
-            api_client,
-            namespace,
-            logs.claim,
-            Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS),
-        )
+        modes = claim_access_modes(api_client, namespace, logs.claim, patience)
     except ClusterUnreachableError as err:
         raise RunError(f"the Kubernetes API stopped answering: {err}") from err
     except ApiException as err:
         if err.status == 404:
-            return Check(
-                name,
-                Status.FAILED,
-                f"no PersistentVolumeClaim {where}",
-                "create a ReadWriteMany claim of that name, or log to s3:// (the default)",
-            )
-        return Check(
-            name,
-            Status.UNKNOWN,
-            f"claim {where} not readable with these credentials ({api_answer(err)})",
-            f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'",
-        )
+            fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default)"
+            return _failed(name, f"no PersistentVolumeClaim {where}", fix)
+        fix = f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'"
+        return _unreadable(name, f"claim {where}", err, fix)
     # Training writes while TensorBoard reads, each on its own node: of the modes that let
     # several nodes mount a volume (launch_tensorboard/launcher.py, `SHARED_ACCESS_MODES`),
     # only ReadWriteMany lets them write.
     if "ReadWriteMany" not in modes:
-        return Check(
+        return _failed(
             name,
-            Status.FAILED,
             f"claim {where} is {'/'.join(modes) or 'without access modes'}: training and the "
             "TensorBoard pod may land on different nodes, and only one node can mount it",
             "use a ReadWriteMany claim (e.g. NFS, CephFS, Filestore), or log to s3:// (the "
             "default)",
         )
-    return Check(name, Status.PASSED, f"claim {where} is {'/'.join(modes)}")
+    return _passed(name, f"claim {where} is {'/'.join(modes)}")
 
 
 def service_account_user(namespace: str, service_account: str) -> tuple[str, list[str]]:
@@ -543,18 +488,27 @@ def service_account_user(namespace: str, service_account: str) -> tuple[str, lis
 
 
 def _allowed(
-    api_client: client.ApiClient,
-    spec: client.V1SubjectAccessReviewSpec,
-    namespace: str,
+    api_client: client.ApiClient, target: Target, verb: str, group: str, plural: str
 ) -> bool:
-    """Asks the cluster's authorizer; namespace admins may ask locally, cluster admins anywhere."""
+    """Whether the run's service account may `verb` `plural`.`group` in the run's namespace.
+
+    Asks the cluster's authorizer; namespace admins may ask locally, cluster admins anywhere.
+
+    Raises:
+        ApiException: These credentials may not ask.
+    """
+    namespace = target.namespace
+    user, groups = service_account_user(namespace, target.service_account)
+    attributes = client.V1ResourceAttributes(
+        namespace=namespace, verb=verb, group=group, resource=plural
+    )
+    spec = client.V1SubjectAccessReviewSpec(
+        user=user, groups=groups, resource_attributes=attributes
+    )
     api = client.AuthorizationV1Api(api_client)
+    local = client.V1LocalSubjectAccessReview(metadata={"namespace": namespace}, spec=spec)
     try:
-        review = _call(
-            api.create_namespaced_local_subject_access_review,
-            namespace,
-            client.V1LocalSubjectAccessReview(metadata={"namespace": namespace}, spec=spec),
-        )
+        review = _call(api.create_namespaced_local_subject_access_review, namespace, local)
     except ApiException as err:
         if err.status != 403:
             raise
@@ -562,12 +516,53 @@ def _allowed(
     return bool(review.status.allowed)
 
 
+def _check_rbac(
+    api_client: client.ApiClient, target: Target, name: str, permissions: Sequence[tuple]
+) -> Check:
+    """Whether the run's service account may do everything of `permissions`.
+
+    One SubjectAccessReview per verb and resource, answered by the cluster's own authorizer
+    for the service account's user and groups.
+
+    Args:
+        api_client: A configured client.
+        target: The run (its namespace and service account).
+        name: The check's name, a key of `RBAC_FIXES`.
+        permissions: (group, plural, verbs) of each resource.
+
+    Returns:
+        The result; unknown when these credentials may not ask.
+    """
+    namespace, service_account = target.namespace, target.service_account
+    denied = []
+    try:
+        for group, plural, verbs in permissions:
+            refused = [v for v in verbs if not _allowed(api_client, target, v, group, plural)]
+            if refused:
+                denied.append(f"{'/'.join(refused)} {plural}.{group}")
+    except ApiException as err:
+        user, _ = service_account_user(namespace, service_account)
+        return _unknown(
+            name,
+            f"these credentials may not ask the authorizer ({api_answer(err)})",
+            f"ask a cluster admin to run: kubectl auth can-i --list -n {namespace} --as {user}",
+        )
+    account = f"{namespace}/{service_account}"
+    if not denied:
+        allowed = ", ".join(f"{'/'.join(verbs)} {plural}" for _, plural, verbs in permissions)
+        return _passed(name, f"{account} may {allowed}")
+    role, manifest, consequence = RBAC_FIXES[name]
+    fix = f"kubectl apply -n {namespace} -f {manifest}"
+    if service_account != DEFAULT_SERVICE_ACCOUNT:
+        fix += (
+            f", then kubectl -n {namespace} create rolebinding {role}-{service_account} "
+            f"--role={role} --serviceaccount={namespace}:{service_account}"
+        )
+    return _failed(name, f"{account} may not {', '.join(denied)} ({consequence})", fix)
+
+
 def check_launcher_rbac(
-    api_client: client.ApiClient,
-    namespace: str,
-    service_account: str,
-    logs: LogsLocation,
-    tensorboards: bool = True,
+    api_client: client.ApiClient, target: Target, tensorboards: bool = True
 ) -> Check:
     """Whether the run's service account may make every call the launcher makes.
 
@@ -577,76 +572,33 @@ def check_launcher_rbac(
 
     Args:
         api_client: A configured client.
-        namespace: The run's namespace.
-        service_account: The account the run's pods run as.
-        logs: The run's logs root.
+        target: The run (its namespace, service account and logs root).
         tensorboards: Whether the cluster serves Tensorboards (else nothing is created).
 
     Returns:
         The result; unknown when these credentials may not ask.
     """
-    name = "launcher RBAC"
-    account = f"{namespace}/{service_account}"
+    name, namespace, service_account = "launcher RBAC", target.namespace, target.service_account
     if not tensorboards:
-        return Check(name, Status.PASSED, "nothing to create: Kubeflow's Tensorboard is not served")
+        return _passed(name, "nothing to create: Kubeflow's Tensorboard is not served")
     needed = {"s3": (TENSORBOARD_API[2], PODDEFAULT_API[2]), "pvc": (TENSORBOARD_API[2], CLAIMS)}
-    permissions = [p for p in LAUNCHER_PERMISSIONS if p[1] in needed.get(logs.scheme, ())]
+    permissions = [p for p in LAUNCHER_PERMISSIONS if p[1] in needed.get(target.logs.scheme, ())]
     if not permissions:
-        return Check(name, Status.PASSED, f"nothing to create for logs at {logs.uri}")
+        return _passed(name, f"nothing to create for logs at {target.logs.uri}")
+    core = client.CoreV1Api(api_client)
     try:
-        _call(
-            client.CoreV1Api(api_client).read_namespaced_service_account, service_account, namespace
-        )
+        _call(core.read_namespaced_service_account, service_account, namespace)
     except ApiException as err:
         if err.status == 404:
-            return Check(
+            return _failed(
                 name,
-                Status.FAILED,
-                f"no service account {account}: the run's pods cannot be created",
+                f"no service account {namespace}/{service_account}: the run's pods cannot be "
+                "created",
                 "run in a Kubeflow profile namespace (its profile creates default-editor), "
                 "or pass the account the pipelines run as with --service-account",
             )
         # Not readable here: the reviews below still tell whether it would be allowed.
-    user, groups = service_account_user(namespace, service_account)
-    denied: list[str] = []
-    try:
-        for group, plural, wanted in permissions:
-            verbs = []
-            for verb in wanted:
-                attributes = client.V1ResourceAttributes(
-                    namespace=namespace, verb=verb, group=group, resource=plural
-                )
-                spec = client.V1SubjectAccessReviewSpec(
-                    user=user, groups=groups, resource_attributes=attributes
-                )
-                if not _allowed(api_client, spec, namespace):
-                    verbs.append(verb)
-            if verbs:
-                denied.append(f"{'/'.join(verbs)} {plural}.{group}")
-    except ApiException as err:
-        return Check(
-            name,
-            Status.UNKNOWN,
-            f"these credentials may not ask the authorizer ({api_answer(err)})",
-            f"ask a cluster admin to run: kubectl auth can-i --list -n {namespace} --as {user}",
-        )
-    allowed = ", ".join(f"{'/'.join(verbs)} {plural}" for _, plural, verbs in permissions)
-    if not denied:
-        return Check(name, Status.PASSED, f"{account} may {allowed}")
-    fix = f"kubectl apply -n {namespace} -f {RBAC_MANIFEST}"
-    if service_account != DEFAULT_SERVICE_ACCOUNT:
-        fix += (
-            f", then kubectl -n {namespace} create rolebinding kfp-lightning-tensorboard-launcher"
-            f"-{service_account} --role=kfp-lightning-tensorboard-launcher "
-            f"--serviceaccount={namespace}:{service_account}"
-        )
-    return Check(
-        name,
-        Status.FAILED,
-        f"{account} may not {', '.join(denied)} (the live TensorBoard step falls back to "
-        "kubectl instructions)",
-        fix,
-    )
+    return _check_rbac(api_client, target, name, permissions)
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
@@ -695,7 +647,8 @@ def why_unreachable(
         tolerations: The pod's tolerations.
 
     Returns:
-        One phrase per obstacle; empty when the pod may be scheduled there.
+        One phrase per obstacle, those of the condition taints first; empty when the pod may
+        be scheduled there.
     """
     taints = [
         {"key": t.key, "value": t.value, "effect": t.effect}
@@ -710,21 +663,16 @@ def why_unreachable(
     ]
     reasons = [
         f"not ready or not schedulable ({_taint_text(taint)})"
-        for taint in blocking
         if taint["key"] in CONDITION_TAINTS
-    ]
-    reasons += [
-        f"taint {_taint_text(taint)} not tolerated"
-        for taint in blocking
-        if taint["key"] not in CONDITION_TAINTS
+        else f"taint {_taint_text(taint)} not tolerated"
+        for taint in sorted(blocking, key=lambda taint: taint["key"] not in CONDITION_TAINTS)
     ]
     labels = node.metadata.labels or {}
-    reasons += [
+    return reasons + [
         f"label {key}={value} missing" + (f" (has {labels[key]})" if key in labels else "")
         for key, value in node_selector.items()
         if labels.get(key) != value
     ]
-    return reasons
 
 
 def check_gpu_nodes(
@@ -752,95 +700,40 @@ def check_gpu_nodes(
     try:
         nodes = _call(client.CoreV1Api(api_client).list_node).items
     except ApiException as err:
-        return Check(
-            name,
-            Status.UNKNOWN,
-            f"nodes not readable with these credentials ({api_answer(err)})",
-            "ask a cluster admin whether a node offers the GPUs and taints/labels you set",
-        )
+        fix = "ask a cluster admin whether a node offers the GPUs and taints/labels you set"
+        return _unreadable(name, "nodes", err, fix)
     candidates = [n for n in nodes if _gpu_count(n) >= gpus]
     if not candidates:
         most = max((_gpu_count(n) for n in nodes), default=0)
         found = f"most on one node: {most}, of {len(nodes)} nodes" if nodes else "no node at all"
-        return Check(
+        return _failed(
             name,
-            Status.FAILED,
             f"no node has {gpus} allocatable {GPU_RESOURCE} ({found})",
             "add a GPU node pool with NVIDIA's device plugin (or GPU operator), request fewer "
             "with --gpus, or train on a CPU node with --gpus 0",
         )
-    reached, blocked, obstacles = [], [], []
-    for node in candidates:
-        reasons = why_unreachable(node, node_selector, tolerations)
-        if reasons:
-            blocked.append(f"{node.metadata.name}: {', '.join(reasons)}")
-            obstacles += reasons
-        else:
-            reached.append(node.metadata.name)
+    obstacles = {
+        n.metadata.name: why_unreachable(n, node_selector, tolerations) for n in candidates
+    }
+    reached = sorted(node for node, reasons in obstacles.items() if not reasons)
     wanted = f"with {gpus} allocatable {GPU_RESOURCE} " if gpus else ""
     if reached:
-        shown = ", ".join(sorted(reached)[:5]) + (", ..." if len(reached) > 5 else "")
-        found = f"{len(reached)} node(s) {wanted}reachable"
-        found += "" if gpus else ", no GPU needed (gpus=0)"
-        return Check(name, Status.PASSED, f"{found}: {shown}")
-    fixes = []
-    if any(reason.startswith("not ready") for reason in obstacles):
-        # Never "tolerate it": the condition taints mark nodes a pod must not run on.
-        fixes.append(
-            "wait until those nodes are ready and schedulable again, or repair or uncordon them "
-            "(kubectl describe node NAME shows why); a training pod must not tolerate "
-            "node.kubernetes.io/* condition taints"
+        shown = ", ".join(reached[:5]) + (", ..." if len(reached) > 5 else "")
+        found = f"{len(reached)} node(s) {wanted}reachable" + (
+            "" if gpus else ", no GPU needed (gpus=0)"
         )
-    if any(reason.startswith("taint") for reason in obstacles):
-        fixes.append(
-            'add tolerations for those taints (--tolerations \'[{"key": KEY, "operator": '
-            '"Exists", "effect": EFFECT}]\')'
-        )
-    if any(reason.startswith("label") for reason in obstacles):
-        fixes.append("pass a --node-selector that those nodes' labels match")
-    return Check(
+        return _passed(name, f"{found}: {shown}")
+    blocked = sorted(f"{node}: {', '.join(reasons)}" for node, reasons in obstacles.items())
+    every = [reason for reasons in obstacles.values() for reason in reasons]
+    fixes = [fix for start, fix in NODE_FIXES.items() if any(r.startswith(start) for r in every)]
+    return _failed(
         name,
-        Status.FAILED,
-        f"nodes {wanted}exist, but none can take the training pod ("
-        + "; ".join(sorted(blocked)[:5])
-        + ")",
+        f"nodes {wanted}exist, but none can take the training pod ({'; '.join(blocked[:5])})",
         "; ".join(fixes),
     )
 
 
 # --- several nodes: Kubeflow Trainer ------------------------------------------------------------
-
-TRAINER_INSTALL = (
-    "install Kubeflow Trainer v2 (part of Kubeflow 1.11 and 26.03; elsewhere: kubectl apply "
-    '--server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/manager'
-    '?ref=v2.1.0")'
-)
-RUNTIME_INSTALL = (
-    'kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/'
-    'runtimes?ref=v2.1.0"'
-)
-# The step creates the run's TrainJob, reads it while it runs and deletes it when the run is
-# cancelled or times out, or to replace a failed one (components/train_on_nodes/trainjob.py).
-TRAINJOB_VERBS = ("create", "get", "delete")
-
-
-def check_trainjob_crd(api_client: client.ApiClient) -> Check:
-    """Whether the cluster serves Kubeflow Trainer's `TrainJob`, which several nodes need.
-
-    Args:
-        api_client: A configured client.
-
-    Returns:
-        The result (discovery, which any authenticated user may read).
-    """
-    group, version, plural, kind = trainjob.TRAINJOB_API
-    name = f"{kind} CRD"
-    served = _served(api_client, trainjob.TRAINJOB_API)
-    if served is not None:
-        return served
-    return Check(
-        name, Status.FAILED, f"the cluster serves no {plural}.{group}/{version}", TRAINER_INSTALL
-    )
 
 
 def check_training_runtime(api_client: client.ApiClient) -> Check:
@@ -858,25 +751,15 @@ def check_training_runtime(api_client: client.ApiClient) -> Check:
         (RoleBindings, as in a Kubeflow profile, cannot grant that).
     """
     group, version, plural, kind = trainjob.RUNTIME_API
-    name = "training runtime"
-    wanted = f"{kind} {trainjob.RUNTIME}"
+    name, wanted = "training runtime", f"{kind} {trainjob.RUNTIME}"
+    custom = client.CustomObjectsApi(api_client)
     try:
-        runtime = _call(
-            client.CustomObjectsApi(api_client).get_cluster_custom_object,
-            group,
-            version,
-            plural,
-            trainjob.RUNTIME,
-        )
+        runtime = _call(custom.get_cluster_custom_object, group, version, plural, trainjob.RUNTIME)
     except ApiException as err:
         if err.status == 404:
-            return Check(name, Status.FAILED, f"no {wanted}", f"install it: {RUNTIME_INSTALL}")
-        return Check(
-            name,
-            Status.UNKNOWN,
-            f"{wanted} not readable with these credentials ({api_answer(err)})",
-            f"ask a cluster admin to run: kubectl get {plural} {trainjob.RUNTIME}",
-        )
+            return _failed(name, f"no {wanted}", f"install it: {RUNTIME_INSTALL}")
+        fix = f"ask a cluster admin to run: kubectl get {plural} {trainjob.RUNTIME}"
+        return _unreadable(name, wanted, err, fix)
     spec = runtime.get("spec") or {}
     jobs = ((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
     containers = [
@@ -891,71 +774,9 @@ def check_training_runtime(api_client: client.ApiClient) -> Check:
     if "torch" not in (spec.get("mlPolicy") or {}):
         problems.append("no torch policy (mlPolicy.torch), which sets torchrun's variables")
     if problems:
-        return Check(
-            name,
-            Status.FAILED,
-            f"{wanted} has {' and '.join(problems)}",
-            f"restore Kubeflow Trainer's own runtime: {RUNTIME_INSTALL}",
-        )
-    return Check(name, Status.PASSED, f"{wanted} exists, with a torch policy and a node job")
-
-
-def check_trainjob_rbac(
-    api_client: client.ApiClient, namespace: str, service_account: str
-) -> Check:
-    """Whether the run's service account may create, read and delete TrainJobs.
-
-    Args:
-        api_client: A configured client.
-        namespace: The run's namespace.
-        service_account: The account the run's pods run as.
-
-    Returns:
-        The result; unknown when these credentials may not ask the authorizer.
-    """
-    name = "TrainJob RBAC"
-    group, _, plural, _ = trainjob.TRAINJOB_API
-    user, groups = service_account_user(namespace, service_account)
-    try:
-        denied = [
-            verb
-            for verb in TRAINJOB_VERBS
-            if not _allowed(
-                api_client,
-                client.V1SubjectAccessReviewSpec(
-                    user=user,
-                    groups=groups,
-                    resource_attributes=client.V1ResourceAttributes(
-                        namespace=namespace, verb=verb, group=group, resource=plural
-                    ),
-                ),
-                namespace,
-            )
-        ]
-    except ApiException as err:
-        return Check(
-            name,
-            Status.UNKNOWN,
-            f"these credentials may not ask the authorizer ({api_answer(err)})",
-            f"ask a cluster admin to run: kubectl auth can-i --list -n {namespace} --as {user}",
-        )
-    account = f"{namespace}/{service_account}"
-    if not denied:
-        return Check(name, Status.PASSED, f"{account} may {'/'.join(TRAINJOB_VERBS)} {plural}")
-    role = "kfp-lightning-trainjob-launcher"
-    fix = f"kubectl apply -n {namespace} -f {trainjob.RBAC_MANIFEST}"
-    if service_account != DEFAULT_SERVICE_ACCOUNT:
-        fix += (
-            f", then kubectl -n {namespace} create rolebinding {role}-{service_account} "
-            f"--role={role} --serviceaccount={namespace}:{service_account}"
-        )
-    return Check(
-        name,
-        Status.FAILED,
-        f"{account} may not {'/'.join(denied)} {plural}.{group} (the training step cannot "
-        "run the nodes)",
-        fix,
-    )
+        fix = f"restore Kubeflow Trainer's own runtime: {RUNTIME_INSTALL}"
+        return _failed(name, f"{wanted} has {' and '.join(problems)}", fix)
+    return _passed(name, f"{wanted} exists, with a torch policy and a node job")
 
 
 def check_trainjob_dry_run(api_client: client.ApiClient, target: Target) -> Check:
@@ -979,64 +800,59 @@ def check_trainjob_dry_run(api_client: client.ApiClient, target: Target) -> Chec
     from kfp_lightning.components.common.training import TrainConfig
     from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 
-    name = "TrainJob"
-    config = from_run_form(TrainConfig, target.values)
-    endpoint = None
+    name, values = "TrainJob", target.values
+    config = from_run_form(TrainConfig, values)
+    scheduling = from_run_form(SchedulingConfig, values)
+    endpoint = secret = None
     if target.logs.scheme == "s3":
-        found = None if target.s3_endpoint != AUTO else _readable_store(api_client)
-        endpoint = found.endpoint if found else target.s3_endpoint
-    location = target.logs.child("preflight")
+        endpoint, secret = values["s3_endpoint"], values["s3_credentials_secret"]
+        try:
+            found = find_object_store(api_client) if endpoint == AUTO else None
+        except ApiException:
+            found = None
+        endpoint = found.endpoint if found else endpoint
+    arguments = entry_arguments(
+        target.logs.child("preflight").uri,
+        target.nodes,
+        config,
+        endpoint,
+        "preflight",
+        values.get("live_update_seconds", 10),
+    )
     spec = trainjob.NodeSpec(
         image=images.image_ref(images.TRAINER),
         nodes=target.nodes,
         processes_per_node=max(config.gpus, 1),
         gpus_per_node=config.gpus,
-        arguments=entry_arguments(
-            location.uri,
-            target.nodes,
-            config,
-            endpoint,
-            "preflight",
-            target.values.get("live_update_seconds", 10),
-        ),
+        arguments=arguments,
         module=ENTRY_MODULE,
-        s3_secret=target.s3_secret if target.logs.scheme == "s3" else None,
+        s3_secret=secret,
         logs_pvc=target.logs.claim or None,
-        node_selector=target.node_selector,
-        tolerations=target.tolerations,
+        node_selector=scheduling.node_selector,
+        tolerations=scheduling.tolerations,
         service_account=target.service_account,
     )
     problems = trainjob.check_trainjob(api_client, target.namespace, spec)
     if not problems:
-        return Check(
+        return _passed(
             name,
-            Status.PASSED,
             f"the run's TrainJob, submitted as a dry run, would be stored as sent "
             f"({target.nodes} nodes, {spec.processes_per_node} process(es) each)",
         )
     if all("HTTP 401" in p or "HTTP 403" in p for p in problems) and not any(
         "admission webhook" in p for p in problems
     ):
-        return Check(
+        return _unknown(
             name,
-            Status.UNKNOWN,
             f"these credentials may not submit it as a dry run ({problems[0]})",
             "run --check-cluster as someone who may create trainjobs in the namespace",
         )
-    return Check(
+    return _failed(
         name,
-        Status.FAILED,
         "; ".join(problems),
         "install Kubeflow Trainer v2.1 or newer (its TrainJob carries the pods' settings in "
         "spec.podTemplateOverrides or spec.runtimePatches)",
     )
-
-
-def _readable_store(api_client: client.ApiClient) -> ObjectStore | None:
-    try:
-        return find_object_store(api_client)
-    except ApiException:
-        return None
 
 
 def image_version(image: str) -> tuple[int, int, int] | None:
@@ -1045,8 +861,7 @@ def image_version(image: str) -> tuple[int, int, int] | None:
     Returns:
         None for an image without a tag, or whose tag is not a version.
     """
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
+    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
     if ":" not in last:
         return None
     match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", last.rsplit(":", 1)[1])
@@ -1064,79 +879,68 @@ def check_kfp_backend(api_client: client.ApiClient, kfp_namespace: str) -> Check
     Returns:
         Passed for a supported version, failed for an older one, unknown when unreadable.
     """
-    name = "KFP backend"
+    name, unknown, supported = "KFP backend", "version unknown (not a failure)", SUPPORTED_BACKENDS
+    apps = client.AppsV1Api(api_client)
     try:
-        deployment = _call(
-            client.AppsV1Api(api_client).read_namespaced_deployment, KFP_DEPLOYMENT, kfp_namespace
-        )
+        deployment = _call(apps.read_namespaced_deployment, KFP_DEPLOYMENT, kfp_namespace)
     except ApiException as err:
         where = f"deployment {kfp_namespace}/{KFP_DEPLOYMENT}"
         if err.status == 404:
-            detail = f"no {where}: version unknown (not a failure)"
-            hint = "pass the namespace Kubeflow Pipelines runs in with --kfp-namespace"
-        else:
-            detail = f"{where} not readable with these credentials ({api_answer(err)}): version "
-            detail += "unknown (not a failure)"
-            hint = f"supported: {SUPPORTED_BACKENDS}"
-        return Check(name, Status.UNKNOWN, detail, hint)
+            fix = "pass the namespace Kubeflow Pipelines runs in with --kfp-namespace"
+            return _unknown(name, f"no {where}: {unknown}", fix)
+        return _unknown(
+            name,
+            f"{where} not readable with these credentials ({api_answer(err)}): {unknown}",
+            f"supported: {supported}",
+        )
     containers = deployment.spec.template.spec.containers
     container = next((c for c in containers if c.name == KFP_CONTAINER), containers[0])
     version = image_version(container.image or "")
     if version is None:
-        return Check(
-            name,
-            Status.UNKNOWN,
-            f"image {container.image} has no version tag: version unknown (not a failure)",
-            f"supported: {SUPPORTED_BACKENDS}",
-        )
-    shown = ".".join(map(str, version))
+        detail = f"image {container.image} has no version tag: {unknown}"
+        return _unknown(name, detail, f"supported: {supported}")
+    shown = f"{'.'.join(map(str, version))} ({container.image})"
     if version < MIN_BACKEND:
-        return Check(
+        return _failed(
             name,
-            Status.FAILED,
-            f"{shown} ({container.image}) is older than this pipeline supports: "
-            f"{SUPPORTED_BACKENDS}",
+            f"{shown} is older than this pipeline supports: {supported}",
             "upgrade Kubeflow Pipelines to 2.5.0 or newer (Kubeflow 1.10.1 or newer)",
         )
-    return Check(name, Status.PASSED, f"{shown} ({container.image}); supported: 2.5.0 and newer")
+    return _passed(name, f"{shown}; supported: 2.5.0 and newer")
 
 
 def run_checks(api_client: client.ApiClient, target: Target) -> list[Check]:
-    """Every check, in the order they are printed.
+    """Every check, in the order they are printed; Kubeflow Trainer's for several nodes.
 
     Raises:
         RunError: The API stopped answering midway.
     """
+    scheduling = from_run_form(SchedulingConfig, target.values)
+    # The run form may hold the count as text ("1"): validated already, either form works.
+    gpus = int(str(target.values["gpus"]))
     tensorboard = check_crd(api_client, TENSORBOARD_API, target.logs)
     served = tensorboard.detail.endswith("is served")
-    return [
+    checks = [
         tensorboard,
         check_crd(api_client, PODDEFAULT_API, target.logs, served),
-        check_s3_secret(api_client, target.namespace, target.logs, target.s3_secret),
-        check_object_store(api_client, target.logs, target.s3_endpoint),
-        check_logs_claim(api_client, target.namespace, target.logs),
-        check_launcher_rbac(
-            api_client, target.namespace, target.service_account, target.logs, served
-        ),
-        check_gpu_nodes(api_client, target.gpus, target.node_selector, target.tolerations),
+        check_s3_secret(api_client, target),
+        check_object_store(api_client, target),
+        check_logs_claim(api_client, target),
+        check_launcher_rbac(api_client, target, served),
+        check_gpu_nodes(api_client, gpus, scheduling.node_selector, scheduling.tolerations),
         check_kfp_backend(api_client, target.kfp_namespace),
-    ] + (trainer_checks(api_client, target) if target.nodes > 1 else [])
-
-
-def trainer_checks(api_client: client.ApiClient, target: Target) -> list[Check]:
-    """The checks of Kubeflow Trainer, for training on several nodes."""
-    crd = check_trainjob_crd(api_client)
+    ]
+    if target.nodes == 1:
+        return checks
+    crd = check_crd(api_client, trainjob.TRAINJOB_API)
+    trainjobs = [(trainjob.TRAINJOB_API[0], trainjob.TRAINJOB_API[2], TRAINJOB_VERBS)]
+    trainjob_rbac = _check_rbac(api_client, target, "TrainJob RBAC", trainjobs)
     dry_run = (
         check_trainjob_dry_run(api_client, target)
         if crd.status is Status.PASSED
-        else Check("TrainJob", Status.UNKNOWN, "not submitted: the TrainJob CRD is not served")
+        else _unknown("TrainJob", "not submitted: the TrainJob CRD is not served")
     )
-    return [
-        crd,
-        check_training_runtime(api_client),
-        check_trainjob_rbac(api_client, target.namespace, target.service_account),
-        dry_run,
-    ]
+    return [*checks, crd, check_training_runtime(api_client), trainjob_rbac, dry_run]
 
 
 def format_check(check: Check) -> str:
@@ -1166,7 +970,6 @@ def check_cluster(
     namespace: str | None = None,
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     kfp_namespace: str = DEFAULT_KFP_NAMESPACE,
-    out: TextIO | None = None,
     nodes: int = 1,
 ) -> int:
     """Checks the current cluster for a run with `values`, printing one line per check.
@@ -1176,7 +979,6 @@ def check_cluster(
         namespace: The run's namespace; default: the pod's, else the kubeconfig context's.
         service_account: The account the run's pods run as.
         kfp_namespace: Where the Kubeflow Pipelines backend runs.
-        out: Where to print (default: stdout).
         nodes: Nodes training runs on; more than one adds the Kubeflow Trainer checks.
 
     Returns:
@@ -1186,34 +988,33 @@ def check_cluster(
         UserInputError: An option is not a valid name.
         RunError: No Kubernetes API is configured or answers.
     """
-    out = out or sys.stdout
-    check_names(namespace, service_account, kfp_namespace)
+    if namespace is not None:
+        check_namespace_name(namespace)
+    if not is_dns1123_subdomain(service_account):
+        raise invalid("service_account", service_account, "a Kubernetes service account name")
+    check_namespace_name(kfp_namespace, "kfp_namespace")
     try:
         api_client, config_namespace = connect()
     except ClusterUnreachableError as err:
         raise RunError(f"no Kubernetes API configured: {' '.join(str(err).split())}") from None
     with api_client:
-        target = target_from_parameters(
-            values,
-            namespace or current_namespace() or config_namespace or "default",
-            service_account,
-            kfp_namespace,
-            nodes,
-        )
+        namespace = namespace or current_namespace() or config_namespace or "default"
+        check_namespace_name(namespace)
+        logs = parse_logs_root(values["tensorboard_logs_root"], namespace=namespace)
+        target = Target(namespace, service_account, kfp_namespace, logs, dict(values), nodes)
         version = _probe(api_client)
         print(
             f"Kubernetes {version} at {api_client.configuration.host}, namespace "
-            f"{target.namespace}, service account {target.service_account}:",
-            file=out,
+            f"{target.namespace}, service account {target.service_account}:"
         )
         checks = run_checks(api_client, target)
     for check in checks:
-        print(format_check(check), file=out)
+        print(format_check(check))
     failed = sum(c.status is Status.FAILED for c in checks)
     unknown = sum(c.status is Status.UNKNOWN for c in checks)
     unchecked = f"; {unknown} could not be checked (?)" if unknown else ""
     if failed:
-        print(f"{failed} of {len(checks)} checks failed{unchecked}.", file=out)
+        print(f"{failed} of {len(checks)} checks failed{unchecked}.")
         return 1
-    print(f"No check failed{unchecked}: a run in {target.namespace} should work.", file=out)
+    print(f"No check failed{unchecked}: a run in {target.namespace} should work.")
     return 0

@@ -251,10 +251,7 @@ def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None
     Raises:
         WriteError: See `atomic_file`.
     """
-    with atomic_file(destination) as tmp, tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    atomic_write_files({destination: data})
 
 
 def atomic_write_files(contents: Mapping[str | os.PathLike[str], bytes | str]) -> None:

@@ -364,20 +364,9 @@ def wait_until_ready(
         ApiException: The server refused a read.
         ClusterUnreachableError: The API could not be reached.
     """
-    group, version, plural, kind = resource
     deadline = time.monotonic() + timeout_seconds
     while True:
-        current = call(
-            lambda: api.get_namespaced_custom_object(
-                group,
-                version,
-                namespace,
-                plural,
-                name,
-                _request_timeout=patience.request_timeout_seconds,
-            ),
-            f"read {kind} {namespace}/{name}",
-        )
+        current = _read(api, resource, namespace, name, patience.request_timeout_seconds)
         if ((current.get("status") or {}).get("readyReplicas") or 0) >= 1:
             return True
         remaining = deadline - time.monotonic()

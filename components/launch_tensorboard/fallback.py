@@ -104,12 +104,8 @@ def fallback_objects(
     labels = {**SELECTOR, **MANAGED_BY}
     volumes: list[dict[str, object]] = [copy.deepcopy(TMP_VOLUME)]
     if location.scheme == "pvc":
-        volumes.append(
-            {
-                "name": "logs",
-                "persistentVolumeClaim": {"claimName": location.claim, "readOnly": True},
-            }
-        )
+        claim = {"claimName": location.claim, "readOnly": True}
+        volumes.append({"name": "logs", "persistentVolumeClaim": claim})
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -279,24 +279,23 @@ def start_on_cluster(
         outcome = ensure_object(api, TENSORBOARD_API, wanted, patience)
     except ApiException as err:
         detail = describe_refusal(err, resource, namespace)
-        return Launch("fallback", name, detail=detail, warning=warning)
     except ClusterUnreachableError as err:
         detail = f"No Kubernetes API could be reached: {err}."
-        return Launch("fallback", name, detail=detail, warning=warning)
     except ObjectNotEnsuredError as err:
         detail = f"The {resource[3]} could not be made as this run needs it: {err}."
-        return Launch("fallback", name, detail=detail, warning=warning)
-    url = f"{settings.base_url}/tensorboard/{namespace}/{name}/"
-    try:
-        ready = wait_until_ready(
-            api, TENSORBOARD_API, namespace, name, settings.wait_seconds, patience
-        )
-    except (ApiException, ClusterUnreachableError):
-        # It exists; only its progress is unknown, which the note's kubectl command shows.
-        ready = False
-    if not ready:
-        return Launch("starting", name, url, outcome, warning=warning)
-    return Launch("ready", name, url, outcome, time.monotonic() - started, warning)
+    else:
+        url = f"{settings.base_url}/tensorboard/{namespace}/{name}/"
+        try:
+            ready = wait_until_ready(
+                api, TENSORBOARD_API, namespace, name, settings.wait_seconds, patience
+            )
+        except (ApiException, ClusterUnreachableError):
+            # It exists; only its progress is unknown, which the note's kubectl command shows.
+            ready = False
+        if not ready:
+            return Launch("starting", name, url, outcome, warning=warning)
+        return Launch("ready", name, url, outcome, time.monotonic() - started, warning)
+    return Launch("fallback", name, detail=detail, warning=warning)
 
 
 def _markdown_started(launch: Launch, settings: Settings) -> str:
@@ -325,29 +324,24 @@ def _markdown_started(launch: Launch, settings: Settings) -> str:
         f"- Kubeflow Tensorboard `{name}` in namespace `{ns}` {done[launch.detail]}. It keeps "
         "running after the run ends, so the curves stay available; delete it on Kubeflow's "
         f"TensorBoards page or with `kubectl -n {ns} delete tensorboard {name}`.\n"
-        + _warning_item(launch)
+        + (f"- **Warning:** {launch.warning}\n" if launch.warning else "")
     )
 
 
-def _warning_item(launch: Launch) -> str:
-    return f"- **Warning:** {launch.warning}\n" if launch.warning else ""
-
-
-def _port_forward(settings: Settings) -> tuple[str, str]:
+def _port_forward(settings: Settings) -> str:
     """The kubectl commands of the ClusterIP TensorBoard over the run's logs, and how to end it."""
     ns = settings.namespace or "NAMESPACE"
     objects = fallback.fallback_objects(settings.location, settings.s3_endpoint, settings.s3_secret)
     commands = fallback.kubectl_commands(ns, fallback.render_manifest(objects))
-    after = (
+    return (
+        f"```sh\n{commands}```\n\n"
         f"Then open http://127.0.0.1:{fallback.LOCAL_PORT}/ while the port-forward runs. "
         f"Remove it with `kubectl -n {ns} delete deployment,service {fallback.NAME}`.\n"
     )
-    return commands, after
 
 
 def _markdown_single_node_claim(launch: Launch, settings: Settings) -> str:
     claim, ns = settings.location.claim, settings.namespace
-    commands, after = _port_forward(settings)
     return (
         "### Live TensorBoard: not started\n\n"
         f"**Why:** the logs are on the claim `{claim}` in namespace `{ns}`, whose access mode "
@@ -359,45 +353,41 @@ def _markdown_single_node_claim(launch: Launch, settings: Settings) -> str:
         '**After training has ended,** view this run\'s logs with "Start Tensorboard" in the '
         "run's `mlpipeline_ui_metadata` output, or with a TensorBoard behind a ClusterIP "
         "Service and a port-forward, using your own kubectl credentials:\n\n"
-        f"```sh\n{commands}```\n\n{after}"
+        + _port_forward(settings)
     )
 
 
 def _markdown_fallback(launch: Launch, settings: Settings) -> str:
     ns = settings.namespace or "NAMESPACE"
-    commands, after = _port_forward(settings)
     warning = f"**Warning:** {launch.warning}\n\n" if launch.warning else ""
     return (
         "### Live TensorBoard: not started on the cluster\n\n"
         f"**Why:** {launch.detail}\n\n{warning}"
         f"Training is not affected. To watch its logs (`{settings.location.uri}`) live, run a "
         f"TensorBoard in namespace `{ns}` behind a ClusterIP Service and forward a local port "
-        "to it, with your own kubectl credentials:\n\n"
-        f"```sh\n{commands}```\n\n{after}"
+        "to it, with your own kubectl credentials:\n\n" + _port_forward(settings)
     )
 
 
-def _markdown_local(settings: Settings) -> str:
+def _markdown_local(launch: Launch, settings: Settings) -> str:
     path = settings.location.path
     return (
         "### Live TensorBoard\n\n"
         f"The logs are in the local directory `{path}`, which no cluster TensorBoard can read, "
         "so none was started. `--local` runs start TensorBoard on 127.0.0.1 and print its URL; "
         f"otherwise run `tensorboard --logdir {shlex.quote(path)} --host 127.0.0.1` on the "
-        "machine that "
-        "holds the directory and open the URL it prints.\n"
+        "machine that holds the directory and open the URL it prints.\n"
     )
 
 
 def render_markdown(launch: Launch, settings: Settings) -> str:
     """The note shown in the run's page for `launch`."""
-    if launch.state == "local":
-        return _markdown_local(settings)
-    if launch.state == "fallback":
-        return _markdown_fallback(launch, settings)
-    if launch.state == "single-node-claim":
-        return _markdown_single_node_claim(launch, settings)
-    return _markdown_started(launch, settings)
+    render = {
+        "local": _markdown_local,
+        "fallback": _markdown_fallback,
+        "single-node-claim": _markdown_single_node_claim,
+    }.get(launch.state, _markdown_started)
+    return render(launch, settings)
 
 
 def start_live_tensorboard(

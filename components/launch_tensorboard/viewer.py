@@ -92,10 +92,7 @@ def viewer_pod_template(
         "spec": {
             # TensorBoard reads no Kubernetes API: no token in its pod.
             "automountServiceAccountToken": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [container],
             "volumes": volumes,
         }

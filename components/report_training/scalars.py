@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.scalars import read_event_scalars
 
 EPOCH_TAG = "epoch"
 # Tags of runs logged before the quantity/split naming, and what they are now called.
@@ -182,26 +183,15 @@ def read_scalars(logs_dir: str | Path) -> list[Series]:
     Raises:
         UserInputError: `logs_dir` is not a directory.
     """
-    from tensorboard.backend.event_processing.event_accumulator import (
-        SCALARS,
-        EventAccumulator,
-    )
-
     logs_dir = Path(logs_dir)
     if not logs_dir.is_dir():
         raise invalid("tensorboard_logs", str(logs_dir), "a directory of TensorBoard event files")
-    run_dirs = sorted({p.parent for p in logs_dir.rglob("*tfevents*") if p.is_file()})
-    common = Path(os.path.commonpath(run_dirs)) if run_dirs else logs_dir
+    runs = read_event_scalars(logs_dir)
+    common = Path(os.path.commonpath(list(runs))) if runs else logs_dir
     series = []
-    for run_dir in run_dirs:
-        # 0 keeps every point: the summary's minimum and maximum must see all of them.
-        accumulator = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
-        accumulator.Reload()
+    for run_dir, tags in runs.items():
         run = run_dir.relative_to(common).as_posix()
-        for tag in accumulator.Tags()[SCALARS]:
-            by_step: dict[int, float] = {}
-            for event in accumulator.Scalars(tag):
-                by_step[event.step] = event.value
+        for tag, by_step in tags.items():
             steps = tuple(sorted(by_step))
             series.append(Series(run, tag, steps, tuple(by_step[s] for s in steps)))
     return sorted(series, key=lambda s: (s.run != TOP_RUN, s.run, s.tag))

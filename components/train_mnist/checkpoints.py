@@ -78,7 +78,6 @@ class DurableCheckpoints(Callback):
         self.decide_every_n_steps = max(1, decide_every_n_steps)
         self.log_every_n_steps = max(1, log_every_n_steps)
         self._last = time.monotonic()
-        self.saved: list[str] = []
 
     def _save(self, trainer: L.Trainer) -> None:
         name = checkpoint_name(trainer.global_step, trainer.current_epoch)
@@ -93,15 +92,10 @@ class DurableCheckpoints(Callback):
                 if self.before_upload is not None:
                     self.before_upload()
                 self.storage.upload(local, f"{CHECKPOINT_DIR}/{name}")
-        self.saved.append(name)
         self._last = time.monotonic()
-        if not trainer.is_global_zero:
-            return
-        existing = sorted(
-            p for p in self.storage.list_files() if p.startswith(f"{CHECKPOINT_DIR}/")
-        )
-        for old in existing[: -self.keep]:
-            self.storage.delete(old)
+        if trainer.is_global_zero:
+            for old in _checkpoints(self.storage)[: -self.keep]:
+                self.storage.delete(old)
 
     def _point_pending(self, trainer: L.Trainer) -> bool:
         # Lightning hands a step's loss to the logger after `on_train_batch_end`. A checkpoint
@@ -137,8 +131,9 @@ class DurableCheckpoints(Callback):
         self._save(trainer)
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+def _checkpoints(storage: Storage) -> list[str]:
+    """The checkpoints in `storage`, oldest first."""
+    return sorted(p for p in storage.list_files() if p.startswith(f"{CHECKPOINT_DIR}/"))
 
 
 def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
@@ -170,11 +165,9 @@ def find_resumable_checkpoint(
     Returns:
         The local checkpoint and its contents, or None to start from scratch.
     """
-    names = sorted(
-        (p for p in storage.list_files() if p.startswith(f"{CHECKPOINT_DIR}/")), reverse=True
-    )
-    for relative in names:
+    for relative in reversed(_checkpoints(storage)):
         local = workdir / Path(relative).name
+        unusable = True  # a torn or diverged file is removed, another configuration's kept
         try:
             storage.download(relative, local)
             # Our own checkpoint (optimizer and loop state, not only tensors): full unpickling.
@@ -183,25 +176,23 @@ def find_resumable_checkpoint(
                 raise ValueError("not a Lightning training checkpoint")
         except Exception as err:  # a torn or corrupt file: try the next older one
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-            _warn(f"skipping unreadable checkpoint {relative} ({reason}); removing it")
-            local.unlink(missing_ok=True)
-            # Left in place it would stay the newest name, shadowing good checkpoints forever.
-            if remove_unusable:
-                storage.delete(relative)
-            continue
-        diverged = non_finite_tensors(checkpoint["state_dict"])
-        if diverged:
-            _warn(
-                f"skipping checkpoint {relative}: non-finite values in {', '.join(diverged[:3])}"
-                " (it was written after training diverged); removing it"
-            )
-            local.unlink(missing_ok=True)
-            if remove_unusable:
-                storage.delete(relative)
-            continue
-        if checkpoint.get("hyper_parameters") != hyper_parameters:
-            _warn(f"skipping checkpoint {relative}: it was written with other parameters")
-            local.unlink(missing_ok=True)
-            continue
-        return local, checkpoint
+            skip = f"skipping unreadable checkpoint {relative} ({reason}); removing it"
+        else:
+            diverged = non_finite_tensors(checkpoint["state_dict"])
+            if diverged:
+                skip = (
+                    f"skipping checkpoint {relative}: non-finite values in "
+                    f"{', '.join(diverged[:3])} (it was written after training diverged); "
+                    "removing it"
+                )
+            elif checkpoint.get("hyper_parameters") != hyper_parameters:
+                skip = f"skipping checkpoint {relative}: it was written with other parameters"
+                unusable = False
+            else:
+                return local, checkpoint
+        print(f"warning: {skip}", file=sys.stderr, flush=True)
+        local.unlink(missing_ok=True)
+        # Left in place it would stay the newest name, shadowing good checkpoints forever.
+        if unusable and remove_unusable:
+            storage.delete(relative)
     return None

@@ -246,8 +246,3 @@ class MNISTDataModule(L.LightningDataModule):
         """A split's images as stored, uint8 N x 28 x 28 on the CPU (undoing `normalise`)."""
         images = self.splits[split][0].squeeze(1).float() * MNIST_STD + MNIST_MEAN
         return (images * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-
-    @property
-    def train_samples(self) -> int:
-        """Images in the training split (after the validation hold-out)."""
-        return int(self.splits["train"][0].shape[0])

@@ -30,12 +30,8 @@ class TrainingDivergedError(RunError):
 
 def non_finite(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The entries of `metrics` (numbers or one-element tensors) that are NaN or infinite."""
-    bad = {}
-    for name, value in metrics.items():
-        number = float(value)
-        if not math.isfinite(number):
-            bad[name] = number
-    return bad
+    numbers = {name: float(value) for name, value in metrics.items()}
+    return {name: number for name, number in numbers.items() if not math.isfinite(number)}
 
 
 class DivergenceGuard(Callback):
@@ -103,11 +99,10 @@ class DivergenceGuard(Callback):
         value = float(self._losses[first])
         self._fail(f"{tag(LOSS, TRAIN)}={value}", f"at step {step} (epoch {epoch + 1})")
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.check(trainer)
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.check(trainer)
+
+    on_validation_start = on_train_epoch_end
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

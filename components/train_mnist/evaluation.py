@@ -72,13 +72,10 @@ class EvaluationAccumulator:
 
     def __init__(self, device: torch.device) -> None:
         self.counts = torch.zeros(CLASSES * CLASSES, dtype=torch.long, device=device)
-        empty_long = torch.empty(0, dtype=torch.long, device=device)
         self._mistake_confidence = torch.empty(0, device=device)
-        self._mistake_index, self._mistake_label, self._mistake_predicted = (
-            empty_long,
-            empty_long,
-            empty_long,
-        )
+        # One empty tensor for all three is safe: each update replaces them with new tensors.
+        self._mistake_index = torch.empty(0, dtype=torch.long, device=device)
+        self._mistake_label = self._mistake_predicted = self._mistake_index
         self._correct: list[tuple[torch.Tensor, ...]] = []
         self._correct_found = torch.zeros(CLASSES, dtype=torch.long, device=device)
 
@@ -111,24 +108,24 @@ class EvaluationAccumulator:
     def result(self) -> Evaluation:
         """The pass's evaluation (reads the device once)."""
         counts = self.counts.view(CLASSES, CLASSES).tolist()
-        mistakes = [
-            Prediction(int(i), int(t), int(p), float(c))
-            for i, t, p, c in zip(
-                self._mistake_index.tolist(),
-                self._mistake_label.tolist(),
-                self._mistake_predicted.tolist(),
-                self._mistake_confidence.tolist(),
-                strict=True,
-            )
-        ]
+        mistakes = _predictions(
+            self._mistake_index,
+            self._mistake_label,
+            self._mistake_predicted,
+            self._mistake_confidence,
+        )
         examples: dict[int, list[Prediction]] = {digit: [] for digit in range(CLASSES)}
-        for index, label, predicted, confidence in self._correct:
-            for i, t, p, c in zip(
-                index.tolist(), label.tolist(), predicted.tolist(), confidence.tolist(), strict=True
-            ):
-                if len(examples[t]) < EXAMPLES_PER_CLASS:
-                    examples[t].append(Prediction(i, t, p, c))
+        for columns in self._correct:
+            for p in _predictions(*columns):
+                if len(examples[p.label]) < EXAMPLES_PER_CLASS:
+                    examples[p.label].append(p)
         return Evaluation(counts, mistakes, [p for digit in examples.values() for p in digit])
+
+
+def _predictions(*columns: torch.Tensor) -> list[Prediction]:
+    """Rows of (index, label, predicted, confidence) tensors as `Prediction`s (one device read)."""
+    # `tolist` gives Python ints for the integer columns and floats for the confidence.
+    return [Prediction(*row) for row in zip(*(c.tolist() for c in columns), strict=True)]
 
 
 class CollectEvaluation(Callback):
@@ -160,12 +157,11 @@ class CollectEvaluation(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish(pl_module)
 
+    on_test_epoch_end = on_validation_epoch_end
+
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.on_test_set_validation:
             self._start(pl_module)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish(pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"evaluation": dataclasses.asdict(self.evaluation) if self.evaluation else None}

@@ -29,7 +29,6 @@ raises our message when its condition is false. Both stay in the exported graph
 from __future__ import annotations
 
 import io
-import os
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +39,7 @@ from torch import nn
 from torch._higher_order_ops.cond import cond_op
 from torch._higher_order_ops.while_loop import while_loop_op
 
-from kfp_lightning.components.common.files import (
-    atomic_directory,
-    reported_write_faults,
-    write_json,
-)
+from kfp_lightning.components.common.files import atomic_directory, atomic_write_bytes, write_json
 from kfp_lightning.components.train_mnist.data import MNIST_MEAN, MNIST_STD
 from kfp_lightning.components.train_mnist.model import Net
 
@@ -235,15 +230,6 @@ def _serialised(save: Callable[[io.BytesIO], None]) -> bytes:
     return buffer.getvalue()
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    # fsync before the directory is renamed into place: a filesystem that allocates late (NFS,
-    # for one) may report a full disk only at fsync or close.
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> dict[str, Any]:
     """Writes the Model artifact directory atomically.
 
@@ -295,8 +281,9 @@ def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> d
     }
     with atomic_directory(model_dir) as staging:
         for name, data in files.items():
-            # A failed write() names no file: say which one, by its final name.
-            with reported_write_faults(model_dir / name, staging / name):
-                _write_file(staging / name, data)
+            # fsynced before the directory is renamed into place: a filesystem that allocates
+            # late (NFS, for one) may report a full disk only at fsync or close. A fault names
+            # the file by its final name (`atomic_directory` maps the staging path back).
+            atomic_write_bytes(staging / name, data)
         write_json(staging / METADATA_FILE, full)
     return full

@@ -12,7 +12,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import lightning as L
@@ -51,32 +50,20 @@ class LiveSync:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._failing = False
-        self.uploads = 0
 
-    def sync_once(self) -> int:
-        """Copies every file that is new or changed since the last copy.
-
-        Returns:
-            The number of files copied.
-        """
+    def sync_once(self) -> None:
+        """Copies every file that is new or changed since the last copy."""
         with self._lock:
-            return self._sync()
-
-    def _sync(self) -> int:
-        copied = 0
-        for path in sorted(p for p in self.source.rglob("*") if p.is_file()):
-            relative = path.relative_to(self.source).as_posix()
-            stat = path.stat()
-            state = (stat.st_size, stat.st_mtime_ns)
-            previous = self._copied.get(relative)
-            if previous == state:
-                continue
-            grew = previous is not None and "tfevents" in path.name and state[0] > previous[0]
-            self.storage.upload(path, relative, append_from=previous[0] if grew else None)
-            self._copied[relative] = state
-            copied += 1
-        self.uploads += copied
-        return copied
+            for path in sorted(p for p in self.source.rglob("*") if p.is_file()):
+                relative = path.relative_to(self.source).as_posix()
+                stat = path.stat()
+                state = (stat.st_size, stat.st_mtime_ns)
+                previous = self._copied.get(relative)
+                if previous == state:
+                    continue
+                grew = previous is not None and "tfevents" in path.name and state[0] > previous[0]
+                self.storage.upload(path, relative, append_from=previous[0] if grew else None)
+                self._copied[relative] = state
 
     def _tick(self) -> None:
         try:
@@ -99,34 +86,17 @@ class LiveSync:
         while not self._stop.wait(self.interval):
             self._tick()
 
-    def start(self) -> LiveSync:
+    def start(self) -> None:
         """Starts the background copies (the first one after `interval` seconds)."""
         self._thread = threading.Thread(target=self._run, name="live-log-sync", daemon=True)
         self._thread.start()
-        return self
 
-    def stop(self) -> bool:
-        """Stops the thread and makes a last copy.
-
-        Returns:
-            Whether the live location now holds everything.
-        """
+    def stop(self) -> None:
+        """Stops the thread and makes a last copy."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         self._tick()
-        return not self._failing
-
-    def __enter__(self) -> LiveSync:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class EarlyPoints(Callback):

@@ -25,6 +25,13 @@ TRAIN, VAL, TEST = "train", "val", "test"
 LOSS, ACCURACY = "loss", "accuracy"
 LEARNING_RATE = "learning_rate"  # LearningRateMonitor's tag: the scheduler's name
 
+# `TrainConfig.optimizer` -> the torch optimiser and its settings besides the learning rate.
+OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+    "adadelta": (torch.optim.Adadelta, {}),
+    "adamw": (torch.optim.AdamW, {"weight_decay": 1e-4}),
+    "sgd": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+}
+
 
 def tag(quantity: str, split: str) -> str:
     """The TensorBoard tag of `quantity` on `split`, e.g. "loss/val"."""
@@ -117,17 +124,8 @@ class MNISTClassifier(L.LightningModule):
     def _end_evaluation(self) -> None:
         self._evaluation_net = ()
 
-    def on_validation_start(self) -> None:
-        self._start_evaluation()
-
-    def on_validation_end(self) -> None:
-        self._end_evaluation()
-
-    def on_test_start(self) -> None:
-        self._start_evaluation()
-
-    def on_test_end(self) -> None:
-        self._end_evaluation()
+    on_validation_start = on_test_start = _start_evaluation
+    on_validation_end = on_test_end = _end_evaluation
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, split: str):
         images, labels = batch
@@ -174,14 +172,8 @@ def build_optimizer(
         {"optimizer": ..., "lr_scheduler": {...}}; the scheduler is named "learning_rate",
         the tag under which `LearningRateMonitor` logs it.
     """
-    if config.optimizer == "adadelta":
-        optimizer = torch.optim.Adadelta(parameters, lr=config.learning_rate)
-    elif config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-4)
-    else:
-        optimizer = torch.optim.SGD(
-            parameters, lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=5e-4
-        )
+    optimizer_class, options = OPTIMIZERS[config.optimizer]
+    optimizer = optimizer_class(parameters, lr=config.learning_rate, **options)
     if config.lr_schedule == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.gamma)
         interval = "epoch"

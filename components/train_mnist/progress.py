@@ -31,6 +31,12 @@ def _batch_size(batch: Any) -> int:
     return int(batch[1].shape[0])
 
 
+def _metrics(trainer: L.Trainer, split: str) -> str:
+    """The split's logged metrics as "loss/val 0.1234 accuracy/val 0.9876", by name."""
+    metrics = split_metrics(trainer.callback_metrics, split)
+    return " ".join(f"{tag(k, split)} {v:.4f}" for k, v in sorted(metrics.items()))
+
+
 class LineProgressBar(ProgressBar):
     """Prints a single, complete progress line at most every `interval_seconds`.
 
@@ -98,18 +104,13 @@ class LineProgressBar(ProgressBar):
         )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = split_metrics(trainer.callback_metrics, VAL)
-        detail = " ".join(f"{tag(k, VAL)} {v:.4f}" for k, v in sorted(metrics.items()))
         self._print(
             f"{self._training_line(trainer, int(self.total_train_batches), time.monotonic())}"
-            f" | end of epoch {trainer.current_epoch + 1} {detail}".rstrip()
+            f" | end of epoch {trainer.current_epoch + 1} {_metrics(trainer, VAL)}".rstrip()
         )
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = split_metrics(trainer.callback_metrics, TEST)
-        self._print(
-            "test " + " ".join(f"{tag(k, TEST)} {v:.4f}" for k, v in sorted(metrics.items()))
-        )
+        self._print(f"test {_metrics(trainer, TEST)}")
 
 
 def make_progress_bar(interval_seconds: float, stream: TextIO | None = None) -> ProgressBar:
@@ -164,11 +165,10 @@ class ThroughputMeter(Callback):
         self.samples += _batch_size(batch) * trainer.world_size
 
     # Lightning runs validation before `on_train_epoch_end`; stop the clock at whichever is first.
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop(trainer)
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop(trainer)
+
+    on_validation_start = on_train_epoch_end
 
     def state_dict(self) -> dict[str, float]:
         now = time.perf_counter()

@@ -30,10 +30,6 @@ NOT_LOGS = (CHECKPOINT_DIR, DATASET, OUTPUTS)
 EVENT_FILE_MARK = "tfevents"
 
 
-def _is_event_file(relative: str) -> bool:
-    return EVENT_FILE_MARK in Path(relative).name
-
-
 def cut_event_file(path: Path, below_step: int) -> bool:
     """Keeps only the events of `path` logged before `below_step`, rewriting it atomically.
 
@@ -86,7 +82,7 @@ def restore_logs(storage: Storage, logs_dir: Path, below_step: int) -> list[str]
             continue
         local = logs_dir / relative
         storage.download(relative, local)
-        if _is_event_file(relative):
+        if EVENT_FILE_MARK in Path(relative).name:
             before = local.stat().st_size
             if not cut_event_file(local, below_step):
                 local.unlink()

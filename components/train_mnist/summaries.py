@@ -114,8 +114,8 @@ def log_hyperparameters(
         k: v if isinstance(v, (bool, int, float, str)) else str(v)
         for k, v in config.as_dict().items()
     }
-    metrics = {tag(k, TEST): v for k, v in test.items()}
-    metrics.update({tag(k, VAL): v for k, v in validation.items()})
+    splits = ((TEST, test), (VAL, validation))
+    metrics = {tag(k, split): v for split, values in splits for k, v in values.items()}
     experiment, session_start, session_end = hparams(parameters, metrics)
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, session_start, session_end):

@@ -430,14 +430,12 @@ def run_training(
         raise TrainingDivergedError(f"training ended with non-finite metrics {bad}")
     device = torch.cuda.get_device_name() if accelerator == "gpu" else "cpu"
     if outputs.evaluation_dir is not None:
+        headline = ("test_accuracy", "test_loss", "train_seconds", "train_samples_per_second")
         run = {
             "name": run_label,
             "device": device,
             "epochs": int(metrics["epochs"]),
-            "test_accuracy": metrics["test_accuracy"],
-            "test_loss": metrics["test_loss"],
-            "train_seconds": metrics["train_seconds"],
-            "train_samples_per_second": metrics["train_samples_per_second"],
+            **{k: metrics[k] for k in headline},
             "parameters": config.as_dict(),
         }
         with atomic_directory(outputs.evaluation_dir) as staging:

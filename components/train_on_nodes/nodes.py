@@ -35,6 +35,7 @@ from kfp_lightning.components.common.logs_location import (
     current_namespace,
 )
 from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.common.scalars import read_event_scalars
 from kfp_lightning.components.common.scheduling import SchedulingConfig
 from kfp_lightning.components.common.storage import Storage, open_storage
 from kfp_lightning.components.common.torchrun import Cancelled, run_torchrun, sigterm_raises
@@ -193,17 +194,12 @@ class ProgressReader:
 
 def last_scalars(logs_dir: Path) -> dict[str, tuple[int, float]]:
     """The highest step of every scalar tag in the event files under `logs_dir`, and its value."""
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-
     last: dict[str, tuple[int, float]] = {}
-    for run_dir in sorted({path.parent for path in logs_dir.rglob("*tfevents*")}):
-        # Its default sample of each tag always keeps the newest point.
-        accumulator = EventAccumulator(str(run_dir))
-        accumulator.Reload()
-        for tag in accumulator.Tags()[SCALARS]:
-            for event in accumulator.Scalars(tag):
-                if event.step >= last.get(tag, (-1, 0.0))[0]:
-                    last[tag] = (event.step, event.value)
+    for tags in read_event_scalars(logs_dir).values():
+        for tag, by_step in tags.items():
+            step = max(by_step)
+            if step >= last.get(tag, (-1, 0.0))[0]:
+                last[tag] = (step, by_step[step])
     return last
 
 
@@ -332,10 +328,7 @@ def train_on_nodes(
     settings: NodesSettings,
     config: TrainConfig,
     logs: LiveLogsConfig,
-    node_selector: Mapping[str, str],
-    tolerations: list[dict[str, Any]],
-    patience: Patience | None = None,
-    progress_seconds: float = PROGRESS_SECONDS,
+    scheduling: SchedulingConfig,
     task_name: str = "",
 ) -> run_layout.TrainResult:
     """Trains on `settings.nodes` nodes and writes the same outputs as single-node training.
@@ -352,10 +345,7 @@ def train_on_nodes(
         settings: How to run the nodes.
         config: The training configuration (`gpus` is per node).
         logs: The live logs root and the object store's endpoint and credentials.
-        node_selector: Labels each node's pod must match (TRAINJOB).
-        tolerations: Tolerations of each node's pod (TRAINJOB).
-        patience: Request retries and the status polling interval (TRAINJOB).
-        progress_seconds: Shortest time between two training progress lines (TRAINJOB).
+        scheduling: The node selector and tolerations of each node's pod (TRAINJOB).
         task_name: The task's name in the pipeline: with the dataset and the parameters, it
             keys the task's location and TrainJob within the run (`config.training_task_key`).
 
@@ -369,7 +359,7 @@ def train_on_nodes(
             TrainJob cannot carry the pod settings (nothing is created then).
     """
     deadline = time.monotonic() + settings.timeout_seconds
-    patience = patience or Patience(poll_seconds=POLL_SECONDS)
+    patience = Patience(poll_seconds=POLL_SECONDS)
     api_client = None
     form, identity = "", PodIdentity(None, (), "")
     if settings.launcher == TRAINJOB:
@@ -427,14 +417,14 @@ def train_on_nodes(
             module=ENTRY_MODULE,
             s3_secret=logs.s3_credentials_secret if location.scheme == "s3" else None,
             logs_pvc=settings.logs_pvc or None,
-            node_selector=node_selector,
-            tolerations=tolerations,
+            node_selector=scheduling.node_selector,
+            tolerations=scheduling.tolerations,
             service_account=identity.service_account,
             image_pull_secrets=identity.image_pull_secrets,
         )
         print(identity.note, flush=True)
         wanted = trainjob_object(namespace, run_id, spec, form, task=key)
-        progress = ProgressReader(storage, progress_seconds)
+        progress = ProgressReader(storage, PROGRESS_SECONDS)
         try:
             with api_client, sigterm_raises():
                 run_on_cluster(
@@ -480,7 +470,6 @@ def train_from_run_form(
         parameters["logs_pvc"],
         parameters["timeout_seconds"],
     )
-    scheduling = from_run_form(SchedulingConfig, parameters)
     return train_on_nodes(
         dataset_dir,
         output_dirs,
@@ -489,7 +478,6 @@ def train_from_run_form(
         settings,
         from_run_form(TrainConfig, parameters),
         from_run_form(LiveLogsConfig, parameters),
-        scheduling.node_selector,
-        scheduling.tolerations,
-        task_name=task_name,
+        from_run_form(SchedulingConfig, parameters),
+        task_name,
     )

@@ -54,8 +54,7 @@ from kfp_lightning.components.common.kubernetes_syntax import (
     is_label_value,
     name_for_run,
 )
-from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT
-from kfp_lightning.components.common.object_store import ACCESS_KEY_KEY, SECRET_KEY_KEY
+from kfp_lightning.components.common.training_pod import environment, resources, volumes
 
 TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
 RUNTIME_API = (
@@ -80,14 +79,6 @@ RBAC_MANIFEST = "manifests/trainjob-rbac.yaml"
 MAX_NAME_LENGTH = 48
 NAME_PREFIX = "kfp-"
 TASK_ANNOTATION = "kfp-lightning/task"
-# Per node, as the single-node training task asks for its pod.
-CPU_REQUEST, MEMORY_REQUEST, MEMORY_LIMIT = "2", "4Gi", "16Gi"
-GPU_RESOURCE = "nvidia.com/gpu"
-# NCCL exchanges buffers between a node's processes through /dev/shm, which a container
-# otherwise gets at 64 MiB; a memory-backed volume lifts that (it counts towards the memory
-# limit only as far as it is filled). The same size as the single-node training pod's.
-SHM_VOLUME, SHM_SIZE = "dshm", "4Gi"
-LOGS_VOLUME = "logs"
 # Kubeflow's profile controller labels every profile namespace istio-injection=enabled
 # (kubeflow/kubeflow, components/profile-controller/controllers/profile_controller.go). An
 # injected proxy outlives the training container, so a node's pod, and with it the job, would
@@ -191,16 +182,11 @@ def node_pod_template(run_id: str, spec: NodeSpec) -> dict[str, Any]:
     Returns:
         `{"metadata": {...}, "spec": {...}}`.
     """
-    volumes: list[dict[str, Any]] = [
-        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
-    ]
-    mounts: list[dict[str, Any]] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
-    if spec.logs_pvc:
-        volumes.append({"name": LOGS_VOLUME, "persistentVolumeClaim": {"claimName": spec.logs_pvc}})
-        mounts.append({"name": LOGS_VOLUME, "mountPath": str(PVC_MOUNT_ROOT / spec.logs_pvc)})
+    # Per node, the pod settings of the single-node training task (common/training_pod.py).
+    pod_volumes, mounts = volumes(spec.logs_pvc)
     pod_spec: dict[str, Any] = {
         "containers": [{"name": NODE, "volumeMounts": mounts}],
-        "volumes": volumes,
+        "volumes": pod_volumes,
     }
     if spec.service_account:
         pod_spec["serviceAccountName"] = spec.service_account
@@ -275,23 +261,6 @@ def trainjob_object(
     if form not in RENDER:
         raise ValueError(f"invalid form={form!r}: expected one of {', '.join(FORMS)}")
     group, version, _, kind = TRAINJOB_API
-    env: list[dict[str, Any]] = [
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
-    ]
-    if spec.s3_secret:
-        env += [
-            {
-                "name": variable,
-                "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key}},
-            }
-            for variable, key in (
-                ("AWS_ACCESS_KEY_ID", ACCESS_KEY_KEY),
-                ("AWS_SECRET_ACCESS_KEY", SECRET_KEY_KEY),
-            )
-        ]
-    limits = {"memory": MEMORY_LIMIT}
-    if spec.gpus_per_node:
-        limits[GPU_RESOURCE] = str(spec.gpus_per_node)
     labels = {**MANAGED_BY, RUN_ID_LABEL: run_id_label(run_id)}
     return {
         "apiVersion": f"{group}/{version}",
@@ -310,11 +279,8 @@ def trainjob_object(
                 "args": list(spec.arguments),
                 "numNodes": spec.nodes,
                 "numProcPerNode": spec.processes_per_node,
-                "resourcesPerNode": {
-                    "requests": {"cpu": CPU_REQUEST, "memory": MEMORY_REQUEST},
-                    "limits": limits,
-                },
-                "env": env,
+                "resourcesPerNode": resources(spec.gpus_per_node),
+                "env": environment(spec.s3_secret),
             },
             form: RENDER[form](node_pod_template(run_id, spec)),
         },
@@ -442,21 +408,35 @@ class TrainJobs:
         self.patience = patience
 
     def _call(
-        self, verb: str, name: str, request: Callable[..., Any], *args: Any, **kwargs: Any
+        self,
+        verb: str,
+        name: str,
+        request: Callable[..., Any],
+        *args: Any,
+        absent_status: int = 0,
+        absent: Any = None,
+        **kwargs: Any,
     ) -> Any:
+        """`request(group, version, namespace, plural, *args, **kwargs)`; `absent` when the
+        server answers `absent_status`, a refusal explained (`explain_refusal`) otherwise."""
         group, version, plural, kind = TRAINJOB_API
-        return call(
-            lambda: request(
-                group,
-                version,
-                self.namespace,
-                plural,
-                *args,
-                _request_timeout=self.patience.request_timeout_seconds,
-                **kwargs,
-            ),
-            f"{verb} {kind} {self.namespace}/{name}",
-        )
+        try:
+            return call(
+                lambda: request(
+                    group,
+                    version,
+                    self.namespace,
+                    plural,
+                    *args,
+                    _request_timeout=self.patience.request_timeout_seconds,
+                    **kwargs,
+                ),
+                f"{verb} {kind} {self.namespace}/{name}",
+            )
+        except ApiException as err:
+            if err.status == absent_status:
+                return absent
+            raise explain_refusal(err, self.namespace, verb) from None
 
     def create(self, wanted: Mapping[str, Any]) -> dict[str, Any] | None:
         """Creates `wanted` and checks the server stored it as sent; None when a job of that
@@ -473,18 +453,16 @@ class TrainJobs:
             ClusterUnreachableError: The API could not be reached.
         """
         name = wanted["metadata"]["name"]
-        try:
-            stored = self._call(
-                "create",
-                name,
-                self.api.create_namespaced_custom_object,
-                wanted,
-                field_validation="Strict",
-            )
-        except ApiException as err:
-            if err.status == 409:
-                return None
-            raise explain_refusal(err, self.namespace, "create") from None
+        stored = self._call(
+            "create",
+            name,
+            self.api.create_namespaced_custom_object,
+            wanted,
+            absent_status=409,
+            field_validation="Strict",
+        )
+        if stored is None:
+            return None
         lost = differences(wanted, stored)
         if not lost:
             stored = self.get(name) or stored
@@ -501,12 +479,8 @@ class TrainJobs:
 
     def get(self, name: str) -> dict[str, Any] | None:
         """The job called `name`; None when there is none."""
-        try:
-            return self._call("read", name, self.api.get_namespaced_custom_object, name)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise explain_refusal(err, self.namespace, "read") from None
+        read = self.api.get_namespaced_custom_object
+        return self._call("read", name, read, name, absent_status=404)
 
     def delete(self, name: str, foreground: bool = False) -> bool:
         """Deletes the job called `name`.
@@ -521,19 +495,16 @@ class TrainJobs:
             Whether there was a job to delete.
         """
         policy = "Foreground" if foreground else "Background"
-        try:
-            self._call(
-                "delete",
-                name,
-                self.api.delete_namespaced_custom_object,
-                name,
-                body={"propagationPolicy": policy},
-            )
-            return True
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise explain_refusal(err, self.namespace, "delete") from None
+        answer = self._call(
+            "delete",
+            name,
+            self.api.delete_namespaced_custom_object,
+            name,
+            absent_status=404,
+            absent=False,
+            body={"propagationPolicy": policy},
+        )
+        return answer is not False
 
     def pause(self, polls: int, deadline: float) -> bool:
         """Sleeps before the next read: 1 s, then twice as long each time, at most the
@@ -597,14 +568,6 @@ def _read_json(
     return json.loads(answer.data)
 
 
-def _is_trainjob(schema: Mapping[str, Any]) -> bool:
-    group, version, _, kind = TRAINJOB_API
-    return any(
-        (gvk.get("group"), gvk.get("version"), gvk.get("kind")) == (group, version, kind)
-        for gvk in schema.get("x-kubernetes-group-version-kind") or []
-    )
-
-
 def served_trainjob_schema(
     api_client: client.ApiClient, patience: Patience = Patience()
 ) -> dict[str, Any] | None:
@@ -622,14 +585,20 @@ def served_trainjob_schema(
         RunError: The server refused to serve its OpenAPI documents.
         ClusterUnreachableError: The API could not be reached.
     """
-    group, version, _, _ = TRAINJOB_API
+    group, version, _, kind = TRAINJOB_API
     document = _read_json(api_client, OPENAPI_V3.format(group=group, version=version), patience)
     if document is not None:
         schemas = (document.get("components") or {}).get("schemas") or {}
     else:
         document = _read_json(api_client, OPENAPI_V2, patience) or {}
         schemas = document.get("definitions") or {}
-    return next((schema for schema in schemas.values() if _is_trainjob(schema)), None)
+    for schema in schemas.values():
+        kinds = schema.get("x-kubernetes-group-version-kind") or []
+        if (group, version, kind) in [
+            (k.get("group"), k.get("version"), k.get("kind")) for k in kinds
+        ]:
+            return schema
+    return None
 
 
 def trainjob_form(api_client: client.ApiClient, patience: Patience = Patience()) -> str:
@@ -702,27 +671,17 @@ def dry_run_trainjob(
     Raises:
         ClusterUnreachableError: The API could not be reached.
     """
-    group, version, plural, kind = TRAINJOB_API
     name = wanted["metadata"]["name"]
-    api = client.CustomObjectsApi(api_client)
+    jobs = TrainJobs(api_client, namespace, patience)
+    create = jobs.api.create_namespaced_custom_object
     try:
-        stored = call(
-            lambda: api.create_namespaced_custom_object(
-                group,
-                version,
-                namespace,
-                plural,
-                wanted,
-                dry_run="All",
-                field_validation="Strict",
-                _request_timeout=patience.request_timeout_seconds,
-            ),
-            f"create {kind} {namespace}/{name} (dry run)",
+        stored = jobs._call(
+            "create", f"{name} (dry run)", create, wanted, dry_run="All", field_validation="Strict"
         )
-    except ApiException as err:
-        return [str(explain_refusal(err, namespace, "create"))]
+    except RunError as err:
+        return [str(err)]
     return [
-        f"{kind} {namespace}/{name}: the cluster would not store {path} as sent"
+        f"{TRAINJOB_API[3]} {namespace}/{name}: the cluster would not store {path} as sent"
         for path in differences(wanted, stored)
     ]
 
