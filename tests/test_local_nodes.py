@@ -26,6 +26,9 @@ import os, sys, time
 from pathlib import Path
 Path(sys.argv[1], f"started-{os.environ['GROUP_RANK']}-{os.getpid()}").touch()
 if os.environ["GROUP_RANK"] == sys.argv[2]:
+    if sys.argv[3:] == ["error"]:
+        print("error: no space left on device writing /x", file=sys.stderr, flush=True)
+        sys.exit(2)
     sys.exit(3)
 time.sleep(3600)
 """
@@ -61,6 +64,15 @@ def test_a_failing_node_stops_the_others(
     assert len(workers) == 2
     assert not any(alive(pid) for pid in workers)
     assert "[node 0] " in capsys.readouterr().out
+
+
+def test_a_failing_rank_reports_its_one_line_error(
+    entry_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The rank ends as `errors.run_or_exit` ends a process: one line on stderr, exit status 2.
+    with pytest.raises(RunError, match=r"^node 1 of 2 failed: no space left on device writing /x$"):
+        run_torchrun(2, 1, entry_module, [str(tmp_path), "1", "error"], time.monotonic() + 120)
+    assert not any(alive(pid) for pid in started_pids(tmp_path))
 
 
 def test_the_deadline_stops_every_node(entry_module: str, tmp_path: Path) -> None:

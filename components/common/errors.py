@@ -20,6 +20,8 @@ from kfp_lightning.components.common import fast_exit
 T = TypeVar("T")
 
 EXIT_USER_ERROR = 2
+# What starts the one line a failing process ends with (also read back from torchrun's ranks).
+ERROR_PREFIX = "error: "
 
 # Faults of the machine a write can meet, in the words a one-line message uses. (Not the
 # network's: a mirror or an API server failing has messages of its own.)
@@ -87,7 +89,7 @@ def invalid(parameter: str, value: object, accepted: str) -> UserInputError:
 def _fail(message: str, status: int) -> NoReturn:
     # Failed after all: the exit status must survive, so the process ends the usual way.
     fast_exit.disarm()
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"{ERROR_PREFIX}{message}", file=sys.stderr, flush=True)
     raise SystemExit(status) from None
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import IO
 
-from kfp_lightning.components.common.errors import RunError
+from kfp_lightning.components.common.errors import ERROR_PREFIX, RunError
 
 LOOPBACK = "127.0.0.1"
 STOP_GRACE_SECONDS = 30.0
@@ -95,9 +95,12 @@ def node_environment(
     }
 
 
-def _relay(stream: IO[str], prefix: str) -> None:
+def _relay(stream: IO[str], prefix: str, errors: list[str]) -> None:
     for line in stream:
         print(f"{prefix}{line}", end="", flush=True)
+        # A rank ends with the one line of `errors.run_or_exit`: the cause to report.
+        if line.startswith(ERROR_PREFIX):
+            errors.append(line[len(ERROR_PREFIX) :].strip())
 
 
 def _stop(processes: Sequence[subprocess.Popen]) -> None:
@@ -155,6 +158,7 @@ def run_torchrun(
     )
     processes: list[subprocess.Popen] = []
     relays = []
+    errors: list[list[str]] = [[] for _ in range(nodes)]
     try:
         with sigterm_raises():
             for rank in range(nodes):
@@ -173,7 +177,9 @@ def run_torchrun(
                 processes.append(process)
                 prefix = f"[node {rank}] " if nodes > 1 else ""
                 relays.append(
-                    threading.Thread(target=_relay, args=(process.stdout, prefix), daemon=True)
+                    threading.Thread(
+                        target=_relay, args=(process.stdout, prefix, errors[rank]), daemon=True
+                    )
                 )
                 relays[-1].start()
             while True:
@@ -182,6 +188,9 @@ def run_torchrun(
                 if failed:
                     rank, code = failed[0]
                     who = f"node {rank} of {nodes}" if nodes > 1 else "torchrun"
+                    relays[rank].join(timeout=5)  # its last lines, the error among them
+                    if errors[rank]:
+                        raise RunError(f"{who} failed: {errors[rank][-1]}")
                     raise RunError(f"{who} failed (exit status {code}); see its log")
                 if all(code == 0 for code in codes):
                     return
