@@ -52,7 +52,7 @@ from kfp_lightning.components.common.object_store import (
     ObjectStore,
 )
 from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.common.scheduling import SchedulingConfig
+from kfp_lightning.components.common.scheduling import GPU_RESOURCE, SchedulingConfig
 from kfp_lightning.components.common.urls import parse_http_endpoint
 from kfp_lightning.components.launch_tensorboard.launcher import (
     LAUNCHER_PERMISSIONS,
@@ -61,7 +61,6 @@ from kfp_lightning.components.launch_tensorboard.launcher import (
 )
 from kfp_lightning.components.launch_tensorboard.objects import PODDEFAULT_API, TENSORBOARD_API
 from kfp_lightning.components.train_on_nodes import trainjob
-from kfp_lightning.pipelines.mnist import GPU_RESOURCE
 
 T = TypeVar("T")
 

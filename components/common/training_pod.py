@@ -13,8 +13,6 @@ from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT
 from kfp_lightning.components.common.object_store import ACCESS_KEY_KEY, SECRET_KEY_KEY
 from kfp_lightning.components.common.scheduling import GPU_RESOURCE
 
-__all__ = ["GPU_RESOURCE"]
-
 CPU_REQUEST, MEMORY_REQUEST, MEMORY_LIMIT = "2", "4Gi", "16Gi"
 # NCCL exchanges buffers between a node's processes through /dev/shm, which a container
 # otherwise gets at 64 MiB; a memory-backed volume lifts that (it counts towards the memory

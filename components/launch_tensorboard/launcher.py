@@ -369,7 +369,7 @@ def _markdown_fallback(launch: Launch, settings: Settings) -> str:
     )
 
 
-def _markdown_local(launch: Launch, settings: Settings) -> str:
+def _markdown_local(settings: Settings) -> str:
     path = settings.location.path
     return (
         "### Live TensorBoard\n\n"
@@ -382,12 +382,13 @@ def _markdown_local(launch: Launch, settings: Settings) -> str:
 
 def render_markdown(launch: Launch, settings: Settings) -> str:
     """The note shown in the run's page for `launch`."""
-    render = {
-        "local": _markdown_local,
-        "fallback": _markdown_fallback,
-        "single-node-claim": _markdown_single_node_claim,
-    }.get(launch.state, _markdown_started)
-    return render(launch, settings)
+    if launch.state == "local":
+        return _markdown_local(settings)
+    if launch.state == "fallback":
+        return _markdown_fallback(launch, settings)
+    if launch.state == "single-node-claim":
+        return _markdown_single_node_claim(launch, settings)
+    return _markdown_started(launch, settings)
 
 
 def start_live_tensorboard(

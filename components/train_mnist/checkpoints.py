@@ -165,9 +165,17 @@ def find_resumable_checkpoint(
     Returns:
         The local checkpoint and its contents, or None to start from scratch.
     """
+
+    def skip(relative: str, local: Path, why: str, unusable: bool = True) -> None:
+        print(f"warning: skipping {why}", file=sys.stderr, flush=True)
+        local.unlink(missing_ok=True)
+        # Left in place it would stay the newest name, shadowing good checkpoints forever;
+        # another configuration's checkpoint is kept for that configuration.
+        if unusable and remove_unusable:
+            storage.delete(relative)
+
     for relative in reversed(_checkpoints(storage)):
         local = workdir / Path(relative).name
-        unusable = True  # a torn or diverged file is removed, another configuration's kept
         try:
             storage.download(relative, local)
             # Our own checkpoint (optimizer and loop state, not only tensors): full unpickling.
@@ -176,23 +184,23 @@ def find_resumable_checkpoint(
                 raise ValueError("not a Lightning training checkpoint")
         except Exception as err:  # a torn or corrupt file: try the next older one
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-            skip = f"skipping unreadable checkpoint {relative} ({reason}); removing it"
+            skip(relative, local, f"unreadable checkpoint {relative} ({reason}); removing it")
+            continue
+        diverged = non_finite_tensors(checkpoint["state_dict"])
+        if diverged:
+            skip(
+                relative,
+                local,
+                f"checkpoint {relative}: non-finite values in {', '.join(diverged[:3])} (it was "
+                "written after training diverged); removing it",
+            )
+        elif checkpoint.get("hyper_parameters") != hyper_parameters:
+            skip(
+                relative,
+                local,
+                f"checkpoint {relative}: it was written with other parameters",
+                unusable=False,
+            )
         else:
-            diverged = non_finite_tensors(checkpoint["state_dict"])
-            if diverged:
-                skip = (
-                    f"skipping checkpoint {relative}: non-finite values in "
-                    f"{', '.join(diverged[:3])} (it was written after training diverged); "
-                    "removing it"
-                )
-            elif checkpoint.get("hyper_parameters") != hyper_parameters:
-                skip = f"skipping checkpoint {relative}: it was written with other parameters"
-                unusable = False
-            else:
-                return local, checkpoint
-        print(f"warning: {skip}", file=sys.stderr, flush=True)
-        local.unlink(missing_ok=True)
-        # Left in place it would stay the newest name, shadowing good checkpoints forever.
-        if unusable and remove_unusable:
-            storage.delete(relative)
+            return local, checkpoint
     return None

@@ -73,9 +73,9 @@ class EvaluationAccumulator:
     def __init__(self, device: torch.device) -> None:
         self.counts = torch.zeros(CLASSES * CLASSES, dtype=torch.long, device=device)
         self._mistake_confidence = torch.empty(0, device=device)
-        # One empty tensor for all three is safe: each update replaces them with new tensors.
-        self._mistake_index = torch.empty(0, dtype=torch.long, device=device)
-        self._mistake_label = self._mistake_predicted = self._mistake_index
+        self._mistake_index, self._mistake_label, self._mistake_predicted = (
+            torch.empty(0, dtype=torch.long, device=device) for _ in range(3)
+        )
         self._correct: list[tuple[torch.Tensor, ...]] = []
         self._correct_found = torch.zeros(CLASSES, dtype=torch.long, device=device)
 
