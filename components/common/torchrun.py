@@ -29,6 +29,11 @@ from typing import IO
 from kfp_lightning.components.common.errors import ERROR_PREFIX, RunError
 
 LOOPBACK = "127.0.0.1"
+# torchrun gives its workers this long to end after SIGTERM, then SIGKILLs them; we give torchrun
+# the longer grace, so it is never killed before its workers (they run in sessions of their own,
+# which a SIGKILL of torchrun's session would leave running). A rank stopped mid-step may wait in
+# a collective for a peer that has already left, so a short grace loses nothing.
+WORKER_GRACE_SECONDS = 10
 STOP_GRACE_SECONDS = 30.0
 POLL_SECONDS = 0.5
 
@@ -107,8 +112,9 @@ def _stop(processes: Sequence[subprocess.Popen]) -> None:
     """Ends every torchrun: SIGTERM to each one's session, then SIGKILL after a grace period.
 
     torchrun answers SIGTERM by sending it on to its workers, which it starts in sessions of
-    their own, and waiting for them (torch/distributed/elastic/agent/server/api.py, `run`;
-    multiprocessing/subprocess_handler/subprocess_handler.py, `close`).
+    their own, waiting `--shutdown-timeout` seconds and SIGKILLing the ones left
+    (torch/distributed/elastic/agent/server/api.py, `run`; multiprocessing/api.py,
+    `SubprocessContext._close`).
     """
     for process in processes:
         if process.poll() is None:
@@ -148,7 +154,10 @@ def run_torchrun(
     """
     port = free_port()
     threads = max(1, (os.cpu_count() or 1) // (nodes * processes_per_node))
-    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    torchrun = [
+        *(sys.executable, "-m", "torch.distributed.run"),
+        *("--shutdown-timeout", str(WORKER_GRACE_SECONDS)),
+    ]
     if nodes == 1:
         torchrun += ["--standalone", "--nproc-per-node", str(processes_per_node)]
     print(
