@@ -12,7 +12,6 @@ import contextlib
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,11 @@ from typing import Any, TextIO
 from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.files import atomic_write_bytes, share_like_umask, write_json
 from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.common.torchrun import free_port
 from kfp_lightning.components.common.training import CONSOLE_ENV
 from kfp_lightning.components.train_on_nodes.nodes import LOCAL
 from kfp_lightning.pipelines.mnist import build_pipeline
 from kfp_lightning.pipelines.parameters import check_local_run, validate_parameters
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -50,7 +44,7 @@ def local_tensorboard(logdir: Path, keep: bool, log_file: Path) -> Iterator[str]
         The URL (the server answers within seconds).
     """
     logdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with log_file.open("ab") as log:
         # Rescanned every second: a new point is served within a second of reaching the file.

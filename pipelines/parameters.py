@@ -32,7 +32,7 @@ from kfp_lightning.components.common.training import (
 )
 from kfp_lightning.components.download_mnist.sources import MNIST_TRAIN_SAMPLES, DownloadConfig
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS
-from kfp_lightning.pipelines.readme import rewrite_section, with_section
+from kfp_lightning.pipelines.readme import rewrite_section
 
 
 def run_form_parameters() -> list[RunParameter]:
@@ -160,15 +160,6 @@ def parameters_table() -> str:
             f"| {_markdown_value(parameter.default)} | {description} |"
         )
     return "\n".join(rows)
-
-
-def with_parameters_table(readme: str) -> str:
-    """`readme` with its table of run parameters written from their declarations.
-
-    Raises:
-        ValueError: The markers are missing.
-    """
-    return with_section(readme, README_START, README_END, parameters_table())
 
 
 if __name__ == "__main__":

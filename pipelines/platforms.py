@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kfp_lightning.pipelines.readme import rewrite_section, with_section
+from kfp_lightning.pipelines.readme import rewrite_section
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,15 +102,6 @@ def platforms_table() -> str:
             f"| `{platform.object_stores[0]}.kubeflow` | {nodes} | {live} |"
         )
     return "\n".join(rows)
-
-
-def with_platforms_table(readme: str) -> str:
-    """`readme` with its "Supported platforms" table written from `PLATFORMS`.
-
-    Raises:
-        ValueError: The markers are missing.
-    """
-    return with_section(readme, README_START, README_END, platforms_table())
 
 
 if __name__ == "__main__":

@@ -15,18 +15,20 @@ status: 0 when nothing failed, 1 when a check failed or no API server answers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
 import urllib3
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client import ApiClient, ApiException
 from kubernetes.utils import parse_quantity
 
+from kfp_lightning.components.common import kubernetes_syntax, logs_location
 from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.kubernetes import (
     ClusterUnreachableError,
@@ -34,15 +36,6 @@ from kfp_lightning.components.common.kubernetes import (
     api_answer,
     connect,
     connection_failure,
-)
-from kfp_lightning.components.common.kubernetes_syntax import (
-    check_namespace_name,
-    is_dns1123_subdomain,
-)
-from kfp_lightning.components.common.logs_location import (
-    LogsLocation,
-    current_namespace,
-    parse_logs_root,
 )
 from kfp_lightning.components.common.object_store import (
     ACCESS_KEY_KEY,
@@ -54,15 +47,12 @@ from kfp_lightning.components.common.object_store import (
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.scheduling import GPU_RESOURCE, SchedulingConfig
 from kfp_lightning.components.common.urls import parse_http_endpoint
-from kfp_lightning.components.launch_tensorboard.launcher import (
-    LAUNCHER_PERMISSIONS,
-    RBAC_MANIFEST,
-    claim_access_modes,
-)
+from kfp_lightning.components.launch_tensorboard import launcher
 from kfp_lightning.components.launch_tensorboard.objects import PODDEFAULT_API, TENSORBOARD_API
 from kfp_lightning.components.train_on_nodes import trainjob
 
-T = TypeVar("T")
+# A pod's tolerations, as the `tolerations` parameter holds them (Toleration objects).
+Tolerations = Sequence[Mapping[str, Any]]
 
 DEFAULT_SERVICE_ACCOUNT = "default-editor"
 DEFAULT_KFP_NAMESPACE = "kubeflow"
@@ -82,18 +72,13 @@ UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoS
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 # Taints the node lifecycle controller puts on a node for its condition (kubernetes/kubernetes,
 # staging/src/k8s.io/api/core/v1/well_known_taints.go): a node that is not ready, unreachable,
-# under pressure or cordoned. Tolerating them would put training on a broken node, so the
-# preflight never advises it: such a node is reported as not ready or not schedulable.
+# cordoned or without network, or under memory, disk or PID pressure. Tolerating them would put
+# training on a broken node, so the preflight never advises it: such a node is reported as not
+# ready or not schedulable.
 CONDITION_TAINTS = frozenset(
-    {
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-        "node.kubernetes.io/unschedulable",
-        "node.kubernetes.io/memory-pressure",
-        "node.kubernetes.io/disk-pressure",
-        "node.kubernetes.io/pid-pressure",
-        "node.kubernetes.io/network-unavailable",
-    }
+    f"node.kubernetes.io/{condition}"
+    for condition in {"not-ready", "unreachable", "unschedulable", "network-unavailable"}
+    | {"memory-pressure", "disk-pressure", "pid-pressure"}
 )
 # The fix for each kind of obstacle `why_unreachable` names, by how its phrase starts. Never
 # "tolerate it" for a node in a bad condition: the condition taints mark nodes a pod must not
@@ -110,30 +95,25 @@ PODDEFAULT_INSTALL = (
     "install Kubeflow's admission webhook and its PodDefault CRD (part of a full "
     "Kubeflow install), or log to a pvc:// root (--tensorboard-logs-root, --logs-pvc)"
 )
+# Kubeflow Trainer's kustomize overlays, `{}` the overlay: its manager, or its runtimes.
+TRAINER_OVERLAY = "https://github.com/kubeflow/trainer.git/manifests/overlays/{}?ref=v2.1.0"
 TRAINER_INSTALL = (
     "install Kubeflow Trainer v2 (part of Kubeflow 1.11 and 26.03; elsewhere: kubectl apply "
-    '--server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/manager'
-    '?ref=v2.1.0")'
+    f'--server-side -k "{TRAINER_OVERLAY.format("manager")}")'
 )
-RUNTIME_INSTALL = (
-    'kubectl apply --server-side -k "https://github.com/kubeflow/trainer.git/manifests/overlays/'
-    'runtimes?ref=v2.1.0"'
-)
+RUNTIME_INSTALL = f'kubectl apply --server-side -k "{TRAINER_OVERLAY.format("runtimes")}"'
 # The step creates the run's TrainJob, reads it while it runs and deletes it when the run is
 # cancelled or times out, or to replace a failed one (components/train_on_nodes/trainjob.py).
 TRAINJOB_VERBS = ("create", "get", "delete")
-# Per RBAC check: the Role its manifest creates, the manifest, and what fails without them.
+# Per RBAC check: the Role its manifest creates, and the manifest.
 RBAC_FIXES = {
-    "launcher RBAC": (
-        "kfp-lightning-tensorboard-launcher",
-        RBAC_MANIFEST,
-        "the live TensorBoard step falls back to kubectl instructions",
-    ),
-    "TrainJob RBAC": (
-        "kfp-lightning-trainjob-launcher",
-        trainjob.RBAC_MANIFEST,
-        "the training step cannot run the nodes",
-    ),
+    "launcher RBAC": ("kfp-lightning-tensorboard-launcher", launcher.RBAC_MANIFEST),
+    "TrainJob RBAC": ("kfp-lightning-trainjob-launcher", trainjob.RBAC_MANIFEST),
+}
+# Per RBAC check: what fails without that Role.
+RBAC_LOSSES = {
+    "launcher RBAC": "the live TensorBoard step falls back to kubectl instructions",
+    "TrainJob RBAC": "the training step cannot run the nodes",
 }
 
 
@@ -195,12 +175,12 @@ class Target:
     namespace: str
     service_account: str
     kfp_namespace: str
-    logs: LogsLocation
+    logs: logs_location.LogsLocation
     values: Mapping[str, Any]
     nodes: int = 1
 
 
-def _call(request: Callable[..., T], *args: object) -> T:
+def _call(request: Callable[..., Any], *args: object) -> Any:
     """One API call with the preflight's timeout; a lost connection ends the whole check."""
     try:
         return request(*args, _request_timeout=REQUEST_TIMEOUT_SECONDS)
@@ -212,9 +192,9 @@ def _call(request: Callable[..., T], *args: object) -> T:
 
 
 def check_crd(
-    api_client: client.ApiClient,
+    api_client: ApiClient,
     resource: tuple[str, str, str, str],
-    logs: LogsLocation | None = None,
+    logs: logs_location.LogsLocation | None = None,
     tensorboards: bool = True,
 ) -> Check:
     """Whether the cluster serves a custom resource the run creates.
@@ -243,14 +223,13 @@ def check_crd(
         return _passed(name, f"not needed for logs at {logs.uri}")
     if not tensorboards:
         return _passed(name, "not needed without Kubeflow's Tensorboard")
-    discovery = client.CustomObjectsApi(api_client)
     try:
-        found = _call(discovery.get_api_resources, group, version).resources
+        found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
     except ApiException as err:
         if err.status != 404:
             return _unknown(name, f"discovery of {group}/{version}: {api_answer(err)}")
-        found = []
-    if any(r.name == plural for r in found):
+        found = None
+    if found is not None and any(r.name == plural for r in found.resources):
         return _passed(name, f"{api} is served")
     if resource == TENSORBOARD_API:
         return _passed(
@@ -263,7 +242,7 @@ def check_crd(
     return _failed(name, f"the cluster serves no {api}", fix)
 
 
-def check_s3_secret(api_client: client.ApiClient, target: Target) -> Check:
+def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
     """Whether the object store's credentials secret exists in the run's namespace, with keys.
 
     Training reads `accesskey` and `secretkey` from it into its environment, and so does the
@@ -297,8 +276,7 @@ def check_s3_secret(api_client: client.ApiClient, target: Target) -> Check:
             "namespace), or pass --s3-credentials-secret NAME",
         )
     data = {**(found.data or {}), **(found.string_data or {})}
-    missing = [k for k in (ACCESS_KEY_KEY, SECRET_KEY_KEY) if not data.get(k)]
-    if missing:
+    if missing := [k for k in (ACCESS_KEY_KEY, SECRET_KEY_KEY) if not data.get(k)]:
         return _failed(
             name,
             f"secret {namespace}/{secret} lacks key {' and '.join(missing)}",
@@ -325,7 +303,7 @@ def cluster_store(endpoint: str) -> ObjectStore | None:
 
 
 def find_object_store(
-    api_client: client.ApiClient, candidates: Sequence[ObjectStore] = KFP_OBJECT_STORES
+    api_client: ApiClient, candidates: Sequence[ObjectStore] = KFP_OBJECT_STORES
 ) -> ObjectStore | None:
     """The first of `candidates` whose Service exists with its port: what `auto` resolves to.
 
@@ -349,7 +327,7 @@ def find_object_store(
     return None
 
 
-def endpoint_in_cluster(api_client: client.ApiClient, value: str) -> str:
+def endpoint_in_cluster(api_client: ApiClient, value: str) -> str:
     """The endpoint pods of the cluster would use for `s3_endpoint=value`, told by its API.
 
     For callers outside the cluster (`--compare-runs`), whose DNS cannot resolve `auto`.
@@ -359,22 +337,17 @@ def endpoint_in_cluster(api_client: client.ApiClient, value: str) -> str:
     """
     if value.strip() != AUTO:
         return parse_http_endpoint(value, "s3_endpoint")
+    why = "none of its Services exists"
     try:
-        found = find_object_store(api_client)
+        if found := find_object_store(api_client):
+            return found.endpoint
     except ApiException as err:
-        found = None
         why = f"its Services are not readable with these credentials ({api_answer(err)})"
-    else:
-        why = "none of its Services exists"
-    if found is None:
-        tried = ", ".join(store.host for store in KFP_OBJECT_STORES)
-        raise invalid(
-            "s3_endpoint", AUTO, f"http(s)://host[:port]: auto looks for {tried}, and {why}"
-        )
-    return found.endpoint
+    tried = ", ".join(store.host for store in KFP_OBJECT_STORES)
+    raise invalid("s3_endpoint", AUTO, f"http(s)://host[:port]: auto looks for {tried}, and {why}")
 
 
-def check_object_store(api_client: client.ApiClient, target: Target) -> Check:
+def check_object_store(api_client: ApiClient, target: Target) -> Check:
     """Whether the S3 endpoint the run would use is a Service of this cluster.
 
     With `s3_endpoint=auto`, the run uses the first of KFP's object-store Services that exists
@@ -410,17 +383,16 @@ def check_object_store(api_client: client.ApiClient, target: Target) -> Check:
         return _unreadable(name, services, err, fix)
     if found is None:
         what = "KFP's object store" if auto else f"s3_endpoint={endpoint}"
-        return _failed(
-            name,
-            f"{what}: no {services} in this cluster",
+        fix = (
             "install Kubeflow Pipelines with its object store, or pass --s3-endpoint "
-            "http(s)://host[:port] of an S3 API the pods can reach",
+            "http(s)://host[:port] of an S3 API the pods can reach"
         )
+        return _failed(name, f"{what}: no {services} in this cluster", fix)
     shown = f"s3_endpoint={endpoint}" + (f" resolves to {found.endpoint}" if auto else "")
     return _passed(name, f"{shown}: Service {found.namespace}/{found.service} ({found.product})")
 
 
-def check_logs_claim(api_client: client.ApiClient, target: Target) -> Check:
+def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     """Whether a pvc:// logs root's claim exists and can be mounted on two nodes at once.
 
     Training and the TensorBoard pod mount it at the same time, each wherever it is scheduled;
@@ -441,7 +413,7 @@ def check_logs_claim(api_client: client.ApiClient, target: Target) -> Check:
     patience = Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS)
     try:
         # The launcher's own reading: the bound volume's modes, else those the claim asks for.
-        modes = claim_access_modes(api_client, namespace, logs.claim, patience)
+        modes = launcher.claim_access_modes(api_client, namespace, logs.claim, patience)
     except ClusterUnreachableError as err:
         raise RunError(f"the Kubernetes API stopped answering: {err}") from err
     except ApiException as err:
@@ -479,68 +451,50 @@ def service_account_user(namespace: str, service_account: str) -> tuple[str, lis
     Returns:
         (user, groups).
     """
-    return f"system:serviceaccount:{namespace}:{service_account}", [
-        "system:serviceaccounts",
-        f"system:serviceaccounts:{namespace}",
-        "system:authenticated",
-    ]
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"]  # MakeGroupNames
+    return f"system:serviceaccount:{namespace}:{service_account}", [*groups, "system:authenticated"]
 
 
-def _allowed(
-    api_client: client.ApiClient, target: Target, verb: str, group: str, plural: str
-) -> bool:
-    """Whether the run's service account may `verb` `plural`.`group` in the run's namespace.
-
-    Asks the cluster's authorizer; namespace admins may ask locally, cluster admins anywhere.
-
-    Raises:
-        ApiException: These credentials may not ask.
-    """
-    namespace = target.namespace
-    user, groups = service_account_user(namespace, target.service_account)
-    attributes = client.V1ResourceAttributes(
-        namespace=namespace, verb=verb, group=group, resource=plural
-    )
-    spec = client.V1SubjectAccessReviewSpec(
-        user=user, groups=groups, resource_attributes=attributes
-    )
-    api = client.AuthorizationV1Api(api_client)
-    local = client.V1LocalSubjectAccessReview(metadata={"namespace": namespace}, spec=spec)
-    try:
-        review = _call(api.create_namespaced_local_subject_access_review, namespace, local)
-    except ApiException as err:
-        if err.status != 403:
-            raise
-        review = _call(api.create_subject_access_review, client.V1SubjectAccessReview(spec=spec))
-    return bool(review.status.allowed)
-
-
-def _check_rbac(
-    api_client: client.ApiClient, target: Target, name: str, permissions: Sequence[tuple]
-) -> Check:
+def _check_rbac(api_client: ApiClient, target: Target, name: str, permissions: Sequence) -> Check:
     """Whether the run's service account may do everything of `permissions`.
 
     One SubjectAccessReview per verb and resource, answered by the cluster's own authorizer
-    for the service account's user and groups.
+    for the service account's user and groups; namespace admins may ask locally, cluster
+    admins anywhere.
 
     Args:
         api_client: A configured client.
         target: The run (its namespace and service account).
-        name: The check's name, a key of `RBAC_FIXES`.
+        name: The check's name, a key of `RBAC_FIXES` and `RBAC_LOSSES`.
         permissions: (group, plural, verbs) of each resource.
 
     Returns:
         The result; unknown when these credentials may not ask.
     """
     namespace, service_account = target.namespace, target.service_account
+    user, groups = service_account_user(namespace, service_account)
+    api = client.AuthorizationV1Api(api_client)
+
+    def is_allowed(verb: str, group: str, plural: str) -> bool:
+        """Whether the account may `verb` `plural`.`group` (raises ApiException: may not ask)."""
+        # The review's JSON (authorization.k8s.io/v1 SubjectAccessReviewSpec).
+        attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": plural}
+        spec = {"user": user, "groups": groups, "resourceAttributes": attributes}
+        try:
+            local = {"metadata": {"namespace": namespace}, "spec": spec}
+            review = _call(api.create_namespaced_local_subject_access_review, namespace, local)
+        except ApiException as err:
+            if err.status != 403:
+                raise
+            review = _call(api.create_subject_access_review, {"spec": spec})
+        return bool(review.status.allowed)
+
     denied = []
     try:
         for group, plural, verbs in permissions:
-            refused = [v for v in verbs if not _allowed(api_client, target, v, group, plural)]
-            if refused:
+            if refused := [v for v in verbs if not is_allowed(v, group, plural)]:
                 denied.append(f"{'/'.join(refused)} {plural}.{group}")
     except ApiException as err:
-        user, _ = service_account_user(namespace, service_account)
         return _unknown(
             name,
             f"these credentials may not ask the authorizer ({api_answer(err)})",
@@ -550,19 +504,17 @@ def _check_rbac(
     if not denied:
         allowed = ", ".join(f"{'/'.join(verbs)} {plural}" for _, plural, verbs in permissions)
         return _passed(name, f"{account} may {allowed}")
-    role, manifest, consequence = RBAC_FIXES[name]
+    role, manifest = RBAC_FIXES[name]
     fix = f"kubectl apply -n {namespace} -f {manifest}"
     if service_account != DEFAULT_SERVICE_ACCOUNT:
         fix += (
             f", then kubectl -n {namespace} create rolebinding {role}-{service_account} "
             f"--role={role} --serviceaccount={namespace}:{service_account}"
         )
-    return _failed(name, f"{account} may not {', '.join(denied)} ({consequence})", fix)
+    return _failed(name, f"{account} may not {', '.join(denied)} ({RBAC_LOSSES[name]})", fix)
 
 
-def check_launcher_rbac(
-    api_client: client.ApiClient, target: Target, tensorboards: bool = True
-) -> Check:
+def check_launcher_rbac(api_client: ApiClient, target: Target, tensorboards: bool = True) -> Check:
     """Whether the run's service account may make every call the launcher makes.
 
     One SubjectAccessReview per verb and resource of `LAUNCHER_PERMISSIONS` the logs root
@@ -581,18 +533,17 @@ def check_launcher_rbac(
     if not tensorboards:
         return _passed(name, "nothing to create: Kubeflow's Tensorboard is not served")
     needed = {"s3": (TENSORBOARD_API[2], PODDEFAULT_API[2]), "pvc": (TENSORBOARD_API[2], CLAIMS)}
-    permissions = [p for p in LAUNCHER_PERMISSIONS if p[1] in needed.get(target.logs.scheme, ())]
-    if not permissions:
+    wanted = needed.get(target.logs.scheme, ())
+    if not (permissions := [p for p in launcher.LAUNCHER_PERMISSIONS if p[1] in wanted]):
         return _passed(name, f"nothing to create for logs at {target.logs.uri}")
-    core = client.CoreV1Api(api_client)
+    core, account = client.CoreV1Api(api_client), f"{namespace}/{service_account}"
     try:
         _call(core.read_namespaced_service_account, service_account, namespace)
     except ApiException as err:
         if err.status == 404:
             return _failed(
                 name,
-                f"no service account {namespace}/{service_account}: the run's pods cannot be "
-                "created",
+                f"no service account {account}: the run's pods cannot be created",
                 "run in a Kubeflow profile namespace (its profile creates default-editor), "
                 "or pass the account the pipelines run as with --service-account",
             )
@@ -614,15 +565,10 @@ def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
     Returns:
         Whether the taint is tolerated.
     """
-    effect, key = toleration.get("effect") or "", toleration.get("key") or ""
-    if effect and effect != taint.get("effect"):
+    if any(toleration.get(k) and toleration[k] != taint.get(k) for k in ("effect", "key")):
         return False
-    if key and key != taint.get("key"):
-        return False
-    operator = toleration.get("operator") or "Equal"
-    if operator == "Exists":
-        return True
-    return operator == "Equal" and (toleration.get("value") or "") == (taint.get("value") or "")
+    operator, value = toleration.get("operator") or "Equal", toleration.get("value") or ""
+    return operator == "Exists" or (operator == "Equal" and value == (taint.get("value") or ""))
 
 
 def _taint_text(taint: Mapping[str, Any]) -> str:
@@ -636,7 +582,7 @@ def _gpu_count(node: client.V1Node) -> int:
 
 
 def why_unreachable(
-    node: client.V1Node, node_selector: Mapping[str, str], tolerations: Sequence[Mapping]
+    node: client.V1Node, node_selector: Mapping[str, str], tolerations: Tolerations
 ) -> list[str]:
     """What keeps the training pod off `node`: untolerated taints and unmatched labels.
 
@@ -649,22 +595,15 @@ def why_unreachable(
         One phrase per obstacle, those of the condition taints first; empty when the pod may
         be scheduled there.
     """
-    taints = [
-        {"key": t.key, "value": t.value, "effect": t.effect}
-        for t in (node.spec.taints or [] if node.spec else [])
-    ]
+    taints = [t.to_dict() for t in (node.spec.taints or [] if node.spec else [])]
     if node.spec and node.spec.unschedulable:
         taints.append(UNSCHEDULABLE_TAINT)
-    blocking = [
-        taint
-        for taint in taints
-        if taint["effect"] in BLOCKING_EFFECTS and not any(tolerates(t, taint) for t in tolerations)
-    ]
     reasons = [
         f"not ready or not schedulable ({_taint_text(taint)})"
         if taint["key"] in CONDITION_TAINTS
         else f"taint {_taint_text(taint)} not tolerated"
-        for taint in sorted(blocking, key=lambda taint: taint["key"] not in CONDITION_TAINTS)
+        for taint in sorted(taints, key=lambda taint: taint["key"] not in CONDITION_TAINTS)
+        if taint["effect"] in BLOCKING_EFFECTS and not any(tolerates(t, taint) for t in tolerations)
     ]
     labels = node.metadata.labels or {}
     return reasons + [
@@ -675,10 +614,7 @@ def why_unreachable(
 
 
 def check_gpu_nodes(
-    api_client: client.ApiClient,
-    gpus: int,
-    node_selector: Mapping[str, str],
-    tolerations: Sequence[Mapping[str, Any]],
+    api_client: ApiClient, gpus: int, node_selector: Mapping[str, str], tolerations: Tolerations
 ) -> Check:
     """Whether a node has the GPUs training requests, and the pod's settings reach it.
 
@@ -705,25 +641,19 @@ def check_gpu_nodes(
     if not candidates:
         most = max((_gpu_count(n) for n in nodes), default=0)
         found = f"most on one node: {most}, of {len(nodes)} nodes" if nodes else "no node at all"
-        return _failed(
-            name,
-            f"no node has {gpus} allocatable {GPU_RESOURCE} ({found})",
+        fix = (
             "add a GPU node pool with NVIDIA's device plugin (or GPU operator), request fewer "
-            "with --gpus, or train on a CPU node with --gpus 0",
+            "with --gpus, or train on a CPU node with --gpus 0"
         )
-    obstacles = {
-        n.metadata.name: why_unreachable(n, node_selector, tolerations) for n in candidates
-    }
-    reached = sorted(node for node, reasons in obstacles.items() if not reasons)
+        return _failed(name, f"no node has {gpus} allocatable {GPU_RESOURCE} ({found})", fix)
+    blockers = {n.metadata.name: why_unreachable(n, node_selector, tolerations) for n in candidates}
     wanted = f"with {gpus} allocatable {GPU_RESOURCE} " if gpus else ""
-    if reached:
+    if reached := sorted(node for node, reasons in blockers.items() if not reasons):
         shown = ", ".join(reached[:5]) + (", ..." if len(reached) > 5 else "")
-        found = f"{len(reached)} node(s) {wanted}reachable" + (
-            "" if gpus else ", no GPU needed (gpus=0)"
-        )
-        return _passed(name, f"{found}: {shown}")
-    blocked = sorted(f"{node}: {', '.join(reasons)}" for node, reasons in obstacles.items())
-    every = [reason for reasons in obstacles.values() for reason in reasons]
+        no_gpu = "" if gpus else ", no GPU needed (gpus=0)"
+        return _passed(name, f"{len(reached)} node(s) {wanted}reachable{no_gpu}: {shown}")
+    blocked = sorted(f"{node}: {', '.join(reasons)}" for node, reasons in blockers.items())
+    every = [reason for reasons in blockers.values() for reason in reasons]
     fixes = [fix for start, fix in NODE_FIXES.items() if any(r.startswith(start) for r in every)]
     return _failed(
         name,
@@ -735,7 +665,7 @@ def check_gpu_nodes(
 # --- several nodes: Kubeflow Trainer ------------------------------------------------------------
 
 
-def check_training_runtime(api_client: client.ApiClient) -> Check:
+def check_training_runtime(api_client: ApiClient) -> Check:
     """Whether the `torch-distributed` ClusterTrainingRuntime exists, with what the job needs.
 
     The TrainJob's nodes run in the runtime's `node` Job and container and get torchrun's
@@ -750,7 +680,7 @@ def check_training_runtime(api_client: client.ApiClient) -> Check:
         (RoleBindings, as in a Kubeflow profile, cannot grant that).
     """
     group, version, plural, kind = trainjob.RUNTIME_API
-    name, wanted = "training runtime", f"{kind} {trainjob.RUNTIME}"
+    name, wanted, node = "training runtime", f"{kind} {trainjob.RUNTIME}", trainjob.NODE
     custom = client.CustomObjectsApi(api_client)
     try:
         runtime = _call(custom.get_cluster_custom_object, group, version, plural, trainjob.RUNTIME)
@@ -761,15 +691,10 @@ def check_training_runtime(api_client: client.ApiClient) -> Check:
         return _unreadable(name, wanted, err, fix)
     spec = runtime.get("spec") or {}
     jobs = ((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
-    containers = [
-        c.get("name")
-        for job in jobs
-        if job.get("name") == trainjob.NODE
-        for c in job["template"]["spec"]["template"]["spec"].get("containers") or []
-    ]
+    pods = [j["template"]["spec"]["template"]["spec"] for j in jobs if j.get("name") == node]
     problems = []
-    if trainjob.NODE not in containers:
-        problems.append(f"no {trainjob.NODE!r} job with a {trainjob.NODE!r} container")
+    if not any(c.get("name") == node for pod in pods for c in pod.get("containers") or []):
+        problems.append(f"no {node!r} job with a {node!r} container")
     if "torch" not in (spec.get("mlPolicy") or {}):
         problems.append("no torch policy (mlPolicy.torch), which sets torchrun's variables")
     if problems:
@@ -778,7 +703,7 @@ def check_training_runtime(api_client: client.ApiClient) -> Check:
     return _passed(name, f"{wanted} exists, with a torch policy and a node job")
 
 
-def check_trainjob_dry_run(api_client: client.ApiClient, target: Target) -> Check:
+def check_trainjob_dry_run(api_client: ApiClient, target: Target, trainjobs: bool = True) -> Check:
     """Whether the cluster would store the run's real TrainJob exactly as the step builds it.
 
     The form of its pod settings is read from the cluster's own TrainJob schema (Trainer
@@ -790,33 +715,29 @@ def check_trainjob_dry_run(api_client: client.ApiClient, target: Target) -> Chec
     Args:
         api_client: A configured client (its user needs `create` on trainjobs).
         target: The run.
+        trainjobs: Whether the cluster serves TrainJobs (else nothing is submitted).
 
     Returns:
-        The result; unknown when these credentials may not submit the dry run.
+        The result; unknown when these credentials may not submit the dry run, or when the
+        cluster serves no TrainJob.
     """
-    from kfp_lightning.components.common import images
-    from kfp_lightning.components.common.run_layout import entry_arguments
-    from kfp_lightning.components.common.training import TrainConfig
+    name, values = "TrainJob", target.values
+    if not trainjobs:
+        return _unknown(name, "not submitted: the TrainJob CRD is not served")
+    from kfp_lightning.components.common import images, run_layout, training
     from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 
-    name, values = "TrainJob", target.values
-    config = from_run_form(TrainConfig, values)
+    config = from_run_form(training.TrainConfig, values)
     scheduling = from_run_form(SchedulingConfig, values)
     endpoint = secret = None
     if target.logs.scheme == "s3":
         endpoint, secret = values["s3_endpoint"], values["s3_credentials_secret"]
-        try:
-            found = find_object_store(api_client) if endpoint == AUTO else None
-        except ApiException:
-            found = None
-        endpoint = found.endpoint if found else endpoint
-    arguments = entry_arguments(
-        target.logs.child("preflight").uri,
-        target.nodes,
-        config,
-        endpoint,
-        "preflight",
-        values.get("live_update_seconds", 10),
+        with contextlib.suppress(ApiException):
+            if endpoint == AUTO and (found := find_object_store(api_client)):
+                endpoint = found.endpoint
+    location = target.logs.child("preflight").uri
+    arguments = run_layout.entry_arguments(
+        location, target.nodes, config, endpoint, "preflight", values.get("live_update_seconds", 10)
     )
     spec = trainjob.NodeSpec(
         image=images.image_ref(images.TRAINER),
@@ -831,27 +752,23 @@ def check_trainjob_dry_run(api_client: client.ApiClient, target: Target) -> Chec
         tolerations=scheduling.tolerations,
         service_account=target.service_account,
     )
-    problems = trainjob.check_trainjob(api_client, target.namespace, spec)
-    if not problems:
+    if not (problems := trainjob.check_trainjob(api_client, target.namespace, spec)):
         return _passed(
             name,
             f"the run's TrainJob, submitted as a dry run, would be stored as sent "
             f"({target.nodes} nodes, {spec.processes_per_node} process(es) each)",
         )
-    if all("HTTP 401" in p or "HTTP 403" in p for p in problems) and not any(
-        "admission webhook" in p for p in problems
-    ):
+    if all(("HTTP 401" in p or "HTTP 403" in p) and "admission webhook" not in p for p in problems):
         return _unknown(
             name,
             f"these credentials may not submit it as a dry run ({problems[0]})",
             "run --check-cluster as someone who may create trainjobs in the namespace",
         )
-    return _failed(
-        name,
-        "; ".join(problems),
+    fix = (
         "install Kubeflow Trainer v2.1 or newer (its TrainJob carries the pods' settings in "
-        "spec.podTemplateOverrides or spec.runtimePatches)",
+        "spec.podTemplateOverrides or spec.runtimePatches)"
     )
+    return _failed(name, "; ".join(problems), fix)
 
 
 def image_version(image: str) -> tuple[int, int, int] | None:
@@ -860,14 +777,12 @@ def image_version(image: str) -> tuple[int, int, int] | None:
     Returns:
         None for an image without a tag, or whose tag is not a version.
     """
-    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
-    if ":" not in last:
-        return None
-    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", last.rsplit(":", 1)[1])
+    _, colon, tag = image.split("@", 1)[0].rsplit("/", 1)[-1].rpartition(":")
+    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", tag) if colon else None
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-def check_kfp_backend(api_client: client.ApiClient, kfp_namespace: str) -> Check:
+def check_kfp_backend(api_client: ApiClient, kfp_namespace: str) -> Check:
     """The Kubeflow Pipelines backend's version, from its API server's image tag.
 
     Args:
@@ -878,7 +793,8 @@ def check_kfp_backend(api_client: client.ApiClient, kfp_namespace: str) -> Check
     Returns:
         Passed for a supported version, failed for an older one, unknown when unreadable.
     """
-    name, unknown, supported = "KFP backend", "version unknown (not a failure)", SUPPORTED_BACKENDS
+    name, unknown = "KFP backend", "version unknown (not a failure)"
+    supported = f"supported: {SUPPORTED_BACKENDS}"
     apps = client.AppsV1Api(api_client)
     try:
         deployment = _call(apps.read_namespaced_deployment, KFP_DEPLOYMENT, kfp_namespace)
@@ -887,28 +803,23 @@ def check_kfp_backend(api_client: client.ApiClient, kfp_namespace: str) -> Check
         if err.status == 404:
             fix = "pass the namespace Kubeflow Pipelines runs in with --kfp-namespace"
             return _unknown(name, f"no {where}: {unknown}", fix)
-        return _unknown(
-            name,
-            f"{where} not readable with these credentials ({api_answer(err)}): {unknown}",
-            f"supported: {supported}",
-        )
+        detail = f"{where} not readable with these credentials ({api_answer(err)}): {unknown}"
+        return _unknown(name, detail, supported)
     containers = deployment.spec.template.spec.containers
     container = next((c for c in containers if c.name == KFP_CONTAINER), containers[0])
-    version = image_version(container.image or "")
-    if version is None:
-        detail = f"image {container.image} has no version tag: {unknown}"
-        return _unknown(name, detail, f"supported: {supported}")
+    if (version := image_version(container.image or "")) is None:
+        return _unknown(name, f"image {container.image} has no version tag: {unknown}", supported)
     shown = f"{'.'.join(map(str, version))} ({container.image})"
     if version < MIN_BACKEND:
         return _failed(
             name,
-            f"{shown} is older than this pipeline supports: {supported}",
+            f"{shown} is older than this pipeline supports: {SUPPORTED_BACKENDS}",
             "upgrade Kubeflow Pipelines to 2.5.0 or newer (Kubeflow 1.10.1 or newer)",
         )
     return _passed(name, f"{shown}; supported: 2.5.0 and newer")
 
 
-def run_checks(api_client: client.ApiClient, target: Target) -> list[Check]:
+def run_checks(api_client: ApiClient, target: Target) -> list[Check]:
     """Every check, in the order they are printed; Kubeflow Trainer's for several nodes.
 
     Raises:
@@ -934,11 +845,7 @@ def run_checks(api_client: client.ApiClient, target: Target) -> list[Check]:
     crd = check_crd(api_client, trainjob.TRAINJOB_API)
     trainjobs = [(trainjob.TRAINJOB_API[0], trainjob.TRAINJOB_API[2], TRAINJOB_VERBS)]
     trainjob_rbac = _check_rbac(api_client, target, "TrainJob RBAC", trainjobs)
-    dry_run = (
-        check_trainjob_dry_run(api_client, target)
-        if crd.status is Status.PASSED
-        else _unknown("TrainJob", "not submitted: the TrainJob CRD is not served")
-    )
+    dry_run = check_trainjob_dry_run(api_client, target, crd.status is Status.PASSED)
     return [*checks, crd, check_training_runtime(api_client), trainjob_rbac, dry_run]
 
 
@@ -950,8 +857,12 @@ def format_check(check: Check) -> str:
     return line
 
 
-def _probe(api_client: client.ApiClient) -> str:
-    """The server's version; raises RunError in one line when none answers or it refuses us."""
+def _probe(api_client: ApiClient) -> str:
+    """The `Kubernetes <version> at <host>` the header line starts with.
+
+    Raises:
+        RunError: No server answers, or it refuses us (one line).
+    """
     host = api_client.configuration.host
     try:
         info = client.VersionApi(api_client).get_code(_request_timeout=REQUEST_TIMEOUT_SECONDS)
@@ -961,7 +872,7 @@ def _probe(api_client: client.ApiClient) -> str:
         ) from None
     except ApiException as err:
         raise RunError(f"the Kubernetes API server at {host} refused: {api_answer(err)}") from None
-    return str(info.git_version)
+    return f"Kubernetes {info.git_version} at {host}"
 
 
 def check_cluster(
@@ -988,32 +899,26 @@ def check_cluster(
         RunError: No Kubernetes API is configured or answers.
     """
     if namespace is not None:
-        check_namespace_name(namespace)
-    if not is_dns1123_subdomain(service_account):
+        kubernetes_syntax.check_namespace_name(namespace)
+    if not kubernetes_syntax.is_dns1123_subdomain(service_account):
         raise invalid("service_account", service_account, "a Kubernetes service account name")
-    check_namespace_name(kfp_namespace, "kfp_namespace")
+    kubernetes_syntax.check_namespace_name(kfp_namespace, "kfp_namespace")
     try:
         api_client, config_namespace = connect()
     except ClusterUnreachableError as err:
         raise RunError(f"no Kubernetes API configured: {' '.join(str(err).split())}") from None
     with api_client:
-        namespace = namespace or current_namespace() or config_namespace or "default"
-        check_namespace_name(namespace)
-        logs = parse_logs_root(values["tensorboard_logs_root"], namespace=namespace)
+        namespace = namespace or logs_location.current_namespace() or config_namespace or "default"
+        kubernetes_syntax.check_namespace_name(namespace)
+        logs = logs_location.parse_logs_root(values["tensorboard_logs_root"], namespace=namespace)
         target = Target(namespace, service_account, kfp_namespace, logs, dict(values), nodes)
-        version = _probe(api_client)
-        print(
-            f"Kubernetes {version} at {api_client.configuration.host}, namespace "
-            f"{target.namespace}, service account {target.service_account}:"
-        )
+        print(f"{_probe(api_client)}, namespace {namespace}, service account {service_account}:")
         checks = run_checks(api_client, target)
-    for check in checks:
-        print(format_check(check))
-    failed = sum(c.status is Status.FAILED for c in checks)
-    unknown = sum(c.status is Status.UNKNOWN for c in checks)
+    print("\n".join(map(format_check, checks)))
+    failed, unknown = (sum(c.status is s for c in checks) for s in (Status.FAILED, Status.UNKNOWN))
     unchecked = f"; {unknown} could not be checked (?)" if unknown else ""
     if failed:
         print(f"{failed} of {len(checks)} checks failed{unchecked}.")
         return 1
-    print(f"No check failed{unchecked}: a run in {target.namespace} should work.")
+    print(f"No check failed{unchecked}: a run in {namespace} should work.")
     return 0

@@ -34,7 +34,8 @@ from kfp_lightning.components.train_on_nodes.component import train_on_nodes
 from kfp_lightning.pipelines import signatures
 from kfp_lightning.pipelines.cli import build_parser
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS, mnist_pipeline
-from kfp_lightning.pipelines.parameters import with_parameters_table
+from kfp_lightning.pipelines.parameters import README_END, README_START, parameters_table
+from kfp_lightning.pipelines.readme import with_section
 from kfp_lightning.pipelines.signatures import END, SIGNATURES, START, Signature, written
 from tests.conftest import REPO
 
@@ -270,6 +271,6 @@ def test_cli_has_an_option_per_run_parameter_with_its_description():
 
 def test_readme_parameters_table_is_generated_from_the_declarations():
     readme = (REPO / "README.md").read_text()
-    assert with_parameters_table(readme) == readme, (
+    assert with_section(readme, README_START, README_END, parameters_table()) == readme, (
         "README.md's parameters table is stale: run `python -m kfp_lightning.pipelines.parameters`"
     )

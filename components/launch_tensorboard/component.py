@@ -56,9 +56,5 @@ def launch_tensorboard(
     from kfp_lightning.components.launch_tensorboard.launcher import launch_from_run_form
 
     run_or_exit(
-        launch_from_run_form,
-        tensorboard.path,
-        mlpipeline_ui_metadata.path,
-        run_id,
-        parameters,
+        launch_from_run_form, tensorboard.path, mlpipeline_ui_metadata.path, run_id, parameters
     )

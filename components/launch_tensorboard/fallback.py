@@ -15,10 +15,11 @@ logs root, covering every run of the namespace it is applied in; regenerate it w
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import yaml
 
-from kfp_lightning.components.common import images
+from kfp_lightning.components.common import images, training_pod
 from kfp_lightning.components.common.kubernetes import MANAGED_BY
 from kfp_lightning.components.common.logs_location import (
     NAMESPACE_PLACEHOLDER,
@@ -30,10 +31,9 @@ from kfp_lightning.components.launch_tensorboard.objects import s3_environment
 
 # The run parameters' defaults. A manifest applied by hand cannot resolve `s3_endpoint=auto`
 # (components/common/object_store.py): it names the newest KFP's object store.
-_DEFAULTS = LiveLogsConfig()
-DEFAULT_LOGS_ROOT = _DEFAULTS.tensorboard_logs_root
+DEFAULT_LOGS_ROOT = LiveLogsConfig().tensorboard_logs_root
 DEFAULT_S3_ENDPOINT = KFP_OBJECT_STORES[0].endpoint
-DEFAULT_S3_SECRET = _DEFAULTS.s3_credentials_secret
+DEFAULT_S3_SECRET = LiveLogsConfig().s3_credentials_secret
 
 NAME = "kfp-lightning-tensorboard"
 SELECTOR = {"app.kubernetes.io/name": NAME}
@@ -48,8 +48,6 @@ CONTAINER_SECURITY = {
     "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},
 }
-TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
-TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 # Kubernetes expands $(VAR) in a container's args from its env: one file serves any namespace.
 POD_NAMESPACE_REFERENCE = "$(POD_NAMESPACE)"
 HEADER = (
@@ -62,35 +60,25 @@ HEADER = (
 )
 
 
-def _container(location: LogsLocation, s3_endpoint: str, s3_secret: str) -> dict[str, object]:
-    env: list[dict[str, object]] = []
-    mounts = [dict(TMP_MOUNT)]
-    if POD_NAMESPACE_REFERENCE in location.uri:
-        namespace_field = {"fieldRef": {"fieldPath": "metadata.namespace"}}
-        env.append({"name": "POD_NAMESPACE", "valueFrom": namespace_field})
-    if location.scheme == "s3":
-        env += s3_environment(s3_endpoint, s3_secret)
-        logdir = location.uri
-    else:
-        mounts.append({"name": "logs", "mountPath": PVC_MOUNT, "readOnly": True})
-        logdir = f"{PVC_MOUNT}/{location.path}".rstrip("/")
-    return {
-        "name": "tensorboard",
-        "image": images.image_ref(images.TOOLS),
-        "command": ["tensorboard"],
-        "args": [f"--logdir={logdir}", "--bind_all", f"--port={PORT}"],
-        **({"env": env} if env else {}),
-        "ports": [{"name": "http", "containerPort": PORT}],
-        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
-        "resources": copy.deepcopy(RESOURCES),
-        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
-        "volumeMounts": mounts,
-    }
+def logs_volumes(location: LogsLocation, volume: str) -> tuple[list[Any], list[Any]]:
+    """A TensorBoard pod's volumes and its container's mounts of them.
+
+    Args:
+        location: The logs; a pvc:// claim is mounted read-only at `PVC_MOUNT`.
+        volume: The name of the claim's volume.
+
+    Returns:
+        The volumes and the mounts: a writable /tmp, and the claim for pvc://.
+    """
+    volumes, mounts = [{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}]
+    if location.scheme == "pvc":
+        claim = {"claimName": location.claim, "readOnly": True}
+        volumes.append({"name": volume, "persistentVolumeClaim": claim})
+        mounts.append({"name": volume, "mountPath": PVC_MOUNT, "readOnly": True})
+    return volumes, mounts
 
 
-def fallback_objects(
-    location: LogsLocation, s3_endpoint: str, s3_secret: str
-) -> list[dict[str, object]]:
+def fallback_objects(location: LogsLocation, s3_endpoint: str, s3_secret: str) -> list[Any]:
     """The Deployment and ClusterIP Service of a TensorBoard over `location`.
 
     Args:
@@ -102,10 +90,24 @@ def fallback_objects(
         The two objects, without namespace (it comes from `kubectl -n`).
     """
     labels = {**SELECTOR, **MANAGED_BY}
-    volumes: list[dict[str, object]] = [copy.deepcopy(TMP_VOLUME)]
-    if location.scheme == "pvc":
-        claim = {"claimName": location.claim, "readOnly": True}
-        volumes.append({"name": "logs", "persistentVolumeClaim": claim})
+    volumes, mounts = logs_volumes(location, "logs")
+    # $POD_NAMESPACE from the pod's metadata (the downward API), as the training pods get it.
+    env = training_pod.environment(None) if POD_NAMESPACE_REFERENCE in location.uri else []
+    if location.scheme == "s3":
+        env += s3_environment(s3_endpoint, s3_secret)
+    logdir = location.uri if location.scheme == "s3" else f"{PVC_MOUNT}/{location.path}".rstrip("/")
+    container = {
+        "name": "tensorboard",
+        "image": images.image_ref(images.TOOLS),
+        "command": ["tensorboard"],
+        "args": [f"--logdir={logdir}", "--bind_all", f"--port={PORT}"],
+        **({"env": env} if env else {}),
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
+        "resources": copy.deepcopy(RESOURCES),
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+        "volumeMounts": mounts,
+    }
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -121,7 +123,7 @@ def fallback_objects(
                         "runAsUser": 1000,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [_container(location, s3_endpoint, s3_secret)],
+                    "containers": [container],
                     "volumes": volumes,
                 },
             },
@@ -151,40 +153,15 @@ def render_manifest(objects: list[dict[str, object]]) -> str:
     return "---\n".join(yaml.dump(o, Dumper=_PlainDumper, sort_keys=False) for o in objects)
 
 
-def shipped_location() -> LogsLocation:
-    """The default logs root, its namespace taken from the pod (every run of that namespace)."""
+def shipped_manifest() -> str:
+    """The content of `manifests/tensorboard-clusterip.yaml`: a TensorBoard over the default logs
+    root, its namespace taken from the pod (every run of that namespace)."""
     root = DEFAULT_LOGS_ROOT.replace(NAMESPACE_PLACEHOLDER, POD_NAMESPACE_REFERENCE)
     bucket, _, prefix = root.removeprefix("s3://").partition("/")
-    return LogsLocation("s3", prefix, bucket=bucket)
-
-
-def shipped_manifest() -> str:
-    """The content of `manifests/tensorboard-clusterip.yaml`."""
-    objects = fallback_objects(shipped_location(), DEFAULT_S3_ENDPOINT, DEFAULT_S3_SECRET)
+    location = LogsLocation("s3", prefix, bucket=bucket)
+    objects = fallback_objects(location, DEFAULT_S3_ENDPOINT, DEFAULT_S3_SECRET)
     return HEADER + render_manifest(objects)
 
 
-def kubectl_commands(namespace: str, manifest: str) -> str:
-    """Shell commands that start the TensorBoard of `manifest` and forward a local port to it.
-
-    Args:
-        namespace: Where to run it (the run's namespace, which holds the credentials).
-        manifest: Rendered YAML of `fallback_objects`.
-
-    Returns:
-        Commands to paste into a shell with kubectl configured for the cluster.
-    """
-    return (
-        f"kubectl apply -n {namespace} -f - <<'EOF'\n{manifest}EOF\n"
-        f"kubectl -n {namespace} rollout status deployment/{NAME}\n"
-        f"kubectl -n {namespace} port-forward service/{NAME} {LOCAL_PORT}:80\n"
-    )
-
-
-def main() -> None:
-    """Prints the shipped manifest (see the module docstring)."""
+if __name__ == "__main__":  # prints the shipped manifest (see the module docstring)
     print(shipped_manifest(), end="")
-
-
-if __name__ == "__main__":
-    main()

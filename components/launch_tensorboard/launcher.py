@@ -29,6 +29,7 @@ import pydantic
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kfp_lightning.components.common import logs_location
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.files import atomic_write_text, write_json
 from kfp_lightning.components.common.kubernetes import (
@@ -42,11 +43,6 @@ from kfp_lightning.components.common.kubernetes import (
     ensure_object,
     wait_until_ready,
 )
-from kfp_lightning.components.common.logs_location import (
-    LiveLogsConfig,
-    LogsLocation,
-    current_namespace,
-)
 from kfp_lightning.components.common.run_form import (
     COMPONENT,
     from_run_form,
@@ -54,23 +50,15 @@ from kfp_lightning.components.common.run_form import (
     run_parameter,
 )
 from kfp_lightning.components.common.urls import parse_base_url
-from kfp_lightning.components.launch_tensorboard import fallback
-from kfp_lightning.components.launch_tensorboard.objects import (
-    PODDEFAULT_API,
-    TENSORBOARD_API,
-    poddefault_object,
-    tensorboard_name,
-    tensorboard_object,
-)
-from kfp_lightning.components.launch_tensorboard.viewer import ui_metadata
+from kfp_lightning.components.launch_tensorboard import fallback, objects, viewer
 
 WaitSeconds = Annotated[int, pydantic.Field(ge=0, le=3600, description="an integer from 0 to 3600")]
 RBAC_MANIFEST = "manifests/tensorboard-launcher-rbac.yaml"
 # (group, plural, verbs) of every call the launcher makes: its objects, and the claim of a
 # pvc:// root, read for its access modes. Kubeflow's `kubeflow-edit` grants all of them.
 LAUNCHER_PERMISSIONS = (
-    (TENSORBOARD_API[0], TENSORBOARD_API[2], LAUNCHER_VERBS),
-    (PODDEFAULT_API[0], PODDEFAULT_API[2], LAUNCHER_VERBS),
+    (objects.TENSORBOARD_API[0], objects.TENSORBOARD_API[2], LAUNCHER_VERBS),
+    (objects.PODDEFAULT_API[0], objects.PODDEFAULT_API[2], LAUNCHER_VERBS),
     ("", "persistentvolumeclaims", ("get",)),
 )
 # Access modes that let pods on several nodes mount a volume at once: Kubernetes' attach-detach
@@ -78,10 +66,6 @@ LAUNCHER_PERMISSIONS = (
 # (kubernetes/kubernetes, pkg/volume/util/util.go, `IsMultiAttachAllowed`); any other claim is
 # attached to one node, and a pod elsewhere waits on a Multi-Attach error.
 SHARED_ACCESS_MODES = ("ReadWriteMany", "ReadOnlyMany")
-FIRST_START_HINT = (
-    "The first TensorBoard on a node pulls its image, which usually takes one to three "
-    "minutes; later ones start in seconds."
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +83,7 @@ class Settings:
     """
 
     run_id: str
-    location: LogsLocation
+    location: logs_location.LogsLocation
     namespace: str | None
     s3_endpoint: str
     s3_secret: str
@@ -169,10 +153,9 @@ def describe_refusal(err: ApiException, resource: tuple[str, str, str, str], nam
     answer = api_answer(err)
     if err.status == 404:
         return (
-            f"The cluster has no `{plural}.{group}` resource in namespace `{namespace}` "
-            f"({answer}): Kubeflow's {kind} CRD is not installed, as in standalone Kubeflow "
-            "Pipelines, which has neither Kubeflow's TensorBoard controller nor its PodDefault "
-            "webhook."
+            f"The cluster has no `{plural}.{group}` resource in namespace `{namespace}` ({answer})"
+            f": Kubeflow's {kind} CRD is not installed, as in standalone Kubeflow Pipelines, which "
+            "has neither Kubeflow's TensorBoard controller nor its PodDefault webhook."
         )
     if err.status in (401, 403):
         return (
@@ -224,20 +207,6 @@ def claim_access_modes(
     return list(status_modes or (found.spec.access_modes if found.spec else None) or [])
 
 
-def _unreadable_claim(settings: Settings, err: ApiException | ClusterUnreachableError) -> str:
-    """The note's warning for a pvc:// claim whose access modes could not be read."""
-    namespace, claim = settings.namespace, settings.location.claim
-    cause = api_answer(err) if isinstance(err, ApiException) else err
-    name = tensorboard_name(settings.run_id)
-    return (
-        f"The claim `{claim}` could not be read ({cause}), so whether two nodes can mount it "
-        "at once is unknown. If it is ReadWriteOnce, this TensorBoard's pod may take it to "
-        "another node first and training will wait on a Multi-Attach error: then delete this "
-        f"Tensorboard (`kubectl -n {namespace} delete tensorboard {name}`) and use a "
-        "ReadWriteMany claim or an s3:// logs root."
-    )
-
-
 def start_on_cluster(
     api_client: client.ApiClient, settings: Settings, patience: Patience
 ) -> Launch:
@@ -254,29 +223,34 @@ def start_on_cluster(
     """
     api = client.CustomObjectsApi(api_client)
     namespace, location = str(settings.namespace), settings.location
-    name = tensorboard_name(settings.run_id)
-    warning = ""
+    name, warning = objects.tensorboard_name(settings.run_id), ""
     if location.scheme == "pvc":
         try:
             modes = claim_access_modes(api_client, namespace, location.claim, patience)
-        except (ApiException, ClusterUnreachableError) as err:
-            warning = _unreadable_claim(settings, err)  # the launch goes on as before
-        else:
             if not shares_across_nodes(modes):
                 return Launch("single-node-claim", name, detail=", ".join(modes) or "none")
+        except (ApiException, ClusterUnreachableError) as err:
+            # The launch goes on as before; the note warns of what may happen.
+            cause = api_answer(err) if isinstance(err, ApiException) else err
+            warning = (
+                f"The claim `{location.claim}` could not be read ({cause}), so whether two nodes "
+                "can mount it at once is unknown. If it is ReadWriteOnce, this TensorBoard's pod "
+                "may take it to another node first and training will wait on a Multi-Attach "
+                f"error: then delete this Tensorboard (`kubectl -n {namespace} delete tensorboard "
+                f"{name}`) and use a ReadWriteMany claim or an s3:// logs root."
+            )
     started = time.monotonic()
-    resource = PODDEFAULT_API
+    resource, poddefault = objects.PODDEFAULT_API, None
     try:
-        poddefault = None
         if location.scheme == "s3":
             # The webhook injects the credentials only when a pod is created: the PodDefault
             # must exist before the controller creates the TensorBoard pod.
-            wanted = poddefault_object(namespace, settings.s3_endpoint, settings.s3_secret)
-            ensure_object(api, PODDEFAULT_API, wanted, patience)
+            wanted = objects.poddefault_object(namespace, settings.s3_endpoint, settings.s3_secret)
+            ensure_object(api, objects.PODDEFAULT_API, wanted, patience)
             poddefault = wanted["metadata"]["name"]
-        resource = TENSORBOARD_API
-        wanted = tensorboard_object(namespace, settings.run_id, location, poddefault)
-        outcome = ensure_object(api, TENSORBOARD_API, wanted, patience)
+        resource = objects.TENSORBOARD_API
+        wanted = objects.tensorboard_object(namespace, settings.run_id, location, poddefault)
+        outcome = ensure_object(api, objects.TENSORBOARD_API, wanted, patience)
     except ApiException as err:
         detail = describe_refusal(err, resource, namespace)
     except ClusterUnreachableError as err:
@@ -287,7 +261,7 @@ def start_on_cluster(
         url = f"{settings.base_url}/tensorboard/{namespace}/{name}/"
         try:
             ready = wait_until_ready(
-                api, TENSORBOARD_API, namespace, name, settings.wait_seconds, patience
+                api, objects.TENSORBOARD_API, namespace, name, settings.wait_seconds, patience
             )
         except (ApiException, ClusterUnreachableError):
             # It exists; only its progress is unknown, which the note's kubectl command shows.
@@ -309,16 +283,16 @@ def _markdown_started(launch: Launch, settings: Settings) -> str:
         readiness = f"**Ready**, {launch.ready_after_seconds:.0f} s after this task requested it."
     else:
         readiness = (
-            f"**Starting**: not ready after {settings.wait_seconds} s. {FIRST_START_HINT} The "
-            f"link works once `kubectl -n {ns} get tensorboard {name} -o "
-            "jsonpath='{.status.readyReplicas}'` prints 1 (or its row on Kubeflow's "
-            "TensorBoards page shows it running)."
+            f"**Starting**: not ready after {settings.wait_seconds} s. The first TensorBoard on a "
+            "node pulls its image, which usually takes one to three minutes; later ones start in "
+            f"seconds. The link works once `kubectl -n {ns} get tensorboard {name} -o "
+            "jsonpath='{.status.readyReplicas}'` prints 1 (or its row on Kubeflow's TensorBoards "
+            "page shows it running)."
         )
     return (
-        "### Live TensorBoard\n\n"
-        f"**[Open TensorBoard for this run]({launch.url})**: the curves grow while training "
-        "runs (TensorBoard's page refreshes itself every 30 s; its reload button shows new "
-        "points sooner).\n\n"
+        f"### Live TensorBoard\n\n**[Open TensorBoard for this run]({launch.url})**: the curves "
+        "grow while training runs (TensorBoard's page refreshes itself every 30 s; its reload "
+        "button shows new points sooner).\n\n"
         f"- {readiness}\n"
         f"- Logs: `{settings.location.uri}`, written by training as it goes.\n"
         f"- Kubeflow Tensorboard `{name}` in namespace `{ns}` {done[launch.detail]}. It keeps "
@@ -331,23 +305,23 @@ def _markdown_started(launch: Launch, settings: Settings) -> str:
 def _port_forward(settings: Settings) -> str:
     """The kubectl commands of the ClusterIP TensorBoard over the run's logs, and how to end it."""
     ns = settings.namespace or "NAMESPACE"
-    objects = fallback.fallback_objects(settings.location, settings.s3_endpoint, settings.s3_secret)
-    commands = fallback.kubectl_commands(ns, fallback.render_manifest(objects))
+    wanted = fallback.fallback_objects(settings.location, settings.s3_endpoint, settings.s3_secret)
     return (
-        f"```sh\n{commands}```\n\n"
+        f"```sh\nkubectl apply -n {ns} -f - <<'EOF'\n{fallback.render_manifest(wanted)}EOF\n"
+        f"kubectl -n {ns} rollout status deployment/{fallback.NAME}\n"
+        f"kubectl -n {ns} port-forward service/{fallback.NAME} {fallback.LOCAL_PORT}:80\n```\n\n"
         f"Then open http://127.0.0.1:{fallback.LOCAL_PORT}/ while the port-forward runs. "
         f"Remove it with `kubectl -n {ns} delete deployment,service {fallback.NAME}`.\n"
     )
 
 
 def _markdown_single_node_claim(launch: Launch, settings: Settings) -> str:
-    claim, ns = settings.location.claim, settings.namespace
     return (
         "### Live TensorBoard: not started\n\n"
-        f"**Why:** the logs are on the claim `{claim}` in namespace `{ns}`, whose access mode "
-        f"is {launch.detail}: one node at a time can mount it. A TensorBoard pod started now "
-        "could mount it first on another node, and training would then wait on a Multi-Attach "
-        "error until its deadline.\n\n"
+        f"**Why:** the logs are on the claim `{settings.location.claim}` in namespace "
+        f"`{settings.namespace}`, whose access mode is {launch.detail}: one node at a time can "
+        "mount it. A TensorBoard pod started now could mount it first on another node, and "
+        "training would then wait on a Multi-Attach error until its deadline.\n\n"
         "**To watch training live,** run the pipeline with an s3:// `tensorboard_logs_root` "
         "(the default: KFP's object store) or a claim whose access mode is ReadWriteMany.\n\n"
         '**After training has ended,** view this run\'s logs with "Start Tensorboard" in the '
@@ -361,8 +335,7 @@ def _markdown_fallback(launch: Launch, settings: Settings) -> str:
     ns = settings.namespace or "NAMESPACE"
     warning = f"**Warning:** {launch.warning}\n\n" if launch.warning else ""
     return (
-        "### Live TensorBoard: not started on the cluster\n\n"
-        f"**Why:** {launch.detail}\n\n{warning}"
+        f"### Live TensorBoard: not started on the cluster\n\n**Why:** {launch.detail}\n\n{warning}"
         f"Training is not affected. To watch its logs (`{settings.location.uri}`) live, run a "
         f"TensorBoard in namespace `{ns}` behind a ClusterIP Service and forward a local port "
         "to it, with your own kubectl credentials:\n\n" + _port_forward(settings)
@@ -395,7 +368,7 @@ def start_live_tensorboard(
     markdown_path: str | Path,
     ui_metadata_path: str | Path,
     run_id: str,
-    logs: LiveLogsConfig,
+    logs: logs_location.LiveLogsConfig,
     launcher: LauncherConfig,
     patience: Patience = Patience(),
 ) -> Launch:
@@ -413,13 +386,13 @@ def start_live_tensorboard(
     Returns:
         What was done.
     """
+    unreachable = "namespace unknown"  # the cause if connecting works but no namespace is known
     try:
         api_client, config_namespace = connect(patience)
-        unreachable = ""
     except ClusterUnreachableError as err:
         api_client, config_namespace, unreachable = None, None, str(err)
     # A pod's own namespace ($POD_NAMESPACE, else its service account's) wins over kubeconfig's.
-    namespace = current_namespace() or config_namespace
+    namespace = logs_location.current_namespace() or config_namespace
     try:
         endpoint, unresolved = logs.endpoint() or logs.s3_endpoint, ""
     except UserInputError as err:
@@ -435,7 +408,7 @@ def start_live_tensorboard(
         base_url=launcher.link_prefix,
         wait_seconds=launcher.wait_ready_seconds,
     )
-    name = tensorboard_name(settings.run_id)
+    name = objects.tensorboard_name(settings.run_id)
     if settings.location.scheme == "file":
         launch = Launch("local", name)
     elif unresolved and settings.location.scheme == "s3":
@@ -444,12 +417,12 @@ def start_live_tensorboard(
         )
         launch = Launch("fallback", name, detail=cause)
     elif api_client is None or namespace is None:
-        cause = f"No Kubernetes API could be reached: {unreachable or 'namespace unknown'}."
+        cause = f"No Kubernetes API could be reached: {unreachable}."
         launch = Launch("fallback", name, detail=cause)
     else:
         with api_client:
             launch = start_on_cluster(api_client, settings, patience)
-    metadata = ui_metadata(settings.location, settings.s3_endpoint, settings.s3_secret)
+    metadata = viewer.ui_metadata(settings.location, settings.s3_endpoint, settings.s3_secret)
     write_json(ui_metadata_path, metadata)
     atomic_write_text(markdown_path, render_markdown(launch, settings))
     print(f"TensorBoard: {launch.state} {launch.url or settings.location.uri}", flush=True)
@@ -478,6 +451,6 @@ def launch_from_run_form(
     Raises:
         UserInputError: A parameter is invalid (nothing is written then).
     """
-    logs = from_run_form(LiveLogsConfig, parameters)
+    logs = from_run_form(logs_location.LiveLogsConfig, parameters)
     launcher = from_run_form(LauncherConfig, parameters)
     return start_live_tensorboard(markdown_path, ui_metadata_path, run_id, logs, launcher, patience)

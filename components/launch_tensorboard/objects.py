@@ -20,14 +20,10 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from kfp_lightning.components.common.kubernetes import MANAGED_BY, RUN_ID_ANNOTATION, RUN_ID_LABEL
-from kfp_lightning.components.common.kubernetes_syntax import (
-    digest,
-    is_label_value,
-    name_for_run,
-)
+from kfp_lightning.components.common.kubernetes_syntax import digest, is_label_value, name_for_run
 from kfp_lightning.components.common.logs_location import LogsLocation
-from kfp_lightning.components.common.object_store import ACCESS_KEY_KEY, SECRET_KEY_KEY
 from kfp_lightning.components.common.storage import DEFAULT_REGION
+from kfp_lightning.components.common.training_pod import S3_SECRET_KEYS
 
 TENSORBOARD_API = ("tensorboard.kubeflow.org", "v1alpha1", "tensorboards", "Tensorboard")
 PODDEFAULT_API = ("kubeflow.org", "v1alpha1", "poddefaults", "PodDefault")
@@ -35,7 +31,6 @@ PODDEFAULT_API = ("kubeflow.org", "v1alpha1", "poddefaults", "PodDefault")
 # The controller names the Service after the Tensorboard, and Service names must start with a
 # letter (DNS-1035): run ids are UUIDs, which may start with a digit.
 NAME_PREFIX = "kfp-run-"
-MAX_NAME_LENGTH = 63
 
 PODDEFAULT_PREFIX = "kfp-lightning-s3-"
 # A PodDefault's selector key is this prefix + its name, so that each PodDefault has a key of
@@ -57,7 +52,7 @@ def tensorboard_name(run_id: str) -> str:
     Returns:
         `kfp-run-<run id>`, or `kfp-run-<shortened id>-<digest>`.
     """
-    return name_for_run(NAME_PREFIX, run_id, MAX_NAME_LENGTH)
+    return name_for_run(NAME_PREFIX, run_id, 63)  # a DNS-1123 label's limit
 
 
 def poddefault_name(endpoint: str, secret: str) -> str:
@@ -107,19 +102,21 @@ def s3_environment(endpoint: str, secret: str) -> list[dict[str, object]]:
     Returns:
         Container `env` entries.
     """
-    use_https = "1" if urlparse(endpoint).scheme == "https" else "0"
-
-    def from_secret(name: str, key: str) -> dict[str, object]:
-        return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-
     return [
         {"name": "S3_ENDPOINT", "value": endpoint},
-        {"name": "S3_USE_HTTPS", "value": use_https},
+        {"name": "S3_USE_HTTPS", "value": "1" if urlparse(endpoint).scheme == "https" else "0"},
         {"name": "AWS_REGION", "value": DEFAULT_REGION},
         {"name": "AWS_DEFAULT_REGION", "value": DEFAULT_REGION},
-        from_secret("AWS_ACCESS_KEY_ID", ACCESS_KEY_KEY),
-        from_secret("AWS_SECRET_ACCESS_KEY", SECRET_KEY_KEY),
+    ] + [  # AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+        {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for key, variable in S3_SECRET_KEYS.items()
     ]
+
+
+def _custom_object(api: tuple[str, str, str, str], metadata: dict, spec: dict) -> dict[str, object]:
+    """An object of `api`, (group, version, plural, kind)."""
+    group, version, _, kind = api
+    return {"apiVersion": f"{group}/{version}", "kind": kind, "metadata": metadata, "spec": spec}
 
 
 def poddefault_object(namespace: str, endpoint: str, secret: str) -> dict[str, object]:
@@ -133,18 +130,14 @@ def poddefault_object(namespace: str, endpoint: str, secret: str) -> dict[str, o
     Returns:
         The object, ready to create.
     """
-    group, version, _, kind = PODDEFAULT_API
     name = poddefault_name(endpoint, secret)
-    return {
-        "apiVersion": f"{group}/{version}",
-        "kind": kind,
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY)},
-        "spec": {
-            "desc": f"S3 access to {endpoint} with secret {secret} (kfp-lightning TensorBoards)",
-            "selector": {"matchLabels": {poddefault_label(name): SELECTED}},
-            "env": s3_environment(endpoint, secret),
-        },
+    metadata = {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY)}
+    spec = {
+        "desc": f"S3 access to {endpoint} with secret {secret} (kfp-lightning TensorBoards)",
+        "selector": {"matchLabels": {poddefault_label(name): SELECTED}},
+        "env": s3_environment(endpoint, secret),
     }
+    return _custom_object(PODDEFAULT_API, metadata, spec)
 
 
 def tensorboard_object(
@@ -167,19 +160,14 @@ def tensorboard_object(
     Returns:
         The object, ready to create.
     """
-    group, version, _, kind = TENSORBOARD_API
     # Label values are limited to 63 characters; the annotation keeps the full id regardless.
     labels = {**MANAGED_BY, RUN_ID_LABEL: run_id if is_label_value(run_id) else digest(run_id)}
     if poddefault:
         labels[poddefault_label(poddefault)] = SELECTED
-    return {
-        "apiVersion": f"{group}/{version}",
-        "kind": kind,
-        "metadata": {
-            "name": name or tensorboard_name(run_id),
-            "namespace": namespace,
-            "labels": labels,
-            "annotations": {RUN_ID_ANNOTATION: run_id},
-        },
-        "spec": {"logspath": location.uri},
+    metadata = {
+        "name": name or tensorboard_name(run_id),
+        "namespace": namespace,
+        "labels": labels,
+        "annotations": {RUN_ID_ANNOTATION: run_id},
     }
+    return _custom_object(TENSORBOARD_API, metadata, {"logspath": location.uri})

@@ -35,35 +35,17 @@ without a token, on standalone KFP and in Kubeflow profiles alike.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from kfp_lightning.components.common import images
 from kfp_lightning.components.common.logs_location import LogsLocation
 from kfp_lightning.components.launch_tensorboard import fallback
 from kfp_lightning.components.launch_tensorboard.objects import s3_environment
 
-TENSORBOARD_OUTPUT = "tensorboard"
 LOGS_VOLUME = "tensorboard-logs"
-LOGS_MOUNT = fallback.PVC_MOUNT
-VOLUME_SCHEME = "volume://"
 
 
-def viewer_source(location: LogsLocation) -> str:
-    """The `source` of the viewer entry: the logs as the viewer's pod reaches them.
-
-    Args:
-        location: The run's logs, s3:// or pvc://.
-
-    Returns:
-        The s3:// URI, or `volume://<LOGS_VOLUME>/<path in the claim>`.
-    """
-    if location.scheme == "pvc":
-        return f"{VOLUME_SCHEME}{LOGS_VOLUME}/{location.path}".rstrip("/")
-    return location.uri
-
-
-def viewer_pod_template(
-    location: LogsLocation, s3_endpoint: str, s3_secret: str
-) -> dict[str, object]:
+def viewer_pod_template(location: LogsLocation, s3_endpoint: str, s3_secret: str) -> dict[str, Any]:
     """The `pod_template_spec` of the viewer entry: what the viewer's pod needs to read the logs.
 
     Args:
@@ -75,19 +57,13 @@ def viewer_pod_template(
         A Kubernetes PodTemplateSpec (as a dict) with one container, whose name, image, args
         and ports the viewer controller fills in.
     """
-    container: dict[str, object] = {
+    volumes, mounts = fallback.logs_volumes(location, LOGS_VOLUME)
+    container = {
         "resources": copy.deepcopy(fallback.RESOURCES),
         "securityContext": copy.deepcopy(fallback.CONTAINER_SECURITY),
+        **({"env": s3_environment(s3_endpoint, s3_secret)} if location.scheme == "s3" else {}),
+        "volumeMounts": mounts,
     }
-    mounts = [dict(fallback.TMP_MOUNT)]
-    volumes: list[dict[str, object]] = [copy.deepcopy(fallback.TMP_VOLUME)]
-    if location.scheme == "s3":
-        container["env"] = s3_environment(s3_endpoint, s3_secret)
-    elif location.scheme == "pvc":
-        mounts.append({"name": LOGS_VOLUME, "mountPath": LOGS_MOUNT, "readOnly": True})
-        claim = {"claimName": location.claim, "readOnly": True}
-        volumes.append({"name": LOGS_VOLUME, "persistentVolumeClaim": claim})
-    container["volumeMounts"] = mounts
     return {
         "spec": {
             # TensorBoard reads no Kubernetes API: no token in its pod.
@@ -102,6 +78,9 @@ def viewer_pod_template(
 def ui_metadata(location: LogsLocation, s3_endpoint: str, s3_secret: str) -> dict[str, object]:
     """The `mlpipeline_ui_metadata` of a run: a "Start Tensorboard" viewer over its live logs.
 
+    Its `source` is the logs as the viewer's pod reaches them: the s3:// URI, or
+    `volume://<LOGS_VOLUME>/<path in the claim>` for pvc://.
+
     Args:
         location: The run's logs.
         s3_endpoint: http(s)://host[:port] of the object store (s3:// only).
@@ -113,9 +92,12 @@ def ui_metadata(location: LogsLocation, s3_endpoint: str, s3_secret: str) -> dic
     """
     if location.scheme not in ("s3", "pvc"):
         return {"outputs": []}
+    source = location.uri
+    if location.scheme == "pvc":
+        source = f"volume://{LOGS_VOLUME}/{location.path}".rstrip("/")
     entry = {
-        "type": TENSORBOARD_OUTPUT,
-        "source": viewer_source(location),
+        "type": "tensorboard",
+        "source": source,
         "image": images.image_ref(images.TOOLS),
         "pod_template_spec": viewer_pod_template(location, s3_endpoint, s3_secret),
     }

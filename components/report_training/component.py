@@ -32,13 +32,6 @@ def report_training(
     from kfp_lightning.components.common.errors import run_or_exit
     from kfp_lightning.components.report_training.report import write_training_report
 
-    last_values = run_or_exit(
-        write_training_report,
-        tensorboard_logs.path,
-        evaluation.path,
-        report.path,
-        summary.path,
-        title,
-    )
-    for name, value in last_values.items():
+    paths = (tensorboard_logs.path, evaluation.path, report.path, summary.path)
+    for name, value in run_or_exit(write_training_report, *paths, title).items():
         metrics.log_metric(name, value)

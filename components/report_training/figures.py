@@ -80,11 +80,8 @@ def value_range(low: float, high: float, percent: bool) -> tuple[float, float]:
         The bottom and top of the axis, bottom < top.
     """
     span = high - low or abs(high) or 1.0
-    bottom, top = low - span * PAD, high + span * PAD
-    if low >= 0:
-        bottom = max(bottom, 0.0)
-    if percent and high <= 1:
-        top = min(top, 1.0)
+    bottom = max(low - span * PAD, 0.0) if low >= 0 else low - span * PAD
+    top = min(high + span * PAD, 1.0) if percent and high <= 1 else high + span * PAD
     return bottom, top
 
 
@@ -115,10 +112,8 @@ def label_sides(
         side.append("left" if x > (x_lo + x_hi) / 2 else "right")
     order = sorted(range(len(points)), key=lambda i: points[i][1])
     for lower, upper in itertools.pairwise(order):
-        close = (
-            points[upper][1] - points[lower][1] < CLOSE * height
-            and abs(points[upper][0] - points[lower][0]) < CLOSE * width
-        )
+        (x_lower, y_lower), (x_upper, y_upper) = points[lower], points[upper]
+        close = y_upper - y_lower < CLOSE * height and abs(x_upper - x_lower) < CLOSE * width
         if close and sides[lower] == sides[upper]:
             sides[lower if sides[lower][0] == "top" else upper][0] = "middle"
     return [" ".join(side) for side in sides]
@@ -175,14 +170,11 @@ def _autorange(chart: Chart, low: float, high: float) -> dict[str, dict[str, flo
     where the values do not cross them. A clip at 0 has no logarithm (plotly.js 4.1 then clips
     a log axis wrongly), so the log axis keeps only the 100% one.
     """
-    linear: dict[str, float] = {"clipmin": 0} if low >= 0 else {}
-    log: dict[str, float] = {}
-    if chart.percent and high <= 1:
-        linear["clipmax"] = log["clipmax"] = 1
+    log = {"clipmax": 1} if chart.percent and high <= 1 else {}
     if low == high:
         bottom, top = value_range(low, high, chart.percent)
-        linear = {"minallowed": bottom, "maxallowed": top}
-    return {"linear": linear, "log": log}
+        return {"linear": {"minallowed": bottom, "maxallowed": top}, "log": log}
+    return {"linear": ({"clipmin": 0} if low >= 0 else {}) | log, "log": log}
 
 
 def _menus(autorange: dict[str, dict], smoothed: list[tuple[int, list]]) -> list[dict]:
@@ -236,7 +228,7 @@ def chart_figure(
     """
     hover = "%{y:.2%}" if chart.percent else "%{y:.4g}"
     hover += " · epoch %{customdata}" if epochs else ""
-    figure = go.Figure(layout=LAYOUT)
+    figure = go.Figure(layout=LAYOUT).update_yaxes(tickformat=".1%" if chart.percent else "")
     smoothed: list[tuple[int, list]] = []  # a smoothed trace's index, and the raw values
     lone: list[tuple[go.Scatter, tuple[int, float]]] = []  # a trace of one point, and it
     for number, line in enumerate(chart.lines):
@@ -274,13 +266,8 @@ def chart_figure(
         trace.update(text=[format_value(y, chart.percent)], textposition=side)
         trace.update(textfont=dict(color=trace.marker.color, size=11))
     autorange = _autorange(chart, min(finite), max(finite))
-    shapes, numbers = epoch_marks(epochs)
+    bands, numbers = epoch_marks(epochs)
     pad = max(1.0, (x_range[1] - x_range[0]) * 0.02)
-    figure.update_layout(
-        shapes=shapes, annotations=numbers, updatemenus=_menus(autorange, smoothed)
-    )
+    figure.update_layout(shapes=bands, annotations=numbers, updatemenus=_menus(autorange, smoothed))
     figure.update_xaxes(range=[x_range[0] - pad, x_range[1] + pad])
-    figure.update_yaxes(
-        tickformat=".1%" if chart.percent else "", autorangeoptions=autorange["linear"]
-    )
-    return figure
+    return figure.update_yaxes(autorangeoptions=autorange["linear"])

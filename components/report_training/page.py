@@ -71,19 +71,15 @@ def headline(
     known = {k: v for k, v in evaluation.run if v is not None} if evaluation else {}
     first = scalars.runs_of(series)[:1]
     last = {s.name: s.last for s in series if s.run in first and math.isfinite(s.last)}
-    accuracy = known.get("test_accuracy", last.get("accuracy/test"))
-    loss = known.get("test_loss", last.get("loss/test"))
-    count = known.get("epochs") or (len(epochs.ends) if epochs else None)
-    seconds, throughput = known.get("train_seconds"), known.get("train_samples_per_second")
-    items = [
-        ("test accuracy", None if accuracy is None else f"{accuracy:.2%}"),
-        ("test loss", None if loss is None else f"{loss:.4g}"),
-        ("epochs", None if count is None else str(int(count))),
-        ("training time", None if seconds is None else format_seconds(seconds)),
-        ("samples/s", None if throughput is None else f"{throughput:,.0f}"),
-        ("device", known.get("device")),
+    items = [  # (label, value, how it is shown)
+        ("test accuracy", known.get("test_accuracy", last.get("accuracy/test")), "{:.2%}".format),
+        ("test loss", known.get("test_loss", last.get("loss/test")), "{:.4g}".format),
+        ("epochs", known.get("epochs") or (len(epochs.ends) if epochs else None), str),
+        ("training time", known.get("train_seconds"), format_seconds),
+        ("samples/s", known.get("train_samples_per_second"), "{:,.0f}".format),
+        ("device", known.get("device"), str),
     ]
-    return [(label, text) for label, text in items if text is not None]
+    return [(label, show(value)) for label, value, show in items if value is not None]
 
 
 def png_data_uri(pixels: Sequence[Sequence[int]]) -> str:
@@ -110,9 +106,7 @@ def scalar_rows(series: Sequence[scalars.Series]) -> tuple[list[str], list[list[
     several = len(scalars.runs_of(series)) > 1
     columns = ["scalar", *(["run"] if several else []), "points", "last", "min", "max"]
     rows = []
-    for s in series:
-        if s.tag == scalars.EPOCH_TAG:
-            continue
+    for s in (s for s in series if s.tag != scalars.EPOCH_TAG):
         finite = s.finite_values()
         low, high = (format_value(min(finite)), format_value(max(finite))) if finite else ("—",) * 2
         run = [s.run] if several else []
@@ -135,16 +129,13 @@ def confusion_table(matrix: Sequence[Sequence[int]]) -> dict[str, list]:
     size = len(matrix)
     worst = max((matrix[r][c] for r in range(size) for c in range(size) if r != c), default=0)
     diagonal = [matrix[i][i] for i in range(size)]
-    totals, predicted = (
-        [sum(row) for row in matrix],
-        [sum(col) for col in zip(*matrix, strict=True)],
-    )
+    totals = [sum(row) for row in matrix]
+    predicted = [sum(col) for col in zip(*matrix, strict=True)]
 
     def colour(r: int, c: int) -> str:
         if r == c:
-            return (
-                f"rgba(46,125,50,{0.12 + 0.5 * (diagonal[r] / totals[r] if totals[r] else 0):.2f})"
-            )
+            recall = diagonal[r] / totals[r] if totals[r] else 0
+            return f"rgba(46,125,50,{0.12 + 0.5 * recall:.2f})"
         return f"rgba(197,34,31,{0.7 * matrix[r][c] / worst if worst else 0:.2f})"
 
     return {
@@ -184,21 +175,20 @@ def chart_html(
     """
     if not plan.charts:
         return []
-    last_steps: dict[str, int] = {}
-    for s in series:
-        last_steps[s.run] = max(s.steps[-1], last_steps.get(s.run, s.steps[-1]))
+    # The last step of each run: in step order, the highest is written last.
+    last_steps = {s.run: s.steps[-1] for s in sorted(series, key=lambda s: s.steps[-1])}
     charted = [line.series for chart in plan.charts for line in chart.lines]
     x_range = (min(s.steps[0] for s in charted), max(s.steps[-1] for s in charted))
     dense = sum(line.dense for chart in plan.charts for line in chart.lines)
     limit = max(MIN_POINTS_PER_LINE, CHART_POINTS // (2 if reduced else 1) // max(dense, 1))
-    drawn = []
-    for chart in plan.charts:
-        html = ""
-        if any(line.series.finite_values() for line in chart.lines):
-            figure = chart_figure(chart, epochs, limit, last_steps, x_range)
-            html = figure.to_html(div_id=f"chart-{chart.key}", **TO_HTML)
-        drawn.append((chart, Markup(html)))
-    return drawn
+
+    def html(chart: scalars.Chart) -> str:
+        if not any(line.series.finite_values() for line in chart.lines):
+            return ""
+        figure = chart_figure(chart, epochs, limit, last_steps, x_range)
+        return figure.to_html(div_id=f"chart-{chart.key}", **TO_HTML)
+
+    return [(chart, Markup(html(chart))) for chart in plan.charts]
 
 
 def render_html(

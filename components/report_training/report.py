@@ -11,7 +11,7 @@ epochs run) and appears in none of them; it marks the epochs on the charts' step
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from kfp_lightning.components.common.evaluation import Evaluation
@@ -34,6 +34,10 @@ def _markdown_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _markdown_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(map(_markdown_cell, cells)) + " |"
+
+
 def render_markdown(
     title: str,
     series: Sequence[scalars.Series],
@@ -54,20 +58,14 @@ def render_markdown(
     lines = [f"# {title}", ""]
     if evaluation is not None:
         lines += [_markdown_cell(evaluation.run.name), ""]
-    numbers = headline(evaluation, series, epochs)
-    if numbers:
-        lines += [
-            "| " + " | ".join(label for label, _ in numbers) + " |",
-            "|" + "---|" * len(numbers),
-            "| " + " | ".join(_markdown_cell(text) for _, text in numbers) + " |",
-            "",
-        ]
+    if numbers := headline(evaluation, series, epochs):
+        labels, texts = zip(*numbers, strict=True)
+        lines += [_markdown_row(labels), "|" + "---|" * len(numbers), _markdown_row(texts), ""]
     if not series:
         return "\n".join([*lines, "No scalars were found in the event files.", ""])
     columns, rows = scalar_rows(series)
     align = ["---" if c in ("scalar", "run") else "---:" for c in columns]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in rows]
+    lines += [_markdown_row(columns), "|" + "|".join(align) + "|", *map(_markdown_row, rows)]
     return "\n".join([*lines, ""])
 
 

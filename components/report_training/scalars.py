@@ -12,6 +12,7 @@ never charted. Any other tag gets a chart of its own, after the known ones.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import re
@@ -22,23 +23,20 @@ from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.scalars import read_event_scalars
 
 EPOCH_TAG = "epoch"
-# Tags of runs logged before the quantity/split naming, and what they are now called.
-ALIASES = {
-    "train_loss": "loss/train",
-    "val_loss": "loss/val",
-    "val_accuracy": "accuracy/val",
-    "test_loss": "loss/test",
-    "test_accuracy": "accuracy/test",
-}
+# Tags of runs logged before the quantity/split naming, and what they are now called (split and
+# quantity swapped: `train_loss` is now `loss/train`).
+OLD_TAGS = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+ALIASES = {old: "/".join(reversed(old.split("_"))) for old in OLD_TAGS}
 TOP_RUN = "."
 
 # How a series is drawn. STEP: a per-step curve, drawn raw and smoothed. EPOCH: one point per
 # epoch (already a mean over the whole validation set), drawn unsmoothed with markers. FINAL: a
 # single value at the end of training. SCHEDULE: a value that holds until the next one.
 STEP, EPOCH, FINAL, SCHEDULE = "step", "epoch", "final", "schedule"
-# One colour per split, the same on every chart; further runs of a chart are dashed.
+# The colour of each line of the known charts, by its label (the palette's first colours, in
+# this order), the same on every chart; further runs of a chart are dashed.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b")
-SPLIT_COLOURS = {"train": PALETTE[0], "validation": PALETTE[1], "test": PALETTE[2]}
+COLOURS = dict(zip(("train", "validation", "test", "learning rate"), PALETTE, strict=False))
 DASHES = ("solid", "dash", "dot", "dashdot")
 
 
@@ -49,14 +47,14 @@ class ChartKind:
     Attributes:
         key: Identifier, unique among charts (used in element ids).
         title: Heading of the chart.
-        percent: The values are fractions, shown as percentages.
         lines: (tag, legend label, drawing style) of each line, in drawing order.
+        percent: The values are fractions, shown as percentages.
     """
 
     key: str
     title: str
-    percent: bool
     lines: tuple[tuple[str, str, str], ...]
+    percent: bool = False
 
 
 def _by_split(quantity: str) -> tuple[tuple[str, str, str], ...]:
@@ -66,11 +64,9 @@ def _by_split(quantity: str) -> tuple[tuple[str, str, str], ...]:
 
 
 KNOWN_CHARTS = (
-    ChartKind("loss", "Loss", False, _by_split("loss")),
-    ChartKind("accuracy", "Accuracy", True, _by_split("accuracy")),
-    ChartKind(
-        "learning_rate", "Learning rate", False, (("learning_rate", "learning rate", SCHEDULE),)
-    ),
+    ChartKind("loss", "Loss", _by_split("loss")),
+    ChartKind("accuracy", "Accuracy", _by_split("accuracy"), percent=True),
+    ChartKind("learning_rate", "Learning rate", (("learning_rate", "learning rate", SCHEDULE),)),
 )
 KNOWN_TAGS = {tag for chart in KNOWN_CHARTS for tag, _, _ in chart.lines}
 
@@ -161,10 +157,7 @@ class Epochs:
 
     def of_step(self, step: int) -> int:
         """The 1-based epoch a step belongs to (the last one for steps past its end)."""
-        for epoch, end in enumerate(self.ends, start=1):
-            if step <= end:
-                return epoch
-        return len(self.ends)
+        return next((e for e, end in enumerate(self.ends, start=1) if step <= end), len(self.ends))
 
 
 def read_scalars(logs_dir: str | Path) -> list[Series]:
@@ -210,29 +203,19 @@ def epochs_of(series: Sequence[Series]) -> Epochs | None:
     a test value was logged, so that one is not taken for an extra epoch.
     """
     final_tags = {tag for chart in KNOWN_CHARTS for tag, _, style in chart.lines if style == FINAL}
-    for run in runs_of(series):
-        found = [s for s in series if s.run == run and s.tag == EPOCH_TAG]
-        if not found:
-            continue
-        (epoch_series,) = found
-        trained = {
-            step
-            for s in series
-            if s.run == run and s.tag != EPOCH_TAG and s.name not in final_tags
-            for step in s.steps
+    counters = [s for s in series if s.tag == EPOCH_TAG]
+    for counter in sorted(counters, key=lambda s: (s.run != TOP_RUN, s.run)):  # see runs_of
+        of_run = [s for s in series if s.run == counter.run and s.tag != EPOCH_TAG]
+        trained = {step for s in of_run if s.name not in final_tags for step in s.steps}
+        ends = {
+            int(value): step  # the epoch's last step, as steps increase
+            for step, value in zip(counter.steps, counter.values, strict=True)
+            if math.isfinite(value) and step in trained
         }
-        ends: dict[int, int] = {}
-        for step, value in zip(epoch_series.steps, epoch_series.values, strict=True):
-            if math.isfinite(value) and step in trained:
-                ends[int(value)] = max(step, ends.get(int(value), step))
         if ends:
-            first = min(s for s in epoch_series.steps if s in trained)
+            first = min(s for s in counter.steps if s in trained)
             return Epochs(first, tuple(ends[e] for e in sorted(ends)))
     return None
-
-
-def _element_id(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "chart"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,14 +259,8 @@ def charts_of(series: Sequence[Series], max_other_charts: int, max_runs: int) ->
     charts = []
     for kind in KNOWN_CHARTS:
         lines = tuple(
-            Line(
-                by_key[(run, tag)],
-                label(run, text),
-                style,
-                SPLIT_COLOURS.get(text, PALETTE[3]),
-                DASHES[number % len(DASHES)],
-            )
-            for number, run in enumerate(runs)
+            Line(by_key[(run, tag)], label(run, text), style, COLOURS[text], dash)
+            for run, dash in zip(runs, itertools.cycle(DASHES))
             for tag, text, style in kind.lines
             if (run, tag) in by_key
         )
@@ -292,13 +269,13 @@ def charts_of(series: Sequence[Series], max_other_charts: int, max_runs: int) ->
     others = sorted({s.name for s in series if s.run in runs} - KNOWN_TAGS - {EPOCH_TAG})
     used = {chart.key for chart in charts}
     for tag in others[:max_other_charts]:
-        key = _element_id(tag)
+        key = re.sub(r"[^A-Za-z0-9_-]+", "-", tag).strip("-") or "chart"  # safe in an element id
         while key in used:
             key += "-"
         used.add(key)
         lines = tuple(
-            Line(by_key[(run, tag)], label(run, tag), STEP, PALETTE[number % len(PALETTE)])
-            for number, run in enumerate(runs)
+            Line(by_key[(run, tag)], label(run, tag), STEP, colour)
+            for run, colour in zip(runs, itertools.cycle(PALETTE))
             if (run, tag) in by_key
         )
         charts.append(Chart(key, tag, False, lines))

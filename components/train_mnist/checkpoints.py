@@ -19,7 +19,6 @@ before each save, which keeps a resumed run's curves free of gaps. Hence this sm
 
 from __future__ import annotations
 
-import re
 import sys
 import tempfile
 import time
@@ -32,10 +31,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from kfp_lightning.components.common.files import reported_write_faults
+from kfp_lightning.components.common.run_layout import files_under
 from kfp_lightning.components.common.storage import Storage
 
 CHECKPOINT_DIR = "checkpoints"
-_NAME = re.compile(r"step=(\d+)-epoch=(\d+)\.ckpt")
 
 
 def checkpoint_name(step: int, epoch: int) -> str:
@@ -94,7 +93,7 @@ class DurableCheckpoints(Callback):
                 self.storage.upload(local, f"{CHECKPOINT_DIR}/{name}")
         self._last = time.monotonic()
         if trainer.is_global_zero:
-            for old in _checkpoints(self.storage)[: -self.keep]:
+            for old in sorted(files_under(self.storage, CHECKPOINT_DIR))[: -self.keep]:
                 self.storage.delete(old)
 
     def _point_pending(self, trainer: L.Trainer) -> bool:
@@ -123,17 +122,12 @@ class DurableCheckpoints(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        last_batch = batch_idx + 1 >= trainer.num_training_batches
-        if not last_batch and self._time_to_save(trainer):
+        # The epoch's last batch is followed by `on_train_epoch_end`, which saves anyway.
+        if batch_idx + 1 < trainer.num_training_batches and self._time_to_save(trainer):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
-
-
-def _checkpoints(storage: Storage) -> list[str]:
-    """The checkpoints in `storage`, oldest first."""
-    return sorted(p for p in storage.list_files() if p.startswith(f"{CHECKPOINT_DIR}/"))
 
 
 def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
@@ -166,7 +160,8 @@ def find_resumable_checkpoint(
         The local checkpoint and its contents, or None to start from scratch.
     """
 
-    def skip(relative: str, local: Path, why: str, unusable: bool = True) -> None:
+    def skip(why: str, unusable: bool = True) -> None:
+        """Warns, and drops the checkpoint the loop below is at (`relative`, `local`)."""
         print(f"warning: skipping {why}", file=sys.stderr, flush=True)
         local.unlink(missing_ok=True)
         # Left in place it would stay the newest name, shadowing good checkpoints forever;
@@ -174,7 +169,8 @@ def find_resumable_checkpoint(
         if unusable and remove_unusable:
             storage.delete(relative)
 
-    for relative in reversed(_checkpoints(storage)):
+    # Newest first: the zero-padded names sort by progress.
+    for relative in sorted(files_under(storage, CHECKPOINT_DIR), reverse=True):
         local = workdir / Path(relative).name
         try:
             storage.download(relative, local)
@@ -184,23 +180,15 @@ def find_resumable_checkpoint(
                 raise ValueError("not a Lightning training checkpoint")
         except Exception as err:  # a torn or corrupt file: try the next older one
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-            skip(relative, local, f"unreadable checkpoint {relative} ({reason}); removing it")
+            skip(f"unreadable checkpoint {relative} ({reason}); removing it")
             continue
-        diverged = non_finite_tensors(checkpoint["state_dict"])
-        if diverged:
+        if diverged := non_finite_tensors(checkpoint["state_dict"]):
             skip(
-                relative,
-                local,
                 f"checkpoint {relative}: non-finite values in {', '.join(diverged[:3])} (it was "
-                "written after training diverged); removing it",
+                "written after training diverged); removing it"
             )
         elif checkpoint.get("hyper_parameters") != hyper_parameters:
-            skip(
-                relative,
-                local,
-                f"checkpoint {relative}: it was written with other parameters",
-                unusable=False,
-            )
+            skip(f"checkpoint {relative}: it was written with other parameters", unusable=False)
         else:
             return local, checkpoint
     return None

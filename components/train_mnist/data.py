@@ -121,15 +121,12 @@ class DeviceBatches:
 
     def shifts(self, epoch: int) -> torch.Tensor:
         """The per-position offsets of `epoch` (samples x 2), drawn after its permutation."""
-        generator = self._generator(epoch)
-        torch.randperm(self.images.shape[0], generator=generator, device=self.images.device)
-        return torch.randint(
-            -self.max_shift,
-            self.max_shift + 1,
-            (self.images.shape[0], 2),
-            generator=generator,
-            device=self.images.device,
-        )[: self.samples]
+        n, device, generator = self.images.shape[0], self.images.device, self._generator(epoch)
+        torch.randperm(n, generator=generator, device=device)
+        offsets = torch.randint(
+            -self.max_shift, self.max_shift + 1, (n, 2), generator=generator, device=device
+        )
+        return offsets[: self.samples]
 
     def state_dict(self) -> dict[str, int]:
         """Position in the current epoch: the epoch and the batches trained on so far."""
@@ -178,8 +175,7 @@ class MNISTDataModule(L.LightningDataModule):
         max_shift: int = 0,
     ) -> None:
         super().__init__()
-        self.max_shift = max_shift
-        self.dataset_dir = Path(dataset_dir)
+        self.dataset_dir, self.max_shift = Path(dataset_dir), max_shift
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.validation_size, self.seed = validation_size, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -193,9 +189,7 @@ class MNISTDataModule(L.LightningDataModule):
         n = train_images.shape[0]
         if self.validation_size >= n:
             raise invalid(
-                "validation",
-                self.validation_size,
-                f"an integer in [0, {n - 1}] for this dataset",
+                "validation", self.validation_size, f"an integer in [0, {n - 1}] for this dataset"
             )
         processes = self.trainer.world_size if self.trainer else 1
         check_batch_size(self.batch_size, n - self.validation_size, processes)
@@ -203,11 +197,8 @@ class MNISTDataModule(L.LightningDataModule):
         val_idx, train_idx = order[: self.validation_size], order[self.validation_size :]
         test = (tensors["test_images"], tensors["test_labels"].long())
         val = (train_images[val_idx], train_labels[val_idx]) if self.validation_size else test
-        splits = {
-            "train": (train_images[train_idx], train_labels[train_idx]),
-            "val": val,
-            "test": test,
-        }
+        train = (train_images[train_idx], train_labels[train_idx])
+        splits = {"train": train, "val": val, "test": test}
         # Normalise on the device: one transfer of uint8 data, then float work where it is cheap.
         self.splits = {
             name: (normalise(images.to(device)), labels.to(device))

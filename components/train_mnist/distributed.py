@@ -110,11 +110,9 @@ def train_and_publish(args: argparse.Namespace) -> TrainResult | None:
             return None
         # In the training pod the launcher shares this file system: no round trip through an
         # object store for outputs that stay on this machine.
-        target = (
-            open_storage(parse_logs_root(args.publish, parameter="publish"), None)
-            if args.publish
-            else storage
-        )
+        target = storage
+        if args.publish:
+            target = open_storage(parse_logs_root(args.publish, parameter="publish"), None)
         files = publish_outputs(target, output_dirs, dataclasses.asdict(result))
     if result.metrics["processes"] > 1:
         print(

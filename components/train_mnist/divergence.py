@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from kfp_lightning.components.common.errors import RunError
+from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.model import LOSS, TEST, TRAIN, VAL, split_metrics, tag
 
 
@@ -111,8 +112,7 @@ class DivergenceGuard(Callback):
         self.check(trainer)
 
     def _check_evaluation(self, trainer: L.Trainer, split: str) -> None:
-        bad = non_finite(split_metrics(trainer.callback_metrics, split))
-        if bad:
+        if bad := non_finite(split_metrics(trainer.callback_metrics, split)):
             what = ", ".join(f"{tag(name, split)}={value}" for name, value in sorted(bad.items()))
             self._fail(what, f"after epoch {trainer.current_epoch + 1}")
 
@@ -123,21 +123,19 @@ class DivergenceGuard(Callback):
         self._check_evaluation(trainer, TEST)
 
 
-def divergence_hint(learning_rate: float, optimizer: str, precision: str) -> str:
+def divergence_hint(config: TrainConfig) -> str:
     """The parameters most likely at fault, with values known to train this network.
 
     Args:
-        learning_rate: The run's learning rate.
-        optimizer: The run's optimiser name.
-        precision: The run's precision.
+        config: The run's parameters (its learning rate, optimiser and precision matter).
 
     Returns:
         One sentence for the error message.
     """
     hint = (
-        f"lower learning_rate (now {learning_rate:g} with optimizer={optimizer}; the classic "
-        "recipe trains with 1.0 and adadelta, the fast one with 0.005 and adamw)"
+        f"lower learning_rate (now {config.learning_rate:g} with optimizer={config.optimizer}; "
+        "the classic recipe trains with 1.0 and adadelta, the fast one with 0.005 and adamw)"
     )
-    if precision == "16-mixed":
+    if config.precision == "16-mixed":
         hint += " or use precision=bf16-mixed or 32-true (16-mixed can overflow)"
     return hint

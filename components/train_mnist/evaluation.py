@@ -72,10 +72,9 @@ class EvaluationAccumulator:
 
     def __init__(self, device: torch.device) -> None:
         self.counts = torch.zeros(CLASSES * CLASSES, dtype=torch.long, device=device)
-        self._mistake_confidence = torch.empty(0, device=device)
-        self._mistake_index, self._mistake_label, self._mistake_predicted = (
-            torch.empty(0, dtype=torch.long, device=device) for _ in range(3)
-        )
+        # The mistakes kept, by column in `Prediction`'s field order (confidence last).
+        no_digits = torch.empty(0, dtype=torch.long, device=device)
+        self._mistakes = (no_digits, no_digits, no_digits, torch.empty(0, device=device))
         self._correct: list[tuple[torch.Tensor, ...]] = []
         self._correct_found = torch.zeros(CLASSES, dtype=torch.long, device=device)
 
@@ -92,28 +91,23 @@ class EvaluationAccumulator:
         self.counts += torch.bincount(labels * CLASSES + predicted, minlength=CLASSES * CLASSES)
         index = torch.arange(labels.shape[0], device=labels.device) + first_index
         wrong = predicted != labels
+        batch = (index, labels, predicted, confidence)
         # Keep the best MISTAKES of (kept so far + this batch): a top-k, never a host sync.
-        conf = torch.cat([self._mistake_confidence, confidence[wrong]])
-        keep = torch.topk(conf, min(MISTAKES, conf.shape[0])).indices
-        self._mistake_confidence = conf[keep]
-        self._mistake_index = torch.cat([self._mistake_index, index[wrong]])[keep]
-        self._mistake_label = torch.cat([self._mistake_label, labels[wrong]])[keep]
-        self._mistake_predicted = torch.cat([self._mistake_predicted, predicted[wrong]])[keep]
+        candidates = [
+            torch.cat([kept, new[wrong]]) for kept, new in zip(self._mistakes, batch, strict=True)
+        ]
+        keep = torch.topk(candidates[-1], min(MISTAKES, candidates[-1].shape[0])).indices
+        self._mistakes = tuple(column[keep] for column in candidates)
         # Correct examples: the first few per digit, in split order.
         if bool((self._correct_found < EXAMPLES_PER_CLASS).any()):
             right = ~wrong
-            self._correct.append((index[right], labels[right], predicted[right], confidence[right]))
+            self._correct.append(tuple(column[right] for column in batch))
             self._correct_found += torch.bincount(labels[right], minlength=CLASSES)
 
     def result(self) -> Evaluation:
         """The pass's evaluation (reads the device once)."""
         counts = self.counts.view(CLASSES, CLASSES).tolist()
-        mistakes = _predictions(
-            self._mistake_index,
-            self._mistake_label,
-            self._mistake_predicted,
-            self._mistake_confidence,
-        )
+        mistakes = _predictions(*self._mistakes)
         examples: dict[int, list[Prediction]] = {digit: [] for digit in range(CLASSES)}
         for columns in self._correct:
             for p in _predictions(*columns):
@@ -167,8 +161,7 @@ class CollectEvaluation(Callback):
         return {"evaluation": dataclasses.asdict(self.evaluation) if self.evaluation else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("evaluation")
-        if saved:
+        if saved := state_dict.get("evaluation"):
             self.evaluation = Evaluation(
                 saved["confusion_matrix"],
                 [Prediction(**p) for p in saved["mistakes"]],
@@ -208,24 +201,3 @@ def evaluation_document(
         run=run,
     )
     return document.model_dump(mode="json")
-
-
-def confusion_markdown(evaluation: Evaluation) -> str:
-    """The confusion matrix as a Markdown table (TensorBoard's Text dashboard renders it)."""
-    header = "| true \\ predicted | " + " | ".join(str(d) for d in range(CLASSES)) + " |"
-    rule = "|" + "---|" * (CLASSES + 1)
-    rows = [
-        f"| **{digit}** | " + " | ".join(str(n) for n in row) + " |"
-        for digit, row in enumerate(evaluation.confusion_matrix)
-    ]
-    return "\n".join([header, rule, *rows])
-
-
-def image_grid(test_images: torch.Tensor, predictions: list[Prediction]) -> torch.Tensor:
-    """The predictions' images side by side, 3 x H x W float in [0, 1] for `add_image`."""
-    from torchvision.utils import make_grid
-
-    if not predictions:
-        return torch.zeros(3, 28, 28)
-    batch = torch.stack([test_images[p.index] for p in predictions]).unsqueeze(1).float() / 255
-    return make_grid(batch, nrow=min(len(predictions), 8), padding=2, pad_value=0.5)

@@ -54,18 +54,11 @@ CHUNK_SIZE = 1024
 
 # What the program says when it refuses an input (RuntimeError, raised by `_assert_async`).
 EMPTY_BATCH = "invalid images: an empty batch; expected N x 1 x 28 x 28 pixels with N >= 1"
-BOOL_PIXELS = (
-    "invalid images: dtype bool; expected uint8 (or another integer dtype) pixels in [0, 255] "
-    "or floating-point pixels in [0, 1]"
-)
-COMPLEX_PIXELS = (
-    "invalid images: a complex dtype; expected uint8 (or another integer dtype) pixels in "
-    "[0, 255] or floating-point pixels in [0, 1]"
-)
-INTEGER_RANGE = (
-    "invalid images: integer pixels outside [0, 255]; expected uint8 (or another integer dtype) "
-    "pixels in [0, 255]"
-)
+_INTEGER_PIXELS = "uint8 (or another integer dtype) pixels in [0, 255]"
+_ANY_PIXELS = f"expected {_INTEGER_PIXELS} or floating-point pixels in [0, 1]"
+BOOL_PIXELS = f"invalid images: dtype bool; {_ANY_PIXELS}"
+COMPLEX_PIXELS = f"invalid images: a complex dtype; {_ANY_PIXELS}"
+INTEGER_RANGE = f"invalid images: integer pixels outside [0, 255]; expected {_INTEGER_PIXELS}"
 FLOAT_RANGE = (
     "invalid images: floating-point pixels outside [0, 1] or NaN; expected raw pixels in [0, 1] "
     "(not normalised: the program normalises), or uint8 pixels in [0, 255]"
@@ -144,8 +137,7 @@ class ExportedNet(nn.Module):
         normalised = (pixels - MNIST_MEAN) / MNIST_STD
         # The network's parameters go into the branches as operands, not as closures: the
         # branches are traced by calling the operators directly (see `_branches`).
-        names = tuple(name for name, _ in self.net.named_parameters())
-        weights = tuple(weight for _, weight in self.net.named_parameters())
+        names, weights = zip(*self.net.named_parameters(), strict=True)
         whole, in_chunks = _branches(self.net, names)
         # Keeps both paths in the graph and picks one per call from N.
         (out,) = cond_op(images.shape[0] <= CHUNK_SIZE, whole, in_chunks, (normalised, *weights))
@@ -252,7 +244,6 @@ def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> d
         WriteError: A file could not be written ("no space left on device writing
             <model_dir>/model.pt2: ..."); `model_dir` is then not created.
     """
-    model_dir = Path(model_dir)
     cpu_net = cpu_copy(net)
     program = export_program(cpu_net)
     full = {

@@ -20,6 +20,12 @@ from lightning.pytorch.callbacks import Callback
 from kfp_lightning.components.common.storage import Storage
 
 
+def _state(path: Path) -> tuple[int, int]:
+    """What tells a file's versions apart here: (size, mtime_ns)."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
 class LiveSync:
     """Copies new and grown files from `source` to `storage` periodically, in a daemon thread.
 
@@ -41,10 +47,8 @@ class LiveSync:
         already_there: Iterable[str] = (),
     ) -> None:
         self.source, self.storage, self.interval, self.label = source, storage, interval, label
-        self._copied: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns)
-        for relative in already_there:
-            stat = (source / relative).stat()
-            self._copied[relative] = (stat.st_size, stat.st_mtime_ns)
+        # relative path -> `_state` when last copied
+        self._copied = {relative: _state(source / relative) for relative in already_there}
         self._stop = threading.Event()
         # Copies also run from the training thread (before a checkpoint): one at a time.
         self._lock = threading.Lock()
@@ -56,8 +60,7 @@ class LiveSync:
         with self._lock:
             for path in sorted(p for p in self.source.rglob("*") if p.is_file()):
                 relative = path.relative_to(self.source).as_posix()
-                stat = path.stat()
-                state = (stat.st_size, stat.st_mtime_ns)
+                state = _state(path)
                 previous = self._copied.get(relative)
                 if previous == state:
                     continue
@@ -87,7 +90,11 @@ class LiveSync:
             self._tick()
 
     def start(self) -> None:
-        """Starts the background copies (the first one after `interval` seconds)."""
+        """Starts the background copies (the first one after `interval` seconds).
+
+        First it prints where they go and how often.
+        """
+        print(f"TensorBoard logs: {self.label} (updated every {self.interval:g} s)", flush=True)
         self._thread = threading.Thread(target=self._run, name="live-log-sync", daemon=True)
         self._thread.start()
 

@@ -86,14 +86,12 @@ class MNISTClassifier(L.LightningModule):
         self.save_hyperparameters(config.as_dict())
         self.config = config
         self.channels_last = config.channels_last
-        self.net = Net()
+        self.net = Net().to(memory_format=torch.channels_last) if self.channels_last else Net()
         self.evaluation: EvaluationAccumulator | None = None
         # A channels-last copy of `net` that evaluation passes use on the CPU (see
         # `_start_evaluation`), empty while training. In a tuple, so that it is no submodule:
         # it never enters checkpoints, the parameters or the model summary.
         self._evaluation_net: tuple[nn.Module, ...] = ()
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log-probabilities for a batch of normalised images."""
@@ -182,7 +180,5 @@ def build_optimizer(
             optimizer, max_lr=config.learning_rate, total_steps=int(total_steps()), pct_start=0.25
         )
         interval = "step"
-    return {
-        "optimizer": optimizer,
-        "lr_scheduler": {"scheduler": scheduler, "interval": interval, "name": "learning_rate"},
-    }
+    schedule = {"scheduler": scheduler, "interval": interval, "name": LEARNING_RATE}
+    return {"optimizer": optimizer, "lr_scheduler": schedule}

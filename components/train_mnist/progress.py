@@ -50,13 +50,11 @@ class LineProgressBar(ProgressBar):
 
     def __init__(self, interval_seconds: float = 10.0, stream: TextIO | None = None) -> None:
         super().__init__()
-        self.interval_seconds = interval_seconds
-        self.stream = stream
+        self.interval_seconds, self.stream = interval_seconds, stream
         self._enabled = True
         self._loss: torch.Tensor | None = None
         self._epoch_start: float | None = None
-        self._last_line = 0.0
-        self._samples = 0
+        self._last_line, self._samples = 0.0, 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -129,18 +127,11 @@ class ThroughputMeter(Callback):
     """
 
     def __init__(self) -> None:
-        self.samples = 0
-        self.seconds = 0.0
+        self.samples, self.seconds = 0, 0.0
         self._start: float | None = None
         self._wall_before = 0.0  # wall seconds of earlier attempts, up to their checkpoint
         self._seconds_before = 0.0  # training seconds of earlier attempts
         self._fit_start: float | None = None
-
-    def _stop(self, trainer: L.Trainer) -> None:
-        if self._start is not None:
-            _synchronize(trainer.strategy.root_device)
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
@@ -166,13 +157,15 @@ class ThroughputMeter(Callback):
 
     # Lightning runs validation before `on_train_epoch_end`; stop the clock at whichever is first.
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop(trainer)
+        if self._start is not None:
+            _synchronize(trainer.strategy.root_device)
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
 
     on_validation_start = on_train_epoch_end
 
     def state_dict(self) -> dict[str, float]:
-        now = time.perf_counter()
-        running = now - self._start if self._start is not None else 0.0
+        running = time.perf_counter() - self._start if self._start is not None else 0.0
         return {
             "samples": self.samples,
             "seconds": self.seconds + running,

@@ -44,8 +44,7 @@ def cut_event_file(path: Path, below_step: int) -> bool:
         Whether any event other than the header remains.
     """
     kept: list[bytes] = []
-    holds_data = False
-    dropped = False
+    holds_data = dropped = False
     for record in RawEventFileLoader(str(path)).Load():
         event = event_pb2.Event.FromString(record)
         if event.HasField("file_version") or event.step < below_step:

@@ -19,11 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 from kfp_lightning.components.common.training import TrainConfig
-from kfp_lightning.components.train_mnist.evaluation import (
-    Evaluation,
-    confusion_markdown,
-    image_grid,
-)
+from kfp_lightning.components.train_mnist.evaluation import CLASSES, Evaluation, Prediction
 from kfp_lightning.components.train_mnist.model import (
     ACCURACY,
     LEARNING_RATE,
@@ -65,6 +61,27 @@ def log_layout(logger: TensorBoardLogger) -> None:
             }
         }
     )
+
+
+def confusion_markdown(evaluation: Evaluation) -> str:
+    """The confusion matrix as a Markdown table (TensorBoard's Text dashboard renders it)."""
+    header = "| true \\ predicted | " + " | ".join(str(d) for d in range(CLASSES)) + " |"
+    rule = "|" + "---|" * (CLASSES + 1)
+    rows = [
+        f"| **{digit}** | " + " | ".join(str(n) for n in row) + " |"
+        for digit, row in enumerate(evaluation.confusion_matrix)
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def image_grid(test_images: torch.Tensor, predictions: list[Prediction]) -> torch.Tensor:
+    """The predictions' images side by side, 3 x H x W float in [0, 1] for `add_image`."""
+    from torchvision.utils import make_grid
+
+    if not predictions:
+        return torch.zeros(3, 28, 28)
+    batch = torch.stack([test_images[p.index] for p in predictions]).unsqueeze(1).float() / 255
+    return make_grid(batch, nrow=min(len(predictions), 8), padding=2, pad_value=0.5)
 
 
 def log_evaluation(
@@ -116,7 +133,7 @@ def log_hyperparameters(
     }
     splits = ((TEST, test), (VAL, validation))
     metrics = {tag(k, split): v for split, values in splits for k, v in values.items()}
-    experiment, session_start, session_end = hparams(parameters, metrics)
     writer = logger.experiment._get_file_writer()
-    for summary in (experiment, session_start, session_end):
+    # The experiment, session-start and session-end summaries.
+    for summary in hparams(parameters, metrics):
         writer.add_summary(summary)

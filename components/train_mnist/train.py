@@ -158,18 +158,12 @@ def check_run(
     check_compiler(config.torch_compile, accelerator)
     train_samples = int(dataset_metadata["train_samples"]) - config.validation_size
     if train_samples < 1:
-        raise invalid(
-            "validation",
-            config.validation,
-            f"{TEST_SET} or fewer than the {dataset_metadata['train_samples']} training images",
+        accepted = (
+            f"{TEST_SET} or fewer than the {dataset_metadata['train_samples']} training images"
         )
+        raise invalid("validation", config.validation, accepted)
     check_batch_size(config.batch_size, train_samples, processes)
     return train_samples
-
-
-def resume_step(resume: Checkpoint | None) -> int:
-    """The first step a run resuming from `resume` logs (0 when it starts over)."""
-    return int(resume[1]["global_step"]) if resume else 0
 
 
 @dataclasses.dataclass
@@ -192,24 +186,24 @@ class LiveLogging:
 def live_logging(
     logs_dir: Path,
     run_label: str,
-    storage: Storage | None,
-    location_uri: str,
-    update_seconds: float,
-    checkpoint_seconds: float,
-    hyper_parameters: dict[str, Any],
+    config: TrainConfig,
     early_steps: int,
+    live_logs: LogsLocation | None,
+    storage: Storage | None,
+    update_seconds: float,
 ) -> Iterator[LiveLogging]:
     """Sets up the logger, the live copy and the checkpoints, resuming a lost attempt's run.
 
     Args:
         logs_dir: The local logs directory (the future `tensorboard_logs` artifact).
         run_label: The folder, and TensorBoard run name, of this run's event files.
-        storage: The run's live location; None keeps everything local.
-        location_uri: The live location's URI, for messages.
-        update_seconds: Longest delay before a logged point is readable there.
-        checkpoint_seconds: Longest training time between two checkpoints.
-        hyper_parameters: The module's, to recognise a checkpoint of the same configuration.
+        config: The run's parameters: the checkpoint interval, and the hyperparameters that
+            recognise a checkpoint of the same configuration (the module saves the same dict).
         early_steps: Steps logged one by one at the start (see `EarlyPoints`).
+        live_logs: The run's live location (its URI is for messages); None keeps everything
+            local.
+        storage: The live location, opened.
+        update_seconds: Longest delay before a logged point is readable there.
 
     Yields:
         The logger, its callbacks and the checkpoint to resume from; on exit, whatever
@@ -224,11 +218,13 @@ def live_logging(
         resume, restored = None, []
         if storage is not None:
             resume = find_resumable_checkpoint(
-                storage, hyper_parameters, Path(resume_dir), remove_unusable=writer
+                storage, config.as_dict(), Path(resume_dir), remove_unusable=writer
             )
-            if writer:
-                # Everything a lost attempt logged from the resume step on is logged again.
-                restored = restore_logs(storage, logs_dir, resume_step(resume))
+        # The first step this run logs (0 when it starts over).
+        start_step = int(resume[1]["global_step"]) if resume else 0
+        if storage is not None and writer:
+            # Everything a lost attempt logged from the resume step on is logged again.
+            restored = restore_logs(storage, logs_dir, start_step)
         logger = TensorBoardLogger(
             save_dir=str(logs_dir),
             # One folder per run, so TensorBoard names the run after it rather than ".".
@@ -237,26 +233,24 @@ def live_logging(
             default_hp_metric=False,
             flush_secs=half_period,
             # A running TensorBoard drops the points a lost attempt logged past the resume step.
-            purge_step=resume_step(resume) if restored else None,
+            purge_step=start_step if restored else None,
         )
         log_layout(logger)
         live = LiveLogging(logger, [], resume)
         if storage is not None:
             if writer:
-                live.sync = LiveSync(logs_dir, storage, half_period, location_uri, restored)
+                live.sync = LiveSync(logs_dir, storage, half_period, live_logs.uri, restored)
+                live.sync.start()
             live.callbacks.append(
                 DurableCheckpoints(
                     storage,
-                    checkpoint_seconds,
+                    config.checkpoint_interval_minutes * 60,
                     before_upload=live.make_readable,
                     decide_every_n_steps=early_steps,
                     log_every_n_steps=early_steps,
                 )
             )
         live.callbacks.append(EarlyPoints(early_steps, make_readable=live.make_readable))
-        if live.sync is not None:
-            print(f"TensorBoard logs: {location_uri} (updated every {half_period:g} s)", flush=True)
-            live.sync.start()
         if resume and writer:
             print(
                 f"resuming from {CHECKPOINT_DIR}/{resume[0].name} "
@@ -314,10 +308,10 @@ def run_training(
     """
     timeline = Timeline()
     config = config or TrainConfig()
-    dataset_dir = Path(dataset_dir)
     dataset_metadata = read_dataset_metadata(dataset_dir)
     accelerator, devices = select_device(config.gpus, config.precision)
-    train_samples = check_run(config, dataset_metadata, accelerator, devices * num_nodes)
+    processes = devices * num_nodes
+    train_samples = check_run(config, dataset_metadata, accelerator, processes)
     storage = open_storage(live_logs, s3_endpoint) if live_logs else None
     # At least one training-loss point per epoch, however small the data set.
     log_every_n_steps = min(config.log_every_n_steps, math.ceil(train_samples / config.batch_size))
@@ -340,21 +334,13 @@ def run_training(
     collector = CollectEvaluation(on_test_set_validation=config.validation_size == 0)
     run_label = run_folder_name(run_name)
     writer = rank_zero_only.rank == 0
-    processes = devices * num_nodes
 
     with (
         # Every process has its own (only the entry point starts several, each in a scratch
         # directory); only rank 0's logger writes to it.
         atomic_directory(outputs.tensorboard_logs_dir) as logs_dir,
         live_logging(
-            logs_dir,
-            run_label,
-            storage,
-            live_logs.uri if live_logs else "",
-            live_update_seconds,
-            config.checkpoint_interval_minutes * 60,
-            dict(module.hparams),
-            log_every_n_steps,
+            logs_dir, run_label, config, log_every_n_steps, live_logs, storage, live_update_seconds
         ) as live,
         warnings.catch_warnings(),
     ):
@@ -374,10 +360,7 @@ def run_training(
                 throughput,
                 make_progress_bar(config.progress_interval_seconds),
                 # Before the checkpoints: a diverged state is never saved.
-                DivergenceGuard(
-                    divergence_hint(config.learning_rate, config.optimizer, config.precision),
-                    check_every_n_steps=log_every_n_steps,
-                ),
+                DivergenceGuard(divergence_hint(config), check_every_n_steps=log_every_n_steps),
                 last_validation,
                 collector,
                 *live.callbacks,
@@ -388,9 +371,9 @@ def run_training(
             benchmark=accelerator == "gpu",
         )
         fit_module = torch.compile(module) if config.torch_compile else module
-        resume = live.resume
+        resume_path = live.resume[0] if live.resume else None
         timeline.mark("fit_start")
-        trainer.fit(fit_module, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
+        trainer.fit(fit_module, datamodule=datamodule, ckpt_path=resume_path)
         timeline.mark("fit_end")
         # After a resume past the last epoch nothing was fitted: the checkpoint's record.
         validation = last_validation.metrics
@@ -425,8 +408,8 @@ def run_training(
         "train_seconds": throughput.seconds,
         "wall_seconds": throughput.wall_seconds,
     }
-    bad = non_finite(metrics)
-    if bad:  # the guard stops training first; nothing non-finite is ever written
+    # The guard stops training first: nothing non-finite is ever written.
+    if bad := non_finite(metrics):
         raise TrainingDivergedError(f"training ended with non-finite metrics {bad}")
     device = torch.cuda.get_device_name() if accelerator == "gpu" else "cpu"
     if outputs.evaluation_dir is not None:
