@@ -76,9 +76,15 @@ BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 # training on a broken node, so the preflight never advises it: such a node is reported as not
 # ready or not schedulable.
 CONDITION_TAINTS = frozenset(
-    f"node.kubernetes.io/{condition}"
-    for condition in {"not-ready", "unreachable", "unschedulable", "network-unavailable"}
-    | {"memory-pressure", "disk-pressure", "pid-pressure"}
+    {
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+        "node.kubernetes.io/unschedulable",
+        "node.kubernetes.io/memory-pressure",
+        "node.kubernetes.io/disk-pressure",
+        "node.kubernetes.io/pid-pressure",
+        "node.kubernetes.io/network-unavailable",
+    }
 )
 # The fix for each kind of obstacle `why_unreachable` names, by how its phrase starts. Never
 # "tolerate it" for a node in a bad condition: the condition taints mark nodes a pod must not
@@ -105,15 +111,18 @@ RUNTIME_INSTALL = f'kubectl apply --server-side -k "{TRAINER_OVERLAY.format("run
 # The step creates the run's TrainJob, reads it while it runs and deletes it when the run is
 # cancelled or times out, or to replace a failed one (components/train_on_nodes/trainjob.py).
 TRAINJOB_VERBS = ("create", "get", "delete")
-# Per RBAC check: the Role its manifest creates, and the manifest.
+# Per RBAC check: the Role its manifest creates, the manifest, and what fails without them.
 RBAC_FIXES = {
-    "launcher RBAC": ("kfp-lightning-tensorboard-launcher", launcher.RBAC_MANIFEST),
-    "TrainJob RBAC": ("kfp-lightning-trainjob-launcher", trainjob.RBAC_MANIFEST),
-}
-# Per RBAC check: what fails without that Role.
-RBAC_LOSSES = {
-    "launcher RBAC": "the live TensorBoard step falls back to kubectl instructions",
-    "TrainJob RBAC": "the training step cannot run the nodes",
+    "launcher RBAC": (
+        "kfp-lightning-tensorboard-launcher",
+        launcher.RBAC_MANIFEST,
+        "the live TensorBoard step falls back to kubectl instructions",
+    ),
+    "TrainJob RBAC": (
+        "kfp-lightning-trainjob-launcher",
+        trainjob.RBAC_MANIFEST,
+        "the training step cannot run the nodes",
+    ),
 }
 
 
@@ -455,7 +464,12 @@ def service_account_user(namespace: str, service_account: str) -> tuple[str, lis
     return f"system:serviceaccount:{namespace}:{service_account}", [*groups, "system:authenticated"]
 
 
-def _check_rbac(api_client: ApiClient, target: Target, name: str, permissions: Sequence) -> Check:
+def _check_rbac(
+    api_client: ApiClient,
+    target: Target,
+    name: str,
+    permissions: Sequence[tuple[str, str, Sequence[str]]],
+) -> Check:
     """Whether the run's service account may do everything of `permissions`.
 
     One SubjectAccessReview per verb and resource, answered by the cluster's own authorizer
@@ -465,7 +479,7 @@ def _check_rbac(api_client: ApiClient, target: Target, name: str, permissions: S
     Args:
         api_client: A configured client.
         target: The run (its namespace and service account).
-        name: The check's name, a key of `RBAC_FIXES` and `RBAC_LOSSES`.
+        name: The check's name, a key of `RBAC_FIXES`.
         permissions: (group, plural, verbs) of each resource.
 
     Returns:
@@ -504,14 +518,14 @@ def _check_rbac(api_client: ApiClient, target: Target, name: str, permissions: S
     if not denied:
         allowed = ", ".join(f"{'/'.join(verbs)} {plural}" for _, plural, verbs in permissions)
         return _passed(name, f"{account} may {allowed}")
-    role, manifest = RBAC_FIXES[name]
+    role, manifest, consequence = RBAC_FIXES[name]
     fix = f"kubectl apply -n {namespace} -f {manifest}"
     if service_account != DEFAULT_SERVICE_ACCOUNT:
         fix += (
             f", then kubectl -n {namespace} create rolebinding {role}-{service_account} "
             f"--role={role} --serviceaccount={namespace}:{service_account}"
         )
-    return _failed(name, f"{account} may not {', '.join(denied)} ({RBAC_LOSSES[name]})", fix)
+    return _failed(name, f"{account} may not {', '.join(denied)} ({consequence})", fix)
 
 
 def check_launcher_rbac(api_client: ApiClient, target: Target, tensorboards: bool = True) -> Check:
@@ -703,7 +717,7 @@ def check_training_runtime(api_client: ApiClient) -> Check:
     return _passed(name, f"{wanted} exists, with a torch policy and a node job")
 
 
-def check_trainjob_dry_run(api_client: ApiClient, target: Target, trainjobs: bool = True) -> Check:
+def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
     """Whether the cluster would store the run's real TrainJob exactly as the step builds it.
 
     The form of its pod settings is read from the cluster's own TrainJob schema (Trainer
@@ -715,18 +729,14 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target, trainjobs: boo
     Args:
         api_client: A configured client (its user needs `create` on trainjobs).
         target: The run.
-        trainjobs: Whether the cluster serves TrainJobs (else nothing is submitted).
 
     Returns:
-        The result; unknown when these credentials may not submit the dry run, or when the
-        cluster serves no TrainJob.
+        The result; unknown when these credentials may not submit the dry run.
     """
-    name, values = "TrainJob", target.values
-    if not trainjobs:
-        return _unknown(name, "not submitted: the TrainJob CRD is not served")
     from kfp_lightning.components.common import images, run_layout, training
     from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 
+    name, values = "TrainJob", target.values
     config = from_run_form(training.TrainConfig, values)
     scheduling = from_run_form(SchedulingConfig, values)
     endpoint = secret = None
@@ -845,7 +855,11 @@ def run_checks(api_client: ApiClient, target: Target) -> list[Check]:
     crd = check_crd(api_client, trainjob.TRAINJOB_API)
     trainjobs = [(trainjob.TRAINJOB_API[0], trainjob.TRAINJOB_API[2], TRAINJOB_VERBS)]
     trainjob_rbac = _check_rbac(api_client, target, "TrainJob RBAC", trainjobs)
-    dry_run = check_trainjob_dry_run(api_client, target, crd.status is Status.PASSED)
+    dry_run = (
+        check_trainjob_dry_run(api_client, target)
+        if crd.status is Status.PASSED
+        else _unknown("TrainJob", "not submitted: the TrainJob CRD is not served")
+    )
     return [*checks, crd, check_training_runtime(api_client), trainjob_rbac, dry_run]
 
 

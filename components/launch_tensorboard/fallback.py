@@ -31,9 +31,10 @@ from kfp_lightning.components.launch_tensorboard.objects import s3_environment
 
 # The run parameters' defaults. A manifest applied by hand cannot resolve `s3_endpoint=auto`
 # (components/common/object_store.py): it names the newest KFP's object store.
-DEFAULT_LOGS_ROOT = LiveLogsConfig().tensorboard_logs_root
+_DEFAULTS = LiveLogsConfig()
+DEFAULT_LOGS_ROOT = _DEFAULTS.tensorboard_logs_root
 DEFAULT_S3_ENDPOINT = KFP_OBJECT_STORES[0].endpoint
-DEFAULT_S3_SECRET = LiveLogsConfig().s3_credentials_secret
+DEFAULT_S3_SECRET = _DEFAULTS.s3_credentials_secret
 
 NAME = "kfp-lightning-tensorboard"
 SELECTOR = {"app.kubernetes.io/name": NAME}
@@ -154,8 +155,11 @@ def render_manifest(objects: list[dict[str, object]]) -> str:
 
 
 def shipped_manifest() -> str:
-    """The content of `manifests/tensorboard-clusterip.yaml`: a TensorBoard over the default logs
-    root, its namespace taken from the pod (every run of that namespace)."""
+    """The content of `manifests/tensorboard-clusterip.yaml`.
+
+    A TensorBoard over the default logs root, its namespace taken from the pod (so it shows
+    every run of the namespace it is applied in).
+    """
     root = DEFAULT_LOGS_ROOT.replace(NAMESPACE_PLACEHOLDER, POD_NAMESPACE_REFERENCE)
     bucket, _, prefix = root.removeprefix("s3://").partition("/")
     location = LogsLocation("s3", prefix, bucket=bucket)

@@ -80,8 +80,11 @@ def value_range(low: float, high: float, percent: bool) -> tuple[float, float]:
         The bottom and top of the axis, bottom < top.
     """
     span = high - low or abs(high) or 1.0
-    bottom = max(low - span * PAD, 0.0) if low >= 0 else low - span * PAD
-    top = min(high + span * PAD, 1.0) if percent and high <= 1 else high + span * PAD
+    bottom, top = low - span * PAD, high + span * PAD
+    if low >= 0:
+        bottom = max(bottom, 0.0)
+    if percent and high <= 1:
+        top = min(top, 1.0)
     return bottom, top
 
 
@@ -170,11 +173,14 @@ def _autorange(chart: Chart, low: float, high: float) -> dict[str, dict[str, flo
     where the values do not cross them. A clip at 0 has no logarithm (plotly.js 4.1 then clips
     a log axis wrongly), so the log axis keeps only the 100% one.
     """
-    log = {"clipmax": 1} if chart.percent and high <= 1 else {}
+    linear: dict[str, float] = {"clipmin": 0} if low >= 0 else {}
+    log: dict[str, float] = {}
+    if chart.percent and high <= 1:
+        linear["clipmax"] = log["clipmax"] = 1
     if low == high:
         bottom, top = value_range(low, high, chart.percent)
-        return {"linear": {"minallowed": bottom, "maxallowed": top}, "log": log}
-    return {"linear": ({"clipmin": 0} if low >= 0 else {}) | log, "log": log}
+        linear = {"minallowed": bottom, "maxallowed": top}
+    return {"linear": linear, "log": log}
 
 
 def _menus(autorange: dict[str, dict], smoothed: list[tuple[int, list]]) -> list[dict]:

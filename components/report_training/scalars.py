@@ -23,10 +23,14 @@ from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.scalars import read_event_scalars
 
 EPOCH_TAG = "epoch"
-# Tags of runs logged before the quantity/split naming, and what they are now called (split and
-# quantity swapped: `train_loss` is now `loss/train`).
-OLD_TAGS = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
-ALIASES = {old: "/".join(reversed(old.split("_"))) for old in OLD_TAGS}
+# Tags of runs logged before the quantity/split naming, and what they are now called.
+ALIASES = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "val_accuracy": "accuracy/val",
+    "test_loss": "loss/test",
+    "test_accuracy": "accuracy/test",
+}
 TOP_RUN = "."
 
 # How a series is drawn. STEP: a per-step curve, drawn raw and smoothed. EPOCH: one point per

@@ -73,8 +73,10 @@ class EvaluationAccumulator:
     def __init__(self, device: torch.device) -> None:
         self.counts = torch.zeros(CLASSES * CLASSES, dtype=torch.long, device=device)
         # The mistakes kept, by column in `Prediction`'s field order (confidence last).
-        no_digits = torch.empty(0, dtype=torch.long, device=device)
-        self._mistakes = (no_digits, no_digits, no_digits, torch.empty(0, device=device))
+        self._mistakes = (
+            *(torch.empty(0, dtype=torch.long, device=device) for _ in range(3)),
+            torch.empty(0, device=device),
+        )
         self._correct: list[tuple[torch.Tensor, ...]] = []
         self._correct_found = torch.zeros(CLASSES, dtype=torch.long, device=device)
 
