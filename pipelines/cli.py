@@ -31,10 +31,7 @@ from kfp_lightning.components.train_on_nodes.nodes import (
     check_shared_location,
 )
 from kfp_lightning.pipelines import compare, preflight
-from kfp_lightning.pipelines.mnist import (
-    DEFAULT_TRAINING_TIMEOUT_SECONDS,
-    build_pipeline,
-)
+from kfp_lightning.pipelines.mnist import DEFAULT_TRAINING_TIMEOUT_SECONDS, build_pipeline
 from kfp_lightning.pipelines.parameters import (
     check_cluster_run,
     preset_parameters,
@@ -171,9 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         name, kind = parameter.name, parameter.form_type
         group.add_argument(
             _flag(name),
-            dest=name,
             type=_typed(name, kind) if kind is not str else str,
-            default=None,
             metavar=kind.__name__.upper(),
             help=f"{parameter.description} (default: {json.dumps(parameter.default)})",
         )
@@ -314,7 +309,8 @@ def compiled_images(path: Path) -> list[str]:
 def describe_images(refs: Sequence[str]) -> str:
     """What a user must know about the images before uploading the YAML: each node pulls them."""
     listed = "".join(f"  {ref}\n" for ref in refs)
-    if images.registry() == images.DEFAULT_REGISTRY:
+    registry = images.registry()
+    if registry == images.DEFAULT_REGISTRY:
         advice = (
             f"{images.DEFAULT_REGISTRY} holds them for released versions only; for any other "
             "build, or a cluster that cannot reach it, push them to your own registry with "
@@ -322,9 +318,7 @@ def describe_images(refs: Sequence[str]) -> str:
             "the same --image-registry"
         )
     else:
-        advice = (
-            f"push them before the first run: make images IMAGE_REGISTRY={images.registry()} PUSH=1"
-        )
+        advice = f"push them before the first run: make images IMAGE_REGISTRY={registry} PUSH=1"
     return f"images the cluster must pull:\n{listed}({advice})"
 
 
@@ -362,11 +356,10 @@ def run(args: argparse.Namespace) -> int:
     summary = run_or_exit(
         run_local, args.output_dir, parameters, args.keep_tensorboard, nodes, args.verbose
     )
-    rate = summary["train_samples_per_second"]
     print(
         f"test accuracy {summary['test_accuracy']:.4f}, test loss {summary['test_loss']:.4f}, "
         f"{summary['epochs']} epoch{'s' if summary['epochs'] != 1 else ''}, "
-        f"{rate:.0f} training samples/s, "
+        f"{summary['train_samples_per_second']:.0f} training samples/s, "
         f"{summary['nodes']} node(s), {summary['processes']} process(es)\n"
         f"model:   {summary['model']}\nreport:  {summary['report_html']}\n"
         f"summary: {Path(args.output_dir).absolute() / 'summary.json'}"

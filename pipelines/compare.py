@@ -36,16 +36,8 @@ from kfp_lightning.components.common.logs_location import (
     parse_logs_root,
 )
 from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.launch_tensorboard.launcher import (
-    LauncherConfig,
-    describe_refusal,
-)
-from kfp_lightning.components.launch_tensorboard.objects import (
-    PODDEFAULT_API,
-    TENSORBOARD_API,
-    poddefault_object,
-    tensorboard_object,
-)
+from kfp_lightning.components.launch_tensorboard import objects
+from kfp_lightning.components.launch_tensorboard.launcher import LauncherConfig, describe_refusal
 from kfp_lightning.pipelines.preflight import endpoint_in_cluster
 
 ALL_RUNS_NAME = "kfp-lightning-runs"
@@ -94,7 +86,7 @@ def open_runs_tensorboard(
         raise RunError(f"no Kubernetes API configured: {' '.join(str(err).split())}") from None
     namespace = namespace or current_namespace() or config_namespace or "default"
     root = parse_logs_root(logs.tensorboard_logs_root, namespace)
-    resource = PODDEFAULT_API
+    resource = objects.PODDEFAULT_API
     with api_client:
         api = client.CustomObjectsApi(api_client)
         try:
@@ -102,16 +94,16 @@ def open_runs_tensorboard(
             if root.scheme == "s3":
                 # Outside the cluster, `auto` is resolved by asking its API server.
                 endpoint = endpoint_in_cluster(api_client, logs.s3_endpoint)
-                wanted = poddefault_object(namespace, endpoint, logs.s3_credentials_secret)
-                ensure_object(api, PODDEFAULT_API, wanted, patience)
+                wanted = objects.poddefault_object(namespace, endpoint, logs.s3_credentials_secret)
+                ensure_object(api, objects.PODDEFAULT_API, wanted, patience)
                 poddefault = wanted["metadata"]["name"]
-            resource = TENSORBOARD_API
-            wanted = tensorboard_object(
+            resource = objects.TENSORBOARD_API
+            wanted = objects.tensorboard_object(
                 namespace, ALL_RUNS_ID, root, poddefault, name=ALL_RUNS_NAME
             )
-            outcome = ensure_object(api, TENSORBOARD_API, wanted, patience)
+            outcome = ensure_object(api, objects.TENSORBOARD_API, wanted, patience)
             ready = wait_until_ready(
-                api, TENSORBOARD_API, namespace, ALL_RUNS_NAME, wait_seconds, patience
+                api, objects.TENSORBOARD_API, namespace, ALL_RUNS_NAME, wait_seconds, patience
             )
         except ApiException as err:
             group, _, plural, _ = resource

@@ -146,11 +146,9 @@ class TaskConsole(io.TextIOBase):
         if self.verbose:
             # kfp.local colours its records for a terminal; a pipe or a file gets them plain.
             self.console.write((line if self._colours else plain) + "\n")
-        record = _KFP_RECORD.match(plain)
-        if record:
+        if record := _KFP_RECORD.match(plain):
             message = record.group(2)
-            started = _EXECUTING.match(message)
-            if started:
+            if started := _EXECUTING.match(message):
                 self.task = started.group(1)
             self.in_stream = message.startswith("Streamed logs:")
             self.in_input_dump = False
@@ -201,8 +199,7 @@ def check_writable(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         # A probe, since permission bits do not tell root about a read-only mount.
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
+        tempfile.TemporaryFile(dir=output_dir).close()
     except OSError as err:
         raise invalid(
             "output_dir", str(output_dir), f"a folder this user can write ({err.strerror})"

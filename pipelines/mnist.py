@@ -14,15 +14,8 @@ import sys
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import (
-    HTML,
-    Artifact,
-    ClassificationMetrics,
-    Metrics,
-    Model,
-    PipelineTask,
-    base_component,
-)
+from kfp.dsl import PipelineTask
+from kfp.dsl.base_component import BaseComponent
 
 from kfp_lightning.components.common import images
 from kfp_lightning.components.common import training_pod as pod
@@ -152,29 +145,17 @@ def use_run_location(
         use_secret_as_env(task, s3_secret, S3_SECRET_KEYS)
 
 
-def download_retries(attempt_deadline_seconds: int) -> RetryPolicy:
-    """The download's retries: a flaky mirror recovers within minutes."""
-    return RetryPolicy(3, 30, 2, attempt_deadline_seconds)
-
-
-def training_retries(attempt_deadline_seconds: int) -> RetryPolicy:
-    """Training's retries: a lost or preempted GPU node; each attempt resumes a checkpoint."""
-    return RetryPolicy(2, 60, 2, attempt_deadline_seconds)
-
-
-def arguments_for(
-    component: base_component.BaseComponent, parameters: dict[str, Any]
-) -> dict[str, Any]:
+def arguments_for(component: BaseComponent, parameters: dict[str, Any]) -> dict[str, Any]:
     """The run parameters among `parameters` that `component` takes: its signature decides."""
     return {k: v for k, v in parameters.items() if k in component.component_spec.inputs}
 
 
 class Outputs(NamedTuple):
-    model: Model
-    metrics: Metrics
-    classification_metrics: ClassificationMetrics
-    tensorboard_logs: Artifact
-    report: HTML
+    model: dsl.Model
+    metrics: dsl.Metrics
+    classification_metrics: dsl.ClassificationMetrics
+    tensorboard_logs: dsl.Artifact
+    report: dsl.HTML
 
 
 def build_pipeline(
@@ -183,7 +164,7 @@ def build_pipeline(
     training_timeout_seconds: int = DEFAULT_TRAINING_TIMEOUT_SECONDS,
     nodes: int = 1,
     node_launcher: str = TRAINJOB,
-) -> base_component.BaseComponent:
+) -> BaseComponent:
     """Defines the pipeline.
 
     Args:
@@ -356,8 +337,7 @@ def build_pipeline(
 
         # Beside training, not after it: TensorBoard is up while the first epochs run.
         launcher = launch_tensorboard(
-            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            **arguments_for(launch_tensorboard, parameters),
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **arguments_for(launch_tensorboard, parameters)
         )
         # A new run needs its own TensorBoard: never answer from the cache.
         launcher.set_display_name("Live TensorBoard").set_caching_options(False)
@@ -382,8 +362,7 @@ def build_pipeline(
         ):
             ref = images.image_ref(image)
             task.set_container_image(ref)
-            policy = images.pull_policy(ref)
-            if policy:
+            if policy := images.pull_policy(ref):
                 # The KFP driver sets it on the task's container (backend/src/v2/driver/
                 # driver.go, `GetImagePullPolicy`; in the platform proto since backend 2.5.0).
                 kubernetes.set_image_pull_policy(task, policy)
@@ -391,8 +370,10 @@ def build_pipeline(
         if retries:
             # Mirrors time out and GPU nodes get preempted; deterministic failures (bad input,
             # exit status 2) fail the same way again, quickly.
-            download_retries(DOWNLOAD_TIMEOUT_SECONDS).apply(download)
-            training_retries(train_deadline).apply(train)
+            # A flaky mirror recovers within minutes.
+            RetryPolicy(3, 30, 2, DOWNLOAD_TIMEOUT_SECONDS).apply(download)
+            # A lost or preempted GPU node; each attempt resumes a checkpoint.
+            RetryPolicy(2, 60, 2, train_deadline).apply(train)
 
         return Outputs(
             model=train.outputs["model"],
@@ -406,7 +387,7 @@ def build_pipeline(
 
 
 @functools.cache
-def default_pipeline() -> base_component.BaseComponent:
+def default_pipeline() -> BaseComponent:
     """The pipeline with the default compile options, built once (KFP takes most of a second)."""
     return build_pipeline()
 

@@ -20,14 +20,9 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from kfp_lightning.components.common import run_form
 from kfp_lightning.components.common.files import atomic_write_text
 from kfp_lightning.components.common.logs_location import LiveLogsConfig
-from kfp_lightning.components.common.run_form import (
-    COMPONENT,
-    PIPELINE,
-    RunParameter,
-    parameters_of,
-)
 from kfp_lightning.components.common.scheduling import SchedulingConfig
 from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.download_mnist.sources import DownloadConfig
@@ -54,36 +49,28 @@ class Signature:
     path: str
     function: str
     configs: tuple[type, ...]
-    scopes: tuple[str, ...] = (PIPELINE, COMPONENT)
+    scopes: tuple[str, ...] = (run_form.PIPELINE, run_form.COMPONENT)
     omit: tuple[str, ...] = ()
 
-    def parameters(self) -> list[RunParameter]:
+    def parameters(self) -> list[run_form.RunParameter]:
         """Its run parameters, in order."""
-        return [p for p in parameters_of(self.configs, self.scopes) if p.name not in self.omit]
+        declared = run_form.parameters_of(self.configs, self.scopes)
+        return [p for p in declared if p.name not in self.omit]
+
+
+def component(name: str, *configs: type, omit: tuple[str, ...] = ()) -> Signature:
+    """The signature of component `name`, the function of components/<name>/component.py."""
+    return Signature(f"components/{name}/component.py", name, configs, omit=omit)
 
 
 SIGNATURES = (
-    Signature("components/download_mnist/component.py", "download_mnist", (DownloadConfig,)),
+    component("download_mnist", DownloadConfig),
     # Training gets the object store's keys from the pipeline, as environment variables.
-    Signature(
-        "components/train_mnist/component.py",
-        "train_mnist",
-        (TrainConfig, LiveLogsConfig),
-        omit=("s3_credentials_secret",),
-    ),
+    component("train_mnist", TrainConfig, LiveLogsConfig, omit=("s3_credentials_secret",)),
     # The launcher writes no logs: how often they are copied is training's business.
-    Signature(
-        "components/launch_tensorboard/component.py",
-        "launch_tensorboard",
-        (LiveLogsConfig, LauncherConfig),
-        omit=("live_update_seconds",),
-    ),
-    Signature(
-        "components/train_on_nodes/component.py",
-        "train_on_nodes",
-        (TrainConfig, LiveLogsConfig, SchedulingConfig),
-    ),
-    Signature("pipelines/mnist.py", "mnist_pipeline", RUN_PARAMETERS, scopes=(PIPELINE,)),
+    component("launch_tensorboard", LiveLogsConfig, LauncherConfig, omit=("live_update_seconds",)),
+    component("train_on_nodes", TrainConfig, LiveLogsConfig, SchedulingConfig),
+    Signature("pipelines/mnist.py", "mnist_pipeline", RUN_PARAMETERS, scopes=(run_form.PIPELINE,)),
 )
 
 
@@ -92,7 +79,7 @@ def _indent(line: str) -> str:
 
 
 def _with_doc_entries(
-    doc: list[str], indent: str, replaced: set[str], parameters: Sequence[RunParameter]
+    doc: list[str], indent: str, replaced: set[str], parameters: Sequence[run_form.RunParameter]
 ) -> list[str]:
     """The docstring's lines with the `Args:` entries named in `replaced` written anew."""
     start = doc.index(f"{indent}Args:\n") + 1

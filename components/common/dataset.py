@@ -30,12 +30,7 @@ def load_dataset(dataset_dir: str | Path) -> dict[str, np.ndarray]:
         `train_images`, `test_images` (uint8, N x 28 x 28) and `train_labels`, `test_labels`
         (uint8, N).
     """
-    path = Path(dataset_dir) / DATA_FILE
-    if not path.is_file():
-        raise invalid(
-            "dataset", str(dataset_dir), f"a directory written by download_mnist (no {DATA_FILE})"
-        )
-    with np.load(path) as arrays:
+    with np.load(_dataset_file(dataset_dir, DATA_FILE)) as arrays:
         return {name: arrays[name] for name in arrays.files}
 
 
@@ -45,11 +40,14 @@ def read_dataset_metadata(dataset_dir: str | Path) -> dict[str, Any]:
     Raises:
         UserInputError: `dataset_dir` is not a Dataset written by download_mnist.
     """
-    path = Path(dataset_dir) / METADATA_FILE
+    return json.loads(_dataset_file(dataset_dir, METADATA_FILE).read_text())
+
+
+def _dataset_file(dataset_dir: str | Path, name: str) -> Path:
+    """The file `name` of a Dataset directory; raises `UserInputError` when it is not there."""
+    path = Path(dataset_dir) / name
     if not path.is_file():
         raise invalid(
-            "dataset",
-            str(dataset_dir),
-            f"a directory written by download_mnist (no {METADATA_FILE})",
+            "dataset", str(dataset_dir), f"a directory written by download_mnist (no {name})"
         )
-    return json.loads(path.read_text())
+    return path

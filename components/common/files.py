@@ -55,11 +55,9 @@ def free_bytes(path: str | os.PathLike[str]) -> int | None:
         The free bytes, or None when no parent can be examined.
     """
     for candidate in (Path(path), *Path(path).parents):
-        try:
+        with contextlib.suppress(OSError):
             fs = os.statvfs(candidate)
-        except OSError:
-            continue
-        return fs.f_bavail * fs.f_frsize
+            return fs.f_bavail * fs.f_frsize
     return None
 
 
@@ -76,11 +74,9 @@ def _shown_path(filename: object, destination: Path, staging: Path | None) -> Pa
     Returns None for a file that is neither the destination, its temporary copy, nor a folder
     above it: a fault there was not met writing it (an input that could not be read).
     """
-    if filename is None:
+    if not isinstance(filename, (str, bytes, os.PathLike)):
         return destination
-    path = Path(os.fsdecode(filename)) if isinstance(filename, (str, bytes, os.PathLike)) else None
-    if path is None:
-        return destination
+    path = Path(os.fsdecode(filename))
     if staging is not None and (relative := _within(path, staging)) is not None:
         return destination / relative if relative.parts else destination
     if _within(path, destination) is not None or path in destination.parents:
@@ -269,9 +265,8 @@ def atomic_write_files(contents: Mapping[str | os.PathLike[str], bytes | str]) -
     with contextlib.ExitStack() as stack:
         for destination, content in contents.items():
             tmp = stack.enter_context(atomic_file(destination))
-            data = content.encode("utf-8") if isinstance(content, str) else content
             with tmp.open("wb") as f:
-                f.write(data)
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
                 f.flush()
                 os.fsync(f.fileno())
 
@@ -328,8 +323,7 @@ def share_like_umask(root: str | os.PathLike[str], umask: int | None = None) -> 
             file system...).
     """
     umask = _umask() if umask is None else umask
-    root = Path(root)
-    pending = [root]
+    pending = [Path(root)]
     while pending:
         folder = pending.pop()
         try:
@@ -339,22 +333,17 @@ def share_like_umask(root: str | os.PathLike[str], umask: int | None = None) -> 
         except OSError as err:
             raise WriteError(folder, WRITE_FAULT_CAUSES.get(err.errno or 0, "cannot read")) from err
         for entry in entries:
-            try:
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                    continue  # links, sockets, pipes
-                wanted = shared_mode(mode, umask)
-                if stat.S_IMODE(mode) != wanted:
-                    # Checked just above not to be a link (Linux cannot chmod without following).
-                    os.chmod(entry.path, wanted)
-            except FileNotFoundError:
-                continue
-            except PermissionError:
-                continue  # another user's file
-            except OSError as err:
-                fault = write_fault(err, entry.path)
-                if fault is None:
-                    raise
-                raise fault from err
+            # Other faults of the machine (a read-only file system...) become a `WriteError`.
+            with reported_write_faults(entry.path):
+                try:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                        continue  # links, sockets, pipes
+                    wanted = shared_mode(mode, umask)
+                    if stat.S_IMODE(mode) != wanted:
+                        # Checked above not to be a link (Linux cannot chmod without following).
+                        os.chmod(entry.path, wanted)
+                except (FileNotFoundError, PermissionError):
+                    continue  # removed meanwhile, or another user's file
             if stat.S_ISDIR(mode):
                 pending.append(Path(entry.path))

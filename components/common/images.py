@@ -115,6 +115,4 @@ def pull_policy(ref: str) -> str | None:
     is a development build that may be pushed again under the same tag: nodes must pull it
     each time (Always), or they would run the copy they pulled first.
     """
-    if "@" in ref or ref.startswith(f"{DEFAULT_REGISTRY}/"):
-        return None
-    return "Always"
+    return None if "@" in ref or ref.startswith(f"{DEFAULT_REGISTRY}/") else "Always"

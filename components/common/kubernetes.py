@@ -28,6 +28,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 T = TypeVar("T")
+# A custom resource type: (group, version, plural, kind).
+Resource = tuple[str, str, str, str]
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Every verb `ensure_object` and `wait_until_ready` use on the objects they write.
@@ -171,18 +173,14 @@ def differences(sent: object, stored: object, path: str = "") -> list[str]:
     Returns:
         The paths, in the order of `sent`; empty when everything sent was kept as sent.
     """
-    if isinstance(sent, dict):
-        if not isinstance(stored, dict):
-            return [path or "."]
-        found: list[str] = []
+    # Anything else (another type, a list of another length) differs as a whole.
+    found: list[str] = []
+    if isinstance(sent, dict) and isinstance(stored, dict):
         for key, value in sent.items():
             where = f"{path}.{key}" if path else str(key)
             found += differences(value, stored[key], where) if key in stored else [where]
         return found
-    if isinstance(sent, list):
-        if not isinstance(stored, list) or len(stored) != len(sent):
-            return [path or "."]
-        found = []
+    if isinstance(sent, list) and isinstance(stored, list) and len(stored) == len(sent):
         for index, (value, kept) in enumerate(zip(sent, stored, strict=True)):
             found += differences(value, kept, f"{path}[{index}]")
         return found
@@ -205,10 +203,7 @@ def same_object(wanted: dict[str, object], existing: dict[str, object]) -> bool:
 
 
 def ensure_object(
-    api: client.CustomObjectsApi,
-    resource: tuple[str, str, str, str],
-    wanted: dict[str, object],
-    patience: Patience,
+    api: client.CustomObjectsApi, resource: Resource, wanted: dict[str, object], patience: Patience
 ) -> str:
     """Creates a namespaced custom object, or replaces an existing one that differs from it.
 
@@ -253,8 +248,7 @@ def ensure_object(
             if err.status != 409:
                 raise
         else:
-            changed = differences(wanted, stored)
-            if changed:
+            if changed := differences(wanted, stored):
                 fields = ", ".join(f"`{field}`" for field in changed)
                 raise ObjectNotEnsuredError(
                     f"the API server stored {what} without {fields} as sent (pruned or "
@@ -295,11 +289,7 @@ def ensure_object(
 
 
 def _read(
-    api: client.CustomObjectsApi,
-    resource: tuple[str, str, str, str],
-    namespace: str,
-    name: str,
-    timeout: float,
+    api: client.CustomObjectsApi, resource: Resource, namespace: str, name: str, timeout: float
 ) -> dict:
     group, version, plural, kind = resource
     return call(
@@ -312,7 +302,7 @@ def _read(
 
 def _wait_gone(
     api: client.CustomObjectsApi,
-    resource: tuple[str, str, str, str],
+    resource: Resource,
     namespace: str,
     name: str,
     uid: str,
@@ -341,7 +331,7 @@ def _wait_gone(
 
 def wait_until_ready(
     api: client.CustomObjectsApi,
-    resource: tuple[str, str, str, str],
+    resource: Resource,
     namespace: str,
     name: str,
     timeout_seconds: float,

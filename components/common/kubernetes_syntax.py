@@ -105,6 +105,7 @@ def _check_toleration(toleration: object, parameter: str) -> None:
     value = toleration.get("value", "")
     effect = toleration.get("effect", "")
     seconds = toleration.get("tolerationSeconds")
+    whole_seconds = isinstance(seconds, int) and not isinstance(seconds, bool)
     ok = (
         isinstance(key, str)
         and (is_label_key(key) or (key == "" and operator == "Exists"))
@@ -113,12 +114,7 @@ def _check_toleration(toleration: object, parameter: str) -> None:
         and is_label_value(value)
         and not (operator == "Exists" and value)
         and (effect == "" or effect in TAINT_EFFECTS)
-        and (
-            seconds is None
-            or (
-                isinstance(seconds, int) and not isinstance(seconds, bool) and effect == "NoExecute"
-            )
-        )
+        and (seconds is None or (whole_seconds and effect == "NoExecute"))
     )
     if not ok:
         raise invalid(parameter, toleration, accepted)

@@ -78,8 +78,7 @@ class LogsLocation:
 
 def current_namespace() -> str | None:
     """The pod's namespace: $POD_NAMESPACE (downward API), else the service account's, else None."""
-    namespace = os.environ.get("POD_NAMESPACE", "").strip()
-    if namespace:
+    if namespace := os.environ.get("POD_NAMESPACE", "").strip():
         return namespace
     try:
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None

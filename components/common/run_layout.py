@@ -268,18 +268,9 @@ def entry_arguments(
     Returns:
         The argument list.
     """
-    arguments = [
-        "--location",
-        location,
-        "--nodes",
-        str(nodes),
-        "--config",
-        json.dumps(config.as_dict(), sort_keys=True),
-        "--run-name",
-        run_name,
-        "--live-update-seconds",
-        f"{live_update_seconds:g}",
-    ]
+    arguments = ["--location", location, "--nodes", str(nodes)]
+    arguments += ["--config", json.dumps(config.as_dict(), sort_keys=True), "--run-name", run_name]
+    arguments += ["--live-update-seconds", f"{live_update_seconds:g}"]
     if s3_endpoint:
         arguments += ["--s3-endpoint", s3_endpoint]
     if dataset is not None:

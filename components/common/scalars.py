@@ -18,10 +18,7 @@ def read_event_scalars(logs_dir: Path) -> dict[Path, dict[str, dict[int, float]]
     Returns:
         Each run's folder, sorted -> each tag -> each step -> its value (last write wins).
     """
-    from tensorboard.backend.event_processing.event_accumulator import (
-        SCALARS,
-        EventAccumulator,
-    )
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
     runs: dict[Path, dict[str, dict[int, float]]] = {}
     for run_dir in sorted({p.parent for p in logs_dir.rglob("*tfevents*") if p.is_file()}):

@@ -154,10 +154,8 @@ def run_torchrun(
     """
     port = free_port()
     threads = max(1, (os.cpu_count() or 1) // (nodes * processes_per_node))
-    torchrun = [
-        *(sys.executable, "-m", "torch.distributed.run"),
-        *("--shutdown-timeout", str(WORKER_GRACE_SECONDS)),
-    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    torchrun += ["--shutdown-timeout", str(WORKER_GRACE_SECONDS)]
     if nodes == 1:
         torchrun += ["--standalone", "--nproc-per-node", str(processes_per_node)]
     print(

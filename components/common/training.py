@@ -272,8 +272,7 @@ def training_task_key(
     Returns:
         The key, a path segment.
     """
-    inputs = {"dataset_sha256": dict(dataset_sha256), "config": config.as_dict()}
-    return task_key(task_name, inputs)
+    return task_key(task_name, {"dataset_sha256": dict(dataset_sha256), "config": config.as_dict()})
 
 
 def check_compiler(torch_compile: bool, accelerator: str) -> None:

@@ -60,16 +60,10 @@ def parse_http_endpoint(value: str, parameter: str) -> str:
         port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:
         port_ok = False
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or not port_ok
-        or parts.username
-        or parts.password
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-    ):
+    well_formed = parts.scheme in ("http", "https") and parts.path in ("", "/") and parts.hostname
+    # Credentials, a query or a fragment have no place in an endpoint.
+    extras = parts.username or parts.password or parts.query or parts.fragment
+    if not (well_formed and port_ok) or extras:
         raise invalid(parameter, value, "an endpoint of the form http(s)://host[:port]")
     return f"{parts.scheme}://{parts.netloc}"
 

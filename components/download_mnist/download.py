@@ -172,20 +172,17 @@ def download_dataset(
             nothing is left behind.
     """
     config = config or DownloadConfig()
-    mirrors, checksums = config.mirrors, config.expected_md5
     options = options or DownloadOptions()
 
     with atomic_directory(output_dir) as staging:
         arrays: dict[str, np.ndarray] = {}
         sources, sha256 = {}, {}
-        for name, md5 in checksums.items():
-            data, url = fetch_verified(name, mirrors, md5, options)
+        for name, md5 in config.expected_md5.items():
+            data, url = fetch_verified(name, config.mirrors, md5, options)
             sources[name], sha256[name] = url, hashlib.sha256(data).hexdigest()
             split = "train" if name.startswith("train") else "test"
-            if "images" in name:
-                arrays[f"{split}_images"] = read_idx(data, 3, name)
-            else:
-                arrays[f"{split}_labels"] = read_idx(data, 1, name)
+            kind, dims = ("images", 3) if "images" in name else ("labels", 1)
+            arrays[f"{split}_{kind}"] = read_idx(data, dims, name)
         _check_consistent(arrays)
 
         metadata: dict[str, object] = {
@@ -194,7 +191,7 @@ def download_dataset(
             "test_samples": int(arrays["test_images"].shape[0]),
             "image_shape": list(arrays["train_images"].shape[1:]),
             "num_classes": 10,
-            "md5": checksums,
+            "md5": config.expected_md5,
             "sha256": sha256,
             "sources": sources,
         }

@@ -40,18 +40,7 @@ from kfp_lightning.components.common.scheduling import SchedulingConfig
 from kfp_lightning.components.common.storage import Storage, open_storage
 from kfp_lightning.components.common.torchrun import Cancelled, run_torchrun, sigterm_raises
 from kfp_lightning.components.common.training import TrainConfig, training_task_key
-from kfp_lightning.components.train_on_nodes.trainjob import (
-    COMPLETE,
-    FAILED,
-    RUNTIME,
-    NodeSpec,
-    PodIdentity,
-    TrainJobs,
-    job_state,
-    step_pod_identity,
-    trainjob_form,
-    trainjob_object,
-)
+from kfp_lightning.components.train_on_nodes import trainjob
 
 ENTRY_MODULE = "kfp_lightning.components.train_mnist.distributed"
 TRAINJOB, LOCAL = "trainjob", "local"
@@ -211,7 +200,7 @@ class _DeadlineExceeded(Exception):  # noqa: N818 - internal control flow
 
 
 def run_on_cluster(
-    jobs: TrainJobs,
+    jobs: trainjob.TrainJobs,
     wanted: Mapping[str, Any],
     storage: Storage,
     deadline: float,
@@ -240,10 +229,10 @@ def run_on_cluster(
     where = f"TrainJob {jobs.namespace}/{name}"
     try:
         existing = jobs.get(name)
-        if existing is not None and job_state(existing).condition == FAILED:
+        if existing is not None and trainjob.job_state(existing).condition == trainjob.FAILED:
             print(
-                f"{where}: an earlier attempt's job failed ({job_state(existing).describe()}): "
-                "deleting it to start again",
+                f"{where}: an earlier attempt's job failed "
+                f"({trainjob.job_state(existing).describe()}): deleting it to start again",
                 flush=True,
             )
             jobs.delete(name, foreground=True)
@@ -256,7 +245,7 @@ def run_on_cluster(
                 trainer = wanted["spec"]["trainer"]
                 print(
                     f"{where}: created ({trainer['numNodes']} nodes x {trainer['numProcPerNode']} "
-                    f"process(es), runtime {RUNTIME}, image {trainer['image']})",
+                    f"process(es), runtime {trainjob.RUNTIME}, image {trainer['image']})",
                     flush=True,
                 )
             else:
@@ -269,17 +258,16 @@ def run_on_cluster(
             current = jobs.get(name)
             if current is None:
                 raise RunError(f"{where} was deleted while it ran (not by this step)")
-            state = job_state(current)
+            state = trainjob.job_state(current)
             if state.describe() != last:
                 last = state.describe()
                 print(f"{where}: {last}", flush=True)
-            if state.condition == COMPLETE:
+            if state.condition == trainjob.COMPLETE:
                 return
-            if state.condition == FAILED:
+            if state.condition == trainjob.FAILED:
                 detail = ": ".join(x for x in (state.reason, state.message) if x)
                 raise RunError(f"{where} failed: {detail or 'no reason given'}")
-            line = progress.poll() if progress else None
-            if line:
+            if progress and (line := progress.poll()):
                 print(line, flush=True)
             if not jobs.pause(polls, deadline):
                 raise _DeadlineExceeded
@@ -360,16 +348,14 @@ def train_on_nodes(
     """
     deadline = time.monotonic() + settings.timeout_seconds
     patience = Patience(poll_seconds=POLL_SECONDS)
-    api_client = None
-    form, identity = "", PodIdentity(None, (), "")
+    api_client, namespace = None, ""
+    form, identity = "", trainjob.PodIdentity(None, (), "")
     if settings.launcher == TRAINJOB:
         try:
             api_client, config_namespace = connect(patience)
         except ClusterUnreachableError as err:
             raise RunError(f"no Kubernetes API to create the TrainJob: {err}") from None
         namespace = current_namespace() or config_namespace or "default"
-    else:
-        namespace = ""
     sha256 = read_dataset_metadata(dataset_dir).get("sha256", {})
     key = training_task_key(task_name, sha256, config)
     location = logs.task_location(run_id, key, namespace or None)
@@ -380,10 +366,10 @@ def train_on_nodes(
         try:
             # Before anything is uploaded or created: a Trainer whose TrainJob cannot carry
             # the pod settings fails the step here, in one line.
-            form = trainjob_form(api_client, patience)
+            form = trainjob.trainjob_form(api_client, patience)
         except ClusterUnreachableError as err:
             raise RunError(f"no Kubernetes API to create the TrainJob: {err}") from None
-        identity = step_pod_identity(api_client, namespace, patience=patience)
+        identity = trainjob.step_pod_identity(api_client, namespace, patience=patience)
     endpoint = logs.endpoint()
     storage = open_storage(location, endpoint)
     upload_dataset(storage, Path(dataset_dir))
@@ -408,7 +394,7 @@ def train_on_nodes(
             settings.timeout_seconds,
         )
     else:
-        spec = NodeSpec(
+        spec = trainjob.NodeSpec(
             image=settings.trainer_image,
             nodes=settings.nodes,
             processes_per_node=processes_per_node,
@@ -423,18 +409,12 @@ def train_on_nodes(
             image_pull_secrets=identity.image_pull_secrets,
         )
         print(identity.note, flush=True)
-        wanted = trainjob_object(namespace, run_id, spec, form, task=key)
+        wanted = trainjob.trainjob_object(namespace, run_id, spec, form, task=key)
+        jobs = trainjob.TrainJobs(api_client, namespace, patience)
         progress = ProgressReader(storage, PROGRESS_SECONDS)
         try:
             with api_client, sigterm_raises():
-                run_on_cluster(
-                    TrainJobs(api_client, namespace, patience),
-                    wanted,
-                    storage,
-                    deadline,
-                    settings.timeout_seconds,
-                    progress,
-                )
+                run_on_cluster(jobs, wanted, storage, deadline, settings.timeout_seconds, progress)
         finally:
             progress.close()
     return run_layout.collect_outputs(storage, output_dirs)
@@ -463,21 +443,12 @@ def train_from_run_form(
     Returns:
         What rank 0 published.
     """
-    settings = NodesSettings(
-        parameters["nodes"],
-        parameters["node_launcher"],
-        parameters["trainer_image"],
-        parameters["logs_pvc"],
-        parameters["timeout_seconds"],
+    # The NodesSettings fields in order, by their parameter names (`launcher` is node_launcher).
+    names = ("nodes", "node_launcher", "trainer_image", "logs_pvc", "timeout_seconds")
+    settings = NodesSettings(*(parameters[name] for name in names))
+    config, logs, scheduling = (
+        from_run_form(cls, parameters) for cls in (TrainConfig, LiveLogsConfig, SchedulingConfig)
     )
     return train_on_nodes(
-        dataset_dir,
-        output_dirs,
-        run_id,
-        run_name,
-        settings,
-        from_run_form(TrainConfig, parameters),
-        from_run_form(LiveLogsConfig, parameters),
-        from_run_form(SchedulingConfig, parameters),
-        task_name,
+        dataset_dir, output_dirs, run_id, run_name, settings, config, logs, scheduling, task_name
     )

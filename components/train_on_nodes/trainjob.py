@@ -32,7 +32,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubernetes import client
@@ -49,20 +49,12 @@ from kfp_lightning.components.common.kubernetes import (
     call,
     differences,
 )
-from kfp_lightning.components.common.kubernetes_syntax import (
-    digest,
-    is_label_value,
-    name_for_run,
-)
+from kfp_lightning.components.common.kubernetes_syntax import digest, is_label_value, name_for_run
 from kfp_lightning.components.common.training_pod import environment, resources, volumes
 
 TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
-RUNTIME_API = (
-    "trainer.kubeflow.org",
-    "v1alpha1",
-    "clustertrainingruntimes",
-    "ClusterTrainingRuntime",
-)
+# In the TrainJob's group and version.
+RUNTIME_API = (*TRAINJOB_API[:2], "clustertrainingruntimes", "ClusterTrainingRuntime")
 RUNTIME = "torch-distributed"
 # The runtime's trainer Job and container are both called "node" (kubeflow/trainer v2.1.0,
 # manifests/base/runtimes/torch_distributed.yaml; pkg/constants/constants.go, `Node`).
@@ -88,6 +80,8 @@ TASK_ANNOTATION = "kfp-lightning/task"
 NO_ISTIO_SIDECAR = {"sidecar.istio.io/inject": "false"}
 
 COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
+# The pod counts of a node Job's status (`status.jobsStatus[]`), in the order the log shows them.
+POD_COUNTS = ("active", "ready", "succeeded", "failed", "suspended")
 
 # The two forms of pod settings this module writes, named after the TrainJob spec field that
 # carries them (see the module docstring).
@@ -184,25 +178,23 @@ def node_pod_template(run_id: str, spec: NodeSpec) -> dict[str, Any]:
     """
     # Per node, the pod settings of the single-node training task (common/training_pod.py).
     pod_volumes, mounts = volumes(spec.logs_pvc)
-    pod_spec: dict[str, Any] = {
-        "containers": [{"name": NODE, "volumeMounts": mounts}],
-        "volumes": pod_volumes,
+    optional = {  # each field only where it is set
+        "serviceAccountName": spec.service_account,
+        "imagePullSecrets": [{"name": name} for name in spec.image_pull_secrets],
+        "nodeSelector": dict(spec.node_selector),
+        "tolerations": [dict(t) for t in spec.tolerations],
     }
-    if spec.service_account:
-        pod_spec["serviceAccountName"] = spec.service_account
-    if spec.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
     return {
         "metadata": {
             # The run id on every node's pod: `kubectl logs -l` finds them.
             "labels": {RUN_ID_LABEL: run_id_label(run_id)},
             "annotations": dict(NO_ISTIO_SIDECAR),
         },
-        "spec": pod_spec,
+        "spec": {
+            "containers": [{"name": NODE, "volumeMounts": mounts}],
+            "volumes": pod_volumes,
+            **{field: value for field, value in optional.items() if value},
+        },
     }
 
 
@@ -224,12 +216,8 @@ def as_runtime_patches(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
     The Trainer's mutating webhook adds `time` to each entry (pkg/webhooks/trainjob_webhook.go).
     """
     job = {"name": NODE, "template": {"spec": {"template": copy.deepcopy(dict(pod))}}}
-    return [
-        {
-            "manager": PATCH_MANAGER,
-            "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}},
-        }
-    ]
+    runtime_spec = {"template": {"spec": {"replicatedJobs": [job]}}}
+    return [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": runtime_spec}]
 
 
 RENDER = {TEMPLATE_OVERRIDES: as_template_overrides, RUNTIME_PATCHES: as_runtime_patches}
@@ -261,14 +249,13 @@ def trainjob_object(
     if form not in RENDER:
         raise ValueError(f"invalid form={form!r}: expected one of {', '.join(FORMS)}")
     group, version, _, kind = TRAINJOB_API
-    labels = {**MANAGED_BY, RUN_ID_LABEL: run_id_label(run_id)}
     return {
         "apiVersion": f"{group}/{version}",
         "kind": kind,
         "metadata": {
             "name": trainjob_name(f"{run_id}-{task}" if task else run_id),
             "namespace": namespace,
-            "labels": labels,
+            "labels": {**MANAGED_BY, RUN_ID_LABEL: run_id_label(run_id)},
             "annotations": {RUN_ID_ANNOTATION: run_id, TASK_ANNOTATION: task},
         },
         "spec": {
@@ -333,21 +320,15 @@ def job_state(trainjob: Mapping[str, Any]) -> JobState:
     """
     status = trainjob.get("status") or {}
     true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    counts = []
-    for job in status.get("jobsStatus") or []:
-        numbers = ", ".join(
-            f"{job.get(key) or 0} {key}"
-            for key in ("active", "ready", "succeeded", "failed", "suspended")
-            if job.get(key)
-        )
-        counts.append(f"{job.get('name', '?')} {numbers or 'no pods'}")
-    nodes = "; ".join(counts)
+    nodes = "; ".join(
+        f"{job.get('name', '?')} "
+        + (", ".join(f"{job[key]} {key}" for key in POD_COUNTS if job.get(key)) or "no pods")
+        for job in status.get("jobsStatus") or []
+    )
     for condition in (FAILED, COMPLETE, SUSPENDED):
         if condition in true:
-            found = true[condition]
-            return JobState(
-                condition, str(found.get("reason") or ""), str(found.get("message") or ""), nodes
-            )
+            reason, message = (str(true[condition].get(key) or "") for key in ("reason", "message"))
+            return JobState(condition, reason, message, nodes)
     return JobState("", nodes=nodes)
 
 
@@ -411,26 +392,24 @@ class TrainJobs:
         self,
         verb: str,
         name: str,
-        request: Callable[..., Any],
         *args: Any,
         absent_status: int = 0,
         absent: Any = None,
         **kwargs: Any,
     ) -> Any:
-        """`request(group, version, namespace, plural, *args, **kwargs)`; `absent` when the
-        server answers `absent_status`, a refusal explained (`explain_refusal`) otherwise."""
+        """The `verb` ("create", "read" or "delete") request of the custom objects API,
+        `(group, version, namespace, plural, *args, **kwargs)`; `absent` when the server
+        answers `absent_status`, a refusal explained (`explain_refusal`) otherwise."""
         group, version, plural, kind = TRAINJOB_API
+        request = {
+            "create": self.api.create_namespaced_custom_object,
+            "read": self.api.get_namespaced_custom_object,
+            "delete": self.api.delete_namespaced_custom_object,
+        }[verb]
+        kwargs["_request_timeout"] = self.patience.request_timeout_seconds
         try:
             return call(
-                lambda: request(
-                    group,
-                    version,
-                    self.namespace,
-                    plural,
-                    *args,
-                    _request_timeout=self.patience.request_timeout_seconds,
-                    **kwargs,
-                ),
+                lambda: request(group, version, self.namespace, plural, *args, **kwargs),
                 f"{verb} {kind} {self.namespace}/{name}",
             )
         except ApiException as err:
@@ -453,14 +432,7 @@ class TrainJobs:
             ClusterUnreachableError: The API could not be reached.
         """
         name = wanted["metadata"]["name"]
-        stored = self._call(
-            "create",
-            name,
-            self.api.create_namespaced_custom_object,
-            wanted,
-            absent_status=409,
-            field_validation="Strict",
-        )
+        stored = self._call("create", name, wanted, absent_status=409, field_validation="Strict")
         if stored is None:
             return None
         lost = differences(wanted, stored)
@@ -479,8 +451,7 @@ class TrainJobs:
 
     def get(self, name: str) -> dict[str, Any] | None:
         """The job called `name`; None when there is none."""
-        read = self.api.get_namespaced_custom_object
-        return self._call("read", name, read, name, absent_status=404)
+        return self._call("read", name, name, absent_status=404)
 
     def delete(self, name: str, foreground: bool = False) -> bool:
         """Deletes the job called `name`.
@@ -494,16 +465,8 @@ class TrainJobs:
         Returns:
             Whether there was a job to delete.
         """
-        policy = "Foreground" if foreground else "Background"
-        answer = self._call(
-            "delete",
-            name,
-            self.api.delete_namespaced_custom_object,
-            name,
-            absent_status=404,
-            absent=False,
-            body={"propagationPolicy": policy},
-        )
+        options = {"propagationPolicy": "Foreground" if foreground else "Background"}
+        answer = self._call("delete", name, name, absent_status=404, absent=False, body=options)
         return answer is not False
 
     def pause(self, polls: int, deadline: float) -> bool:
@@ -673,10 +636,9 @@ def dry_run_trainjob(
     """
     name = wanted["metadata"]["name"]
     jobs = TrainJobs(api_client, namespace, patience)
-    create = jobs.api.create_namespaced_custom_object
     try:
         stored = jobs._call(
-            "create", f"{name} (dry run)", create, wanted, dry_run="All", field_validation="Strict"
+            "create", f"{name} (dry run)", wanted, dry_run="All", field_validation="Strict"
         )
     except RunError as err:
         return [str(err)]
@@ -687,10 +649,7 @@ def dry_run_trainjob(
 
 
 def check_trainjob(
-    api_client: client.ApiClient,
-    namespace: str,
-    spec: NodeSpec,
-    patience: Patience = Patience(),
+    api_client: client.ApiClient, namespace: str, spec: NodeSpec, patience: Patience = Patience()
 ) -> list[str]:
     """The preflight's check of the run's real TrainJob: its form, then a dry run of it.
 
