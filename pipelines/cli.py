@@ -23,13 +23,7 @@ from kfp_lightning.components.common import images
 from kfp_lightning.components.common.errors import EXIT_USER_ERROR, invalid, run_or_exit
 from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
-from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.train_on_nodes.nodes import (
-    MAX_NODES,
-    TRAINJOB,
-    check_nodes,
-    check_shared_location,
-)
+from kfp_lightning.components.train_on_nodes.nodes import MAX_NODES, check_nodes
 from kfp_lightning.pipelines import compare, preflight
 from kfp_lightning.pipelines.mnist import DEFAULT_TRAINING_TIMEOUT_SECONDS, build_pipeline
 from kfp_lightning.pipelines.parameters import (
@@ -215,11 +209,11 @@ def check_output(output: str | Path) -> Path:
         raise invalid("output", str(output), f"{accepted}, not a directory")
     if path.suffix not in (".yaml", ".yml"):
         raise invalid("output", str(output), accepted)
-    blocking = next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise invalid(
-            "output", str(output), f"a path whose folders are folders ({blocking} is a file)"
-        )
+    for folder in path.absolute().parents:
+        if folder.exists() and not folder.is_dir():
+            raise invalid(
+                "output", str(output), f"a path whose folders are folders ({folder} is a file)"
+            )
     return path.absolute()
 
 
@@ -257,10 +251,7 @@ def compile_pipeline(
         logs_pvc=logs_pvc, training_timeout_seconds=training_timeout_seconds, nodes=nodes
     )
     values = validate_parameters(parameters)
-    check_cluster_run(values, logs_pvc)
-    if nodes > 1:
-        root = parse_logs_root(values["tensorboard_logs_root"], "namespace")
-        check_shared_location(root, logs_pvc, TRAINJOB, values["tensorboard_logs_root"])
+    check_cluster_run(values, logs_pvc, nodes)
     try:
         with atomic_file(path) as staging:  # KFP wants a .yaml suffix: the staging file keeps it
             compiler.Compiler().compile(
@@ -274,7 +265,9 @@ def compile_pipeline(
     return path
 
 
-_DEFAULT_IN_HEADER = re.compile(r"^(#    \w+: \w+ \[Default: )([\[{].*)\]$")
+# A dict or list default in KFP's header comment; the YAML body below it has no line that
+# starts with "#".
+_DEFAULT_IN_HEADER = re.compile(r"^(#    \w+: \w+ \[Default: )([\[{].*)\]$", re.MULTILINE)
 
 
 def stable_header(text: str) -> str:
@@ -285,29 +278,19 @@ def stable_header(text: str) -> str:
     process to the next; the YAML body below it is key-sorted already. Sorted, the same source
     compiles to the same bytes, as GitOps diffs and content-keyed caches need.
     """
-    lines = text.split("\n")
-    for index, line in enumerate(lines):
-        if not line.startswith("#"):
-            break
-        match = _DEFAULT_IN_HEADER.match(line)
-        if match:
-            # A JSON round trip with sorted keys sorts every nested dict too.
-            value = json.loads(json.dumps(ast.literal_eval(match.group(2)), sort_keys=True))
-            lines[index] = f"{match.group(1)}{value!r}]"
-    return "\n".join(lines)
+
+    def sorted_default(match: re.Match[str]) -> str:
+        # A JSON round trip with sorted keys sorts every nested dict too.
+        value = json.loads(json.dumps(ast.literal_eval(match.group(2)), sort_keys=True))
+        return f"{match.group(1)}{value!r}]"
+
+    return _DEFAULT_IN_HEADER.sub(sorted_default, text)
 
 
-def compiled_images(path: Path) -> list[str]:
-    """Every container image a compiled pipeline YAML names, sorted."""
-    import yaml
-
-    pipeline_doc = next(yaml.safe_load_all(path.read_text()))
-    executors = pipeline_doc["deploymentSpec"]["executors"].values()
-    return sorted({executor["container"]["image"] for executor in executors})
-
-
-def describe_images(refs: Sequence[str]) -> str:
+def describe_images() -> str:
     """What a user must know about the images before uploading the YAML: each node pulls them."""
+    # The pipeline runs every image (--nodes runs the trainer image in its TrainJob too).
+    refs = sorted(images.image_ref(name) for name in images.IMAGE_NAMES)
     listed = "".join(f"  {ref}\n" for ref in refs)
     registry = images.registry()
     if registry == images.DEFAULT_REGISTRY:
@@ -323,39 +306,35 @@ def describe_images(refs: Sequence[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Does what the parsed command line asks; see `main`."""
-    parameters = run_or_exit(chosen_parameters, args)
-    nodes = run_or_exit(check_nodes, args.nodes)
+    """Does what the parsed command line asks; see `main`.
+
+    Raises:
+        UserInputError: A bad value.
+        RunError: The run failed.
+    """
+    parameters = chosen_parameters(args)
+    nodes = check_nodes(args.nodes)
     if args.compare_runs:
-        values = run_or_exit(validate_parameters, parameters)
-        run_or_exit(compare.open_runs_tensorboard, values, args.namespace)
+        compare.open_runs_tensorboard(validate_parameters(parameters), args.namespace)
         return 0
     if args.check_cluster:
         if args.logs_pvc is not None:
             parameters.setdefault("tensorboard_logs_root", f"pvc://{args.logs_pvc}/tensorboard")
-        values = run_or_exit(validate_parameters, parameters)
-        return run_or_exit(
-            preflight.check_cluster,
-            values,
-            args.namespace,
-            args.service_account,
-            args.kfp_namespace,
-            nodes=nodes,
+        values = validate_parameters(parameters)
+        return preflight.check_cluster(
+            values, args.namespace, args.service_account, args.kfp_namespace, nodes=nodes
         )
     if args.compile:
         if args.image_registry is not None:
-            run_or_exit(images.use_registry, args.image_registry)
-        path = run_or_exit(
-            compile_pipeline, args.output, parameters, args.logs_pvc, args.training_timeout, nodes
+            images.use_registry(args.image_registry)
+        print(
+            compile_pipeline(args.output, parameters, args.logs_pvc, args.training_timeout, nodes)
         )
-        print(path)
-        print(describe_images(compiled_images(path)))
+        print(describe_images())
         return 0
     from kfp_lightning.pipelines.local import run_local
 
-    summary = run_or_exit(
-        run_local, args.output_dir, parameters, args.keep_tensorboard, nodes, args.verbose
-    )
+    summary = run_local(args.output_dir, parameters, args.keep_tensorboard, nodes, args.verbose)
     print(
         f"test accuracy {summary['test_accuracy']:.4f}, test loss {summary['test_loss']:.4f}, "
         f"{summary['epochs']} epoch{'s' if summary['epochs'] != 1 else ''}, "
@@ -405,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _terminated.clear()
     previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        return run(args)
+        return run_or_exit(run, args)
     except KeyboardInterrupt:
         # Every step cleans up after itself (atomic writes, the local TensorBoard).
         stop_own_tasks()

@@ -13,7 +13,6 @@ run into the same `--output-dir` appears in the TensorBoard it starts.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -68,7 +67,6 @@ def open_runs_tensorboard(
         UserInputError: A local logs root (no cluster TensorBoard can read it), or a bad name.
         RunError: No Kubernetes API answers, or it refused the objects (the line says why).
     """
-    out = out or sys.stdout
     logs = from_run_form(LiveLogsConfig, values)
     launcher = from_run_form(LauncherConfig, values)
     if namespace is not None:
@@ -86,7 +84,7 @@ def open_runs_tensorboard(
         raise RunError(f"no Kubernetes API configured: {' '.join(str(err).split())}") from None
     namespace = namespace or current_namespace() or config_namespace or "default"
     root = parse_logs_root(logs.tensorboard_logs_root, namespace)
-    resource = objects.PODDEFAULT_API
+    resource = objects.PODDEFAULT_API  # the one being written: refusals name it
     with api_client:
         api = client.CustomObjectsApi(api_client)
         try:
@@ -95,15 +93,15 @@ def open_runs_tensorboard(
                 # Outside the cluster, `auto` is resolved by asking its API server.
                 endpoint = endpoint_in_cluster(api_client, logs.s3_endpoint)
                 wanted = objects.poddefault_object(namespace, endpoint, logs.s3_credentials_secret)
-                ensure_object(api, objects.PODDEFAULT_API, wanted, patience)
+                ensure_object(api, resource, wanted, patience)
                 poddefault = wanted["metadata"]["name"]
             resource = objects.TENSORBOARD_API
             wanted = objects.tensorboard_object(
                 namespace, ALL_RUNS_ID, root, poddefault, name=ALL_RUNS_NAME
             )
-            outcome = ensure_object(api, objects.TENSORBOARD_API, wanted, patience)
+            outcome = ensure_object(api, resource, wanted, patience)
             ready = wait_until_ready(
-                api, objects.TENSORBOARD_API, namespace, ALL_RUNS_NAME, wait_seconds, patience
+                api, resource, namespace, ALL_RUNS_NAME, wait_seconds, patience
             )
         except ApiException as err:
             group, _, plural, _ = resource

@@ -183,11 +183,6 @@ class TaskConsole(io.TextIOBase):
         return self.failures.get(task) or last or "no output"
 
 
-def _close_quietly(stream: TextIO) -> None:
-    with contextlib.suppress(OSError):
-        stream.close()
-
-
 def check_writable(output_dir: Path) -> None:
     """Refuses an output folder this user cannot write, before anything runs.
 
@@ -260,10 +255,8 @@ def run_local(
         else contextlib.nullcontext(None)
     )
     log_path = output_dir / LOG_FILE
-    with viewer as url, contextlib.ExitStack() as stack:
+    with viewer as url:
         log = log_path.open("w", encoding="utf-8")
-        # Closing flushes: on a full disk that fails too, and the tasks' own error says so.
-        stack.callback(_close_quietly, log)
         console = TaskConsole(sys.stdout, log, verbose)
         try:
             with contextlib.redirect_stdout(console):
@@ -275,6 +268,9 @@ def run_local(
             raise RunError(console.cause(task)) from None
         finally:
             console.flush()
+            # Closing flushes: on a full disk that fails too, and the tasks' own error says so.
+            with contextlib.suppress(OSError):
+                log.close()
             # kfp.local's cache writes private (0600) files; the folder is the user's to share.
             share_like_umask(output_dir)
     report_page = output_dir / "report.html"

@@ -8,8 +8,6 @@ pipeline on this machine with `kfp.local` (see `cli.py`). This module only defin
 which component runs where, on what resources, with which Kubernetes settings.
 """
 
-import dataclasses
-import functools
 import sys
 from typing import Any, NamedTuple
 
@@ -43,11 +41,16 @@ DOWNLOAD_TIMEOUT_SECONDS = 30 * 60
 # With several nodes the step enforces the training timeout itself (deleting the TrainJob when
 # it passes); its pod's deadline comes this much later, for collecting the outputs.
 NODES_STEP_MARGIN_SECONDS = 15 * 60
+RETRY_BACKOFF_FACTOR = 2
+# Time a retried attempt may wait to be scheduled; Kubernetes starts the pod deadline only
+# once a node has accepted the pod.
+SCHEDULING_ALLOWANCE_SECONDS = 30 * 60
 
 
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """How KFP retries a task, and the window Argo allows for all of its attempts.
+def set_retries(
+    task: PipelineTask, retries: int, backoff_seconds: int, attempt_deadline_seconds: int
+) -> None:
+    """Makes KFP retry `task`, within a window Argo allows for all of its attempts.
 
     Argo counts `backoff.maxDuration` from the start of the *first* attempt and also makes it
     the deadline of every later one (argoproj/argo-workflows workflow/controller/operator.go,
@@ -56,37 +59,22 @@ class RetryPolicy:
     #14245). The window therefore covers every attempt running to its deadline, the pauses
     between them, and time to be scheduled (a GPU node scaling up) before each deadline starts.
 
-    Attributes:
+    Args:
+        task: The task.
         retries: Attempts after the first.
-        backoff_seconds: Pause before the first retry.
-        backoff_factor: Multiplies the pause before each further retry. Whole numbers only:
-            backend 2.5.0 truncates it to an int32 (backend/src/v2/compiler/argocompiler/
-            container.go, `getTaskRetryStrategy`).
+        backoff_seconds: Pause before the first retry; each further pause is twice the one
+            before. Whole factors only: backend 2.5.0 truncates the factor to an int32
+            (backend/src/v2/compiler/argocompiler/container.go, `getTaskRetryStrategy`).
         attempt_deadline_seconds: `activeDeadlineSeconds` of one attempt's pod.
-        scheduling_allowance_seconds: Time an attempt may wait to be scheduled; Kubernetes
-            starts the pod deadline only once a node has accepted the pod.
     """
-
-    retries: int
-    backoff_seconds: int
-    backoff_factor: int
-    attempt_deadline_seconds: int
-    scheduling_allowance_seconds: int = 30 * 60
-
-    def window_seconds(self) -> int:
-        """Seconds from the first attempt's start within which every retry can still run."""
-        pauses = sum(self.backoff_seconds * self.backoff_factor**i for i in range(self.retries))
-        attempt = self.attempt_deadline_seconds + self.scheduling_allowance_seconds
-        return (self.retries + 1) * attempt + pauses
-
-    def apply(self, task: PipelineTask) -> None:
-        """Sets this policy on `task`."""
-        task.set_retry(
-            self.retries,
-            backoff_duration=f"{self.backoff_seconds}s",
-            backoff_factor=float(self.backoff_factor),
-            backoff_max_duration=f"{self.window_seconds()}s",
-        )
+    pauses = sum(backoff_seconds * RETRY_BACKOFF_FACTOR**i for i in range(retries))
+    attempt = attempt_deadline_seconds + SCHEDULING_ALLOWANCE_SECONDS
+    task.set_retry(
+        retries,
+        backoff_duration=f"{backoff_seconds}s",
+        backoff_factor=float(RETRY_BACKOFF_FACTOR),
+        backoff_max_duration=f"{(retries + 1) * attempt + pauses}s",
+    )
 
 
 def use_secret_as_env(task: PipelineTask, secret_name: Any, keys: dict[str, str]) -> None:
@@ -125,29 +113,9 @@ def apply_training_pod(task: PipelineTask, gpus: Any, node_selector: Any, tolera
     )
 
 
-def use_run_location(
-    task: PipelineTask, logs_pvc: str | None, s3_secret: Any, pod_fields: dict[str, str]
-) -> None:
-    """Gives a task its pod's `pod_fields` as variables and access to the run's location.
-
-    Args:
-        task: The task.
-        logs_pvc: The claim to mount for pvc:// logs roots; None: the object store's keys.
-        s3_secret: The secret with the object store's keys.
-        pod_fields: Variable name -> the pod's field path (the downward API).
-    """
-    for name, path in pod_fields.items():
-        kubernetes.use_field_path_as_env(task, name, path)
-    if logs_pvc:
-        kubernetes.mount_pvc(task, logs_pvc, pod.logs_mount_path(logs_pvc))
-    else:
-        # The secret exists in every Kubeflow profile namespace and in standalone KFP's.
-        use_secret_as_env(task, s3_secret, S3_SECRET_KEYS)
-
-
-def arguments_for(component: BaseComponent, parameters: dict[str, Any]) -> dict[str, Any]:
-    """The run parameters among `parameters` that `component` takes: its signature decides."""
-    return {k: v for k, v in parameters.items() if k in component.component_spec.inputs}
+def arguments_for(component: BaseComponent, available: dict[str, Any]) -> dict[str, Any]:
+    """The arguments among `available` that `component` takes: its signature decides."""
+    return {k: v for k, v in available.items() if k in component.component_spec.inputs}
 
 
 class Outputs(NamedTuple):
@@ -290,18 +258,24 @@ def build_pipeline(
         download.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("2Gi")
         kubernetes.set_timeout(download, DOWNLOAD_TIMEOUT_SECONDS)
 
+        # The tasks' arguments besides the run parameters; each takes those it names.
+        available = {
+            **parameters,
+            "dataset": download.outputs["dataset"],
+            "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            "run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            # With the data and the parameters, it keys the training task's state within the run.
+            "task_name": dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+        }
+        pod_fields = dict(pod.NAMESPACE_ENV)
         if nodes > 1:
             train = train_on_nodes(
-                dataset=download.outputs["dataset"],
-                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
                 nodes=nodes,
                 node_launcher=node_launcher,
                 trainer_image=images.image_ref(images.TRAINER),
                 logs_pvc=logs_pvc or "",
                 timeout_seconds=training_timeout_seconds,
-                **arguments_for(train_on_nodes, parameters),
+                **arguments_for(train_on_nodes, available),
             )
             # Never from the cache, as single-node training. The step only creates and follows
             # the TrainJob: no GPU, node selector or tolerations of its own (the TrainJob's
@@ -309,36 +283,30 @@ def build_pipeline(
             train.set_display_name(f"Train on {nodes} nodes").set_caching_options(False)
             train.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("4Gi")
             train_deadline = training_timeout_seconds + NODES_STEP_MARGIN_SECONDS
-            kubernetes.set_timeout(train, train_deadline)
             # The nodes run as this step's account with its pull secrets, which the step reads
             # from its own pod (components/train_on_nodes/trainjob.py).
-            step_fields = {
-                "POD_NAME": "metadata.name",
-                "POD_SERVICE_ACCOUNT": "spec.serviceAccountName",
-            }
-            use_run_location(
-                train, logs_pvc, s3_credentials_secret, {**pod.NAMESPACE_ENV, **step_fields}
+            pod_fields.update(
+                POD_NAME="metadata.name", POD_SERVICE_ACCOUNT="spec.serviceAccountName"
             )
         else:
-            train_deadline = training_timeout_seconds
-            train = train_mnist(
-                dataset=download.outputs["dataset"],
-                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                # With the data and the parameters, it keys the task's state within the run.
-                task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
-                **arguments_for(train_mnist, parameters),
-            )
+            train = train_mnist(**arguments_for(train_mnist, available))
             # A run is started in order to train (and to watch it): never answer from the cache.
             train.set_display_name("Train with Lightning").set_caching_options(False)
             apply_training_pod(train, gpus, node_selector, tolerations)
-            kubernetes.set_timeout(train, training_timeout_seconds)
-            use_run_location(train, logs_pvc, s3_credentials_secret, pod.NAMESPACE_ENV)
+            train_deadline = training_timeout_seconds
+        kubernetes.set_timeout(train, train_deadline)
+        # The run's location: the pod's namespace (and more, see above) as variables, and the
+        # claim of a pvc:// logs root or the object store's keys.
+        for name, path in pod_fields.items():
+            kubernetes.use_field_path_as_env(train, name, path)
+        if logs_pvc:
+            kubernetes.mount_pvc(train, logs_pvc, pod.logs_mount_path(logs_pvc))
+        else:
+            # The secret exists in every Kubeflow profile namespace and in standalone KFP's.
+            use_secret_as_env(train, s3_credentials_secret, S3_SECRET_KEYS)
 
         # Beside training, not after it: TensorBoard is up while the first epochs run.
-        launcher = launch_tensorboard(
-            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **arguments_for(launch_tensorboard, parameters)
-        )
+        launcher = launch_tensorboard(**arguments_for(launch_tensorboard, available))
         # A new run needs its own TensorBoard: never answer from the cache.
         launcher.set_display_name("Live TensorBoard").set_caching_options(False)
         launcher.set_cpu_request("100m").set_memory_request("256Mi").set_memory_limit("512Mi")
@@ -371,33 +339,25 @@ def build_pipeline(
             # Mirrors time out and GPU nodes get preempted; deterministic failures (bad input,
             # exit status 2) fail the same way again, quickly.
             # A flaky mirror recovers within minutes.
-            RetryPolicy(3, 30, 2, DOWNLOAD_TIMEOUT_SECONDS).apply(download)
+            set_retries(download, 3, 30, DOWNLOAD_TIMEOUT_SECONDS)
             # A lost or preempted GPU node; each attempt resumes a checkpoint.
-            RetryPolicy(2, 60, 2, train_deadline).apply(train)
+            set_retries(train, 2, 60, train_deadline)
 
-        return Outputs(
-            model=train.outputs["model"],
-            metrics=train.outputs["metrics"],
-            classification_metrics=train.outputs["classification_metrics"],
-            tensorboard_logs=train.outputs["tensorboard_logs"],
-            report=report.outputs["report"],
-        )
+        # The report's page, and the rest from training under the same names.
+        trained = {name: train.outputs[name] for name in Outputs._fields if name != "report"}
+        return Outputs(report=report.outputs["report"], **trained)
 
     return mnist_pipeline
 
 
-@functools.cache
-def default_pipeline() -> BaseComponent:
-    """The pipeline with the default compile options, built once (KFP takes most of a second)."""
-    return build_pipeline()
-
-
 def __getattr__(name: str) -> Any:
     # `mnist_pipeline` is built when first used, not on import: the CLI derives its options
-    # from the declarations, and `--local` or `--compile` build the pipeline they need.
-    if name == "mnist_pipeline":
-        return default_pipeline()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # from the declarations, and `--local` or `--compile` build the pipeline they need. Built
+    # once (KFP takes most of a second): later lookups find it among the module's globals.
+    if name != "mnist_pipeline":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = build_pipeline()
+    return globals()[name]
 
 
 if __name__ == "__main__":

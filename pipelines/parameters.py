@@ -24,6 +24,7 @@ from kfp_lightning.components.common.run_form import (
     parameters_of,
 )
 from kfp_lightning.components.download_mnist.sources import MNIST_TRAIN_SAMPLES, DownloadConfig
+from kfp_lightning.components.train_on_nodes.nodes import TRAINJOB, check_shared_location
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS
 from kfp_lightning.pipelines.readme import rewrite_section
 
@@ -91,25 +92,30 @@ def check_dataset_fit(values: Mapping[str, Any]) -> None:
     training.check_batch_size(config.batch_size, MNIST_TRAIN_SAMPLES - config.validation_size)
 
 
-def check_cluster_run(values: Mapping[str, Any], logs_pvc: str | None) -> None:
-    """What a compiled pipeline needs beyond valid values: a mounted claim, a compiler.
+def check_cluster_run(values: Mapping[str, Any], logs_pvc: str | None, nodes: int = 1) -> None:
+    """What a cluster run needs beyond valid values: a mounted claim, a compiler, a shared root.
 
     Args:
         values: Every pipeline parameter, validated.
         logs_pvc: The claim `--logs-pvc` mounts in the training pod, if any.
+        nodes: Nodes to train on; more than one need a logs root they all share.
 
     Raises:
-        UserInputError: A pvc:// root the pod would not have mounted, or `torch_compile=on`,
-            which the trainer image cannot run (it has no C compiler).
+        UserInputError: A pvc:// root the pod would not have mounted, `torch_compile=on`,
+            which the trainer image cannot run (it has no C compiler), or a root the nodes of
+            a TrainJob would not share.
     """
-    root = values["tensorboard_logs_root"]
-    check_mounted_claim(parse_logs_root(root, "namespace"), logs_pvc, root)
+    given = values["tensorboard_logs_root"]
+    root = parse_logs_root(given, "namespace")
+    check_mounted_claim(root, logs_pvc, given)
     if from_run_form(training.TrainConfig, values).torch_compile:
         raise invalid(
             "torch_compile",
             values["torch_compile"],
             "off: the trainer image has no C compiler, which torch.compile needs",
         )
+    if nodes > 1:
+        check_shared_location(root, logs_pvc, TRAINJOB, given)
 
 
 def check_local_run(values: Mapping[str, Any]) -> None:

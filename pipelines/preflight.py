@@ -63,7 +63,6 @@ KFP_CONTAINER = "ml-pipeline-api-server"
 MIN_BACKEND = (2, 5, 0)
 SUPPORTED_BACKENDS = "2.5.0 and newer (Kubeflow 1.10.1+, standalone 2.5-2.17)"
 REQUEST_TIMEOUT_SECONDS = 10.0
-CLAIMS = "persistentvolumeclaims"
 # The scheduler treats a cordoned node as carrying this taint (kubernetes/kubernetes,
 # pkg/scheduler/framework/plugins/nodeunschedulable/node_unschedulable.go).
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
@@ -284,7 +283,8 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
             f"{create} (Kubeflow creates mlpipeline-minio-artifact in every profile "
             "namespace), or pass --s3-credentials-secret NAME",
         )
-    data = {**(found.data or {}), **(found.string_data or {})}
+    # A read answers `data` only: the API server merges `stringData` into it on writes.
+    data = found.data or {}
     if missing := [k for k in (ACCESS_KEY_KEY, SECRET_KEY_KEY) if not data.get(k)]:
         return _failed(
             name,
@@ -546,9 +546,9 @@ def check_launcher_rbac(api_client: ApiClient, target: Target, tensorboards: boo
     name, namespace, service_account = "launcher RBAC", target.namespace, target.service_account
     if not tensorboards:
         return _passed(name, "nothing to create: Kubeflow's Tensorboard is not served")
-    needed = {"s3": (TENSORBOARD_API[2], PODDEFAULT_API[2]), "pvc": (TENSORBOARD_API[2], CLAIMS)}
-    wanted = needed.get(target.logs.scheme, ())
-    if not (permissions := [p for p in launcher.LAUNCHER_PERMISSIONS if p[1] in wanted]):
+    tensorboard, poddefault, claim = launcher.LAUNCHER_PERMISSIONS
+    needed = {"s3": [tensorboard, poddefault], "pvc": [tensorboard, claim]}
+    if not (permissions := needed.get(target.logs.scheme)):
         return _passed(name, f"nothing to create for logs at {target.logs.uri}")
     core, account = client.CoreV1Api(api_client), f"{namespace}/{service_account}"
     try:

@@ -96,17 +96,13 @@ def _with_doc_entries(
     # Before the outputs, as in the signature the inputs come first.
     outputs = [i for i, e in enumerate(kept) if e.split(": ", 1)[1].startswith("Output.")]
     at = outputs[0] if outputs else len(kept)
-    kept[at:at] = [
-        textwrap.fill(
-            f"{p.name}: {p.description}",
-            width=100,
-            initial_indent=indent + "    ",
-            subsequent_indent=indent + "        ",
-            break_on_hyphens=False,
-        )
-        + "\n"
-        for p in parameters
-    ]
+    wrapper = textwrap.TextWrapper(
+        width=100,
+        initial_indent=indent + "    ",
+        subsequent_indent=indent + "        ",
+        break_on_hyphens=False,
+    )
+    kept[at:at] = [wrapper.fill(f"{p.name}: {p.description}") + "\n" for p in parameters]
     return [*doc[:start], *kept, *doc[end:]]
 
 

@@ -56,16 +56,8 @@ def free_bytes(path: str | os.PathLike[str]) -> int | None:
     """
     for candidate in (Path(path), *Path(path).parents):
         with contextlib.suppress(OSError):
-            fs = os.statvfs(candidate)
-            return fs.f_bavail * fs.f_frsize
+            return shutil.disk_usage(candidate).free  # statvfs's f_bavail * f_frsize
     return None
-
-
-def _within(path: Path, folder: Path) -> Path | None:
-    try:
-        return path.relative_to(folder)
-    except ValueError:
-        return None
 
 
 def _shown_path(filename: object, destination: Path, staging: Path | None) -> Path | None:
@@ -77,9 +69,9 @@ def _shown_path(filename: object, destination: Path, staging: Path | None) -> Pa
     if not isinstance(filename, (str, bytes, os.PathLike)):
         return destination
     path = Path(os.fsdecode(filename))
-    if staging is not None and (relative := _within(path, staging)) is not None:
-        return destination / relative if relative.parts else destination
-    if _within(path, destination) is not None or path in destination.parents:
+    if staging is not None and path.is_relative_to(staging):
+        return destination / path.relative_to(staging)
+    if path.is_relative_to(destination) or path in destination.parents:
         return path
     # The temporary beside the destination (mkstemp/mkdtemp named it ".<name>.<random>").
     if path.parent == destination.parent and path.name.startswith(f".{destination.stem}."):
@@ -181,21 +173,20 @@ def atomic_directory(destination: str | os.PathLike[str]) -> Iterator[Path]:
         destination.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
-        # mkdtemp makes it private (0700); artifacts are read by other users and tools.
-        staging.chmod(0o777 & ~_umask())
-        yield staging
-        if destination.is_dir() and not any(destination.iterdir()):
-            destination.rmdir()
-        elif destination.is_file() and destination.stat().st_size == 0:
-            destination.unlink()
-        os.replace(staging, destination)
-    except BaseException as err:
-        # Judged before the staging copy is removed: its size is what filled the disk.
-        fault = write_fault(err, destination, staging)
+        # Faults are judged in here, before the staging copy is removed: its size is what
+        # filled the disk.
+        with reported_write_faults(destination, staging):
+            # mkdtemp makes it private (0700); artifacts are read by other users and tools.
+            staging.chmod(0o777 & ~_umask())
+            yield staging
+            if destination.is_dir() and not any(destination.iterdir()):
+                destination.rmdir()
+            elif destination.is_file() and destination.stat().st_size == 0:
+                destination.unlink()
+            os.replace(staging, destination)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if fault is None:
-            raise
-        raise fault from err
+        raise
 
 
 @contextlib.contextmanager
@@ -223,18 +214,16 @@ def atomic_file(destination: str | os.PathLike[str]) -> Iterator[Path]:
         )
     tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        os.close(fd)
-        yield tmp
-        os.replace(tmp, destination)
-    except BaseException as err:
-        fault = write_fault(err, destination, tmp)
+        with reported_write_faults(destination, tmp):
+            os.fchmod(fd, 0o666 & ~_umask())
+            os.close(fd)
+            yield tmp
+            os.replace(tmp, destination)
+    except BaseException:
         with contextlib.suppress(OSError):
             os.close(fd)
         tmp.unlink(missing_ok=True)
-        if fault is None:
-            raise
-        raise fault from err
+        raise
 
 
 def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None:

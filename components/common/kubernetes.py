@@ -191,17 +191,6 @@ class ObjectNotEnsuredError(RuntimeError):
     """An object could not be brought to the wanted state (the message says which and why)."""
 
 
-def same_object(wanted: dict[str, object], existing: dict[str, object]) -> bool:
-    """Whether an existing object is the wanted one: the same `spec`, and our labels and
-    annotations with our values (others may add their own; they change nothing here)."""
-    metadata = wanted["metadata"]
-    assert isinstance(metadata, dict)
-    ours = {k: metadata[k] for k in ("labels", "annotations") if k in metadata}
-    return existing.get("spec") == wanted.get("spec") and not differences(
-        ours, existing.get("metadata", {})
-    )
-
-
 def ensure_object(
     api: client.CustomObjectsApi, resource: Resource, wanted: dict[str, object], patience: Patience
 ) -> str:
@@ -233,6 +222,8 @@ def ensure_object(
     metadata = wanted["metadata"]
     assert isinstance(metadata, dict)
     namespace, name = metadata["namespace"], metadata["name"]
+    # Others may add labels and annotations of their own; they change nothing here.
+    ours = {k: metadata[k] for k in ("labels", "annotations") if k in metadata}
     timeout = patience.request_timeout_seconds
     what = f"{kind} {namespace}/{name}"
     replaced = False
@@ -261,18 +252,15 @@ def ensure_object(
             if err.status == 404:  # deleted since: create it again
                 continue
             raise
-        if same_object(wanted, existing):
-            return "replaced" if replaced else "unchanged"
         found = existing["metadata"]
-        options = client.V1DeleteOptions(
-            preconditions=client.V1Preconditions(
-                uid=found["uid"], resource_version=found["resourceVersion"]
-            )
-        )
+        # The wanted object: the same `spec`, and our labels and annotations with our values.
+        if existing.get("spec") == wanted.get("spec") and not differences(ours, found):
+            return "replaced" if replaced else "unchanged"
+        body = {"preconditions": {"uid": found["uid"], "resourceVersion": found["resourceVersion"]}}
         try:
             call(
-                lambda options=options: api.delete_namespaced_custom_object(
-                    group, version, namespace, plural, name, body=options, _request_timeout=timeout
+                lambda body=body: api.delete_namespaced_custom_object(
+                    group, version, namespace, plural, name, body=body, _request_timeout=timeout
                 ),
                 f"delete {what}",
             )

@@ -136,20 +136,6 @@ def parse_logs_root(
     return LogsLocation("file", str(path))
 
 
-def run_logs_location(root: str, run_id: str, namespace: str | None = None) -> LogsLocation:
-    """The live logs location of one run: `<root>/<run_id>`.
-
-    Args:
-        root: The `tensorboard_logs_root` parameter.
-        run_id: The pipeline run's id (KFP's `PIPELINE_JOB_ID_PLACEHOLDER`).
-        namespace: For `{namespace}`; defaults to the pod's namespace.
-
-    Returns:
-        The run's location.
-    """
-    return parse_logs_root(root, namespace or current_namespace()).child(run_id.strip())
-
-
 def task_key(task_name: str, inputs: Mapping[str, Any]) -> str:
     """The folder of one task's state within its run: `<task name>-<digest of its inputs>`.
 
@@ -239,8 +225,14 @@ class LiveLogsConfig:
         return endpoint
 
     def run_location(self, run_id: str, namespace: str | None = None) -> LogsLocation:
-        """The live logs location of one run: `<tensorboard_logs_root>/<run_id>`."""
-        return run_logs_location(self.tensorboard_logs_root, run_id, namespace)
+        """The live logs location of one run: `<tensorboard_logs_root>/<run_id>`.
+
+        Args:
+            run_id: The pipeline run's id (KFP's `PIPELINE_JOB_ID_PLACEHOLDER`).
+            namespace: For `{namespace}`; defaults to the pod's namespace.
+        """
+        root = parse_logs_root(self.tensorboard_logs_root, namespace or current_namespace())
+        return root.child(run_id.strip())
 
     def task_location(self, run_id: str, key: str, namespace: str | None = None) -> LogsLocation:
         """Where one task of a run keeps its state: `<tensorboard_logs_root>/<run_id>/<key>`.

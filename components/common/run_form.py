@@ -154,11 +154,6 @@ class RunParameter:
         return value
 
 
-def _descriptions(cls: type) -> dict[str, str]:
-    docstring = docstring_parser.parse_from_object(cls)
-    return {p.arg_name: " ".join((p.description or "").split()) for p in docstring.params}
-
-
 @functools.cache
 def declared_parameters(cls: type) -> tuple[RunParameter, ...]:
     """The run parameters a dataclass declares, in field order.
@@ -166,7 +161,8 @@ def declared_parameters(cls: type) -> tuple[RunParameter, ...]:
     Raises:
         TypeError: A run parameter has no docstring, or a type KFP cannot show in a form.
     """
-    descriptions = _descriptions(cls)
+    docstring = docstring_parser.parse_from_object(cls)
+    descriptions = {p.arg_name: " ".join((p.description or "").split()) for p in docstring.params}
     hints = typing.get_type_hints(cls)  # without `Annotated`'s rules
     declared = []
     for field in dataclasses.fields(cls):
@@ -181,11 +177,8 @@ def declared_parameters(cls: type) -> tuple[RunParameter, ...]:
             raise TypeError(f"{cls.__name__}.{field.name}: run-form type {form_type!r}")
         if not descriptions.get(field.name):
             raise TypeError(f"{cls.__name__}.{field.name}: a run parameter needs a docstring")
-        default = (
-            field.default_factory()
-            if field.default_factory is not dataclasses.MISSING
-            else field.default
-        )
+        factory = field.default_factory
+        default = field.default if factory is dataclasses.MISSING else factory()
         parameter = RunParameter(
             field.name, form_type, default, descriptions[field.name], meta["scope"], cls
         )

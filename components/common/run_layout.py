@@ -187,13 +187,10 @@ def publish_outputs(
         else:
             files.update(upload_tree(storage, output_dirs[name], f"{OUTPUTS}/{name}"))
     with tempfile.TemporaryDirectory(prefix="outputs-") as staging:
-        result_path = Path(staging) / RESULT
-        write_json(result_path, dict(result))
-        storage.upload(result_path, f"{OUTPUTS}/{RESULT}")
-        files[f"{OUTPUTS}/{RESULT}"] = result_path.stat().st_size
-        marker = Path(staging) / MARKER
-        write_json(marker, {"files": files})
-        storage.upload(marker, f"{OUTPUTS}/{MARKER}")
+        write_json(Path(staging) / RESULT, dict(result))
+        files.update(upload_tree(storage, Path(staging), OUTPUTS))
+        write_json(Path(staging) / MARKER, {"files": files})
+        storage.upload(Path(staging) / MARKER, f"{OUTPUTS}/{MARKER}")
     return files
 
 

@@ -70,8 +70,6 @@ class DirectoryStorage:
             WriteError: The location is full, read-only... (see `files.write_fault`).
         """
         target = self.root / relative
-        with reported_write_faults(target):
-            target.parent.mkdir(parents=True, exist_ok=True)
         if append_from is not None and target.is_file() and target.stat().st_size == append_from:
             try:
                 with (
@@ -143,7 +141,7 @@ class S3Storage:
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
     def list_files(self) -> dict[str, int]:
-        start = f"{self.prefix}/" if self.prefix else ""
+        start = self._key("")
         files = {}
         with self._refusals("list", ""):
             for page in self.client.get_paginator("list_objects_v2").paginate(
@@ -152,9 +150,6 @@ class S3Storage:
                 for item in page.get("Contents", []):
                     files[item["Key"][len(start) :]] = int(item["Size"])
         return files
-
-    def _uri(self, relative: str) -> str:
-        return f"s3://{self.bucket}/{self._key(relative)}"
 
     @contextlib.contextmanager
     def _refusals(self, action: str, relative: str) -> Iterator[None]:
@@ -166,7 +161,8 @@ class S3Storage:
             yield
         except (Boto3Error, BotoCoreError, ClientError) as err:
             detail = " ".join(str(err).split())
-            raise RunError(f"could not {action} {self._uri(relative)}: {detail}") from err
+            uri = f"s3://{self.bucket}/{self._key(relative)}"
+            raise RunError(f"could not {action} {uri}: {detail}") from err
 
     def upload(self, source: Path, relative: str, append_from: int | None = None) -> None:
         """Uploads all of `source` (objects cannot be appended to).

@@ -183,12 +183,11 @@ def run_torchrun(
                 )
                 processes.append(process)
                 prefix = f"[node {rank}] " if nodes > 1 else ""
-                relays.append(
-                    threading.Thread(
-                        target=_relay, args=(process.stdout, prefix, errors[rank]), daemon=True
-                    )
+                relay = threading.Thread(
+                    target=_relay, args=(process.stdout, prefix, errors[rank]), daemon=True
                 )
-                relays[-1].start()
+                relay.start()
+                relays.append(relay)
             while True:
                 codes = [p.poll() for p in processes]
                 failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]

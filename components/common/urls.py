@@ -26,7 +26,7 @@ def parse_mirrors(
         UserInputError: When a URL has another scheme, no host (http/https), or a host or no
             absolute path (file).
     """
-    urls = [u for u in mirror.replace(",", " ").split() if u] or list(default)
+    urls = mirror.replace(",", " ").split() or list(default)
     parsed = []
     accepted = "comma-separated base URLs of the form http(s)://host/path/ or file:///path/"
     for url in urls:

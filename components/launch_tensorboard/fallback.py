@@ -109,6 +109,15 @@ def fallback_objects(location: LogsLocation, s3_endpoint: str, s3_secret: str) -
         "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         "volumeMounts": mounts,
     }
+    pod = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -116,18 +125,7 @@ def fallback_objects(location: LogsLocation, s3_endpoint: str, s3_secret: str) -
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": SELECTOR},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 1000,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
     service = {

@@ -198,15 +198,15 @@ def _menus(autorange: dict[str, dict], smoothed: list[tuple[int, list]]) -> list
     for kind, options in autorange.items():
         change = {"yaxis.type": kind, "yaxis.autorange": True, "yaxis.autorangeoptions": options}
         scales.append(dict(label=f"{kind} scale", method="relayout", args=[change]))
+    menus = [dict(MENU, x=0, buttons=scales)]
     if not smoothed:
-        return [dict(MENU, x=0, buttons=scales)]
+        return menus
     choices, traces = [], [index for index, _ in smoothed]
     for weight in SMOOTHING:
         values = {"y": [smooth(raw, weight) for _, raw in smoothed]}
         label = f"smoothing {weight:g}" if weight else "no smoothing"
         choices.append(dict(label=label, method="restyle", args=[values, traces]))
-    active = SMOOTHING.index(DEFAULT_SMOOTHING)
-    return [dict(MENU, x=0, buttons=scales), dict(MENU, x=0.3, buttons=choices, active=active)]
+    return [*menus, dict(MENU, x=0.3, buttons=choices, active=SMOOTHING.index(DEFAULT_SMOOTHING))]
 
 
 def chart_figure(

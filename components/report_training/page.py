@@ -16,12 +16,10 @@ resolves them against the Kubeflow UI's address.
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import json
 import math
 from collections.abc import Sequence
-from importlib import resources
 
 import jinja2
 from markupsafe import Markup
@@ -35,9 +33,12 @@ from kfp_lightning.components.report_training.plotly_bundle import plotly_js
 # each smoothing choice's values, they keep a page under 1.5 MB (report.MAX_PAGE_BYTES).
 CHART_POINTS = 2000
 MIN_POINTS_PER_LINE = 20
-TEMPLATE = "templates/report.html.j2"
 # Each chart without the library, which the page inlines once, before the first of them.
 TO_HTML = dict(include_plotlyjs=False, full_html=False, config=CONFIG)
+# The page's template is templates/report.html.j2 in this package; Jinja caches it once loaded.
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader(__package__), autoescape=True, undefined=jinja2.StrictUndefined
+)
 
 
 def format_seconds(seconds: float) -> str:
@@ -146,14 +147,6 @@ def confusion_table(matrix: Sequence[Sequence[int]]) -> dict[str, list]:
     }
 
 
-@functools.cache
-def _template() -> jinja2.Template:
-    source = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    environment.globals["png"] = png_data_uri
-    return environment.from_string(source)
-
-
 def chart_html(
     plan: scalars.ChartPlan,
     series: Sequence[scalars.Series],
@@ -217,7 +210,8 @@ def render_html(
     charts = chart_html(plan, series, epochs, reduced)
     parameters = evaluation.run.parameters.items() if evaluation else ()
     columns, rows = scalar_rows(series)
-    return _template().render(
+    return TEMPLATES.get_template("report.html.j2").render(
+        png=png_data_uri,
         title=title,
         evaluation=evaluation,
         numbers=headline(evaluation, series, epochs),

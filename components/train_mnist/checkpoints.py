@@ -35,6 +35,7 @@ from kfp_lightning.components.common.run_layout import files_under
 from kfp_lightning.components.common.storage import Storage
 
 CHECKPOINT_DIR = "checkpoints"
+KEEP = 2  # how many of the newest checkpoints the location keeps
 
 
 def checkpoint_name(step: int, epoch: int) -> str:
@@ -49,33 +50,29 @@ class DurableCheckpoints(Callback):
     rename on a filesystem), so a reader never sees half of one. With several processes every
     one of them takes part in each save (Lightning's `save_checkpoint` is collective; global
     rank 0 writes the file), and only rank 0 uploads. Whether the time has come is decided by
-    rank 0 and sent to the others every `decide_every_n_steps` steps, since each process's
-    clock would decide differently and leave the others waiting.
+    rank 0 and sent to the others every `every_n_steps` steps, since each process's
+    clock would decide differently and leave the others waiting. The newest `KEEP` are kept.
 
     Args:
         storage: Where checkpoints go (the `checkpoints/` folder of the live location).
         every_seconds: Longest training time between two checkpoints within an epoch.
-        keep: How many of the newest checkpoints to keep.
         before_upload: Called before each upload; makes everything logged so far durable
             too, so a resumed run's curves have no gap before the checkpoint's step.
-        decide_every_n_steps: Steps between two decisions of whether to save, with several
-            processes (one process decides every step).
-        log_every_n_steps: The trainer's logging interval (every step is logged up to it).
+        every_n_steps: The trainer's logging interval (every step is logged up to it), which
+            is also the number of steps between two decisions of whether to save, with
+            several processes (one process decides every step).
     """
 
     def __init__(
         self,
         storage: Storage,
         every_seconds: float,
-        keep: int = 2,
-        before_upload: Callable[[], object] | None = None,
-        decide_every_n_steps: int = 50,
-        log_every_n_steps: int = 50,
+        before_upload: Callable[[], object],
+        every_n_steps: int,
     ) -> None:
-        self.storage, self.every_seconds, self.keep = storage, every_seconds, keep
+        self.storage, self.every_seconds = storage, every_seconds
         self.before_upload = before_upload
-        self.decide_every_n_steps = max(1, decide_every_n_steps)
-        self.log_every_n_steps = max(1, log_every_n_steps)
+        self.every_n_steps = max(1, every_n_steps)
         self._last = time.monotonic()
 
     def _save(self, trainer: L.Trainer) -> None:
@@ -88,12 +85,11 @@ class DurableCheckpoints(Callback):
             with reported_write_faults(local):
                 trainer.save_checkpoint(local, weights_only=False)
             if trainer.is_global_zero:
-                if self.before_upload is not None:
-                    self.before_upload()
+                self.before_upload()
                 self.storage.upload(local, f"{CHECKPOINT_DIR}/{name}")
         self._last = time.monotonic()
         if trainer.is_global_zero:
-            for old in sorted(files_under(self.storage, CHECKPOINT_DIR))[: -self.keep]:
+            for old in sorted(files_under(self.storage, CHECKPOINT_DIR))[:-KEEP]:
                 self.storage.delete(old)
 
     def _point_pending(self, trainer: L.Trainer) -> bool:
@@ -101,7 +97,7 @@ class DurableCheckpoints(Callback):
         # taken at a step whose point is still to come would be one point ahead of the logs
         # made durable with it, and a resume from it would lose that point: such a step waits
         # for the next. (The same on every process: it depends on the step alone.)
-        step, every = trainer.global_step, self.log_every_n_steps
+        step, every = trainer.global_step, self.every_n_steps
         return every > 1 and (step <= every or step % every == 0)
 
     def _time_to_save(self, trainer: L.Trainer) -> bool:
@@ -110,7 +106,7 @@ class DurableCheckpoints(Callback):
         due = time.monotonic() - self._last >= self.every_seconds
         if trainer.world_size == 1:
             return due
-        if (trainer.global_step - 1) % self.decide_every_n_steps:
+        if (trainer.global_step - 1) % self.every_n_steps:
             return False
         return bool(trainer.strategy.broadcast(due, src=0))
 

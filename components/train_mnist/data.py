@@ -95,38 +95,32 @@ class DeviceBatches:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch, self.global_step = epoch, global_step
         self.rank, self.world_size = rank, world_size
-        self.samples = images.shape[0] // world_size if world_size > 1 else images.shape[0]
+        self.samples = images.shape[0] // world_size
         self._iterating_epoch, self._skipped, self._step_at_start = -1, 0, 0
         self._resume: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return -(-self.samples // self.batch_size)
 
-    def _generator(self, epoch: int) -> torch.Generator:
-        # On the data's device, so nothing drawn per epoch ever crosses PCIe.
-        generator = torch.Generator(device=self.images.device)
-        generator.manual_seed(self.seed * 1_000_003 + epoch)
-        return generator
+    def draw(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The indices this rank visits in `epoch` and, with `max_shift`, their offsets.
 
-    def order(self, epoch: int) -> torch.Tensor:
-        """Indices this rank visits in `epoch`, on the data's device."""
+        Both are drawn on the data's device, so nothing drawn per epoch ever crosses PCIe; the
+        offsets (samples x 2) come after the permutation, from the same generator.
+        """
         n, device = self.images.shape[0], self.images.device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed * 1_000_003 + epoch)
         if self.shuffle:
-            indices = torch.randperm(n, generator=self._generator(epoch), device=device)
+            indices = torch.randperm(n, generator=generator, device=device)
         else:
             indices = torch.arange(n, device=device)
-        if self.world_size > 1:
-            indices = indices[self.rank : self.samples * self.world_size : self.world_size]
-        return indices
-
-    def shifts(self, epoch: int) -> torch.Tensor:
-        """The per-position offsets of `epoch` (samples x 2), drawn after its permutation."""
-        n, device, generator = self.images.shape[0], self.images.device, self._generator(epoch)
-        torch.randperm(n, generator=generator, device=device)
-        offsets = torch.randint(
-            -self.max_shift, self.max_shift + 1, (n, 2), generator=generator, device=device
-        )
-        return offsets[: self.samples]
+        shifts = None
+        if self.max_shift:
+            shifts = torch.randint(
+                -self.max_shift, self.max_shift + 1, (n, 2), generator=generator, device=device
+            )[: self.samples]
+        return indices[self.rank : self.samples * self.world_size : self.world_size], shifts
 
     def state_dict(self) -> dict[str, int]:
         """Position in the current epoch: the epoch and the batches trained on so far."""
@@ -142,8 +136,7 @@ class DeviceBatches:
         skip = self._resume["batches"] if self._resume and self._resume["epoch"] == epoch else 0
         self._resume = None
         self._iterating_epoch, self._skipped, self._step_at_start = epoch, skip, self.global_step()
-        indices = self.order(epoch)
-        shifts = self.shifts(epoch) if self.max_shift else None
+        indices, shifts = self.draw(epoch)
         for start in range(skip * self.batch_size, self.samples, self.batch_size):
             batch = indices[start : start + self.batch_size]
             images = self.images.index_select(0, batch)

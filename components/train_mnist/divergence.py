@@ -47,9 +47,9 @@ class DivergenceGuard(Callback):
     def __init__(self, hint: str, check_every_n_steps: int = 50) -> None:
         self.hint = hint
         self.check_every_n_steps = max(1, check_every_n_steps)
-        self._finite: torch.Tensor | None = None
-        self._losses: torch.Tensor | None = None
-        self._slots: list[tuple[int, int]] = []  # (step, epoch) of each filled slot, in order
+        # (loss, step, epoch) of each training step since the last check; the losses stay on
+        # the device: no synchronisation until `check` reads them.
+        self._steps: list[tuple[torch.Tensor, int, int]] = []
 
     def _fail(self, what: str, where: str) -> None:
         raise TrainingDivergedError(f"training diverged: {what} {where}; {self.hint}")
@@ -65,40 +65,32 @@ class DivergenceGuard(Callback):
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if loss is None:
             return
-        loss = loss.detach().float().reshape(())
-        if self._finite is None or self._finite.device != loss.device:
-            size = self.check_every_n_steps
-            self._finite = torch.ones(size, dtype=torch.bool, device=loss.device)
-            self._losses = torch.zeros(size, device=loss.device)
-        slot = len(self._slots)
-        # Device-side writes: no synchronisation until `check` reads them.
-        self._finite[slot] = torch.isfinite(loss)
-        self._losses[slot] = loss
         # global_step already counts this batch's optimiser step; TensorBoard shows the loss
         # at the step before it.
-        self._slots.append((trainer.global_step - 1, trainer.current_epoch))
-        if len(self._slots) == self.check_every_n_steps:
+        step = (loss.detach().float().reshape(()), trainer.global_step - 1, trainer.current_epoch)
+        self._steps.append(step)
+        if len(self._steps) == self.check_every_n_steps:
             self.check(trainer)
 
-    def check(self, trainer: L.Trainer | None = None) -> None:
+    def check(self, trainer: L.Trainer) -> None:
         """Reads the recorded losses; raises at the first non-finite one.
 
         With several processes every one of them checks at the same steps and they agree
         (any process's bad loss stops all of them), so none is left waiting for the others.
         """
-        slots, self._slots = self._slots, []
-        local_bad = bool(slots) and not bool(self._finite[: len(slots)].all())
+        steps, self._steps = self._steps, []
+        losses = torch.stack([loss for loss, _, _ in steps]) if steps else torch.zeros(0)
+        finite = torch.isfinite(losses)
+        local_bad = not bool(finite.all())
         bad = local_bad
-        if trainer is not None and trainer.world_size > 1:
+        if trainer.world_size > 1:
             bad = trainer.strategy.reduce_boolean_decision(local_bad, all=False)
         if not bad:
             return
         if not local_bad:
             self._fail(f"{tag(LOSS, TRAIN)} not finite", "in another training process")
-        first = int((~self._finite[: len(slots)]).nonzero()[0])
-        step, epoch = slots[first]
-        value = float(self._losses[first])
-        self._fail(f"{tag(LOSS, TRAIN)}={value}", f"at step {step} (epoch {epoch + 1})")
+        loss, step, epoch = steps[int((~finite).nonzero()[0])]
+        self._fail(f"{tag(LOSS, TRAIN)}={float(loss)}", f"at step {step} (epoch {epoch + 1})")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.check(trainer)

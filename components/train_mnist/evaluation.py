@@ -4,8 +4,8 @@ Accuracy says how often the network is wrong; a person deciding whether to trust
 to see *how*: which digits it confuses, and the images it gets wrong while being sure of
 itself. `CollectEvaluation` gathers that during the run's final evaluation pass, the one that
 produces the test metrics (the last validation pass when validation runs on the test set, the
-test pass otherwise), so no image is evaluated twice. Everything stays on the device until the
-pass ends: a 10 x 10 count matrix and the few candidates kept so far. Its result goes into
+test pass otherwise), so no image is evaluated twice. Every image's outcome (four numbers)
+stays on the device until the pass ends: no batch waits for the host. Its result goes into
 checkpoints, so a run resumed after its last epoch still has it.
 """
 
@@ -64,58 +64,41 @@ class Evaluation:
 
 
 class EvaluationAccumulator:
-    """Running confusion matrix and candidates, on the device of the predictions.
+    """Every evaluated image's outcome, kept on the device of the predictions until the end."""
 
-    Args:
-        device: Where the predictions live.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.counts = torch.zeros(CLASSES * CLASSES, dtype=torch.long, device=device)
-        # The mistakes kept, by column in `Prediction`'s field order (confidence last).
-        self._mistakes = (
-            *(torch.empty(0, dtype=torch.long, device=device) for _ in range(3)),
-            torch.empty(0, device=device),
-        )
-        self._correct: list[tuple[torch.Tensor, ...]] = []
-        self._correct_found = torch.zeros(CLASSES, dtype=torch.long, device=device)
+    def __init__(self) -> None:
+        # Per batch, its columns in `Prediction`'s field order: index, label, predicted,
+        # confidence.
+        self._batches: list[tuple[torch.Tensor, ...]] = []
 
     def update(self, log_probs: torch.Tensor, labels: torch.Tensor, first_index: int) -> None:
-        """Adds one batch.
+        """Adds one batch (no host sync).
 
         Args:
             log_probs: N x 10 log-probabilities.
             labels: N true digits.
             first_index: Position of the batch's first image in the split.
         """
-        log_probs = log_probs.detach().float()
-        confidence, predicted = log_probs.exp().max(dim=1)
-        self.counts += torch.bincount(labels * CLASSES + predicted, minlength=CLASSES * CLASSES)
+        confidence, predicted = log_probs.detach().float().exp().max(dim=1)
         index = torch.arange(labels.shape[0], device=labels.device) + first_index
-        wrong = predicted != labels
-        batch = (index, labels, predicted, confidence)
-        # Keep the best MISTAKES of (kept so far + this batch): a top-k, never a host sync.
-        candidates = [
-            torch.cat([kept, new[wrong]]) for kept, new in zip(self._mistakes, batch, strict=True)
-        ]
-        keep = torch.topk(candidates[-1], min(MISTAKES, candidates[-1].shape[0])).indices
-        self._mistakes = tuple(column[keep] for column in candidates)
-        # Correct examples: the first few per digit, in split order.
-        if bool((self._correct_found < EXAMPLES_PER_CLASS).any()):
-            right = ~wrong
-            self._correct.append(tuple(column[right] for column in batch))
-            self._correct_found += torch.bincount(labels[right], minlength=CLASSES)
+        self._batches.append((index, labels, predicted, confidence))
 
     def result(self) -> Evaluation:
-        """The pass's evaluation (reads the device once)."""
-        counts = self.counts.view(CLASSES, CLASSES).tolist()
-        mistakes = _predictions(*self._mistakes)
+        """The pass's evaluation (reads the device)."""
+        columns = [torch.cat(column) for column in zip(*self._batches, strict=True)]
+        _, labels, predicted, confidence = columns
+        counts = torch.bincount(labels * CLASSES + predicted, minlength=CLASSES * CLASSES)
+        wrong = predicted != labels
+        # The most confident mistakes first; equally confident ones in split order.
+        ranked = torch.argsort(confidence[wrong], descending=True, stable=True)[:MISTAKES]
+        mistakes = _predictions(*(column[wrong][ranked] for column in columns))
+        # Correct examples: the first few per digit, in split order.
         examples: dict[int, list[Prediction]] = {digit: [] for digit in range(CLASSES)}
-        for columns in self._correct:
-            for p in _predictions(*columns):
-                if len(examples[p.label]) < EXAMPLES_PER_CLASS:
-                    examples[p.label].append(p)
-        return Evaluation(counts, mistakes, [p for digit in examples.values() for p in digit])
+        for p in _predictions(*(column[~wrong] for column in columns)):
+            if len(examples[p.label]) < EXAMPLES_PER_CLASS:
+                examples[p.label].append(p)
+        matrix = counts.view(CLASSES, CLASSES).tolist()
+        return Evaluation(matrix, mistakes, [p for digit in examples.values() for p in digit])
 
 
 def _predictions(*columns: torch.Tensor) -> list[Prediction]:
@@ -138,7 +121,7 @@ class CollectEvaluation(Callback):
         self.evaluation: Evaluation | None = None
 
     def _start(self, pl_module: L.LightningModule) -> None:
-        pl_module.evaluation = EvaluationAccumulator(pl_module.device)
+        pl_module.evaluation = EvaluationAccumulator()
 
     def _finish(self, pl_module: L.LightningModule) -> None:
         accumulator = getattr(pl_module, "evaluation", None)

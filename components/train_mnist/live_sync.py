@@ -52,7 +52,7 @@ class LiveSync:
         self._stop = threading.Event()
         # Copies also run from the training thread (before a checkpoint): one at a time.
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._run, name="live-log-sync", daemon=True)
         self._failing = False
 
     def sync_once(self) -> None:
@@ -95,14 +95,12 @@ class LiveSync:
         First it prints where they go and how often.
         """
         print(f"TensorBoard logs: {self.label} (updated every {self.interval:g} s)", flush=True)
-        self._thread = threading.Thread(target=self._run, name="live-log-sync", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stops the thread and makes a last copy."""
+        """Stops the thread (which `start` started) and makes a last copy."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.join()
         self._tick()
 
 
@@ -110,28 +108,25 @@ class EarlyPoints(Callback):
     """Logs every step at first and makes the first point readable at once.
 
     A user opens TensorBoard to see training start: with Lightning's `log_every_n_steps` the
-    first point waits that many steps, then up to a flush period. Here every one of the first
-    `first_steps` steps is logged (Lightning reads `Trainer.log_every_n_steps` at each step),
+    first point waits that many steps, then up to a flush period. Here every step is logged
+    until the first interval ends (Lightning reads `Trainer.log_every_n_steps` at each step),
     and once the first step is logged `make_readable` flushes the writer and copies the logs to
     the live location.
 
     Args:
-        first_steps: Steps logged one by one before `Trainer.log_every_n_steps` applies.
+        every_n_steps: The trainer's logging interval (its `log_every_n_steps`).
         make_readable: Flushes and copies what was logged so far.
     """
 
-    def __init__(self, first_steps: int, make_readable: Callable[[], object]) -> None:
-        self.first_steps, self.make_readable = first_steps, make_readable
-        self._every_n: int | None = None
+    def __init__(self, every_n_steps: int, make_readable: Callable[[], object]) -> None:
+        self.every_n_steps, self.make_readable = every_n_steps, make_readable
         self._published = False
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._every_n is None:
-            self._every_n = trainer.log_every_n_steps
-        early = trainer.global_step < self.first_steps
-        trainer.log_every_n_steps = 1 if early else self._every_n
+        early = trainer.global_step < self.every_n_steps
+        trainer.log_every_n_steps = 1 if early else self.every_n_steps
         # Lightning hands a step's metrics to the logger after `on_train_batch_end`: by the
         # next batch's start the first point has been written.
         if not self._published and trainer.global_step >= 1:

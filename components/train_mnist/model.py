@@ -85,8 +85,7 @@ class MNISTClassifier(L.LightningModule):
         # Saved into checkpoints and TensorBoard's hparams, so a run can be traced to its settings.
         self.save_hyperparameters(config.as_dict())
         self.config = config
-        self.channels_last = config.channels_last
-        self.net = Net().to(memory_format=torch.channels_last) if self.channels_last else Net()
+        self.net = Net().to(memory_format=torch.channels_last) if config.channels_last else Net()
         self.evaluation: EvaluationAccumulator | None = None
         # A channels-last copy of `net` that evaluation passes use on the CPU (see
         # `_start_evaluation`), empty while training. In a tuple, so that it is no submodule:
@@ -95,7 +94,7 @@ class MNISTClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log-probabilities for a batch of normalised images."""
-        if self.channels_last:
+        if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
@@ -116,7 +115,8 @@ class MNISTClassifier(L.LightningModule):
         # the same predictions (log-probabilities agree to about 1e-6). A copy, not the
         # weights themselves converted and back, so training's parameters, their gradients
         # and the optimiser's state never change layout.
-        if self.device.type == "cpu" and not self.channels_last and not self.config.torch_compile:
+        config = self.config
+        if self.device.type == "cpu" and not config.channels_last and not config.torch_compile:
             self._evaluation_net = (copy.deepcopy(self.net).to(memory_format=torch.channels_last),)
 
     def _end_evaluation(self) -> None:

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import lightning as L
 import torch
@@ -45,12 +45,11 @@ class LineProgressBar(ProgressBar):
 
     Args:
         interval_seconds: Minimum seconds between training progress lines.
-        stream: Where lines go (stdout by default).
     """
 
-    def __init__(self, interval_seconds: float = 10.0, stream: TextIO | None = None) -> None:
+    def __init__(self, interval_seconds: float = 10.0) -> None:
         super().__init__()
-        self.interval_seconds, self.stream = interval_seconds, stream
+        self.interval_seconds = interval_seconds
         self._enabled = True
         self._loss: torch.Tensor | None = None
         self._epoch_start: float | None = None
@@ -64,7 +63,7 @@ class LineProgressBar(ProgressBar):
 
     def _print(self, text: str) -> None:
         if self._enabled:
-            print(text, file=self.stream or sys.stdout, flush=True)
+            print(text, flush=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = None
@@ -111,11 +110,11 @@ class LineProgressBar(ProgressBar):
         self._print(f"test {_metrics(trainer, TEST)}")
 
 
-def make_progress_bar(interval_seconds: float, stream: TextIO | None = None) -> ProgressBar:
+def make_progress_bar(interval_seconds: float) -> ProgressBar:
     """Lightning's bar on a terminal, `LineProgressBar` anywhere else (pod logs, files, pipes)."""
-    if (stream or sys.stdout).isatty():
+    if sys.stdout.isatty():
         return TQDMProgressBar()
-    return LineProgressBar(interval_seconds, stream)
+    return LineProgressBar(interval_seconds)
 
 
 class ThroughputMeter(Callback):

@@ -99,7 +99,6 @@ from kfp_lightning.components.train_mnist.summaries import (
     run_folder_name,
 )
 
-Checkpoint = tuple[Path, dict[str, Any]]  # a downloaded checkpoint file and its contents
 # The "lightning" logger prints its records through a handler of its own and also hands them
 # to the root logger, which KFP's executor configures (kfp/dsl/executor_main.py): every line
 # would appear twice in a pod's log. One is enough.
@@ -166,22 +165,6 @@ def check_run(
     return train_samples
 
 
-@dataclasses.dataclass
-class LiveLogging:
-    """The run's TensorBoard logger and, with a live location, what keeps it current there."""
-
-    logger: TensorBoardLogger
-    callbacks: list[L.Callback]
-    resume: Checkpoint | None = None
-    sync: LiveSync | None = None
-
-    def make_readable(self) -> None:
-        """Flushes the event files and copies them to the live location now."""
-        self.logger.experiment.flush()
-        if self.sync is not None:
-            self.sync.sync_once()
-
-
 @contextlib.contextmanager
 def live_logging(
     logs_dir: Path,
@@ -191,7 +174,7 @@ def live_logging(
     live_logs: LogsLocation | None,
     storage: Storage | None,
     update_seconds: float,
-) -> Iterator[LiveLogging]:
+) -> Iterator[tuple[TensorBoardLogger, list[L.Callback], Path | None]]:
     """Sets up the logger, the live copy and the checkpoints, resuming a lost attempt's run.
 
     Args:
@@ -199,15 +182,16 @@ def live_logging(
         run_label: The folder, and TensorBoard run name, of this run's event files.
         config: The run's parameters: the checkpoint interval, and the hyperparameters that
             recognise a checkpoint of the same configuration (the module saves the same dict).
-        early_steps: Steps logged one by one at the start (see `EarlyPoints`).
+        early_steps: The trainer's logging interval; every step is logged until the first
+            one ends (see `EarlyPoints`).
         live_logs: The run's live location (its URI is for messages); None keeps everything
             local.
         storage: The live location, opened.
         update_seconds: Longest delay before a logged point is readable there.
 
     Yields:
-        The logger, its callbacks and the checkpoint to resume from; on exit, whatever
-        happened, every point logged so far reaches the live location.
+        The logger, its callbacks and the checkpoint file to resume from (None to start
+        over); on exit, whatever happened, every point logged so far reaches the live location.
     """
     # Writer flushes and copies each happen every half period: a point is readable within one.
     half_period = max(1.0, update_seconds / 2)
@@ -215,7 +199,7 @@ def live_logging(
     # resumes from the same checkpoint.
     writer = rank_zero_only.rank == 0
     with tempfile.TemporaryDirectory(prefix="resume-") as resume_dir:
-        resume, restored = None, []
+        resume, restored, sync = None, [], None
         if storage is not None:
             resume = find_resumable_checkpoint(
                 storage, config.as_dict(), Path(resume_dir), remove_unusable=writer
@@ -236,21 +220,20 @@ def live_logging(
             purge_step=start_step if restored else None,
         )
         log_layout(logger)
-        live = LiveLogging(logger, [], resume)
+        if storage is not None and writer:
+            sync = LiveSync(logs_dir, storage, half_period, live_logs.uri, restored)
+            sync.start()
+
+        def make_readable() -> None:
+            """Flushes the event files and copies them to the live location now."""
+            logger.experiment.flush()
+            if sync is not None:
+                sync.sync_once()
+
+        callbacks: list[L.Callback] = [EarlyPoints(early_steps, make_readable=make_readable)]
         if storage is not None:
-            if writer:
-                live.sync = LiveSync(logs_dir, storage, half_period, live_logs.uri, restored)
-                live.sync.start()
-            live.callbacks.append(
-                DurableCheckpoints(
-                    storage,
-                    config.checkpoint_interval_minutes * 60,
-                    before_upload=live.make_readable,
-                    decide_every_n_steps=early_steps,
-                    log_every_n_steps=early_steps,
-                )
-            )
-        live.callbacks.append(EarlyPoints(early_steps, make_readable=live.make_readable))
+            every_seconds = config.checkpoint_interval_minutes * 60
+            callbacks.append(DurableCheckpoints(storage, every_seconds, make_readable, early_steps))
         if resume and writer:
             print(
                 f"resuming from {CHECKPOINT_DIR}/{resume[0].name} "
@@ -258,11 +241,11 @@ def live_logging(
                 flush=True,
             )
         try:
-            yield live
+            yield logger, callbacks, resume[0] if resume else None
         finally:
             logger.experiment.flush()
-            if live.sync is not None:
-                live.sync.stop()
+            if sync is not None:
+                sync.stop()
 
 
 def run_training(
@@ -341,7 +324,7 @@ def run_training(
         atomic_directory(outputs.tensorboard_logs_dir) as logs_dir,
         live_logging(
             logs_dir, run_label, config, log_every_n_steps, live_logs, storage, live_update_seconds
-        ) as live,
+        ) as (logger, live_callbacks, resume_path),
         warnings.catch_warnings(),
     ):
         # Batches are already on the device; Lightning's DataLoader advice does not apply.
@@ -354,7 +337,7 @@ def run_training(
             strategy="ddp" if processes > 1 else "auto",
             precision=config.precision,
             gradient_clip_val=config.gradient_clip_norm,
-            logger=live.logger,
+            logger=logger,
             callbacks=[
                 LearningRateMonitor(),
                 throughput,
@@ -363,7 +346,7 @@ def run_training(
                 DivergenceGuard(divergence_hint(config), check_every_n_steps=log_every_n_steps),
                 last_validation,
                 collector,
-                *live.callbacks,
+                *live_callbacks,
             ],
             log_every_n_steps=log_every_n_steps,
             num_sanity_val_steps=0,
@@ -371,7 +354,6 @@ def run_training(
             benchmark=accelerator == "gpu",
         )
         fit_module = torch.compile(module) if config.torch_compile else module
-        resume_path = live.resume[0] if live.resume else None
         timeline.mark("fit_start")
         trainer.fit(fit_module, datamodule=datamodule, ckpt_path=resume_path)
         timeline.mark("fit_end")
@@ -380,17 +362,17 @@ def run_training(
         if config.validation_size == 0 and collector.evaluation is not None:
             # The last validation pass ran on the test set: it is the test pass.
             test = dict(validation)
-            live.logger.log_metrics({tag(k, TEST): v for k, v in test.items()}, trainer.global_step)
+            logger.log_metrics({tag(k, TEST): v for k, v in test.items()}, trainer.global_step)
         else:
             trainer.test(fit_module, datamodule=datamodule, verbose=False)
             test = split_metrics(trainer.callback_metrics, TEST)
         evaluation = collector.evaluation
         test_images = datamodule.raw_images("test")
         if writer:
-            log_evaluation(live.logger, evaluation, test_images, trainer.global_step)
-            log_hyperparameters(live.logger, config, test, validation)
+            log_evaluation(logger, evaluation, test_images, trainer.global_step)
+            log_hyperparameters(logger, config, test, validation)
         timeline.mark("evaluated")
-        live.logger.finalize("success")
+        logger.finalize("success")
     if not writer:
         return None
 

@@ -205,7 +205,6 @@ def run_on_cluster(
     storage: Storage,
     deadline: float,
     timeout_seconds: int,
-    progress: ProgressReader | None,
 ) -> None:
     """Creates (or finds) the run's `TrainJob` and follows it until it completes.
 
@@ -215,10 +214,10 @@ def run_on_cluster(
     Args:
         jobs: The namespace's TrainJobs.
         wanted: The job to create.
-        storage: The run's location (stale outputs are cleared before a new job starts).
+        storage: The run's location: stale outputs are cleared before a new job starts, and
+            training progress is read from its live logs.
         deadline: `time.monotonic()` by which the job must have completed.
         timeout_seconds: The same deadline in seconds from the start, for the message.
-        progress: Where training progress lines come from; None for none.
 
     Raises:
         RunError: The job failed (its condition's reason and message), was deleted by someone
@@ -227,6 +226,7 @@ def run_on_cluster(
     """
     name = wanted["metadata"]["name"]
     where = f"TrainJob {jobs.namespace}/{name}"
+    progress = ProgressReader(storage, PROGRESS_SECONDS)
     try:
         existing = jobs.get(name)
         if existing is not None and trainjob.job_state(existing).condition == trainjob.FAILED:
@@ -267,7 +267,7 @@ def run_on_cluster(
             if state.condition == trainjob.FAILED:
                 detail = ": ".join(x for x in (state.reason, state.message) if x)
                 raise RunError(f"{where} failed: {detail or 'no reason given'}")
-            if progress and (line := progress.poll()):
+            if line := progress.poll():
                 print(line, flush=True)
             if not jobs.pause(polls, deadline):
                 raise _DeadlineExceeded
@@ -288,6 +288,8 @@ def run_on_cluster(
             f"lost the Kubernetes API while following {where} ({err}); a retry of this step "
             "follows the same job"
         ) from None
+    finally:
+        progress.close()
 
 
 # --- the step ----------------------------------------------------------------------------------
@@ -350,26 +352,25 @@ def train_on_nodes(
     patience = Patience(poll_seconds=POLL_SECONDS)
     api_client, namespace = None, ""
     form, identity = "", trainjob.PodIdentity(None, (), "")
-    if settings.launcher == TRAINJOB:
-        try:
+    # The parameters are checked before the Trainer is asked; a lost API, at either request,
+    # ends the step in one line.
+    try:
+        if settings.launcher == TRAINJOB:
             api_client, config_namespace = connect(patience)
-        except ClusterUnreachableError as err:
-            raise RunError(f"no Kubernetes API to create the TrainJob: {err}") from None
-        namespace = current_namespace() or config_namespace or "default"
-    sha256 = read_dataset_metadata(dataset_dir).get("sha256", {})
-    key = training_task_key(task_name, sha256, config)
-    location = logs.task_location(run_id, key, namespace or None)
-    check_shared_location(
-        location, settings.logs_pvc or None, settings.launcher, logs.tensorboard_logs_root
-    )
-    if api_client is not None:
-        try:
+            namespace = current_namespace() or config_namespace or "default"
+        sha256 = read_dataset_metadata(dataset_dir).get("sha256", {})
+        key = training_task_key(task_name, sha256, config)
+        location = logs.task_location(run_id, key, namespace or None)
+        check_shared_location(
+            location, settings.logs_pvc or None, settings.launcher, logs.tensorboard_logs_root
+        )
+        if api_client is not None:
             # Before anything is uploaded or created: a Trainer whose TrainJob cannot carry
             # the pod settings fails the step here, in one line.
             form = trainjob.trainjob_form(api_client, patience)
-        except ClusterUnreachableError as err:
-            raise RunError(f"no Kubernetes API to create the TrainJob: {err}") from None
-        identity = trainjob.step_pod_identity(api_client, namespace, patience=patience)
+            identity = trainjob.step_pod_identity(api_client, namespace, patience=patience)
+    except ClusterUnreachableError as err:
+        raise RunError(f"no Kubernetes API to create the TrainJob: {err}") from None
     endpoint = logs.endpoint()
     storage = open_storage(location, endpoint)
     upload_dataset(storage, Path(dataset_dir))
@@ -411,12 +412,8 @@ def train_on_nodes(
         print(identity.note, flush=True)
         wanted = trainjob.trainjob_object(namespace, run_id, spec, form, task=key)
         jobs = trainjob.TrainJobs(api_client, namespace, patience)
-        progress = ProgressReader(storage, PROGRESS_SECONDS)
-        try:
-            with api_client, sigterm_raises():
-                run_on_cluster(jobs, wanted, storage, deadline, settings.timeout_seconds, progress)
-        finally:
-            progress.close()
+        with api_client, sigterm_raises():
+            run_on_cluster(jobs, wanted, storage, deadline, settings.timeout_seconds)
     return run_layout.collect_outputs(storage, output_dirs)
 
 

@@ -26,9 +26,7 @@ reading and deleting a job by name are all safe to repeat.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import os
 import secrets
 import time
@@ -64,7 +62,6 @@ NODE = "node"
 RESERVED_ENV = frozenset(
     {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
 )
-TORCHRUN = ("torchrun", "--module")
 RBAC_MANIFEST = "manifests/trainjob-rbac.yaml"
 # Pod hostnames are "<name>-node-0-<index>" (jobset.go, `IdentifyPodNetwork`), at most 63
 # characters: 48 leaves room for a three-digit node index.
@@ -198,29 +195,22 @@ def node_pod_template(run_id: str, spec: NodeSpec) -> dict[str, Any]:
     }
 
 
-def as_template_overrides(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Trainer v2.1's `spec.podTemplateOverrides`: the pod patch, for the `node` job.
+def pod_settings(form: str, pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """The value of `spec.<form>`: the pod patch, for the `node` job.
 
-    kubeflow/trainer v2.1.0, pkg/apis/trainer/v1alpha1/trainjob_types.go, `PodTemplateOverride`
-    (`targetJobs`, `metadata`, `spec`).
-    """
-    return [{"targetJobs": [{"name": NODE}], **copy.deepcopy(dict(pod))}]
-
-
-def as_runtime_patches(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Trainer v2.2+'s `spec.runtimePatches`: the pod patch, at the `node` job's pod template.
-
-    kubeflow/trainer v2.2.0, pkg/apis/trainer/v1alpha1/trainjob_types.go, `RuntimePatch`:
+    Trainer v2.1's `podTemplateOverrides` target the job by name (kubeflow/trainer v2.1.0,
+    pkg/apis/trainer/v1alpha1/trainjob_types.go, `PodTemplateOverride`: `targetJobs`,
+    `metadata`, `spec`). Trainer v2.2+'s `runtimePatches` place it at the `node` job's pod
+    template (v2.2.0, the same file, `RuntimePatch`:
     `trainingRuntimeSpec.template.spec.replicatedJobs[name].template.spec.template` is a
-    `PodTemplatePatch` (pod metadata and a `PodSpecPatch`); the list is keyed by `manager`.
-    The Trainer's mutating webhook adds `time` to each entry (pkg/webhooks/trainjob_webhook.go).
+    `PodTemplatePatch`, pod metadata and a `PodSpecPatch`), in an entry keyed by `manager`,
+    to which the Trainer's mutating webhook adds `time` (pkg/webhooks/trainjob_webhook.go).
     """
-    job = {"name": NODE, "template": {"spec": {"template": copy.deepcopy(dict(pod))}}}
+    if form == TEMPLATE_OVERRIDES:
+        return [{"targetJobs": [{"name": NODE}], **pod}]
+    job = {"name": NODE, "template": {"spec": {"template": pod}}}
     runtime_spec = {"template": {"spec": {"replicatedJobs": [job]}}}
     return [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": runtime_spec}]
-
-
-RENDER = {TEMPLATE_OVERRIDES: as_template_overrides, RUNTIME_PATCHES: as_runtime_patches}
 
 
 def trainjob_object(
@@ -246,7 +236,7 @@ def trainjob_object(
     Raises:
         ValueError: `form` is not one of FORMS.
     """
-    if form not in RENDER:
+    if form not in FORMS:
         raise ValueError(f"invalid form={form!r}: expected one of {', '.join(FORMS)}")
     group, version, _, kind = TRAINJOB_API
     return {
@@ -262,14 +252,14 @@ def trainjob_object(
             "runtimeRef": {"apiGroup": group, "kind": RUNTIME_API[3], "name": RUNTIME},
             "trainer": {
                 "image": spec.image,
-                "command": [*TORCHRUN, spec.module],
+                "command": ["torchrun", "--module", spec.module],
                 "args": list(spec.arguments),
                 "numNodes": spec.nodes,
                 "numProcPerNode": spec.processes_per_node,
                 "resourcesPerNode": resources(spec.gpus_per_node),
                 "env": environment(spec.s3_secret),
             },
-            form: RENDER[form](node_pod_template(run_id, spec)),
+            form: pod_settings(form, node_pod_template(run_id, spec)),
         },
     }
 
@@ -388,18 +378,10 @@ class TrainJobs:
         self.namespace = namespace
         self.patience = patience
 
-    def _call(
-        self,
-        verb: str,
-        name: str,
-        *args: Any,
-        absent_status: int = 0,
-        absent: Any = None,
-        **kwargs: Any,
-    ) -> Any:
+    def _call(self, verb: str, name: str, *args: Any, absent_status: int = 0, **kwargs: Any) -> Any:
         """The `verb` ("create", "read" or "delete") request of the custom objects API,
-        `(group, version, namespace, plural, *args, **kwargs)`; `absent` when the server
-        answers `absent_status`, a refusal explained (`explain_refusal`) otherwise."""
+        `(group, version, namespace, plural, *args, **kwargs)`; None when the server answers
+        `absent_status`, a refusal explained (`explain_refusal`) otherwise."""
         group, version, plural, kind = TRAINJOB_API
         request = {
             "create": self.api.create_namespaced_custom_object,
@@ -414,7 +396,7 @@ class TrainJobs:
             )
         except ApiException as err:
             if err.status == absent_status:
-                return absent
+                return None
             raise explain_refusal(err, self.namespace, verb) from None
 
     def create(self, wanted: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -435,10 +417,7 @@ class TrainJobs:
         stored = self._call("create", name, wanted, absent_status=409, field_validation="Strict")
         if stored is None:
             return None
-        lost = differences(wanted, stored)
-        if not lost:
-            stored = self.get(name) or stored
-            lost = differences(wanted, stored)
+        lost = differences(wanted, stored) or differences(wanted, self.get(name) or stored)
         if lost:
             self.delete(name)
             raise RunError(
@@ -466,8 +445,7 @@ class TrainJobs:
             Whether there was a job to delete.
         """
         options = {"propagationPolicy": "Foreground" if foreground else "Background"}
-        answer = self._call("delete", name, name, absent_status=404, absent=False, body=options)
-        return answer is not False
+        return self._call("delete", name, name, absent_status=404, body=options) is not None
 
     def pause(self, polls: int, deadline: float) -> bool:
         """Sleeps before the next read: 1 s, then twice as long each time, at most the
@@ -508,13 +486,13 @@ def _read_json(
 ) -> dict[str, Any] | None:
     """GET `path` of the API server as JSON; None when it answers 404."""
     try:
-        answer = call(
+        return call(
             lambda: api_client.call_api(
                 path,
                 "GET",
                 header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"],
-                _preload_content=False,
+                response_type="object",
                 _return_http_data_only=True,
                 _request_timeout=patience.request_timeout_seconds,
             ),
@@ -528,7 +506,6 @@ def _read_json(
             "authenticated user may read through the "
             "system:discovery ClusterRole: ask a cluster admin to restore it"
         ) from None
-    return json.loads(answer.data)
 
 
 def served_trainjob_schema(
@@ -555,11 +532,9 @@ def served_trainjob_schema(
     else:
         document = _read_json(api_client, OPENAPI_V2, patience) or {}
         schemas = document.get("definitions") or {}
+    wanted = {"group": group, "version": version, "kind": kind}
     for schema in schemas.values():
-        kinds = schema.get("x-kubernetes-group-version-kind") or []
-        if (group, version, kind) in [
-            (k.get("group"), k.get("version"), k.get("kind")) for k in kinds
-        ]:
+        if wanted in (schema.get("x-kubernetes-group-version-kind") or []):
             return schema
     return None
 
@@ -722,12 +697,9 @@ def step_pod_identity(
     if pod_name:
         where = f"pod {namespace}/{pod_name}"
         try:
-            answer = call(
+            pod = call(
                 lambda: client.CoreV1Api(api_client).read_namespaced_pod(
-                    pod_name,
-                    namespace,
-                    _preload_content=False,
-                    _request_timeout=patience.request_timeout_seconds,
+                    pod_name, namespace, _request_timeout=patience.request_timeout_seconds
                 ),
                 f"read {where}",
             )
@@ -736,21 +708,16 @@ def step_pod_identity(
         except ClusterUnreachableError as err:
             reason = str(err)
         else:
-            spec = json.loads(answer.data).get("spec") or {}
-            account = account or spec.get("serviceAccountName") or None
-            pulls = tuple(
-                str(s["name"]) for s in spec.get("imagePullSecrets") or [] if s.get("name")
-            )
-            return PodIdentity(
-                account,
-                pulls,
+            account = account or pod.spec.service_account_name or None
+            pulls = tuple(s.name for s in pod.spec.image_pull_secrets or [] if s.name)
+            note = (
                 f"node pods: service account {account or 'default'}, image pull secrets "
-                f"{', '.join(pulls) or '(none)'}, as this step's {where}",
+                f"{', '.join(pulls) or '(none)'}, as this step's {where}"
             )
+            return PodIdentity(account, pulls, note)
     shown = account or "the namespace's default"
-    return PodIdentity(
-        account,
-        (),
+    note = (
         f"node pods: service account {shown}; image pull secrets not copied ({reason}): they "
-        "get those of the service account, which Kubernetes adds to every pod it runs as",
+        "get those of the service account, which Kubernetes adds to every pod it runs as"
     )
+    return PodIdentity(account, (), note)
