@@ -20,6 +20,7 @@ from kfp_lightning.components.common.run_layout import collect_outputs
 from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist import train
 from kfp_lightning.components.train_mnist.data import DeviceBatches, shift_images
+from kfp_lightning.components.train_mnist.evaluation import EvaluationAccumulator
 from kfp_lightning.components.train_mnist.train import (
     TrainingOutputs,
     run_training,
@@ -211,6 +212,33 @@ def test_shifted_batches_are_reproducible_and_keep_their_labels():
             assert abs(col - 14) <= 1
             moved += (row, col) != (14, 14)
     assert moved > 0
+
+
+def test_evaluation_counts_every_batch_and_ranks_mistakes_by_confidence():
+    accumulator = EvaluationAccumulator()
+    evaluation = accumulator.result()  # a pass without batches
+    assert evaluation.confusion_matrix == [[0] * 10 for _ in range(10)]
+    assert evaluation.mistakes == []
+    assert evaluation.examples == []
+    # Two batches; row i predicts digit predicted[i] with probability confidence[i].
+    predicted = [[3, 1, 2], [7, 0, 5]]
+    labels = [[3, 2, 2], [1, 0, 4]]
+    confidence = [[0.9, 0.6, 0.8], [0.6, 0.7, 0.95]]
+    first_index = 0
+    for p, y, c in zip(predicted, labels, confidence, strict=True):
+        probs = torch.full((len(p), 10), 0.001)
+        probs[torch.arange(len(p)), torch.tensor(p)] = torch.tensor(c)
+        accumulator.update(probs.log(), torch.tensor(y), first_index)
+        first_index += len(p)
+    evaluation = accumulator.result()
+    matrix = evaluation.confusion_matrix
+    expected = [[0] * 10 for _ in range(10)]
+    for row, column in [(3, 3), (2, 1), (2, 2), (1, 7), (0, 0), (4, 5)]:
+        expected[row][column] += 1
+    assert matrix == expected
+    # Most confident first; the two at 0.6 in split order.
+    assert [m.index for m in evaluation.mistakes] == [5, 1, 3]
+    assert [e.index for e in evaluation.examples] == [4, 2, 0]  # digits 0, 2, 3
 
 
 def test_test_set_validation_is_the_test_pass(dataset, tmp_path):

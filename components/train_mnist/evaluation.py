@@ -85,6 +85,8 @@ class EvaluationAccumulator:
 
     def result(self) -> Evaluation:
         """The pass's evaluation (reads the device)."""
+        if not self._batches:  # a pass without batches: nothing counted, nothing to show
+            return Evaluation([[0] * CLASSES for _ in range(CLASSES)], [], [])
         columns = [torch.cat(column) for column in zip(*self._batches, strict=True)]
         _, labels, predicted, confidence = columns
         counts = torch.bincount(labels * CLASSES + predicted, minlength=CLASSES * CLASSES)
