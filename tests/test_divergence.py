@@ -15,8 +15,8 @@ import torch
 from kfp_lightning.components.common.files import write_json
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.common.training import TrainConfig
-from kfp_lightning.components.train_mnist.checkpoints import CHECKPOINT_DIR
-from kfp_lightning.components.train_mnist.divergence import (
+from kfp_lightning.components.train_mnist.live import CHECKPOINT_DIR
+from kfp_lightning.components.train_mnist.progress import (
     DivergenceGuard,
     TrainingDivergedError,
 )

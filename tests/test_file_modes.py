@@ -29,7 +29,7 @@ from kfp_lightning.components.launch_tensorboard.launcher import (
     start_live_tensorboard,
 )
 from kfp_lightning.components.report_training.report import write_training_report
-from kfp_lightning.components.train_mnist.resume import restore_logs
+from kfp_lightning.components.train_mnist.live import restore_logs
 from kfp_lightning.components.train_mnist.train import TrainingOutputs, run_training
 from kfp_lightning.pipelines.cli import compile_pipeline
 

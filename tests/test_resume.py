@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kfp_lightning.components.train_mnist.checkpoints import checkpoint_name
 from kfp_lightning.components.train_mnist.component import train_mnist
+from kfp_lightning.components.train_mnist.live import checkpoint_name
 from tests.component_runner import component_command, logged_metrics, run_component
 from tests.helpers import (
     assert_only_logs,

@@ -6,19 +6,37 @@ itself. `CollectEvaluation` gathers that during the run's final evaluation pass,
 produces the test metrics (the last validation pass when validation runs on the test set, the
 test pass otherwise), so no image is evaluated twice. Every image's outcome (four numbers)
 stays on the device until the pass ends: no batch waits for the host. Its result goes into
-checkpoints, so a run resumed after its last epoch still has it.
+checkpoints, so a run resumed after its last epoch still has it, as does the last validation
+pass's metrics. The evaluation, the run's parameters and its final metrics also go to
+TensorBoard (the Text, Images and HParams dashboards); a Custom Scalars layout overlays
+training and validation on one chart, and the events go into a folder named after the
+pipeline run (`run_folder_name`), which TensorBoard names the run after.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
 
 from kfp_lightning.components.common import evaluation as schema
+from kfp_lightning.components.common.training import TrainConfig
+from kfp_lightning.components.train_mnist.model import (
+    ACCURACY,
+    LEARNING_RATE,
+    LOSS,
+    TEST,
+    TRAIN,
+    VAL,
+    split_metrics,
+    tag,
+)
 
 CLASSES = 10
 MISTAKES = 24  # most confidently misclassified test images kept
@@ -56,11 +74,6 @@ class Evaluation:
     confusion_matrix: list[list[int]]
     mistakes: list[Prediction]
     examples: list[Prediction]
-
-    @property
-    def samples(self) -> int:
-        """Images evaluated."""
-        return sum(map(sum, self.confusion_matrix))
 
 
 class EvaluationAccumulator:
@@ -112,6 +125,10 @@ def _predictions(*columns: torch.Tensor) -> list[Prediction]:
 class CollectEvaluation(Callback):
     """Gathers an `Evaluation` during the pass that yields the test metrics.
 
+    It also keeps the last validation pass's metrics (`validation`, `{quantity: value}`): a
+    run resumed from the checkpoint written after its last epoch has nothing left to fit, and
+    reports these instead of validating the same weights again.
+
     Args:
         on_test_set_validation: The validation split is the test set: collect during the last
             epoch's validation pass (the test metrics come from it). Otherwise collect during
@@ -121,33 +138,32 @@ class CollectEvaluation(Callback):
     def __init__(self, on_test_set_validation: bool) -> None:
         self.on_test_set_validation = on_test_set_validation
         self.evaluation: Evaluation | None = None
-
-    def _start(self, pl_module: L.LightningModule) -> None:
-        pl_module.evaluation = EvaluationAccumulator()
-
-    def _finish(self, pl_module: L.LightningModule) -> None:
-        accumulator = getattr(pl_module, "evaluation", None)
-        if accumulator is not None:
-            self.evaluation = accumulator.result()
-            pl_module.evaluation = None
+        self.validation: dict[str, float] = {}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.on_test_set_validation and trainer.current_epoch == trainer.max_epochs - 1:
-            self._start(pl_module)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish(pl_module)
-
-    on_test_epoch_end = on_validation_epoch_end
+            pl_module.evaluation = EvaluationAccumulator()
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.on_test_set_validation:
-            self._start(pl_module)
+            pl_module.evaluation = EvaluationAccumulator()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.evaluation is not None:
+            self.evaluation = pl_module.evaluation.result()
+            pl_module.evaluation = None
+
+    on_test_epoch_end = on_validation_epoch_end
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validation = split_metrics(trainer.callback_metrics, VAL)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"evaluation": dataclasses.asdict(self.evaluation) if self.evaluation else None}
+        evaluation = dataclasses.asdict(self.evaluation) if self.evaluation else None
+        return {"evaluation": evaluation, "validation": dict(self.validation)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validation = dict(state_dict["validation"])
         if saved := state_dict.get("evaluation"):
             self.evaluation = Evaluation(
                 saved["confusion_matrix"],
@@ -180,7 +196,7 @@ def evaluation_document(
     document = schema.Evaluation(
         format=schema.FORMAT,
         split="test",
-        samples=evaluation.samples,
+        samples=sum(map(sum, evaluation.confusion_matrix)),
         labels=[str(digit) for digit in range(CLASSES)],
         confusion_matrix=evaluation.confusion_matrix,
         mistakes=[sample(p) for p in evaluation.mistakes],
@@ -188,3 +204,106 @@ def evaluation_document(
         run=run,
     )
     return document.model_dump(mode="json")
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+@,-]+")
+
+
+def run_folder_name(run_name: str) -> str:
+    """The folder (and so TensorBoard's run name) for a run's event files.
+
+    TensorBoard names a run after the folder holding its event files: never the logs root
+    itself ("." in TensorBoard's run list).
+
+    Args:
+        run_name: The pipeline run's display name (KFP's `PIPELINE_JOB_NAME_PLACEHOLDER`: the
+            name shown in the Kubeflow run list; `kfp.local` gives the pipeline name and the
+            start time).
+
+    Returns:
+        The name with every run of characters an object key or path segment should not hold
+        replaced by "-", at most 100 characters; "training" when nothing is left.
+    """
+    slug = _UNSAFE.sub("-", run_name.strip()).strip("-.")[:100].strip("-.")
+    return slug or "training"
+
+
+def log_layout(logger: TensorBoardLogger) -> None:
+    """Custom Scalars charts: training and validation loss on one chart, accuracies on another.
+
+    Loss and accuracy tags are `quantity/split`, which the Scalars dashboard groups together;
+    these charts overlay the splits.
+    """
+    logger.experiment.add_custom_scalars(
+        {
+            "training": {
+                "loss": ["Multiline", [tag(LOSS, TRAIN), tag(LOSS, VAL), tag(LOSS, TEST)]],
+                "accuracy": ["Multiline", [tag(ACCURACY, VAL), tag(ACCURACY, TEST)]],
+                "learning rate": ["Multiline", [LEARNING_RATE]],
+            }
+        }
+    )
+
+
+def image_grid(test_images: torch.Tensor, predictions: list[Prediction]) -> torch.Tensor:
+    """The predictions' images side by side, 3 x H x W float in [0, 1] for `add_image`."""
+    from torchvision.utils import make_grid
+
+    if not predictions:
+        return torch.zeros(3, 28, 28)
+    batch = torch.stack([test_images[p.index] for p in predictions]).unsqueeze(1).float() / 255
+    return make_grid(batch, nrow=min(len(predictions), 8), padding=2, pad_value=0.5)
+
+
+def log_results(
+    logger: TensorBoardLogger,
+    step: int,
+    evaluation: Evaluation,
+    test_images: torch.Tensor,
+    config: TrainConfig,
+    test: dict[str, float],
+    validation: dict[str, float],
+) -> None:
+    """The evaluation, and the run's parameters and final metrics, for TensorBoard.
+
+    The Text dashboard gets the confusion matrix (a Markdown table), the Images dashboard the
+    most confident mistakes and a few correct examples, and the HParams dashboard the
+    parameters and final metrics, so runs under one root compare by parameter. Those metrics
+    are the tags already logged (the dashboard reads each tag's last value), so nothing is
+    logged twice; they are written the way Lightning's own `log_hyperparams` writes them
+    (lightning/fabric/loggers/tensorboard.py), without the extra step-0 points it logs.
+
+    Args:
+        logger: The run's logger.
+        step: The step to log them at (the last).
+        evaluation: The final evaluation.
+        test_images: The test split as uint8, N x 28 x 28, on the CPU.
+        config: The parameters.
+        test: Final test metrics, by quantity.
+        validation: Final validation metrics, by quantity.
+    """
+    writer = logger.experiment
+    header = "| true \\ predicted | " + " | ".join(str(d) for d in range(CLASSES)) + " |"
+    rows = [
+        f"| **{digit}** | " + " | ".join(str(n) for n in row) + " |"
+        for digit, row in enumerate(evaluation.confusion_matrix)
+    ]
+    confusion = "\n".join([header, "|" + "---|" * (CLASSES + 1), *rows])
+    writer.add_text("evaluation/confusion_matrix", confusion, step)
+    mistakes = ", ".join(
+        f"{p.label}→{p.predicted} ({p.confidence:.0%})" for p in evaluation.mistakes
+    )
+    writer.add_text("evaluation/mistakes", f"true→predicted (confidence): {mistakes}", step)
+    writer.add_image("evaluation/mistakes", image_grid(test_images, evaluation.mistakes), step)
+    writer.add_image(
+        "evaluation/correct_examples", image_grid(test_images, evaluation.examples), step
+    )
+    parameters: dict[str, Any] = {
+        k: v if isinstance(v, (bool, int, float, str)) else str(v)
+        for k, v in config.as_dict().items()
+    }
+    splits = ((TEST, test), (VAL, validation))
+    metrics = {tag(k, split): v for split, values in splits for k, v in values.items()}
+    # The experiment, session-start and session-end summaries.
+    for summary in hparams(parameters, metrics):
+        writer._get_file_writer().add_summary(summary)

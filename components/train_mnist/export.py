@@ -101,7 +101,7 @@ class ExportedNet(nn.Module):
     """`Net` behind the input contract: pixels in, log-probabilities out (see the module doc).
 
     Args:
-        net: The trained network, on the CPU, in eval mode.
+        net: The trained network: a float32 copy on the CPU, in eval mode.
     """
 
     def __init__(self, net: Net) -> None:
@@ -188,40 +188,6 @@ def _branches(net: Net, names: tuple[str, ...]) -> tuple[Callable, Callable]:
     return whole, in_chunks
 
 
-def cpu_copy(net: Net) -> Net:
-    """A float32 copy of `net` on the CPU, in eval mode, its parameters frozen."""
-    copy = Net()
-    copy.load_state_dict({k: v.detach().float().cpu() for k, v in net.state_dict().items()})
-    # Inference only: without gradients a user's call builds no autograd graph.
-    return copy.requires_grad_(False).train(False)
-
-
-def export_program(net: Net) -> torch.export.ExportedProgram:
-    """Exports `net` behind the input contract, for the CPU, with any batch size >= 1.
-
-    Args:
-        net: The trained network, on the CPU (see `cpu_copy`).
-
-    Returns:
-        The exported program.
-    """
-    module = ExportedNet(net).train(False)
-    # An example above CHUNK_SIZE: export traces both branches of the cond with it, and the
-    # chunked one needs a whole chunk to index. One image expanded: the archive keeps the
-    # example's storage (data/sample_inputs), 784 floats rather than 3 MB.
-    example = torch.zeros(1, 1, 28, 28).expand(CHUNK_SIZE + 1, 1, 28, 28)
-    # No upper bound (a max of 65536 used to refuse a 70,000-image batch): the chunked path
-    # makes the program's memory independent of N.
-    batch = torch.export.Dim("batch", min=1)
-    return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-
-
-def _serialised(save: Callable[[io.BytesIO], None]) -> bytes:
-    buffer = io.BytesIO()
-    save(buffer)
-    return buffer.getvalue()
-
-
 def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> dict[str, Any]:
     """Writes the Model artifact directory atomically.
 
@@ -244,8 +210,20 @@ def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> d
         WriteError: A file could not be written ("no space left on device writing
             <model_dir>/model.pt2: ..."); `model_dir` is then not created.
     """
-    cpu_net = cpu_copy(net)
-    program = export_program(cpu_net)
+    # A float32 copy on the CPU, in eval mode, its parameters frozen.
+    cpu_net = Net()
+    cpu_net.load_state_dict({k: v.detach().float().cpu() for k, v in net.state_dict().items()})
+    # Inference only: without gradients a user's call builds no autograd graph.
+    cpu_net.requires_grad_(False).train(False)
+    # An example above CHUNK_SIZE: export traces both branches of the cond with it, and the
+    # chunked one needs a whole chunk to index. One image expanded: the archive keeps the
+    # example's storage (data/sample_inputs), 784 floats rather than 3 MB.
+    example = torch.zeros(1, 1, 28, 28).expand(CHUNK_SIZE + 1, 1, 28, 28)
+    # No upper bound (a max of 65536 used to refuse a 70,000-image batch): the chunked path
+    # makes the program's memory independent of N.
+    batch = torch.export.Dim("batch", min=1)
+    exported = ExportedNet(cpu_net).train(False)
+    program = torch.export.export(exported, (example,), dynamic_shapes=({0: batch},))
     full = {
         "format": FORMAT,
         "program": PROGRAM_FILE,
@@ -266,15 +244,15 @@ def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> d
         "framework": {"torch": torch.__version__, "python": platform.python_version()},
         **metadata,
     }
-    files = {
-        PROGRAM_FILE: _serialised(lambda f: torch.export.save(program, f)),
-        WEIGHTS_FILE: _serialised(lambda f: torch.save(cpu_net.state_dict(), f)),
-    }
+    program_file, weights_file = io.BytesIO(), io.BytesIO()
+    torch.export.save(program, program_file)
+    torch.save(cpu_net.state_dict(), weights_file)
+    files = {PROGRAM_FILE: program_file, WEIGHTS_FILE: weights_file}
     with atomic_directory(model_dir) as staging:
-        for name, data in files.items():
+        for name, buffer in files.items():
             # fsynced before the directory is renamed into place: a filesystem that allocates
             # late (NFS, for one) may report a full disk only at fsync or close. A fault names
             # the file by its final name (`atomic_directory` maps the staging path back).
-            atomic_write_bytes(staging / name, data)
+            atomic_write_bytes(staging / name, buffer.getvalue())
         write_json(staging / METADATA_FILE, full)
     return full

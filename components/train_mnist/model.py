@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kfp_lightning.components.common.training import TrainConfig
-from kfp_lightning.components.train_mnist.evaluation import EvaluationAccumulator
+
+if TYPE_CHECKING:  # evaluation.py imports this module
+    from kfp_lightning.components.train_mnist.evaluation import EvaluationAccumulator
 
 # TensorBoard tags: quantity/split, so TensorBoard groups each quantity's curves together.
 TRAIN, VAL, TEST = "train", "val", "test"

@@ -14,38 +14,31 @@ good checkpoint in the live location.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import os
 import tempfile
+import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import LightningDeprecationWarning
 
-from kfp_lightning.components.common import run_layout
+from kfp_lightning.components.common import logs_location, run_layout
 from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.evaluation import FILE_NAME as EVALUATION_FILE
 from kfp_lightning.components.common.fast_exit import exit_without_teardown
 from kfp_lightning.components.common.files import atomic_directory, write_json
-from kfp_lightning.components.common.logs_location import (
-    LiveLogsConfig,
-    LogsLocation,
-    parse_logs_root,
-)
 from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.common.run_layout import TrainResult
-from kfp_lightning.components.common.storage import Storage, open_storage
+from kfp_lightning.components.common.storage import open_storage
 from kfp_lightning.components.common.torchrun import run_torchrun
 from kfp_lightning.components.common.training import (
     CONSOLE_ENV,
@@ -57,47 +50,10 @@ from kfp_lightning.components.common.training import (
     training_task_key,
     visible_gpus,
 )
-from kfp_lightning.components.train_mnist.checkpoints import (
-    CHECKPOINT_DIR,
-    DurableCheckpoints,
-    find_resumable_checkpoint,
-)
+from kfp_lightning.components.train_mnist import distributed, evaluation, model, progress
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
-from kfp_lightning.components.train_mnist.distributed import MODULE, build_parser, train_and_publish
-from kfp_lightning.components.train_mnist.divergence import (
-    DivergenceGuard,
-    TrainingDivergedError,
-    divergence_hint,
-    non_finite,
-)
-from kfp_lightning.components.train_mnist.evaluation import (
-    CLASSES,
-    CollectEvaluation,
-    evaluation_document,
-)
 from kfp_lightning.components.train_mnist.export import export_model
-from kfp_lightning.components.train_mnist.live_sync import EarlyPoints, LiveSync
-from kfp_lightning.components.train_mnist.model import (
-    ACCURACY,
-    LOSS,
-    TEST,
-    MNISTClassifier,
-    split_metrics,
-    tag,
-)
-from kfp_lightning.components.train_mnist.progress import (
-    LastValidation,
-    ThroughputMeter,
-    Timeline,
-    make_progress_bar,
-)
-from kfp_lightning.components.train_mnist.resume import restore_logs
-from kfp_lightning.components.train_mnist.summaries import (
-    log_evaluation,
-    log_hyperparameters,
-    log_layout,
-    run_folder_name,
-)
+from kfp_lightning.components.train_mnist.live import live_logging
 
 # The "lightning" logger prints its records through a handler of its own and also hands them
 # to the root logger, which KFP's executor configures (kfp/dsl/executor_main.py): every line
@@ -165,99 +121,16 @@ def check_run(
     return train_samples
 
 
-@contextlib.contextmanager
-def live_logging(
-    logs_dir: Path,
-    run_label: str,
-    config: TrainConfig,
-    early_steps: int,
-    live_logs: LogsLocation | None,
-    storage: Storage | None,
-    update_seconds: float,
-) -> Iterator[tuple[TensorBoardLogger, list[L.Callback], Path | None]]:
-    """Sets up the logger, the live copy and the checkpoints, resuming a lost attempt's run.
-
-    Args:
-        logs_dir: The local logs directory (the future `tensorboard_logs` artifact).
-        run_label: The folder, and TensorBoard run name, of this run's event files.
-        config: The run's parameters: the checkpoint interval, and the hyperparameters that
-            recognise a checkpoint of the same configuration (the module saves the same dict).
-        early_steps: The trainer's logging interval; every step is logged until the first
-            one ends (see `EarlyPoints`).
-        live_logs: The run's live location (its URI is for messages); None keeps everything
-            local.
-        storage: The live location, opened.
-        update_seconds: Longest delay before a logged point is readable there.
-
-    Yields:
-        The logger, its callbacks and the checkpoint file to resume from (None to start
-        over); on exit, whatever happened, every point logged so far reaches the live location.
-    """
-    # Writer flushes and copies each happen every half period: a point is readable within one.
-    half_period = max(1.0, update_seconds / 2)
-    # Of several processes, global rank 0 alone writes logs and checkpoints; every one of them
-    # resumes from the same checkpoint.
-    writer = rank_zero_only.rank == 0
-    with tempfile.TemporaryDirectory(prefix="resume-") as resume_dir:
-        resume, restored, sync = None, [], None
-        if storage is not None:
-            resume = find_resumable_checkpoint(
-                storage, config.as_dict(), Path(resume_dir), remove_unusable=writer
-            )
-        # The first step this run logs (0 when it starts over).
-        start_step = int(resume[1]["global_step"]) if resume else 0
-        if storage is not None and writer:
-            # Everything a lost attempt logged from the resume step on is logged again.
-            restored = restore_logs(storage, logs_dir, start_step)
-        logger = TensorBoardLogger(
-            save_dir=str(logs_dir),
-            # One folder per run, so TensorBoard names the run after it rather than ".".
-            name=run_label,
-            version="",
-            default_hp_metric=False,
-            flush_secs=half_period,
-            # A running TensorBoard drops the points a lost attempt logged past the resume step.
-            purge_step=start_step if restored else None,
-        )
-        log_layout(logger)
-        if storage is not None and writer:
-            sync = LiveSync(logs_dir, storage, half_period, live_logs.uri, restored)
-            sync.start()
-
-        def make_readable() -> None:
-            """Flushes the event files and copies them to the live location now."""
-            logger.experiment.flush()
-            if sync is not None:
-                sync.sync_once()
-
-        callbacks: list[L.Callback] = [EarlyPoints(early_steps, make_readable=make_readable)]
-        if storage is not None:
-            every_seconds = config.checkpoint_interval_minutes * 60
-            callbacks.append(DurableCheckpoints(storage, every_seconds, make_readable, early_steps))
-        if resume and writer:
-            print(
-                f"resuming from {CHECKPOINT_DIR}/{resume[0].name} "
-                f"(epoch {resume[1]['epoch'] + 1}, step {resume[1]['global_step']})",
-                flush=True,
-            )
-        try:
-            yield logger, callbacks, resume[0] if resume else None
-        finally:
-            logger.experiment.flush()
-            if sync is not None:
-                sync.stop()
-
-
 def run_training(
     dataset_dir: str | Path,
     outputs: TrainingOutputs,
     config: TrainConfig | None = None,
-    live_logs: LogsLocation | None = None,
+    live_logs: logs_location.LogsLocation | None = None,
     s3_endpoint: str | None = None,
     live_update_seconds: float = 10.0,
     run_name: str = "",
     num_nodes: int = 1,
-) -> TrainResult | None:
+) -> run_layout.TrainResult | None:
     """Trains, evaluates and exports the MNIST network, as one process or one of several.
 
     Started by torchrun (several GPUs, `config.gpus`, or `num_nodes` nodes), every process runs
@@ -289,7 +162,7 @@ def run_training(
             is written then).
         TrainingDivergedError: A loss or metric became NaN or infinite.
     """
-    timeline = Timeline()
+    marks = {"start": progress.process_start()}
     config = config or TrainConfig()
     dataset_metadata = read_dataset_metadata(dataset_dir)
     accelerator, devices = select_device(config.gpus, config.precision)
@@ -311,11 +184,10 @@ def run_training(
         seed=config.seed,
         max_shift=config.max_shift,
     )
-    module = MNISTClassifier(config)
-    throughput = ThroughputMeter()
-    last_validation = LastValidation()
-    collector = CollectEvaluation(on_test_set_validation=config.validation_size == 0)
-    run_label = run_folder_name(run_name)
+    module = model.MNISTClassifier(config)
+    throughput = progress.ThroughputMeter()
+    collector = evaluation.CollectEvaluation(on_test_set_validation=config.validation_size == 0)
+    run_label = evaluation.run_folder_name(run_name)
     writer = rank_zero_only.rank == 0
 
     with (
@@ -341,10 +213,11 @@ def run_training(
             callbacks=[
                 LearningRateMonitor(),
                 throughput,
-                make_progress_bar(config.progress_interval_seconds),
+                progress.make_progress_bar(config.progress_interval_seconds),
                 # Before the checkpoints: a diverged state is never saved.
-                DivergenceGuard(divergence_hint(config), check_every_n_steps=log_every_n_steps),
-                last_validation,
+                progress.DivergenceGuard(
+                    progress.divergence_hint(config), check_every_n_steps=log_every_n_steps
+                ),
                 collector,
                 *live_callbacks,
             ],
@@ -354,33 +227,40 @@ def run_training(
             benchmark=accelerator == "gpu",
         )
         fit_module = torch.compile(module) if config.torch_compile else module
-        timeline.mark("fit_start")
+        marks["fit_start"] = time.monotonic()
         trainer.fit(fit_module, datamodule=datamodule, ckpt_path=resume_path)
-        timeline.mark("fit_end")
+        marks["fit_end"] = time.monotonic()
         # After a resume past the last epoch nothing was fitted: the checkpoint's record.
-        validation = last_validation.metrics
+        validation = collector.validation
         if config.validation_size == 0 and collector.evaluation is not None:
             # The last validation pass ran on the test set: it is the test pass.
             test = dict(validation)
-            logger.log_metrics({tag(k, TEST): v for k, v in test.items()}, trainer.global_step)
+            tagged = {model.tag(k, model.TEST): v for k, v in test.items()}
+            logger.log_metrics(tagged, trainer.global_step)
         else:
             trainer.test(fit_module, datamodule=datamodule, verbose=False)
-            test = split_metrics(trainer.callback_metrics, TEST)
-        evaluation = collector.evaluation
+            test = model.split_metrics(trainer.callback_metrics, model.TEST)
         test_images = datamodule.raw_images("test")
         if writer:
-            log_evaluation(logger, evaluation, test_images, trainer.global_step)
-            log_hyperparameters(logger, config, test, validation)
-        timeline.mark("evaluated")
+            evaluation.log_results(
+                logger,
+                trainer.global_step,
+                collector.evaluation,
+                test_images,
+                config,
+                test,
+                validation,
+            )
+        marks["evaluated"] = time.monotonic()
         logger.finalize("success")
     if not writer:
         return None
 
     metrics = {
-        "test_accuracy": test[ACCURACY],
-        "test_loss": test[LOSS],
-        "val_accuracy": validation[ACCURACY],
-        "val_loss": validation[LOSS],
+        "test_accuracy": test[model.ACCURACY],
+        "test_loss": test[model.LOSS],
+        "val_accuracy": validation[model.ACCURACY],
+        "val_loss": validation[model.LOSS],
         "epochs": float(trainer.current_epoch),
         "steps": float(trainer.global_step),
         "train_samples_seen": float(throughput.samples),
@@ -391,8 +271,8 @@ def run_training(
         "wall_seconds": throughput.wall_seconds,
     }
     # The guard stops training first: nothing non-finite is ever written.
-    if bad := non_finite(metrics):
-        raise TrainingDivergedError(f"training ended with non-finite metrics {bad}")
+    if bad := progress.non_finite(metrics):
+        raise progress.TrainingDivergedError(f"training ended with non-finite metrics {bad}")
     device = torch.cuda.get_device_name() if accelerator == "gpu" else "cpu"
     if outputs.evaluation_dir is not None:
         headline = ("test_accuracy", "test_loss", "train_seconds", "train_samples_per_second")
@@ -403,8 +283,9 @@ def run_training(
             **{k: metrics[k] for k in headline},
             "parameters": config.as_dict(),
         }
+        document = evaluation.evaluation_document(collector.evaluation, test_images, run)
         with atomic_directory(outputs.evaluation_dir) as staging:
-            write_json(staging / EVALUATION_FILE, evaluation_document(evaluation, test_images, run))
+            write_json(staging / EVALUATION_FILE, document)
     model_metadata = export_model(
         module.net,
         outputs.model_dir,
@@ -422,11 +303,12 @@ def run_training(
             "tensorboard_logs": live_logs.uri if live_logs else None,
         },
     )
-    timeline.mark("exported")
+    marks["exported"] = time.monotonic()
     # This attempt's time only: a resumed run's earlier training happened in another pod.
-    print(timeline.line(throughput.attempt_seconds), flush=True)
-    return TrainResult(
-        metrics, model_metadata, [str(d) for d in range(CLASSES)], evaluation.confusion_matrix
+    print(progress.timing_line(marks, throughput.attempt_seconds), flush=True)
+    labels = [str(d) for d in range(evaluation.CLASSES)]
+    return run_layout.TrainResult(
+        metrics, model_metadata, labels, collector.evaluation.confusion_matrix
     )
 
 
@@ -437,7 +319,7 @@ def train_from_run_form(
     run_name: str,
     parameters: Mapping[str, Any],
     task_name: str = "",
-) -> TrainResult:
+) -> run_layout.TrainResult:
     """The KFP component's entry: validates the run-form values, then trains on this pod.
 
     One device: the entry point's `train_and_publish` runs in this process (no launcher, no
@@ -459,24 +341,29 @@ def train_from_run_form(
         What rank 0 published.
     """
     config = from_run_form(TrainConfig, parameters)
-    logs = from_run_form(LiveLogsConfig, parameters)
+    logs = from_run_form(logs_location.LiveLogsConfig, parameters)
     metadata = read_dataset_metadata(Path(dataset_dir))
     key = training_task_key(task_name, metadata.get("sha256", {}), config)
     location = logs.task_location(run_id, key)
-    endpoint = logs.endpoint()
     accelerator, devices = plan_devices(config.gpus, config.precision, visible_gpus())
     # Before any process starts: one line for a value that cannot work, not one per process.
     check_run(config, metadata, accelerator, devices)
     with tempfile.TemporaryDirectory(prefix="handover-") as handover:
         arguments = run_layout.entry_arguments(
-            location.uri, 1, config, endpoint, run_name, logs.live_update_seconds, dataset_dir
+            location.uri,
+            1,
+            config,
+            logs.endpoint(),
+            run_name,
+            logs.live_update_seconds,
+            dataset_dir,
         )
         arguments += ["--publish", handover]
         if devices > 1:
-            run_torchrun(1, devices, MODULE, arguments)
+            run_torchrun(1, devices, distributed.MODULE, arguments)
         else:
-            train_and_publish(build_parser().parse_args(arguments))
-        handed_over = open_storage(parse_logs_root(handover, parameter="publish"), None)
+            distributed.train_and_publish(distributed.build_parser().parse_args(arguments))
+        handed_over = open_storage(logs_location.parse_logs_root(handover, parameter="publish"))
         result = run_layout.collect_outputs(handed_over, output_dirs)
     # Its files are written and closed, and no child is left: the next task need not wait for
     # torch's teardown.
