@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client, config
@@ -191,6 +191,50 @@ class ObjectNotEnsuredError(RuntimeError):
     """An object could not be brought to the wanted state (the message says which and why)."""
 
 
+def request(
+    api: client.CustomObjectsApi,
+    resource: Resource,
+    verb: str,
+    namespace: str,
+    name: str,
+    timeout: float,
+    absent: int = 0,
+    **options: Any,
+) -> Any:
+    """One `verb` ("create", "read" or "delete") of the namespaced custom object `name`.
+
+    Args:
+        api: The client.
+        resource: (group, version, plural, kind).
+        verb: What to do; a create sends `body=`, the others name the object.
+        namespace: Its namespace.
+        name: Its name (for a create, as the messages show it).
+        timeout: Connect and read timeout (the client's `Retry` does the retries).
+        absent: An HTTP status that means "not there" (404) or "there already" (409).
+        **options: The client method's own options (`body`, `dry_run`, ...).
+
+    Returns:
+        The server's answer; None when it answered `absent`.
+
+    Raises:
+        ApiException: The server refused (after the transient failures' retries).
+        ClusterUnreachableError: No connection could be made or kept.
+    """
+    group, version, plural, kind = resource
+    method = getattr(api, f"{'get' if verb == 'read' else verb}_namespaced_custom_object")
+    named = () if verb == "create" else (name,)
+    options["_request_timeout"] = timeout
+    try:
+        return call(
+            lambda: method(group, version, namespace, plural, *named, **options),
+            f"{verb} {kind} {namespace}/{name}",
+        )
+    except ApiException as err:
+        if err.status == absent:
+            return None
+        raise
+
+
 def ensure_object(
     api: client.CustomObjectsApi, resource: Resource, wanted: dict[str, object], patience: Patience
 ) -> str:
@@ -218,27 +262,20 @@ def ensure_object(
         ObjectNotEnsuredError: The server stored it differently from what was sent, or an
             object being replaced did not go away or kept changing.
     """
-    group, version, plural, kind = resource
     metadata = wanted["metadata"]
     assert isinstance(metadata, dict)
     namespace, name = metadata["namespace"], metadata["name"]
     # Others may add labels and annotations of their own; they change nothing here.
     ours = {k: metadata[k] for k in ("labels", "annotations") if k in metadata}
-    timeout = patience.request_timeout_seconds
-    what = f"{kind} {namespace}/{name}"
+    what = f"{resource[3]} {namespace}/{name}"
+
+    def ask(verb: str, absent: int = 0, **options: Any) -> Any:
+        timeout = patience.request_timeout_seconds
+        return request(api, resource, verb, namespace, name, timeout, absent, **options)
+
     replaced = False
     for _ in range(REPLACE_ROUNDS):
-        try:
-            stored = call(
-                lambda: api.create_namespaced_custom_object(
-                    group, version, namespace, plural, wanted, _request_timeout=timeout
-                ),
-                f"create {what}",
-            )
-        except ApiException as err:
-            if err.status != 409:
-                raise
-        else:
+        if (stored := ask("create", 409, body=wanted)) is not None:
             if changed := differences(wanted, stored):
                 fields = ", ".join(f"`{field}`" for field in changed)
                 raise ObjectNotEnsuredError(
@@ -246,75 +283,34 @@ def ensure_object(
                     "rewritten: its CRD's schema does not know the field, or a webhook changed it)"
                 )
             return "replaced" if replaced else "created"
-        try:
-            existing = _read(api, resource, namespace, name, timeout)
-        except ApiException as err:
-            if err.status == 404:  # deleted since: create it again
-                continue
-            raise
+        if (existing := ask("read", 404)) is None:  # deleted since: create it again
+            continue
         found = existing["metadata"]
         # The wanted object: the same `spec`, and our labels and annotations with our values.
         if existing.get("spec") == wanted.get("spec") and not differences(ours, found):
             return "replaced" if replaced else "unchanged"
         body = {"preconditions": {"uid": found["uid"], "resourceVersion": found["resourceVersion"]}}
         try:
-            call(
-                lambda body=body: api.delete_namespaced_custom_object(
-                    group, version, namespace, plural, name, body=body, _request_timeout=timeout
-                ),
-                f"delete {what}",
-            )
+            ask("delete", 404, body=body)  # 404: already gone
         except ApiException as err:
             if err.status == 409:  # changed since it was read: read and compare again
                 continue
-            if err.status != 404:  # 404: already gone
-                raise
-        _wait_gone(api, resource, namespace, name, found["uid"], patience)
+            raise
+        # Wait until the version read is gone (finalizers may hold it for a while); one
+        # someone created again meanwhile is compared on the next round.
+        deadline = time.monotonic() + patience.delete_timeout_seconds
+        while (current := ask("read", 404)) and current["metadata"].get("uid") == found["uid"]:
+            if time.monotonic() >= deadline:
+                raise ObjectNotEnsuredError(
+                    f"{what} was deleted to be replaced but was still there after "
+                    f"{patience.delete_timeout_seconds:g} s (finalizers: "
+                    f"{current['metadata'].get('finalizers') or 'none'})"
+                )
+            time.sleep(patience.poll_seconds)
         replaced = True
     raise ObjectNotEnsuredError(
         f"{what} kept changing while it was being replaced ({REPLACE_ROUNDS} tries)"
     )
-
-
-def _read(
-    api: client.CustomObjectsApi, resource: Resource, namespace: str, name: str, timeout: float
-) -> dict:
-    group, version, plural, kind = resource
-    return call(
-        lambda: api.get_namespaced_custom_object(
-            group, version, namespace, plural, name, _request_timeout=timeout
-        ),
-        f"read {kind} {namespace}/{name}",
-    )
-
-
-def _wait_gone(
-    api: client.CustomObjectsApi,
-    resource: Resource,
-    namespace: str,
-    name: str,
-    uid: str,
-    patience: Patience,
-) -> None:
-    """Waits until the object with `uid` is gone (finalizers may hold it for a while)."""
-    deadline = time.monotonic() + patience.delete_timeout_seconds
-    while True:
-        try:
-            current = _read(api, resource, namespace, name, patience.request_timeout_seconds)
-        except ApiException as err:
-            if err.status == 404:
-                return
-            raise
-        if current["metadata"].get("uid") != uid:
-            return  # someone created it again meanwhile: compared on the next round
-        if time.monotonic() >= deadline:
-            _, _, _, kind = resource
-            raise ObjectNotEnsuredError(
-                f"{kind} {namespace}/{name} was deleted to be replaced but was still there "
-                f"after {patience.delete_timeout_seconds:g} s (finalizers: "
-                f"{current['metadata'].get('finalizers') or 'none'})"
-            )
-        time.sleep(patience.poll_seconds)
 
 
 def wait_until_ready(
@@ -344,7 +340,7 @@ def wait_until_ready(
     """
     deadline = time.monotonic() + timeout_seconds
     while True:
-        current = _read(api, resource, namespace, name, patience.request_timeout_seconds)
+        current = request(api, resource, "read", namespace, name, patience.request_timeout_seconds)
         if ((current.get("status") or {}).get("readyReplicas") or 0) >= 1:
             return True
         remaining = deadline - time.monotonic()

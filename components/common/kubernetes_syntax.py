@@ -93,37 +93,33 @@ def check_node_selector(value: object, parameter: str = "node_selector") -> dict
     return dict(value)
 
 
-def _check_toleration(toleration: object, parameter: str) -> None:
-    accepted = (
-        'Kubernetes Tolerations, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", '
-        '"effect": "NoSchedule"}]'
-    )
-    if not isinstance(toleration, Mapping) or not set(toleration) <= TOLERATION_FIELDS:
-        raise invalid(parameter, toleration, accepted)
-    key = toleration.get("key", "")
-    operator = toleration.get("operator", "Equal")
-    value = toleration.get("value", "")
-    effect = toleration.get("effect", "")
-    seconds = toleration.get("tolerationSeconds")
-    whole_seconds = isinstance(seconds, int) and not isinstance(seconds, bool)
-    ok = (
-        isinstance(key, str)
-        and (is_label_key(key) or (key == "" and operator == "Exists"))
-        and operator in TOLERATION_OPERATORS
-        and isinstance(value, str)
-        and is_label_value(value)
-        and not (operator == "Exists" and value)
-        and (effect == "" or effect in TAINT_EFFECTS)
-        and (seconds is None or (whole_seconds and effect == "NoExecute"))
-    )
-    if not ok:
-        raise invalid(parameter, toleration, accepted)
-
-
 def check_tolerations(value: object, parameter: str = "tolerations") -> list[dict[str, object]]:
     """Validates a list of tolerations as the Kubernetes API would."""
     if not isinstance(value, list):
         raise invalid(parameter, value, "a JSON list of Kubernetes Toleration objects")
+    accepted = (
+        'Kubernetes Tolerations, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", '
+        '"effect": "NoSchedule"}]'
+    )
     for toleration in value:
-        _check_toleration(toleration, parameter)
+        if not isinstance(toleration, Mapping) or not set(toleration) <= TOLERATION_FIELDS:
+            raise invalid(parameter, toleration, accepted)
+        key = toleration.get("key", "")
+        operator = toleration.get("operator", "Equal")
+        tolerated = toleration.get("value", "")
+        effect = toleration.get("effect", "")
+        seconds = toleration.get("tolerationSeconds")
+        whole_seconds = isinstance(seconds, int) and not isinstance(seconds, bool)
+        ok = (
+            isinstance(key, str)
+            and (is_label_key(key) or (key == "" and operator == "Exists"))
+            and operator in TOLERATION_OPERATORS
+            and isinstance(tolerated, str)
+            and is_label_value(tolerated)
+            and not (operator == "Exists" and tolerated)
+            and (effect == "" or effect in TAINT_EFFECTS)
+            and (seconds is None or (whole_seconds and effect == "NoExecute"))
+        )
+        if not ok:
+            raise invalid(parameter, toleration, accepted)
     return [dict(t) for t in value]

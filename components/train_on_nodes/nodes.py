@@ -310,32 +310,32 @@ def upload_dataset(storage: Storage, dataset_dir: Path) -> None:
     run_layout.upload_tree(storage, dataset_dir, run_layout.DATASET)
 
 
-def train_on_nodes(
+def train_from_run_form(
     dataset_dir: str | Path,
     output_dirs: Mapping[str, str | Path],
     run_id: str,
     run_name: str,
-    settings: NodesSettings,
-    config: TrainConfig,
-    logs: LiveLogsConfig,
-    scheduling: SchedulingConfig,
+    parameters: Mapping[str, Any],
     task_name: str = "",
 ) -> run_layout.TrainResult:
-    """Trains on `settings.nodes` nodes and writes the same outputs as single-node training.
+    """The KFP component's entry: trains on the run form's nodes and writes the same outputs
+    as single-node training.
 
-    On a cluster the node pods run as the step's own service account with its pod's image
-    pull secrets, which the step finds through `POD_SERVICE_ACCOUNT` and `POD_NAME` (the
-    downward API's spec.serviceAccountName and metadata.name, set by the pipeline).
+    Every value is validated first. On a cluster the node pods run as the step's own service
+    account with its pod's image pull secrets, which the step finds through
+    `POD_SERVICE_ACCOUNT` and `POD_NAME` (the downward API's spec.serviceAccountName and
+    metadata.name, set by the pipeline).
 
     Args:
         dataset_dir: The Dataset artifact written by download_mnist.
         output_dirs: Each name of `run_layout.OUTPUT_DIRS` -> the directory to create.
         run_id: The pipeline run's id: names the TrainJob and the run's location.
         run_name: The pipeline run's display name (TensorBoard's name for the run).
-        settings: How to run the nodes.
-        config: The training configuration (`gpus` is per node).
-        logs: The live logs root and the object store's endpoint and credentials.
-        scheduling: The node selector and tolerations of each node's pod (TRAINJOB).
+        parameters: The component's arguments by name: the `NodesSettings` (`launcher` as
+            `node_launcher`, how to run the nodes) and every `TrainConfig` (`gpus` is per
+            node), `LiveLogsConfig` (the live logs root and the object store's endpoint and
+            credentials) and `SchedulingConfig` (the node selector and tolerations of each
+            node's pod, TRAINJOB) field.
         task_name: The task's name in the pipeline: with the dataset and the parameters, it
             keys the task's location and TrainJob within the run (`config.training_task_key`).
 
@@ -348,6 +348,12 @@ def train_on_nodes(
             refused the job, stored it without a field sent, or runs a Kubeflow Trainer whose
             TrainJob cannot carry the pod settings (nothing is created then).
     """
+    # The NodesSettings fields in order, by their parameter names (`launcher` is node_launcher).
+    names = ("nodes", "node_launcher", "trainer_image", "logs_pvc", "timeout_seconds")
+    settings = NodesSettings(*(parameters[name] for name in names))
+    config, logs, scheduling = (
+        from_run_form(cls, parameters) for cls in (TrainConfig, LiveLogsConfig, SchedulingConfig)
+    )
     deadline = time.monotonic() + settings.timeout_seconds
     patience = Patience(poll_seconds=POLL_SECONDS)
     api_client, namespace = None, ""
@@ -415,37 +421,3 @@ def train_on_nodes(
         with api_client, sigterm_raises():
             run_on_cluster(jobs, wanted, storage, deadline, settings.timeout_seconds)
     return run_layout.collect_outputs(storage, output_dirs)
-
-
-def train_from_run_form(
-    dataset_dir: str | Path,
-    output_dirs: Mapping[str, str | Path],
-    run_id: str,
-    run_name: str,
-    parameters: Mapping[str, Any],
-    task_name: str = "",
-) -> run_layout.TrainResult:
-    """The KFP component's entry: validates every value, then calls `train_on_nodes`.
-
-    Args:
-        dataset_dir: The Dataset artifact directory.
-        output_dirs: Each name of `run_layout.OUTPUT_DIRS` -> the directory to create.
-        run_id: The pipeline run's id.
-        run_name: The pipeline run's display name.
-        parameters: The component's arguments by name: the `NodesSettings` (`launcher` as
-            `node_launcher`) and every `TrainConfig`, `LiveLogsConfig` and `SchedulingConfig`
-            field.
-        task_name: The task's name in the pipeline.
-
-    Returns:
-        What rank 0 published.
-    """
-    # The NodesSettings fields in order, by their parameter names (`launcher` is node_launcher).
-    names = ("nodes", "node_launcher", "trainer_image", "logs_pvc", "timeout_seconds")
-    settings = NodesSettings(*(parameters[name] for name in names))
-    config, logs, scheduling = (
-        from_run_form(cls, parameters) for cls in (TrainConfig, LiveLogsConfig, SchedulingConfig)
-    )
-    return train_on_nodes(
-        dataset_dir, output_dirs, run_id, run_name, settings, config, logs, scheduling, task_name
-    )

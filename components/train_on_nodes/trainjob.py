@@ -31,7 +31,7 @@ import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -46,6 +46,7 @@ from kfp_lightning.components.common.kubernetes import (
     api_answer,
     call,
     differences,
+    request,
 )
 from kfp_lightning.components.common.kubernetes_syntax import digest, is_label_value, name_for_run
 from kfp_lightning.components.common.training_pod import environment, resources, volumes
@@ -154,8 +155,9 @@ def run_id_label(run_id: str) -> str:
     return run_id if is_label_value(run_id) else digest(run_id)
 
 
-def node_pod_template(run_id: str, spec: NodeSpec) -> dict[str, Any]:
-    """The pod settings of every node, as a pod template patch: the one description of them.
+def pod_settings(form: str, run_id: str, spec: NodeSpec) -> list[dict[str, Any]]:
+    """The value of `spec.<form>`: the pod settings of every node, as a pod template patch
+    for the `node` job, the one description of them.
 
     Each Trainer form carries this patch whole, and the Trainer merges it into the runtime's
     `node` pod template as a strategic merge patch (kubeflow/trainer v2.1.0,
@@ -166,12 +168,21 @@ def node_pod_template(run_id: str, spec: NodeSpec) -> dict[str, Any]:
     pkg/runtime/framework/plugins/jobset/jobset.go, `Validate`), and v2.2's container patch
     has no other field we use (trainjob_types.go, `ContainerPatch`).
 
+    Trainer v2.1's `podTemplateOverrides` target the job by name (kubeflow/trainer v2.1.0,
+    pkg/apis/trainer/v1alpha1/trainjob_types.go, `PodTemplateOverride`: `targetJobs`,
+    `metadata`, `spec`). Trainer v2.2+'s `runtimePatches` place it at the `node` job's pod
+    template (v2.2.0, the same file, `RuntimePatch`:
+    `trainingRuntimeSpec.template.spec.replicatedJobs[name].template.spec.template` is a
+    `PodTemplatePatch`, pod metadata and a `PodSpecPatch`), in an entry keyed by `manager`,
+    to which the Trainer's mutating webhook adds `time` (pkg/webhooks/trainjob_webhook.go).
+
     Args:
+        form: TEMPLATE_OVERRIDES or RUNTIME_PATCHES.
         run_id: The pipeline run's id.
         spec: What the nodes run, and where.
 
     Returns:
-        `{"metadata": {...}, "spec": {...}}`.
+        The list holding the one entry, the patch (`{"metadata": {...}, "spec": {...}}`) in it.
     """
     # Per node, the pod settings of the single-node training task (common/training_pod.py).
     pod_volumes, mounts = volumes(spec.logs_pvc)
@@ -181,7 +192,7 @@ def node_pod_template(run_id: str, spec: NodeSpec) -> dict[str, Any]:
         "nodeSelector": dict(spec.node_selector),
         "tolerations": [dict(t) for t in spec.tolerations],
     }
-    return {
+    pod = {
         "metadata": {
             # The run id on every node's pod: `kubectl logs -l` finds them.
             "labels": {RUN_ID_LABEL: run_id_label(run_id)},
@@ -193,19 +204,6 @@ def node_pod_template(run_id: str, spec: NodeSpec) -> dict[str, Any]:
             **{field: value for field, value in optional.items() if value},
         },
     }
-
-
-def pod_settings(form: str, pod: dict[str, Any]) -> list[dict[str, Any]]:
-    """The value of `spec.<form>`: the pod patch, for the `node` job.
-
-    Trainer v2.1's `podTemplateOverrides` target the job by name (kubeflow/trainer v2.1.0,
-    pkg/apis/trainer/v1alpha1/trainjob_types.go, `PodTemplateOverride`: `targetJobs`,
-    `metadata`, `spec`). Trainer v2.2+'s `runtimePatches` place it at the `node` job's pod
-    template (v2.2.0, the same file, `RuntimePatch`:
-    `trainingRuntimeSpec.template.spec.replicatedJobs[name].template.spec.template` is a
-    `PodTemplatePatch`, pod metadata and a `PodSpecPatch`), in an entry keyed by `manager`,
-    to which the Trainer's mutating webhook adds `time` (pkg/webhooks/trainjob_webhook.go).
-    """
     if form == TEMPLATE_OVERRIDES:
         return [{"targetJobs": [{"name": NODE}], **pod}]
     job = {"name": NODE, "template": {"spec": {"template": pod}}}
@@ -220,7 +218,7 @@ def trainjob_object(
 
     The environment goes in `spec.trainer.env` and the resources in
     `spec.trainer.resourcesPerNode` (the same in every Trainer v2 release); the rest of the
-    pod settings (`node_pod_template`) in `spec.<form>`.
+    pod settings (`pod_settings`) in `spec.<form>`.
 
     Args:
         namespace: The run's namespace.
@@ -259,7 +257,7 @@ def trainjob_object(
                 "resourcesPerNode": resources(spec.gpus_per_node),
                 "env": environment(spec.s3_secret),
             },
-            form: pod_settings(form, node_pod_template(run_id, spec)),
+            form: pod_settings(form, run_id, spec),
         },
     }
 
@@ -378,25 +376,23 @@ class TrainJobs:
         self.namespace = namespace
         self.patience = patience
 
-    def _call(self, verb: str, name: str, *args: Any, absent_status: int = 0, **kwargs: Any) -> Any:
-        """The `verb` ("create", "read" or "delete") request of the custom objects API,
-        `(group, version, namespace, plural, *args, **kwargs)`; None when the server answers
-        `absent_status`, a refusal explained (`explain_refusal`) otherwise."""
-        group, version, plural, kind = TRAINJOB_API
-        request = {
-            "create": self.api.create_namespaced_custom_object,
-            "read": self.api.get_namespaced_custom_object,
-            "delete": self.api.delete_namespaced_custom_object,
-        }[verb]
-        kwargs["_request_timeout"] = self.patience.request_timeout_seconds
+    def _call(self, verb: str, name: str, absent_status: int = 0, **options: Any) -> Any:
+        """The `verb` ("create", "read" or "delete") request of the custom objects API
+        (`kubernetes.request`); None when the server answers `absent_status`, a refusal
+        explained (`explain_refusal`) otherwise."""
+        timeout = self.patience.request_timeout_seconds
         try:
-            return call(
-                lambda: request(group, version, self.namespace, plural, *args, **kwargs),
-                f"{verb} {kind} {self.namespace}/{name}",
+            return request(
+                self.api,
+                TRAINJOB_API,
+                verb,
+                self.namespace,
+                name,
+                timeout,
+                absent_status,
+                **options,
             )
         except ApiException as err:
-            if err.status == absent_status:
-                return None
             raise explain_refusal(err, self.namespace, verb) from None
 
     def create(self, wanted: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -414,7 +410,7 @@ class TrainJobs:
             ClusterUnreachableError: The API could not be reached.
         """
         name = wanted["metadata"]["name"]
-        stored = self._call("create", name, wanted, absent_status=409, field_validation="Strict")
+        stored = self._call("create", name, 409, body=wanted, field_validation="Strict")
         if stored is None:
             return None
         lost = differences(wanted, stored) or differences(wanted, self.get(name) or stored)
@@ -430,7 +426,7 @@ class TrainJobs:
 
     def get(self, name: str) -> dict[str, Any] | None:
         """The job called `name`; None when there is none."""
-        return self._call("read", name, name, absent_status=404)
+        return self._call("read", name, 404)
 
     def delete(self, name: str, foreground: bool = False) -> bool:
         """Deletes the job called `name`.
@@ -445,7 +441,7 @@ class TrainJobs:
             Whether there was a job to delete.
         """
         options = {"propagationPolicy": "Foreground" if foreground else "Background"}
-        return self._call("delete", name, name, absent_status=404, body=options) is not None
+        return self._call("delete", name, 404, body=options) is not None
 
     def pause(self, polls: int, deadline: float) -> bool:
         """Sleeps before the next read: 1 s, then twice as long each time, at most the
@@ -481,92 +477,71 @@ class TrainJobs:
 # --- the cluster's TrainJob schema ----------------------------------------------------------
 
 
-def _read_json(
-    api_client: client.ApiClient, path: str, patience: Patience
-) -> dict[str, Any] | None:
-    """GET `path` of the API server as JSON; None when it answers 404."""
-    try:
-        return call(
-            lambda: api_client.call_api(
-                path,
-                "GET",
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                response_type="object",
-                _return_http_data_only=True,
-                _request_timeout=patience.request_timeout_seconds,
-            ),
-            f"read {path}",
-        )
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise RunError(
-            f"could not read the cluster's API schema {path} ({api_answer(err)}), which every "
-            "authenticated user may read through the "
-            "system:discovery ClusterRole: ask a cluster admin to restore it"
-        ) from None
-
-
-def served_trainjob_schema(
-    api_client: client.ApiClient, patience: Patience = Patience()
-) -> dict[str, Any] | None:
-    """The TrainJob's schema as the cluster publishes it, from OpenAPI v3, else v2.
-
-    Args:
-        api_client: A configured client (any authenticated user may read these documents).
-        patience: Request timeout (the client's `Retry` does the retries).
-
-    Returns:
-        The schema whose `x-kubernetes-group-version-kind` is the TrainJob's; None when the
-        cluster publishes none (no Trainer CRD, or one without a structural schema).
-
-    Raises:
-        RunError: The server refused to serve its OpenAPI documents.
-        ClusterUnreachableError: The API could not be reached.
-    """
-    group, version, _, kind = TRAINJOB_API
-    document = _read_json(api_client, OPENAPI_V3.format(group=group, version=version), patience)
-    if document is not None:
-        schemas = (document.get("components") or {}).get("schemas") or {}
-    else:
-        document = _read_json(api_client, OPENAPI_V2, patience) or {}
-        schemas = document.get("definitions") or {}
-    wanted = {"group": group, "version": version, "kind": kind}
-    for schema in schemas.values():
-        if wanted in (schema.get("x-kubernetes-group-version-kind") or []):
-            return schema
-    return None
-
-
 def trainjob_form(api_client: client.ApiClient, patience: Patience = Patience()) -> str:
     """Which field carries the node pods' settings in the cluster's TrainJob schema.
 
     Decided from the schema the cluster serves, not a version: RUNTIME_PATCHES where
     `spec.runtimePatches` exists (Trainer v2.2 and later), else TEMPLATE_OVERRIDES where
-    `spec.podTemplateOverrides` does (v2.1).
+    `spec.podTemplateOverrides` does (v2.1). The schema is the one whose
+    `x-kubernetes-group-version-kind` is the TrainJob's, from OpenAPI v3, else v2 (any
+    authenticated user may read these documents).
 
     Args:
         api_client: A configured client.
-        patience: Request timeout.
+        patience: Request timeout (the client's `Retry` does the retries).
 
     Returns:
         RUNTIME_PATCHES or TEMPLATE_OVERRIDES.
 
     Raises:
-        RunError: In one line: the cluster publishes no TrainJob schema, or one with neither
-            field (Trainer v2.0's `spec.podSpecOverrides` has no pod metadata, so it cannot
-            keep the nodes out of the Istio mesh, and no imagePullSecrets).
+        RunError: In one line: the server refused to serve its OpenAPI documents, the cluster
+            publishes no TrainJob schema (no Trainer CRD, or one without a structural schema),
+            or one with neither field (Trainer v2.0's `spec.podSpecOverrides` has no pod
+            metadata, so it cannot keep the nodes out of the Istio mesh, and no
+            imagePullSecrets).
         ClusterUnreachableError: The API could not be reached.
     """
     group, version, plural, kind = TRAINJOB_API
-    schema = served_trainjob_schema(api_client, patience)
-    if schema is None:
+    schemas: dict[str, Any] = {}
+    for path in (OPENAPI_V3.format(group=group, version=version), OPENAPI_V2):
+        try:
+            document = call(
+                lambda path=path: api_client.call_api(
+                    path,
+                    "GET",
+                    header_params={"Accept": "application/json"},
+                    auth_settings=["BearerToken"],
+                    response_type="object",
+                    _return_http_data_only=True,
+                    _request_timeout=patience.request_timeout_seconds,
+                ),
+                f"read {path}",
+            )
+        except ApiException as err:
+            if err.status == 404:  # no OpenAPI v3 (before Kubernetes 1.24): read v2
+                continue
+            raise RunError(
+                f"could not read the cluster's API schema {path} ({api_answer(err)}), which "
+                "every authenticated user may read through the "
+                "system:discovery ClusterRole: ask a cluster admin to restore it"
+            ) from None
+        # OpenAPI v3 holds the schemas in components.schemas, v2 in definitions.
+        document = document or {}
+        schemas = (
+            document.get("definitions") or (document.get("components") or {}).get("schemas") or {}
+        )
+        break
+    wanted = {"group": group, "version": version, "kind": kind}
+    found = [
+        s for s in schemas.values() if wanted in (s.get("x-kubernetes-group-version-kind") or [])
+    ]
+    if not found:
         raise RunError(
             f"the cluster publishes no schema of {kind} ({plural}.{group}/{version}) in its "
             f"OpenAPI ({OPENAPI_V2}): install Kubeflow Trainer v2.1 or newer and its "
             f"{RUNTIME} runtime (see the README, Train on several nodes)"
         )
+    schema = found[0]
     fields = ((schema.get("properties") or {}).get("spec") or {}).get("properties") or {}
     for form in FORMS:
         if form in fields:
@@ -613,7 +588,7 @@ def dry_run_trainjob(
     jobs = TrainJobs(api_client, namespace, patience)
     try:
         stored = jobs._call(
-            "create", f"{name} (dry run)", wanted, dry_run="All", field_validation="Strict"
+            "create", f"{name} (dry run)", body=wanted, dry_run="All", field_validation="Strict"
         )
     except RunError as err:
         return [str(err)]
@@ -651,8 +626,7 @@ def check_trainjob(
 # --- the step's own pod: its service account and image pull secrets ---------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class PodIdentity:
+class PodIdentity(NamedTuple):
     """Who the node pods run as, taken from the step's own pod.
 
     Attributes:
