@@ -25,17 +25,10 @@ from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.train_on_nodes.nodes import MAX_NODES, check_nodes
 from kfp_lightning.pipelines import compare, preflight
+from kfp_lightning.pipelines import parameters as run_parameters
 from kfp_lightning.pipelines.mnist import DEFAULT_TRAINING_TIMEOUT_SECONDS, build_pipeline
-from kfp_lightning.pipelines.parameters import (
-    check_cluster_run,
-    preset_parameters,
-    run_form_parameters,
-    validate_parameters,
-)
 
 DEFAULT_YAML = "mnist_pipeline.yaml"
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 _ACCEPTED = {int: "an integer", float: "a number", dict: "a JSON object", list: "a JSON list"}
 # The modes, each a flag of its own, with their help.
 MODE_HELP = {
@@ -158,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(_flag(name), default=None, help=help_text, **extra)
     group = parser.add_argument_group("pipeline parameters (default: the preset's, or these)")
     # From the declarations the run form is made of: the same names, types and descriptions.
-    for parameter in run_form_parameters():
+    for parameter in run_parameters.run_form_parameters():
         name, kind = parameter.name, parameter.form_type
         group.add_argument(
             _flag(name),
@@ -183,15 +176,6 @@ def apply_mode_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
             flags = [_flag(m) for m in modes]
             applies = " and ".join([", ".join(flags[:-1]), flags[-1]] if len(flags) > 1 else flags)
             parser.error(f"{_flag(name)} applies only to {applies}, not to {_flag(mode)}")
-
-
-def chosen_parameters(args: argparse.Namespace) -> dict[str, Any]:
-    """The preset's values overlaid with the options given explicitly."""
-    parameters = preset_parameters(args.preset) if args.preset else {}
-    for parameter in run_form_parameters():
-        if getattr(args, parameter.name) is not None:
-            parameters[parameter.name] = getattr(args, parameter.name)
-    return parameters
 
 
 def check_output(output: str | Path) -> Path:
@@ -250,8 +234,8 @@ def compile_pipeline(
     pipeline = build_pipeline(
         logs_pvc=logs_pvc, training_timeout_seconds=training_timeout_seconds, nodes=nodes
     )
-    values = validate_parameters(parameters)
-    check_cluster_run(values, logs_pvc, nodes)
+    values = run_parameters.validate_parameters(parameters)
+    run_parameters.check_cluster_run(values, logs_pvc, nodes)
     try:
         with atomic_file(path) as staging:  # KFP wants a .yaml suffix: the staging file keeps it
             compiler.Compiler().compile(
@@ -312,15 +296,19 @@ def run(args: argparse.Namespace) -> int:
         UserInputError: A bad value.
         RunError: The run failed.
     """
-    parameters = chosen_parameters(args)
+    # The preset's values overlaid with the options given explicitly.
+    parameters = run_parameters.preset_parameters(args.preset) if args.preset else {}
+    for parameter in run_parameters.run_form_parameters():
+        if getattr(args, parameter.name) is not None:
+            parameters[parameter.name] = getattr(args, parameter.name)
     nodes = check_nodes(args.nodes)
-    if args.compare_runs:
-        compare.open_runs_tensorboard(validate_parameters(parameters), args.namespace)
-        return 0
-    if args.check_cluster:
-        if args.logs_pvc is not None:
+    if args.compare_runs or args.check_cluster:
+        if args.logs_pvc is not None:  # --check-cluster's, as --compile's
             parameters.setdefault("tensorboard_logs_root", f"pvc://{args.logs_pvc}/tensorboard")
-        values = validate_parameters(parameters)
+        values = run_parameters.validate_parameters(parameters)
+        if args.compare_runs:
+            compare.open_runs_tensorboard(values, args.namespace)
+            return 0
         return preflight.check_cluster(
             values, args.namespace, args.service_account, args.kfp_namespace, nodes=nodes
         )
@@ -389,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Every step cleans up after itself (atomic writes, the local TensorBoard).
         stop_own_tasks()
         print("error: interrupted", file=sys.stderr, flush=True)
-        return EXIT_TERMINATED if _terminated.is_set() else EXIT_INTERRUPTED
+        # 128 + the signal's number, as shells report a process a signal ended (130 for Ctrl-C).
+        return 128 + (signal.SIGTERM if _terminated.is_set() else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

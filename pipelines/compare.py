@@ -19,21 +19,10 @@ from typing import Any, TextIO
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kfp_lightning.components.common import kubernetes as cluster
+from kfp_lightning.components.common import logs_location
 from kfp_lightning.components.common.errors import RunError, invalid
-from kfp_lightning.components.common.kubernetes import (
-    ClusterUnreachableError,
-    ObjectNotEnsuredError,
-    Patience,
-    connect,
-    ensure_object,
-    wait_until_ready,
-)
 from kfp_lightning.components.common.kubernetes_syntax import check_namespace_name
-from kfp_lightning.components.common.logs_location import (
-    LiveLogsConfig,
-    current_namespace,
-    parse_logs_root,
-)
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.launch_tensorboard import objects
 from kfp_lightning.components.launch_tensorboard.launcher import LauncherConfig, describe_refusal
@@ -48,7 +37,7 @@ def open_runs_tensorboard(
     namespace: str | None = None,
     wait_seconds: int = 60,
     out: TextIO | None = None,
-    patience: Patience = Patience(),
+    patience: cluster.Patience = cluster.Patience(),
 ) -> str:
     """Creates or updates the namespace's all-runs `Tensorboard` and prints its link.
 
@@ -67,11 +56,11 @@ def open_runs_tensorboard(
         UserInputError: A local logs root (no cluster TensorBoard can read it), or a bad name.
         RunError: No Kubernetes API answers, or it refused the objects (the line says why).
     """
-    logs = from_run_form(LiveLogsConfig, values)
+    logs = from_run_form(logs_location.LiveLogsConfig, values)
     launcher = from_run_form(LauncherConfig, values)
     if namespace is not None:
         check_namespace_name(namespace)
-    if parse_logs_root(logs.tensorboard_logs_root, "namespace").scheme == "file":
+    if logs_location.parse_logs_root(logs.tensorboard_logs_root, "namespace").scheme == "file":
         raise invalid(
             "tensorboard_logs_root",
             logs.tensorboard_logs_root,
@@ -79,11 +68,11 @@ def open_runs_tensorboard(
             "its --output-dir)",
         )
     try:
-        api_client, config_namespace = connect(patience)
-    except ClusterUnreachableError as err:
+        api_client, config_namespace = cluster.connect(patience)
+    except cluster.ClusterUnreachableError as err:
         raise RunError(f"no Kubernetes API configured: {' '.join(str(err).split())}") from None
-    namespace = namespace or current_namespace() or config_namespace or "default"
-    root = parse_logs_root(logs.tensorboard_logs_root, namespace)
+    namespace = namespace or logs_location.current_namespace() or config_namespace or "default"
+    root = logs_location.parse_logs_root(logs.tensorboard_logs_root, namespace)
     resource = objects.PODDEFAULT_API  # the one being written: refusals name it
     with api_client:
         api = client.CustomObjectsApi(api_client)
@@ -93,14 +82,14 @@ def open_runs_tensorboard(
                 # Outside the cluster, `auto` is resolved by asking its API server.
                 endpoint = endpoint_in_cluster(api_client, logs.s3_endpoint)
                 wanted = objects.poddefault_object(namespace, endpoint, logs.s3_credentials_secret)
-                ensure_object(api, resource, wanted, patience)
+                cluster.ensure_object(api, resource, wanted, patience)
                 poddefault = wanted["metadata"]["name"]
             resource = objects.TENSORBOARD_API
             wanted = objects.tensorboard_object(
                 namespace, ALL_RUNS_ID, root, poddefault, name=ALL_RUNS_NAME
             )
-            outcome = ensure_object(api, resource, wanted, patience)
-            ready = wait_until_ready(
+            outcome = cluster.ensure_object(api, resource, wanted, patience)
+            ready = cluster.wait_until_ready(
                 api, resource, namespace, ALL_RUNS_NAME, wait_seconds, patience
             )
         except ApiException as err:
@@ -112,9 +101,9 @@ def open_runs_tensorboard(
                     "contributors may (Kubeflow's kubeflow-edit role)"
                 ) from None
             raise RunError(" ".join(describe_refusal(err, resource, namespace).split())) from None
-        except ObjectNotEnsuredError as err:
+        except cluster.ObjectNotEnsuredError as err:
             raise RunError(" ".join(str(err).split())) from None
-        except ClusterUnreachableError as err:
+        except cluster.ClusterUnreachableError as err:
             host = api_client.configuration.host
             raise RunError(f"no Kubernetes API server answers at {host}: {err}") from None
     link = f"{launcher.link_prefix}/tensorboard/{namespace}/{ALL_RUNS_NAME}/"

@@ -27,8 +27,8 @@ from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.common.torchrun import free_port
 from kfp_lightning.components.common.training import CONSOLE_ENV
 from kfp_lightning.components.train_on_nodes.nodes import LOCAL
+from kfp_lightning.pipelines import parameters as run_parameters
 from kfp_lightning.pipelines.mnist import build_pipeline
-from kfp_lightning.pipelines.parameters import check_local_run, validate_parameters
 
 
 @contextlib.contextmanager
@@ -88,10 +88,7 @@ LOG_FILE = "local-run.log"
 # records `[KFP Executor <time> LEVEL]: ...`, one of which dumps the executor input as JSON).
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - (\w+) - (.*)$")
-_EXECUTING = re.compile(r"^Executing task '([^']+)'")
 _STREAM_INDENT = "    "
-_EXECUTOR_RECORD = "[KFP Executor "
-_EXECUTOR_INPUT = "Got executor_input:"
 
 
 class TaskConsole(io.TextIOBase):
@@ -148,7 +145,7 @@ class TaskConsole(io.TextIOBase):
             self.console.write((line if self._colours else plain) + "\n")
         if record := _KFP_RECORD.match(plain):
             message = record.group(2)
-            if started := _EXECUTING.match(message):
+            if started := re.match(r"Executing task '([^']+)'", message):
                 self.task = started.group(1)
             self.in_stream = message.startswith("Streamed logs:")
             self.in_input_dump = False
@@ -159,8 +156,8 @@ class TaskConsole(io.TextIOBase):
         if self.in_input_dump:
             self.in_input_dump = text != "}"  # the dump's closing brace, unindented
             return
-        if text.startswith(_EXECUTOR_RECORD):
-            self.in_input_dump = text.endswith(_EXECUTOR_INPUT)
+        if text.startswith("[KFP Executor "):
+            self.in_input_dump = text.endswith("Got executor_input:")
             return
         if not text.strip():
             return
@@ -232,8 +229,8 @@ def run_local(
     output_dir = Path(output_dir).absolute()
     parameters = {"tensorboard_logs_root": str(output_dir / "tensorboard"), **parameters}
     pipeline = build_pipeline(retries=False, nodes=nodes, node_launcher=LOCAL)
-    values = validate_parameters(parameters)
-    check_local_run(values)
+    values = run_parameters.validate_parameters(parameters)
+    run_parameters.check_local_run(values)
     root = parse_logs_root(values["tensorboard_logs_root"], namespace="local")
     check_writable(output_dir)
     # The components name container images; here they run in this Python environment, and
@@ -281,16 +278,12 @@ def run_local(
     # kfp.local keeps a metrics artifact as metadata only; the summary points at a real file.
     write_json(Path(classification.path), dict(classification.metadata))
     summary = {
-        "test_accuracy": metrics["test_accuracy"],
-        "test_loss": metrics["test_loss"],
+        **{k: metrics[k] for k in ("test_accuracy", "test_loss", "train_samples_per_second")},
         "epochs": int(metrics["epochs"]),
-        "train_samples_per_second": metrics["train_samples_per_second"],
         # How many nodes and processes trained (training logs both).
-        "nodes": int(metrics.get("nodes", 1)),
-        "processes": int(metrics.get("processes", 1)),
+        **{k: int(metrics.get(k, 1)) for k in ("nodes", "processes")},
         "metrics": metrics,
-        "model": outputs["model"].path,
-        "tensorboard_logs": outputs["tensorboard_logs"].path,
+        **{k: outputs[k].path for k in ("model", "tensorboard_logs")},
         "classification_metrics": classification.path,
         # Rows: true digit; columns: predicted digit (the artifact's metadata, as Kubeflow shows).
         "confusion_matrix": [row["row"] for row in confusion["rows"]],

@@ -92,27 +92,6 @@ def use_secret_as_env(task: PipelineTask, secret_name: Any, keys: dict[str, str]
             del entry["optional"]
 
 
-def apply_training_pod(task: PipelineTask, gpus: Any, node_selector: Any, tolerations: Any) -> None:
-    """Gives a training task the training pod's settings (components/common/training_pod.py).
-
-    Args:
-        task: The training task.
-        gpus: Its GPU limit. A string parameter: the driver reads the count with
-            GetStringValue() (backend/src/v2/driver/resolve.go,
-            resolvePodSpecInputRuntimeParameter).
-        node_selector: Node labels the pod must match.
-        tolerations: The pod's tolerations.
-    """
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-    task.set_cpu_request(pod.CPU_REQUEST).set_memory_request(pod.MEMORY_REQUEST)
-    task.set_memory_limit(pod.MEMORY_LIMIT)
-    kubernetes.add_node_selector_json(task, node_selector)
-    kubernetes.add_toleration_json(task, tolerations)
-    kubernetes.empty_dir_mount(
-        task, pod.SHM_VOLUME, pod.SHM_PATH, medium=pod.SHM_MEDIUM, size_limit=pod.SHM_SIZE
-    )
-
-
 def arguments_for(component: BaseComponent, available: dict[str, Any]) -> dict[str, Any]:
     """The arguments among `available` that `component` takes: its signature decides."""
     return {k: v for k, v in available.items() if k in component.component_spec.inputs}
@@ -292,7 +271,17 @@ def build_pipeline(
             train = train_mnist(**arguments_for(train_mnist, available))
             # A run is started in order to train (and to watch it): never answer from the cache.
             train.set_display_name("Train with Lightning").set_caching_options(False)
-            apply_training_pod(train, gpus, node_selector, tolerations)
+            # The training pod's settings (components/common/training_pod.py). The GPU limit is
+            # a string parameter: the driver reads the count with GetStringValue()
+            # (backend/src/v2/driver/resolve.go, resolvePodSpecInputRuntimeParameter).
+            train.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+            train.set_cpu_request(pod.CPU_REQUEST).set_memory_request(pod.MEMORY_REQUEST)
+            train.set_memory_limit(pod.MEMORY_LIMIT)
+            kubernetes.add_node_selector_json(train, node_selector)
+            kubernetes.add_toleration_json(train, tolerations)
+            kubernetes.empty_dir_mount(
+                train, pod.SHM_VOLUME, pod.SHM_PATH, medium=pod.SHM_MEDIUM, size_limit=pod.SHM_SIZE
+            )
             train_deadline = training_timeout_seconds
         kubernetes.set_timeout(train, train_deadline)
         # The run's location: the pod's namespace (and more, see above) as variables, and the

@@ -10,28 +10,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kfp_lightning.components.common import training
+from kfp_lightning.components.common import logs_location, run_form, training
 from kfp_lightning.components.common.errors import invalid
-from kfp_lightning.components.common.logs_location import (
-    LiveLogsConfig,
-    check_mounted_claim,
-    parse_logs_root,
-)
-from kfp_lightning.components.common.run_form import (
-    PIPELINE,
-    RunParameter,
-    from_run_form,
-    parameters_of,
-)
+from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.download_mnist.sources import MNIST_TRAIN_SAMPLES, DownloadConfig
 from kfp_lightning.components.train_on_nodes.nodes import TRAINJOB, check_shared_location
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS
 from kfp_lightning.pipelines.readme import rewrite_section
 
 
-def run_form_parameters() -> list[RunParameter]:
+def run_form_parameters() -> list[run_form.RunParameter]:
     """The pipeline's run parameters (its run form), in order."""
-    return parameters_of(RUN_PARAMETERS, scopes=[PIPELINE])
+    return run_form.parameters_of(RUN_PARAMETERS, scopes=[run_form.PIPELINE])
 
 
 def pipeline_defaults() -> dict[str, Any]:
@@ -46,7 +36,7 @@ def preset_parameters(preset: str) -> dict[str, Any]:
         UserInputError: No such preset.
     """
     config = training.TrainConfig.from_preset(preset)
-    fields = parameters_of([training.TrainConfig], scopes=[PIPELINE])
+    fields = run_form.parameters_of([training.TrainConfig], scopes=[run_form.PIPELINE])
     return {p.name: p.to_form(getattr(config, p.name)) for p in fields}
 
 
@@ -106,8 +96,8 @@ def check_cluster_run(values: Mapping[str, Any], logs_pvc: str | None, nodes: in
             a TrainJob would not share.
     """
     given = values["tensorboard_logs_root"]
-    root = parse_logs_root(given, "namespace")
-    check_mounted_claim(root, logs_pvc, given)
+    root = logs_location.parse_logs_root(given, "namespace")
+    logs_location.check_mounted_claim(root, logs_pvc, given)
     if from_run_form(training.TrainConfig, values).torch_compile:
         raise invalid(
             "torch_compile",
@@ -126,10 +116,10 @@ def check_local_run(values: Mapping[str, Any]) -> None:
             without a compiler on this machine, or GPUs or a precision this machine lacks.
     """
     root = values["tensorboard_logs_root"]
-    if parse_logs_root(root, "local").scheme == "pvc":
+    if logs_location.parse_logs_root(root, "local").scheme == "pvc":
         raise invalid("tensorboard_logs_root", root, "a directory or s3:// for --local runs")
     # An s3:// root needs an endpoint this machine reaches; `auto` finds one only in a cluster.
-    from_run_form(LiveLogsConfig, values).endpoint()
+    from_run_form(logs_location.LiveLogsConfig, values).endpoint()
     config = from_run_form(training.TrainConfig, values)
     # --local trains in this Python: on the CPU, or on this machine's GPU if it has one.
     training.check_compiler(config.torch_compile, "cpu")

@@ -106,14 +106,6 @@ def _with_doc_entries(
     return [*doc[:start], *kept, *doc[end:]]
 
 
-def _formatted(text: str, path: Path) -> str:
-    # ruff's own settings (pyproject.toml); its errors go to stderr.
-    command = [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(path), "-"]
-    return subprocess.run(
-        command, input=text, stdout=subprocess.PIPE, text=True, cwd=REPO, check=True
-    ).stdout
-
-
 def written(signature: Signature, text: str) -> str:
     """The text of `signature`'s file with its run parameters written from their fields.
 
@@ -149,7 +141,11 @@ def written(signature: Signature, text: str) -> str:
     lines[start + 1 : end] = [
         f"{indent}{p.name}: {p.form_type.__name__} = {p.default!r},\n" for p in parameters
     ]
-    return _formatted("".join(lines), REPO / signature.path)
+    # ruff's own settings (pyproject.toml); its errors go to stderr.
+    command = [sys.executable, "-m", "ruff", "format", "--stdin-filename", signature.path, "-"]
+    return subprocess.run(
+        command, input="".join(lines), stdout=subprocess.PIPE, text=True, cwd=REPO, check=True
+    ).stdout
 
 
 def drifted() -> list[tuple[Path, str]]:
