@@ -28,22 +28,10 @@ from kubernetes import client
 from kubernetes.client import ApiClient, ApiException
 from kubernetes.utils import parse_quantity
 
-from kfp_lightning.components.common import kubernetes_syntax, logs_location
+from kfp_lightning.components.common import kubernetes as kube
+from kfp_lightning.components.common import kubernetes_syntax, logs_location, object_store
 from kfp_lightning.components.common.errors import RunError, invalid
-from kfp_lightning.components.common.kubernetes import (
-    ClusterUnreachableError,
-    Patience,
-    api_answer,
-    connect,
-    connection_failure,
-)
-from kfp_lightning.components.common.object_store import (
-    ACCESS_KEY_KEY,
-    AUTO,
-    KFP_OBJECT_STORES,
-    SECRET_KEY_KEY,
-    ObjectStore,
-)
+from kfp_lightning.components.common.object_store import AUTO, KFP_OBJECT_STORES, ObjectStore
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.scheduling import GPU_RESOURCE, SchedulingConfig
 from kfp_lightning.components.common.urls import parse_http_endpoint
@@ -60,15 +48,8 @@ DEFAULT_KFP_NAMESPACE = "kubeflow"
 # manifests/kustomize/base/pipeline/ml-pipeline-apiserver-deployment.yaml).
 KFP_DEPLOYMENT = "ml-pipeline"
 KFP_CONTAINER = "ml-pipeline-api-server"
-MIN_BACKEND = (2, 5, 0)
 SUPPORTED_BACKENDS = "2.5.0 and newer (Kubeflow 1.10.1+, standalone 2.5-2.17)"
 REQUEST_TIMEOUT_SECONDS = 10.0
-# The scheduler treats a cordoned node as carrying this taint (kubernetes/kubernetes,
-# pkg/scheduler/framework/plugins/nodeunschedulable/node_unschedulable.go).
-UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
-# Only these effects keep a new pod off a node; PreferNoSchedule is a preference
-# (pkg/scheduler/framework/plugins/tainttoleration/taint_toleration.go).
-BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 # Taints the node lifecycle controller puts on a node for its condition (kubernetes/kubernetes,
 # staging/src/k8s.io/api/core/v1/well_known_taints.go): a node that is not ready, unreachable,
 # cordoned or without network, or under memory, disk or PID pressure. Tolerating them would put
@@ -96,33 +77,19 @@ NODE_FIXES = {
     '"Exists", "effect": EFFECT}]\')',
     "label": "pass a --node-selector that those nodes' labels match",
 }
-PODDEFAULT_INSTALL = (
-    "install Kubeflow's admission webhook and its PodDefault CRD (part of a full "
-    "Kubeflow install), or log to a pvc:// root (--tensorboard-logs-root, --logs-pvc)"
-)
 # Kubeflow Trainer's kustomize overlays, `{}` the overlay: its manager, or its runtimes.
 TRAINER_OVERLAY = "https://github.com/kubeflow/trainer.git/manifests/overlays/{}?ref=v2.1.0"
-TRAINER_INSTALL = (
-    "install Kubeflow Trainer v2 (part of Kubeflow 1.11 and 26.03; elsewhere: kubectl apply "
-    f'--server-side -k "{TRAINER_OVERLAY.format("manager")}")'
-)
 RUNTIME_INSTALL = f'kubectl apply --server-side -k "{TRAINER_OVERLAY.format("runtimes")}"'
+# The fix when a CRD the run creates objects of is not served.
+CRD_INSTALLS = {
+    PODDEFAULT_API: "install Kubeflow's admission webhook and its PodDefault CRD (part of a full "
+    "Kubeflow install), or log to a pvc:// root (--tensorboard-logs-root, --logs-pvc)",
+    trainjob.TRAINJOB_API: "install Kubeflow Trainer v2 (part of Kubeflow 1.11 and 26.03; "
+    f'elsewhere: kubectl apply --server-side -k "{TRAINER_OVERLAY.format("manager")}")',
+}
 # The step creates the run's TrainJob, reads it while it runs and deletes it when the run is
 # cancelled or times out, or to replace a failed one (components/train_on_nodes/trainjob.py).
 TRAINJOB_VERBS = ("create", "get", "delete")
-# Per RBAC check: the Role its manifest creates, the manifest, and what fails without them.
-RBAC_FIXES = {
-    "launcher RBAC": (
-        "kfp-lightning-tensorboard-launcher",
-        launcher.RBAC_MANIFEST,
-        "the live TensorBoard step falls back to kubectl instructions",
-    ),
-    "TrainJob RBAC": (
-        "kfp-lightning-trainjob-launcher",
-        trainjob.RBAC_MANIFEST,
-        "the training step cannot run the nodes",
-    ),
-}
 
 
 class Status(enum.Enum):
@@ -162,9 +129,9 @@ def _unknown(name: str, detail: str, fix: str = "") -> Check:
     return Check(name, Status.UNKNOWN, detail, fix)
 
 
-def _unreadable(name: str, what: str, err: ApiException, fix: str) -> Check:
-    """The unknown result of a read these credentials may not make."""
-    return _unknown(name, f"{what} not readable with these credentials ({api_answer(err)})", fix)
+def _unreadable(what: str, err: ApiException) -> str:
+    """What is said of a read these credentials may not make."""
+    return f"{what} not readable with these credentials ({kube.api_answer(err)})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +160,8 @@ def _call(request: Callable[..., Any], *args: object) -> Any:
     try:
         return request(*args, _request_timeout=REQUEST_TIMEOUT_SECONDS)
     except urllib3.exceptions.HTTPError as err:
-        raise RunError(f"the Kubernetes API stopped answering: {connection_failure(err)}") from err
+        failure = kube.connection_failure(err)
+        raise RunError(f"the Kubernetes API stopped answering: {failure}") from err
 
 
 # --- the checks ---------------------------------------------------------------------------
@@ -235,19 +203,18 @@ def check_crd(
         found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
     except ApiException as err:
         if err.status != 404:
-            return _unknown(name, f"discovery of {group}/{version}: {api_answer(err)}")
+            return _unknown(name, f"discovery of {group}/{version}: {kube.api_answer(err)}")
         found = None
     if found is not None and any(r.name == plural for r in found.resources):
         return _passed(name, f"{api} is served")
-    if resource == TENSORBOARD_API:
-        return _passed(
-            name,
-            f"{api} is not served (standalone Kubeflow Pipelines): no Kubeflow Tensorboard is "
-            "started; the run page's Start Tensorboard button and the Live TensorBoard step's "
-            "kubectl commands show the logs instead",
-        )
-    fix = PODDEFAULT_INSTALL if resource == PODDEFAULT_API else TRAINER_INSTALL
-    return _failed(name, f"the cluster serves no {api}", fix)
+    if resource != TENSORBOARD_API:
+        return _failed(name, f"the cluster serves no {api}", CRD_INSTALLS[resource])
+    return _passed(
+        name,
+        f"{api} is not served (standalone Kubeflow Pipelines): no Kubeflow Tensorboard is "
+        "started; the run page's Start Tensorboard button and the Live TensorBoard step's "
+        "kubectl commands show the logs instead",
+    )
 
 
 def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
@@ -267,16 +234,17 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
     if logs.scheme != "s3":
         return _passed(name, f"not needed for logs at {logs.uri}")
     namespace, secret = target.namespace, target.values["s3_credentials_secret"]
+    access, secret_key = object_store.ACCESS_KEY_KEY, object_store.SECRET_KEY_KEY
     create = (
         f"kubectl -n {namespace} create secret generic {secret} "
-        f"--from-literal={ACCESS_KEY_KEY}=ACCESS_KEY --from-literal={SECRET_KEY_KEY}=SECRET_KEY"
+        f"--from-literal={access}=ACCESS_KEY --from-literal={secret_key}=SECRET_KEY"
     )
     try:
         found = _call(client.CoreV1Api(api_client).read_namespaced_secret, secret, namespace)
     except ApiException as err:
         if err.status != 404:
             fix = f"kubectl -n {namespace} get secret {secret} as someone who may read it"
-            return _unreadable(name, f"secret {namespace}/{secret}", err, fix)
+            return _unknown(name, _unreadable(f"secret {namespace}/{secret}", err), fix)
         return _failed(
             name,
             f"no secret {secret} in namespace {namespace} (logs at {logs.uri})",
@@ -284,14 +252,13 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
             "namespace), or pass --s3-credentials-secret NAME",
         )
     # A read answers `data` only: the API server merges `stringData` into it on writes.
-    data = found.data or {}
-    if missing := [k for k in (ACCESS_KEY_KEY, SECRET_KEY_KEY) if not data.get(k)]:
+    if missing := [k for k in (access, secret_key) if not (found.data or {}).get(k)]:
         return _failed(
             name,
             f"secret {namespace}/{secret} lacks key {' and '.join(missing)}",
             f"recreate it with both keys: kubectl -n {namespace} delete secret {secret}; {create}",
         )
-    return _passed(name, f"{namespace}/{secret} has {ACCESS_KEY_KEY} and {SECRET_KEY_KEY}")
+    return _passed(name, f"{namespace}/{secret} has {access} and {secret_key}")
 
 
 def cluster_store(endpoint: str) -> ObjectStore | None:
@@ -351,7 +318,7 @@ def endpoint_in_cluster(api_client: ApiClient, value: str) -> str:
         if found := find_object_store(api_client):
             return found.endpoint
     except ApiException as err:
-        why = f"its Services are not readable with these credentials ({api_answer(err)})"
+        why = f"its Services are not readable with these credentials ({kube.api_answer(err)})"
     tried = ", ".join(store.host for store in KFP_OBJECT_STORES)
     raise invalid("s3_endpoint", AUTO, f"http(s)://host[:port]: auto looks for {tried}, and {why}")
 
@@ -389,14 +356,15 @@ def check_object_store(api_client: ApiClient, target: Target) -> Check:
         found = find_object_store(api_client, candidates)
     except ApiException as err:
         fix = f"kubectl -n {candidates[0].namespace} get service as someone who may read it"
-        return _unreadable(name, services, err, fix)
+        return _unknown(name, _unreadable(services, err), fix)
     if found is None:
         what = "KFP's object store" if auto else f"s3_endpoint={endpoint}"
-        fix = (
+        return _failed(
+            name,
+            f"{what}: no {services} in this cluster",
             "install Kubeflow Pipelines with its object store, or pass --s3-endpoint "
-            "http(s)://host[:port] of an S3 API the pods can reach"
+            "http(s)://host[:port] of an S3 API the pods can reach",
         )
-        return _failed(name, f"{what}: no {services} in this cluster", fix)
     shown = f"s3_endpoint={endpoint}" + (f" resolves to {found.endpoint}" if auto else "")
     return _passed(name, f"{shown}: Service {found.namespace}/{found.service} ({found.product})")
 
@@ -419,18 +387,18 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     if logs.scheme != "pvc":
         return _passed(name, f"not needed for logs at {logs.uri}")
     where = f"{namespace}/{logs.claim}"
-    patience = Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS)
+    patience = kube.Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS)
     try:
         # The launcher's own reading: the bound volume's modes, else those the claim asks for.
         modes = launcher.claim_access_modes(api_client, namespace, logs.claim, patience)
-    except ClusterUnreachableError as err:
+    except kube.ClusterUnreachableError as err:
         raise RunError(f"the Kubernetes API stopped answering: {err}") from err
     except ApiException as err:
         if err.status == 404:
             fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default)"
             return _failed(name, f"no PersistentVolumeClaim {where}", fix)
         fix = f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'"
-        return _unreadable(name, f"claim {where}", err, fix)
+        return _unknown(name, _unreadable(f"claim {where}", err), fix)
     # Training writes while TensorBoard reads, each on its own node: of the modes that let
     # several nodes mount a volume (launch_tensorboard/launcher.py, `SHARED_ACCESS_MODES`),
     # only ReadWriteMany lets them write.
@@ -445,55 +413,47 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     return _passed(name, f"claim {where} is {'/'.join(modes)}")
 
 
-def service_account_user(namespace: str, service_account: str) -> tuple[str, list[str]]:
-    """The user name and groups a service account's token authenticates as.
-
-    The groups are those the API server gives every service-account token
-    (kubernetes/kubernetes, staging/src/k8s.io/apiserver/pkg/authentication/serviceaccount/
-    util.go, `MakeGroupNames`, plus `system:authenticated`), so that bindings to
-    `system:serviceaccounts[:<namespace>]` count as they will for the run's pods.
-
-    Args:
-        namespace: The account's namespace.
-        service_account: Its name.
-
-    Returns:
-        (user, groups).
-    """
-    groups = ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"]  # MakeGroupNames
-    return f"system:serviceaccount:{namespace}:{service_account}", [*groups, "system:authenticated"]
-
-
-def _check_rbac(
+def check_rbac(
     api_client: ApiClient,
     target: Target,
     name: str,
     permissions: Sequence[tuple[str, str, Sequence[str]]],
+    role: str,
+    manifest: str,
+    consequence: str,
 ) -> Check:
     """Whether the run's service account may do everything of `permissions`.
 
     One SubjectAccessReview per verb and resource, answered by the cluster's own authorizer
     for the service account's user and groups; namespace admins may ask locally, cluster
-    admins anywhere.
+    admins anywhere. The groups are those the API server gives every service-account token
+    (kubernetes/kubernetes, staging/src/k8s.io/apiserver/pkg/authentication/serviceaccount/
+    util.go, `MakeGroupNames`, plus `system:authenticated`), so that bindings to
+    `system:serviceaccounts[:<namespace>]` count as they will for the run's pods.
 
     Args:
         api_client: A configured client.
         target: The run (its namespace and service account).
-        name: The check's name, a key of `RBAC_FIXES`.
+        name: The check's name.
         permissions: (group, plural, verbs) of each resource.
+        role: The Role `manifest` creates, for a service account other than default-editor.
+        manifest: The manifest that grants the permissions.
+        consequence: What fails without them.
 
     Returns:
         The result; unknown when these credentials may not ask.
     """
     namespace, service_account = target.namespace, target.service_account
-    user, groups = service_account_user(namespace, service_account)
+    user = f"system:serviceaccount:{namespace}:{service_account}"
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"]  # MakeGroupNames
     api = client.AuthorizationV1Api(api_client)
 
     def is_allowed(verb: str, group: str, plural: str) -> bool:
         """Whether the account may `verb` `plural`.`group` (raises ApiException: may not ask)."""
         # The review's JSON (authorization.k8s.io/v1 SubjectAccessReviewSpec).
         attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": plural}
-        spec = {"user": user, "groups": groups, "resourceAttributes": attributes}
+        spec = {"user": user, "groups": [*groups, "system:authenticated"]}
+        spec["resourceAttributes"] = attributes
         try:
             local = {"metadata": {"namespace": namespace}, "spec": spec}
             review = _call(api.create_namespaced_local_subject_access_review, namespace, local)
@@ -511,14 +471,13 @@ def _check_rbac(
     except ApiException as err:
         return _unknown(
             name,
-            f"these credentials may not ask the authorizer ({api_answer(err)})",
+            f"these credentials may not ask the authorizer ({kube.api_answer(err)})",
             f"ask a cluster admin to run: kubectl auth can-i --list -n {namespace} --as {user}",
         )
     account = f"{namespace}/{service_account}"
     if not denied:
         allowed = ", ".join(f"{'/'.join(verbs)} {plural}" for _, plural, verbs in permissions)
         return _passed(name, f"{account} may {allowed}")
-    role, manifest, consequence = RBAC_FIXES[name]
     fix = f"kubectl apply -n {namespace} -f {manifest}"
     if service_account != DEFAULT_SERVICE_ACCOUNT:
         fix += (
@@ -550,19 +509,29 @@ def check_launcher_rbac(api_client: ApiClient, target: Target, tensorboards: boo
     needed = {"s3": [tensorboard, poddefault], "pvc": [tensorboard, claim]}
     if not (permissions := needed.get(target.logs.scheme)):
         return _passed(name, f"nothing to create for logs at {target.logs.uri}")
-    core, account = client.CoreV1Api(api_client), f"{namespace}/{service_account}"
     try:
-        _call(core.read_namespaced_service_account, service_account, namespace)
+        _call(
+            client.CoreV1Api(api_client).read_namespaced_service_account, service_account, namespace
+        )
     except ApiException as err:
         if err.status == 404:
             return _failed(
                 name,
-                f"no service account {account}: the run's pods cannot be created",
+                f"no service account {namespace}/{service_account}: the run's pods cannot be "
+                "created",
                 "run in a Kubeflow profile namespace (its profile creates default-editor), "
                 "or pass the account the pipelines run as with --service-account",
             )
         # Not readable here: the reviews below still tell whether it would be allowed.
-    return _check_rbac(api_client, target, name, permissions)
+    return check_rbac(
+        api_client,
+        target,
+        name,
+        permissions,
+        "kfp-lightning-tensorboard-launcher",
+        launcher.RBAC_MANIFEST,
+        "the live TensorBoard step falls back to kubectl instructions",
+    )
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
@@ -585,11 +554,6 @@ def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
     return operator == "Exists" or (operator == "Equal" and value == (taint.get("value") or ""))
 
 
-def _taint_text(taint: Mapping[str, Any]) -> str:
-    value = f"={taint['value']}" if taint.get("value") else ""
-    return f"{taint['key']}{value}:{taint['effect']}"
-
-
 def _gpu_count(node: client.V1Node) -> int:
     value = ((node.status and node.status.allocatable) or {}).get(GPU_RESOURCE, "0")
     return int(parse_quantity(value))
@@ -609,16 +573,27 @@ def why_unreachable(
         One phrase per obstacle, those of the condition taints first; empty when the pod may
         be scheduled there.
     """
-    taints = [t.to_dict() for t in (node.spec.taints or [] if node.spec else [])]
-    if node.spec and node.spec.unschedulable:
-        taints.append(UNSCHEDULABLE_TAINT)
-    reasons = [
-        f"not ready or not schedulable ({_taint_text(taint)})"
-        if taint["key"] in CONDITION_TAINTS
-        else f"taint {_taint_text(taint)} not tolerated"
-        for taint in sorted(taints, key=lambda taint: taint["key"] not in CONDITION_TAINTS)
-        if taint["effect"] in BLOCKING_EFFECTS and not any(tolerates(t, taint) for t in tolerations)
-    ]
+    spec = node.spec or client.V1NodeSpec()
+    taints = [t.to_dict() for t in spec.taints or []]
+    if spec.unschedulable:
+        # The scheduler treats a cordoned node as carrying this taint (kubernetes/kubernetes,
+        # pkg/scheduler/framework/plugins/nodeunschedulable/node_unschedulable.go).
+        taints.append({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"})
+    reasons = []
+    for taint in sorted(taints, key=lambda taint: taint["key"] not in CONDITION_TAINTS):
+        # Only these effects keep a new pod off a node; PreferNoSchedule is a preference
+        # (pkg/scheduler/framework/plugins/tainttoleration/taint_toleration.go).
+        if taint["effect"] in ("NoSchedule", "NoExecute") and not any(
+            tolerates(t, taint) for t in tolerations
+        ):
+            value = f"={taint['value']}" if taint.get("value") else ""
+            text = f"{taint['key']}{value}:{taint['effect']}"
+            condition = taint["key"] in CONDITION_TAINTS
+            reasons.append(
+                f"not ready or not schedulable ({text})"
+                if condition
+                else f"taint {text} not tolerated"
+            )
     labels = node.metadata.labels or {}
     return reasons + [
         f"label {key}={value} missing" + (f" (has {labels[key]})" if key in labels else "")
@@ -650,16 +625,16 @@ def check_gpu_nodes(
         nodes = _call(client.CoreV1Api(api_client).list_node).items
     except ApiException as err:
         fix = "ask a cluster admin whether a node offers the GPUs and taints/labels you set"
-        return _unreadable(name, "nodes", err, fix)
-    candidates = [n for n in nodes if _gpu_count(n) >= gpus]
-    if not candidates:
+        return _unknown(name, _unreadable("nodes", err), fix)
+    if not (candidates := [n for n in nodes if _gpu_count(n) >= gpus]):
         most = max((_gpu_count(n) for n in nodes), default=0)
         found = f"most on one node: {most}, of {len(nodes)} nodes" if nodes else "no node at all"
-        fix = (
+        return _failed(
+            name,
+            f"no node has {gpus} allocatable {GPU_RESOURCE} ({found})",
             "add a GPU node pool with NVIDIA's device plugin (or GPU operator), request fewer "
-            "with --gpus, or train on a CPU node with --gpus 0"
+            "with --gpus, or train on a CPU node with --gpus 0",
         )
-        return _failed(name, f"no node has {gpus} allocatable {GPU_RESOURCE} ({found})", fix)
     blockers = {n.metadata.name: why_unreachable(n, node_selector, tolerations) for n in candidates}
     wanted = f"with {gpus} allocatable {GPU_RESOURCE} " if gpus else ""
     if reached := sorted(node for node, reasons in blockers.items() if not reasons):
@@ -702,7 +677,7 @@ def check_training_runtime(api_client: ApiClient) -> Check:
         if err.status == 404:
             return _failed(name, f"no {wanted}", f"install it: {RUNTIME_INSTALL}")
         fix = f"ask a cluster admin to run: kubectl get {plural} {trainjob.RUNTIME}"
-        return _unreadable(name, wanted, err, fix)
+        return _unknown(name, _unreadable(wanted, err), fix)
     spec = runtime.get("spec") or {}
     jobs = ((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
     pods = [j["template"]["spec"]["template"]["spec"] for j in jobs if j.get("name") == node]
@@ -804,23 +779,24 @@ def check_kfp_backend(api_client: ApiClient, kfp_namespace: str) -> Check:
         Passed for a supported version, failed for an older one, unknown when unreadable.
     """
     name, unknown = "KFP backend", "version unknown (not a failure)"
-    supported = f"supported: {SUPPORTED_BACKENDS}"
+    supported, where = (
+        f"supported: {SUPPORTED_BACKENDS}",
+        f"deployment {kfp_namespace}/{KFP_DEPLOYMENT}",
+    )
     apps = client.AppsV1Api(api_client)
     try:
         deployment = _call(apps.read_namespaced_deployment, KFP_DEPLOYMENT, kfp_namespace)
     except ApiException as err:
-        where = f"deployment {kfp_namespace}/{KFP_DEPLOYMENT}"
         if err.status == 404:
             fix = "pass the namespace Kubeflow Pipelines runs in with --kfp-namespace"
             return _unknown(name, f"no {where}: {unknown}", fix)
-        detail = f"{where} not readable with these credentials ({api_answer(err)}): {unknown}"
-        return _unknown(name, detail, supported)
+        return _unknown(name, f"{_unreadable(where, err)}: {unknown}", supported)
     containers = deployment.spec.template.spec.containers
     container = next((c for c in containers if c.name == KFP_CONTAINER), containers[0])
     if (version := image_version(container.image or "")) is None:
         return _unknown(name, f"image {container.image} has no version tag: {unknown}", supported)
     shown = f"{'.'.join(map(str, version))} ({container.image})"
-    if version < MIN_BACKEND:
+    if version < (2, 5, 0):
         return _failed(
             name,
             f"{shown} is older than this pipeline supports: {SUPPORTED_BACKENDS}",
@@ -853,40 +829,21 @@ def run_checks(api_client: ApiClient, target: Target) -> list[Check]:
     if target.nodes == 1:
         return checks
     crd = check_crd(api_client, trainjob.TRAINJOB_API)
-    trainjobs = [(trainjob.TRAINJOB_API[0], trainjob.TRAINJOB_API[2], TRAINJOB_VERBS)]
-    trainjob_rbac = _check_rbac(api_client, target, "TrainJob RBAC", trainjobs)
+    trainjob_rbac = check_rbac(
+        api_client,
+        target,
+        "TrainJob RBAC",
+        [(trainjob.TRAINJOB_API[0], trainjob.TRAINJOB_API[2], TRAINJOB_VERBS)],
+        "kfp-lightning-trainjob-launcher",
+        trainjob.RBAC_MANIFEST,
+        "the training step cannot run the nodes",
+    )
     dry_run = (
         check_trainjob_dry_run(api_client, target)
         if crd.status is Status.PASSED
         else _unknown("TrainJob", "not submitted: the TrainJob CRD is not served")
     )
     return [*checks, crd, check_training_runtime(api_client), trainjob_rbac, dry_run]
-
-
-def format_check(check: Check) -> str:
-    """One line: the mark, what was checked and found, and the fix for a failure."""
-    line = f"{check.status.value} {check.name}: {check.detail}"
-    if check.fix and check.status is not Status.PASSED:
-        line += f". {'Fix' if check.status is Status.FAILED else 'To check'}: {check.fix}"
-    return line
-
-
-def _probe(api_client: ApiClient) -> str:
-    """The `Kubernetes <version> at <host>` the header line starts with.
-
-    Raises:
-        RunError: No server answers, or it refuses us (one line).
-    """
-    host = api_client.configuration.host
-    try:
-        info = client.VersionApi(api_client).get_code(_request_timeout=REQUEST_TIMEOUT_SECONDS)
-    except urllib3.exceptions.HTTPError as err:
-        raise RunError(
-            f"no Kubernetes API server answers at {host}: {connection_failure(err)}"
-        ) from None
-    except ApiException as err:
-        raise RunError(f"the Kubernetes API server at {host} refused: {api_answer(err)}") from None
-    return f"Kubernetes {info.git_version} at {host}"
 
 
 def check_cluster(
@@ -897,6 +854,9 @@ def check_cluster(
     nodes: int = 1,
 ) -> int:
     """Checks the current cluster for a run with `values`, printing one line per check.
+
+    Each line holds the mark, what was checked and found, and the fix for a failure (how to
+    check by other means for an unknown).
 
     Args:
         values: Every pipeline parameter, validated (`parameters.validate_parameters`).
@@ -918,17 +878,33 @@ def check_cluster(
         raise invalid("service_account", service_account, "a Kubernetes service account name")
     kubernetes_syntax.check_namespace_name(kfp_namespace, "kfp_namespace")
     try:
-        api_client, config_namespace = connect()
-    except ClusterUnreachableError as err:
+        api_client, config_namespace = kube.connect()
+    except kube.ClusterUnreachableError as err:
         raise RunError(f"no Kubernetes API configured: {' '.join(str(err).split())}") from None
     with api_client:
         namespace = namespace or logs_location.current_namespace() or config_namespace or "default"
         kubernetes_syntax.check_namespace_name(namespace)
         logs = logs_location.parse_logs_root(values["tensorboard_logs_root"], namespace=namespace)
         target = Target(namespace, service_account, kfp_namespace, logs, dict(values), nodes)
-        print(f"{_probe(api_client)}, namespace {namespace}, service account {service_account}:")
+        host = api_client.configuration.host
+        try:
+            info = client.VersionApi(api_client).get_code(_request_timeout=REQUEST_TIMEOUT_SECONDS)
+        except urllib3.exceptions.HTTPError as err:
+            failure = kube.connection_failure(err)
+            raise RunError(f"no Kubernetes API server answers at {host}: {failure}") from None
+        except ApiException as err:
+            answer = kube.api_answer(err)
+            raise RunError(f"the Kubernetes API server at {host} refused: {answer}") from None
+        print(
+            f"Kubernetes {info.git_version} at {host}, namespace {namespace}, "
+            f"service account {service_account}:"
+        )
         checks = run_checks(api_client, target)
-    print("\n".join(map(format_check, checks)))
+    for check in checks:
+        fix = ""
+        if check.fix and check.status is not Status.PASSED:
+            fix = f". {'Fix' if check.status is Status.FAILED else 'To check'}: {check.fix}"
+        print(f"{check.status.value} {check.name}: {check.detail}{fix}")
     failed, unknown = (sum(c.status is s for c in checks) for s in (Status.FAILED, Status.UNKNOWN))
     unchecked = f"; {unknown} could not be checked (?)" if unknown else ""
     if failed:
