@@ -22,12 +22,12 @@ from kfp_lightning.components.common.kubernetes_syntax import (
 )
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.launch_tensorboard import fallback
+from kfp_lightning.components.launch_tensorboard.fallback import viewer_pod_template
 from kfp_lightning.components.launch_tensorboard.launcher import LAUNCHER_PERMISSIONS
 from kfp_lightning.components.launch_tensorboard.objects import (
     poddefault_object,
     tensorboard_object,
 )
-from kfp_lightning.components.launch_tensorboard.viewer import viewer_pod_template
 from tests.conftest import REPO, SHARED
 from tests.fake_kubernetes import CustomResource
 
@@ -132,7 +132,7 @@ def test_rendered_fallback_is_valid_and_cluster_internal(location: object) -> No
 
 @pytest.mark.parametrize("location", [S3_LOCATION, PVC_LOCATION], ids=["s3", "pvc"])
 def test_viewer_pod_template_is_a_valid_pod_template(location: object) -> None:
-    # The run page's viewer (viewer.py); its controller fills in the container's name and
+    # The run page's viewer (fallback.py); its controller fills in the container's name and
     # image, as a PodTemplate object needs them here.
     template = viewer_pod_template(location, fallback.DEFAULT_S3_ENDPOINT, "my-secret")
     template["spec"]["containers"][0].update(name="tensorboard", image="tools")

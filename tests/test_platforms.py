@@ -345,11 +345,11 @@ def test_every_object_a_run_creates_is_stored_as_sent(
     """As the run's own service account, with the release's stock roles only."""
     from kfp_lightning.components.common.kubernetes import Patience, differences
     from kfp_lightning.components.common.logs_location import LiveLogsConfig
+    from kfp_lightning.components.launch_tensorboard.fallback import ui_metadata
     from kfp_lightning.components.launch_tensorboard.launcher import (
         LauncherConfig,
         start_live_tensorboard,
     )
-    from kfp_lightning.components.launch_tensorboard.viewer import ui_metadata
     from kfp_lightning.components.train_on_nodes import trainjob
     from tests.test_viewer_metadata import controller_pod, frontend_viewer
 

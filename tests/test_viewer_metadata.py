@@ -49,8 +49,8 @@ from kfp_lightning.components.common import images
 from kfp_lightning.components.common.kubernetes import differences
 from kfp_lightning.components.common.logs_location import LogsLocation, parse_logs_root
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard as component
+from kfp_lightning.components.launch_tensorboard.fallback import ui_metadata
 from kfp_lightning.components.launch_tensorboard.objects import s3_environment
-from kfp_lightning.components.launch_tensorboard.viewer import ui_metadata
 from tests.apiserver.server import ensure_namespace
 from tests.conftest import REPO
 

@@ -1,20 +1,20 @@
-"""A TensorBoard any namespace can run by hand: a Deployment and a ClusterIP Service.
+"""TensorBoard pods outside Kubeflow's controller: one any namespace runs by hand, and the viewer.
 
 Used where Kubeflow's `Tensorboard` cannot be (no CRD in standalone Kubeflow Pipelines, RBAC,
-no API reachable from the task): the launcher's Markdown carries this manifest, rendered for the
-run, with the `kubectl` commands to apply it and port-forward to it. The Service is ClusterIP
-only, so TensorBoard is reached through the user's own Kubernetes credentials, never a node
-port. It runs the project's tools image (TensorBoard reads `s3://` through boto3 there), with
-the object store's endpoint and credentials in its environment or the claim mounted read-only.
-
-`manifests/tensorboard-clusterip.yaml` is this module's output for the pipeline's default
-logs root, covering every run of the namespace it is applied in; regenerate it with
-`python -m kfp_lightning.components.launch_tensorboard.fallback > <that file>`.
+no API reachable from the task), a Deployment and a ClusterIP Service: the launcher's Markdown
+carries this manifest, rendered for the run, with the `kubectl` commands to apply it and
+port-forward to it. The Service is ClusterIP only, so TensorBoard is reached through the user's
+own Kubernetes credentials, never a node port. It runs the project's tools image (TensorBoard
+reads `s3://` through boto3 there), with the object store's endpoint and credentials in its
+environment or the claim mounted read-only; so does the pod of the run page's "Start
+Tensorboard" viewer (`ui_metadata`). `manifests/tensorboard-clusterip.yaml` is this module's
+output for the pipeline's default logs root, covering every run of the namespace it is applied
+in; regenerate it with `python -m kfp_lightning.components.launch_tensorboard.fallback > <that
+file>`.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import yaml
@@ -41,14 +41,7 @@ SELECTOR = {"app.kubernetes.io/name": NAME}
 PORT = 6006
 LOCAL_PORT = 6006
 PVC_MOUNT = "/tensorboard_logs"
-# What one TensorBoard needs; the run page's viewer (viewer.py) asks for the same.
-RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
-# tensorboard writes only its server info, under the temporary directory.
-CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-}
+LOGS_VOLUME = "tensorboard-logs"  # the viewer pod's claim, named in its `volume://` source
 # Kubernetes expands $(VAR) in a container's args from its env: one file serves any namespace.
 POD_NAMESPACE_REFERENCE = "$(POD_NAMESPACE)"
 HEADER = (
@@ -61,22 +54,60 @@ HEADER = (
 )
 
 
-def logs_volumes(location: LogsLocation, volume: str) -> tuple[list[Any], list[Any]]:
-    """A TensorBoard pod's volumes and its container's mounts of them.
+def tensorboard_pod(
+    location: LogsLocation, s3_endpoint: str, s3_secret: str, served: bool
+) -> dict[str, Any]:
+    """The spec of a pod whose one container runs TensorBoard over `location`.
 
     Args:
-        location: The logs; a pvc:// claim is mounted read-only at `PVC_MOUNT`.
-        volume: The name of the claim's volume.
+        location: The logs (s3:// or pvc://); a pvc:// claim is mounted read-only at
+            `PVC_MOUNT`; the URI may hold `$(POD_NAMESPACE)`.
+        s3_endpoint: http(s)://host[:port] of the object store (s3:// only).
+        s3_secret: Secret with the keys `accesskey` and `secretkey` (s3:// only).
+        served: The fallback's pod, which names its image, command, arguments and port and runs
+            as user 1000; else the viewer's, whose controller fills those in.
 
     Returns:
-        The volumes and the mounts: a writable /tmp, and the claim for pvc://.
+        A Kubernetes PodSpec (as a dict): a writable /tmp, and the claim for pvc://.
     """
+    volume = "logs" if served else LOGS_VOLUME
     volumes, mounts = [{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}]
     if location.scheme == "pvc":
         claim = {"claimName": location.claim, "readOnly": True}
         volumes.append({"name": volume, "persistentVolumeClaim": claim})
         mounts.append({"name": volume, "mountPath": PVC_MOUNT, "readOnly": True})
-    return volumes, mounts
+    # $POD_NAMESPACE from the pod's metadata (the downward API), as the training pods get it.
+    env = training_pod.environment(None) if POD_NAMESPACE_REFERENCE in location.uri else []
+    if location.scheme == "s3":
+        env += s3_environment(s3_endpoint, s3_secret)
+    logdir = location.uri if location.scheme == "s3" else f"{PVC_MOUNT}/{location.path}".rstrip("/")
+    run = {
+        "name": "tensorboard",
+        "image": images.image_ref(images.TOOLS),
+        "command": ["tensorboard"],
+        "args": [f"--logdir={logdir}", "--bind_all", f"--port={PORT}"],
+    }
+    serve = {
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
+    }
+    container = {
+        **(run if served else {}),
+        **({"env": env} if env else {}),
+        **(serve if served else {}),
+        # What one TensorBoard needs, in either pod.
+        "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        # tensorboard writes only its server info, under the temporary directory.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    }
+    user = {"runAsUser": 1000} if served else {}
+    security = {"runAsNonRoot": True, **user, "seccompProfile": {"type": "RuntimeDefault"}}
+    return {"securityContext": security, "containers": [container], "volumes": volumes}
 
 
 def fallback_objects(location: LogsLocation, s3_endpoint: str, s3_secret: str) -> list[Any]:
@@ -91,33 +122,7 @@ def fallback_objects(location: LogsLocation, s3_endpoint: str, s3_secret: str) -
         The two objects, without namespace (it comes from `kubectl -n`).
     """
     labels = {**SELECTOR, **MANAGED_BY}
-    volumes, mounts = logs_volumes(location, "logs")
-    # $POD_NAMESPACE from the pod's metadata (the downward API), as the training pods get it.
-    env = training_pod.environment(None) if POD_NAMESPACE_REFERENCE in location.uri else []
-    if location.scheme == "s3":
-        env += s3_environment(s3_endpoint, s3_secret)
-    logdir = location.uri if location.scheme == "s3" else f"{PVC_MOUNT}/{location.path}".rstrip("/")
-    container = {
-        "name": "tensorboard",
-        "image": images.image_ref(images.TOOLS),
-        "command": ["tensorboard"],
-        "args": [f"--logdir={logdir}", "--bind_all", f"--port={PORT}"],
-        **({"env": env} if env else {}),
-        "ports": [{"name": "http", "containerPort": PORT}],
-        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
-        "resources": copy.deepcopy(RESOURCES),
-        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
-        "volumeMounts": mounts,
-    }
-    pod = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": volumes,
-    }
+    pod = tensorboard_pod(location, s3_endpoint, s3_secret, served=True)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -163,6 +168,84 @@ def shipped_manifest() -> str:
     location = LogsLocation("s3", prefix, bucket=bucket)
     objects = fallback_objects(location, DEFAULT_S3_ENDPOINT, DEFAULT_S3_SECRET)
     return HEADER + render_manifest(objects)
+
+
+# The `mlpipeline_ui_metadata` behind the run page's "Start Tensorboard" button.
+#
+# The KFP v2 run page still renders an output artifact named `mlpipeline_ui_metadata`
+# (kubeflow/pipelines `frontend/src/components/viewers/MetricsVisualizations.tsx`,
+# `getV1VisualizationArtifacts`). A `tensorboard` entry there becomes a viewer whose pod gets
+# only what the entry carries; the same code runs in every release we support (KFP 2.5.0 to
+# 2.17.0 and master, checked tag by tag):
+#
+# - `frontend/src/lib/OutputArtifactLoader.ts`, `buildTensorboardConfig`: `source` is required
+#   and must be a scheme `WorkflowParser.parseStoragePath` knows (gs, minio, s3, http, https,
+#   volume); anything else, `pvc://` included, makes the page show an error. `image` and
+#   `pod_template_spec` are passed on as they are.
+# - `frontend/src/components/viewers/Tensorboard.tsx`: `image` is the image preselected in the
+#   viewer's image list (else `tensorflow/tensorflow:2.2.2`, which cannot read `s3://` from a
+#   custom endpoint without our environment); `Start` sends it with the pod template.
+# - `frontend/server/k8s-helper.ts`, `newTensorboardInstance`: creates a `Viewer` whose
+#   `spec.podTemplateSpec` is ours, replacing the UI server's configured one rather than merging
+#   with it; `parseTensorboardLogDir` turns `volume://<volume>/<path>` into the mount path of
+#   `<volume>` in the first container plus `<path>` (`frontend/server/utils.ts`,
+#   `findFileOnPodVolume`; since 2.17 the path must be relative, without `..`).
+# - `backend/src/crd/controller/viewer/reconciler/reconciler.go`, `setPodSpecForTensorboard`:
+#   the first container keeps its env, volume mounts, resources and security context; the
+#   controller sets its name, image (the one chosen in the UI), ports and args
+#   (`tensorboard --logdir=... --path_prefix=... [--bind_all]`, no command, so the image must
+#   have no entrypoint; `--bind_all` is left out when the image tag starts with "1.").
+#
+# So for `s3://` the pod template carries the object store's endpoint and the secret's keys in the
+# container's environment, and `image` names our tools image (TensorBoard reads `s3://` there
+# through boto3); for `pvc://` it mounts the claim read-only and `source` is
+# `volume://<volume>/<path in the claim>`. No service account is named: the pod reads no API
+# and takes the keys through `secretKeyRef`, so it runs as the namespace's `default` account,
+# without a token, on standalone KFP and in Kubeflow profiles alike.
+def viewer_pod_template(location: LogsLocation, s3_endpoint: str, s3_secret: str) -> dict[str, Any]:
+    """The `pod_template_spec` of the viewer entry: what the viewer's pod needs to read the logs.
+
+    Args:
+        location: The run's logs, s3:// or pvc://.
+        s3_endpoint: http(s)://host[:port] of the object store (s3:// only).
+        s3_secret: Secret with the keys `accesskey` and `secretkey` (s3:// only).
+
+    Returns:
+        A Kubernetes PodTemplateSpec (as a dict) with one container, whose name, image, args
+        and ports the viewer controller fills in.
+    """
+    # TensorBoard reads no Kubernetes API: no token in its pod.
+    pod = tensorboard_pod(location, s3_endpoint, s3_secret, served=False)
+    return {"spec": {"automountServiceAccountToken": False, **pod}}
+
+
+def ui_metadata(location: LogsLocation, s3_endpoint: str, s3_secret: str) -> dict[str, object]:
+    """The `mlpipeline_ui_metadata` of a run: a "Start Tensorboard" viewer over its live logs.
+
+    Its `source` is the logs as the viewer's pod reaches them: the s3:// URI, or
+    `volume://<LOGS_VOLUME>/<path in the claim>` for pvc://.
+
+    Args:
+        location: The run's logs.
+        s3_endpoint: http(s)://host[:port] of the object store (s3:// only).
+        s3_secret: Secret with the keys `accesskey` and `secretkey` (s3:// only).
+
+    Returns:
+        `{"outputs": [<tensorboard entry>]}`; no entry for a local directory, which no viewer
+        pod can read (the page would show an error).
+    """
+    if location.scheme not in ("s3", "pvc"):
+        return {"outputs": []}
+    source = location.uri
+    if location.scheme == "pvc":
+        source = f"volume://{LOGS_VOLUME}/{location.path}".rstrip("/")
+    entry = {
+        "type": "tensorboard",
+        "source": source,
+        "image": images.image_ref(images.TOOLS),
+        "pod_template_spec": viewer_pod_template(location, s3_endpoint, s3_secret),
+    }
+    return {"outputs": [entry]}
 
 
 if __name__ == "__main__":  # prints the shipped manifest (see the module docstring)

@@ -3,7 +3,7 @@
 Runs beside training: validates the parameters, creates the run's `Tensorboard` (and, for
 `s3://` logs, the `PodDefault` with the object store's credentials) in the run's namespace,
 waits a bounded time for it to be ready, and writes a Markdown note with the link plus the
-`mlpipeline_ui_metadata` behind the run page's "Start Tensorboard" button (`viewer.py`).
+`mlpipeline_ui_metadata` behind the run page's "Start Tensorboard" button (`fallback.py`).
 Monitoring must never fail a training run: when the cluster cannot host a `Tensorboard`
 (no CRD, RBAC, no API reachable, a local logs directory, an object stored differently from what
 was sent) the task still succeeds, and the note says why and gives the `kubectl` commands for a
@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import jinja2
 import pydantic
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -50,7 +51,7 @@ from kfp_lightning.components.common.run_form import (
     run_parameter,
 )
 from kfp_lightning.components.common.urls import parse_base_url
-from kfp_lightning.components.launch_tensorboard import fallback, objects, viewer
+from kfp_lightning.components.launch_tensorboard import fallback, objects
 
 WaitSeconds = Annotated[int, pydantic.Field(ge=0, le=3600, description="an integer from 0 to 3600")]
 RBAC_MANIFEST = "manifests/tensorboard-launcher-rbac.yaml"
@@ -66,6 +67,13 @@ LAUNCHER_PERMISSIONS = (
 # (kubernetes/kubernetes, pkg/volume/util/util.go, `IsMultiAttachAllowed`); any other claim is
 # attached to one node, and a pod elsewhere waits on a Multi-Attach error.
 SHARED_ACCESS_MODES = ("ReadWriteMany", "ReadOnlyMany")
+# The note's template is templates/note.md.j2 in this package: Markdown, so nothing is escaped.
+NOTES = jinja2.Environment(
+    loader=jinja2.PackageLoader(__package__),
+    trim_blocks=True,
+    keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,96 +280,16 @@ def start_on_cluster(
     return Launch("fallback", name, detail=detail, warning=warning)
 
 
-def _markdown_started(launch: Launch, settings: Settings) -> str:
-    ns, name = settings.namespace, launch.name
-    done = {
-        "created": "was created",
-        "replaced": "was replaced (the one there differed from this run's)",
-        "unchanged": "was already there",
-    }
-    if launch.state == "ready":
-        readiness = f"**Ready**, {launch.ready_after_seconds:.0f} s after this task requested it."
-    else:
-        readiness = (
-            f"**Starting**: not ready after {settings.wait_seconds} s. The first TensorBoard on a "
-            "node pulls its image, which usually takes one to three minutes; later ones start in "
-            f"seconds. The link works once `kubectl -n {ns} get tensorboard {name} -o "
-            "jsonpath='{.status.readyReplicas}'` prints 1 (or its row on Kubeflow's TensorBoards "
-            "page shows it running)."
-        )
-    return (
-        f"### Live TensorBoard\n\n**[Open TensorBoard for this run]({launch.url})**: the curves "
-        "grow while training runs (TensorBoard's page refreshes itself every 30 s; its reload "
-        "button shows new points sooner).\n\n"
-        f"- {readiness}\n"
-        f"- Logs: `{settings.location.uri}`, written by training as it goes.\n"
-        f"- Kubeflow Tensorboard `{name}` in namespace `{ns}` {done[launch.detail]}. It keeps "
-        "running after the run ends, so the curves stay available; delete it on Kubeflow's "
-        f"TensorBoards page or with `kubectl -n {ns} delete tensorboard {name}`.\n"
-        + (f"- **Warning:** {launch.warning}\n" if launch.warning else "")
-    )
-
-
-def _port_forward(settings: Settings) -> str:
-    """The kubectl commands of the ClusterIP TensorBoard over the run's logs, and how to end it."""
-    ns = settings.namespace or "NAMESPACE"
-    wanted = fallback.fallback_objects(settings.location, settings.s3_endpoint, settings.s3_secret)
-    return (
-        f"```sh\nkubectl apply -n {ns} -f - <<'EOF'\n{fallback.render_manifest(wanted)}EOF\n"
-        f"kubectl -n {ns} rollout status deployment/{fallback.NAME}\n"
-        f"kubectl -n {ns} port-forward service/{fallback.NAME} {fallback.LOCAL_PORT}:80\n```\n\n"
-        f"Then open http://127.0.0.1:{fallback.LOCAL_PORT}/ while the port-forward runs. "
-        f"Remove it with `kubectl -n {ns} delete deployment,service {fallback.NAME}`.\n"
-    )
-
-
-def _markdown_single_node_claim(launch: Launch, settings: Settings) -> str:
-    return (
-        "### Live TensorBoard: not started\n\n"
-        f"**Why:** the logs are on the claim `{settings.location.claim}` in namespace "
-        f"`{settings.namespace}`, whose access mode is {launch.detail}: one node at a time can "
-        "mount it. A TensorBoard pod started now could mount it first on another node, and "
-        "training would then wait on a Multi-Attach error until its deadline.\n\n"
-        "**To watch training live,** run the pipeline with an s3:// `tensorboard_logs_root` "
-        "(the default: KFP's object store) or a claim whose access mode is ReadWriteMany.\n\n"
-        '**After training has ended,** view this run\'s logs with "Start Tensorboard" in the '
-        "run's `mlpipeline_ui_metadata` output, or with a TensorBoard behind a ClusterIP "
-        "Service and a port-forward, using your own kubectl credentials:\n\n"
-        + _port_forward(settings)
-    )
-
-
-def _markdown_fallback(launch: Launch, settings: Settings) -> str:
-    ns = settings.namespace or "NAMESPACE"
-    warning = f"**Warning:** {launch.warning}\n\n" if launch.warning else ""
-    return (
-        f"### Live TensorBoard: not started on the cluster\n\n**Why:** {launch.detail}\n\n{warning}"
-        f"Training is not affected. To watch its logs (`{settings.location.uri}`) live, run a "
-        f"TensorBoard in namespace `{ns}` behind a ClusterIP Service and forward a local port "
-        "to it, with your own kubectl credentials:\n\n" + _port_forward(settings)
-    )
-
-
-def _markdown_local(settings: Settings) -> str:
-    path = settings.location.path
-    return (
-        "### Live TensorBoard\n\n"
-        f"The logs are in the local directory `{path}`, which no cluster TensorBoard can read, "
-        "so none was started. `--local` runs start TensorBoard on 127.0.0.1 and print its URL; "
-        f"otherwise run `tensorboard --logdir {shlex.quote(path)} --host 127.0.0.1` on the "
-        "machine that holds the directory and open the URL it prints.\n"
-    )
-
-
 def render_markdown(launch: Launch, settings: Settings) -> str:
-    """The note shown in the run's page for `launch`."""
-    if launch.state == "local":
-        return _markdown_local(settings)
-    if launch.state == "fallback":
-        return _markdown_fallback(launch, settings)
-    if launch.state == "single-node-claim":
-        return _markdown_single_node_claim(launch, settings)
-    return _markdown_started(launch, settings)
+    """The note shown in the run's page for `launch` (templates/note.md.j2)."""
+    wanted = fallback.fallback_objects(settings.location, settings.s3_endpoint, settings.s3_secret)
+    return NOTES.get_template("note.md.j2").render(
+        launch=launch,
+        settings=settings,
+        fallback=fallback,
+        manifest=fallback.render_manifest(wanted),
+        quote=shlex.quote,
+    )
 
 
 def start_live_tensorboard(
@@ -422,7 +350,7 @@ def start_live_tensorboard(
     else:
         with api_client:
             launch = start_on_cluster(api_client, settings, patience)
-    metadata = viewer.ui_metadata(settings.location, settings.s3_endpoint, settings.s3_secret)
+    metadata = fallback.ui_metadata(settings.location, settings.s3_endpoint, settings.s3_secret)
     write_json(ui_metadata_path, metadata)
     atomic_write_text(markdown_path, render_markdown(launch, settings))
     print(f"TensorBoard: {launch.state} {launch.url or settings.location.uri}", flush=True)

@@ -35,9 +35,12 @@ CHART_POINTS = 2000
 MIN_POINTS_PER_LINE = 20
 # Each chart without the library, which the page inlines once, before the first of them.
 TO_HTML = dict(include_plotlyjs=False, full_html=False, config=CONFIG)
-# The page's template is templates/report.html.j2 in this package; Jinja caches it once loaded.
+# The templates of this package: the page's, templates/report.html.j2, autoescaped; the Markdown
+# summary's, not. Jinja caches each once loaded.
 TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader(__package__), autoescape=True, undefined=jinja2.StrictUndefined
+    loader=jinja2.PackageLoader(__package__),
+    autoescape=jinja2.select_autoescape(["html.j2"]),
+    undefined=jinja2.StrictUndefined,
 )
 
 

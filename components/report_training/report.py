@@ -5,20 +5,31 @@ parameters, interactive training curves, the confusion matrix and the most confi
 The Markdown summary, which Kubeflow shows natively, holds the headline numbers and the last,
 minimum and maximum of every scalar; the metrics are the last finite value of every scalar.
 Lightning's `epoch` counter is bookkeeping (its last value is an index, one less than the
-epochs run) and appears in none of them; it marks the epochs on the charts' step axis.
+epochs run) and appears in none of them; it marks the epochs on the charts' step axis. The
+evaluation is the training step's `evaluation.json`, in components/common/evaluation.py's format
+(shared with the writer) and checked by it: a file that does not match is one line naming the
+file, the field and what was expected (the first problem, and how many more there are), so a
+broken artifact never becomes a half-drawn page.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from kfp_lightning.components.common.evaluation import Evaluation
+from pydantic import ValidationError
+
+from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.evaluation import FILE_NAME, FORMAT, Evaluation
 from kfp_lightning.components.common.files import atomic_write_files
 from kfp_lightning.components.report_training import scalars
-from kfp_lightning.components.report_training.evaluation import read_evaluation
-from kfp_lightning.components.report_training.page import headline, render_html, scalar_rows
+from kfp_lightning.components.report_training.page import (
+    TEMPLATES,
+    headline,
+    render_html,
+    scalar_rows,
+)
 
 # Charts of tags the report does not know, beyond loss, accuracy and learning rate, and runs
 # charted; further tags and runs are listed in the tables only, so the page stays within its
@@ -30,12 +41,45 @@ MAX_RUNS = 4
 MAX_PAGE_BYTES = 1_500_000
 
 
-def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|")
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location)
+    return path.lstrip(".") or "the file"
 
 
-def _markdown_row(cells: Iterable[str]) -> str:
-    return "| " + " | ".join(map(_markdown_cell, cells)) + " |"
+def describe(error: ValidationError) -> str:
+    """The first problem pydantic found, on one line: `<field path>: <what was expected>`."""
+    first = error.errors(include_url=False)[0]
+    text, value = first["msg"], first["input"]
+    if first["type"] != "inconsistent":  # those messages name their field and value already
+        text = f"{_field_path(first['loc'])}: {text}"
+        # The value of a field, if short (a missing field's input is its parent object).
+        if first["loc"] and not isinstance(value, dict | list) and len(repr(value)) < 40:
+            text += f", found {value!r}"
+    more = error.error_count() - 1
+    return " ".join(text.split()) + (f" (and {more} more)" if more else "")
+
+
+def read_evaluation(evaluation_dir: str | Path) -> Evaluation:
+    """Reads the `evaluation.json` of an evaluation artifact.
+
+    Args:
+        evaluation_dir: The artifact directory.
+
+    Returns:
+        The evaluation.
+
+    Raises:
+        UserInputError: The file is missing, is not JSON, or does not match the format; the
+            one-line message says which field is wrong.
+    """
+    path = Path(evaluation_dir) / FILE_NAME
+    accepted = f"a directory holding {FILE_NAME} in format {FORMAT}"
+    if not path.is_file():
+        raise invalid("evaluation", str(evaluation_dir), f"{accepted} (there is no {FILE_NAME})")
+    try:
+        return Evaluation.model_validate_json(path.read_bytes())
+    except ValidationError as err:
+        raise invalid("evaluation", str(path), f"{accepted} ({describe(err)})") from None
 
 
 def render_markdown(
@@ -53,20 +97,17 @@ def render_markdown(
         evaluation: The evaluation artifact's content, if any.
 
     Returns:
-        The Markdown text.
+        The Markdown text (templates/summary.md.j2).
     """
-    lines = [f"# {title}", ""]
-    if evaluation is not None:
-        lines += [_markdown_cell(evaluation.run.name), ""]
-    if numbers := headline(evaluation, series, epochs):
-        labels, texts = zip(*numbers, strict=True)
-        lines += [_markdown_row(labels), "|" + "---|" * len(numbers), _markdown_row(texts), ""]
-    if not series:
-        return "\n".join([*lines, "No scalars were found in the event files.", ""])
     columns, rows = scalar_rows(series)
-    align = ["---" if c in ("scalar", "run") else "---:" for c in columns]
-    lines += [_markdown_row(columns), "|" + "|".join(align) + "|", *map(_markdown_row, rows)]
-    return "\n".join([*lines, ""])
+    return TEMPLATES.get_template("summary.md.j2").render(
+        title=title,
+        evaluation=evaluation,
+        numbers=headline(evaluation, series, epochs),
+        series=series,
+        columns=columns,
+        rows=rows,
+    )
 
 
 def write_training_report(
