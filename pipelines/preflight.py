@@ -37,16 +37,16 @@ from kfp_lightning.components.common.kubernetes import (
     connect,
     connection_failure,
 )
-from kfp_lightning.components.common.object_store import (
+from kfp_lightning.components.common.logs_location import (
     ACCESS_KEY_KEY,
     AUTO,
     KFP_OBJECT_STORES,
     SECRET_KEY_KEY,
     ObjectStore,
+    parse_http_endpoint,
 )
 from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.common.scheduling import GPU_RESOURCE, SchedulingConfig
-from kfp_lightning.components.common.urls import parse_http_endpoint
+from kfp_lightning.components.common.training_pod import GPU_RESOURCE, SchedulingConfig
 from kfp_lightning.components.launch_tensorboard import launcher
 from kfp_lightning.components.launch_tensorboard.objects import PODDEFAULT_API, TENSORBOARD_API
 from kfp_lightning.components.train_on_nodes import trainjob
@@ -317,7 +317,7 @@ def find_object_store(
     """The first of `candidates` whose Service exists with its port: what `auto` resolves to.
 
     A pod resolves `auto` through the cluster's DNS, which answers for exactly the Services
-    that exist (components/common/object_store.py); from outside the cluster the API server
+    that exist (components/common/logs_location.py); from outside the cluster the API server
     says the same.
 
     Raises:
