@@ -19,11 +19,14 @@ from kfp_lightning.components.common import images
 from kfp_lightning.components.common import training_pod as pod
 from kfp_lightning.components.common.logs_location import LiveLogsConfig
 from kfp_lightning.components.common.run_form import PIPELINE, parameters_of
-from kfp_lightning.components.common.scheduling import GPU_RESOURCE, SchedulingConfig
 from kfp_lightning.components.common.training import TrainConfig
 
 # Re-exported: a pipeline of one's own passes it to `use_secret_as_env` (README, examples/).
-from kfp_lightning.components.common.training_pod import S3_SECRET_KEYS
+from kfp_lightning.components.common.training_pod import (
+    GPU_RESOURCE,
+    S3_SECRET_KEYS,
+    SchedulingConfig,
+)
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.download_mnist.sources import DownloadConfig
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard

@@ -28,7 +28,7 @@ class Platform:
         kfp_backend: The KFP backend version it ships.
         trainer: The Kubeflow Trainer v2 version it installs ("" for none).
         object_stores: The Services in `kubeflow` that serve KFP's object store, in the order
-            `s3_endpoint=auto` tries them (components/common/object_store.py).
+            `s3_endpoint=auto` tries them (components/common/logs_location.py).
         profiles: Kubeflow profiles: a namespace per user whose `default-editor` gets the
             stock `kubeflow-edit` role, Kubeflow's Tensorboard controller and PodDefaults.
     """

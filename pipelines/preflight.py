@@ -29,12 +29,16 @@ from kubernetes.client import ApiClient, ApiException
 from kubernetes.utils import parse_quantity
 
 from kfp_lightning.components.common import kubernetes as kube
-from kfp_lightning.components.common import kubernetes_syntax, logs_location, object_store
+from kfp_lightning.components.common import kubernetes_syntax, logs_location
 from kfp_lightning.components.common.errors import RunError, invalid
-from kfp_lightning.components.common.object_store import AUTO, KFP_OBJECT_STORES, ObjectStore
+from kfp_lightning.components.common.logs_location import (
+    AUTO,
+    KFP_OBJECT_STORES,
+    ObjectStore,
+    parse_http_endpoint,
+)
 from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.common.scheduling import GPU_RESOURCE, SchedulingConfig
-from kfp_lightning.components.common.urls import parse_http_endpoint
+from kfp_lightning.components.common.training_pod import GPU_RESOURCE, SchedulingConfig
 from kfp_lightning.components.launch_tensorboard import launcher
 from kfp_lightning.components.launch_tensorboard.objects import PODDEFAULT_API, TENSORBOARD_API
 from kfp_lightning.components.train_on_nodes import trainjob
@@ -234,7 +238,7 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
     if logs.scheme != "s3":
         return _passed(name, f"not needed for logs at {logs.uri}")
     namespace, secret = target.namespace, target.values["s3_credentials_secret"]
-    access, secret_key = object_store.ACCESS_KEY_KEY, object_store.SECRET_KEY_KEY
+    access, secret_key = logs_location.ACCESS_KEY_KEY, logs_location.SECRET_KEY_KEY
     create = (
         f"kubectl -n {namespace} create secret generic {secret} "
         f"--from-literal={access}=ACCESS_KEY --from-literal={secret_key}=SECRET_KEY"
@@ -284,7 +288,7 @@ def find_object_store(
     """The first of `candidates` whose Service exists with its port: what `auto` resolves to.
 
     A pod resolves `auto` through the cluster's DNS, which answers for exactly the Services
-    that exist (components/common/object_store.py); from outside the cluster the API server
+    that exist (components/common/logs_location.py); from outside the cluster the API server
     says the same.
 
     Raises:

@@ -15,7 +15,7 @@ from pathlib import Path
 PROLOGUE = """\
 import logging, multiprocessing, sys, time
 from kfp_lightning.components.common.errors import run_or_exit
-from kfp_lightning.components.common.fast_exit import exit_without_teardown
+from kfp_lightning.components.common.errors import exit_without_teardown
 """
 
 

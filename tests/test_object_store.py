@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from kfp_lightning.components.common.errors import UserInputError
-from kfp_lightning.components.common.logs_location import LiveLogsConfig
-from kfp_lightning.components.common.object_store import (
+from kfp_lightning.components.common.logs_location import (
     AUTO,
     KFP_OBJECT_STORES,
+    LiveLogsConfig,
     ObjectStore,
     reachable,
     resolve_auto,

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from kfp_lightning.components.common.object_store import KFP_OBJECT_STORES
+from kfp_lightning.components.common.logs_location import KFP_OBJECT_STORES
 from kfp_lightning.pipelines import cli, preflight
 from kfp_lightning.pipelines.platforms import (
     PLATFORMS,

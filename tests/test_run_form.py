@@ -24,8 +24,8 @@ from kfp_lightning.components.common.run_form import (
     run_config,
     run_parameter,
 )
-from kfp_lightning.components.common.scheduling import GPU_TOLERATION, SchedulingConfig
 from kfp_lightning.components.common.training import TrainConfig
+from kfp_lightning.components.common.training_pod import GPU_TOLERATION, SchedulingConfig
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.download_mnist.sources import MNIST_MD5, DownloadConfig
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard

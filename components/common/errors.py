@@ -4,18 +4,29 @@ Every check of user input raises `UserInputError` naming the parameter, the valu
 accepted. Entry points (the pipeline CLI and each component shim) call `run_or_exit`, so a bad
 value ends the process with that single line on stderr and exit status 2 instead of a traceback,
 whether it came from the command line or from the Kubeflow run form.
+
+It also ends a finished training process without CPython's teardown of torch and Lightning.
+A process that imported torch and Lightning spends about a second after its last line tearing
+its modules down (`Py_FinalizeEx` clears several thousand module namespaces and collects what
+they held), and kfp.local starts the next task only once the process is gone. The handler
+here is registered before torch and Lightning are imported (every component shim imports this
+module first), so it runs after their exit handlers. Once `exit_without_teardown` has been
+called and the process ends normally (no uncaught exception, no child process left to join),
+it flushes what the teardown would flush and ends the process with status 0.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
+import logging
+import multiprocessing
+import os
 import sys
 import threading
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
-
-# Imported first by every component shim: see its module docstring.
-from kfp_lightning.components.common import fast_exit
 
 T = TypeVar("T")
 
@@ -42,6 +53,36 @@ WRITE_FAULT_CAUSES: dict[int, str] = {
     errno.ENFILE: "too many open files in the system",
     errno.ENOMEM: "out of memory",
 }
+
+
+_armed = False
+
+
+def exit_without_teardown() -> None:
+    """Asks for the process to end without the interpreter's teardown when it ends normally.
+
+    Call it once the task's work is done and its files are written and closed. What runs after
+    it (the KFP executor writing the task's outputs) still runs; if that raises, the process
+    ends the usual way, with its traceback and status 1.
+    """
+    global _armed
+    _armed = True
+
+
+# Registered when this module is first imported, which every component shim does before it
+# imports torch and Lightning: atexit runs it after their handlers.
+@atexit.register
+def _end_now() -> None:
+    # `sys.last_exc` (3.12) or `sys.last_value` is set when an uncaught exception ended the
+    # program (Python/pythonrun.c, `_PyErr_PrintEx`): its status must stay 1.
+    failed = hasattr(sys, "last_exc") or hasattr(sys, "last_value")
+    if not _armed or failed or multiprocessing.active_children():
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or gone: nothing to flush
+            stream.flush()
+    os._exit(0)
 
 
 class UserInputError(ValueError):
@@ -88,7 +129,8 @@ def invalid(parameter: str, value: object, accepted: str) -> UserInputError:
 
 def _fail(message: str, status: int) -> NoReturn:
     # Failed after all: the exit status must survive, so the process ends the usual way.
-    fast_exit.disarm()
+    global _armed
+    _armed = False
     print(f"{ERROR_PREFIX}{message}", file=sys.stderr, flush=True)
     raise SystemExit(status) from None
 

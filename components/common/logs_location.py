@@ -11,26 +11,28 @@ derive the same location from the same pipeline parameters. Accepted roots:
 
 `{namespace}` in the root is replaced by the pod's namespace, so one default suits every
 Kubeflow profile (SeaweedFS grants each profile `private/<namespace>/` in the `mlpipeline` bucket).
+The other URLs users type into run parameters (mirrors aside) are parsed here too, and so is
+`auto`, the default `s3_endpoint`: KFP's own object store on the run's cluster.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import pydantic
 
-from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.errors import UserInputError, invalid
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name, digest
-from kfp_lightning.components.common.object_store import AUTO, resolve_auto
 from kfp_lightning.components.common.run_form import checked_by, run_config, run_parameter
-from kfp_lightning.components.common.urls import parse_http_endpoint
 
 NAMESPACE_PLACEHOLDER = "{namespace}"
 # Where the training pod mounts a claim named in a pvc:// root: <PVC_MOUNT_ROOT>/<claim>.
@@ -74,6 +76,146 @@ class LogsLocation:
         if self.scheme == "file":
             return dataclasses.replace(self, path=str(Path(self.path) / name))
         return dataclasses.replace(self, path=f"{self.path}/{name}".lstrip("/"))
+
+
+def parse_http_endpoint(value: str, parameter: str) -> str:
+    """Validates an http(s)://host[:port] endpoint (no path, query or credentials).
+
+    Args:
+        value: The user's value.
+        parameter: Parameter name used in error messages.
+
+    Returns:
+        The endpoint without a trailing "/".
+    """
+    parts = urlparse(value.strip())
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    well_formed = parts.scheme in ("http", "https") and parts.path in ("", "/") and parts.hostname
+    # Credentials, a query or a fragment have no place in an endpoint.
+    extras = parts.username or parts.password or parts.query or parts.fragment
+    if not (well_formed and port_ok) or extras:
+        raise invalid(parameter, value, "an endpoint of the form http(s)://host[:port]")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_base_url(value: str) -> str:
+    """Validates `kubeflow_base_url`: "/" for relative links, or http(s)://host[:port].
+
+    Args:
+        value: The user's value.
+
+    Returns:
+        The prefix to put before `/tensorboard/...`: "" or the URL without trailing "/".
+    """
+    if value.strip() == "/":
+        return ""
+    try:
+        return parse_http_endpoint(value, "kubeflow_base_url")
+    except UserInputError:
+        raise invalid(
+            "kubeflow_base_url",
+            value,
+            "/ (links relative to the Kubeflow UI) or the Kubeflow URL, http(s)://host[:port]",
+        ) from None
+
+
+# KFP's own object store: which Service a cluster runs it behind, resolved per cluster. The
+# pipeline's default `s3_endpoint` is `auto`: the store KFP's own backend uses on the cluster
+# the run lands on, so one compiled YAML works on every supported release without the user
+# knowing which store their release runs. Releases differ (see `pipelines/platforms.py`):
+# Kubeflow 1.10 and KFP up to 2.14 serve MinIO as `minio-service.kubeflow`; KFP 2.15 and
+# Kubeflow 1.11 run SeaweedFS as `seaweedfs.kubeflow`, with `minio-service` kept as an alias;
+# KFP 2.16 removed the alias (kubeflow/pipelines "Remove minio (#12613)"), so Kubeflow 26.03 has
+# `seaweedfs` only. KFP's driver names the same Services in the same namespace
+# (kubeflow/pipelines backend/src/v2/objectstore/config.go, `DefaultEndpointInMultiUserMode`).
+# The port differs too: SeaweedFS serves S3 on 8333 in every release that has the `seaweedfs`
+# Service, but on 9000 only from KFP 2.16 (Kubeflow 1.11's `seaweedfs` Service has no 9000; its
+# `minio-service` maps 9000 to 8333), so `seaweedfs` is reached on 8333 and MinIO on 9000. A pod
+# resolves `auto` to the first of them that its cluster's DNS knows and that accepts a
+# connection; the preflight, which runs outside the cluster, asks the API server for the same
+# Services and ports in the same order (`pipelines/preflight.py`).
+AUTO = "auto"
+# Keys of KFP's `mlpipeline-minio-artifact` secret, present in every profile namespace.
+ACCESS_KEY_KEY = "accesskey"
+SECRET_KEY_KEY = "secretkey"
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectStore:
+    """One Service KFP's object store may run behind.
+
+    Attributes:
+        service: The Service's name.
+        namespace: Its namespace (KFP's own).
+        port: The port that serves the S3 API.
+        product: What serves it, for messages.
+    """
+
+    service: str
+    namespace: str
+    port: int
+    product: str
+
+    @property
+    def host(self) -> str:
+        """The name pods resolve: `<service>.<namespace>`, through their DNS search path."""
+        return f"{self.service}.{self.namespace}"
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint, http://host:port (in-cluster traffic, as KFP's own)."""
+        return f"http://{self.host}:{self.port}"
+
+
+# Newest first: where both exist (KFP 2.15, Kubeflow 1.11) `minio-service` is an alias.
+KFP_OBJECT_STORES = (
+    ObjectStore("seaweedfs", "kubeflow", 8333, "SeaweedFS, KFP 2.15 and newer"),
+    ObjectStore("minio-service", "kubeflow", 9000, "MinIO, or SeaweedFS's alias in KFP 2.15"),
+)
+CONNECT_TIMEOUT_SECONDS = 3.0
+
+
+def reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_SECONDS) -> bool:
+    """Whether `host` resolves from here and accepts a TCP connection on `port`.
+
+    A pod's DNS knows every Service of its cluster, but only a connection tells that the
+    Service serves that port (a ClusterIP answers on the ports it declares and no other).
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except (OSError, UnicodeError):
+        return False
+
+
+@functools.cache
+def resolve_auto(candidates: Sequence[ObjectStore] = KFP_OBJECT_STORES) -> str:
+    """The endpoint of the first of `candidates` this machine resolves and connects to.
+
+    Cached: every call in one process (training, the launcher) names the same store.
+
+    Args:
+        candidates: The Services to try, in order.
+
+    Returns:
+        http://<service>.<namespace>:<port>.
+
+    Raises:
+        UserInputError: None resolves (outside a cluster, or no KFP object store).
+    """
+    for store in candidates:
+        if reachable(store.host, store.port):
+            return store.endpoint
+    tried = ", ".join(f"{store.host}:{store.port}" for store in candidates)
+    raise invalid(
+        "s3_endpoint",
+        AUTO,
+        f"an http(s)://host[:port] endpoint here: auto finds KFP's object store only inside its "
+        f"cluster, and none of {tried} answers",
+    )
 
 
 def current_namespace() -> str | None:
@@ -251,7 +393,7 @@ class LiveLogsConfig:
 
         `auto` becomes the concrete endpoint of KFP's object store on this cluster, so what
         reads or writes the logs (training, the TensorBoard pod, the nodes) is given a real
-        address (see `object_store.py`).
+        address (see `resolve_auto`).
 
         Raises:
             UserInputError: `auto` outside a cluster that runs KFP's object store.

@@ -10,7 +10,7 @@ builds, and so validates, the same dataclasses from its arguments with `from_run
 `run_config` makes them pydantic dataclasses, whose fields declare their rules (pydantic
 `Field` constraints, `Literal` choices, a validator where a rule is not declarative), and turns
 pydantic's `ValidationError` into the project's one-line `UserInputError`. URIs and Kubernetes
-names keep the project's parsers (`urls.py`, `kubernetes_syntax.py`, `parse_logs_root`), called
+names keep the project's parsers (`logs_location.py`, `kubernetes_syntax.py`), called
 from validators: pydantic's URL types rewrite what they accept (a trailing "/", a lower-case
 host) and know neither S3's nor Kubernetes' naming rules.
 """

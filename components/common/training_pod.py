@@ -2,16 +2,28 @@
 
 The pipeline applies them to the single-node training task through kfp-kubernetes
 (pipelines/mnist.py, which alone may import kfp), and the multi-node step renders them into
-each node's pod (components/train_on_nodes/trainjob.py), so both pods ask for the same.
+each node's pod (components/train_on_nodes/trainjob.py), so both pods ask for the same. Where
+the pod may run (the GPU resource, node selector and tolerations, `SchedulingConfig`) is
+declared here too; the preflight checks a cluster's nodes against the same values.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT
-from kfp_lightning.components.common.object_store import ACCESS_KEY_KEY, SECRET_KEY_KEY
-from kfp_lightning.components.common.scheduling import GPU_RESOURCE
+from kfp_lightning.components.common.kubernetes_syntax import check_node_selector, check_tolerations
+from kfp_lightning.components.common.logs_location import (
+    ACCESS_KEY_KEY,
+    PVC_MOUNT_ROOT,
+    SECRET_KEY_KEY,
+)
+from kfp_lightning.components.common.run_form import checked_by, run_config, run_parameter
+
+GPU_RESOURCE = "nvidia.com/gpu"
+# The taint GPU node pools commonly carry (GKE, EKS, the NVIDIA GPU operator's examples).
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+NodeSelector = Annotated[dict, checked_by(check_node_selector)]
+Tolerations = Annotated[list, checked_by(check_tolerations)]
 
 CPU_REQUEST, MEMORY_REQUEST, MEMORY_LIMIT = "2", "4Gi", "16Gi"
 # NCCL exchanges buffers between a node's processes through /dev/shm, which a container
@@ -62,3 +74,15 @@ def volumes(logs_pvc: str | None) -> tuple[list[dict[str, Any]], list[dict[str, 
         pod_volumes.append({"name": LOGS_VOLUME, "persistentVolumeClaim": {"claimName": logs_pvc}})
         mounts.append({"name": LOGS_VOLUME, "mountPath": logs_mount_path(logs_pvc)})
     return pod_volumes, mounts
+
+
+@run_config
+class SchedulingConfig:
+    """The training pod's placement; validated on construction."""
+
+    node_selector: NodeSelector = run_parameter(default_factory=dict)
+    """Node labels the training pod must match, as a JSON object, e.g.
+    {"cloud.google.com/gke-accelerator": "nvidia-l4"}. Empty: any GPU node."""
+    tolerations: Tolerations = run_parameter(default_factory=lambda: [dict(GPU_TOLERATION)])
+    """Tolerations of the training pod, as a JSON list of Kubernetes Toleration objects.
+    Default: tolerate the nvidia.com/gpu NoSchedule taint."""

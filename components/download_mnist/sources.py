@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Annotated
+from urllib.parse import urlparse
 
 import pydantic
 from pydantic import Field
 
+from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.run_form import run_config, run_parameter
-from kfp_lightning.components.common.urls import parse_mirrors
 
 # MD5 of the official, uncompressed IDX files, as published with the data set.
 MNIST_MD5: Mapping[str, str] = {
@@ -31,6 +32,8 @@ DEFAULT_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
+MIRROR_SCHEMES = ("http", "https", "file")
+MIRRORS_ACCEPTED = "comma-separated base URLs of the form http(s)://host/path/ or file:///path/"
 
 
 def _standard_files(table: dict[str, str]) -> dict[str, str]:
@@ -64,7 +67,28 @@ class DownloadConfig:
     @pydantic.field_validator("mirror")
     @classmethod
     def _mirrors(cls, mirror: str) -> str:
-        return ",".join(parse_mirrors(mirror, DEFAULT_MIRRORS))
+        """Splits a comma- or space-separated list of mirror base URLs and checks each one.
+
+        Returns:
+            The base URLs (`DEFAULT_MIRRORS` for an empty value), each ending with "/",
+            comma-separated.
+
+        Raises:
+            UserInputError: When a URL has another scheme, no host (http/https), or a host or
+                no absolute path (file).
+        """
+        urls = []
+        for url in mirror.replace(",", " ").split() or DEFAULT_MIRRORS:
+            parts = urlparse(url)
+            if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
+                # file://tmp/data/ names the host "tmp" (RFC 8089), not the directory /tmp/data/.
+                expected = f"file:///{parts.netloc}{parts.path} (three slashes for a path)"
+                raise invalid("mirror", url, expected)
+            where = parts.path.startswith("/") if parts.scheme == "file" else parts.netloc
+            if parts.scheme not in MIRROR_SCHEMES or not where or parts.query or parts.fragment:
+                raise invalid("mirror", url, MIRRORS_ACCEPTED)
+            urls.append(url if url.endswith("/") else url + "/")
+        return ",".join(urls)
 
     @property
     def mirrors(self) -> tuple[str, ...]:

@@ -22,15 +22,15 @@ import yaml
 from kfp_lightning.components.common import images, training_pod
 from kfp_lightning.components.common.kubernetes import MANAGED_BY
 from kfp_lightning.components.common.logs_location import (
+    KFP_OBJECT_STORES,
     NAMESPACE_PLACEHOLDER,
     LiveLogsConfig,
     LogsLocation,
 )
-from kfp_lightning.components.common.object_store import KFP_OBJECT_STORES
 from kfp_lightning.components.launch_tensorboard.objects import s3_environment
 
 # The run parameters' defaults. A manifest applied by hand cannot resolve `s3_endpoint=auto`
-# (components/common/object_store.py): it names the newest KFP's object store.
+# (components/common/logs_location.py): it names the newest KFP's object store.
 _DEFAULTS = LiveLogsConfig()
 DEFAULT_LOGS_ROOT = _DEFAULTS.tensorboard_logs_root
 DEFAULT_S3_ENDPOINT = KFP_OBJECT_STORES[0].endpoint

@@ -44,13 +44,13 @@ from kfp_lightning.components.common.kubernetes import (
     ensure_object,
     wait_until_ready,
 )
+from kfp_lightning.components.common.logs_location import parse_base_url
 from kfp_lightning.components.common.run_form import (
     COMPONENT,
     from_run_form,
     run_config,
     run_parameter,
 )
-from kfp_lightning.components.common.urls import parse_base_url
 from kfp_lightning.components.launch_tensorboard import fallback, objects
 
 WaitSeconds = Annotated[int, pydantic.Field(ge=0, le=3600, description="an integer from 0 to 3600")]

@@ -33,9 +33,8 @@ from lightning.pytorch.utilities.rank_zero import LightningDeprecationWarning
 
 from kfp_lightning.components.common import logs_location, run_layout
 from kfp_lightning.components.common.dataset import read_dataset_metadata
-from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.errors import exit_without_teardown, invalid
 from kfp_lightning.components.common.evaluation import FILE_NAME as EVALUATION_FILE
-from kfp_lightning.components.common.fast_exit import exit_without_teardown
 from kfp_lightning.components.common.files import atomic_directory, write_json
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.storage import open_storage

@@ -36,10 +36,10 @@ from kfp_lightning.components.common.logs_location import (
 )
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.scalars import read_event_scalars
-from kfp_lightning.components.common.scheduling import SchedulingConfig
 from kfp_lightning.components.common.storage import Storage, open_storage
 from kfp_lightning.components.common.torchrun import Cancelled, run_torchrun, sigterm_raises
 from kfp_lightning.components.common.training import TrainConfig, training_task_key
+from kfp_lightning.components.common.training_pod import SchedulingConfig
 from kfp_lightning.components.train_on_nodes import trainjob
 
 ENTRY_MODULE = "kfp_lightning.components.train_mnist.distributed"
