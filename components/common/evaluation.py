@@ -2,7 +2,7 @@
 
 Training writes what its final evaluation pass saw (a confusion matrix, the most confidently
 misclassified images, a few correctly classified ones per class) and the run's headline numbers
-(train_mnist/evaluation.py); the report reads it (report_training/evaluation.py). Both go
+(train_mnist/evaluation.py); the report reads it (report_training/report.py). Both go
 through these models, so a file training writes is one the report accepts, and the report
 trusts nothing else: types, ranges and shapes are checked in strict mode (no string for a
 number, no bool for an integer, no NaN), then the fields against each other.
