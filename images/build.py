@@ -85,7 +85,24 @@ def run_logged(
         )
     if result.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-25:])
+        if step.startswith("docker") and not docker_answers(command[0]):
+            # The client's "unexpected EOF" alone hides that the daemon itself went away (Debian's
+            # dockerd 20.10 can crash reading BuildKit's cache records: moby/buildkit#2861).
+            tail += f"\n{DAEMON_GONE}: see its own log, start it and build again"
         raise BuildError(f"{step} failed (log: {log}):\n{tail}")
+
+
+# The words that tell a caller the daemon, not the build, failed.
+DAEMON_GONE = "the Docker daemon does not answer (it may have crashed during this step)"
+
+
+def docker_answers(docker: str) -> bool:
+    """Whether a Docker daemon answers `docker info` within 20 s."""
+    try:
+        info = subprocess.run([docker, "info"], capture_output=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return info.returncode == 0
 
 
 def docker_cli() -> str:

@@ -198,3 +198,23 @@ def task_dir(parameters: dict, dataset: Path, task_name: str = "") -> Path:
     config = from_run_form(TrainConfig, parameters)
     key = training_task_key(task_name, read_dataset_metadata(dataset)["sha256"], config)
     return Path(str(parameters["tensorboard_logs_root"])) / str(parameters["run_id"]) / key
+
+
+def run_build_py(
+    args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs `images/build.py ARGS`; once more after restarting the daemon if the daemon crashed.
+
+    Debian's dockerd 20.10 can die mid-build reading BuildKit's cache records from a bolt value
+    outside its transaction (moby/buildkit#2861, a race as the database grows): that says nothing
+    about this project's images, so the build is retried once on a fresh daemon, which
+    images/ensure-docker.sh starts, and the daemon's crash stays visible in the test's output.
+    """
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "images" / "build.py"), *args]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env)
+    if result.returncode != 0 and "the Docker daemon does not answer" in result.stderr:
+        print(f"the daemon crashed during the build; restarting it:\n{result.stderr[-2000:]}")
+        subprocess.run(["bash", str(root / "images" / "ensure-docker.sh")], check=True)
+        result = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env)
+    return result

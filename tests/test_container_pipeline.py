@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.helpers import (
     FOUR_SCALARS,
     assert_self_contained_html,
     predict_in_fresh_process,
+    run_build_py,
     scalars,
 )
 
@@ -61,10 +61,8 @@ def docker_client():
 def built_images(docker_client):
     """Builds (or, unchanged, reuses) every image; returns name -> docker Image."""
     base = os.environ.get("KFP_LIGHTNING_BASE_IMAGE")
-    command = [sys.executable, str(REPO / "images" / "build.py")]
-    command += ["--base-image", base] if base else ["--local-base"]
     started = time.monotonic()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    result = run_build_py(["--base-image", base] if base else ["--local-base"])
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"{result.stdout}images ready in {time.monotonic() - started:.0f}s")
     return {name: docker_client.images.get(images.image_tag(name)) for name in images.IMAGE_NAMES}

@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from kfp_lightning.components.common import images
+from tests.helpers import run_build_py
 from tests.test_container_pipeline import IMAGE_USER, _docker_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,10 +113,9 @@ def registry(docker_client, tmp_path_factory) -> Iterator[str]:
 
 def _build_py(*args: str) -> subprocess.CompletedProcess[str]:
     base = os.environ.get("KFP_LIGHTNING_BASE_IMAGE")
-    command = [sys.executable, str(REPO / "images" / "build.py"), "--image", PUSHED, *args]
-    command += ["--base-image", base] if base else ["--local-base"]
+    args = ("--image", PUSHED, *args, *(["--base-image", base] if base else ["--local-base"]))
     environment = {k: v for k, v in os.environ.items() if k != images.REGISTRY_ENV}
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
+    return run_build_py(list(args), environment)
 
 
 @pytest.fixture(scope="module")
@@ -222,4 +222,17 @@ def test_a_failed_push_prints_no_digest(docker_client):
     assert result.stderr.startswith(f"error: docker push of {tag} failed (log: ")
     assert "connection refused" in result.stderr
     assert not PUSHED_LINE.search(result.stdout)
+    assert "done in" not in result.stdout
+
+
+def test_a_daemon_that_stops_answering_is_named(docker_client, tmp_path):
+    # A socket nothing listens on stands for a daemon that crashed mid-build: the client's own
+    # words ("unexpected EOF", "Cannot connect") do not say that the daemon, not the build, failed.
+    environment = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'gone.sock'}"}
+    command = [sys.executable, str(REPO / "images" / "build.py"), "--image", PUSHED]
+    command += ["--base-image", "debian:bookworm-slim"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: docker build of {PUSHED} failed (log: ")
+    assert "the Docker daemon does not answer" in result.stderr.splitlines()[-1]
     assert "done in" not in result.stdout
