@@ -26,9 +26,9 @@ class Platform:
         manifests: The folder of its upstream files in the shared platform manifests
             (object-store Services, stock roles, the profile controller).
         kfp_backend: The KFP backend version it ships.
-        trainer: The Kubeflow Trainer v2 version it installs ("" for none).
         object_stores: The Services in `kubeflow` that serve KFP's object store, in the order
             `s3_endpoint=auto` tries them (components/common/logs_location.py).
+        trainer: The Kubeflow Trainer v2 version it installs ("" for none).
         profiles: Kubeflow profiles: a namespace per user whose `default-editor` gets the
             stock `kubeflow-edit` role, Kubeflow's Tensorboard controller and PodDefaults.
     """
@@ -36,9 +36,9 @@ class Platform:
     name: str
     manifests: str
     kfp_backend: str
-    trainer: str
     object_stores: tuple[str, ...]
-    profiles: bool
+    trainer: str = ""
+    profiles: bool = True
 
     @property
     def trainer_schemas(self) -> str:
@@ -47,32 +47,22 @@ class Platform:
 
 
 PLATFORMS = (
-    Platform("Kubeflow 1.10.2", "kubeflow-1.10.2", "2.5.0", "", ("minio-service",), True),
+    Platform("Kubeflow 1.10.2", "kubeflow-1.10.2", "2.5.0", ("minio-service",)),
     Platform(
-        "Kubeflow 1.11.0",
-        "kubeflow-1.11.0",
-        "2.15.0",
-        "2.1.0",
-        ("seaweedfs", "minio-service"),
-        True,
+        "Kubeflow 1.11.0", "kubeflow-1.11.0", "2.15.0", ("seaweedfs", "minio-service"), "2.1.0"
     ),
-    Platform("Kubeflow 26.03", "kubeflow-26.03", "2.16.0", "2.1.0", ("seaweedfs",), True),
+    Platform("Kubeflow 26.03", "kubeflow-26.03", "2.16.0", ("seaweedfs",), "2.1.0"),
     # kubeflow/manifests master pins Trainer v2.2.0; its other files are 26.03's.
+    Platform("Kubeflow manifests master", "kubeflow-26.03", "2.16.0", ("seaweedfs",), "2.2.0"),
     Platform(
-        "Kubeflow manifests master", "kubeflow-26.03", "2.16.0", "2.2.0", ("seaweedfs",), True
+        "Kubeflow 26.03 with Trainer v2.3.0", "kubeflow-26.03", "2.16.0", ("seaweedfs",), "2.3.0"
     ),
     Platform(
-        "Kubeflow 26.03 with Trainer v2.3.0",
-        "kubeflow-26.03",
-        "2.16.0",
-        "2.3.0",
-        ("seaweedfs",),
-        True,
+        "standalone KFP 2.5.0", "kfp-standalone-2.5.0", "2.5.0", ("minio-service",), profiles=False
     ),
     Platform(
-        "standalone KFP 2.5.0", "kfp-standalone-2.5.0", "2.5.0", "", ("minio-service",), False
+        "standalone KFP 2.17.0", "kfp-standalone-2.17.0", "2.17.0", ("seaweedfs",), profiles=False
     ),
-    Platform("standalone KFP 2.17.0", "kfp-standalone-2.17.0", "2.17.0", "", ("seaweedfs",), False),
 )
 
 
@@ -86,20 +76,15 @@ def platforms_table() -> str:
         "| release | KFP backend | `s3_endpoint=auto` uses | `--nodes N` | live TensorBoard |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for platform in PLATFORMS:
-        nodes = (
-            f"Trainer v{platform.trainer}"
-            if platform.trainer
-            else "no (no Kubeflow Trainer v2 installed)"
-        )
+    for p in PLATFORMS:
+        nodes = f"Trainer v{p.trainer}" if p.trainer else "no (no Kubeflow Trainer v2 installed)"
         live = (
             "Kubeflow Tensorboard (link on the run page) and Start Tensorboard"
-            if platform.profiles
+            if p.profiles
             else "Start Tensorboard on the run page; kubectl port-forward commands"
         )
         rows.append(
-            f"| {platform.name} | {platform.kfp_backend} "
-            f"| `{platform.object_stores[0]}.kubeflow` | {nodes} | {live} |"
+            f"| {p.name} | {p.kfp_backend} | `{p.object_stores[0]}.kubeflow` | {nodes} | {live} |"
         )
     return "\n".join(rows)
 

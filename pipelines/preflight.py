@@ -31,12 +31,7 @@ from kubernetes.utils import parse_quantity
 from kfp_lightning.components.common import kubernetes as kube
 from kfp_lightning.components.common import kubernetes_syntax, logs_location
 from kfp_lightning.components.common.errors import RunError, invalid
-from kfp_lightning.components.common.logs_location import (
-    AUTO,
-    KFP_OBJECT_STORES,
-    ObjectStore,
-    parse_http_endpoint,
-)
+from kfp_lightning.components.common.logs_location import AUTO, KFP_OBJECT_STORES, ObjectStore
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.training_pod import GPU_RESOURCE, SchedulingConfig
 from kfp_lightning.components.launch_tensorboard import launcher
@@ -59,17 +54,10 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 # cordoned or without network, or under memory, disk or PID pressure. Tolerating them would put
 # training on a broken node, so the preflight never advises it: such a node is reported as not
 # ready or not schedulable.
-CONDITION_TAINTS = frozenset(
-    {
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-        "node.kubernetes.io/unschedulable",
-        "node.kubernetes.io/memory-pressure",
-        "node.kubernetes.io/disk-pressure",
-        "node.kubernetes.io/pid-pressure",
-        "node.kubernetes.io/network-unavailable",
-    }
-)
+CONDITION_TAINTS = {
+    f"node.kubernetes.io/{condition}"
+    for condition in ("not-ready", "unreachable", "unschedulable", "network-unavailable")
+} | {f"node.kubernetes.io/{pressure}-pressure" for pressure in ("memory", "disk", "pid")}
 # The fix for each kind of obstacle `why_unreachable` names, by how its phrase starts. Never
 # "tolerate it" for a node in a bad condition: the condition taints mark nodes a pod must not
 # run on.
@@ -94,6 +82,21 @@ CRD_INSTALLS = {
 # The step creates the run's TrainJob, reads it while it runs and deletes it when the run is
 # cancelled or times out, or to replace a failed one (components/train_on_nodes/trainjob.py).
 TRAINJOB_VERBS = ("create", "get", "delete")
+TRAINJOB_PERMISSIONS = [(trainjob.TRAINJOB_API[0], trainjob.TRAINJOB_API[2], TRAINJOB_VERBS)]
+# Each RBAC check: the Role its manifest creates (bound to default-editor; another service
+# account needs its own RoleBinding), the manifest, and what fails without the permissions.
+RBAC_GRANTS = {
+    "launcher RBAC": (
+        "kfp-lightning-tensorboard-launcher",
+        launcher.RBAC_MANIFEST,
+        "the live TensorBoard step falls back to kubectl instructions",
+    ),
+    "TrainJob RBAC": (
+        "kfp-lightning-trainjob-launcher",
+        trainjob.RBAC_MANIFEST,
+        "the training step cannot run the nodes",
+    ),
+}
 
 
 class Status(enum.Enum):
@@ -103,34 +106,27 @@ class Status(enum.Enum):
     FAILED = "✗"
     UNKNOWN = "?"  # could not be checked (no permission to read, unreadable value)
 
+    def __call__(self, detail: str, fix: str = "") -> Check:
+        """A check's result of this status."""
+        return Check(self, detail, fix)
+
 
 @dataclasses.dataclass(frozen=True)
 class Check:
     """The result of one check.
 
     Attributes:
-        name: What was checked, in a few words.
         status: Passed, failed or unknown.
         detail: What was found.
         fix: What to do about a failure (or how to check by other means when unknown).
     """
 
-    name: str
     status: Status
     detail: str
     fix: str = ""
 
 
-def _passed(name: str, detail: str) -> Check:
-    return Check(name, Status.PASSED, detail)
-
-
-def _failed(name: str, detail: str, fix: str) -> Check:
-    return Check(name, Status.FAILED, detail, fix)
-
-
-def _unknown(name: str, detail: str, fix: str = "") -> Check:
-    return Check(name, Status.UNKNOWN, detail, fix)
+_passed, _failed, _unknown = Status.PASSED, Status.FAILED, Status.UNKNOWN
 
 
 def _unreadable(what: str, err: ApiException) -> str:
@@ -196,25 +192,24 @@ def check_crd(
     Returns:
         The result.
     """
-    group, version, plural, kind = resource
-    name, api = f"{kind} CRD", f"{plural}.{group}/{version}"
+    group, version, plural, _ = resource
+    api = f"{plural}.{group}/{version}"
     schemes = ("s3", "pvc") if resource == TENSORBOARD_API else ("s3",)
     if logs is not None and logs.scheme not in schemes:
-        return _passed(name, f"not needed for logs at {logs.uri}")
+        return _passed(f"not needed for logs at {logs.uri}")
     if not tensorboards:
-        return _passed(name, "not needed without Kubeflow's Tensorboard")
+        return _passed("not needed without Kubeflow's Tensorboard")
     try:
         found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
     except ApiException as err:
         if err.status != 404:
-            return _unknown(name, f"discovery of {group}/{version}: {kube.api_answer(err)}")
+            return _unknown(f"discovery of {group}/{version}: {kube.api_answer(err)}")
         found = None
     if found is not None and any(r.name == plural for r in found.resources):
-        return _passed(name, f"{api} is served")
+        return _passed(f"{api} is served")
     if resource != TENSORBOARD_API:
-        return _failed(name, f"the cluster serves no {api}", CRD_INSTALLS[resource])
+        return _failed(f"the cluster serves no {api}", CRD_INSTALLS[resource])
     return _passed(
-        name,
         f"{api} is not served (standalone Kubeflow Pipelines): no Kubeflow Tensorboard is "
         "started; the run page's Start Tensorboard button and the Live TensorBoard step's "
         "kubectl commands show the logs instead",
@@ -234,9 +229,9 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
     Returns:
         The result.
     """
-    name, logs = "object-store secret", target.logs
+    logs = target.logs
     if logs.scheme != "s3":
-        return _passed(name, f"not needed for logs at {logs.uri}")
+        return _passed(f"not needed for logs at {logs.uri}")
     namespace, secret = target.namespace, target.values["s3_credentials_secret"]
     access, secret_key = logs_location.ACCESS_KEY_KEY, logs_location.SECRET_KEY_KEY
     create = (
@@ -248,9 +243,8 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
     except ApiException as err:
         if err.status != 404:
             fix = f"kubectl -n {namespace} get secret {secret} as someone who may read it"
-            return _unknown(name, _unreadable(f"secret {namespace}/{secret}", err), fix)
+            return _unknown(_unreadable(f"secret {namespace}/{secret}", err), fix)
         return _failed(
-            name,
             f"no secret {secret} in namespace {namespace} (logs at {logs.uri})",
             f"{create} (Kubeflow creates mlpipeline-minio-artifact in every profile "
             "namespace), or pass --s3-credentials-secret NAME",
@@ -258,28 +252,10 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
     # A read answers `data` only: the API server merges `stringData` into it on writes.
     if missing := [k for k in (access, secret_key) if not (found.data or {}).get(k)]:
         return _failed(
-            name,
             f"secret {namespace}/{secret} lacks key {' and '.join(missing)}",
             f"recreate it with both keys: kubectl -n {namespace} delete secret {secret}; {create}",
         )
-    return _passed(name, f"{namespace}/{secret} has {access} and {secret_key}")
-
-
-def cluster_store(endpoint: str) -> ObjectStore | None:
-    """The in-cluster Service an endpoint names (`<svc>.<ns>[.svc[.cluster.local]]`), or None.
-
-    Args:
-        endpoint: http(s)://host[:port].
-
-    Returns:
-        The Service, namespace and port it names; None for a host outside the cluster.
-    """
-    parts = urlparse(endpoint)
-    labels = (parts.hostname or "").split(".")
-    if len(labels) == 2 or labels[2:] in (["svc"], ["svc", "cluster", "local"]):
-        default_port = 443 if parts.scheme == "https" else 80
-        return ObjectStore(labels[0], labels[1], parts.port or default_port, "the s3_endpoint")
-    return None
+    return _passed(f"{namespace}/{secret} has {access} and {secret_key}")
 
 
 def find_object_store(
@@ -316,7 +292,7 @@ def endpoint_in_cluster(api_client: ApiClient, value: str) -> str:
         UserInputError: `auto`, and no object-store Service exists or may be read.
     """
     if value.strip() != AUTO:
-        return parse_http_endpoint(value, "s3_endpoint")
+        return logs_location.parse_http_endpoint(value, "s3_endpoint")
     why = "none of its Services exists"
     try:
         if found := find_object_store(api_client):
@@ -343,34 +319,36 @@ def check_object_store(api_client: ApiClient, target: Target) -> Check:
     Returns:
         The result; unknown when these credentials may not read the Services.
     """
-    name, endpoint = "object store", target.values["s3_endpoint"]
+    endpoint = target.values["s3_endpoint"]
     if target.logs.scheme != "s3":
-        return _passed(name, f"not needed for logs at {target.logs.uri}")
-    auto = endpoint.strip() == AUTO
-    store = None if auto else cluster_store(parse_http_endpoint(endpoint, "s3_endpoint"))
-    if not auto and store is None:
-        return _unknown(
-            name,
-            f"{endpoint} is not a Service of this cluster: not checked from here",
-            f"make sure the training and TensorBoard pods reach {endpoint}",
-        )
-    candidates = (store,) if store else KFP_OBJECT_STORES
+        return _passed(f"not needed for logs at {target.logs.uri}")
+    candidates, auto = KFP_OBJECT_STORES, endpoint.strip() == AUTO
+    if not auto:
+        # An in-cluster Service is named `<svc>.<ns>[.svc[.cluster.local]]`.
+        parts = urlparse(logs_location.parse_http_endpoint(endpoint, "s3_endpoint"))
+        labels = (parts.hostname or "").split(".")
+        if len(labels) != 2 and labels[2:] not in (["svc"], ["svc", "cluster", "local"]):
+            return _unknown(
+                f"{endpoint} is not a Service of this cluster: not checked from here",
+                f"make sure the training and TensorBoard pods reach {endpoint}",
+            )
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        candidates = (ObjectStore(labels[0], labels[1], port, "the s3_endpoint"),)
     services = " or ".join(f"Service {s.namespace}/{s.service} (port {s.port})" for s in candidates)
     try:
         found = find_object_store(api_client, candidates)
     except ApiException as err:
         fix = f"kubectl -n {candidates[0].namespace} get service as someone who may read it"
-        return _unknown(name, _unreadable(services, err), fix)
+        return _unknown(_unreadable(services, err), fix)
     if found is None:
         what = "KFP's object store" if auto else f"s3_endpoint={endpoint}"
         return _failed(
-            name,
             f"{what}: no {services} in this cluster",
             "install Kubeflow Pipelines with its object store, or pass --s3-endpoint "
             "http(s)://host[:port] of an S3 API the pods can reach",
         )
     shown = f"s3_endpoint={endpoint}" + (f" resolves to {found.endpoint}" if auto else "")
-    return _passed(name, f"{shown}: Service {found.namespace}/{found.service} ({found.product})")
+    return _passed(f"{shown}: Service {found.namespace}/{found.service} ({found.product})")
 
 
 def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
@@ -387,9 +365,9 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     Returns:
         The result; unknown when these credentials may not read the claim.
     """
-    name, logs, namespace = "logs claim", target.logs, target.namespace
+    logs, namespace = target.logs, target.namespace
     if logs.scheme != "pvc":
-        return _passed(name, f"not needed for logs at {logs.uri}")
+        return _passed(f"not needed for logs at {logs.uri}")
     where = f"{namespace}/{logs.claim}"
     patience = kube.Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS)
     try:
@@ -400,21 +378,20 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     except ApiException as err:
         if err.status == 404:
             fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default)"
-            return _failed(name, f"no PersistentVolumeClaim {where}", fix)
+            return _failed(f"no PersistentVolumeClaim {where}", fix)
         fix = f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'"
-        return _unknown(name, _unreadable(f"claim {where}", err), fix)
+        return _unknown(_unreadable(f"claim {where}", err), fix)
     # Training writes while TensorBoard reads, each on its own node: of the modes that let
     # several nodes mount a volume (launch_tensorboard/launcher.py, `SHARED_ACCESS_MODES`),
     # only ReadWriteMany lets them write.
     if "ReadWriteMany" not in modes:
         return _failed(
-            name,
             f"claim {where} is {'/'.join(modes) or 'without access modes'}: training and the "
             "TensorBoard pod may land on different nodes, and only one node can mount it",
             "use a ReadWriteMany claim (e.g. NFS, CephFS, Filestore), or log to s3:// (the "
             "default)",
         )
-    return _passed(name, f"claim {where} is {'/'.join(modes)}")
+    return _passed(f"claim {where} is {'/'.join(modes)}")
 
 
 def check_rbac(
@@ -422,9 +399,6 @@ def check_rbac(
     target: Target,
     name: str,
     permissions: Sequence[tuple[str, str, Sequence[str]]],
-    role: str,
-    manifest: str,
-    consequence: str,
 ) -> Check:
     """Whether the run's service account may do everything of `permissions`.
 
@@ -438,11 +412,9 @@ def check_rbac(
     Args:
         api_client: A configured client.
         target: The run (its namespace and service account).
-        name: The check's name.
+        name: The check's name, which picks its Role, manifest and consequence in
+            `RBAC_GRANTS`.
         permissions: (group, plural, verbs) of each resource.
-        role: The Role `manifest` creates, for a service account other than default-editor.
-        manifest: The manifest that grants the permissions.
-        consequence: What fails without them.
 
     Returns:
         The result; unknown when these credentials may not ask.
@@ -474,24 +446,23 @@ def check_rbac(
                 denied.append(f"{'/'.join(refused)} {plural}.{group}")
     except ApiException as err:
         return _unknown(
-            name,
             f"these credentials may not ask the authorizer ({kube.api_answer(err)})",
             f"ask a cluster admin to run: kubectl auth can-i --list -n {namespace} --as {user}",
         )
-    account = f"{namespace}/{service_account}"
+    account, (role, manifest, consequence) = f"{namespace}/{service_account}", RBAC_GRANTS[name]
     if not denied:
         allowed = ", ".join(f"{'/'.join(verbs)} {plural}" for _, plural, verbs in permissions)
-        return _passed(name, f"{account} may {allowed}")
+        return _passed(f"{account} may {allowed}")
     fix = f"kubectl apply -n {namespace} -f {manifest}"
     if service_account != DEFAULT_SERVICE_ACCOUNT:
         fix += (
             f", then kubectl -n {namespace} create rolebinding {role}-{service_account} "
             f"--role={role} --serviceaccount={namespace}:{service_account}"
         )
-    return _failed(name, f"{account} may not {', '.join(denied)} ({consequence})", fix)
+    return _failed(f"{account} may not {', '.join(denied)} ({consequence})", fix)
 
 
-def check_launcher_rbac(api_client: ApiClient, target: Target, tensorboards: bool = True) -> Check:
+def check_launcher_rbac(api_client: ApiClient, target: Target, tensorboards: bool) -> Check:
     """Whether the run's service account may make every call the launcher makes.
 
     One SubjectAccessReview per verb and resource of `LAUNCHER_PERMISSIONS` the logs root
@@ -501,41 +472,29 @@ def check_launcher_rbac(api_client: ApiClient, target: Target, tensorboards: boo
     Args:
         api_client: A configured client.
         target: The run (its namespace, service account and logs root).
-        tensorboards: Whether the cluster serves Tensorboards (else nothing is created).
+        tensorboards: Whether the run gets a Tensorboard: the cluster serves them and the
+            logs root is s3:// or pvc:// (else nothing is created).
 
     Returns:
         The result; unknown when these credentials may not ask.
     """
-    name, namespace, service_account = "launcher RBAC", target.namespace, target.service_account
+    namespace, account = target.namespace, target.service_account
     if not tensorboards:
-        return _passed(name, "nothing to create: Kubeflow's Tensorboard is not served")
+        return _passed("nothing to create: Kubeflow's Tensorboard is not served")
+    # Tensorboards are served to a run only with an s3:// or pvc:// logs root (`check_crd`).
     tensorboard, poddefault, claim = launcher.LAUNCHER_PERMISSIONS
-    needed = {"s3": [tensorboard, poddefault], "pvc": [tensorboard, claim]}
-    if not (permissions := needed.get(target.logs.scheme)):
-        return _passed(name, f"nothing to create for logs at {target.logs.uri}")
+    permissions = [tensorboard, poddefault if target.logs.scheme == "s3" else claim]
     try:
-        _call(
-            client.CoreV1Api(api_client).read_namespaced_service_account, service_account, namespace
-        )
+        _call(client.CoreV1Api(api_client).read_namespaced_service_account, account, namespace)
     except ApiException as err:
         if err.status == 404:
             return _failed(
-                name,
-                f"no service account {namespace}/{service_account}: the run's pods cannot be "
-                "created",
+                f"no service account {namespace}/{account}: the run's pods cannot be created",
                 "run in a Kubeflow profile namespace (its profile creates default-editor), "
                 "or pass the account the pipelines run as with --service-account",
             )
         # Not readable here: the reviews below still tell whether it would be allowed.
-    return check_rbac(
-        api_client,
-        target,
-        name,
-        permissions,
-        "kfp-lightning-tensorboard-launcher",
-        launcher.RBAC_MANIFEST,
-        "the live TensorBoard step falls back to kubectl instructions",
-    )
+    return check_rbac(api_client, target, "launcher RBAC", permissions)
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
@@ -587,17 +546,14 @@ def why_unreachable(
     for taint in sorted(taints, key=lambda taint: taint["key"] not in CONDITION_TAINTS):
         # Only these effects keep a new pod off a node; PreferNoSchedule is a preference
         # (pkg/scheduler/framework/plugins/tainttoleration/taint_toleration.go).
-        if taint["effect"] in ("NoSchedule", "NoExecute") and not any(
-            tolerates(t, taint) for t in tolerations
-        ):
+        tolerated = any(tolerates(t, taint) for t in tolerations)
+        if taint["effect"] in ("NoSchedule", "NoExecute") and not tolerated:
             value = f"={taint['value']}" if taint.get("value") else ""
             text = f"{taint['key']}{value}:{taint['effect']}"
-            condition = taint["key"] in CONDITION_TAINTS
-            reasons.append(
-                f"not ready or not schedulable ({text})"
-                if condition
-                else f"taint {text} not tolerated"
-            )
+            if taint["key"] in CONDITION_TAINTS:
+                reasons.append(f"not ready or not schedulable ({text})")
+            else:
+                reasons.append(f"taint {text} not tolerated")
     labels = node.metadata.labels or {}
     return reasons + [
         f"label {key}={value} missing" + (f" (has {labels[key]})" if key in labels else "")
@@ -624,17 +580,15 @@ def check_gpu_nodes(
     Returns:
         The result; unknown when these credentials may not list nodes.
     """
-    name = "training node"
     try:
         nodes = _call(client.CoreV1Api(api_client).list_node).items
     except ApiException as err:
         fix = "ask a cluster admin whether a node offers the GPUs and taints/labels you set"
-        return _unknown(name, _unreadable("nodes", err), fix)
+        return _unknown(_unreadable("nodes", err), fix)
     if not (candidates := [n for n in nodes if _gpu_count(n) >= gpus]):
         most = max((_gpu_count(n) for n in nodes), default=0)
         found = f"most on one node: {most}, of {len(nodes)} nodes" if nodes else "no node at all"
         return _failed(
-            name,
             f"no node has {gpus} allocatable {GPU_RESOURCE} ({found})",
             "add a GPU node pool with NVIDIA's device plugin (or GPU operator), request fewer "
             "with --gpus, or train on a CPU node with --gpus 0",
@@ -644,12 +598,11 @@ def check_gpu_nodes(
     if reached := sorted(node for node, reasons in blockers.items() if not reasons):
         shown = ", ".join(reached[:5]) + (", ..." if len(reached) > 5 else "")
         no_gpu = "" if gpus else ", no GPU needed (gpus=0)"
-        return _passed(name, f"{len(reached)} node(s) {wanted}reachable{no_gpu}: {shown}")
+        return _passed(f"{len(reached)} node(s) {wanted}reachable{no_gpu}: {shown}")
     blocked = sorted(f"{node}: {', '.join(reasons)}" for node, reasons in blockers.items())
     every = [reason for reasons in blockers.values() for reason in reasons]
     fixes = [fix for start, fix in NODE_FIXES.items() if any(r.startswith(start) for r in every)]
     return _failed(
-        name,
         f"nodes {wanted}exist, but none can take the training pod ({'; '.join(blocked[:5])})",
         "; ".join(fixes),
     )
@@ -673,15 +626,15 @@ def check_training_runtime(api_client: ApiClient) -> Check:
         (RoleBindings, as in a Kubeflow profile, cannot grant that).
     """
     group, version, plural, kind = trainjob.RUNTIME_API
-    name, wanted, node = "training runtime", f"{kind} {trainjob.RUNTIME}", trainjob.NODE
+    wanted, node = f"{kind} {trainjob.RUNTIME}", trainjob.NODE
     custom = client.CustomObjectsApi(api_client)
     try:
         runtime = _call(custom.get_cluster_custom_object, group, version, plural, trainjob.RUNTIME)
     except ApiException as err:
         if err.status == 404:
-            return _failed(name, f"no {wanted}", f"install it: {RUNTIME_INSTALL}")
+            return _failed(f"no {wanted}", f"install it: {RUNTIME_INSTALL}")
         fix = f"ask a cluster admin to run: kubectl get {plural} {trainjob.RUNTIME}"
-        return _unknown(name, _unreadable(wanted, err), fix)
+        return _unknown(_unreadable(wanted, err), fix)
     spec = runtime.get("spec") or {}
     jobs = ((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
     pods = [j["template"]["spec"]["template"]["spec"] for j in jobs if j.get("name") == node]
@@ -692,11 +645,11 @@ def check_training_runtime(api_client: ApiClient) -> Check:
         problems.append("no torch policy (mlPolicy.torch), which sets torchrun's variables")
     if problems:
         fix = f"restore Kubeflow Trainer's own runtime: {RUNTIME_INSTALL}"
-        return _failed(name, f"{wanted} has {' and '.join(problems)}", fix)
-    return _passed(name, f"{wanted} exists, with a torch policy and a node job")
+        return _failed(f"{wanted} has {' and '.join(problems)}", fix)
+    return _passed(f"{wanted} exists, with a torch policy and a node job")
 
 
-def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
+def check_trainjob_dry_run(api_client: ApiClient, target: Target, served: bool) -> Check:
     """Whether the cluster would store the run's real TrainJob exactly as the step builds it.
 
     The form of its pod settings is read from the cluster's own TrainJob schema (Trainer
@@ -708,6 +661,7 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
     Args:
         api_client: A configured client (its user needs `create` on trainjobs).
         target: The run.
+        served: Whether the TrainJob CRD is served (else nothing is submitted).
 
     Returns:
         The result; unknown when these credentials may not submit the dry run.
@@ -715,7 +669,9 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
     from kfp_lightning.components.common import images, run_layout, training
     from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 
-    name, values = "TrainJob", target.values
+    values = target.values
+    if not served:
+        return _unknown("not submitted: the TrainJob CRD is not served")
     config = from_run_form(training.TrainConfig, values)
     scheduling = from_run_form(SchedulingConfig, values)
     endpoint = secret = None
@@ -743,13 +699,11 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
     )
     if not (problems := trainjob.check_trainjob(api_client, target.namespace, spec)):
         return _passed(
-            name,
             f"the run's TrainJob, submitted as a dry run, would be stored as sent "
             f"({target.nodes} nodes, {spec.processes_per_node} process(es) each)",
         )
     if all(("HTTP 401" in p or "HTTP 403" in p) and "admission webhook" not in p for p in problems):
         return _unknown(
-            name,
             f"these credentials may not submit it as a dry run ({problems[0]})",
             "run --check-cluster as someone who may create trainjobs in the namespace",
         )
@@ -757,7 +711,7 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
         "install Kubeflow Trainer v2.1 or newer (its TrainJob carries the pods' settings in "
         "spec.podTemplateOverrides or spec.runtimePatches)"
     )
-    return _failed(name, "; ".join(problems), fix)
+    return _failed("; ".join(problems), fix)
 
 
 def image_version(image: str) -> tuple[int, int, int] | None:
@@ -782,35 +736,33 @@ def check_kfp_backend(api_client: ApiClient, kfp_namespace: str) -> Check:
     Returns:
         Passed for a supported version, failed for an older one, unknown when unreadable.
     """
-    name, unknown = "KFP backend", "version unknown (not a failure)"
-    supported, where = (
-        f"supported: {SUPPORTED_BACKENDS}",
-        f"deployment {kfp_namespace}/{KFP_DEPLOYMENT}",
-    )
+    unknown = "version unknown (not a failure)"
+    supported = f"supported: {SUPPORTED_BACKENDS}"
+    where = f"deployment {kfp_namespace}/{KFP_DEPLOYMENT}"
     apps = client.AppsV1Api(api_client)
     try:
         deployment = _call(apps.read_namespaced_deployment, KFP_DEPLOYMENT, kfp_namespace)
     except ApiException as err:
         if err.status == 404:
             fix = "pass the namespace Kubeflow Pipelines runs in with --kfp-namespace"
-            return _unknown(name, f"no {where}: {unknown}", fix)
-        return _unknown(name, f"{_unreadable(where, err)}: {unknown}", supported)
+            return _unknown(f"no {where}: {unknown}", fix)
+        return _unknown(f"{_unreadable(where, err)}: {unknown}", supported)
     containers = deployment.spec.template.spec.containers
     container = next((c for c in containers if c.name == KFP_CONTAINER), containers[0])
     if (version := image_version(container.image or "")) is None:
-        return _unknown(name, f"image {container.image} has no version tag: {unknown}", supported)
+        return _unknown(f"image {container.image} has no version tag: {unknown}", supported)
     shown = f"{'.'.join(map(str, version))} ({container.image})"
     if version < (2, 5, 0):
         return _failed(
-            name,
             f"{shown} is older than this pipeline supports: {SUPPORTED_BACKENDS}",
             "upgrade Kubeflow Pipelines to 2.5.0 or newer (Kubeflow 1.10.1 or newer)",
         )
-    return _passed(name, f"{shown}; supported: 2.5.0 and newer")
+    return _passed(f"{shown}; supported: 2.5.0 and newer")
 
 
-def run_checks(api_client: ApiClient, target: Target) -> list[Check]:
-    """Every check, in the order they are printed; Kubeflow Trainer's for several nodes.
+def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
+    """Every check by its name, in the order they are printed; Kubeflow Trainer's for several
+    nodes.
 
     Raises:
         RunError: The API stopped answering midway.
@@ -820,34 +772,27 @@ def run_checks(api_client: ApiClient, target: Target) -> list[Check]:
     gpus = int(str(target.values["gpus"]))
     tensorboard = check_crd(api_client, TENSORBOARD_API, target.logs)
     served = tensorboard.detail.endswith("is served")
-    checks = [
-        tensorboard,
-        check_crd(api_client, PODDEFAULT_API, target.logs, served),
-        check_s3_secret(api_client, target),
-        check_object_store(api_client, target),
-        check_logs_claim(api_client, target),
-        check_launcher_rbac(api_client, target, served),
-        check_gpu_nodes(api_client, gpus, scheduling.node_selector, scheduling.tolerations),
-        check_kfp_backend(api_client, target.kfp_namespace),
-    ]
+    checks = {
+        "Tensorboard CRD": tensorboard,
+        "PodDefault CRD": check_crd(api_client, PODDEFAULT_API, target.logs, served),
+        "object-store secret": check_s3_secret(api_client, target),
+        "object store": check_object_store(api_client, target),
+        "logs claim": check_logs_claim(api_client, target),
+        "launcher RBAC": check_launcher_rbac(api_client, target, served),
+        "training node": check_gpu_nodes(
+            api_client, gpus, scheduling.node_selector, scheduling.tolerations
+        ),
+        "KFP backend": check_kfp_backend(api_client, target.kfp_namespace),
+    }
     if target.nodes == 1:
         return checks
     crd = check_crd(api_client, trainjob.TRAINJOB_API)
-    trainjob_rbac = check_rbac(
-        api_client,
-        target,
-        "TrainJob RBAC",
-        [(trainjob.TRAINJOB_API[0], trainjob.TRAINJOB_API[2], TRAINJOB_VERBS)],
-        "kfp-lightning-trainjob-launcher",
-        trainjob.RBAC_MANIFEST,
-        "the training step cannot run the nodes",
-    )
-    dry_run = (
-        check_trainjob_dry_run(api_client, target)
-        if crd.status is Status.PASSED
-        else _unknown("TrainJob", "not submitted: the TrainJob CRD is not served")
-    )
-    return [*checks, crd, check_training_runtime(api_client), trainjob_rbac, dry_run]
+    return checks | {
+        "TrainJob CRD": crd,
+        "training runtime": check_training_runtime(api_client),
+        "TrainJob RBAC": check_rbac(api_client, target, "TrainJob RBAC", TRAINJOB_PERMISSIONS),
+        "TrainJob": check_trainjob_dry_run(api_client, target, crd.status is Status.PASSED),
+    }
 
 
 def check_cluster(
@@ -904,12 +849,13 @@ def check_cluster(
             f"service account {service_account}:"
         )
         checks = run_checks(api_client, target)
-    for check in checks:
-        fix = ""
-        if check.fix and check.status is not Status.PASSED:
-            fix = f". {'Fix' if check.status is Status.FAILED else 'To check'}: {check.fix}"
-        print(f"{check.status.value} {check.name}: {check.detail}{fix}")
-    failed, unknown = (sum(c.status is s for c in checks) for s in (Status.FAILED, Status.UNKNOWN))
+    for name, check in checks.items():
+        # Only failures and unknowns carry a fix.
+        label = "Fix" if check.status is Status.FAILED else "To check"
+        fix = f". {label}: {check.fix}" if check.fix else ""
+        print(f"{check.status.value} {name}: {check.detail}{fix}")
+    statuses = [check.status for check in checks.values()]
+    failed, unknown = statuses.count(Status.FAILED), statuses.count(Status.UNKNOWN)
     unchecked = f"; {unknown} could not be checked (?)" if unknown else ""
     if failed:
         print(f"{failed} of {len(checks)} checks failed{unchecked}.")
