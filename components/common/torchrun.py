@@ -100,12 +100,12 @@ def node_environment(
     }
 
 
-def _relay(stream: IO[str], prefix: str, errors: list[str]) -> None:
+def _relay(stream: IO[str], prefix: str, errors: dict[int, str], rank: int) -> None:
     for line in stream:
         print(f"{prefix}{line}", end="", flush=True)
         # A rank ends with the one line of `errors.run_or_exit`: the cause to report.
         if line.startswith(ERROR_PREFIX):
-            errors.append(line[len(ERROR_PREFIX) :].strip())
+            errors[rank] = line[len(ERROR_PREFIX) :].strip()
 
 
 def _stop(processes: Sequence[subprocess.Popen]) -> None:
@@ -165,7 +165,7 @@ def run_torchrun(
     )
     processes: list[subprocess.Popen] = []
     relays = []
-    errors: list[list[str]] = [[] for _ in range(nodes)]
+    errors: dict[int, str] = {}  # by rank: the last error line of each failed node
     try:
         with sigterm_raises():
             for rank in range(nodes):
@@ -184,20 +184,19 @@ def run_torchrun(
                 processes.append(process)
                 prefix = f"[node {rank}] " if nodes > 1 else ""
                 relay = threading.Thread(
-                    target=_relay, args=(process.stdout, prefix, errors[rank]), daemon=True
+                    target=_relay, args=(process.stdout, prefix, errors, rank), daemon=True
                 )
                 relay.start()
                 relays.append(relay)
             while True:
                 codes = [p.poll() for p in processes]
-                failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
-                if failed:
-                    rank, code = failed[0]
-                    who = f"node {rank} of {nodes}" if nodes > 1 else "torchrun"
-                    relays[rank].join(timeout=5)  # its last lines, the error among them
-                    if errors[rank]:
-                        raise RunError(f"{who} failed: {errors[rank][-1]}")
-                    raise RunError(f"{who} failed (exit status {code}); see its log")
+                for rank, code in enumerate(codes):
+                    if code not in (None, 0):
+                        who = f"node {rank} of {nodes}" if nodes > 1 else "torchrun"
+                        relays[rank].join(timeout=5)  # its last lines, the error among them
+                        if rank in errors:
+                            raise RunError(f"{who} failed: {errors[rank]}")
+                        raise RunError(f"{who} failed (exit status {code}); see its log")
                 if all(code == 0 for code in codes):
                     return
                 if time.monotonic() >= deadline:

@@ -41,15 +41,13 @@ from kfp_lightning.components.common.torchrun import Cancelled, run_torchrun, si
 from kfp_lightning.components.common.training import TrainConfig, training_task_key
 from kfp_lightning.components.common.training_pod import SchedulingConfig
 from kfp_lightning.components.train_on_nodes import trainjob
+from kfp_lightning.components.train_on_nodes.trainjob import FAILED
 
 ENTRY_MODULE = "kfp_lightning.components.train_mnist.distributed"
 TRAINJOB, LOCAL = "trainjob", "local"
 LAUNCHERS = (TRAINJOB, LOCAL)
 # A guard against typos; pod hostnames leave room for up to 999 nodes (see trainjob.py).
 MAX_NODES = 100
-# Seconds between two reads of the job's status, and between two training progress lines.
-POLL_SECONDS = 10.0
-PROGRESS_SECONDS = 30.0
 PROGRESS_TAGS = ("loss/train", "loss/val", "accuracy/val")
 
 
@@ -167,7 +165,12 @@ class ProgressReader:
                 if self.copied.get(relative) != size:
                     self.storage.download(relative, local / relative)
                     self.copied[relative] = size
-            last = last_scalars(local)
+            # The highest step of every scalar tag, and its value.
+            last: dict[str, tuple[int, float]] = {}
+            for tags in read_event_scalars(local).values():
+                for tag, by_step in tags.items():
+                    if (step := max(by_step)) >= last.get(tag, (-1, 0.0))[0]:
+                        last[tag] = (step, by_step[step])
         except Exception as err:  # progress is a courtesy: never fail training over it
             return f"training progress unreadable for now: {err}"
         step = max((step for step, _ in last.values()), default=-1)
@@ -179,17 +182,6 @@ class ProgressReader:
             parts.append(f"epoch {int(last['epoch'][1]) + 1}")
         parts += [f"{tag} {last[tag][1]:.4f}" for tag in PROGRESS_TAGS if tag in last]
         return "training: " + ", ".join(parts)
-
-
-def last_scalars(logs_dir: Path) -> dict[str, tuple[int, float]]:
-    """The highest step of every scalar tag in the event files under `logs_dir`, and its value."""
-    last: dict[str, tuple[int, float]] = {}
-    for tags in read_event_scalars(logs_dir).values():
-        for tag, by_step in tags.items():
-            step = max(by_step)
-            if step >= last.get(tag, (-1, 0.0))[0]:
-                last[tag] = (step, by_step[step])
-    return last
 
 
 # --- the nodes on a cluster -------------------------------------------------------------------
@@ -226,17 +218,17 @@ def run_on_cluster(
     """
     name = wanted["metadata"]["name"]
     where = f"TrainJob {jobs.namespace}/{name}"
-    progress = ProgressReader(storage, PROGRESS_SECONDS)
+    progress = ProgressReader(storage, every_seconds=30.0)  # between two progress lines
     try:
         existing = jobs.get(name)
-        if existing is not None and trainjob.job_state(existing).condition == trainjob.FAILED:
+        if existing is not None and (earlier := trainjob.job_state(existing)).condition == FAILED:
             print(
                 f"{where}: an earlier attempt's job failed "
-                f"({trainjob.job_state(existing).describe()}): deleting it to start again",
+                f"({earlier.describe()}): deleting it to start again",
                 flush=True,
             )
             jobs.delete(name, foreground=True)
-            if not jobs.wait_gone(name, deadline):
+            if not any(current is None for current in jobs.watch(name, deadline)):
                 raise _DeadlineExceeded
             existing = None
         if existing is None:
@@ -253,9 +245,8 @@ def run_on_cluster(
                 print(f"{where}: exists already: following it", flush=True)
         else:
             print(f"{where}: following the job of an earlier attempt of this step", flush=True)
-        last, polls = "", 0
-        while True:
-            current = jobs.get(name)
+        last = ""
+        for current in jobs.watch(name, deadline):
             if current is None:
                 raise RunError(f"{where} was deleted while it ran (not by this step)")
             state = trainjob.job_state(current)
@@ -264,14 +255,12 @@ def run_on_cluster(
                 print(f"{where}: {last}", flush=True)
             if state.condition == trainjob.COMPLETE:
                 return
-            if state.condition == trainjob.FAILED:
+            if state.condition == FAILED:
                 detail = ": ".join(x for x in (state.reason, state.message) if x)
                 raise RunError(f"{where} failed: {detail or 'no reason given'}")
             if line := progress.poll():
                 print(line, flush=True)
-            if not jobs.pause(polls, deadline):
-                raise _DeadlineExceeded
-            polls += 1
+        raise _DeadlineExceeded
     except _DeadlineExceeded:
         jobs.delete(name)
         raise RunError(
@@ -354,8 +343,9 @@ def train_from_run_form(
     config, logs, scheduling = (
         from_run_form(cls, parameters) for cls in (TrainConfig, LiveLogsConfig, SchedulingConfig)
     )
-    deadline = time.monotonic() + settings.timeout_seconds
-    patience = Patience(poll_seconds=POLL_SECONDS)
+    timeout = settings.timeout_seconds
+    deadline = time.monotonic() + timeout
+    patience = Patience(poll_seconds=10.0)  # between two reads of the job's status
     api_client, namespace = None, ""
     form, identity = "", trainjob.PodIdentity(None, (), "")
     # The parameters are checked before the Trainer is asked; a lost API, at either request,
@@ -392,14 +382,7 @@ def train_from_run_form(
     )
     if settings.launcher == LOCAL:
         run_layout.clear(storage, run_layout.OUTPUTS)
-        run_torchrun(
-            settings.nodes,
-            processes_per_node,
-            ENTRY_MODULE,
-            arguments,
-            deadline,
-            settings.timeout_seconds,
-        )
+        run_torchrun(settings.nodes, processes_per_node, ENTRY_MODULE, arguments, deadline, timeout)
     else:
         spec = trainjob.NodeSpec(
             image=settings.trainer_image,
@@ -419,5 +402,5 @@ def train_from_run_form(
         wanted = trainjob.trainjob_object(namespace, run_id, spec, form, task=key)
         jobs = trainjob.TrainJobs(api_client, namespace, patience)
         with api_client, sigterm_raises():
-            run_on_cluster(jobs, wanted, storage, deadline, settings.timeout_seconds)
+            run_on_cluster(jobs, wanted, storage, deadline, timeout)
     return run_layout.collect_outputs(storage, output_dirs)

@@ -27,10 +27,11 @@ reading and deleting a job by name are all safe to repeat.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from kubernetes import client
@@ -64,11 +65,6 @@ RESERVED_ENV = frozenset(
     {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
 )
 RBAC_MANIFEST = "manifests/trainjob-rbac.yaml"
-# Pod hostnames are "<name>-node-0-<index>" (jobset.go, `IdentifyPodNetwork`), at most 63
-# characters: 48 leaves room for a three-digit node index.
-MAX_NAME_LENGTH = 48
-NAME_PREFIX = "kfp-"
-TASK_ANNOTATION = "kfp-lightning/task"
 # Kubeflow's profile controller labels every profile namespace istio-injection=enabled
 # (kubeflow/kubeflow, components/profile-controller/controllers/profile_controller.go). An
 # injected proxy outlives the training container, so a node's pod, and with it the job, would
@@ -78,8 +74,6 @@ TASK_ANNOTATION = "kfp-lightning/task"
 NO_ISTIO_SIDECAR = {"sidecar.istio.io/inject": "false"}
 
 COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
-# The pod counts of a node Job's status (`status.jobsStatus[]`), in the order the log shows them.
-POD_COUNTS = ("active", "ready", "succeeded", "failed", "suspended")
 
 # The two forms of pod settings this module writes, named after the TrainJob spec field that
 # carries them (see the module docstring).
@@ -91,11 +85,10 @@ FORMS = (RUNTIME_PATCHES, TEMPLATE_OVERRIDES)  # the newer one wins where both a
 # pkg/runtime/framework/plugins/jobset/jobset.go, `Validate`, calling apimachinery's
 # `validation.IsDomainPrefixedPath`); the prefix is the one of our labels.
 PATCH_MANAGER = "kfp-lightning/train-on-nodes"
-# Where a cluster publishes the TrainJob's schema: per group-version in OpenAPI v3 (Kubernetes
-# 1.24 and later), the whole API in OpenAPI v2 (all versions; structural CRD schemas since
-# 1.15). Both are readable by every authenticated user through the `system:discovery`
-# ClusterRole (kubernetes, plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go).
-OPENAPI_V3 = "/openapi/v3/apis/{group}/{version}"
+# Where a cluster publishes the whole API's schemas in OpenAPI v2 (all versions; structural
+# CRD schemas since Kubernetes 1.15), readable by every authenticated user through the
+# `system:discovery` ClusterRole (kubernetes, plugin/pkg/auth/authorizer/rbac/bootstrappolicy/
+# policy.go); `trainjob_form` tries OpenAPI v3 (Kubernetes 1.24 and later) first.
 OPENAPI_V2 = "/openapi/v2"
 
 
@@ -147,17 +140,20 @@ def trainjob_name(run_id: str) -> str:
     Returns:
         `kfp-<run id>`, or `kfp-<shortened id>-<digest>`.
     """
-    return name_for_run(NAME_PREFIX, run_id, MAX_NAME_LENGTH)
+    # Pod hostnames are "<name>-node-0-<index>" (jobset.go, `IdentifyPodNetwork`), at most 63
+    # characters: 48 leaves room for a three-digit node index.
+    return name_for_run("kfp-", run_id, 48)
 
 
-def run_id_label(run_id: str) -> str:
-    """The run id as a label value (a digest when it cannot be one)."""
-    return run_id if is_label_value(run_id) else digest(run_id)
+def trainjob_object(
+    namespace: str, run_id: str, spec: NodeSpec, form: str, task: str = ""
+) -> dict[str, Any]:
+    """The `TrainJob` of one run, its pod settings in the cluster's form.
 
-
-def pod_settings(form: str, run_id: str, spec: NodeSpec) -> list[dict[str, Any]]:
-    """The value of `spec.<form>`: the pod settings of every node, as a pod template patch
-    for the `node` job, the one description of them.
+    The environment goes in `spec.trainer.env` and the resources in
+    `spec.trainer.resourcesPerNode` (the same in every Trainer v2 release); the rest of the
+    pod settings in `spec.<form>`, as a pod template patch for the `node` job, the one
+    description of them.
 
     Each Trainer form carries this patch whole, and the Trainer merges it into the runtime's
     `node` pod template as a strategic merge patch (kubeflow/trainer v2.1.0,
@@ -177,50 +173,6 @@ def pod_settings(form: str, run_id: str, spec: NodeSpec) -> list[dict[str, Any]]
     to which the Trainer's mutating webhook adds `time` (pkg/webhooks/trainjob_webhook.go).
 
     Args:
-        form: TEMPLATE_OVERRIDES or RUNTIME_PATCHES.
-        run_id: The pipeline run's id.
-        spec: What the nodes run, and where.
-
-    Returns:
-        The list holding the one entry, the patch (`{"metadata": {...}, "spec": {...}}`) in it.
-    """
-    # Per node, the pod settings of the single-node training task (common/training_pod.py).
-    pod_volumes, mounts = volumes(spec.logs_pvc)
-    optional = {  # each field only where it is set
-        "serviceAccountName": spec.service_account,
-        "imagePullSecrets": [{"name": name} for name in spec.image_pull_secrets],
-        "nodeSelector": dict(spec.node_selector),
-        "tolerations": [dict(t) for t in spec.tolerations],
-    }
-    pod = {
-        "metadata": {
-            # The run id on every node's pod: `kubectl logs -l` finds them.
-            "labels": {RUN_ID_LABEL: run_id_label(run_id)},
-            "annotations": dict(NO_ISTIO_SIDECAR),
-        },
-        "spec": {
-            "containers": [{"name": NODE, "volumeMounts": mounts}],
-            "volumes": pod_volumes,
-            **{field: value for field, value in optional.items() if value},
-        },
-    }
-    if form == TEMPLATE_OVERRIDES:
-        return [{"targetJobs": [{"name": NODE}], **pod}]
-    job = {"name": NODE, "template": {"spec": {"template": pod}}}
-    runtime_spec = {"template": {"spec": {"replicatedJobs": [job]}}}
-    return [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": runtime_spec}]
-
-
-def trainjob_object(
-    namespace: str, run_id: str, spec: NodeSpec, form: str, task: str = ""
-) -> dict[str, Any]:
-    """The `TrainJob` of one run, its pod settings in the cluster's form.
-
-    The environment goes in `spec.trainer.env` and the resources in
-    `spec.trainer.resourcesPerNode` (the same in every Trainer v2 release); the rest of the
-    pod settings (`pod_settings`) in `spec.<form>`.
-
-    Args:
         namespace: The run's namespace.
         run_id: The pipeline run's id.
         spec: What the nodes run, and where.
@@ -237,14 +189,41 @@ def trainjob_object(
     if form not in FORMS:
         raise ValueError(f"invalid form={form!r}: expected one of {', '.join(FORMS)}")
     group, version, _, kind = TRAINJOB_API
+    # The run id as a label value (a digest when it cannot be one), on the job and on every
+    # node's pod: `kubectl logs -l` finds them.
+    labels = {RUN_ID_LABEL: run_id if is_label_value(run_id) else digest(run_id)}
+    # Per node, the pod settings of the single-node training task (common/training_pod.py).
+    pod_volumes, mounts = volumes(spec.logs_pvc)
+    optional = {  # each field only where it is set
+        "serviceAccountName": spec.service_account,
+        "imagePullSecrets": [{"name": name} for name in spec.image_pull_secrets],
+        "nodeSelector": dict(spec.node_selector),
+        "tolerations": [dict(t) for t in spec.tolerations],
+    }
+    pod = {
+        "metadata": {"labels": labels, "annotations": dict(NO_ISTIO_SIDECAR)},
+        "spec": {
+            "containers": [{"name": NODE, "volumeMounts": mounts}],
+            "volumes": pod_volumes,
+            **{field: value for field, value in optional.items() if value},
+        },
+    }
+    job = {"name": NODE, "template": {"spec": {"template": pod}}}
+    settings = {
+        TEMPLATE_OVERRIDES: {"targetJobs": [{"name": NODE}], **pod},
+        RUNTIME_PATCHES: {
+            "manager": PATCH_MANAGER,
+            "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}},
+        },
+    }
     return {
         "apiVersion": f"{group}/{version}",
         "kind": kind,
         "metadata": {
             "name": trainjob_name(f"{run_id}-{task}" if task else run_id),
             "namespace": namespace,
-            "labels": {**MANAGED_BY, RUN_ID_LABEL: run_id_label(run_id)},
-            "annotations": {RUN_ID_ANNOTATION: run_id, TASK_ANNOTATION: task},
+            "labels": {**MANAGED_BY, **labels},
+            "annotations": {RUN_ID_ANNOTATION: run_id, "kfp-lightning/task": task},
         },
         "spec": {
             "runtimeRef": {"apiGroup": group, "kind": RUNTIME_API[3], "name": RUNTIME},
@@ -257,7 +236,7 @@ def trainjob_object(
                 "resourcesPerNode": resources(spec.gpus_per_node),
                 "env": environment(spec.s3_secret),
             },
-            form: pod_settings(form, run_id, spec),
+            form: [settings[form]],
         },
     }
 
@@ -308,16 +287,16 @@ def job_state(trainjob: Mapping[str, Any]) -> JobState:
     """
     status = trainjob.get("status") or {}
     true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    # The pod counts of each node Job (`status.jobsStatus[]`), in the order the log shows them.
+    counts = ("active", "ready", "succeeded", "failed", "suspended")
     nodes = "; ".join(
         f"{job.get('name', '?')} "
-        + (", ".join(f"{job[key]} {key}" for key in POD_COUNTS if job.get(key)) or "no pods")
+        + (", ".join(f"{job[key]} {key}" for key in counts if job.get(key)) or "no pods")
         for job in status.get("jobsStatus") or []
     )
-    for condition in (FAILED, COMPLETE, SUSPENDED):
-        if condition in true:
-            reason, message = (str(true[condition].get(key) or "") for key in ("reason", "message"))
-            return JobState(condition, reason, message, nodes)
-    return JobState("", nodes=nodes)
+    condition = next((c for c in (FAILED, COMPLETE, SUSPENDED) if c in true), "")
+    reason, message = (str(true.get(condition, {}).get(key) or "") for key in ("reason", "message"))
+    return JobState(condition, reason, message, nodes)
 
 
 # --- API calls --------------------------------------------------------------------------------
@@ -376,22 +355,13 @@ class TrainJobs:
         self.namespace = namespace
         self.patience = patience
 
-    def _call(self, verb: str, name: str, absent_status: int = 0, **options: Any) -> Any:
+    def _call(self, verb: str, name: str, absent: int = 0, **options: Any) -> Any:
         """The `verb` ("create", "read" or "delete") request of the custom objects API
-        (`kubernetes.request`); None when the server answers `absent_status`, a refusal
+        (`kubernetes.request`); None when the server answers `absent`, a refusal
         explained (`explain_refusal`) otherwise."""
-        timeout = self.patience.request_timeout_seconds
+        where = (self.api, TRAINJOB_API, verb, self.namespace, name)
         try:
-            return request(
-                self.api,
-                TRAINJOB_API,
-                verb,
-                self.namespace,
-                name,
-                timeout,
-                absent_status,
-                **options,
-            )
+            return request(*where, self.patience.request_timeout_seconds, absent, **options)
         except ApiException as err:
             raise explain_refusal(err, self.namespace, verb) from None
 
@@ -443,35 +413,19 @@ class TrainJobs:
         options = {"propagationPolicy": "Foreground" if foreground else "Background"}
         return self._call("delete", name, 404, body=options) is not None
 
-    def pause(self, polls: int, deadline: float) -> bool:
-        """Sleeps before the next read: 1 s, then twice as long each time, at most the
-        polling interval, and never past `deadline` (monotonic time).
+    def watch(self, name: str, deadline: float) -> Iterator[dict[str, Any] | None]:
+        """Reads the job called `name` (None: there is none) again and again, until the
+        caller stops or `deadline` (monotonic time) passes.
 
-        Args:
-            polls: Reads made so far.
-            deadline: When to stop waiting.
-
-        Returns:
-            False when the deadline has passed already (nothing slept).
+        Between two reads it sleeps 1 s, then twice as long each time, at most the polling
+        interval, and never past `deadline`.
         """
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(self.patience.poll_seconds, 2.0 ** min(polls, 16), remaining))
-        return True
-
-    def wait_gone(self, name: str, deadline: float) -> bool:
-        """Polls until no job called `name` exists or `deadline` (monotonic time) passes.
-
-        Returns:
-            Whether it was gone in time.
-        """
-        polls = 0
-        while self.get(name) is not None:
-            if not self.pause(polls, deadline):
-                return False
-            polls += 1
-        return True
+        for polls in itertools.count():
+            yield self.get(name)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(self.patience.poll_seconds, 2.0 ** min(polls, 16), remaining))
 
 
 # --- the cluster's TrainJob schema ----------------------------------------------------------
@@ -502,8 +456,8 @@ def trainjob_form(api_client: client.ApiClient, patience: Patience = Patience())
         ClusterUnreachableError: The API could not be reached.
     """
     group, version, plural, kind = TRAINJOB_API
-    schemas: dict[str, Any] = {}
-    for path in (OPENAPI_V3.format(group=group, version=version), OPENAPI_V2):
+    document: dict[str, Any] | None = {}
+    for path in (f"/openapi/v3/apis/{group}/{version}", OPENAPI_V2):
         try:
             document = call(
                 lambda path=path: api_client.call_api(
@@ -517,24 +471,20 @@ def trainjob_form(api_client: client.ApiClient, patience: Patience = Patience())
                 ),
                 f"read {path}",
             )
+            break
         except ApiException as err:
-            if err.status == 404:  # no OpenAPI v3 (before Kubernetes 1.24): read v2
-                continue
-            raise RunError(
-                f"could not read the cluster's API schema {path} ({api_answer(err)}), which "
-                "every authenticated user may read through the "
-                "system:discovery ClusterRole: ask a cluster admin to restore it"
-            ) from None
-        # OpenAPI v3 holds the schemas in components.schemas, v2 in definitions.
-        document = document or {}
-        schemas = (
-            document.get("definitions") or (document.get("components") or {}).get("schemas") or {}
-        )
-        break
+            if err.status != 404:  # 404: no OpenAPI v3 (before Kubernetes 1.24): read v2
+                raise RunError(
+                    f"could not read the cluster's API schema {path} ({api_answer(err)}), which "
+                    "every authenticated user may read through the "
+                    "system:discovery ClusterRole: ask a cluster admin to restore it"
+                ) from None
+    # OpenAPI v3 holds the schemas in components.schemas, v2 in definitions.
+    document = document or {}
+    schemas = document.get("definitions") or (document.get("components") or {}).get("schemas")
     wanted = {"group": group, "version": version, "kind": kind}
-    found = [
-        s for s in schemas.values() if wanted in (s.get("x-kubernetes-group-version-kind") or [])
-    ]
+    gvk = "x-kubernetes-group-version-kind"
+    found = [s for s in (schemas or {}).values() if wanted in (s.get(gvk) or [])]
     if not found:
         raise RunError(
             f"the cluster publishes no schema of {kind} ({plural}.{group}/{version}) in its "
