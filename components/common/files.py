@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from kfp_lightning.components.common.errors import WRITE_FAULT_CAUSES, RunError, WriteError
@@ -79,15 +80,6 @@ def _shown_path(filename: object, destination: Path, staging: Path | None) -> Pa
     return None
 
 
-def _causes(err: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def write_fault(
     err: BaseException, destination: str | os.PathLike[str], staging: Path | None = None
 ) -> WriteError | None:
@@ -111,7 +103,11 @@ def write_fault(
         return WriteError(shown, err.cause, err.detail)
     if isinstance(err, RunError) or not isinstance(err, Exception):
         return None
-    for cause in _causes(err):
+    # The chain of causes and contexts, each once (a chain may loop).
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
         if isinstance(cause, OSError) and cause.errno in WRITE_FAULT_CAUSES:
             # A copy or rename names its source first and what it wrote second.
             written = cause.filename if cause.filename2 is None else cause.filename2
@@ -120,6 +116,7 @@ def write_fault(
                 return None
             detail = f"[Errno {cause.errno}] {cause.strerror}"
             return WriteError(shown, WRITE_FAULT_CAUSES[cause.errno], detail)
+        cause = cause.__cause__ or cause.__context__
     if isinstance(err, RuntimeError) and any(mark in str(err) for mark in _TORCH_WRITER_MARKS):
         free = free_bytes(staging or destination)
         full = free is not None and free < FULL_BELOW_BYTES
@@ -153,44 +150,68 @@ def reported_write_faults(
 
 
 @contextlib.contextmanager
-def atomic_directory(destination: str | os.PathLike[str]) -> Iterator[Path]:
+def _staged(destination: str | os.PathLike[str], folder: bool) -> Iterator[Path]:
+    """A temporary file or folder beside `destination` that replaces it when the block succeeds.
+
+    Raises:
+        WriteError: The disk is full, the folder read-only... (see `write_fault`), whether
+            met here or by the block's writes into the temporary; the temporary is removed
+            and `destination` is left as it was.
+    """
+    destination = Path(destination)
+    with reported_write_faults(destination):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if folder:
+            staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+        else:
+            # The temporary file keeps `destination`'s suffix (some writers insist on one).
+            fd, name = tempfile.mkstemp(
+                prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent
+            )
+            os.close(fd)
+            staging = Path(name)
+    try:
+        # Faults are judged in here, before the temporary is removed: its size is what filled
+        # the disk.
+        with reported_write_faults(destination, staging):
+            # mkdtemp and mkstemp make it private (0700, 0600); artifacts are read by other
+            # users and tools.
+            staging.chmod((0o777 if folder else 0o666) & ~_umask())
+            yield staging
+            # An existing empty directory (KFP sometimes creates the artifact path) is replaced;
+            # a non-empty one is an error.
+            if folder and destination.is_dir() and not any(destination.iterdir()):
+                destination.rmdir()
+            elif folder and destination.is_file() and destination.stat().st_size == 0:
+                destination.unlink()
+            os.replace(staging, destination)
+    except BaseException:
+        if folder:
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)
+        raise
+
+
+def atomic_directory(destination: str | os.PathLike[str]) -> AbstractContextManager[Path]:
     """Yields an empty staging directory that replaces `destination` when the block succeeds.
 
     Args:
         destination: The directory to create. An existing empty directory (KFP sometimes
             creates the artifact path) is replaced; a non-empty one is an error.
 
-    Yields:
-        The staging directory to fill.
+    Returns:
+        A context manager yielding the staging directory to fill.
 
     Raises:
         WriteError: The disk is full, the folder read-only... (see `write_fault`), whether
             met here or by the block's writes into the staging directory; the staging
             directory is removed and `destination` is left as it was.
     """
-    destination = Path(destination)
-    with reported_write_faults(destination):
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
-        # Faults are judged in here, before the staging copy is removed: its size is what
-        # filled the disk.
-        with reported_write_faults(destination, staging):
-            # mkdtemp makes it private (0700); artifacts are read by other users and tools.
-            staging.chmod(0o777 & ~_umask())
-            yield staging
-            if destination.is_dir() and not any(destination.iterdir()):
-                destination.rmdir()
-            elif destination.is_file() and destination.stat().st_size == 0:
-                destination.unlink()
-            os.replace(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return _staged(destination, folder=True)
 
 
-@contextlib.contextmanager
-def atomic_file(destination: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_file(destination: str | os.PathLike[str]) -> AbstractContextManager[Path]:
     """Yields a temporary path beside `destination` that replaces it when the block succeeds.
 
     The temporary file keeps `destination`'s suffix (some writers insist on one) and is
@@ -199,35 +220,18 @@ def atomic_file(destination: str | os.PathLike[str]) -> Iterator[Path]:
     Args:
         destination: The file to create or replace.
 
-    Yields:
-        The path to write.
+    Returns:
+        A context manager yielding the path to write.
 
     Raises:
         WriteError: The disk is full, the folder read-only... (see `write_fault`); the
             temporary file is removed and `destination` is left as it was.
     """
-    destination = Path(destination)
-    with reported_write_faults(destination):
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(
-            prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent
-        )
-    tmp = Path(name)
-    try:
-        with reported_write_faults(destination, tmp):
-            os.fchmod(fd, 0o666 & ~_umask())
-            os.close(fd)
-            yield tmp
-            os.replace(tmp, destination)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
+    return _staged(destination, folder=False)
 
 
-def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None:
-    """Writes `data` to `destination` through a temporary file and an atomic rename.
+def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes | str) -> None:
+    """Writes `data` (text as UTF-8) to `destination` through a temporary file and an atomic rename.
 
     Args:
         destination: File to write.
@@ -237,6 +241,10 @@ def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None
         WriteError: See `atomic_file`.
     """
     atomic_write_files({destination: data})
+
+
+# The same writer, named for text.
+atomic_write_text = atomic_write_bytes
 
 
 def atomic_write_files(contents: Mapping[str | os.PathLike[str], bytes | str]) -> None:
@@ -260,11 +268,6 @@ def atomic_write_files(contents: Mapping[str | os.PathLike[str], bytes | str]) -
                 os.fsync(f.fileno())
 
 
-def atomic_write_text(destination: str | os.PathLike[str], text: str) -> None:
-    """Writes UTF-8 `text` atomically (see `atomic_write_bytes`)."""
-    atomic_write_bytes(destination, text.encode("utf-8"))
-
-
 def write_json(destination: str | os.PathLike[str], value: object) -> None:
     """Writes `value` as indented, key-sorted JSON, atomically.
 
@@ -275,23 +278,6 @@ def write_json(destination: str | os.PathLike[str], value: object) -> None:
     """
     text = json.dumps(value, indent=2, sort_keys=True, allow_nan=False)
     atomic_write_text(destination, text + "\n")
-
-
-def shared_mode(mode: int, umask: int) -> int:
-    """The permissions a plain create under `umask` gives a file or folder of `mode`.
-
-    Folders and executable files start from 0777, other files from 0666; the set-id and
-    sticky bits are kept.
-
-    Args:
-        mode: The `st_mode` of the file or folder.
-        umask: The umask to honour.
-
-    Returns:
-        The permission bits to set (as `os.chmod` takes them).
-    """
-    full = 0o777 if stat.S_ISDIR(mode) or mode & 0o111 else 0o666
-    return (stat.S_IMODE(mode) & 0o7000) | (full & ~umask)
 
 
 def share_like_umask(root: str | os.PathLike[str], umask: int | None = None) -> None:
@@ -328,7 +314,10 @@ def share_like_umask(root: str | os.PathLike[str], umask: int | None = None) -> 
                     mode = entry.stat(follow_symlinks=False).st_mode
                     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
                         continue  # links, sockets, pipes
-                    wanted = shared_mode(mode, umask)
+                    # What a plain create gives: folders and executable files start from
+                    # 0777, other files from 0666; the set-id and sticky bits are kept.
+                    full = 0o777 if stat.S_ISDIR(mode) or mode & 0o111 else 0o666
+                    wanted = (stat.S_IMODE(mode) & 0o7000) | (full & ~umask)
                     if stat.S_IMODE(mode) != wanted:
                         # Checked above not to be a link (Linux cannot chmod without following).
                         os.chmod(entry.path, wanted)

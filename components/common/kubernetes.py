@@ -31,12 +31,10 @@ T = TypeVar("T")
 # A custom resource type: (group, version, plural, kind).
 Resource = tuple[str, str, str, str]
 
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Every verb `ensure_object` and `wait_until_ready` use on the objects they write.
 LAUNCHER_VERBS = ("create", "get", "delete")
 # Create / read / delete rounds before giving up on an object that keeps changing.
 REPLACE_ROUNDS = 3
-DEFAULT_KUBECONFIG = "~/.kube/config"
 # What marks the objects a run creates (a Tensorboard, a PodDefault, a TrainJob) as ours.
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kfp-lightning"}
 RUN_ID_LABEL = "kfp-lightning/run-id"
@@ -66,17 +64,6 @@ class Patience:
     request_timeout_seconds: float = 15.0
     delete_timeout_seconds: float = 60.0
 
-    def retry(self) -> urllib3.Retry:
-        """The urllib3 retry policy for one request."""
-        return urllib3.Retry(
-            total=self.attempts - 1,
-            backoff_factor=self.backoff_seconds,
-            status_forcelist=TRANSIENT_STATUSES,
-            allowed_methods=None,  # every method: each write here is safe to repeat
-            raise_on_status=False,  # the last answer reaches the caller as an ApiException
-            respect_retry_after_header=True,
-        )
-
 
 def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | None]:
     """Configures a client: in-cluster when running in a pod, else the standard kubeconfig.
@@ -97,7 +84,7 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException as in_cluster_error:
         # The client reads $KUBECONFIG once, when imported; read it when connecting instead.
-        kubeconfig = os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
+        kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
         # The client says "No configuration found" for a path that does not exist: say that.
         if not any(Path(p).expanduser().is_file() for p in kubeconfig.split(os.pathsep)):
             raise ClusterUnreachableError(
@@ -117,7 +104,14 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
                 f"kubeconfig ({type(kubeconfig_error).__name__}: {first_line})"
             ) from kubeconfig_error
         namespace = active.get("context", {}).get("namespace") or "default"
-    configuration.retries = patience.retry()
+    configuration.retries = urllib3.Retry(
+        total=patience.attempts - 1,
+        backoff_factor=patience.backoff_seconds,
+        status_forcelist=(429, 500, 502, 503, 504),  # transient: rate limits, server faults
+        allowed_methods=None,  # every method: each write here is safe to repeat
+        raise_on_status=False,  # the last answer reaches the caller as an ApiException
+        respect_retry_after_header=True,
+    )
     return client.ApiClient(configuration), namespace
 
 

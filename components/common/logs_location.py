@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlparse
 
 import pydantic
 
-from kfp_lightning.components.common.errors import UserInputError, invalid
-from kfp_lightning.components.common.kubernetes_syntax import check_secret_name, digest
+from kfp_lightning.components.common.errors import invalid
+from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.run_form import checked_by, run_config, run_parameter
 
 NAMESPACE_PLACEHOLDER = "{namespace}"
@@ -78,12 +77,15 @@ class LogsLocation:
         return dataclasses.replace(self, path=f"{self.path}/{name}".lstrip("/"))
 
 
-def parse_http_endpoint(value: str, parameter: str) -> str:
+def parse_http_endpoint(
+    value: str, parameter: str, accepted: str = "an endpoint of the form http(s)://host[:port]"
+) -> str:
     """Validates an http(s)://host[:port] endpoint (no path, query or credentials).
 
     Args:
         value: The user's value.
         parameter: Parameter name used in error messages.
+        accepted: What is accepted, in words, for the error message.
 
     Returns:
         The endpoint without a trailing "/".
@@ -97,7 +99,7 @@ def parse_http_endpoint(value: str, parameter: str) -> str:
     # Credentials, a query or a fragment have no place in an endpoint.
     extras = parts.username or parts.password or parts.query or parts.fragment
     if not (well_formed and port_ok) or extras:
-        raise invalid(parameter, value, "an endpoint of the form http(s)://host[:port]")
+        raise invalid(parameter, value, accepted)
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -112,14 +114,8 @@ def parse_base_url(value: str) -> str:
     """
     if value.strip() == "/":
         return ""
-    try:
-        return parse_http_endpoint(value, "kubeflow_base_url")
-    except UserInputError:
-        raise invalid(
-            "kubeflow_base_url",
-            value,
-            "/ (links relative to the Kubeflow UI) or the Kubeflow URL, http(s)://host[:port]",
-        ) from None
+    accepted = "/ (links relative to the Kubeflow UI) or the Kubeflow URL, http(s)://host[:port]"
+    return parse_http_endpoint(value, "kubeflow_base_url", accepted)
 
 
 # KFP's own object store: which Service a cluster runs it behind, resolved per cluster. The
@@ -175,10 +171,9 @@ KFP_OBJECT_STORES = (
     ObjectStore("seaweedfs", "kubeflow", 8333, "SeaweedFS, KFP 2.15 and newer"),
     ObjectStore("minio-service", "kubeflow", 9000, "MinIO, or SeaweedFS's alias in KFP 2.15"),
 )
-CONNECT_TIMEOUT_SECONDS = 3.0
 
 
-def reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_SECONDS) -> bool:
+def reachable(host: str, port: int, timeout: float = 3.0) -> bool:
     """Whether `host` resolves from here and accepts a TCP connection on `port`.
 
     A pod's DNS knows every Service of its cluster, but only a connection tells that the
@@ -264,10 +259,8 @@ def parse_logs_root(
             or not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
         ):
             raise invalid(parameter, root, ACCEPTED)
-        path = "/".join(segments)
-        if parts.scheme == "s3":
-            return LogsLocation("s3", path, bucket=parts.netloc)
-        return LogsLocation("pvc", path, claim=parts.netloc)
+        name = "bucket" if parts.scheme == "s3" else "claim"
+        return LogsLocation(parts.scheme, "/".join(segments), **{name: parts.netloc})
     if parts.scheme == "file" and not parts.netloc:
         value = parts.path
     elif parts.scheme:
@@ -276,29 +269,6 @@ def parse_logs_root(
     if not path.is_absolute() or ".." in path.parts or not value:
         raise invalid(parameter, root, ACCEPTED)
     return LogsLocation("file", str(path))
-
-
-def task_key(task_name: str, inputs: Mapping[str, Any]) -> str:
-    """The folder of one task's state within its run: `<task name>-<digest of its inputs>`.
-
-    A run may hold several training tasks (a user's own pipeline trains on two data sets, or
-    with two learning rates; a ParallelFor repeats one task name), and a task finds its
-    earlier work (checkpoints, live logs) in its folder when it is retried. Keyed by the task
-    and by what makes the work the same, a resume only ever continues the same task on the
-    same inputs, and two tasks never write one folder.
-
-    Args:
-        task_name: The task's name in the pipeline (KFP's `PIPELINE_TASK_NAME_PLACEHOLDER`);
-            "" for a task whose pipeline does not pass it.
-        inputs: Everything that makes the work the same: the data set's checksums, the
-            training parameters. JSON-serialisable.
-
-    Returns:
-        A path segment of at most 51 characters.
-    """
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", task_name.strip()).strip("-.")[:40] or "task"
-    encoded = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
-    return f"{name}-{digest(encoded)}"
 
 
 def check_mounted_claim(location: LogsLocation, logs_pvc: str | None, shown: str) -> None:
@@ -352,19 +322,16 @@ class LiveLogsConfig:
     """Longest delay, in seconds, before a logged point is readable where TensorBoard reads
     the logs (1 to 300): the event files are flushed and copied there twice as often."""
 
-    @pydantic.field_validator("tensorboard_logs_root")
+    @pydantic.field_validator("tensorboard_logs_root", "s3_endpoint")
     @classmethod
-    def _root(cls, root: str) -> str:
-        parse_logs_root(root, _ANY_NAMESPACE)
-        return root
-
-    @pydantic.field_validator("s3_endpoint")
-    @classmethod
-    def _endpoint(cls, endpoint: str) -> str:
-        # Checked whatever the root: a value typed in is a mistake even where it is unused now.
-        if endpoint.strip() != AUTO:
-            parse_http_endpoint(endpoint, "s3_endpoint")
-        return endpoint
+    def _parsed(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        if info.field_name == "tensorboard_logs_root":
+            parse_logs_root(value, _ANY_NAMESPACE)
+        # The endpoint is checked whatever the root: a value typed in is a mistake even where
+        # it is unused now.
+        elif value.strip() != AUTO:
+            parse_http_endpoint(value, "s3_endpoint")
+        return value
 
     def run_location(self, run_id: str, namespace: str | None = None) -> LogsLocation:
         """The live logs location of one run: `<tensorboard_logs_root>/<run_id>`.

@@ -147,11 +147,9 @@ class RunParameter:
 
     def to_form(self, value: Any) -> Any:
         """A value of the field's type in the run form's type (bool -> on/off, int -> "1")."""
-        if isinstance(value, bool) and self.form_type is str:
-            return ON if value else OFF
-        if self.form_type is str and not isinstance(value, str):
-            return str(value)
-        return value
+        if self.form_type is not str or isinstance(value, str):
+            return value
+        return (ON if value else OFF) if isinstance(value, bool) else str(value)
 
 
 @functools.cache

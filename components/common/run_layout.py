@@ -79,22 +79,33 @@ def files_under(storage: Storage, prefix: str) -> dict[str, int]:
     }
 
 
-def upload_tree(storage: Storage, local_dir: Path, prefix: str) -> dict[str, int]:
+def upload_tree(
+    storage: Storage, local_dir: Path, prefix: str, held: Mapping[str, int] | None = None
+) -> dict[str, int]:
     """Copies every file below `local_dir` to `prefix/<its relative path>`.
 
     Args:
         storage: The run's location.
         local_dir: A local directory.
-        prefix: Folder of the storage to copy into.
+        prefix: Folder of the storage to copy into ("": the location itself, beside its
+            `outputs/` and `dataset/`, which no file may shadow).
+        held: What the storage holds (path -> size): a file already there with the same size
+            is not copied again.
 
     Returns:
-        Path in the storage -> size in bytes, of every file copied.
+        Path in the storage -> size in bytes, of every file below `local_dir`.
+
+    Raises:
+        RunError: A file copied to the location itself would shadow `outputs/` or `dataset/`.
     """
     copied = {}
     for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
-        relative = f"{prefix}/{path.relative_to(local_dir).as_posix()}"
-        storage.upload(path, relative)
+        relative = (f"{prefix}/" if prefix else "") + path.relative_to(local_dir).as_posix()
+        if not prefix and (top := relative.split("/", 1)[0]) in (OUTPUTS, DATASET):
+            raise RunError(f"a log file would shadow the run's {top}/ folder")
         copied[relative] = path.stat().st_size
+        if (held or {}).get(relative) != copied[relative]:
+            storage.upload(path, relative)
     return copied
 
 
@@ -134,33 +145,6 @@ def clear(storage: Storage, prefix: str) -> int:
     return len(files)
 
 
-def publish_live_logs(storage: Storage, logs_dir: Path) -> dict[str, int]:
-    """Makes sure the location holds every file of rank 0's logs directory, as it is now.
-
-    The live copy is normally complete already (training's last act is a final copy), but a
-    storage failure during that copy only delays it: what is missing or of another size is
-    copied now, at the same path.
-
-    Args:
-        storage: The run's location.
-        logs_dir: Rank 0's local logs directory.
-
-    Returns:
-        Path in the storage (relative to the location, outside `outputs/`) -> size.
-    """
-    held = storage.list_files()
-    files = {}
-    for path in sorted(p for p in Path(logs_dir).rglob("*") if p.is_file()):
-        relative = path.relative_to(logs_dir).as_posix()
-        if relative.split("/", 1)[0] in (OUTPUTS, DATASET):
-            raise RunError(f"a log file would shadow the run's {relative.split('/')[0]}/ folder")
-        size = path.stat().st_size
-        if held.get(relative) != size:
-            storage.upload(path, relative)
-        files[relative] = size
-    return files
-
-
 def live_log_files(files: Mapping[str, int]) -> dict[str, int]:
     """The live log files among the files a marker lists (those outside `outputs/`)."""
     return {path: size for path, size in files.items() if not path.startswith(f"{OUTPUTS}/")}
@@ -182,10 +166,12 @@ def publish_outputs(
     """
     files: dict[str, int] = {}
     for name in OUTPUT_DIRS:
-        if name == LIVE_LOGS:
-            files.update(publish_live_logs(storage, output_dirs[name]))
-        else:
-            files.update(upload_tree(storage, output_dirs[name], f"{OUTPUTS}/{name}"))
+        # The live logs are normally complete in the location already (training's last act is
+        # a final copy), but a storage failure during that copy only delays it: what is
+        # missing or of another size is copied now, at the same path (outside `outputs/`).
+        live = name == LIVE_LOGS
+        prefix, held = ("", storage.list_files()) if live else (f"{OUTPUTS}/{name}", None)
+        files.update(upload_tree(storage, output_dirs[name], prefix, held))
     with tempfile.TemporaryDirectory(prefix="outputs-") as staging:
         write_json(Path(staging) / RESULT, dict(result))
         files.update(upload_tree(storage, Path(staging), OUTPUTS))

@@ -19,29 +19,12 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.files import atomic_file, reported_write_faults
 from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT, LogsLocation
 
 DEFAULT_REGION = "us-east-1"
-
-
-class Storage(Protocol):
-    """Files below one location, addressed by relative POSIX paths."""
-
-    def list_files(self) -> dict[str, int]:
-        """Relative path -> size in bytes of every file below the location."""
-
-    def upload(self, source: Path, relative: str, append_from: int | None = None) -> None:
-        """Copies `source` to `relative`; with `append_from`, only bytes from that offset on."""
-
-    def download(self, relative: str, destination: Path) -> None:
-        """Copies `relative` to the local file `destination` (atomically)."""
-
-    def delete(self, relative: str) -> None:
-        """Removes `relative` (no error if it is already gone)."""
 
 
 class DirectoryStorage:
@@ -191,6 +174,12 @@ class S3Storage:
         """
         with self._refusals("delete", relative):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(relative))
+
+
+# Files below one location, addressed by relative POSIX paths: `list_files` (relative path ->
+# size), `upload` (with `append_from`, only the bytes from that offset on), `download`
+# (atomically) and `delete` (no error when already gone).
+Storage = DirectoryStorage | S3Storage
 
 
 def open_storage(location: LogsLocation, s3_endpoint: str | None = None) -> Storage:

@@ -10,6 +10,7 @@ pipeline), so the run form and the run record always show the concrete numbers a
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -21,7 +22,7 @@ import pydantic
 from pydantic import Field, StringConstraints
 
 from kfp_lightning.components.common.errors import invalid
-from kfp_lightning.components.common.logs_location import task_key
+from kfp_lightning.components.common.kubernetes_syntax import digest
 from kfp_lightning.components.common.run_form import COMPONENT, Switch, run_config, run_parameter
 
 # GPUs one training pod may use (DDP, one process each): the most a GPU node has today.
@@ -258,21 +259,27 @@ def check_batch_size(batch_size: int, train_samples: int, processes: int = 1) ->
 def training_task_key(
     task_name: str, dataset_sha256: Mapping[str, str], config: TrainConfig
 ) -> str:
-    """The key of a training task's state in its run: the task, its data set and its parameters.
+    """The folder of a training task's state in its run: `<task name>-<digest of its inputs>`.
 
-    A retry of the same task on the same data with the same parameters finds its own
-    checkpoints and live logs; any other training task of the run gets a folder of its own
-    (`logs_location.task_key`).
+    A run may hold several training tasks (a user's own pipeline trains on two data sets, or
+    with two learning rates; a ParallelFor repeats one task name), and a task finds its
+    earlier work (checkpoints, live logs) in its folder when it is retried. Keyed by the task,
+    its data set and its parameters, a resume only ever continues the same task on the same
+    inputs, and two tasks never write one folder.
 
     Args:
-        task_name: The task's name in the pipeline ("" when not passed).
+        task_name: The task's name in the pipeline (KFP's `PIPELINE_TASK_NAME_PLACEHOLDER`);
+            "" for a task whose pipeline does not pass it.
         dataset_sha256: The data set's files' SHA-256, from its metadata.json.
         config: The training parameters.
 
     Returns:
-        The key, a path segment.
+        The key, a path segment of at most 51 characters.
     """
-    return task_key(task_name, {"dataset_sha256": dict(dataset_sha256), "config": config.as_dict()})
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", task_name.strip()).strip("-.")[:40] or "task"
+    inputs = {"dataset_sha256": dict(dataset_sha256), "config": config.as_dict()}
+    encoded = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{name}-{digest(encoded)}"
 
 
 def check_compiler(torch_compile: bool, accelerator: str) -> None:
@@ -281,13 +288,9 @@ def check_compiler(torch_compile: bool, accelerator: str) -> None:
     On the CPU, Inductor needs a C++ compiler ($CXX, else g++); on a GPU, Triton needs a C
     compiler ($CC, else cc or gcc). The training image ships neither, to stay small and lean.
     """
-    if not torch_compile:
-        return
-    if accelerator == "cpu":
-        found = shutil.which(os.environ.get("CXX", "g++"))
-    else:
-        found = next(filter(None, map(shutil.which, (os.environ.get("CC", ""), "cc", "gcc"))), None)
-    if not found:
+    cpu = accelerator == "cpu"
+    compilers = [os.environ.get("CXX", "g++")] if cpu else [os.environ.get("CC", ""), "cc", "gcc"]
+    if torch_compile and not any(map(shutil.which, compilers)):
         raise invalid(
             "torch_compile",
             "on",

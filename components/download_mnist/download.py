@@ -12,7 +12,6 @@ curve; the IDX format is a big-endian header and raw bytes, which numpy reads di
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import http.client
@@ -22,18 +21,19 @@ import urllib.request
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from kfp_lightning.components.common.dataset import DATA_FILE, FORMAT, METADATA_FILE
-from kfp_lightning.components.common.errors import DownloadError, invalid
+from kfp_lightning.components.common.errors import DownloadError
 from kfp_lightning.components.common.files import (
     atomic_directory,
     reported_write_faults,
     write_json,
 )
-from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.common.run_form import from_run_form, run_config
 from kfp_lightning.components.download_mnist.sources import DownloadConfig
 
 # IDX magic numbers: two zero bytes, the type (0x08: unsigned byte), the number of dimensions.
@@ -60,12 +60,9 @@ def read_idx(data: bytes, dims: int, name: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-USER_AGENT = "kfp-lightning"
-
-
-@dataclasses.dataclass(frozen=True)
+@run_config
 class DownloadOptions:
-    """How hard to try before giving up on the mirrors.
+    """How hard to try before giving up on the mirrors; validated on construction.
 
     Attributes:
         timeout_seconds: Socket timeout of each request; a stalled transfer fails after this.
@@ -73,36 +70,18 @@ class DownloadOptions:
         backoff_seconds: Pause before the second round; doubles each round, capped at 60 s.
     """
 
-    timeout_seconds: float = 60.0
-    retries: int = 3
-    backoff_seconds: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not self.timeout_seconds > 0:
-            raise invalid("timeout_seconds", self.timeout_seconds, "a number > 0")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise invalid("retries", self.retries, "an integer >= 0")
-        if not self.backoff_seconds >= 0:
-            raise invalid("backoff_seconds", self.backoff_seconds, "a number >= 0")
-
-
-def _fetch(url: str, timeout: float) -> bytes:
-    """Returns the body at `url`; a body shorter than its Content-Length raises
-    `http.client.IncompleteRead` (`HTTPResponse.read` checks it), never a truncated body."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.read()
+    timeout_seconds: Annotated[float, Field(gt=0, description="a number > 0")] = 60.0
+    retries: Annotated[int, Field(strict=True, ge=0, description="an integer >= 0")] = 3
+    backoff_seconds: Annotated[float, Field(ge=0, description="a number >= 0")] = 2.0
 
 
 def _describe(err: BaseException) -> str:
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code}"
-    if isinstance(err, urllib.error.URLError):
-        if isinstance(err.reason, TimeoutError):
-            return "timed out"
-        return f"unreachable ({err.reason})"
-    if isinstance(err, TimeoutError):
+    if isinstance(err.reason if isinstance(err, urllib.error.URLError) else err, TimeoutError):
         return "timed out"
+    if isinstance(err, urllib.error.URLError):
+        return f"unreachable ({err.reason})"
     if isinstance(err, http.client.IncompleteRead):
         return f"truncated: got {len(err.partial)} bytes, {err.expected} more expected"
     if isinstance(err, (EOFError, gzip.BadGzipFile, zlib.error)):
@@ -134,7 +113,11 @@ def fetch_verified(
         for mirror in mirrors:
             url = f"{mirror}{name}.gz"
             try:
-                data = gzip.decompress(_fetch(url, options.timeout_seconds))
+                request = urllib.request.Request(url, headers={"User-Agent": "kfp-lightning"})
+                # A body shorter than its Content-Length raises `http.client.IncompleteRead`
+                # (`HTTPResponse.read` checks it), never a truncated body.
+                with urllib.request.urlopen(request, timeout=options.timeout_seconds) as response:
+                    data = gzip.decompress(response.read())
             except (OSError, EOFError, ValueError, zlib.error, http.client.HTTPException) as err:
                 failures[url] = _describe(err)
                 continue
@@ -150,14 +133,14 @@ def fetch_verified(
 
 def download_dataset(
     output_dir: str | Path,
-    config: DownloadConfig | None = None,
-    options: DownloadOptions | None = None,
+    config: DownloadConfig = DownloadConfig(),
+    options: DownloadOptions = DownloadOptions(),
 ) -> dict[str, object]:
     """Downloads, verifies and stores MNIST (or any MNIST-format set) as a Dataset directory.
 
     Args:
         output_dir: Directory to create; it appears only once everything is verified.
-        config: The mirrors and the expected checksums; the public MNIST when None.
+        config: The mirrors and the expected checksums; by default, the public MNIST.
         options: Timeouts and retries; the defaults suit public mirrors.
 
     Returns:
@@ -168,9 +151,6 @@ def download_dataset(
         WriteError: When `output_dir` cannot be written (a full disk, a read-only folder);
             nothing is left behind.
     """
-    config = config or DownloadConfig()
-    options = options or DownloadOptions()
-
     with atomic_directory(output_dir) as staging:
         arrays: dict[str, np.ndarray] = {}
         sources, sha256 = {}, {}
