@@ -19,21 +19,16 @@ from typing import Any
 
 import yaml
 
-from kfp_lightning.components.common import images, training_pod
+from kfp_lightning.components.common import images, logs_location, training_pod
 from kfp_lightning.components.common.kubernetes import MANAGED_BY
-from kfp_lightning.components.common.logs_location import (
-    KFP_OBJECT_STORES,
-    NAMESPACE_PLACEHOLDER,
-    LiveLogsConfig,
-    LogsLocation,
-)
+from kfp_lightning.components.common.logs_location import LogsLocation
 from kfp_lightning.components.launch_tensorboard.objects import s3_environment
 
 # The run parameters' defaults. A manifest applied by hand cannot resolve `s3_endpoint=auto`
 # (components/common/logs_location.py): it names the newest KFP's object store.
-_DEFAULTS = LiveLogsConfig()
+_DEFAULTS = logs_location.LiveLogsConfig()
 DEFAULT_LOGS_ROOT = _DEFAULTS.tensorboard_logs_root
-DEFAULT_S3_ENDPOINT = KFP_OBJECT_STORES[0].endpoint
+DEFAULT_S3_ENDPOINT = logs_location.KFP_OBJECT_STORES[0].endpoint
 DEFAULT_S3_SECRET = _DEFAULTS.s3_credentials_secret
 
 NAME = "kfp-lightning-tensorboard"
@@ -163,7 +158,7 @@ def shipped_manifest() -> str:
     A TensorBoard over the default logs root, its namespace taken from the pod (so it shows
     every run of the namespace it is applied in).
     """
-    root = DEFAULT_LOGS_ROOT.replace(NAMESPACE_PLACEHOLDER, POD_NAMESPACE_REFERENCE)
+    root = DEFAULT_LOGS_ROOT.replace(logs_location.NAMESPACE_PLACEHOLDER, POD_NAMESPACE_REFERENCE)
     bucket, _, prefix = root.removeprefix("s3://").partition("/")
     location = LogsLocation("s3", prefix, bucket=bucket)
     objects = fallback_objects(location, DEFAULT_S3_ENDPOINT, DEFAULT_S3_SECRET)

@@ -30,27 +30,10 @@ import pydantic
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kfp_lightning.components.common import logs_location
+from kfp_lightning.components.common import kubernetes as cluster
+from kfp_lightning.components.common import logs_location, run_form
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.files import atomic_write_text, write_json
-from kfp_lightning.components.common.kubernetes import (
-    LAUNCHER_VERBS,
-    ClusterUnreachableError,
-    ObjectNotEnsuredError,
-    Patience,
-    api_answer,
-    call,
-    connect,
-    ensure_object,
-    wait_until_ready,
-)
-from kfp_lightning.components.common.logs_location import parse_base_url
-from kfp_lightning.components.common.run_form import (
-    COMPONENT,
-    from_run_form,
-    run_config,
-    run_parameter,
-)
 from kfp_lightning.components.launch_tensorboard import fallback, objects
 
 WaitSeconds = Annotated[int, pydantic.Field(ge=0, le=3600, description="an integer from 0 to 3600")]
@@ -58,8 +41,8 @@ RBAC_MANIFEST = "manifests/tensorboard-launcher-rbac.yaml"
 # (group, plural, verbs) of every call the launcher makes: its objects, and the claim of a
 # pvc:// root, read for its access modes. Kubeflow's `kubeflow-edit` grants all of them.
 LAUNCHER_PERMISSIONS = (
-    (objects.TENSORBOARD_API[0], objects.TENSORBOARD_API[2], LAUNCHER_VERBS),
-    (objects.PODDEFAULT_API[0], objects.PODDEFAULT_API[2], LAUNCHER_VERBS),
+    (objects.TENSORBOARD_API[0], objects.TENSORBOARD_API[2], cluster.LAUNCHER_VERBS),
+    (objects.PODDEFAULT_API[0], objects.PODDEFAULT_API[2], cluster.LAUNCHER_VERBS),
     ("", "persistentvolumeclaims", ("get",)),
 )
 # Access modes that let pods on several nodes mount a volume at once: Kubernetes' attach-detach
@@ -123,27 +106,27 @@ class Launch:
     warning: str = ""
 
 
-@run_config
+@run_form.run_config
 class LauncherConfig:
     """How the run's TensorBoard is offered to the user; validated on construction."""
 
-    kubeflow_base_url: str = run_parameter("/")
+    kubeflow_base_url: str = run_form.run_parameter("/")
     """"/" for a TensorBoard link relative to the Kubeflow UI, or the Kubeflow URL (e.g.
     https://kubeflow.example.com) for an absolute one."""
-    wait_ready_seconds: WaitSeconds = run_parameter(60, scope=COMPONENT)
+    wait_ready_seconds: WaitSeconds = run_form.run_parameter(60, scope=run_form.COMPONENT)
     """How long to wait for TensorBoard to be ready before finishing (0 to 3600); the note
     says whether it was."""
 
     @pydantic.field_validator("kubeflow_base_url")
     @classmethod
     def _base_url(cls, url: str) -> str:
-        parse_base_url(url)
+        logs_location.parse_base_url(url)
         return url
 
     @property
     def link_prefix(self) -> str:
         """What goes before `/tensorboard/...` in links: "" or the URL without trailing "/"."""
-        return parse_base_url(self.kubeflow_base_url)
+        return logs_location.parse_base_url(self.kubeflow_base_url)
 
 
 def describe_refusal(err: ApiException, resource: tuple[str, str, str, str], namespace: str) -> str:
@@ -158,7 +141,7 @@ def describe_refusal(err: ApiException, resource: tuple[str, str, str, str], nam
         One paragraph of Markdown.
     """
     group, _, plural, kind = resource
-    answer = api_answer(err)
+    answer = cluster.api_answer(err)
     if err.status == 404:
         return (
             f"The cluster has no `{plural}.{group}` resource in namespace `{namespace}` ({answer})"
@@ -188,7 +171,7 @@ def shares_across_nodes(access_modes: Sequence[str]) -> bool:
 
 
 def claim_access_modes(
-    api_client: client.ApiClient, namespace: str, claim: str, patience: Patience
+    api_client: client.ApiClient, namespace: str, claim: str, patience: cluster.Patience
 ) -> list[str]:
     """The access modes of a PersistentVolumeClaim: its bound volume's, else those it asks for.
 
@@ -205,7 +188,7 @@ def claim_access_modes(
         ApiException: The server refused the read (403, or 404 for no such claim).
         ClusterUnreachableError: The API could not be reached.
     """
-    found = call(
+    found = cluster.call(
         lambda: client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim(
             claim, namespace, _request_timeout=patience.request_timeout_seconds
         ),
@@ -216,7 +199,7 @@ def claim_access_modes(
 
 
 def start_on_cluster(
-    api_client: client.ApiClient, settings: Settings, patience: Patience
+    api_client: client.ApiClient, settings: Settings, patience: cluster.Patience
 ) -> Launch:
     """Creates the run's `Tensorboard` (and `PodDefault`), then waits for it.
 
@@ -237,9 +220,9 @@ def start_on_cluster(
             modes = claim_access_modes(api_client, namespace, location.claim, patience)
             if not shares_across_nodes(modes):
                 return Launch("single-node-claim", name, detail=", ".join(modes) or "none")
-        except (ApiException, ClusterUnreachableError) as err:
+        except (ApiException, cluster.ClusterUnreachableError) as err:
             # The launch goes on as before; the note warns of what may happen.
-            cause = api_answer(err) if isinstance(err, ApiException) else err
+            cause = cluster.api_answer(err) if isinstance(err, ApiException) else err
             warning = (
                 f"The claim `{location.claim}` could not be read ({cause}), so whether two nodes "
                 "can mount it at once is unknown. If it is ReadWriteOnce, this TensorBoard's pod "
@@ -254,24 +237,24 @@ def start_on_cluster(
             # The webhook injects the credentials only when a pod is created: the PodDefault
             # must exist before the controller creates the TensorBoard pod.
             wanted = objects.poddefault_object(namespace, settings.s3_endpoint, settings.s3_secret)
-            ensure_object(api, objects.PODDEFAULT_API, wanted, patience)
+            cluster.ensure_object(api, objects.PODDEFAULT_API, wanted, patience)
             poddefault = wanted["metadata"]["name"]
         resource = objects.TENSORBOARD_API
         wanted = objects.tensorboard_object(namespace, settings.run_id, location, poddefault)
-        outcome = ensure_object(api, objects.TENSORBOARD_API, wanted, patience)
+        outcome = cluster.ensure_object(api, objects.TENSORBOARD_API, wanted, patience)
     except ApiException as err:
         detail = describe_refusal(err, resource, namespace)
-    except ClusterUnreachableError as err:
+    except cluster.ClusterUnreachableError as err:
         detail = f"No Kubernetes API could be reached: {err}."
-    except ObjectNotEnsuredError as err:
+    except cluster.ObjectNotEnsuredError as err:
         detail = f"The {resource[3]} could not be made as this run needs it: {err}."
     else:
         url = f"{settings.base_url}/tensorboard/{namespace}/{name}/"
         try:
-            ready = wait_until_ready(
+            ready = cluster.wait_until_ready(
                 api, objects.TENSORBOARD_API, namespace, name, settings.wait_seconds, patience
             )
-        except (ApiException, ClusterUnreachableError):
+        except (ApiException, cluster.ClusterUnreachableError):
             # It exists; only its progress is unknown, which the note's kubectl command shows.
             ready = False
         if not ready:
@@ -280,25 +263,13 @@ def start_on_cluster(
     return Launch("fallback", name, detail=detail, warning=warning)
 
 
-def render_markdown(launch: Launch, settings: Settings) -> str:
-    """The note shown in the run's page for `launch` (templates/note.md.j2)."""
-    wanted = fallback.fallback_objects(settings.location, settings.s3_endpoint, settings.s3_secret)
-    return NOTES.get_template("note.md.j2").render(
-        launch=launch,
-        settings=settings,
-        fallback=fallback,
-        manifest=fallback.render_manifest(wanted),
-        quote=shlex.quote,
-    )
-
-
 def start_live_tensorboard(
     markdown_path: str | Path,
     ui_metadata_path: str | Path,
     run_id: str,
     logs: logs_location.LiveLogsConfig,
     launcher: LauncherConfig,
-    patience: Patience = Patience(),
+    patience: cluster.Patience = cluster.Patience(),
 ) -> Launch:
     """Starts the run's live TensorBoard, or explains how to view its logs, and writes the notes.
 
@@ -316,8 +287,8 @@ def start_live_tensorboard(
     """
     unreachable = "namespace unknown"  # the cause if connecting works but no namespace is known
     try:
-        api_client, config_namespace = connect(patience)
-    except ClusterUnreachableError as err:
+        api_client, config_namespace = cluster.connect(patience)
+    except cluster.ClusterUnreachableError as err:
         api_client, config_namespace, unreachable = None, None, str(err)
     # A pod's own namespace ($POD_NAMESPACE, else its service account's) wins over kubeconfig's.
     namespace = logs_location.current_namespace() or config_namespace
@@ -352,7 +323,11 @@ def start_live_tensorboard(
             launch = start_on_cluster(api_client, settings, patience)
     metadata = fallback.ui_metadata(settings.location, settings.s3_endpoint, settings.s3_secret)
     write_json(ui_metadata_path, metadata)
-    atomic_write_text(markdown_path, render_markdown(launch, settings))
+    # The note shown in the run's page: templates/note.md.j2.
+    note = NOTES.get_template("note.md.j2").render(
+        launch=launch, settings=settings, fallback=fallback, quote=shlex.quote
+    )
+    atomic_write_text(markdown_path, note)
     print(f"TensorBoard: {launch.state} {launch.url or settings.location.uri}", flush=True)
     return launch
 
@@ -362,7 +337,7 @@ def launch_from_run_form(
     ui_metadata_path: str | Path,
     run_id: str,
     parameters: Mapping[str, Any],
-    patience: Patience = Patience(),
+    patience: cluster.Patience = cluster.Patience(),
 ) -> Launch:
     """The KFP component's entry: validates the run-form values, then starts TensorBoard.
 
@@ -379,6 +354,6 @@ def launch_from_run_form(
     Raises:
         UserInputError: A parameter is invalid (nothing is written then).
     """
-    logs = from_run_form(logs_location.LiveLogsConfig, parameters)
-    launcher = from_run_form(LauncherConfig, parameters)
+    logs = run_form.from_run_form(logs_location.LiveLogsConfig, parameters)
+    launcher = run_form.from_run_form(LauncherConfig, parameters)
     return start_live_tensorboard(markdown_path, ui_metadata_path, run_id, logs, launcher, patience)

@@ -1,6 +1,6 @@
 """The Plotly library the report inlines: plotly.js's official "basic" partial bundle, vendored.
 
-The page draws scatter traces only (page.py: `go.Scatter`, nothing else), with the layout
+The page draws scatter traces only (figures.py: `go.Scatter`, nothing else), with the layout
 features every plotly.js bundle has (axes, hover, zoom and pan, shapes, annotations, the mode
 bar). plotly.js publishes partial bundles of some trace types each (basic, cartesian, geo,
 gl3d, gl2d, map, finance, strict: "Partial bundles" in plotly/plotly.js dist/README.md);
