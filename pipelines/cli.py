@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -178,29 +177,6 @@ def apply_mode_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
             parser.error(f"{_flag(name)} applies only to {applies}, not to {_flag(mode)}")
 
 
-def check_output(output: str | Path) -> Path:
-    """Validates `--output`: a .yaml or .yml file path (missing folders are created).
-
-    Returns:
-        The absolute path.
-
-    Raises:
-        UserInputError: A directory, another suffix, or a file where a folder must be.
-    """
-    path = Path(output)
-    accepted = "a file path ending in .yaml or .yml"
-    if path.is_dir() or str(output).endswith(("/", os.sep)):
-        raise invalid("output", str(output), f"{accepted}, not a directory")
-    if path.suffix not in (".yaml", ".yml"):
-        raise invalid("output", str(output), accepted)
-    for folder in path.absolute().parents:
-        if folder.exists() and not folder.is_dir():
-            raise invalid(
-                "output", str(output), f"a path whose folders are folders ({folder} is a file)"
-            )
-    return path.absolute()
-
-
 def compile_pipeline(
     output: str | Path,
     parameters: Mapping[str, Any] | None = None,
@@ -211,7 +187,8 @@ def compile_pipeline(
     """Writes the pipeline YAML, with `parameters` as the run form's defaults.
 
     Args:
-        output: YAML file to write (atomically; missing folders are created).
+        output: YAML file to write, a .yaml or .yml path (atomically; missing folders are
+            created).
         parameters: Default overrides, e.g. a preset's values.
         logs_pvc: Claim to mount for pvc:// logs roots.
         training_timeout_seconds: Deadline of the training pod.
@@ -221,9 +198,21 @@ def compile_pipeline(
         The absolute path written.
 
     Raises:
-        UserInputError: A bad value, or one a cluster run cannot use (nothing is written).
+        UserInputError: A bad value, or one a cluster run cannot use (nothing is written); for
+            `output`, a directory, a suffix other than .yaml or .yml, or a file where a folder
+            must be.
     """
-    path = check_output(output)
+    path = Path(output).absolute()
+    accepted = "a file path ending in .yaml or .yml"
+    if path.is_dir() or str(output).endswith(("/", os.sep)):
+        raise invalid("output", str(output), f"{accepted}, not a directory")
+    if path.suffix not in (".yaml", ".yml"):
+        raise invalid("output", str(output), accepted)
+    for folder in path.parents:
+        if folder.exists() and not folder.is_dir():
+            raise invalid(
+                "output", str(output), f"a path whose folders are folders ({folder} is a file)"
+            )
     parameters = dict(parameters or {})
     if logs_pvc is not None:
         check_secret_name(logs_pvc, "logs_pvc")
@@ -271,24 +260,6 @@ def stable_header(text: str) -> str:
     return _DEFAULT_IN_HEADER.sub(sorted_default, text)
 
 
-def describe_images() -> str:
-    """What a user must know about the images before uploading the YAML: each node pulls them."""
-    # The pipeline runs every image (--nodes runs the trainer image in its TrainJob too).
-    refs = sorted(images.image_ref(name) for name in images.IMAGE_NAMES)
-    listed = "".join(f"  {ref}\n" for ref in refs)
-    registry = images.registry()
-    if registry == images.DEFAULT_REGISTRY:
-        advice = (
-            f"{images.DEFAULT_REGISTRY} holds them for released versions only; for any other "
-            "build, or a cluster that cannot reach it, push them to your own registry with "
-            "`make images IMAGE_REGISTRY=REGISTRY PUSH=1` and compile again with "
-            "the same --image-registry"
-        )
-    else:
-        advice = f"push them before the first run: make images IMAGE_REGISTRY={registry} PUSH=1"
-    return f"images the cluster must pull:\n{listed}({advice})"
-
-
 def run(args: argparse.Namespace) -> int:
     """Does what the parsed command line asks; see `main`.
 
@@ -298,9 +269,8 @@ def run(args: argparse.Namespace) -> int:
     """
     # The preset's values overlaid with the options given explicitly.
     parameters = run_parameters.preset_parameters(args.preset) if args.preset else {}
-    for parameter in run_parameters.run_form_parameters():
-        if getattr(args, parameter.name) is not None:
-            parameters[parameter.name] = getattr(args, parameter.name)
+    given = {p.name: getattr(args, p.name) for p in run_parameters.run_form_parameters()}
+    parameters.update({name: value for name, value in given.items() if value is not None})
     nodes = check_nodes(args.nodes)
     if args.compare_runs or args.check_cluster:
         if args.logs_pvc is not None:  # --check-cluster's, as --compile's
@@ -318,7 +288,21 @@ def run(args: argparse.Namespace) -> int:
         print(
             compile_pipeline(args.output, parameters, args.logs_pvc, args.training_timeout, nodes)
         )
-        print(describe_images())
+        # What a user must know about the images before uploading the YAML: each node pulls
+        # them (--nodes runs the trainer image in its TrainJob too).
+        refs = sorted(images.image_ref(name) for name in images.IMAGE_NAMES)
+        listed = "".join(f"  {ref}\n" for ref in refs)
+        registry = images.registry()
+        if registry == images.DEFAULT_REGISTRY:
+            advice = (
+                f"{images.DEFAULT_REGISTRY} holds them for released versions only; for any other "
+                "build, or a cluster that cannot reach it, push them to your own registry with "
+                "`make images IMAGE_REGISTRY=REGISTRY PUSH=1` and compile again with "
+                "the same --image-registry"
+            )
+        else:
+            advice = f"push them before the first run: make images IMAGE_REGISTRY={registry} PUSH=1"
+        print(f"images the cluster must pull:\n{listed}({advice})")
         return 0
     from kfp_lightning.pipelines.local import run_local
 
@@ -334,33 +318,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_terminated = threading.Event()
-
-
-def _interrupt_on_sigterm(signum: int, frame: object) -> None:
-    # SIGTERM (a supervisor's or `kill`'s stop) ends a run as Ctrl-C does. It must raise
-    # KeyboardInterrupt itself: `subprocess.Popen.__exit__`, which kfp.local's task runner
-    # leaves through, waits briefly for the task only on exactly that type, and waits for it
-    # to end on any other.
-    _terminated.set()
-    raise KeyboardInterrupt
-
-
-def stop_own_tasks() -> None:
-    """Stops the tasks this process started, when only it got the signal.
-
-    A terminal's Ctrl-C reaches the whole foreground process group, tasks included; `kill
-    -INT <pid>`, a stop button or a supervisor's SIGTERM reach this process alone, and the
-    running kfp.local task (in this process's group) would go on training as an orphan. Only
-    when this process leads its group is the group its own to stop: otherwise it is shared
-    with whatever started this process.
-    """
-    if os.name != "posix" or os.getpgid(0) != os.getpid():
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.killpg(os.getpid(), signal.SIGTERM)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python pipelines/mnist.py`: exit status 0, 1 (failed), 2 (bad value).
 
@@ -369,16 +326,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     apply_mode_defaults(parser, args)
-    _terminated.clear()
-    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    terminated: list[int] = []
+
+    def interrupt_on_sigterm(signum: int, frame: object) -> None:
+        # SIGTERM (a supervisor's or `kill`'s stop) ends a run as Ctrl-C does. It must raise
+        # KeyboardInterrupt itself: `subprocess.Popen.__exit__`, which kfp.local's task runner
+        # leaves through, waits briefly for the task only on exactly that type, and waits for
+        # it to end on any other.
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
         return run_or_exit(run, args)
     except KeyboardInterrupt:
-        # Every step cleans up after itself (atomic writes, the local TensorBoard).
-        stop_own_tasks()
+        # Every step cleans up after itself (atomic writes, the local TensorBoard). The tasks
+        # this process started are stopped here when only it got the signal: a terminal's
+        # Ctrl-C reaches the whole foreground process group, tasks included; `kill -INT <pid>`,
+        # a stop button or a supervisor's SIGTERM reach this process alone, and the running
+        # kfp.local task (in this process's group) would go on training as an orphan. Only when
+        # this process leads its group is the group its own to stop: otherwise it is shared
+        # with whatever started this process.
+        if os.name == "posix" and os.getpgid(0) == os.getpid():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.killpg(os.getpid(), signal.SIGTERM)
         print("error: interrupted", file=sys.stderr, flush=True)
         # 128 + the signal's number, as shells report a process a signal ended (130 for Ctrl-C).
-        return 128 + (signal.SIGTERM if _terminated.is_set() else signal.SIGINT)
+        return 128 + (terminated[0] if terminated else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -29,7 +29,6 @@ from kfp_lightning.components.launch_tensorboard.launcher import LauncherConfig,
 from kfp_lightning.pipelines.preflight import endpoint_in_cluster
 
 ALL_RUNS_NAME = "kfp-lightning-runs"
-ALL_RUNS_ID = "all-runs"  # its run-id label: it belongs to no single run
 
 
 def open_runs_tensorboard(
@@ -85,8 +84,9 @@ def open_runs_tensorboard(
                 cluster.ensure_object(api, resource, wanted, patience)
                 poddefault = wanted["metadata"]["name"]
             resource = objects.TENSORBOARD_API
+            # Its run-id label is "all-runs": it belongs to no single run.
             wanted = objects.tensorboard_object(
-                namespace, ALL_RUNS_ID, root, poddefault, name=ALL_RUNS_NAME
+                namespace, "all-runs", root, poddefault, name=ALL_RUNS_NAME
             )
             outcome = cluster.ensure_object(api, resource, wanted, patience)
             ready = cluster.wait_until_ready(

@@ -88,7 +88,6 @@ LOG_FILE = "local-run.log"
 # records `[KFP Executor <time> LEVEL]: ...`, one of which dumps the executor input as JSON).
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - (\w+) - (.*)$")
-_STREAM_INDENT = "    "
 
 
 class TaskConsole(io.TextIOBase):
@@ -150,9 +149,9 @@ class TaskConsole(io.TextIOBase):
             self.in_stream = message.startswith("Streamed logs:")
             self.in_input_dump = False
             return
-        if not (self.in_stream and plain.startswith(_STREAM_INDENT)):
+        if not (self.in_stream and plain.startswith("    ")):
             return  # kfp.local's multi-line records (a task's outputs), rules, blank lines
-        text = plain[len(_STREAM_INDENT) :].rstrip()
+        text = plain[4:].rstrip()  # without the four spaces
         if self.in_input_dump:
             self.in_input_dump = text != "}"  # the dump's closing brace, unindented
             return
@@ -178,24 +177,6 @@ class TaskConsole(io.TextIOBase):
                 "batch_size or eval_batch_size, or free memory on this machine"
             )
         return self.failures.get(task) or last or "no output"
-
-
-def check_writable(output_dir: Path) -> None:
-    """Refuses an output folder this user cannot write, before anything runs.
-
-    Raises:
-        UserInputError: A file in the way, or a folder that cannot be created or written.
-    """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise invalid("output_dir", str(output_dir), "a folder, not a file")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        # A probe, since permission bits do not tell root about a read-only mount.
-        tempfile.TemporaryFile(dir=output_dir).close()
-    except OSError as err:
-        raise invalid(
-            "output_dir", str(output_dir), f"a folder this user can write ({err.strerror})"
-        ) from None
 
 
 def run_local(
@@ -232,7 +213,17 @@ def run_local(
     values = run_parameters.validate_parameters(parameters)
     run_parameters.check_local_run(values)
     root = parse_logs_root(values["tensorboard_logs_root"], namespace="local")
-    check_writable(output_dir)
+    # Refused before anything runs: a file in the way, or a folder this user cannot write.
+    if output_dir.exists() and not output_dir.is_dir():
+        raise invalid("output_dir", str(output_dir), "a folder, not a file")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # A probe, since permission bits do not tell root about a read-only mount.
+        tempfile.TemporaryFile(dir=output_dir).close()
+    except OSError as err:
+        raise invalid(
+            "output_dir", str(output_dir), f"a folder this user can write ({err.strerror})"
+        ) from None
     # The components name container images; here they run in this Python environment, and
     # the runner's settings (resources, display names) have no effect: said once, here.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)

@@ -36,7 +36,6 @@ from kfp_lightning.components.train_mnist.component import train_mnist
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes
 from kfp_lightning.components.train_on_nodes.nodes import TRAINJOB
 
-PIPELINE_NAME = "mnist-lightning"
 # Every run parameter, in the run form's order: the dataclasses that declare them.
 RUN_PARAMETERS = (DownloadConfig, TrainConfig, LiveLogsConfig, LauncherConfig, SchedulingConfig)
 DEFAULT_TRAINING_TIMEOUT_SECONDS = 6 * 3600
@@ -45,9 +44,6 @@ DOWNLOAD_TIMEOUT_SECONDS = 30 * 60
 # it passes); its pod's deadline comes this much later, for collecting the outputs.
 NODES_STEP_MARGIN_SECONDS = 15 * 60
 RETRY_BACKOFF_FACTOR = 2
-# Time a retried attempt may wait to be scheduled; Kubernetes starts the pod deadline only
-# once a node has accepted the pod.
-SCHEDULING_ALLOWANCE_SECONDS = 30 * 60
 
 
 def set_retries(
@@ -71,7 +67,9 @@ def set_retries(
         attempt_deadline_seconds: `activeDeadlineSeconds` of one attempt's pod.
     """
     pauses = sum(backoff_seconds * RETRY_BACKOFF_FACTOR**i for i in range(retries))
-    attempt = attempt_deadline_seconds + SCHEDULING_ALLOWANCE_SECONDS
+    # An attempt may wait this long to be scheduled: Kubernetes starts the pod deadline only
+    # once a node has accepted the pod.
+    attempt = attempt_deadline_seconds + 30 * 60
     task.set_retry(
         retries,
         backoff_duration=f"{backoff_seconds}s",
@@ -134,7 +132,7 @@ def build_pipeline(
     run_form = {p.name for p in parameters_of(RUN_PARAMETERS, [PIPELINE])}
 
     @dsl.pipeline(
-        name=PIPELINE_NAME,
+        name="mnist-lightning",
         description="Download MNIST, train the PyTorch example CNN with Lightning on a GPU "
         "node, watch it live in TensorBoard, and chart every scalar when it ends.",
     )
@@ -236,8 +234,6 @@ def build_pipeline(
         parameters = {name: value for name, value in locals().items() if name in run_form}
 
         download = download_mnist(**arguments_for(download_mnist, parameters))
-        download.set_display_name("Download MNIST").set_caching_options(True)
-        download.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("2Gi")
         kubernetes.set_timeout(download, DOWNLOAD_TIMEOUT_SECONDS)
 
         # The tasks' arguments besides the run parameters; each takes those it names.
@@ -262,8 +258,7 @@ def build_pipeline(
             # Never from the cache, as single-node training. The step only creates and follows
             # the TrainJob: no GPU, node selector or tolerations of its own (the TrainJob's
             # nodes get them), but the same access to the run's location as training.
-            train.set_display_name(f"Train on {nodes} nodes").set_caching_options(False)
-            train.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("4Gi")
+            train_name, train_resources = f"Train on {nodes} nodes", ("500m", "1Gi", "4Gi")
             train_deadline = training_timeout_seconds + NODES_STEP_MARGIN_SECONDS
             # The nodes run as this step's account with its pull secrets, which the step reads
             # from its own pod (components/train_on_nodes/trainjob.py).
@@ -272,14 +267,12 @@ def build_pipeline(
             )
         else:
             train = train_mnist(**arguments_for(train_mnist, available))
-            # A run is started in order to train (and to watch it): never answer from the cache.
-            train.set_display_name("Train with Lightning").set_caching_options(False)
             # The training pod's settings (components/common/training_pod.py). The GPU limit is
             # a string parameter: the driver reads the count with GetStringValue()
             # (backend/src/v2/driver/resolve.go, resolvePodSpecInputRuntimeParameter).
+            train_name = "Train with Lightning"
+            train_resources = (pod.CPU_REQUEST, pod.MEMORY_REQUEST, pod.MEMORY_LIMIT)
             train.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-            train.set_cpu_request(pod.CPU_REQUEST).set_memory_request(pod.MEMORY_REQUEST)
-            train.set_memory_limit(pod.MEMORY_LIMIT)
             kubernetes.add_node_selector_json(train, node_selector)
             kubernetes.add_toleration_json(train, tolerations)
             kubernetes.empty_dir_mount(
@@ -299,27 +292,26 @@ def build_pipeline(
 
         # Beside training, not after it: TensorBoard is up while the first epochs run.
         launcher = launch_tensorboard(**arguments_for(launch_tensorboard, available))
-        # A new run needs its own TensorBoard: never answer from the cache.
-        launcher.set_display_name("Live TensorBoard").set_caching_options(False)
-        launcher.set_cpu_request("100m").set_memory_request("256Mi").set_memory_limit("512Mi")
         kubernetes.use_field_path_as_env(launcher, "POD_NAMESPACE", "metadata.namespace")
         # The note's fallback manifest names the tools image, in the registry compiled for.
         launcher.set_env_variable(images.REGISTRY_ENV, images.registry())
 
-        report = report_training(
-            tensorboard_logs=train.outputs["tensorboard_logs"],
-            evaluation=train.outputs["evaluation"],
-        )
-        report.set_display_name("Report").set_caching_options(True)
-        report.set_cpu_request("250m").set_memory_request("512Mi").set_memory_limit("1Gi")
+        logs, evaluation = train.outputs["tensorboard_logs"], train.outputs["evaluation"]
+        report = report_training(tensorboard_logs=logs, evaluation=evaluation)
 
-        # Resolved now, at compile time, so --image-registry retargets every task.
-        for task, image in (
-            (download, images.TRAINER),
-            (train, images.TRAINER),
-            (launcher, images.TOOLS),
-            (report, images.TOOLS),
+        # Each task's name in the UI, whether a run may reuse its cached outputs, its CPU and
+        # memory requests and memory limit, and its image, resolved now, at compile time, so
+        # --image-registry retargets every task.
+        for task, image, name, cached, cpu, memory, memory_limit in (
+            (download, images.TRAINER, "Download MNIST", True, "500m", "1Gi", "2Gi"),
+            # A run is started in order to train (and to watch it): never answer from the cache.
+            (train, images.TRAINER, train_name, False, *train_resources),
+            # A new run needs its own TensorBoard: never answer from the cache.
+            (launcher, images.TOOLS, "Live TensorBoard", False, "100m", "256Mi", "512Mi"),
+            (report, images.TOOLS, "Report", True, "250m", "512Mi", "1Gi"),
         ):
+            task.set_display_name(name).set_caching_options(cached)
+            task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory_limit)
             ref = images.image_ref(image)
             task.set_container_image(ref)
             if policy := images.pull_policy(ref):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import re
 import subprocess
 import sys
 import textwrap
@@ -86,16 +87,12 @@ def _with_doc_entries(
     end = start
     while end < len(doc) and doc[end].strip() and len(_indent(doc[end])) > len(indent):
         end += 1
-    entries: list[str] = []
-    for line in doc[start:end]:
-        if len(_indent(line)) == len(indent) + 4:
-            entries.append(line)
-        else:
-            entries[-1] += line
+    # An entry starts at a line indented one level below "Args:"; deeper lines continue it.
+    entries = re.split(f"(?m)^(?={indent}    \\S)", "".join(doc[start:end]))[1:]
     kept = [e for e in entries if e.split(":", 1)[0].strip() not in replaced]
     # Before the outputs, as in the signature the inputs come first.
-    outputs = [i for i, e in enumerate(kept) if e.split(": ", 1)[1].startswith("Output.")]
-    at = outputs[0] if outputs else len(kept)
+    outputs = (i for i, e in enumerate(kept) if e.split(": ", 1)[1].startswith("Output."))
+    at = next(outputs, len(kept))
     wrapper = textwrap.TextWrapper(
         width=100,
         initial_indent=indent + "    ",
@@ -150,13 +147,9 @@ def written(signature: Signature, text: str) -> str:
 
 def drifted() -> list[tuple[Path, str]]:
     """(path, wanted text) of every file whose run parameters differ from their fields."""
-    found = []
-    for signature in SIGNATURES:
-        path = REPO / signature.path
-        wanted = written(signature, path.read_text())
-        if wanted != path.read_text():
-            found.append((path, wanted))
-    return found
+    paths = {signature: REPO / signature.path for signature in SIGNATURES}
+    wanted = {path: written(signature, path.read_text()) for signature, path in paths.items()}
+    return [(path, text) for path, text in wanted.items() if text != path.read_text()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,11 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = drifted()
     for path, wanted in stale:
-        if args.check:
-            print(f"stale: {path.relative_to(REPO)}")
-        else:
+        if not args.check:
             atomic_write_text(path, wanted)
-            print(f"rewrote {path.relative_to(REPO)}")
+        print(f"{'stale:' if args.check else 'rewrote'} {path.relative_to(REPO)}")
     if args.check and stale:
         print("run `python -m kfp_lightning.pipelines.signatures` to rewrite them")
     return 1 if args.check and stale else 0
