@@ -45,8 +45,6 @@ from kfp_lightning.components.train_mnist.model import Net
 
 PROGRAM_FILE = "model.pt2"
 WEIGHTS_FILE = "weights.pt"
-METADATA_FILE = "metadata.json"
-FORMAT = "kfp-lightning/mnist-model-v2"
 
 # Images per pass through the network inside the program: about 0.5 GB of activations on the
 # CPU. A batch larger than this runs in chunks of this size (the last one padded).
@@ -67,11 +65,6 @@ FLOAT_RANGE = (
 # Shapes are checked by torch itself: the loaded module's guards, generated from the exported
 # shapes (torch/export/_unlift.py, `_guards_fn`), run before the graph. Their messages:
 SHAPE_GUARD = "AssertionError: Guard failed: images.size()[<dimension>] == <size>"
-MISSING_DIMENSION = "IndexError: tuple index out of range"
-MORE_DIMENSIONS = (
-    "RuntimeError: Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of "
-    "size: <shape>"
-)
 
 INTEGER_DTYPES = ["uint8", "int8", "int16", "int32", "int64"]
 FLOAT_DTYPES = ["float32", "float64", "float16", "bfloat16"]
@@ -90,8 +83,12 @@ INPUT_CONTRACT: dict[str, Any] = {
         "integer pixels outside [0, 255]": f"RuntimeError: {INTEGER_RANGE}",
         "floating-point pixels outside [0, 1] or NaN": f"RuntimeError: {FLOAT_RANGE}",
         "other sizes of dimensions 1 to 3": SHAPE_GUARD,
-        "fewer than 4 dimensions": f"{SHAPE_GUARD}, or {MISSING_DIMENSION}",
-        "more than 4 dimensions": MORE_DIMENSIONS,
+        "fewer than 4 dimensions": f"{SHAPE_GUARD}, or IndexError: tuple index out of range",
+        # The first convolution's own message.
+        "more than 4 dimensions": (
+            "RuntimeError: Expected 3D (unbatched) or 4D (batched) input to conv2d, but got "
+            "input of size: <shape>"
+        ),
     },
     "device": "cpu",
 }
@@ -225,7 +222,7 @@ def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> d
     exported = ExportedNet(cpu_net).train(False)
     program = torch.export.export(exported, (example,), dynamic_shapes=({0: batch},))
     full = {
-        "format": FORMAT,
+        "format": "kfp-lightning/mnist-model-v2",
         "program": PROGRAM_FILE,
         "weights": WEIGHTS_FILE,
         "load": f"torch.export.load('{PROGRAM_FILE}').module()",
@@ -254,5 +251,5 @@ def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> d
             # late (NFS, for one) may report a full disk only at fsync or close. A fault names
             # the file by its final name (`atomic_directory` maps the staging path back).
             atomic_write_bytes(staging / name, buffer.getvalue())
-        write_json(staging / METADATA_FILE, full)
+        write_json(staging / "metadata.json", full)
     return full
