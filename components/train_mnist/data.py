@@ -201,11 +201,9 @@ class MNISTDataModule(L.LightningDataModule):
         }
 
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> DeviceBatches:
-        images, labels = self.splits[split]
         trainer = self.trainer
         return DeviceBatches(
-            images,
-            labels,
+            *self.splits[split],
             batch_size,
             shuffle=shuffle,
             seed=self.seed,

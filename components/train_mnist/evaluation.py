@@ -195,9 +195,6 @@ def evaluation_document(
     return document.model_dump(mode="json")
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+@,-]+")
-
-
 def run_folder_name(run_name: str) -> str:
     """The folder (and so TensorBoard's run name) for a run's event files.
 
@@ -213,7 +210,7 @@ def run_folder_name(run_name: str) -> str:
         The name with every run of characters an object key or path segment should not hold
         replaced by "-", at most 100 characters; "training" when nothing is left.
     """
-    slug = _UNSAFE.sub("-", run_name.strip()).strip("-.")[:100].strip("-.")
+    slug = re.sub(r"[^A-Za-z0-9._=+@,-]+", "-", run_name.strip()).strip("-.")[:100].strip("-.")
     return slug or "training"
 
 

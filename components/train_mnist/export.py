@@ -160,11 +160,8 @@ def _branches(net: Net, names: tuple[str, ...]) -> tuple[Callable, Callable]:
         `(whole, in_chunks)`, each mapping `(normalised images, *weights)` to `(log-probs,)`.
     """
 
-    def run(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return torch.func.functional_call(net, dict(zip(names, weights, strict=True)), (x,))
-
     def whole(x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor]:
-        return (run(x, weights),)
+        return (torch.func.functional_call(net, dict(zip(names, weights, strict=True)), (x,)),)
 
     def more(start: torch.Tensor, out: torch.Tensor, x: torch.Tensor, *weights: torch.Tensor):
         return start < x.shape[0]
@@ -174,7 +171,7 @@ def _branches(net: Net, names: tuple[str, ...]) -> tuple[Callable, Callable]:
         # chunk repeats the last image, and its surplus rows land past N, cut off at the end.
         rows = start + torch.arange(CHUNK_SIZE)
         chunk = x.index_select(0, rows.clamp(max=x.shape[0] - 1))
-        return start + CHUNK_SIZE, out.index_copy(0, rows, run(chunk, weights))
+        return start + CHUNK_SIZE, out.index_copy(0, rows, whole(chunk, *weights)[0])
 
     def in_chunks(x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor]:
         start = torch.zeros((), dtype=torch.int64)
@@ -241,10 +238,9 @@ def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> d
         "framework": {"torch": torch.__version__, "python": platform.python_version()},
         **metadata,
     }
-    program_file, weights_file = io.BytesIO(), io.BytesIO()
-    torch.export.save(program, program_file)
-    torch.save(cpu_net.state_dict(), weights_file)
-    files = {PROGRAM_FILE: program_file, WEIGHTS_FILE: weights_file}
+    files = {PROGRAM_FILE: io.BytesIO(), WEIGHTS_FILE: io.BytesIO()}
+    torch.export.save(program, files[PROGRAM_FILE])
+    torch.save(cpu_net.state_dict(), files[WEIGHTS_FILE])
     with atomic_directory(model_dir) as staging:
         for name, buffer in files.items():
             # fsynced before the directory is renamed into place: a filesystem that allocates

@@ -234,21 +234,15 @@ def cut_event_file(path: Path, below_step: int) -> bool:
     Returns:
         Whether any event other than the header remains.
     """
-    kept: list[bytes] = []
-    holds_data = dropped = False
-    for record in RawEventFileLoader(str(path)).Load():
-        event = event_pb2.Event.FromString(record)
-        if event.HasField("file_version") or event.step < below_step:
-            kept.append(record)
-            holds_data = holds_data or not event.HasField("file_version")
-        else:
-            dropped = True
-    if dropped:
+    loaded = RawEventFileLoader(str(path)).Load()
+    records = [(record, event_pb2.Event.FromString(record)) for record in loaded]
+    kept = [(r, e) for r, e in records if e.HasField("file_version") or e.step < below_step]
+    if len(kept) < len(records):
         with atomic_file(path) as tmp, tmp.open("wb") as f:
             writer = RecordWriter(f)
-            for record in kept:
+            for record, _ in kept:
                 writer.write(record)
-    return holds_data
+    return any(not event.HasField("file_version") for _, event in kept)
 
 
 def restore_logs(storage: Storage, logs_dir: Path, below_step: int) -> list[str]:

@@ -74,9 +74,6 @@ class LineProgressBar(ProgressBar):
         if self._enabled:
             print(text, flush=True)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = None
-
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -109,6 +106,7 @@ class LineProgressBar(ProgressBar):
             f"{self._training_line(trainer, int(self.total_train_batches), time.monotonic())}"
             f" | end of epoch {trainer.current_epoch + 1} {_metrics(trainer, VAL)}".rstrip()
         )
+        self._epoch_start = None  # the next epoch's first batch starts it again
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._print(f"test {_metrics(trainer, TEST)}")
