@@ -189,6 +189,8 @@ class MNISTDataModule(L.LightningDataModule):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         val_idx, train_idx = order[: self.validation_size], order[self.validation_size :]
         test = (tensors["test_images"], tensors["test_labels"].long())
+        # As stored, uint8 N x 28 x 28 on the CPU: the pictures of the final evaluation.
+        self.test_images = test[0]
         val = (train_images[val_idx], train_labels[val_idx]) if self.validation_size else test
         train = (train_images[train_idx], train_labels[train_idx])
         splits = {"train": train, "val": val, "test": test}
@@ -199,11 +201,9 @@ class MNISTDataModule(L.LightningDataModule):
         }
 
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> DeviceBatches:
-        images, labels = self.splits[split]
         trainer = self.trainer
         return DeviceBatches(
-            images,
-            labels,
+            *self.splits[split],
             batch_size,
             shuffle=shuffle,
             seed=self.seed,
@@ -225,8 +225,3 @@ class MNISTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DeviceBatches:
         return self._batches("test", self.eval_batch_size, shuffle=False)
-
-    def raw_images(self, split: str) -> torch.Tensor:
-        """A split's images as stored, uint8 N x 28 x 28 on the CPU (undoing `normalise`)."""
-        images = self.splits[split][0].squeeze(1).float() * MNIST_STD + MNIST_MEAN
-        return (images * 255).round().clamp(0, 255).to(torch.uint8).cpu()

@@ -24,22 +24,13 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
+from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.errors import RunError, invalid, run_or_exit
 from kfp_lightning.components.common.logs_location import parse_logs_root
-from kfp_lightning.components.common.run_layout import (
-    DATASET,
-    OUTPUT_DIRS,
-    OUTPUTS,
-    TrainResult,
-    download_tree,
-    files_under,
-    publish_outputs,
-)
+from kfp_lightning.components.common.run_layout import DATASET, OUTPUTS, TrainResult
 from kfp_lightning.components.common.storage import open_storage
 from kfp_lightning.components.common.training import TrainConfig
 
@@ -52,11 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--location", required=True, help="the task's location (URI)")
     parser.add_argument("--nodes", required=True, type=int, help="nodes in the world")
     parser.add_argument("--config", required=True, help="TrainConfig's fields as a JSON object")
-    parser.add_argument("--dataset", default=None, help="the Dataset's directory on this machine")
-    parser.add_argument("--s3-endpoint", default=None, help="S3 API of an s3:// location")
-    parser.add_argument(
-        "--publish", default=None, help="a folder here for the outputs (default: the location)"
-    )
+    parser.add_argument("--dataset", help="the Dataset's directory on this machine")
+    parser.add_argument("--s3-endpoint", help="S3 API of an s3:// location")
+    parser.add_argument("--publish", help="a folder here for the outputs (default: the location)")
     parser.add_argument("--run-name", default="", help="the pipeline run's display name")
     parser.add_argument(
         "--live-update-seconds", type=float, default=10.0, help="live logs' longest delay"
@@ -89,16 +78,14 @@ def train_and_publish(args: argparse.Namespace) -> TrainResult | None:
         work_dir = Path(work)
         dataset_dir = Path(args.dataset) if args.dataset else work_dir / DATASET
         if not args.dataset:
-            dataset_files = files_under(storage, DATASET)
+            dataset_files = run_layout.files_under(storage, DATASET)
             if not dataset_files:
                 raise RunError(f"no dataset in {location.uri}/{DATASET}: the step uploads it first")
-            download_tree(storage, dataset_files, DATASET, dataset_dir)
-        output_dirs = {name: work_dir / name for name in OUTPUT_DIRS}
+            run_layout.download_tree(storage, dataset_files, DATASET, dataset_dir)
+        output_dirs = {name: work_dir / name for name in run_layout.OUTPUT_DIRS}
         result = run_training(
             dataset_dir,
-            TrainingOutputs(
-                output_dirs["model"], output_dirs["tensorboard_logs"], output_dirs["evaluation"]
-            ),
+            TrainingOutputs(**output_dirs),
             TrainConfig(**json.loads(args.config)),
             location,
             args.s3_endpoint,
@@ -113,7 +100,7 @@ def train_and_publish(args: argparse.Namespace) -> TrainResult | None:
         target = storage
         if args.publish:
             target = open_storage(parse_logs_root(args.publish, parameter="publish"), None)
-        files = publish_outputs(target, output_dirs, dataclasses.asdict(result))
+        files = run_layout.publish_outputs(target, output_dirs, dataclasses.asdict(result))
     if result.metrics["processes"] > 1:
         print(
             f"rank 0 of {result.metrics['processes']:g} processes on {args.nodes} node(s): "
@@ -123,11 +110,6 @@ def train_and_publish(args: argparse.Namespace) -> TrainResult | None:
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one process of the world; exit status 0, 1 (failed) or 2 (bad option)."""
-    run_or_exit(train_and_publish, build_parser().parse_args(argv))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # Exit status 0, 1 (failed) or 2 (bad option).
+    run_or_exit(train_and_publish, build_parser().parse_args())

@@ -8,9 +8,8 @@ test pass otherwise), so no image is evaluated twice. Every image's outcome (fou
 stays on the device until the pass ends: no batch waits for the host. Its result goes into
 checkpoints, so a run resumed after its last epoch still has it, as does the last validation
 pass's metrics. The evaluation, the run's parameters and its final metrics also go to
-TensorBoard (the Text, Images and HParams dashboards); a Custom Scalars layout overlays
-training and validation on one chart, and the events go into a folder named after the
-pipeline run (`run_folder_name`), which TensorBoard names the run after.
+TensorBoard (the Text, Images and HParams dashboards), and the events go into a folder named
+after the pipeline run (`run_folder_name`), which TensorBoard names the run after.
 """
 
 from __future__ import annotations
@@ -22,21 +21,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 from kfp_lightning.components.common import evaluation as schema
 from kfp_lightning.components.common.training import TrainConfig
-from kfp_lightning.components.train_mnist.model import (
-    ACCURACY,
-    LEARNING_RATE,
-    LOSS,
-    TEST,
-    TRAIN,
-    VAL,
-    split_metrics,
-    tag,
-)
+from kfp_lightning.components.train_mnist.model import TEST, VAL, split_metrics, tag
 
 CLASSES = 10
 MISTAKES = 24  # most confidently misclassified test images kept
@@ -163,7 +152,7 @@ class CollectEvaluation(Callback):
         return {"evaluation": evaluation, "validation": dict(self.validation)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.validation = dict(state_dict["validation"])
+        self.validation = dict(state_dict.get("validation", {}))
         if saved := state_dict.get("evaluation"):
             self.evaluation = Evaluation(
                 saved["confusion_matrix"],
@@ -206,9 +195,6 @@ def evaluation_document(
     return document.model_dump(mode="json")
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+@,-]+")
-
-
 def run_folder_name(run_name: str) -> str:
     """The folder (and so TensorBoard's run name) for a run's event files.
 
@@ -224,25 +210,8 @@ def run_folder_name(run_name: str) -> str:
         The name with every run of characters an object key or path segment should not hold
         replaced by "-", at most 100 characters; "training" when nothing is left.
     """
-    slug = _UNSAFE.sub("-", run_name.strip()).strip("-.")[:100].strip("-.")
+    slug = re.sub(r"[^A-Za-z0-9._=+@,-]+", "-", run_name.strip()).strip("-.")[:100].strip("-.")
     return slug or "training"
-
-
-def log_layout(logger: TensorBoardLogger) -> None:
-    """Custom Scalars charts: training and validation loss on one chart, accuracies on another.
-
-    Loss and accuracy tags are `quantity/split`, which the Scalars dashboard groups together;
-    these charts overlay the splits.
-    """
-    logger.experiment.add_custom_scalars(
-        {
-            "training": {
-                "loss": ["Multiline", [tag(LOSS, TRAIN), tag(LOSS, VAL), tag(LOSS, TEST)]],
-                "accuracy": ["Multiline", [tag(ACCURACY, VAL), tag(ACCURACY, TEST)]],
-                "learning rate": ["Multiline", [LEARNING_RATE]],
-            }
-        }
-    )
 
 
 def image_grid(test_images: torch.Tensor, predictions: list[Prediction]) -> torch.Tensor:
@@ -256,13 +225,11 @@ def image_grid(test_images: torch.Tensor, predictions: list[Prediction]) -> torc
 
 
 def log_results(
-    logger: TensorBoardLogger,
-    step: int,
-    evaluation: Evaluation,
+    trainer: L.Trainer,
+    collected: CollectEvaluation,
     test_images: torch.Tensor,
     config: TrainConfig,
     test: dict[str, float],
-    validation: dict[str, float],
 ) -> None:
     """The evaluation, and the run's parameters and final metrics, for TensorBoard.
 
@@ -274,15 +241,13 @@ def log_results(
     (lightning/fabric/loggers/tensorboard.py), without the extra step-0 points it logs.
 
     Args:
-        logger: The run's logger.
-        step: The step to log them at (the last).
-        evaluation: The final evaluation.
+        trainer: The run's trainer: its logger writes them, at its last step.
+        collected: What the run collected: the final evaluation and validation metrics.
         test_images: The test split as uint8, N x 28 x 28, on the CPU.
         config: The parameters.
         test: Final test metrics, by quantity.
-        validation: Final validation metrics, by quantity.
     """
-    writer = logger.experiment
+    writer, step, evaluation = trainer.logger.experiment, trainer.global_step, collected.evaluation
     header = "| true \\ predicted | " + " | ".join(str(d) for d in range(CLASSES)) + " |"
     rows = [
         f"| **{digit}** | " + " | ".join(str(n) for n in row) + " |"
@@ -302,7 +267,7 @@ def log_results(
         k: v if isinstance(v, (bool, int, float, str)) else str(v)
         for k, v in config.as_dict().items()
     }
-    splits = ((TEST, test), (VAL, validation))
+    splits = ((TEST, test), (VAL, collected.validation))
     metrics = {tag(k, split): v for split, values in splits for k, v in values.items()}
     # The experiment, session-start and session-end summaries.
     for summary in hparams(parameters, metrics):

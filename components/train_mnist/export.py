@@ -45,8 +45,6 @@ from kfp_lightning.components.train_mnist.model import Net
 
 PROGRAM_FILE = "model.pt2"
 WEIGHTS_FILE = "weights.pt"
-METADATA_FILE = "metadata.json"
-FORMAT = "kfp-lightning/mnist-model-v2"
 
 # Images per pass through the network inside the program: about 0.5 GB of activations on the
 # CPU. A batch larger than this runs in chunks of this size (the last one padded).
@@ -67,11 +65,6 @@ FLOAT_RANGE = (
 # Shapes are checked by torch itself: the loaded module's guards, generated from the exported
 # shapes (torch/export/_unlift.py, `_guards_fn`), run before the graph. Their messages:
 SHAPE_GUARD = "AssertionError: Guard failed: images.size()[<dimension>] == <size>"
-MISSING_DIMENSION = "IndexError: tuple index out of range"
-MORE_DIMENSIONS = (
-    "RuntimeError: Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of "
-    "size: <shape>"
-)
 
 INTEGER_DTYPES = ["uint8", "int8", "int16", "int32", "int64"]
 FLOAT_DTYPES = ["float32", "float64", "float16", "bfloat16"]
@@ -90,8 +83,12 @@ INPUT_CONTRACT: dict[str, Any] = {
         "integer pixels outside [0, 255]": f"RuntimeError: {INTEGER_RANGE}",
         "floating-point pixels outside [0, 1] or NaN": f"RuntimeError: {FLOAT_RANGE}",
         "other sizes of dimensions 1 to 3": SHAPE_GUARD,
-        "fewer than 4 dimensions": f"{SHAPE_GUARD}, or {MISSING_DIMENSION}",
-        "more than 4 dimensions": MORE_DIMENSIONS,
+        "fewer than 4 dimensions": f"{SHAPE_GUARD}, or IndexError: tuple index out of range",
+        # The first convolution's own message.
+        "more than 4 dimensions": (
+            "RuntimeError: Expected 3D (unbatched) or 4D (batched) input to conv2d, but got "
+            "input of size: <shape>"
+        ),
     },
     "device": "cpu",
 }
@@ -163,11 +160,8 @@ def _branches(net: Net, names: tuple[str, ...]) -> tuple[Callable, Callable]:
         `(whole, in_chunks)`, each mapping `(normalised images, *weights)` to `(log-probs,)`.
     """
 
-    def run(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return torch.func.functional_call(net, dict(zip(names, weights, strict=True)), (x,))
-
     def whole(x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor]:
-        return (run(x, weights),)
+        return (torch.func.functional_call(net, dict(zip(names, weights, strict=True)), (x,)),)
 
     def more(start: torch.Tensor, out: torch.Tensor, x: torch.Tensor, *weights: torch.Tensor):
         return start < x.shape[0]
@@ -177,7 +171,7 @@ def _branches(net: Net, names: tuple[str, ...]) -> tuple[Callable, Callable]:
         # chunk repeats the last image, and its surplus rows land past N, cut off at the end.
         rows = start + torch.arange(CHUNK_SIZE)
         chunk = x.index_select(0, rows.clamp(max=x.shape[0] - 1))
-        return start + CHUNK_SIZE, out.index_copy(0, rows, run(chunk, weights))
+        return start + CHUNK_SIZE, out.index_copy(0, rows, whole(chunk, *weights)[0])
 
     def in_chunks(x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor]:
         start = torch.zeros((), dtype=torch.int64)
@@ -225,7 +219,7 @@ def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> d
     exported = ExportedNet(cpu_net).train(False)
     program = torch.export.export(exported, (example,), dynamic_shapes=({0: batch},))
     full = {
-        "format": FORMAT,
+        "format": "kfp-lightning/mnist-model-v2",
         "program": PROGRAM_FILE,
         "weights": WEIGHTS_FILE,
         "load": f"torch.export.load('{PROGRAM_FILE}').module()",
@@ -244,15 +238,14 @@ def export_model(net: Net, model_dir: str | Path, metadata: dict[str, Any]) -> d
         "framework": {"torch": torch.__version__, "python": platform.python_version()},
         **metadata,
     }
-    program_file, weights_file = io.BytesIO(), io.BytesIO()
-    torch.export.save(program, program_file)
-    torch.save(cpu_net.state_dict(), weights_file)
-    files = {PROGRAM_FILE: program_file, WEIGHTS_FILE: weights_file}
+    files = {PROGRAM_FILE: io.BytesIO(), WEIGHTS_FILE: io.BytesIO()}
+    torch.export.save(program, files[PROGRAM_FILE])
+    torch.save(cpu_net.state_dict(), files[WEIGHTS_FILE])
     with atomic_directory(model_dir) as staging:
         for name, buffer in files.items():
             # fsynced before the directory is renamed into place: a filesystem that allocates
             # late (NFS, for one) may report a full disk only at fsync or close. A fault names
             # the file by its final name (`atomic_directory` maps the staging path back).
             atomic_write_bytes(staging / name, buffer.getvalue())
-        write_json(staging / METADATA_FILE, full)
+        write_json(staging / "metadata.json", full)
     return full

@@ -5,7 +5,7 @@ artifact) and a background thread (`LiveSync`) copies what changed to the live l
 few seconds, where the TensorBoard server reads them. A storage outage only delays the curves:
 failures are reported once and retried on the next tick, and training never waits for them.
 
-GPU nodes are often preemptible: the pod can vanish at any step. `DurableCheckpoints` writes a
+GPU nodes are often preemptible: the pod can vanish at any step. `LivePoints` writes a
 Lightning checkpoint at the end of every epoch and, within an epoch, whenever `every_seconds`
 have passed, to storage that outlives the pod (the run's live logs location), keeping the
 newest few. A restarted task (KFP's retry, same run id) calls `find_resumable_checkpoint`,
@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from kfp_lightning.components.common.logs_location import LogsLocation
 from kfp_lightning.components.common.run_layout import DATASET, OUTPUTS, files_under
 from kfp_lightning.components.common.storage import Storage
 from kfp_lightning.components.common.training import TrainConfig
-from kfp_lightning.components.train_mnist.evaluation import log_layout
+from kfp_lightning.components.train_mnist.model import log_layout
 
 CHECKPOINT_DIR = "checkpoints"
 KEEP = 2  # how many of the newest checkpoints the location keeps
@@ -67,37 +67,58 @@ def checkpoint_name(step: int, epoch: int) -> str:
     return f"step={step:09d}-epoch={epoch:05d}.ckpt"
 
 
-class DurableCheckpoints(Callback):
-    """Saves full training state to `storage` every epoch and every `every_seconds`.
+class LivePoints(Callback):
+    """Makes the run's progress readable and durable in the live location as it trains.
 
-    Each checkpoint is written locally, then uploaded in one piece (an object PUT, or a
-    rename on a filesystem), so a reader never sees half of one. With several processes every
-    one of them takes part in each save (Lightning's `save_checkpoint` is collective; global
-    rank 0 writes the file), and only rank 0 uploads. Whether the time has come is decided by
-    rank 0 and sent to the others every `every_n_steps` steps, since each process's
-    clock would decide differently and leave the others waiting. The newest `KEEP` are kept.
+    A user opens TensorBoard to see training start: with Lightning's `log_every_n_steps` the
+    first point waits that many steps, then up to a flush period. Here every step is logged
+    until the first interval ends (Lightning reads `Trainer.log_every_n_steps` at each step),
+    and once the first step is logged `make_readable` flushes the writer and copies the logs to
+    the live location.
+
+    With a `storage`, it also saves full training state there every epoch and every
+    `every_seconds`. Each checkpoint is written locally, then uploaded in one piece (an object
+    PUT, or a rename on a filesystem), so a reader never sees half of one. With several
+    processes every one of them takes part in each save (Lightning's `save_checkpoint` is
+    collective; global rank 0 writes the file), and only rank 0 uploads. Whether the time has
+    come is decided by rank 0 and sent to the others every `every_n_steps` steps, since each
+    process's clock would decide differently and leave the others waiting. The newest `KEEP`
+    are kept.
 
     Args:
-        storage: Where checkpoints go (the `checkpoints/` folder of the live location).
+        every_n_steps: The trainer's logging interval (its `log_every_n_steps`; every step is
+            logged up to it), which is also the number of steps between two decisions of
+            whether to save, with several processes (one process decides every step).
+        make_readable: Flushes and copies what was logged so far; also called before each
+            checkpoint's upload, so a resumed run's curves have no gap before its step.
+        storage: Where checkpoints go (the `checkpoints/` folder of the live location); None
+            writes none.
         every_seconds: Longest training time between two checkpoints within an epoch.
-        before_upload: Called before each upload; makes everything logged so far durable
-            too, so a resumed run's curves have no gap before the checkpoint's step.
-        every_n_steps: The trainer's logging interval (every step is logged up to it), which
-            is also the number of steps between two decisions of whether to save, with
-            several processes (one process decides every step).
     """
 
     def __init__(
         self,
-        storage: Storage,
-        every_seconds: float,
-        before_upload: Callable[[], object],
         every_n_steps: int,
+        make_readable: Callable[[], object],
+        storage: Storage | None,
+        every_seconds: float,
     ) -> None:
         self.storage, self.every_seconds = storage, every_seconds
-        self.before_upload = before_upload
+        self.make_readable = make_readable
         self.every_n_steps = max(1, every_n_steps)
         self._last = time.monotonic()
+        self._published = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        early = trainer.global_step < self.every_n_steps
+        trainer.log_every_n_steps = 1 if early else self.every_n_steps
+        # Lightning hands a step's metrics to the logger after `on_train_batch_end`: by the
+        # next batch's start the first point has been written.
+        if not self._published and trainer.global_step >= 1:
+            self._published = True
+            self.make_readable()
 
     def _save(self, trainer: L.Trainer) -> None:
         name = checkpoint_name(trainer.global_step, trainer.current_epoch)
@@ -109,7 +130,7 @@ class DurableCheckpoints(Callback):
             with reported_write_faults(local):
                 trainer.save_checkpoint(local, weights_only=False)
             if trainer.is_global_zero:
-                self.before_upload()
+                self.make_readable()
                 self.storage.upload(local, f"{CHECKPOINT_DIR}/{name}")
         self._last = time.monotonic()
         if trainer.is_global_zero:
@@ -130,26 +151,20 @@ class DurableCheckpoints(Callback):
         return (step - 1) % every == 0 and bool(trainer.strategy.broadcast(due, src=0))
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         # The epoch's last batch is followed by `on_train_epoch_end`, which saves anyway.
-        if batch_idx + 1 < trainer.num_training_batches and self._time_to_save(trainer):
+        more = batch_idx + 1 < trainer.num_training_batches
+        if self.storage is not None and more and self._time_to_save(trainer):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
+        if self.storage is not None:
+            self._save(trainer)
 
 
 def find_resumable_checkpoint(
-    storage: Storage,
-    hyper_parameters: dict[str, Any],
-    workdir: Path,
-    remove_unusable: bool = True,
+    storage: Storage, hyper_parameters: dict[str, Any], workdir: Path, remove_unusable: bool = True
 ) -> tuple[Path, dict[str, Any]] | None:
     """Downloads the newest checkpoint that loads and matches this run's configuration.
 
@@ -206,13 +221,6 @@ def find_resumable_checkpoint(
     return None
 
 
-# Folders of a run's location that are not TensorBoard logs: the checkpoints, the dataset of
-# nodes on other machines, and rank 0's published outputs (components/common/run_layout.py).
-NOT_LOGS = (CHECKPOINT_DIR, DATASET, OUTPUTS)
-
-EVENT_FILE_MARK = "tfevents"
-
-
 def cut_event_file(path: Path, below_step: int) -> bool:
     """Keeps only the events of `path` logged before `below_step`, rewriting it atomically.
 
@@ -226,21 +234,15 @@ def cut_event_file(path: Path, below_step: int) -> bool:
     Returns:
         Whether any event other than the header remains.
     """
-    kept: list[bytes] = []
-    holds_data = dropped = False
-    for record in RawEventFileLoader(str(path)).Load():
-        event = event_pb2.Event.FromString(record)
-        if event.HasField("file_version") or event.step < below_step:
-            kept.append(record)
-            holds_data = holds_data or not event.HasField("file_version")
-        else:
-            dropped = True
-    if dropped:
+    loaded = RawEventFileLoader(str(path)).Load()
+    records = [(record, event_pb2.Event.FromString(record)) for record in loaded]
+    kept = [(r, e) for r, e in records if e.HasField("file_version") or e.step < below_step]
+    if len(kept) < len(records):
         with atomic_file(path) as tmp, tmp.open("wb") as f:
             writer = RecordWriter(f)
-            for record in kept:
+            for record, _ in kept:
                 writer.write(record)
-    return holds_data
+    return any(not event.HasField("file_version") for _, event in kept)
 
 
 def restore_logs(storage: Storage, logs_dir: Path, below_step: int) -> list[str]:
@@ -248,7 +250,8 @@ def restore_logs(storage: Storage, logs_dir: Path, below_step: int) -> list[str]
 
     Event files are cut (see `cut_event_file`); a cut file is written back to the live
     location in place of the old one, and one left without data is removed from both places.
-    What is not logs (`NOT_LOGS`) stays where it is.
+    What is not logs (the checkpoints, the dataset of nodes on other machines, and rank 0's
+    published outputs: components/common/run_layout.py) stays where it is.
 
     Args:
         storage: The run's live location.
@@ -260,11 +263,11 @@ def restore_logs(storage: Storage, logs_dir: Path, below_step: int) -> list[str]
     """
     restored = []
     for relative in sorted(storage.list_files()):
-        if relative.split("/", 1)[0] in NOT_LOGS:
+        if relative.split("/", 1)[0] in (CHECKPOINT_DIR, DATASET, OUTPUTS):
             continue
         local = logs_dir / relative
         storage.download(relative, local)
-        if EVENT_FILE_MARK in Path(relative).name:
+        if "tfevents" in Path(relative).name:
             before = local.stat().st_size
             if not cut_event_file(local, below_step):
                 local.unlink()
@@ -298,12 +301,7 @@ class LiveSync:
     """
 
     def __init__(
-        self,
-        source: Path,
-        storage: Storage,
-        interval: float,
-        label: str,
-        already_there: Iterable[str] = (),
+        self, source: Path, storage: Storage, interval: float, label: str, already_there: list[str]
     ) -> None:
         self.source, self.storage, self.interval, self.label = source, storage, interval, label
         # relative path -> `_state` when last copied
@@ -357,36 +355,6 @@ class LiveSync:
         self._tick()
 
 
-class EarlyPoints(Callback):
-    """Logs every step at first and makes the first point readable at once.
-
-    A user opens TensorBoard to see training start: with Lightning's `log_every_n_steps` the
-    first point waits that many steps, then up to a flush period. Here every step is logged
-    until the first interval ends (Lightning reads `Trainer.log_every_n_steps` at each step),
-    and once the first step is logged `make_readable` flushes the writer and copies the logs to
-    the live location.
-
-    Args:
-        every_n_steps: The trainer's logging interval (its `log_every_n_steps`).
-        make_readable: Flushes and copies what was logged so far.
-    """
-
-    def __init__(self, every_n_steps: int, make_readable: Callable[[], object]) -> None:
-        self.every_n_steps, self.make_readable = every_n_steps, make_readable
-        self._published = False
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        early = trainer.global_step < self.every_n_steps
-        trainer.log_every_n_steps = 1 if early else self.every_n_steps
-        # Lightning hands a step's metrics to the logger after `on_train_batch_end`: by the
-        # next batch's start the first point has been written.
-        if not self._published and trainer.global_step >= 1:
-            self._published = True
-            self.make_readable()
-
-
 @contextlib.contextmanager
 def live_logging(
     logs_dir: Path,
@@ -396,7 +364,7 @@ def live_logging(
     live_logs: LogsLocation | None,
     storage: Storage | None,
     update_seconds: float,
-) -> Iterator[tuple[TensorBoardLogger, list[L.Callback], Path | None]]:
+) -> Iterator[tuple[TensorBoardLogger, LivePoints, Path | None]]:
     """Sets up the logger, the live copy and the checkpoints, resuming a lost attempt's run.
 
     Args:
@@ -405,14 +373,14 @@ def live_logging(
         config: The run's parameters: the checkpoint interval, and the hyperparameters that
             recognise a checkpoint of the same configuration (the module saves the same dict).
         early_steps: The trainer's logging interval; every step is logged until the first
-            one ends (see `EarlyPoints`).
+            one ends (see `LivePoints`).
         live_logs: The run's live location (its URI is for messages); None keeps everything
             local.
         storage: The live location, opened.
         update_seconds: Longest delay before a logged point is readable there.
 
     Yields:
-        The logger, its callbacks and the checkpoint file to resume from (None to start
+        The logger, its callback and the checkpoint file to resume from (None to start
         over); on exit, whatever happened, every point logged so far reaches the live location.
     """
     # Writer flushes and copies each happen every half period: a point is readable within one.
@@ -449,10 +417,8 @@ def live_logging(
             if sync is not None:
                 sync.sync_once()
 
-        callbacks: list[L.Callback] = [EarlyPoints(early_steps, make_readable=make_readable)]
-        if storage is not None:
-            every_seconds = config.checkpoint_interval_minutes * 60
-            callbacks.append(DurableCheckpoints(storage, every_seconds, make_readable, early_steps))
+        every_seconds = config.checkpoint_interval_minutes * 60
+        points = LivePoints(early_steps, make_readable, storage, every_seconds)
         if resume and writer:
             print(
                 f"resuming from {CHECKPOINT_DIR}/{resume[0].name} "
@@ -460,7 +426,7 @@ def live_logging(
                 flush=True,
             )
         try:
-            yield logger, callbacks, resume[0] if resume else None
+            yield logger, points, resume[0] if resume else None
         finally:
             logger.experiment.flush()
             if sync is not None:

@@ -4,6 +4,8 @@
 connected layers, log-softmax), so its weights and accuracy compare directly with the original.
 `MNISTClassifier` adds the training, validation and test steps and the optimiser schedules; it
 never calls `.item()` on the hot path, so logging does not synchronise the GPU every step.
+Its TensorBoard tags are `quantity/split` (`tag`), and `log_layout` overlays training and
+validation on one Custom Scalars chart.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from torch import nn
 from kfp_lightning.components.common.training import TrainConfig
 
 if TYPE_CHECKING:  # evaluation.py imports this module
+    from lightning.pytorch.loggers import TensorBoardLogger
+
     from kfp_lightning.components.train_mnist.evaluation import EvaluationAccumulator
 
 # TensorBoard tags: quantity/split, so TensorBoard groups each quantity's curves together.
@@ -44,6 +48,23 @@ def split_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
     """`{quantity: value}` of the logged metrics of `split` (e.g. Lightning's callback_metrics)."""
     suffix = f"/{split}"
     return {k.removesuffix(suffix): float(v) for k, v in metrics.items() if k.endswith(suffix)}
+
+
+def log_layout(logger: TensorBoardLogger) -> None:
+    """Custom Scalars charts: training and validation loss on one chart, accuracies on another.
+
+    Loss and accuracy tags are `quantity/split`, which the Scalars dashboard groups together;
+    these charts overlay the splits.
+    """
+    logger.experiment.add_custom_scalars(
+        {
+            "training": {
+                "loss": ["Multiline", [tag(LOSS, TRAIN), tag(LOSS, VAL), tag(LOSS, TEST)]],
+                "accuracy": ["Multiline", [tag(ACCURACY, VAL), tag(ACCURACY, TEST)]],
+                "learning rate": ["Multiline", [LEARNING_RATE]],
+            }
+        }
+    )
 
 
 class Net(nn.Module):

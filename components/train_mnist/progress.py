@@ -74,9 +74,6 @@ class LineProgressBar(ProgressBar):
         if self._enabled:
             print(text, flush=True)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = None
-
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -86,12 +83,7 @@ class LineProgressBar(ProgressBar):
             self._samples = 0
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._samples += len(batch[1])
         self._loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -114,6 +106,7 @@ class LineProgressBar(ProgressBar):
             f"{self._training_line(trainer, int(self.total_train_batches), time.monotonic())}"
             f" | end of epoch {trainer.current_epoch + 1} {_metrics(trainer, VAL)}".rstrip()
         )
+        self._epoch_start = None  # the next epoch's first batch starts it again
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._print(f"test {_metrics(trainer, TEST)}")
@@ -154,12 +147,7 @@ class ThroughputMeter(Callback):
             self._start = time.perf_counter()
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.samples += len(batch[1]) * trainer.world_size
 
@@ -270,12 +258,7 @@ class DivergenceGuard(Callback):
         raise TrainingDivergedError(f"training diverged: {what} {where}; {self.hint}")
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if loss is None:
@@ -287,47 +270,36 @@ class DivergenceGuard(Callback):
         if len(self._steps) == self.check_every_n_steps:
             self.check(trainer)
 
-    def check(self, trainer: L.Trainer) -> None:
+    def check(self, trainer: L.Trainer, *hook_args: Any) -> None:
         """Reads the recorded losses; raises at the first non-finite one.
 
         With several processes every one of them checks at the same steps and they agree
         (any process's bad loss stops all of them), so none is left waiting for the others.
+        Also the hook at each epoch's end, before each validation pass, and before each
+        checkpoint: a checkpoint holds the weights a retry would resume from, never a diverged
+        state.
         """
         steps, self._steps = self._steps, []
         losses = torch.stack([loss for loss, _, _ in steps]) if steps else torch.zeros(0)
         finite = torch.isfinite(losses)
         local_bad = not bool(finite.all())
-        bad = local_bad
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(local_bad, all=False)
-        if not bad:
+        # One process's decision as it is; several processes' combined (Lightning's DDP).
+        if not trainer.strategy.reduce_boolean_decision(local_bad, all=False):
             return
         if not local_bad:
             self._fail(f"{tag(LOSS, TRAIN)} not finite", "in another training process")
         loss, step, epoch = steps[int((~finite).nonzero()[0])]
         self._fail(f"{tag(LOSS, TRAIN)}={float(loss)}", f"at step {step} (epoch {epoch + 1})")
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.check(trainer)
+    on_train_epoch_end = on_validation_start = on_save_checkpoint = check
 
-    on_validation_start = on_train_epoch_end
-
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        # A checkpoint holds the weights a retry would resume from: never a diverged state.
-        self.check(trainer)
-
-    def _check_evaluation(self, trainer: L.Trainer, split: str) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        split = TEST if trainer.testing else VAL
         if bad := non_finite(split_metrics(trainer.callback_metrics, split)):
             what = ", ".join(f"{tag(name, split)}={value}" for name, value in sorted(bad.items()))
             self._fail(what, f"after epoch {trainer.current_epoch + 1}")
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check_evaluation(trainer, VAL)
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check_evaluation(trainer, TEST)
+    on_test_end = on_validation_end
 
 
 def divergence_hint(config: TrainConfig) -> str:

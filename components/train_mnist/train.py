@@ -14,7 +14,6 @@ good checkpoint in the live location.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -31,7 +30,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import LightningDeprecationWarning
 
-from kfp_lightning.components.common import logs_location, run_layout
+from kfp_lightning.components.common import logs_location, run_layout, training
 from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.errors import exit_without_teardown, invalid
 from kfp_lightning.components.common.evaluation import FILE_NAME as EVALUATION_FILE
@@ -39,16 +38,7 @@ from kfp_lightning.components.common.files import atomic_directory, write_json
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.storage import open_storage
 from kfp_lightning.components.common.torchrun import run_torchrun
-from kfp_lightning.components.common.training import (
-    CONSOLE_ENV,
-    TEST_SET,
-    TrainConfig,
-    check_batch_size,
-    check_compiler,
-    plan_devices,
-    training_task_key,
-    visible_gpus,
-)
+from kfp_lightning.components.common.training import TEST_SET, TrainConfig, plan_devices
 from kfp_lightning.components.train_mnist import distributed, evaluation, model, progress
 from kfp_lightning.components.train_mnist.data import MNISTDataModule
 from kfp_lightning.components.train_mnist.export import export_model
@@ -61,7 +51,7 @@ logging.getLogger("lightning").propagate = False
 # Lightning 2.6 builds torch's `LeafSpec`, which torch 2.14 deprecates (lightning/pytorch/
 # utilities/_pytree.py): a warning about the library pair, nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-if os.environ.get(CONSOLE_ENV) == "quiet":
+if os.environ.get(training.CONSOLE_ENV) == "quiet":
     # Device, tips and the model summary stay out of the terminal; --verbose shows them. The
     # levels are set where Lightning sets them, on its two packages' loggers.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -69,24 +59,25 @@ if os.environ.get(CONSOLE_ENV) == "quiet":
     warnings.filterwarnings("ignore", category=LightningDeprecationWarning)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainingOutputs:
+class TrainingOutputs(NamedTuple):
     """The directories a training run creates (each atomically, or not at all).
 
+    The fields are named as `run_layout.OUTPUT_DIRS` names the outputs.
+
     Attributes:
-        model_dir: The Model artifact: exported program, weights, metadata.
-        tensorboard_logs_dir: The run's TensorBoard event files, in a folder named after it.
-        evaluation_dir: `evaluation.json`, the report's input; None writes none.
+        model: The Model artifact: exported program, weights, metadata.
+        tensorboard_logs: The run's TensorBoard event files, in a folder named after it.
+        evaluation: `evaluation.json`, the report's input; None writes none.
     """
 
-    model_dir: str | Path
-    tensorboard_logs_dir: str | Path
-    evaluation_dir: str | Path | None = None
+    model: str | Path
+    tensorboard_logs: str | Path
+    evaluation: str | Path | None = None
 
 
 def select_device(gpus: int, precision: str) -> tuple[str, int]:
     """`plan_devices` for the GPUs this process sees, saying when it falls back to the CPU."""
-    accelerator, devices = plan_devices(gpus, precision, visible_gpus())
+    accelerator, devices = plan_devices(gpus, precision, training.visible_gpus())
     if gpus >= 1 and accelerator == "cpu" and rank_zero_only.rank == 0:
         print(f"gpus={gpus} but no GPU is visible to this process: training on the CPU", flush=True)
     return accelerator, devices
@@ -109,14 +100,14 @@ def check_run(
     Raises:
         UserInputError: A parameter that cannot work here.
     """
-    check_compiler(config.torch_compile, accelerator)
+    training.check_compiler(config.torch_compile, accelerator)
     train_samples = int(dataset_metadata["train_samples"]) - config.validation_size
     if train_samples < 1:
         accepted = (
             f"{TEST_SET} or fewer than the {dataset_metadata['train_samples']} training images"
         )
         raise invalid("validation", config.validation, accepted)
-    check_batch_size(config.batch_size, train_samples, processes)
+    training.check_batch_size(config.batch_size, train_samples, processes)
     return train_samples
 
 
@@ -192,10 +183,10 @@ def run_training(
     with (
         # Every process has its own (only the entry point starts several, each in a scratch
         # directory); only rank 0's logger writes to it.
-        atomic_directory(outputs.tensorboard_logs_dir) as logs_dir,
+        atomic_directory(outputs.tensorboard_logs) as logs_dir,
         live_logging(
             logs_dir, run_label, config, log_every_n_steps, live_logs, storage, live_update_seconds
-        ) as (logger, live_callbacks, resume_path),
+        ) as (logger, live_points, resume_path),
         warnings.catch_warnings(),
     ):
         # Batches are already on the device; Lightning's DataLoader advice does not apply.
@@ -218,7 +209,7 @@ def run_training(
                     progress.divergence_hint(config), check_every_n_steps=log_every_n_steps
                 ),
                 collector,
-                *live_callbacks,
+                live_points,
             ],
             log_every_n_steps=log_every_n_steps,
             num_sanity_val_steps=0,
@@ -239,17 +230,8 @@ def run_training(
         else:
             trainer.test(fit_module, datamodule=datamodule, verbose=False)
             test = model.split_metrics(trainer.callback_metrics, model.TEST)
-        test_images = datamodule.raw_images("test")
         if writer:
-            evaluation.log_results(
-                logger,
-                trainer.global_step,
-                collector.evaluation,
-                test_images,
-                config,
-                test,
-                validation,
-            )
+            evaluation.log_results(trainer, collector, datamodule.test_images, config, test)
         marks["evaluated"] = time.monotonic()
         logger.finalize("success")
     if not writer:
@@ -273,7 +255,7 @@ def run_training(
     if bad := progress.non_finite(metrics):
         raise progress.TrainingDivergedError(f"training ended with non-finite metrics {bad}")
     device = torch.cuda.get_device_name() if accelerator == "gpu" else "cpu"
-    if outputs.evaluation_dir is not None:
+    if outputs.evaluation is not None:
         headline = ("test_accuracy", "test_loss", "train_seconds", "train_samples_per_second")
         run = {
             "name": run_label,
@@ -282,12 +264,12 @@ def run_training(
             **{k: metrics[k] for k in headline},
             "parameters": config.as_dict(),
         }
-        document = evaluation.evaluation_document(collector.evaluation, test_images, run)
-        with atomic_directory(outputs.evaluation_dir) as staging:
+        document = evaluation.evaluation_document(collector.evaluation, datamodule.test_images, run)
+        with atomic_directory(outputs.evaluation) as staging:
             write_json(staging / EVALUATION_FILE, document)
     model_metadata = export_model(
         module.net,
-        outputs.model_dir,
+        outputs.model,
         {
             "test_accuracy": metrics["test_accuracy"],
             "test_loss": metrics["test_loss"],
@@ -342,20 +324,14 @@ def train_from_run_form(
     config = from_run_form(TrainConfig, parameters)
     logs = from_run_form(logs_location.LiveLogsConfig, parameters)
     metadata = read_dataset_metadata(Path(dataset_dir))
-    key = training_task_key(task_name, metadata.get("sha256", {}), config)
-    location = logs.task_location(run_id, key)
-    accelerator, devices = plan_devices(config.gpus, config.precision, visible_gpus())
+    key = training.training_task_key(task_name, metadata.get("sha256", {}), config)
+    uri = logs.task_location(run_id, key).uri
+    accelerator, devices = plan_devices(config.gpus, config.precision, training.visible_gpus())
     # Before any process starts: one line for a value that cannot work, not one per process.
     check_run(config, metadata, accelerator, devices)
     with tempfile.TemporaryDirectory(prefix="handover-") as handover:
         arguments = run_layout.entry_arguments(
-            location.uri,
-            1,
-            config,
-            logs.endpoint(),
-            run_name,
-            logs.live_update_seconds,
-            dataset_dir,
+            uri, 1, config, logs.endpoint(), run_name, logs.live_update_seconds, dataset_dir
         )
         arguments += ["--publish", handover]
         if devices > 1:
