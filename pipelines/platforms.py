@@ -12,13 +12,12 @@ kube-apiserver for every row, so a release that changes one of them fails a test
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 from kfp_lightning.pipelines.readme import rewrite_section
 
 
-@dataclasses.dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
     """One supported release.
 
     Attributes:
