@@ -16,11 +16,10 @@ status: 0 when nothing failed, 1 when a check failed or no API server answers.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import urllib3
@@ -33,13 +32,13 @@ from kfp_lightning.components.common import kubernetes_syntax, logs_location
 from kfp_lightning.components.common.errors import RunError, UserInputError, invalid
 from kfp_lightning.components.common.logs_location import AUTO, KFP_OBJECT_STORES, ObjectStore
 from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.common.training_pod import GPU_RESOURCE, SchedulingConfig
+from kfp_lightning.components.common.training_pod import GPU_RESOURCE, SchedulingConfig, Tolerations
 from kfp_lightning.components.launch_tensorboard import launcher
 from kfp_lightning.components.launch_tensorboard.objects import PODDEFAULT_API, TENSORBOARD_API
 from kfp_lightning.components.train_on_nodes import trainjob
 
-# A pod's tolerations, as the `tolerations` parameter holds them (Toleration objects).
-Tolerations = Sequence[Mapping[str, Any]]
+# (group, plural, verbs) of each resource an account must be allowed to use.
+Permissions = Sequence[tuple[str, str, Sequence[str]]]
 
 DEFAULT_SERVICE_ACCOUNT = "default-editor"
 DEFAULT_KFP_NAMESPACE = "kubeflow"
@@ -113,8 +112,7 @@ class Status(enum.Enum):
         return Check(self, detail, fix)
 
 
-@dataclasses.dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
     """The result of one check.
 
     Attributes:
@@ -136,8 +134,7 @@ def _unreadable(what: str, err: ApiException) -> str:
     return f"{what} not readable with these credentials ({kube.api_answer(err)})"
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """What a run needs from the cluster, from the pipeline's parameters and the options.
 
     Attributes:
@@ -175,8 +172,10 @@ def check_crd(api_client: ApiClient, resource: kube.Resource) -> Check:
     Asks API discovery (`/apis/<group>/<version>`), which any authenticated user may read, for
     the exact group, version and resource the launcher (or the training step) writes.
     Kubeflow's Tensorboard is optional: standalone Kubeflow Pipelines has none, and a run there
-    still trains and is watched through the run page's "Start Tensorboard" button (which run
-    needs which CRD: `run_checks`).
+    still trains and is watched through the run page's "Start Tensorboard" button. A PodDefault
+    is needed only to give that Tensorboard's pod the object store's credentials; Kubeflow
+    Trainer's TrainJob only for training on several nodes (`run_checks` asks for those a run
+    needs).
 
     Args:
         api_client: A configured client.
@@ -217,7 +216,6 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
     Returns:
         The result.
     """
-    logs = target.logs
     namespace, secret = target.namespace, target.values["s3_credentials_secret"]
     access, secret_key = logs_location.ACCESS_KEY_KEY, logs_location.SECRET_KEY_KEY
     create = (
@@ -231,7 +229,7 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
             fix = f"kubectl -n {namespace} get secret {secret} as someone who may read it"
             return _unknown(_unreadable(f"secret {namespace}/{secret}", err), fix)
         return _failed(
-            f"no secret {secret} in namespace {namespace} (logs at {logs.uri})",
+            f"no secret {secret} in namespace {namespace} (logs at {target.logs.uri})",
             f"{create} (Kubeflow creates mlpipeline-minio-artifact in every profile "
             "namespace), or pass --s3-credentials-secret NAME",
         )
@@ -375,12 +373,7 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     return _passed(f"claim {where} is {'/'.join(modes)}")
 
 
-def check_rbac(
-    api_client: ApiClient,
-    target: Target,
-    name: str,
-    permissions: Sequence[tuple[str, str, Sequence[str]]],
-) -> Check:
+def check_rbac(api_client: ApiClient, target: Target, name: str, permissions: Permissions) -> Check:
     """Whether the run's service account may do everything of `permissions`.
 
     One SubjectAccessReview per verb and resource, answered by the cluster's own authorizer
