@@ -12,13 +12,12 @@ kube-apiserver for every row, so a release that changes one of them fails a test
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 from kfp_lightning.pipelines.readme import rewrite_section
 
 
-@dataclasses.dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
     """One supported release.
 
     Attributes:
@@ -46,17 +45,17 @@ class Platform:
         return f"kubeflow-trainer-v{self.trainer}" if self.trainer else ""
 
 
+# Kubeflow 26.03, and the base of the rows that differ from it only in their Trainer.
+KUBEFLOW_26_03 = Platform("Kubeflow 26.03", "kubeflow-26.03", "2.16.0", ("seaweedfs",), "2.1.0")
 PLATFORMS = (
     Platform("Kubeflow 1.10.2", "kubeflow-1.10.2", "2.5.0", ("minio-service",)),
     Platform(
         "Kubeflow 1.11.0", "kubeflow-1.11.0", "2.15.0", ("seaweedfs", "minio-service"), "2.1.0"
     ),
-    Platform("Kubeflow 26.03", "kubeflow-26.03", "2.16.0", ("seaweedfs",), "2.1.0"),
+    KUBEFLOW_26_03,
     # kubeflow/manifests master pins Trainer v2.2.0; its other files are 26.03's.
-    Platform("Kubeflow manifests master", "kubeflow-26.03", "2.16.0", ("seaweedfs",), "2.2.0"),
-    Platform(
-        "Kubeflow 26.03 with Trainer v2.3.0", "kubeflow-26.03", "2.16.0", ("seaweedfs",), "2.3.0"
-    ),
+    KUBEFLOW_26_03._replace(name="Kubeflow manifests master", trainer="2.2.0"),
+    KUBEFLOW_26_03._replace(name="Kubeflow 26.03 with Trainer v2.3.0", trainer="2.3.0"),
     Platform(
         "standalone KFP 2.5.0", "kfp-standalone-2.5.0", "2.5.0", ("minio-service",), profiles=False
     ),

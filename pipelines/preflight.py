@@ -16,11 +16,10 @@ status: 0 when nothing failed, 1 when a check failed or no API server answers.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import urllib3
@@ -30,16 +29,16 @@ from kubernetes.utils import parse_quantity
 
 from kfp_lightning.components.common import kubernetes as kube
 from kfp_lightning.components.common import kubernetes_syntax, logs_location
-from kfp_lightning.components.common.errors import RunError, invalid
+from kfp_lightning.components.common.errors import RunError, UserInputError, invalid
 from kfp_lightning.components.common.logs_location import AUTO, KFP_OBJECT_STORES, ObjectStore
 from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.common.training_pod import GPU_RESOURCE, SchedulingConfig
+from kfp_lightning.components.common.training_pod import GPU_RESOURCE, SchedulingConfig, Tolerations
 from kfp_lightning.components.launch_tensorboard import launcher
 from kfp_lightning.components.launch_tensorboard.objects import PODDEFAULT_API, TENSORBOARD_API
 from kfp_lightning.components.train_on_nodes import trainjob
 
-# A pod's tolerations, as the `tolerations` parameter holds them (Toleration objects).
-Tolerations = Sequence[Mapping[str, Any]]
+# (group, plural, verbs) of each resource an account must be allowed to use.
+Permissions = Sequence[tuple[str, str, Sequence[str]]]
 
 DEFAULT_SERVICE_ACCOUNT = "default-editor"
 DEFAULT_KFP_NAMESPACE = "kubeflow"
@@ -58,6 +57,8 @@ CONDITION_TAINTS = {
     f"node.kubernetes.io/{condition}"
     for condition in ("not-ready", "unreachable", "unschedulable", "network-unavailable")
 } | {f"node.kubernetes.io/{pressure}-pressure" for pressure in ("memory", "disk", "pid")}
+# How `why_unreachable` names an untolerated taint: a condition taint, or another.
+TAINT_PHRASES = {True: "not ready or not schedulable ({})", False: "taint {} not tolerated"}
 # The fix for each kind of obstacle `why_unreachable` names, by how its phrase starts. Never
 # "tolerate it" for a node in a bad condition: the condition taints mark nodes a pod must not
 # run on.
@@ -111,8 +112,7 @@ class Status(enum.Enum):
         return Check(self, detail, fix)
 
 
-@dataclasses.dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
     """The result of one check.
 
     Attributes:
@@ -134,8 +134,7 @@ def _unreadable(what: str, err: ApiException) -> str:
     return f"{what} not readable with these credentials ({kube.api_answer(err)})"
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """What a run needs from the cluster, from the pipeline's parameters and the options.
 
     Attributes:
@@ -167,12 +166,7 @@ def _call(request: Callable[..., Any], *args: object) -> Any:
 # --- the checks ---------------------------------------------------------------------------
 
 
-def check_crd(
-    api_client: ApiClient,
-    resource: tuple[str, str, str, str],
-    logs: logs_location.LogsLocation | None = None,
-    tensorboards: bool = True,
-) -> Check:
+def check_crd(api_client: ApiClient, resource: kube.Resource) -> Check:
     """Whether the cluster serves a custom resource the run creates.
 
     Asks API discovery (`/apis/<group>/<version>`), which any authenticated user may read, for
@@ -180,25 +174,18 @@ def check_crd(
     Kubeflow's Tensorboard is optional: standalone Kubeflow Pipelines has none, and a run there
     still trains and is watched through the run page's "Start Tensorboard" button. A PodDefault
     is needed only to give that Tensorboard's pod the object store's credentials; Kubeflow
-    Trainer's TrainJob only for training on several nodes.
+    Trainer's TrainJob only for training on several nodes (`run_checks` asks for those a run
+    needs).
 
     Args:
         api_client: A configured client.
         resource: (group, version, plural, kind), e.g. `TENSORBOARD_API`.
-        logs: The run's logs root: PodDefaults are needed for s3:// only, neither for a
-            local directory (no cluster TensorBoard is started then); None for the TrainJob.
-        tensorboards: Whether the cluster serves Tensorboards (for the PodDefault check).
 
     Returns:
         The result.
     """
     group, version, plural, _ = resource
     api = f"{plural}.{group}/{version}"
-    schemes = ("s3", "pvc") if resource == TENSORBOARD_API else ("s3",)
-    if logs is not None and logs.scheme not in schemes:
-        return _passed(f"not needed for logs at {logs.uri}")
-    if not tensorboards:
-        return _passed("not needed without Kubeflow's Tensorboard")
     try:
         found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
     except ApiException as err:
@@ -220,7 +207,7 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
     """Whether the object store's credentials secret exists in the run's namespace, with keys.
 
     Training reads `accesskey` and `secretkey` from it into its environment, and so does the
-    TensorBoard pod through the PodDefault; a pvc:// or local logs root needs no secret.
+    TensorBoard pod through the PodDefault (s3:// logs only).
 
     Args:
         api_client: A configured client.
@@ -229,9 +216,6 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
     Returns:
         The result.
     """
-    logs = target.logs
-    if logs.scheme != "s3":
-        return _passed(f"not needed for logs at {logs.uri}")
     namespace, secret = target.namespace, target.values["s3_credentials_secret"]
     access, secret_key = logs_location.ACCESS_KEY_KEY, logs_location.SECRET_KEY_KEY
     create = (
@@ -245,7 +229,7 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
             fix = f"kubectl -n {namespace} get secret {secret} as someone who may read it"
             return _unknown(_unreadable(f"secret {namespace}/{secret}", err), fix)
         return _failed(
-            f"no secret {secret} in namespace {namespace} (logs at {logs.uri})",
+            f"no secret {secret} in namespace {namespace} (logs at {target.logs.uri})",
             f"{create} (Kubeflow creates mlpipeline-minio-artifact in every profile "
             "namespace), or pass --s3-credentials-secret NAME",
         )
@@ -309,19 +293,16 @@ def check_object_store(api_client: ApiClient, target: Target) -> Check:
     With `s3_endpoint=auto`, the run uses the first of KFP's object-store Services that exists
     (seaweedfs, else minio-service, in `kubeflow`); an explicit endpoint naming an in-cluster
     Service must name one that exists with that port. An endpoint outside the cluster cannot
-    be checked from here.
+    be checked from here. Only s3:// logs need an object store.
 
     Args:
         api_client: A configured client.
-        target: The run (its logs root, as only s3:// needs an object store, and its
-            `s3_endpoint`).
+        target: The run (its `s3_endpoint`).
 
     Returns:
         The result; unknown when these credentials may not read the Services.
     """
     endpoint = target.values["s3_endpoint"]
-    if target.logs.scheme != "s3":
-        return _passed(f"not needed for logs at {target.logs.uri}")
     candidates, auto = KFP_OBJECT_STORES, endpoint.strip() == AUTO
     if not auto:
         # An in-cluster Service is named `<svc>.<ns>[.svc[.cluster.local]]`.
@@ -360,14 +341,12 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
 
     Args:
         api_client: A configured client.
-        target: The run (its namespace and logs root).
+        target: The run (its namespace and pvc:// logs root).
 
     Returns:
         The result; unknown when these credentials may not read the claim.
     """
     logs, namespace = target.logs, target.namespace
-    if logs.scheme != "pvc":
-        return _passed(f"not needed for logs at {logs.uri}")
     where = f"{namespace}/{logs.claim}"
     patience = kube.Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS)
     try:
@@ -394,12 +373,7 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     return _passed(f"claim {where} is {'/'.join(modes)}")
 
 
-def check_rbac(
-    api_client: ApiClient,
-    target: Target,
-    name: str,
-    permissions: Sequence[tuple[str, str, Sequence[str]]],
-) -> Check:
+def check_rbac(api_client: ApiClient, target: Target, name: str, permissions: Permissions) -> Check:
     """Whether the run's service account may do everything of `permissions`.
 
     One SubjectAccessReview per verb and resource, answered by the cluster's own authorizer
@@ -462,7 +436,7 @@ def check_rbac(
     return _failed(f"{account} may not {', '.join(denied)} ({consequence})", fix)
 
 
-def check_launcher_rbac(api_client: ApiClient, target: Target, tensorboards: bool) -> Check:
+def check_launcher_rbac(api_client: ApiClient, target: Target) -> Check:
     """Whether the run's service account may make every call the launcher makes.
 
     One SubjectAccessReview per verb and resource of `LAUNCHER_PERMISSIONS` the logs root
@@ -471,17 +445,14 @@ def check_launcher_rbac(api_client: ApiClient, target: Target, tensorboards: boo
 
     Args:
         api_client: A configured client.
-        target: The run (its namespace, service account and logs root).
-        tensorboards: Whether the run gets a Tensorboard: the cluster serves them and the
-            logs root is s3:// or pvc:// (else nothing is created).
+        target: The run (its namespace, service account and logs root), which gets a
+            Tensorboard: the cluster serves them and the logs root is s3:// or pvc://.
 
     Returns:
         The result; unknown when these credentials may not ask.
     """
     namespace, account = target.namespace, target.service_account
-    if not tensorboards:
-        return _passed("nothing to create: Kubeflow's Tensorboard is not served")
-    # Tensorboards are served to a run only with an s3:// or pvc:// logs root (`check_crd`).
+    # Tensorboards are served to a run only with an s3:// or pvc:// logs root (`run_checks`).
     tensorboard, poddefault, claim = launcher.LAUNCHER_PERMISSIONS
     permissions = [tensorboard, poddefault if target.logs.scheme == "s3" else claim]
     try:
@@ -549,11 +520,8 @@ def why_unreachable(
         tolerated = any(tolerates(t, taint) for t in tolerations)
         if taint["effect"] in ("NoSchedule", "NoExecute") and not tolerated:
             value = f"={taint['value']}" if taint.get("value") else ""
-            text = f"{taint['key']}{value}:{taint['effect']}"
-            if taint["key"] in CONDITION_TAINTS:
-                reasons.append(f"not ready or not schedulable ({text})")
-            else:
-                reasons.append(f"taint {text} not tolerated")
+            phrase = TAINT_PHRASES[taint["key"] in CONDITION_TAINTS]
+            reasons.append(phrase.format(f"{taint['key']}{value}:{taint['effect']}"))
     labels = node.metadata.labels or {}
     return reasons + [
         f"label {key}={value} missing" + (f" (has {labels[key]})" if key in labels else "")
@@ -649,7 +617,7 @@ def check_training_runtime(api_client: ApiClient) -> Check:
     return _passed(f"{wanted} exists, with a torch policy and a node job")
 
 
-def check_trainjob_dry_run(api_client: ApiClient, target: Target, served: bool) -> Check:
+def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
     """Whether the cluster would store the run's real TrainJob exactly as the step builds it.
 
     The form of its pod settings is read from the cluster's own TrainJob schema (Trainer
@@ -661,7 +629,6 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target, served: bool) 
     Args:
         api_client: A configured client (its user needs `create` on trainjobs).
         target: The run.
-        served: Whether the TrainJob CRD is served (else nothing is submitted).
 
     Returns:
         The result; unknown when these credentials may not submit the dry run.
@@ -670,16 +637,14 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target, served: bool) 
     from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE
 
     values = target.values
-    if not served:
-        return _unknown("not submitted: the TrainJob CRD is not served")
     config = from_run_form(training.TrainConfig, values)
     scheduling = from_run_form(SchedulingConfig, values)
     endpoint = secret = None
     if target.logs.scheme == "s3":
         endpoint, secret = values["s3_endpoint"], values["s3_credentials_secret"]
-        with contextlib.suppress(ApiException):
-            if endpoint == AUTO and (found := find_object_store(api_client)):
-                endpoint = found.endpoint
+        # The endpoint the step would give the nodes (`auto` stays where none is found).
+        with contextlib.suppress(UserInputError):
+            endpoint = endpoint_in_cluster(api_client, endpoint)
     location = target.logs.child("preflight").uri
     arguments = run_layout.entry_arguments(
         location, target.nodes, config, endpoint, "preflight", values.get("live_update_seconds", 10)
@@ -720,8 +685,9 @@ def image_version(image: str) -> tuple[int, int, int] | None:
     Returns:
         None for an image without a tag, or whose tag is not a version.
     """
-    _, colon, tag = image.split("@", 1)[0].rsplit("/", 1)[-1].rpartition(":")
-    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", tag) if colon else None
+    # The tag: after the last ":" that follows the last "/" (a registry's port comes before
+    # it), up to an "@digest".
+    match = re.search(r":v?(\d+)\.(\d+)\.(\d+)[^:/@]*(?:@|$)", image)
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
@@ -770,15 +736,24 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     scheduling = from_run_form(SchedulingConfig, target.values)
     # The run form may hold the count as text ("1"): validated already, either form works.
     gpus = int(str(target.values["gpus"]))
-    tensorboard = check_crd(api_client, TENSORBOARD_API, target.logs)
-    served = tensorboard.detail.endswith("is served")
+    # What the logs root needs: an s3:// root the object store, its secret and a PodDefault
+    # for the Tensorboard's pod; a pvc:// root its claim; either Kubeflow's Tensorboard; a
+    # local directory none of these (no cluster TensorBoard is started then).
+    s3, pvc = target.logs.scheme == "s3", target.logs.scheme == "pvc"
+    not_needed = _passed(f"not needed for logs at {target.logs.uri}")
+    tensorboard = check_crd(api_client, TENSORBOARD_API) if s3 or pvc else not_needed
+    if served := tensorboard.detail.endswith("is served"):
+        poddefault = check_crd(api_client, PODDEFAULT_API) if s3 else not_needed
+    else:
+        poddefault = _passed("not needed without Kubeflow's Tensorboard") if s3 else not_needed
+    nothing = _passed("nothing to create: Kubeflow's Tensorboard is not served")
     checks = {
         "Tensorboard CRD": tensorboard,
-        "PodDefault CRD": check_crd(api_client, PODDEFAULT_API, target.logs, served),
-        "object-store secret": check_s3_secret(api_client, target),
-        "object store": check_object_store(api_client, target),
-        "logs claim": check_logs_claim(api_client, target),
-        "launcher RBAC": check_launcher_rbac(api_client, target, served),
+        "PodDefault CRD": poddefault,
+        "object-store secret": check_s3_secret(api_client, target) if s3 else not_needed,
+        "object store": check_object_store(api_client, target) if s3 else not_needed,
+        "logs claim": check_logs_claim(api_client, target) if pvc else not_needed,
+        "launcher RBAC": check_launcher_rbac(api_client, target) if served else nothing,
         "training node": check_gpu_nodes(
             api_client, gpus, scheduling.node_selector, scheduling.tolerations
         ),
@@ -791,7 +766,9 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
         "TrainJob CRD": crd,
         "training runtime": check_training_runtime(api_client),
         "TrainJob RBAC": check_rbac(api_client, target, "TrainJob RBAC", TRAINJOB_PERMISSIONS),
-        "TrainJob": check_trainjob_dry_run(api_client, target, crd.status is Status.PASSED),
+        "TrainJob": check_trainjob_dry_run(api_client, target)
+        if crd.status is Status.PASSED
+        else _unknown("not submitted: the TrainJob CRD is not served"),
     }
 
 
