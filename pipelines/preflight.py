@@ -352,8 +352,6 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     try:
         # The launcher's own reading: the bound volume's modes, else those the claim asks for.
         modes = launcher.claim_access_modes(api_client, namespace, logs.claim, patience)
-    except kube.ClusterUnreachableError as err:
-        raise RunError(f"the Kubernetes API stopped answering: {err}") from err
     except ApiException as err:
         if err.status == 404:
             fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default)"
@@ -825,7 +823,12 @@ def check_cluster(
             f"Kubernetes {info.git_version} at {host}, namespace {namespace}, "
             f"service account {service_account}:"
         )
-        checks = run_checks(api_client, target)
+        try:
+            checks = run_checks(api_client, target)
+        except kube.ClusterUnreachableError as err:
+            # What the shared client raises (the claim's reading, the TrainJob's dry run) once
+            # its retries are spent: the same one line as `_call`'s.
+            raise RunError(f"the Kubernetes API stopped answering: {err}") from None
     for name, check in checks.items():
         # Only failures and unknowns carry a fix.
         label = "Fix" if check.status is Status.FAILED else "To check"

@@ -13,11 +13,14 @@ to end; the rest call the CLI's `main` in this process.
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -662,3 +665,68 @@ def test_a_file_that_is_no_kubeconfig_is_one_line_saying_so(
     err = capsys.readouterr().err
     assert f"and {not_a_kubeconfig} is not a usable kubeconfig (" in err
     assert err.count("\n") == 1
+
+
+class _DropsOpenAPI(http.server.BaseHTTPRequestHandler):
+    """An API server whose OpenAPI documents never arrive: the connection drops on each read.
+
+    It answers /version, serves trainjobs in discovery (so the TrainJob dry run goes ahead) and
+    404 to everything else, so every check before the dry run gets an answer.
+    """
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/openapi/"):
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if self.path.rstrip("/") == "/version":
+            keys = ("major", "minor", "gitVersion", "gitCommit", "gitTreeState", "buildDate")
+            body = {**dict.fromkeys(keys, "1"), "goVersion": "go", "compiler": "gc"}
+            body |= {"platform": "linux/amd64", "gitVersion": "v1.31.0"}
+        elif self.path == "/apis/trainer.kubeflow.org/v1alpha1":
+            resource = {"name": "trainjobs", "kind": "TrainJob", "namespaced": True}
+            body = {"kind": "APIResourceList", "groupVersion": "trainer.kubeflow.org/v1alpha1"}
+            body["resources"] = [{**resource, "singularName": "", "verbs": ["create"]}]
+        else:
+            body = {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
+        payload = json.dumps(body).encode()
+        self.send_response(404 if body.get("code") == 404 else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_POST = do_GET  # noqa: N815 - http.server dispatches on the method name
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_api_that_stops_answering_midway_is_one_line(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DropsOpenAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": host}}],
+                "users": [{"name": "u", "user": {"token": "t0k3n"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    try:
+        done = run_cli("--nodes", "2", env={"KUBECONFIG": str(kubeconfig)})
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith(f"Kubernetes v1.31.0 at {host}, namespace default")
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: the Kubernetes API stopped answering: ")
+    assert "openapi" in line
