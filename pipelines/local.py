@@ -115,9 +115,6 @@ class TaskConsole(io.TextIOBase):
         self.failures: dict[str, str] = {}
         self._pending = ""
 
-    def writable(self) -> bool:
-        return True
-
     def write(self, text: str) -> int:
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
@@ -249,11 +246,11 @@ def run_local(
         try:
             with contextlib.redirect_stdout(console):
                 outputs = pipeline(**parameters).outputs
-        except RuntimeError as err:
-            failed = re.search(r"Task '([^']+)'", _ANSI.sub("", str(err)))
-            task = failed.group(1) if failed else console.task
-            print(f"task {task} failed; its whole output: {log_path}", file=sys.stderr)
-            raise RunError(console.cause(task)) from None
+        except RuntimeError:
+            # kfp.local runs one task at a time and stops at the first that fails: the last
+            # one that started (its error names it only inside the failed pipeline's chain).
+            print(f"task {console.task} failed; its whole output: {log_path}", file=sys.stderr)
+            raise RunError(console.cause(console.task)) from None
         finally:
             console.flush()
             # Closing flushes: on a full disk that fails too, and the tasks' own error says so.

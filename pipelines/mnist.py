@@ -78,19 +78,16 @@ def set_retries(
     )
 
 
-def use_secret_as_env(task: PipelineTask, secret_name: Any, keys: dict[str, str]) -> None:
+def use_secret_as_env(task: PipelineTask, secret_name: Any, keys: dict[str, str]) -> PipelineTask:
     """`kfp.kubernetes.use_secret_as_env`, in a form every supported backend accepts.
 
     kfp-kubernetes 2.15+ always writes `optional` (a proto3 `optional bool`, so even `false` is
     emitted; kfp/kubernetes/secret.py). Backends before 2.15 do not know the field, and 2.14's
     API server parses the Kubernetes config strictly and refuses the run over it
     (backend/src/v2/compiler/argocompiler/container.go, protojson.Unmarshal). Leaving it out
-    means "required" on every backend, which is what we want.
+    (None: the field unset) means "required" on every backend, which is what we want.
     """
-    kubernetes.use_secret_as_env(task, secret_name, keys)
-    for entry in task.platform_config["kubernetes"]["secretAsEnv"]:
-        if entry.get("optional") is False:
-            del entry["optional"]
+    return kubernetes.use_secret_as_env(task, secret_name, keys, optional=None)
 
 
 def arguments_for(component: BaseComponent, available: dict[str, Any]) -> dict[str, Any]:

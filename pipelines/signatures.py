@@ -147,8 +147,7 @@ def written(signature: Signature, text: str) -> str:
 
 def drifted() -> list[tuple[Path, str]]:
     """(path, wanted text) of every file whose run parameters differ from their fields."""
-    paths = {signature: REPO / signature.path for signature in SIGNATURES}
-    wanted = {path: written(signature, path.read_text()) for signature, path in paths.items()}
+    wanted = {REPO / s.path: written(s, (REPO / s.path).read_text()) for s in SIGNATURES}
     return [(path, text) for path, text in wanted.items() if text != path.read_text()]
 
 
