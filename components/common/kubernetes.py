@@ -110,8 +110,7 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
         status_forcelist=(429, 500, 502, 503, 504),  # transient: rate limits, server faults
         allowed_methods=None,  # every method: each write here is safe to repeat
         raise_on_status=False,  # the last answer reaches the caller as an ApiException
-        respect_retry_after_header=True,
-    )
+    )  # and, as urllib3 does by default, a Retry-After header is honoured
     return client.ApiClient(configuration), namespace
 
 
@@ -337,7 +336,6 @@ def wait_until_ready(
         current = request(api, resource, "read", namespace, name, patience.request_timeout_seconds)
         if ((current.get("status") or {}).get("readyReplicas") or 0) >= 1:
             return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if (remaining := deadline - time.monotonic()) <= 0:
             return False
         time.sleep(min(patience.poll_seconds, remaining))

@@ -251,13 +251,8 @@ def parse_logs_root(
     if parts.scheme in ("s3", "pvc"):
         segments = [s for s in parts.path.split("/") if s]
         name_ok = (_BUCKET if parts.scheme == "s3" else _DNS1123_SUBDOMAIN).fullmatch(parts.netloc)
-        if (
-            not name_ok
-            or len(parts.netloc) > 253
-            or parts.query
-            or parts.fragment
-            or not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
-        ):
+        ok = name_ok and len(parts.netloc) <= 253 and not (parts.query or parts.fragment)
+        if not ok or not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
             raise invalid(parameter, root, ACCEPTED)
         name = "bucket" if parts.scheme == "s3" else "claim"
         return LogsLocation(parts.scheme, "/".join(segments), **{name: parts.netloc})
