@@ -329,19 +329,16 @@ class DirectoryStorage:
         """
         target = self.root / relative
         if append_from is not None and target.is_file() and target.stat().st_size == append_from:
-            try:
-                with (
-                    reported_write_faults(target),
-                    source.open("rb") as src,
-                    target.open("ab") as dst,
-                ):
-                    src.seek(append_from)
-                    shutil.copyfileobj(src, dst)
-            except BaseException:
-                # A torn record at the end would be read as the file's last event.
-                with contextlib.suppress(OSError):
-                    os.truncate(target, append_from)
-                raise
+            with reported_write_faults(target):
+                try:
+                    with source.open("rb") as src, target.open("ab") as dst:
+                        src.seek(append_from)
+                        shutil.copyfileobj(src, dst)
+                except BaseException:
+                    # A torn record at the end would be read as the file's last event.
+                    with contextlib.suppress(OSError):
+                        os.truncate(target, append_from)
+                    raise
             return
         with atomic_file(target) as tmp:
             shutil.copyfile(source, tmp)
@@ -400,14 +397,11 @@ class S3Storage:
 
     def list_files(self) -> dict[str, int]:
         start = self._key("")
-        files = {}
+        paginator = self.client.get_paginator("list_objects_v2")
         with self._refusals("list", ""):
-            for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=start
-            ):
-                for item in page.get("Contents", []):
-                    files[item["Key"][len(start) :]] = int(item["Size"])
-        return files
+            # Every page's objects; a page without any (no "Contents") yields None.
+            items = paginator.paginate(Bucket=self.bucket, Prefix=start).search("Contents[]")
+            return {item["Key"][len(start) :]: int(item["Size"]) for item in items if item}
 
     @contextlib.contextmanager
     def _refusals(self, action: str, relative: str) -> Iterator[None]:

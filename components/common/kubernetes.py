@@ -217,11 +217,9 @@ def request(
     method = getattr(api, f"{'get' if verb == 'read' else verb}_namespaced_custom_object")
     named = () if verb == "create" else (name,)
     options["_request_timeout"] = timeout
+    what = f"{verb} {kind} {namespace}/{name}"
     try:
-        return call(
-            lambda: method(group, version, namespace, plural, *named, **options),
-            f"{verb} {kind} {namespace}/{name}",
-        )
+        return call(lambda: method(group, version, namespace, plural, *named, **options), what)
     except ApiException as err:
         if err.status == absent:
             return None
@@ -229,7 +227,7 @@ def request(
 
 
 def ensure_object(
-    api: client.CustomObjectsApi, resource: Resource, wanted: dict[str, object], patience: Patience
+    api: client.CustomObjectsApi, resource: Resource, wanted: dict[str, Any], patience: Patience
 ) -> str:
     """Creates a namespaced custom object, or replaces an existing one that differs from it.
 
@@ -256,7 +254,6 @@ def ensure_object(
             object being replaced did not go away or kept changing.
     """
     metadata = wanted["metadata"]
-    assert isinstance(metadata, dict)
     namespace, name = metadata["namespace"], metadata["name"]
     # Others may add labels and annotations of their own; they change nothing here.
     ours = {k: metadata[k] for k in ("labels", "annotations") if k in metadata}

@@ -243,9 +243,8 @@ def parse_logs_root(
     value = root.strip()
     if NAMESPACE_PLACEHOLDER in value:
         if not namespace:
-            raise invalid(
-                parameter, root, f"a root without {NAMESPACE_PLACEHOLDER} outside a Kubernetes pod"
-            )
+            accepted = f"a root without {NAMESPACE_PLACEHOLDER} outside a Kubernetes pod"
+            raise invalid(parameter, root, accepted)
         value = value.replace(NAMESPACE_PLACEHOLDER, namespace)
     parts = urlparse(value)
     if parts.scheme in ("s3", "pvc"):
@@ -278,13 +277,9 @@ def check_mounted_claim(location: LogsLocation, logs_pvc: str | None, shown: str
         UserInputError: A claim the pods would not have mounted.
     """
     if location.scheme == "pvc" and location.claim != logs_pvc:
-        raise invalid(
-            "tensorboard_logs_root",
-            shown,
-            f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
-            if logs_pvc
-            else f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim",
-        )
+        mounted = f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
+        unmounted = f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim"
+        raise invalid("tensorboard_logs_root", shown, mounted if logs_pvc else unmounted)
 
 
 # A valid namespace that stands in for the run's while a root is checked outside a pod.

@@ -123,10 +123,6 @@ class DownloadConfig:
         return self.expected_md5 == dict(MNIST_MD5)
 
 
-# IDX magic numbers: two zero bytes, the type (0x08: unsigned byte), the number of dimensions.
-_IDX_UBYTE = {3: 0x00000803, 1: 0x00000801}
-
-
 def read_idx(data: bytes, dims: int, name: str) -> np.ndarray:
     """The uint8 array of an IDX file (http://yann.lecun.com/exdb/mnist/, "FILE FORMATS").
 
@@ -139,7 +135,8 @@ def read_idx(data: bytes, dims: int, name: str) -> np.ndarray:
         DownloadError: Not an unsigned-byte IDX file of `dims` dimensions, or a wrong length.
     """
     header = 4 + 4 * dims
-    if len(data) < header or int.from_bytes(data[:4], "big") != _IDX_UBYTE[dims]:
+    # The magic number: two zero bytes, the type (0x08: unsigned byte), the number of dimensions.
+    if len(data) < header or int.from_bytes(data[:4], "big") != 0x0800 + dims:
         raise DownloadError(f"{name} is not an IDX file of {dims}-dimensional unsigned bytes")
     shape = tuple(int(n) for n in np.frombuffer(data, dtype=">u4", count=dims, offset=4))
     if len(data) != header + int(np.prod(shape)):
