@@ -234,8 +234,7 @@ def run_plain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def prepare(mirror: str, work: Path, expected_md5: dict[str, str] | None = None) -> None:
     """The Dataset artifact (our path) and torchvision's raw layout (the naive path)."""
-    from kfp_lightning.components.download_mnist.download import download_dataset
-    from kfp_lightning.components.download_mnist.sources import DownloadConfig
+    from kfp_lightning.components.download_mnist.download import DownloadConfig, download_dataset
 
     download_dataset(work / "dataset", DownloadConfig(mirror, expected_md5))
     raw = work / "torchvision" / "MNIST" / "raw"

@@ -28,7 +28,7 @@ from kfp_lightning.components.common.training_pod import (
     SchedulingConfig,
 )
 from kfp_lightning.components.download_mnist.component import download_mnist
-from kfp_lightning.components.download_mnist.sources import DownloadConfig
+from kfp_lightning.components.download_mnist.download import DownloadConfig
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
 from kfp_lightning.components.launch_tensorboard.launcher import LauncherConfig
 from kfp_lightning.components.report_training.component import report_training

@@ -13,7 +13,7 @@ from typing import Any
 from kfp_lightning.components.common import logs_location, run_form, training
 from kfp_lightning.components.common.errors import invalid
 from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.download_mnist.sources import MNIST_TRAIN_SAMPLES, DownloadConfig
+from kfp_lightning.components.download_mnist.download import MNIST_TRAIN_SAMPLES, DownloadConfig
 from kfp_lightning.components.train_on_nodes.nodes import TRAINJOB, check_shared_location
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS
 from kfp_lightning.pipelines.readme import rewrite_section

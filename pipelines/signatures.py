@@ -26,7 +26,7 @@ from kfp_lightning.components.common.files import atomic_write_text
 from kfp_lightning.components.common.logs_location import LiveLogsConfig
 from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.common.training_pod import SchedulingConfig
-from kfp_lightning.components.download_mnist.sources import DownloadConfig
+from kfp_lightning.components.download_mnist.download import DownloadConfig
 from kfp_lightning.components.launch_tensorboard.launcher import LauncherConfig
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS
 

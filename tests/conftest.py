@@ -47,10 +47,10 @@ def http_mirror(mnist_mirror: tuple[Path, dict[str, str]]) -> Iterator[str]:
 def dataset(mnist_mirror, tmp_path_factory) -> Path:
     """A Dataset artifact directory made by `download_dataset` from `mnist_mirror`."""
     from kfp_lightning.components.download_mnist.download import (
+        DownloadConfig,
         DownloadOptions,
         download_dataset,
     )
-    from kfp_lightning.components.download_mnist.sources import DownloadConfig
 
     directory, md5 = mnist_mirror
     path = tmp_path_factory.mktemp("data") / "dataset"

@@ -17,14 +17,12 @@ from kfp_lightning.components.common.dataset import DATA_FILE, METADATA_FILE, lo
 from kfp_lightning.components.common.errors import DownloadError, UserInputError
 from kfp_lightning.components.download_mnist.component import download_mnist as component
 from kfp_lightning.components.download_mnist.download import (
-    DownloadOptions,
-    download_dataset,
-    read_idx,
-)
-from kfp_lightning.components.download_mnist.sources import (
     DEFAULT_MIRRORS,
     MNIST_MD5,
     DownloadConfig,
+    DownloadOptions,
+    download_dataset,
+    read_idx,
 )
 from tests.component_runner import run_component
 from tests.synthetic_mnist import copy_mirror

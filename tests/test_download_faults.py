@@ -17,8 +17,11 @@ import pytest
 
 from kfp_lightning.components.common.dataset import load_dataset
 from kfp_lightning.components.common.errors import DownloadError
-from kfp_lightning.components.download_mnist.download import DownloadOptions, download_dataset
-from kfp_lightning.components.download_mnist.sources import DownloadConfig
+from kfp_lightning.components.download_mnist.download import (
+    DownloadConfig,
+    DownloadOptions,
+    download_dataset,
+)
 
 TIMEOUT = 0.5
 

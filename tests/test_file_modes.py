@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from kfp_lightning.components.common.files import DirectoryStorage
 from kfp_lightning.components.common.logs_location import LiveLogsConfig, parse_logs_root
-from kfp_lightning.components.common.storage import DirectoryStorage
 from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.download_mnist.download import (
+    DownloadConfig,
     DownloadOptions,
     download_dataset,
 )
-from kfp_lightning.components.download_mnist.sources import DownloadConfig
 from kfp_lightning.components.launch_tensorboard.launcher import (
     LauncherConfig,
     start_live_tensorboard,

@@ -27,7 +27,7 @@ from kfp_lightning.components.common.run_form import (
 from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.common.training_pod import GPU_TOLERATION, SchedulingConfig
 from kfp_lightning.components.download_mnist.component import download_mnist
-from kfp_lightning.components.download_mnist.sources import MNIST_MD5, DownloadConfig
+from kfp_lightning.components.download_mnist.download import MNIST_MD5, DownloadConfig
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
 from kfp_lightning.components.train_mnist.component import train_mnist
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes

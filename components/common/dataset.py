@@ -47,7 +47,6 @@ def _dataset_file(dataset_dir: str | Path, name: str) -> Path:
     """The file `name` of a Dataset directory; raises `UserInputError` when it is not there."""
     path = Path(dataset_dir) / name
     if not path.is_file():
-        raise invalid(
-            "dataset", str(dataset_dir), f"a directory written by download_mnist (no {name})"
-        )
+        accepted = f"a directory written by download_mnist (no {name})"
+        raise invalid("dataset", str(dataset_dir), accepted)
     return path

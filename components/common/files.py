@@ -1,30 +1,39 @@
-"""Atomic file and directory writes, so a crash or a rejected input never leaves half an artifact.
+"""Writes that never leave half a file: atomic local writes, and copies to and from a location.
 
 Everything is first written beside its destination (same filesystem, so the final rename is
 atomic) and only renamed into place once complete; on any error the temporary copy is removed.
+A logs location (a directory, local or a mounted claim, or an S3 prefix) is reached through a
+`Storage`: list the files below it with their sizes, upload one file, download one, delete one.
+TensorBoard event files only ever grow, so on a filesystem an upload appends the new tail
+instead of rewriting the file (a reader holding the file open keeps reading it), and an append
+that fails is cut back to where it started, so the file stays a valid prefix; object stores
+cannot append, so there the whole (small) file is uploaded again.
 
 A fault of the machine met while writing (a full disk, a read-only mount, a quota, an I/O
 error) becomes a `WriteError`: one line naming the path as the user knows it (never the
-temporary name) and the cause, which `run_or_exit` prints before exiting non-zero. PyTorch's
-zip writer reports a full disk as a bare `RuntimeError` ("unexpected pos 576 vs 534"); such an
-error is recognised by the free space left on the filesystem it was writing to.
+temporary name) and the cause, which `run_or_exit` prints before exiting non-zero; an object
+store that refuses or cannot be reached becomes a `RunError`, one line too. PyTorch's zip writer
+reports a full disk as a bare `RuntimeError` ("unexpected pos 576 vs 534"); such an error is
+recognised by the free space left on the filesystem it was writing to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager
 from pathlib import Path
 
-from kfp_lightning.components.common.errors import WRITE_FAULT_CAUSES, RunError, WriteError
+from kfp_lightning.components.common.errors import WRITE_FAULT_CAUSES, RunError, WriteError, invalid
+from kfp_lightning.components.common.logs_location import PVC_MOUNT_ROOT, LogsLocation
 
 NO_SPACE = WRITE_FAULT_CAUSES[28]
+DEFAULT_REGION = "us-east-1"  # of an S3 store, unless $AWS_REGION names another
 # A write that fails for lack of space first fills the filesystem up to its last blocks; with
 # less than this left, a writer's failure is taken to be that.
 FULL_BELOW_BYTES = 1 << 20
@@ -39,26 +48,6 @@ def _umask() -> int:
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     return 0o022
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def free_bytes(path: str | os.PathLike[str]) -> int | None:
-    """Bytes an unprivileged writer may still use on the filesystem holding `path`.
-
-    Args:
-        path: A file or folder; when it does not exist, its nearest existing parent.
-
-    Returns:
-        The free bytes, or None when no parent can be examined.
-    """
-    for candidate in (Path(path), *Path(path).parents):
-        with contextlib.suppress(OSError):
-            return shutil.disk_usage(candidate).free  # statvfs's f_bavail * f_frsize
-    return None
 
 
 def _shown_path(filename: object, destination: Path, staging: Path | None) -> Path | None:
@@ -118,9 +107,17 @@ def write_fault(
             return WriteError(shown, WRITE_FAULT_CAUSES[cause.errno], detail)
         cause = cause.__cause__ or cause.__context__
     if isinstance(err, RuntimeError) and any(mark in str(err) for mark in _TORCH_WRITER_MARKS):
-        free = free_bytes(staging or destination)
-        full = free is not None and free < FULL_BELOW_BYTES
-        return WriteError(destination, NO_SPACE if full else "could not write", _one_line(str(err)))
+        # The free bytes of an unprivileged writer (statvfs's f_bavail * f_frsize) on the
+        # filesystem written, found from the nearest folder that exists.
+        written = Path(staging or destination)
+        full = False
+        for candidate in (written, *written.parents):
+            with contextlib.suppress(OSError):
+                full = shutil.disk_usage(candidate).free < FULL_BELOW_BYTES
+                break
+        detail = " ".join(str(err).split())
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        return WriteError(destination, NO_SPACE if full else "could not write", detail)
     return None
 
 
@@ -150,8 +147,20 @@ def reported_write_faults(
 
 
 @contextlib.contextmanager
-def _staged(destination: str | os.PathLike[str], folder: bool) -> Iterator[Path]:
-    """A temporary file or folder beside `destination` that replaces it when the block succeeds.
+def atomic_file(destination: str | os.PathLike[str], folder: bool = False) -> Iterator[Path]:
+    """Yields a temporary path beside `destination` that replaces it when the block succeeds.
+
+    The temporary file keeps `destination`'s suffix (some writers insist on one) and is
+    removed if the block fails, so `destination` is either untouched or complete.
+
+    Args:
+        destination: The file to create or replace.
+        folder: Yield an empty staging directory instead, to fill (`atomic_directory`). An
+            existing empty directory at `destination` (KFP sometimes creates the artifact
+            path) is replaced; a non-empty one is an error.
+
+    Returns:
+        A context manager yielding the path to write.
 
     Raises:
         WriteError: The disk is full, the folder read-only... (see `write_fault`), whether
@@ -193,41 +202,8 @@ def _staged(destination: str | os.PathLike[str], folder: bool) -> Iterator[Path]
         raise
 
 
-def atomic_directory(destination: str | os.PathLike[str]) -> AbstractContextManager[Path]:
-    """Yields an empty staging directory that replaces `destination` when the block succeeds.
-
-    Args:
-        destination: The directory to create. An existing empty directory (KFP sometimes
-            creates the artifact path) is replaced; a non-empty one is an error.
-
-    Returns:
-        A context manager yielding the staging directory to fill.
-
-    Raises:
-        WriteError: The disk is full, the folder read-only... (see `write_fault`), whether
-            met here or by the block's writes into the staging directory; the staging
-            directory is removed and `destination` is left as it was.
-    """
-    return _staged(destination, folder=True)
-
-
-def atomic_file(destination: str | os.PathLike[str]) -> AbstractContextManager[Path]:
-    """Yields a temporary path beside `destination` that replaces it when the block succeeds.
-
-    The temporary file keeps `destination`'s suffix (some writers insist on one) and is
-    removed if the block fails, so `destination` is either untouched or complete.
-
-    Args:
-        destination: The file to create or replace.
-
-    Returns:
-        A context manager yielding the path to write.
-
-    Raises:
-        WriteError: The disk is full, the folder read-only... (see `write_fault`); the
-            temporary file is removed and `destination` is left as it was.
-    """
-    return _staged(destination, folder=False)
+# A staging directory that replaces `destination` when the block succeeds (see `atomic_file`).
+atomic_directory = functools.partial(atomic_file, folder=True)
 
 
 def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes | str) -> None:
@@ -298,20 +274,20 @@ def share_like_umask(root: str | os.PathLike[str], umask: int | None = None) -> 
             file system...).
     """
     umask = _umask() if umask is None else umask
-    pending = [Path(root)]
-    while pending:
-        folder = pending.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            continue
-        except OSError as err:
-            raise WriteError(folder, WRITE_FAULT_CAUSES.get(err.errno or 0, "cannot read")) from err
-        for entry in entries:
+
+    def unreadable(err: OSError) -> None:
+        if not isinstance(err, FileNotFoundError):  # removed meanwhile: nothing to change
+            cause = WRITE_FAULT_CAUSES.get(err.errno or 0, "cannot read")
+            raise WriteError(Path(err.filename), cause) from err
+
+    # Top-down, without following links: a folder is opened up before it is listed.
+    for folder, folders, files in os.walk(root, onerror=unreadable):
+        for name in [*folders, *files]:
+            path = os.path.join(folder, name)
             # Other faults of the machine (a read-only file system...) become a `WriteError`.
-            with reported_write_faults(entry.path):
+            with reported_write_faults(path):
                 try:
-                    mode = entry.stat(follow_symlinks=False).st_mode
+                    mode = os.lstat(path).st_mode
                     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
                         continue  # links, sockets, pipes
                     # What a plain create gives: folders and executable files start from
@@ -320,8 +296,187 @@ def share_like_umask(root: str | os.PathLike[str], umask: int | None = None) -> 
                     wanted = (stat.S_IMODE(mode) & 0o7000) | (full & ~umask)
                     if stat.S_IMODE(mode) != wanted:
                         # Checked above not to be a link (Linux cannot chmod without following).
-                        os.chmod(entry.path, wanted)
+                        os.chmod(path, wanted)
                 except (FileNotFoundError, PermissionError):
-                    continue  # removed meanwhile, or another user's file
-            if stat.S_ISDIR(mode):
-                pending.append(Path(entry.path))
+                    # Removed meanwhile, or another user's file: skipped, and not entered.
+                    if name in folders:
+                        folders.remove(name)
+
+
+class DirectoryStorage:
+    """A location that is a directory of this machine (local, or a mounted volume).
+
+    Args:
+        root: The directory; created on first upload.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def list_files(self) -> dict[str, int]:
+        # Nothing for a root not created yet (rglob finds nothing below a missing folder).
+        return {
+            p.relative_to(self.root).as_posix(): p.stat().st_size
+            for p in self.root.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        }
+
+    def upload(self, source: Path, relative: str, append_from: int | None = None) -> None:
+        """Copies `source` to `relative`, or appends its bytes from `append_from` on.
+
+        Raises:
+            WriteError: The location is full, read-only... (see `write_fault`).
+        """
+        target = self.root / relative
+        if append_from is not None and target.is_file() and target.stat().st_size == append_from:
+            with reported_write_faults(target):
+                try:
+                    with source.open("rb") as src, target.open("ab") as dst:
+                        src.seek(append_from)
+                        shutil.copyfileobj(src, dst)
+                except BaseException:
+                    # A torn record at the end would be read as the file's last event.
+                    with contextlib.suppress(OSError):
+                        os.truncate(target, append_from)
+                    raise
+            return
+        with atomic_file(target) as tmp:
+            shutil.copyfile(source, tmp)
+
+    def download(self, relative: str, destination: Path) -> None:
+        """Copies `relative` to `destination` atomically.
+
+        Raises:
+            WriteError: `destination`'s disk is full, read-only...
+        """
+        with atomic_file(destination) as tmp:
+            shutil.copyfile(self.root / relative, tmp)
+
+    def delete(self, relative: str) -> None:
+        """Removes `relative`, if it is there.
+
+        Raises:
+            WriteError: The location is read-only...
+        """
+        target = self.root / relative
+        with reported_write_faults(target):
+            target.unlink(missing_ok=True)
+
+
+class S3Storage:
+    """A location in an S3-compatible bucket (path-style addressing, as MinIO and SeaweedFS need).
+
+    Credentials come from the standard AWS environment (AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, which the pipeline fills from the namespace's secret).
+
+    Args:
+        bucket: Bucket name.
+        prefix: Key prefix without leading or trailing "/".
+        endpoint: http(s)://host[:port] of the S3 API.
+    """
+
+    def __init__(self, bucket: str, prefix: str, endpoint: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=os.environ.get("AWS_REGION") or DEFAULT_REGION,
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=10,
+                read_timeout=60,
+                retries={"max_attempts": 4, "mode": "standard"},
+            ),
+        )
+
+    def _key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def list_files(self) -> dict[str, int]:
+        start = self._key("")
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self._refusals("list", ""):
+            # Every page's objects; a page without any (no "Contents") yields None.
+            items = paginator.paginate(Bucket=self.bucket, Prefix=start).search("Contents[]")
+            return {item["Key"][len(start) :]: int(item["Size"]) for item in items if item}
+
+    @contextlib.contextmanager
+    def _refusals(self, action: str, relative: str) -> Iterator[None]:
+        """Turns the store's refusal (no bucket, no permission, unreachable) into one line."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (Boto3Error, BotoCoreError, ClientError) as err:
+            detail = " ".join(str(err).split())
+            uri = f"s3://{self.bucket}/{self._key(relative)}"
+            raise RunError(f"could not {action} {uri}: {detail}") from err
+
+    def upload(self, source: Path, relative: str, append_from: int | None = None) -> None:
+        """Uploads all of `source` (objects cannot be appended to).
+
+        Raises:
+            RunError: The store refused or could not be reached.
+        """
+        with self._refusals("upload to", relative):
+            self.client.upload_file(str(source), self.bucket, self._key(relative))
+
+    def download(self, relative: str, destination: Path) -> None:
+        """Downloads `relative` to `destination` atomically.
+
+        Raises:
+            RunError: The store refused or could not be reached.
+            WriteError: `destination`'s disk is full, read-only...
+        """
+        with atomic_file(destination) as tmp, self._refusals("download", relative):
+            self.client.download_file(self.bucket, self._key(relative), str(tmp))
+
+    def delete(self, relative: str) -> None:
+        """Removes `relative` (no error if it is already gone).
+
+        Raises:
+            RunError: The store refused or could not be reached.
+        """
+        with self._refusals("delete", relative):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(relative))
+
+
+# Files below one location, addressed by relative POSIX paths: `list_files` (relative path ->
+# size), `upload` (with `append_from`, only the bytes from that offset on), `download`
+# (atomically) and `delete` (no error when already gone).
+Storage = DirectoryStorage | S3Storage
+
+
+def open_storage(location: LogsLocation, s3_endpoint: str | None = None) -> Storage:
+    """The storage behind a location.
+
+    Args:
+        location: Where the files live.
+        s3_endpoint: Required for s3:// locations.
+
+    Returns:
+        A `Storage` for it.
+
+    Raises:
+        UserInputError: For an s3:// location without endpoint, or a pvc:// claim that is not
+            mounted in this pod.
+    """
+    if location.scheme == "file":
+        return DirectoryStorage(Path(location.path))
+    if location.scheme == "pvc":
+        mount = PVC_MOUNT_ROOT / location.claim
+        if not mount.is_dir():
+            raise invalid(
+                "tensorboard_logs_root",
+                location.uri,
+                f"a pvc:// claim mounted in the training pod at {mount} "
+                "(compile the pipeline with --logs-pvc CLAIM)",
+            )
+        return DirectoryStorage(mount / location.path)
+    if not s3_endpoint:
+        raise invalid("s3_endpoint", s3_endpoint, "an http(s)://host[:port] endpoint for s3://")
+    return S3Storage(location.bucket, location.path, s3_endpoint)

@@ -110,8 +110,7 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
         status_forcelist=(429, 500, 502, 503, 504),  # transient: rate limits, server faults
         allowed_methods=None,  # every method: each write here is safe to repeat
         raise_on_status=False,  # the last answer reaches the caller as an ApiException
-        respect_retry_after_header=True,
-    )
+    )  # and, as urllib3 does by default, a Retry-After header is honoured
     return client.ApiClient(configuration), namespace
 
 
@@ -218,11 +217,9 @@ def request(
     method = getattr(api, f"{'get' if verb == 'read' else verb}_namespaced_custom_object")
     named = () if verb == "create" else (name,)
     options["_request_timeout"] = timeout
+    what = f"{verb} {kind} {namespace}/{name}"
     try:
-        return call(
-            lambda: method(group, version, namespace, plural, *named, **options),
-            f"{verb} {kind} {namespace}/{name}",
-        )
+        return call(lambda: method(group, version, namespace, plural, *named, **options), what)
     except ApiException as err:
         if err.status == absent:
             return None
@@ -230,7 +227,7 @@ def request(
 
 
 def ensure_object(
-    api: client.CustomObjectsApi, resource: Resource, wanted: dict[str, object], patience: Patience
+    api: client.CustomObjectsApi, resource: Resource, wanted: dict[str, Any], patience: Patience
 ) -> str:
     """Creates a namespaced custom object, or replaces an existing one that differs from it.
 
@@ -257,7 +254,6 @@ def ensure_object(
             object being replaced did not go away or kept changing.
     """
     metadata = wanted["metadata"]
-    assert isinstance(metadata, dict)
     namespace, name = metadata["namespace"], metadata["name"]
     # Others may add labels and annotations of their own; they change nothing here.
     ours = {k: metadata[k] for k in ("labels", "annotations") if k in metadata}
@@ -337,7 +333,6 @@ def wait_until_ready(
         current = request(api, resource, "read", namespace, name, patience.request_timeout_seconds)
         if ((current.get("status") or {}).get("readyReplicas") or 0) >= 1:
             return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if (remaining := deadline - time.monotonic()) <= 0:
             return False
         time.sleep(min(patience.poll_seconds, remaining))

@@ -69,9 +69,8 @@ def is_label_value(value: str) -> bool:
 def check_namespace_name(value: object, parameter: str = "namespace") -> str:
     """Returns `value` if it is a namespace name (an RFC 1123 label, no dots); else raises."""
     if not isinstance(value, str) or not is_dns1123_label(value):
-        raise invalid(
-            parameter, value, "a Kubernetes namespace name (lowercase letters, digits and -)"
-        )
+        accepted = "a Kubernetes namespace name (lowercase letters, digits and -)"
+        raise invalid(parameter, value, accepted)
     return value
 
 

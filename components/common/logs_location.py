@@ -243,21 +243,15 @@ def parse_logs_root(
     value = root.strip()
     if NAMESPACE_PLACEHOLDER in value:
         if not namespace:
-            raise invalid(
-                parameter, root, f"a root without {NAMESPACE_PLACEHOLDER} outside a Kubernetes pod"
-            )
+            accepted = f"a root without {NAMESPACE_PLACEHOLDER} outside a Kubernetes pod"
+            raise invalid(parameter, root, accepted)
         value = value.replace(NAMESPACE_PLACEHOLDER, namespace)
     parts = urlparse(value)
     if parts.scheme in ("s3", "pvc"):
         segments = [s for s in parts.path.split("/") if s]
         name_ok = (_BUCKET if parts.scheme == "s3" else _DNS1123_SUBDOMAIN).fullmatch(parts.netloc)
-        if (
-            not name_ok
-            or len(parts.netloc) > 253
-            or parts.query
-            or parts.fragment
-            or not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
-        ):
+        ok = name_ok and len(parts.netloc) <= 253 and not (parts.query or parts.fragment)
+        if not ok or not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
             raise invalid(parameter, root, ACCEPTED)
         name = "bucket" if parts.scheme == "s3" else "claim"
         return LogsLocation(parts.scheme, "/".join(segments), **{name: parts.netloc})
@@ -283,13 +277,9 @@ def check_mounted_claim(location: LogsLocation, logs_pvc: str | None, shown: str
         UserInputError: A claim the pods would not have mounted.
     """
     if location.scheme == "pvc" and location.claim != logs_pvc:
-        raise invalid(
-            "tensorboard_logs_root",
-            shown,
-            f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
-            if logs_pvc
-            else f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim",
-        )
+        mounted = f"pvc://{logs_pvc}/PATH (the claim --logs-pvc mounts)"
+        unmounted = f"an s3:// root, or compile with --logs-pvc {location.claim} to mount the claim"
+        raise invalid("tensorboard_logs_root", shown, mounted if logs_pvc else unmounted)
 
 
 # A valid namespace that stands in for the run's while a root is checked outside a pod.

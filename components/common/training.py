@@ -127,9 +127,8 @@ def plan_devices(gpus: int, precision: str, visible: int) -> tuple[str, int]:
             raise invalid("gpus", str(gpus), f"at most {visible}: this node shows {visible} GPU(s)")
         return "gpu", gpus
     if precision == "16-mixed":
-        raise invalid(
-            "precision", precision, "32-true or bf16-mixed on a CPU (16-mixed needs a GPU)"
-        )
+        accepted = "32-true or bf16-mixed on a CPU (16-mixed needs a GPU)"
+        raise invalid("precision", precision, accepted)
     return "cpu", max(1, gpus)
 
 
@@ -291,11 +290,8 @@ def check_compiler(torch_compile: bool, accelerator: str) -> None:
     cpu = accelerator == "cpu"
     compilers = [os.environ.get("CXX", "g++")] if cpu else [os.environ.get("CC", ""), "cc", "gcc"]
     if torch_compile and not any(map(shutil.which, compilers)):
-        raise invalid(
-            "torch_compile",
-            "on",
-            "off here: torch.compile needs a C/C++ compiler, and none is installed",
-        )
+        accepted = "off here: torch.compile needs a C/C++ compiler, and none is installed"
+        raise invalid("torch_compile", "on", accepted)
 
 
 def preset_values(preset: str) -> Mapping[str, Any]:

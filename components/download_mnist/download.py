@@ -1,13 +1,15 @@
-"""Download MNIST from one or more mirrors, verify it, and store it as one compact array file.
+"""What a correct MNIST download is, and the downloader: mirrors, checksums, one array file.
 
 The four standard `*-ubyte.gz` files are fetched with a per-request timeout, retried across every
 mirror with exponential backoff, decompressed, and checked against the MD5 of the *uncompressed*
 files (a mirror may recompress, so the .gz bytes are not comparable). Their IDX content becomes
 uint8 arrays, saved with their metadata into a directory that only appears once it is complete.
-torchvision is not used: its `download_url` has no timeout (one stalled mirror would hang the
-pod until the task's deadline), and importing torch and torchvision for its IDX readers took
-this task about 6 of its 8 seconds on two cores, seconds every run waits before its first
-curve; the IDX format is a big-endian header and raw bytes, which numpy reads directly.
+The download parameters (`DownloadConfig`) are free of torch, so the pipeline CLI checks them
+before anything starts. torchvision is not used: its `download_url` has no timeout (one stalled
+mirror would hang the pod until the task's deadline), and importing torch and torchvision for
+its IDX readers took this task about 6 of its 8 seconds on two cores, seconds every run waits
+before its first curve; the IDX format is a big-endian header and raw bytes, which numpy reads
+directly.
 """
 
 from __future__ import annotations
@@ -22,22 +24,103 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlparse
 
 import numpy as np
-from pydantic import Field
+import pydantic
 
 from kfp_lightning.components.common.dataset import DATA_FILE, FORMAT, METADATA_FILE
-from kfp_lightning.components.common.errors import DownloadError
+from kfp_lightning.components.common.errors import DownloadError, invalid
 from kfp_lightning.components.common.files import (
     atomic_directory,
     reported_write_faults,
     write_json,
 )
-from kfp_lightning.components.common.run_form import from_run_form, run_config
-from kfp_lightning.components.download_mnist.sources import DownloadConfig
+from kfp_lightning.components.common.run_form import from_run_form, run_config, run_parameter
 
-# IDX magic numbers: two zero bytes, the type (0x08: unsigned byte), the number of dimensions.
-_IDX_UBYTE = {3: 0x00000803, 1: 0x00000801}
+# MD5 of the official, uncompressed IDX files, as published with the data set.
+MNIST_MD5: Mapping[str, str] = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+# Images in the official training files: what a run with the published checksums trains on.
+MNIST_TRAIN_SAMPLES = 60_000
+
+# torchvision's MNIST mirrors (torchvision.datasets.MNIST.mirrors), written out so the CLI and
+# the compiler need not import torchvision; a test holds the two equal.
+DEFAULT_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+MIRROR_SCHEMES = ("http", "https", "file")
+MIRRORS_ACCEPTED = "comma-separated base URLs of the form http(s)://host/path/ or file:///path/"
+
+
+def _standard_files(table: dict[str, str]) -> dict[str, str]:
+    if set(table) != set(MNIST_MD5):
+        raise ValueError(sorted(table))
+    return {name: table[name] for name in MNIST_MD5}
+
+
+# File name -> MD5 of its uncompressed content; None or empty: the published ones.
+Checksums = Annotated[
+    dict[str, Annotated[str, pydantic.Field(pattern=r"^[0-9a-f]{32}$")]],
+    pydantic.Field(description="a 32-hex-digit MD5 for each of " + ", ".join(MNIST_MD5)),
+    pydantic.BeforeValidator(lambda table: table or dict(MNIST_MD5)),
+    pydantic.AfterValidator(_standard_files),
+]
+
+
+@run_config
+class DownloadConfig:
+    """Where MNIST comes from and what it must be; validated on construction."""
+
+    mirror: str = run_parameter(",".join(DEFAULT_MIRRORS))
+    """Base URLs holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
+    t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, comma-separated, tried in order
+    (http://, https:// or file:///path/). Default: torchvision's public mirrors; point it at
+    an internal mirror on air-gapped clusters."""
+    expected_md5: Checksums = run_parameter(default_factory=lambda: dict(MNIST_MD5))
+    """MD5 of each uncompressed file, by file name. Default: the published MNIST checksums;
+    change it only to train on another MNIST-format data set."""
+
+    @pydantic.field_validator("mirror")
+    @classmethod
+    def _mirrors(cls, mirror: str) -> str:
+        """Splits a comma- or space-separated list of mirror base URLs and checks each one.
+
+        Returns:
+            The base URLs (`DEFAULT_MIRRORS` for an empty value), each ending with "/",
+            comma-separated.
+
+        Raises:
+            UserInputError: When a URL has another scheme, no host (http/https), or a host or
+                no absolute path (file).
+        """
+        urls = []
+        for url in mirror.replace(",", " ").split() or DEFAULT_MIRRORS:
+            parts = urlparse(url)
+            if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
+                # file://tmp/data/ names the host "tmp" (RFC 8089), not the directory /tmp/data/.
+                expected = f"file:///{parts.netloc}{parts.path} (three slashes for a path)"
+                raise invalid("mirror", url, expected)
+            where = parts.path.startswith("/") if parts.scheme == "file" else parts.netloc
+            if parts.scheme not in MIRROR_SCHEMES or not where or parts.query or parts.fragment:
+                raise invalid("mirror", url, MIRRORS_ACCEPTED)
+            urls.append(url if url.endswith("/") else url + "/")
+        return ",".join(urls)
+
+    @property
+    def mirrors(self) -> tuple[str, ...]:
+        """The base URLs, each ending with "/", in the order they are tried."""
+        return tuple(self.mirror.split(","))
+
+    @property
+    def published_checksums(self) -> bool:
+        """Whether the files must be the official MNIST (so its sizes are known in advance)."""
+        return self.expected_md5 == dict(MNIST_MD5)
 
 
 def read_idx(data: bytes, dims: int, name: str) -> np.ndarray:
@@ -52,7 +135,8 @@ def read_idx(data: bytes, dims: int, name: str) -> np.ndarray:
         DownloadError: Not an unsigned-byte IDX file of `dims` dimensions, or a wrong length.
     """
     header = 4 + 4 * dims
-    if len(data) < header or int.from_bytes(data[:4], "big") != _IDX_UBYTE[dims]:
+    # The magic number: two zero bytes, the type (0x08: unsigned byte), the number of dimensions.
+    if len(data) < header or int.from_bytes(data[:4], "big") != 0x0800 + dims:
         raise DownloadError(f"{name} is not an IDX file of {dims}-dimensional unsigned bytes")
     shape = tuple(int(n) for n in np.frombuffer(data, dtype=">u4", count=dims, offset=4))
     if len(data) != header + int(np.prod(shape)):
@@ -70,9 +154,9 @@ class DownloadOptions:
         backoff_seconds: Pause before the second round; doubles each round, capped at 60 s.
     """
 
-    timeout_seconds: Annotated[float, Field(gt=0, description="a number > 0")] = 60.0
-    retries: Annotated[int, Field(strict=True, ge=0, description="an integer >= 0")] = 3
-    backoff_seconds: Annotated[float, Field(ge=0, description="a number >= 0")] = 2.0
+    timeout_seconds: Annotated[float, pydantic.Field(gt=0, description="a number > 0")] = 60.0
+    retries: Annotated[int, pydantic.Field(strict=True, ge=0, description="an integer >= 0")] = 3
+    backoff_seconds: Annotated[float, pydantic.Field(ge=0, description="a number >= 0")] = 2.0
 
 
 def _describe(err: BaseException) -> str:
@@ -160,7 +244,13 @@ def download_dataset(
             split = "train" if name.startswith("train") else "test"
             kind, dims = ("images", 3) if "images" in name else ("labels", 1)
             arrays[f"{split}_{kind}"] = read_idx(data, dims, name)
-        _check_consistent(arrays)
+        for split in ("train", "test"):
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+            if images.ndim != 3 or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
+                shapes = f"{tuple(images.shape)} images, {tuple(labels.shape)} labels"
+                raise DownloadError(f"{split} files disagree: {shapes}")
+            if int(labels.max()) > 9:
+                raise DownloadError(f"{split} labels outside 0..9 (max {int(labels.max())})")
 
         metadata: dict[str, object] = {
             "format": FORMAT,
@@ -178,16 +268,6 @@ def download_dataset(
             np.savez(staging / DATA_FILE, **arrays)
         write_json(staging / METADATA_FILE, metadata)
     return metadata
-
-
-def _check_consistent(arrays: Mapping[str, np.ndarray]) -> None:
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
-            shapes = f"{tuple(images.shape)} images, {tuple(labels.shape)} labels"
-            raise DownloadError(f"{split} files disagree: {shapes}")
-        if int(labels.max()) > 9:
-            raise DownloadError(f"{split} labels outside 0..9 (max {int(labels.max())})")
 
 
 def download_from_run_form(output_dir: str | Path, parameters: Mapping[str, Any]) -> dict:
