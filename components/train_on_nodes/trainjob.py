@@ -418,7 +418,7 @@ class TrainJobs:
             yield self.get(name)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{TRAINJOB_API[3]} {self.namespace}/{name}")
+                raise TimeoutError(name)
             time.sleep(min(self.patience.poll_seconds, 2.0 ** min(polls, 16), remaining))
 
 
@@ -478,18 +478,16 @@ def trainjob_form(api_client: client.ApiClient, patience: Patience = Patience())
     schemas = document.get("definitions") or (document.get("components") or {}).get("schemas")
     wanted = {"group": group, "version": version, "kind": kind}
     gvk = "x-kubernetes-group-version-kind"
-    found = [s for s in (schemas or {}).values() if wanted in (s.get(gvk) or [])]
-    if not found:
+    schema = next((s for s in (schemas or {}).values() if wanted in (s.get(gvk) or [])), None)
+    if schema is None:
         raise RunError(
             f"the cluster publishes no schema of {kind} ({plural}.{group}/{version}) in its "
             f"OpenAPI ({OPENAPI_V2}): install Kubeflow Trainer v2.1 or newer and its "
             f"{RUNTIME} runtime (see the README, Train on several nodes)"
         )
-    schema = found[0]
     fields = ((schema.get("properties") or {}).get("spec") or {}).get("properties") or {}
-    for form in FORMS:
-        if form in fields:
-            return form
+    if served := [form for form in FORMS if form in fields]:
+        return served[0]  # the newer form where both are served
     older = (
         " (Kubeflow Trainer v2.0? its spec.podSpecOverrides cannot carry the pod annotation "
         f"{next(iter(NO_ISTIO_SIDECAR))} nor imagePullSecrets)"
@@ -529,9 +527,8 @@ def dry_run_trainjob(
         ClusterUnreachableError: The API could not be reached.
     """
     name = wanted["metadata"]["name"]
-    jobs = TrainJobs(api_client, namespace, patience)
     try:
-        stored = jobs._call(
+        stored = TrainJobs(api_client, namespace, patience)._call(
             "create", f"{name} (dry run)", body=wanted, dry_run="All", field_validation="Strict"
         )
     except RunError as err:
