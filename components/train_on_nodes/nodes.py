@@ -39,7 +39,6 @@ from kfp_lightning.components.train_on_nodes.trainjob import FAILED
 
 ENTRY_MODULE = "kfp_lightning.components.train_mnist.distributed"
 TRAINJOB, LOCAL = "trainjob", "local"
-LAUNCHERS = (TRAINJOB, LOCAL)
 # A guard against typos; pod hostnames leave room for up to 999 nodes (see trainjob.py).
 MAX_NODES = 100
 PROGRESS_TAGS = ("loss/train", "loss/val", "accuracy/val")
@@ -110,8 +109,8 @@ class NodesSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", check_nodes(self.nodes))
-        if self.launcher not in LAUNCHERS:
-            raise invalid("node_launcher", self.launcher, f"one of {', '.join(LAUNCHERS)}")
+        if self.launcher not in (TRAINJOB, LOCAL):
+            raise invalid("node_launcher", self.launcher, f"one of {TRAINJOB}, {LOCAL}")
         if self.launcher == TRAINJOB and not self.trainer_image.strip():
             raise invalid("trainer_image", self.trainer_image, "the trainer image reference")
         if self.logs_pvc:
@@ -331,8 +330,7 @@ def train_from_run_form(
     timeout = settings.timeout_seconds
     deadline = time.monotonic() + timeout
     patience = Patience(poll_seconds=10.0)  # between two reads of the job's status
-    api_client, namespace = None, ""
-    form, identity = "", trainjob.PodIdentity(None, (), "")
+    api_client, namespace, form, identity = None, "", "", None
     # The parameters are checked before the Trainer is asked; a lost API, at either request,
     # ends the step in one line.
     try:
