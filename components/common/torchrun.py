@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import IO
 
 from kfp_lightning.components.common.errors import ERROR_PREFIX, RunError
 
@@ -35,7 +34,6 @@ LOOPBACK = "127.0.0.1"
 # a collective for a peer that has already left, so a short grace loses nothing.
 WORKER_GRACE_SECONDS = 10
 STOP_GRACE_SECONDS = 30.0
-POLL_SECONDS = 0.5
 
 
 class Cancelled(BaseException):
@@ -100,14 +98,6 @@ def node_environment(
     }
 
 
-def _relay(stream: IO[str], prefix: str, errors: dict[int, str], rank: int) -> None:
-    for line in stream:
-        print(f"{prefix}{line}", end="", flush=True)
-        # A rank ends with the one line of `errors.run_or_exit`: the cause to report.
-        if line.startswith(ERROR_PREFIX):
-            errors[rank] = line[len(ERROR_PREFIX) :].strip()
-
-
 def _stop(processes: Sequence[subprocess.Popen]) -> None:
     """Ends every torchrun: SIGTERM to each one's session, then SIGKILL after a grace period.
 
@@ -164,8 +154,16 @@ def run_torchrun(
         flush=True,
     )
     processes: list[subprocess.Popen] = []
-    relays = []
+    relays: list[threading.Thread] = []
     errors: dict[int, str] = {}  # by rank: the last error line of each failed node
+
+    def relay(rank: int, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            print(f"[node {rank}] {line}" if nodes > 1 else line, end="", flush=True)
+            # A rank ends with the one line of `errors.run_or_exit`: the cause to report.
+            if line.startswith(ERROR_PREFIX):
+                errors[rank] = line[len(ERROR_PREFIX) :].strip()
+
     try:
         with sigterm_raises():
             for rank in range(nodes):
@@ -182,12 +180,8 @@ def run_torchrun(
                     start_new_session=True,
                 )
                 processes.append(process)
-                prefix = f"[node {rank}] " if nodes > 1 else ""
-                relay = threading.Thread(
-                    target=_relay, args=(process.stdout, prefix, errors, rank), daemon=True
-                )
-                relay.start()
-                relays.append(relay)
+                relays.append(threading.Thread(target=relay, args=(rank, process), daemon=True))
+                relays[-1].start()
             while True:
                 codes = [p.poll() for p in processes]
                 for rank, code in enumerate(codes):
@@ -204,7 +198,7 @@ def run_torchrun(
                         "training did not finish within the training timeout "
                         f"({timeout_seconds} s): stopped it"
                     )
-                time.sleep(POLL_SECONDS)
+                time.sleep(0.5)
     except (Cancelled, KeyboardInterrupt) as stop:
         raise RunError(f"cancelled ({stop or 'interrupted'}): stopped the training") from None
     finally:

@@ -23,18 +23,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kfp_lightning.components.common import run_layout
+from kfp_lightning.components.common import logs_location, run_layout
 from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.files import Storage, open_storage
 from kfp_lightning.components.common.kubernetes import ClusterUnreachableError, Patience, connect
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
-from kfp_lightning.components.common.logs_location import (
-    LiveLogsConfig,
-    LogsLocation,
-    check_mounted_claim,
-    current_namespace,
-)
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.scalars import read_event_scalars
 from kfp_lightning.components.common.torchrun import Cancelled, run_torchrun, sigterm_raises
@@ -45,7 +39,6 @@ from kfp_lightning.components.train_on_nodes.trainjob import FAILED
 
 ENTRY_MODULE = "kfp_lightning.components.train_mnist.distributed"
 TRAINJOB, LOCAL = "trainjob", "local"
-LAUNCHERS = (TRAINJOB, LOCAL)
 # A guard against typos; pod hostnames leave room for up to 999 nodes (see trainjob.py).
 MAX_NODES = 100
 PROGRESS_TAGS = ("loss/train", "loss/val", "accuracy/val")
@@ -67,7 +60,10 @@ def check_nodes(value: object) -> int:
 
 
 def check_shared_location(
-    location: LogsLocation, logs_pvc: str | None, launcher: str, value: str | None = None
+    location: logs_location.LogsLocation,
+    logs_pvc: str | None,
+    launcher: str,
+    value: str | None = None,
 ) -> None:
     """Every node must reach the run's location: s3://, or a claim mounted on every node.
 
@@ -90,7 +86,7 @@ def check_shared_location(
             "s3://bucket/prefix or pvc://claim/path with several nodes: every node reads the "
             "dataset and rank 0 writes the outputs there",
         )
-    check_mounted_claim(location, logs_pvc, shown)
+    logs_location.check_mounted_claim(location, logs_pvc, shown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +109,8 @@ class NodesSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", check_nodes(self.nodes))
-        if self.launcher not in LAUNCHERS:
-            raise invalid("node_launcher", self.launcher, f"one of {', '.join(LAUNCHERS)}")
+        if self.launcher not in (TRAINJOB, LOCAL):
+            raise invalid("node_launcher", self.launcher, f"one of {TRAINJOB}, {LOCAL}")
         if self.launcher == TRAINJOB and not self.trainer_image.strip():
             raise invalid("trainer_image", self.trainer_image, "the trainer image reference")
         if self.logs_pvc:
@@ -187,10 +183,6 @@ class ProgressReader:
 # --- the nodes on a cluster -------------------------------------------------------------------
 
 
-class _DeadlineExceeded(Exception):  # noqa: N818 - internal control flow
-    pass
-
-
 def run_on_cluster(
     jobs: trainjob.TrainJobs,
     wanted: Mapping[str, Any],
@@ -228,8 +220,7 @@ def run_on_cluster(
                 flush=True,
             )
             jobs.delete(name, foreground=True)
-            if not any(current is None for current in jobs.watch(name, deadline)):
-                raise _DeadlineExceeded
+            next(current for current in jobs.watch(name, deadline) if current is None)  # gone
             existing = None
         if existing is None:
             run_layout.clear(storage, run_layout.OUTPUTS)
@@ -260,8 +251,7 @@ def run_on_cluster(
                 raise RunError(f"{where} failed: {detail or 'no reason given'}")
             if line := progress.poll():
                 print(line, flush=True)
-        raise _DeadlineExceeded
-    except _DeadlineExceeded:
+    except trainjob.DeadlinePassed:
         jobs.delete(name)
         raise RunError(
             f"{where} did not finish within the training timeout ({timeout_seconds} s): deleted it"
@@ -286,17 +276,12 @@ def run_on_cluster(
 
 def upload_dataset(storage: Storage, dataset_dir: Path) -> None:
     """Puts the Dataset artifact in the run's location, unless it is there already."""
-    local = {
-        f"{run_layout.DATASET}/{p.relative_to(dataset_dir).as_posix()}": p.stat().st_size
-        for p in dataset_dir.rglob("*")
-        if p.is_file()
-    }
-    if not local:
+    held = run_layout.files_under(storage, run_layout.DATASET)
+    # A file of the same size is the same: the location is the dataset's (`training_task_key`).
+    if not (copied := run_layout.upload_tree(storage, dataset_dir, run_layout.DATASET, held)):
         raise invalid("dataset", str(dataset_dir), "a Dataset artifact written by download_mnist")
-    if run_layout.files_under(storage, run_layout.DATASET) == local:
-        return
-    run_layout.clear(storage, run_layout.DATASET)
-    run_layout.upload_tree(storage, dataset_dir, run_layout.DATASET)
+    for stale in held.keys() - copied.keys():
+        storage.delete(stale)
 
 
 def train_from_run_form(
@@ -340,20 +325,18 @@ def train_from_run_form(
     # The NodesSettings fields in order, by their parameter names (`launcher` is node_launcher).
     names = ("nodes", "node_launcher", "trainer_image", "logs_pvc", "timeout_seconds")
     settings = NodesSettings(*(parameters[name] for name in names))
-    config, logs, scheduling = (
-        from_run_form(cls, parameters) for cls in (TrainConfig, LiveLogsConfig, SchedulingConfig)
-    )
+    config, scheduling = (from_run_form(c, parameters) for c in (TrainConfig, SchedulingConfig))
+    logs = from_run_form(logs_location.LiveLogsConfig, parameters)
     timeout = settings.timeout_seconds
     deadline = time.monotonic() + timeout
     patience = Patience(poll_seconds=10.0)  # between two reads of the job's status
-    api_client, namespace = None, ""
-    form, identity = "", trainjob.PodIdentity(None, (), "")
+    api_client, namespace, form, identity = None, "", "", None
     # The parameters are checked before the Trainer is asked; a lost API, at either request,
     # ends the step in one line.
     try:
         if settings.launcher == TRAINJOB:
             api_client, config_namespace = connect(patience)
-            namespace = current_namespace() or config_namespace or "default"
+            namespace = logs_location.current_namespace() or config_namespace or "default"
         sha256 = read_dataset_metadata(dataset_dir).get("sha256", {})
         key = training_task_key(task_name, sha256, config)
         location = logs.task_location(run_id, key, namespace or None)

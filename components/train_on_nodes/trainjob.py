@@ -37,18 +37,9 @@ from typing import Any, NamedTuple
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kfp_lightning.components.common import kubernetes as cluster
 from kfp_lightning.components.common.errors import RunError
-from kfp_lightning.components.common.kubernetes import (
-    MANAGED_BY,
-    RUN_ID_ANNOTATION,
-    RUN_ID_LABEL,
-    ClusterUnreachableError,
-    Patience,
-    api_answer,
-    call,
-    differences,
-    request,
-)
+from kfp_lightning.components.common.kubernetes import Patience, differences
 from kfp_lightning.components.common.kubernetes_syntax import digest, is_label_value, name_for_run
 from kfp_lightning.components.common.training_pod import environment, resources, volumes
 
@@ -191,7 +182,7 @@ def trainjob_object(
     group, version, _, kind = TRAINJOB_API
     # The run id as a label value (a digest when it cannot be one), on the job and on every
     # node's pod: `kubectl logs -l` finds them.
-    labels = {RUN_ID_LABEL: run_id if is_label_value(run_id) else digest(run_id)}
+    labels = {cluster.RUN_ID_LABEL: run_id if is_label_value(run_id) else digest(run_id)}
     # Per node, the pod settings of the single-node training task (common/training_pod.py).
     pod_volumes, mounts = volumes(spec.logs_pvc)
     optional = {  # each field only where it is set
@@ -222,8 +213,8 @@ def trainjob_object(
         "metadata": {
             "name": trainjob_name(f"{run_id}-{task}" if task else run_id),
             "namespace": namespace,
-            "labels": {**MANAGED_BY, **labels},
-            "annotations": {RUN_ID_ANNOTATION: run_id, "kfp-lightning/task": task},
+            "labels": {**cluster.MANAGED_BY, **labels},
+            "annotations": {cluster.RUN_ID_ANNOTATION: run_id, "kfp-lightning/task": task},
         },
         "spec": {
             "runtimeRef": {"apiGroup": group, "kind": RUNTIME_API[3], "name": RUNTIME},
@@ -314,7 +305,7 @@ def explain_refusal(err: ApiException, namespace: str, verb: str) -> RunError:
         The error to raise.
     """
     group, version, plural, kind = TRAINJOB_API
-    answer = api_answer(err)
+    answer = cluster.api_answer(err)
     if "admission webhook" in answer:
         # The Trainer's validating webhook (controller-runtime v0.22.3, pkg/webhook/admission/
         # validator_custom.go and response.go: `Denied`) answers 403 too; it is not RBAC.
@@ -341,6 +332,11 @@ def explain_refusal(err: ApiException, namespace: str, verb: str) -> RunError:
     return RunError(f"the Kubernetes API refused to {verb} {kind} in {namespace} ({answer})")
 
 
+class DeadlinePassed(Exception):  # noqa: N818 - a state, not a fault
+    """`TrainJobs.watch`'s deadline passed: its own class, so no socket timeout (a builtin
+    TimeoutError) is ever taken for the training timeout."""
+
+
 class TrainJobs:
     """The run's `TrainJob`s in one namespace, through the API.
 
@@ -361,7 +357,7 @@ class TrainJobs:
         explained (`explain_refusal`) otherwise."""
         where = (self.api, TRAINJOB_API, verb, self.namespace, name)
         try:
-            return request(*where, self.patience.request_timeout_seconds, absent, **options)
+            return cluster.request(*where, self.patience.request_timeout_seconds, absent, **options)
         except ApiException as err:
             raise explain_refusal(err, self.namespace, verb) from None
 
@@ -415,16 +411,19 @@ class TrainJobs:
 
     def watch(self, name: str, deadline: float) -> Iterator[dict[str, Any] | None]:
         """Reads the job called `name` (None: there is none) again and again, until the
-        caller stops or `deadline` (monotonic time) passes.
+        caller stops.
 
         Between two reads it sleeps 1 s, then twice as long each time, at most the polling
         interval, and never past `deadline`.
+
+        Raises:
+            DeadlinePassed: `deadline` (monotonic time) passed.
         """
         for polls in itertools.count():
             yield self.get(name)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                raise DeadlinePassed(name)
             time.sleep(min(self.patience.poll_seconds, 2.0 ** min(polls, 16), remaining))
 
 
@@ -459,7 +458,7 @@ def trainjob_form(api_client: client.ApiClient, patience: Patience = Patience())
     document: dict[str, Any] | None = {}
     for path in (f"/openapi/v3/apis/{group}/{version}", OPENAPI_V2):
         try:
-            document = call(
+            document = cluster.call(
                 lambda path=path: api_client.call_api(
                     path,
                     "GET",
@@ -475,27 +474,25 @@ def trainjob_form(api_client: client.ApiClient, patience: Patience = Patience())
         except ApiException as err:
             if err.status != 404:  # 404: no OpenAPI v3 (before Kubernetes 1.24): read v2
                 raise RunError(
-                    f"could not read the cluster's API schema {path} ({api_answer(err)}), which "
-                    "every authenticated user may read through the "
-                    "system:discovery ClusterRole: ask a cluster admin to restore it"
+                    f"could not read the cluster's API schema {path} "
+                    f"({cluster.api_answer(err)}), which every authenticated user may read "
+                    "through the system:discovery ClusterRole: ask a cluster admin to restore it"
                 ) from None
     # OpenAPI v3 holds the schemas in components.schemas, v2 in definitions.
     document = document or {}
     schemas = document.get("definitions") or (document.get("components") or {}).get("schemas")
     wanted = {"group": group, "version": version, "kind": kind}
     gvk = "x-kubernetes-group-version-kind"
-    found = [s for s in (schemas or {}).values() if wanted in (s.get(gvk) or [])]
-    if not found:
+    schema = next((s for s in (schemas or {}).values() if wanted in (s.get(gvk) or [])), None)
+    if schema is None:
         raise RunError(
             f"the cluster publishes no schema of {kind} ({plural}.{group}/{version}) in its "
             f"OpenAPI ({OPENAPI_V2}): install Kubeflow Trainer v2.1 or newer and its "
             f"{RUNTIME} runtime (see the README, Train on several nodes)"
         )
-    schema = found[0]
     fields = ((schema.get("properties") or {}).get("spec") or {}).get("properties") or {}
-    for form in FORMS:
-        if form in fields:
-            return form
+    if served := [form for form in FORMS if form in fields]:
+        return served[0]  # the newer form where both are served
     older = (
         " (Kubeflow Trainer v2.0? its spec.podSpecOverrides cannot carry the pod annotation "
         f"{next(iter(NO_ISTIO_SIDECAR))} nor imagePullSecrets)"
@@ -535,9 +532,8 @@ def dry_run_trainjob(
         ClusterUnreachableError: The API could not be reached.
     """
     name = wanted["metadata"]["name"]
-    jobs = TrainJobs(api_client, namespace, patience)
     try:
-        stored = jobs._call(
+        stored = TrainJobs(api_client, namespace, patience)._call(
             "create", f"{name} (dry run)", body=wanted, dry_run="All", field_validation="Strict"
         )
     except RunError as err:
@@ -621,15 +617,15 @@ def step_pod_identity(
     if pod_name:
         where = f"pod {namespace}/{pod_name}"
         try:
-            pod = call(
+            pod = cluster.call(
                 lambda: client.CoreV1Api(api_client).read_namespaced_pod(
                     pod_name, namespace, _request_timeout=patience.request_timeout_seconds
                 ),
                 f"read {where}",
             )
         except ApiException as err:
-            reason = f"reading {where} was refused: {api_answer(err)}"
-        except ClusterUnreachableError as err:
+            reason = f"reading {where} was refused: {cluster.api_answer(err)}"
+        except cluster.ClusterUnreachableError as err:
             reason = str(err)
         else:
             account = account or pod.spec.service_account_name or None
