@@ -37,6 +37,8 @@ PORT = 6006
 LOCAL_PORT = 6006
 PVC_MOUNT = "/tensorboard_logs"
 LOGS_VOLUME = "tensorboard-logs"  # the viewer pod's claim, named in its `volume://` source
+# What the viewer's container holds (see `viewer_pod_template`): the controller sets the rest.
+VIEWER_FIELDS = ("env", "resources", "securityContext", "volumeMounts")
 # Kubernetes expands $(VAR) in a container's args from its env: one file serves any namespace.
 POD_NAMESPACE_REFERENCE = "$(POD_NAMESPACE)"
 HEADER = (
@@ -76,20 +78,14 @@ def tensorboard_pod(
     if location.scheme == "s3":
         env += s3_environment(s3_endpoint, s3_secret)
     logdir = location.uri if location.scheme == "s3" else f"{PVC_MOUNT}/{location.path}".rstrip("/")
-    run = {
+    container = {
         "name": "tensorboard",
         "image": images.image_ref(images.TOOLS),
         "command": ["tensorboard"],
         "args": [f"--logdir={logdir}", "--bind_all", f"--port={PORT}"],
-    }
-    serve = {
+        "env": env,
         "ports": [{"name": "http", "containerPort": PORT}],
         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
-    }
-    container = {
-        **(run if served else {}),
-        **({"env": env} if env else {}),
-        **(serve if served else {}),
         # What one TensorBoard needs, in either pod.
         "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         # tensorboard writes only its server info, under the temporary directory.
@@ -100,6 +96,9 @@ def tensorboard_pod(
         },
         "volumeMounts": mounts,
     }
+    # The viewer's controller sets the name, image, arguments and port; an empty env is left out.
+    kept = container.keys() if served else VIEWER_FIELDS
+    container = {key: value for key, value in container.items() if key in kept and value}
     user = {"runAsUser": 1000} if served else {}
     security = {"runAsNonRoot": True, **user, "seccompProfile": {"type": "RuntimeDefault"}}
     return {"securityContext": security, "containers": [container], "volumes": volumes}

@@ -95,7 +95,8 @@ class Launch:
         detail: "created", "replaced" or "unchanged" for a `Tensorboard`; the cause for a
             fallback; the claim's access modes for a single-node claim.
         ready_after_seconds: Time from the first request to the first ready status, if seen.
-        warning: What the note must add (a claim whose access modes could not be read).
+        claim_unread: Why the access modes of the pvc:// claim could not be read, if they could
+            not (the note warns that the claim may be one node's).
     """
 
     state: str
@@ -103,7 +104,7 @@ class Launch:
     url: str = ""
     detail: str = ""
     ready_after_seconds: float | None = None
-    warning: str = ""
+    claim_unread: str = ""
 
 
 @run_form.run_config
@@ -214,7 +215,7 @@ def start_on_cluster(
     """
     api = client.CustomObjectsApi(api_client)
     namespace, location = str(settings.namespace), settings.location
-    name, warning = objects.tensorboard_name(settings.run_id), ""
+    name, unread = objects.tensorboard_name(settings.run_id), ""
     if location.scheme == "pvc":
         try:
             modes = claim_access_modes(api_client, namespace, location.claim, patience)
@@ -222,14 +223,7 @@ def start_on_cluster(
                 return Launch("single-node-claim", name, detail=", ".join(modes) or "none")
         except (ApiException, cluster.ClusterUnreachableError) as err:
             # The launch goes on as before; the note warns of what may happen.
-            cause = cluster.api_answer(err) if isinstance(err, ApiException) else err
-            warning = (
-                f"The claim `{location.claim}` could not be read ({cause}), so whether two nodes "
-                "can mount it at once is unknown. If it is ReadWriteOnce, this TensorBoard's pod "
-                "may take it to another node first and training will wait on a Multi-Attach "
-                f"error: then delete this Tensorboard (`kubectl -n {namespace} delete tensorboard "
-                f"{name}`) and use a ReadWriteMany claim or an s3:// logs root."
-            )
+            unread = cluster.api_answer(err) if isinstance(err, ApiException) else str(err)
     started = time.monotonic()
     resource, poddefault = objects.PODDEFAULT_API, None
     try:
@@ -258,9 +252,9 @@ def start_on_cluster(
             # It exists; only its progress is unknown, which the note's kubectl command shows.
             ready = False
         if not ready:
-            return Launch("starting", name, url, outcome, warning=warning)
-        return Launch("ready", name, url, outcome, time.monotonic() - started, warning)
-    return Launch("fallback", name, detail=detail, warning=warning)
+            return Launch("starting", name, url, outcome, claim_unread=unread)
+        return Launch("ready", name, url, outcome, time.monotonic() - started, unread)
+    return Launch("fallback", name, detail=detail, claim_unread=unread)
 
 
 def start_live_tensorboard(

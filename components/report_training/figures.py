@@ -152,14 +152,10 @@ def epoch_marks(epochs: Epochs | None) -> tuple[list[dict], list[dict]]:
     """
     if epochs is None or len(epochs.ends) > MAX_BANDS:
         return [], []
-    bands, numbers, start = "", [], epochs.first_step
-    every = math.ceil(len(epochs.ends) / 20)  # at most 20 numbers, so they never overlap
-    for index, end in enumerate(epochs.ends):
-        if index % 2:
-            bands += f"M{start},0H{end}V1H{start}Z"
-        if index % every == 0:
-            numbers.append({"x": (start + end) / 2, "text": str(index + 1)})
-        start = end
+    spans = list(itertools.pairwise((epochs.first_step, *epochs.ends)))  # (start, end) of each
+    every = math.ceil(len(spans) / 20) or 1  # at most 20 numbers, so they never overlap
+    numbers = [dict(x=(a + b) / 2, text=str(n)) for n, (a, b) in list(enumerate(spans, 1))[::every]]
+    bands = "".join(f"M{start},0H{end}V1H{start}Z" for start, end in spans[1::2])
     band = dict(type="path", path=bands, xref="x", yref="paper", layer="below", line_width=0)
     return [dict(band, fillcolor="rgba(60,64,67,0.07)")] if bands else [], numbers
 

@@ -231,9 +231,8 @@ def chart_html(
     """
     if not plan.charts:
         return []
-    last_steps: dict[str, int] = {}  # the last step of each run
-    for s in series:
-        last_steps[s.run] = max(s.steps[-1], last_steps.get(s.run, s.steps[-1]))
+    # The last step of each run: of its series, the one ending last is written last.
+    last_steps = {s.run: s.steps[-1] for s in sorted(series, key=lambda s: s.steps[-1])}
     charted = [line.series for chart in plan.charts for line in chart.lines]
     x_range = (min(s.steps[0] for s in charted), max(s.steps[-1] for s in charted))
     dense = sum(line.dense for chart in plan.charts for line in chart.lines)
