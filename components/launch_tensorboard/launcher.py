@@ -57,6 +57,7 @@ NOTES = jinja2.Environment(
     keep_trailing_newline=True,
     undefined=jinja2.StrictUndefined,
 )
+NOTES.globals.update(fallback=fallback, quote=shlex.quote)  # what the note's template calls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,9 +319,7 @@ def start_live_tensorboard(
     metadata = fallback.ui_metadata(settings.location, settings.s3_endpoint, settings.s3_secret)
     write_json(ui_metadata_path, metadata)
     # The note shown in the run's page: templates/note.md.j2.
-    note = NOTES.get_template("note.md.j2").render(
-        launch=launch, settings=settings, fallback=fallback, quote=shlex.quote
-    )
+    note = NOTES.get_template("note.md.j2").render(launch=launch, settings=settings)
     atomic_write_text(markdown_path, note)
     print(f"TensorBoard: {launch.state} {launch.url or settings.location.uri}", flush=True)
     return launch

@@ -234,7 +234,7 @@ def chart_figure(
     smoothed: list[tuple[int, list]] = []  # a smoothed trace's index, and the raw values
     lone: list[tuple[go.Scatter, tuple[int, float]]] = []  # a trace of one point, and it
     for number, line in enumerate(chart.lines):
-        cap = limit if line.dense else CHART_POINTS_PER_LINE
+        cap = limit if line.style in scalars.DENSE else CHART_POINTS_PER_LINE
         steps, values = scalars.thin(line.series.steps, line.series.values, cap)
         ys = [_rounded(v) for v in values]
         if line.style == scalars.SCHEDULE and steps[-1] < last_steps[line.series.run]:

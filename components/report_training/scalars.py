@@ -37,6 +37,8 @@ TOP_RUN = "."
 # epoch (already a mean over the whole validation set), drawn unsmoothed with markers. FINAL: a
 # single value at the end of training. SCHEDULE: a value that holds until the next one.
 STEP, EPOCH, FINAL, SCHEDULE = "step", "epoch", "final", "schedule"
+# The styles of lines of many points (per step), which charts thin to share their points.
+DENSE = (STEP, SCHEDULE)
 # The colour of each line of the known charts, by its label (the palette's first colours, in
 # this order), the same on every chart; further runs of a chart are dashed.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b")
@@ -110,11 +112,6 @@ class Line:
     colour: str = PALETTE[0]
     dash: str = "solid"
 
-    @property
-    def dense(self) -> bool:
-        """A line of many points (per step), which charts thin to share their points."""
-        return self.style in (STEP, SCHEDULE)
-
 
 @dataclasses.dataclass(frozen=True)
 class Chart:
@@ -171,12 +168,11 @@ def read_scalars(logs_dir: str | Path) -> list[Series]:
         raise invalid("tensorboard_logs", str(logs_dir), "a directory of TensorBoard event files")
     runs = read_event_scalars(logs_dir)
     common = Path(os.path.commonpath(list(runs))) if runs else logs_dir
-    series = []
-    for run_dir, tags in runs.items():
-        run = run_dir.relative_to(common).as_posix()
-        for tag, by_step in tags.items():
-            steps = tuple(sorted(by_step))
-            series.append(Series(run, tag, steps, tuple(by_step[s] for s in steps)))
+    series = [  # the steps and values of each tag, in step order
+        Series(run.relative_to(common).as_posix(), tag, *zip(*sorted(values.items()), strict=True))
+        for run, tags in runs.items()
+        for tag, values in tags.items()
+    ]
     return sorted(series, key=lambda s: (s.run != TOP_RUN, s.run, s.tag))
 
 
