@@ -15,6 +15,7 @@ file>`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -140,15 +141,11 @@ def fallback_objects(location: LogsLocation, s3_endpoint: str, s3_secret: str) -
     return [deployment, service]
 
 
-class _PlainDumper(yaml.SafeDumper):
-    # Repeated dicts (the labels) are written out in full, not as YAML anchors and aliases.
-    def ignore_aliases(self, data: object) -> bool:
-        return True
-
-
 def render_manifest(objects: list[dict[str, object]]) -> str:
     """The objects as one multi-document YAML text."""
-    return "---\n".join(yaml.dump(o, Dumper=_PlainDumper, sort_keys=False) for o in objects)
+    # Copied through JSON, they share no dict (the labels), which YAML would write once and
+    # refer to with anchors and aliases: each is written out in full.
+    return yaml.safe_dump_all(json.loads(json.dumps(objects)), sort_keys=False)
 
 
 def shipped_manifest() -> str:
