@@ -24,7 +24,6 @@ import plotly.graph_objects as go
 from kfp_lightning.components.report_training import scalars
 from kfp_lightning.components.report_training.scalars import Chart, Epochs
 
-CHART_POINTS_PER_LINE = 1000  # the most points of one line (see report.MAX_PAGE_BYTES)
 SMOOTHING = (0.0, 0.6, 0.9, 0.99)  # the menu's choices; 0.6 first shown, as in TensorBoard
 DEFAULT_SMOOTHING = 0.6
 MAX_BANDS = 60  # epochs beyond which the bands would be thinner than a line
@@ -234,7 +233,8 @@ def chart_figure(
     smoothed: list[tuple[int, list]] = []  # a smoothed trace's index, and the raw values
     lone: list[tuple[go.Scatter, tuple[int, float]]] = []  # a trace of one point, and it
     for number, line in enumerate(chart.lines):
-        cap = limit if line.style in scalars.DENSE else CHART_POINTS_PER_LINE
+        # The most points of one line: the dense ones share the page's (see report.chart_html).
+        cap = limit if line.style in scalars.DENSE else 1000
         steps, values = scalars.thin(line.series.steps, line.series.values, cap)
         ys = [_rounded(v) for v in values]
         if line.style == scalars.SCHEDULE and steps[-1] < last_steps[line.series.run]:

@@ -100,10 +100,6 @@ MAX_RUNS = 4
 # The page's limit, the Plotly library (1.2 MB, `plotly_js`) included: a page the run's
 # side panel loads quickly. Past it, charts get half the points (`chart_html`, reduced).
 MAX_PAGE_BYTES = 1_500_000
-# Points per page, shared among the dense lines of every chart: with the library's 1.2 MB and
-# each smoothing choice's values, they keep a page under 1.5 MB (MAX_PAGE_BYTES).
-CHART_POINTS = 2000
-MIN_POINTS_PER_LINE = 20
 # Each chart without the library, which the page inlines once, before the first of them.
 TO_HTML = dict(include_plotlyjs=False, full_html=False, config=CONFIG)
 # The templates of this package: the page's, templates/report.html.j2, autoescaped; the Markdown
@@ -284,7 +280,10 @@ def chart_html(
     charted = [line.series for chart in plan.charts for line in chart.lines]
     x_range = (min(s.steps[0] for s in charted), max(s.steps[-1] for s in charted))
     dense = sum(line.style in scalars.DENSE for chart in plan.charts for line in chart.lines)
-    limit = max(MIN_POINTS_PER_LINE, CHART_POINTS // (2 if reduced else 1) // max(dense, 1))
+    # 2000 points per page, shared among the dense lines of every chart (at least 20 each):
+    # with the library's 1.2 MB and each smoothing choice's values, they keep a page under
+    # 1.5 MB (MAX_PAGE_BYTES).
+    limit = max(20, 2000 // (2 if reduced else 1) // max(dense, 1))
 
     def html(chart: scalars.Chart) -> str:
         if not any(line.series.finite_values() for line in chart.lines):

@@ -43,7 +43,6 @@ DENSE = (STEP, SCHEDULE)
 # this order), the same on every chart; further runs of a chart are dashed.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b")
 COLOURS = dict(zip(("train", "validation", "test", "learning rate"), PALETTE, strict=False))
-DASHES = ("solid", "dash", "dot", "dashdot")
 
 
 def _by_split(quantity: str) -> tuple[tuple[str, str, str], ...]:
@@ -246,7 +245,7 @@ def charts_of(series: Sequence[Series], max_other_charts: int, max_runs: int) ->
     for key, title, percent, known in KNOWN_CHARTS:
         lines = tuple(
             Line(by_key[(run, tag)], label(run, text), style, COLOURS[text], dash)
-            for run, dash in zip(runs, itertools.cycle(DASHES))
+            for run, dash in zip(runs, itertools.cycle(("solid", "dash", "dot", "dashdot")))
             for tag, text, style in known
             if (run, tag) in by_key
         )
