@@ -190,12 +190,10 @@ def claim_access_modes(
         ApiException: The server refused the read (403, or 404 for no such claim).
         ClusterUnreachableError: The API could not be reached.
     """
-    found = cluster.call(
-        lambda: client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim(
-            claim, namespace, _request_timeout=patience.request_timeout_seconds
-        ),
-        f"read PersistentVolumeClaim {namespace}/{claim}",
-    )
+    read = client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim
+    timeout = patience.request_timeout_seconds
+    what = f"read PersistentVolumeClaim {namespace}/{claim}"
+    found = cluster.call(lambda: read(claim, namespace, _request_timeout=timeout), what)
     status_modes = (found.status.access_modes if found.status else None) or []
     return list(status_modes or (found.spec.access_modes if found.spec else None) or [])
 

@@ -79,11 +79,9 @@ def value_range(low: float, high: float, percent: bool) -> tuple[float, float]:
         The bottom and top of the axis, bottom < top.
     """
     span = high - low or abs(high) or 1.0
-    bottom, top = low - span * PAD, high + span * PAD
-    if low >= 0:
-        bottom = max(bottom, 0.0)
-    if percent and high <= 1:
-        top = min(top, 1.0)
+    # Held at 0 and at 100% where no value crosses them (an infinite bound holds nothing).
+    bottom = max(low - span * PAD, 0.0 if low >= 0 else -math.inf)
+    top = min(high + span * PAD, 1.0 if percent and high <= 1 else math.inf)
     return bottom, top
 
 
