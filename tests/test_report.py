@@ -24,10 +24,10 @@ from torch.utils.tensorboard import SummaryWriter
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.report_training import figures
 from kfp_lightning.components.report_training.component import report_training as component
-from kfp_lightning.components.report_training.plotly_bundle import plotly_js
 from kfp_lightning.components.report_training.report import (
     MAX_OTHER_CHARTS,
     MAX_RUNS,
+    plotly_js,
     read_evaluation,
     write_training_report,
 )

@@ -1,7 +1,7 @@
 """report_training: the vendored plotly.js bundle is the npm release it names, following plotly.
 
 The report inlines plotly.js's "basic" partial bundle, vendored as the npm tarball
-(components/report_training/plotly_bundle.py says why). Its digest is checked against the
+(components/report_training/report.py says why). Its digest is checked against the
 registry's `dist.integrity` recorded in the code (`npm view plotly.js-basic-dist-min@4.1.1 dist`
 prints the same), its version against the plotly.js that plotly.py bundles (a plotly upgrade
 fails here until the vendored file follows), its trace types against what the page draws, and
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
-from kfp_lightning.components.report_training import plotly_bundle
-from kfp_lightning.components.report_training.plotly_bundle import (
+from kfp_lightning.components.report_training import report
+from kfp_lightning.components.report_training.report import (
     LICENSE,
     NPM_INTEGRITY,
     NPM_PACKAGE,
@@ -32,8 +32,8 @@ from kfp_lightning.components.report_training.plotly_bundle import (
     VERSION,
     plotly_js,
     vendored_file,
+    write_training_report,
 )
-from kfp_lightning.components.report_training.report import write_training_report
 from tests.report_fixtures import page_figures, write_classic_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,4 +113,4 @@ def test_the_package_wheel_ships_the_bundle_and_the_template(tmp_path):
             assert archive.read(f"{folder}/{name}") == (VENDOR / name).read_bytes()
         package = "kfp_lightning/components/report_training"
         assert archive.read(f"{package}/templates/report.html.j2") == template.read_bytes()
-    assert plotly_bundle.__package__ == "kfp_lightning.components.report_training"
+    assert report.__package__ == "kfp_lightning.components.report_training"

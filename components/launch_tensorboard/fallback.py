@@ -15,6 +15,7 @@ file>`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -37,6 +38,8 @@ PORT = 6006
 LOCAL_PORT = 6006
 PVC_MOUNT = "/tensorboard_logs"
 LOGS_VOLUME = "tensorboard-logs"  # the viewer pod's claim, named in its `volume://` source
+# What the viewer's container holds (see `viewer_pod_template`): the controller sets the rest.
+VIEWER_FIELDS = ("env", "resources", "securityContext", "volumeMounts")
 # Kubernetes expands $(VAR) in a container's args from its env: one file serves any namespace.
 POD_NAMESPACE_REFERENCE = "$(POD_NAMESPACE)"
 HEADER = (
@@ -76,20 +79,14 @@ def tensorboard_pod(
     if location.scheme == "s3":
         env += s3_environment(s3_endpoint, s3_secret)
     logdir = location.uri if location.scheme == "s3" else f"{PVC_MOUNT}/{location.path}".rstrip("/")
-    run = {
+    container = {
         "name": "tensorboard",
         "image": images.image_ref(images.TOOLS),
         "command": ["tensorboard"],
         "args": [f"--logdir={logdir}", "--bind_all", f"--port={PORT}"],
-    }
-    serve = {
+        "env": env,
         "ports": [{"name": "http", "containerPort": PORT}],
         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
-    }
-    container = {
-        **(run if served else {}),
-        **({"env": env} if env else {}),
-        **(serve if served else {}),
         # What one TensorBoard needs, in either pod.
         "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         # tensorboard writes only its server info, under the temporary directory.
@@ -100,6 +97,9 @@ def tensorboard_pod(
         },
         "volumeMounts": mounts,
     }
+    # The viewer's controller sets the name, image, arguments and port; an empty env is left out.
+    kept = container.keys() if served else VIEWER_FIELDS
+    container = {key: value for key, value in container.items() if key in kept and value}
     user = {"runAsUser": 1000} if served else {}
     security = {"runAsNonRoot": True, **user, "seccompProfile": {"type": "RuntimeDefault"}}
     return {"securityContext": security, "containers": [container], "volumes": volumes}
@@ -141,15 +141,11 @@ def fallback_objects(location: LogsLocation, s3_endpoint: str, s3_secret: str) -
     return [deployment, service]
 
 
-class _PlainDumper(yaml.SafeDumper):
-    # Repeated dicts (the labels) are written out in full, not as YAML anchors and aliases.
-    def ignore_aliases(self, data: object) -> bool:
-        return True
-
-
 def render_manifest(objects: list[dict[str, object]]) -> str:
     """The objects as one multi-document YAML text."""
-    return "---\n".join(yaml.dump(o, Dumper=_PlainDumper, sort_keys=False) for o in objects)
+    # Copied through JSON, they share no dict (the labels), which YAML would write once and
+    # refer to with anchors and aliases: each is written out in full.
+    return yaml.safe_dump_all(json.loads(json.dumps(objects)), sort_keys=False)
 
 
 def shipped_manifest() -> str:

@@ -57,6 +57,7 @@ NOTES = jinja2.Environment(
     keep_trailing_newline=True,
     undefined=jinja2.StrictUndefined,
 )
+NOTES.globals.update(fallback=fallback, quote=shlex.quote)  # what the note's template calls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,8 @@ class Launch:
         detail: "created", "replaced" or "unchanged" for a `Tensorboard`; the cause for a
             fallback; the claim's access modes for a single-node claim.
         ready_after_seconds: Time from the first request to the first ready status, if seen.
-        warning: What the note must add (a claim whose access modes could not be read).
+        claim_unread: Why the access modes of the pvc:// claim could not be read, if they could
+            not (the note warns that the claim may be one node's).
     """
 
     state: str
@@ -103,7 +105,7 @@ class Launch:
     url: str = ""
     detail: str = ""
     ready_after_seconds: float | None = None
-    warning: str = ""
+    claim_unread: str = ""
 
 
 @run_form.run_config
@@ -188,12 +190,10 @@ def claim_access_modes(
         ApiException: The server refused the read (403, or 404 for no such claim).
         ClusterUnreachableError: The API could not be reached.
     """
-    found = cluster.call(
-        lambda: client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim(
-            claim, namespace, _request_timeout=patience.request_timeout_seconds
-        ),
-        f"read PersistentVolumeClaim {namespace}/{claim}",
-    )
+    read = client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim
+    timeout = patience.request_timeout_seconds
+    what = f"read PersistentVolumeClaim {namespace}/{claim}"
+    found = cluster.call(lambda: read(claim, namespace, _request_timeout=timeout), what)
     status_modes = (found.status.access_modes if found.status else None) or []
     return list(status_modes or (found.spec.access_modes if found.spec else None) or [])
 
@@ -214,7 +214,7 @@ def start_on_cluster(
     """
     api = client.CustomObjectsApi(api_client)
     namespace, location = str(settings.namespace), settings.location
-    name, warning = objects.tensorboard_name(settings.run_id), ""
+    name, unread = objects.tensorboard_name(settings.run_id), ""
     if location.scheme == "pvc":
         try:
             modes = claim_access_modes(api_client, namespace, location.claim, patience)
@@ -222,14 +222,7 @@ def start_on_cluster(
                 return Launch("single-node-claim", name, detail=", ".join(modes) or "none")
         except (ApiException, cluster.ClusterUnreachableError) as err:
             # The launch goes on as before; the note warns of what may happen.
-            cause = cluster.api_answer(err) if isinstance(err, ApiException) else err
-            warning = (
-                f"The claim `{location.claim}` could not be read ({cause}), so whether two nodes "
-                "can mount it at once is unknown. If it is ReadWriteOnce, this TensorBoard's pod "
-                "may take it to another node first and training will wait on a Multi-Attach "
-                f"error: then delete this Tensorboard (`kubectl -n {namespace} delete tensorboard "
-                f"{name}`) and use a ReadWriteMany claim or an s3:// logs root."
-            )
+            unread = cluster.api_answer(err) if isinstance(err, ApiException) else str(err)
     started = time.monotonic()
     resource, poddefault = objects.PODDEFAULT_API, None
     try:
@@ -258,9 +251,9 @@ def start_on_cluster(
             # It exists; only its progress is unknown, which the note's kubectl command shows.
             ready = False
         if not ready:
-            return Launch("starting", name, url, outcome, warning=warning)
-        return Launch("ready", name, url, outcome, time.monotonic() - started, warning)
-    return Launch("fallback", name, detail=detail, warning=warning)
+            return Launch("starting", name, url, outcome, claim_unread=unread)
+        return Launch("ready", name, url, outcome, time.monotonic() - started, unread)
+    return Launch("fallback", name, detail=detail, claim_unread=unread)
 
 
 def start_live_tensorboard(
@@ -324,9 +317,7 @@ def start_live_tensorboard(
     metadata = fallback.ui_metadata(settings.location, settings.s3_endpoint, settings.s3_secret)
     write_json(ui_metadata_path, metadata)
     # The note shown in the run's page: templates/note.md.j2.
-    note = NOTES.get_template("note.md.j2").render(
-        launch=launch, settings=settings, fallback=fallback, quote=shlex.quote
-    )
+    note = NOTES.get_template("note.md.j2").render(launch=launch, settings=settings)
     atomic_write_text(markdown_path, note)
     print(f"TensorBoard: {launch.state} {launch.url or settings.location.uri}", flush=True)
     return launch

@@ -28,11 +28,6 @@ from kfp_lightning.components.common.training_pod import S3_SECRET_KEYS
 TENSORBOARD_API = ("tensorboard.kubeflow.org", "v1alpha1", "tensorboards", "Tensorboard")
 PODDEFAULT_API = ("kubeflow.org", "v1alpha1", "poddefaults", "PodDefault")
 
-# The controller names the Service after the Tensorboard, and Service names must start with a
-# letter (DNS-1035): run ids are UUIDs, which may start with a digit.
-NAME_PREFIX = "kfp-run-"
-
-PODDEFAULT_PREFIX = "kfp-lightning-s3-"
 # A PodDefault's selector key is this prefix + its name, so that each PodDefault has a key of
 # its own (the web apps select by key alone, with the value "true").
 PODDEFAULT_LABEL_PREFIX = "kfp-lightning/"
@@ -52,7 +47,10 @@ def tensorboard_name(run_id: str) -> str:
     Returns:
         `kfp-run-<run id>`, or `kfp-run-<shortened id>-<digest>`.
     """
-    return name_for_run(NAME_PREFIX, run_id, 63)  # a DNS-1123 label's limit
+    # The controller names the Service after the Tensorboard, and Service names must start with
+    # a letter (DNS-1035): run ids are UUIDs, which may start with a digit. 63: a DNS-1123
+    # label's limit.
+    return name_for_run("kfp-run-", run_id, 63)
 
 
 def poddefault_name(endpoint: str, secret: str) -> str:
@@ -69,7 +67,7 @@ def poddefault_name(endpoint: str, secret: str) -> str:
     Returns:
         `kfp-lightning-s3-<digest>`.
     """
-    return PODDEFAULT_PREFIX + digest(f"{endpoint}\n{secret}")
+    return "kfp-lightning-s3-" + digest(f"{endpoint}\n{secret}")
 
 
 def poddefault_label(poddefault: str) -> str:

@@ -7,7 +7,7 @@ and the page as its `srcdoc`, at least 600 px high and as wide as its card (kube
 frontend/src/components/viewers/MetricsVisualizations.tsx and HTMLViewer.tsx; the card is
 PlotCard.tsx, half the run page wide by default). Scripts run, but the page has no origin of its
 own and must not reach the network, so everything is inline: the Plotly library
-(plotly_bundle.py), each chart as Plotly's own `to_html` writes it (figures.py), the style sheet
+(`plotly_js`), each chart as Plotly's own `to_html` writes it (figures.py), the style sheet
 and the digit images as `data:` PNGs. The page is rendered from templates/report.html.j2 by
 Jinja with autoescape on, so every string from a run (its name, tags, parameters, labels) is
 escaped. Without scripts the headline numbers and the tables still show, and a note says the
@@ -26,10 +26,13 @@ a half-drawn page.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import math
+import tarfile
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import jinja2
@@ -41,20 +44,62 @@ from kfp_lightning.components.common.evaluation import FILE_NAME, FORMAT, Evalua
 from kfp_lightning.components.common.files import atomic_write_files
 from kfp_lightning.components.report_training import scalars
 from kfp_lightning.components.report_training.figures import CONFIG, chart_figure, format_value
-from kfp_lightning.components.report_training.plotly_bundle import plotly_js
+
+# The Plotly library the page inlines: plotly.js's official "basic" partial bundle, vendored.
+#
+# The page draws scatter traces only (figures.py: `go.Scatter`, nothing else), with the layout
+# features every plotly.js bundle has (axes, hover, zoom and pan, shapes, annotations, the mode
+# bar). plotly.js publishes partial bundles of some trace types each (basic, cartesian, geo,
+# gl3d, gl2d, map, finance, strict: "Partial bundles" in plotly/plotly.js dist/README.md);
+# `plotly.js-basic-dist-min` (trace modules scatter, bar and pie: its README.md) is the smallest
+# that has scatter: 1.19 MB of JavaScript, against the 4.8 MB full bundle that plotly.py ships.
+#
+# Why it is vendored: plotly.py ships only the full bundle (plotly/package_data/plotly.min.js),
+# and nothing may be fetched when the report is written: the tools image is built offline from
+# locked wheels (images/build.py) and an air-gapped cluster has no network at all. The file in
+# vendor/ is the npm tarball exactly as `npm pack plotly.js-basic-dist-min@4.1.1` fetched it, so
+# its sha512 is the registry's `dist.integrity` (`npm view plotly.js-basic-dist-min@4.1.1 dist`)
+# and anyone can check it; its MIT licence is beside it. tests/test_report_bundle.py checks that
+# digest, and that the bundle's plotly.js version is the one plotly.py bundles, so upgrading
+# plotly fails a test until the vendored file and the constants below follow.
+#
+# To update: `npm pack plotly.js-basic-dist-min@<plotly.js version>` (the version is
+# `plotly.offline.get_plotlyjs_version()`) into vendor/, replace the licence file with the
+# tarball's LICENSE, the old files removed, and set VERSION and NPM_INTEGRITY below from
+# `npm view plotly.js-basic-dist-min@<version> dist.integrity`.
+NPM_PACKAGE = "plotly.js-basic-dist-min"
+VERSION = "4.1.1"
+# `dist.integrity` of the tarball in the npm registry (Subresource Integrity format).
+NPM_INTEGRITY = (
+    "sha512-1oNF8PeQx2hv/y7tqEVWKD3JGwn/MGEMQ8mL9HUwsaqG9FGy/"
+    "OU5FHUHvzqbqxN4mnwZGI9abTiE775C4kkjMQ=="
+)
+TARBALL = f"{NPM_PACKAGE}-{VERSION}.tgz"  # the name `npm pack` gives it
+LICENSE = f"{NPM_PACKAGE}-{VERSION}.LICENSE"
+SCRIPT_MEMBER = "package/plotly-basic.min.js"  # the package's `main` (its package.json)
+
+
+def vendored_file(name: str) -> bytes:
+    """The bytes of a file in vendor/ (package data of the installed package)."""
+    return resources.files(__package__).joinpath("vendor", name).read_bytes()
+
+
+@functools.cache
+def plotly_js() -> str:
+    """The bundle's JavaScript, read from the vendored npm tarball (about 10 ms, once)."""
+    with tarfile.open(fileobj=io.BytesIO(vendored_file(TARBALL)), mode="r:gz") as tarball:
+        # A regular file of the tarball whose digest tests/test_report_bundle.py checks.
+        return tarball.extractfile(SCRIPT_MEMBER).read().decode("utf-8")  # type: ignore[union-attr]
+
 
 # Charts of tags the report does not know, beyond loss, accuracy and learning rate, and runs
 # charted; further tags and runs are listed in the tables only, so the page stays within its
 # size limit. Training writes one run; several come from logs gathered by hand.
 MAX_OTHER_CHARTS = 8
 MAX_RUNS = 4
-# The page's limit, the Plotly library (1.2 MB, plotly_bundle.py) included: a page the run's
+# The page's limit, the Plotly library (1.2 MB, `plotly_js`) included: a page the run's
 # side panel loads quickly. Past it, charts get half the points (`chart_html`, reduced).
 MAX_PAGE_BYTES = 1_500_000
-# Points per page, shared among the dense lines of every chart: with the library's 1.2 MB and
-# each smoothing choice's values, they keep a page under 1.5 MB (MAX_PAGE_BYTES).
-CHART_POINTS = 2000
-MIN_POINTS_PER_LINE = 20
 # Each chart without the library, which the page inlines once, before the first of them.
 TO_HTML = dict(include_plotlyjs=False, full_html=False, config=CONFIG)
 # The templates of this package: the page's, templates/report.html.j2, autoescaped; the Markdown
@@ -159,12 +204,12 @@ def png_data_uri(pixels: Sequence[Sequence[int]]) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def scalar_rows(series: Sequence[scalars.Series]) -> tuple[list[str], list[list[str]]]:
+def scalar_rows(series: Sequence[scalars.Series]) -> dict[str, list]:
     """The summary table of every scalar (Lightning's `epoch` counter left out).
 
     Returns:
-        The column names and the rows: tag, run (only with several runs), number of points,
-        last value, minimum and maximum of the finite values.
+        `columns`, the column names, and `rows`: tag, run (only with several runs), number of
+        points, last value, minimum and maximum of the finite values.
     """
     several = len(scalars.runs_of(series)) > 1
     columns = ["scalar", *(["run"] if several else []), "points", "last", "min", "max"]
@@ -174,7 +219,7 @@ def scalar_rows(series: Sequence[scalars.Series]) -> tuple[list[str], list[list[
         low, high = (format_value(min(finite)), format_value(max(finite))) if finite else ("—",) * 2
         run = [s.run] if several else []
         rows.append([s.tag, *run, str(len(s.steps)), format_value(s.last), low, high])
-    return columns, rows
+    return {"columns": columns, "rows": rows}
 
 
 def _percent(part: int, whole: int) -> str:
@@ -189,9 +234,8 @@ def confusion_table(matrix: Sequence[Sequence[int]]) -> dict[str, list]:
         other cells red relative to the largest confusion, so that it stands out; `recall`
         and `precision` of each class and `correct`, all in percent.
     """
-    size = len(matrix)
-    worst = max((matrix[r][c] for r in range(size) for c in range(size) if r != c), default=0)
-    diagonal = [matrix[i][i] for i in range(size)]
+    diagonal = [row[i] for i, row in enumerate(matrix)]
+    worst = max((n for r, row in enumerate(matrix) for c, n in enumerate(row) if r != c), default=0)
     totals = [sum(row) for row in matrix]
     predicted = [sum(col) for col in zip(*matrix, strict=True)]
 
@@ -202,7 +246,7 @@ def confusion_table(matrix: Sequence[Sequence[int]]) -> dict[str, list]:
         return f"rgba(197,34,31,{0.7 * matrix[r][c] / worst if worst else 0:.2f})"
 
     return {
-        "colours": [[colour(r, c) for c in range(size)] for r in range(size)],
+        "colours": [[colour(r, c) for c in range(len(row))] for r, row in enumerate(matrix)],
         "recall": list(map(_percent, diagonal, totals)),
         "precision": list(map(_percent, diagonal, predicted)),
         "correct": _percent(sum(diagonal), sum(totals)),
@@ -231,13 +275,15 @@ def chart_html(
     """
     if not plan.charts:
         return []
-    last_steps: dict[str, int] = {}  # the last step of each run
-    for s in series:
-        last_steps[s.run] = max(s.steps[-1], last_steps.get(s.run, s.steps[-1]))
+    # The last step of each run: of its series, the one ending last is written last.
+    last_steps = {s.run: s.steps[-1] for s in sorted(series, key=lambda s: s.steps[-1])}
     charted = [line.series for chart in plan.charts for line in chart.lines]
     x_range = (min(s.steps[0] for s in charted), max(s.steps[-1] for s in charted))
-    dense = sum(line.dense for chart in plan.charts for line in chart.lines)
-    limit = max(MIN_POINTS_PER_LINE, CHART_POINTS // (2 if reduced else 1) // max(dense, 1))
+    dense = sum(line.style in scalars.DENSE for chart in plan.charts for line in chart.lines)
+    # 2000 points per page, shared among the dense lines of every chart (at least 20 each):
+    # with the library's 1.2 MB and each smoothing choice's values, they keep a page under
+    # 1.5 MB (MAX_PAGE_BYTES).
+    limit = max(20, 2000 // (2 if reduced else 1) // max(dense, 1))
 
     def html(chart: scalars.Chart) -> str:
         if not any(line.series.finite_values() for line in chart.lines):
@@ -280,7 +326,6 @@ def write_training_report(
     evaluation = read_evaluation(evaluation_dir) if evaluation_dir is not None else None
     epochs = scalars.epochs_of(series)
     plan = scalars.charts_of(series, MAX_OTHER_CHARTS, MAX_RUNS)
-    columns, rows = scalar_rows(series)
     parameters = evaluation.run.parameters.items() if evaluation else ()
     # All that the templates show but the charts (the Markdown shows some of it).
     context = dict(
@@ -288,8 +333,7 @@ def write_training_report(
         evaluation=evaluation,
         numbers=headline(evaluation, series, epochs),
         series=series,
-        columns=columns,
-        rows=rows,
+        **scalar_rows(series),
         png=png_data_uri,
         parameters=[(k, v if isinstance(v, str) else json.dumps(v)) for k, v in parameters],
         epochs=epochs,

@@ -37,28 +37,12 @@ TOP_RUN = "."
 # epoch (already a mean over the whole validation set), drawn unsmoothed with markers. FINAL: a
 # single value at the end of training. SCHEDULE: a value that holds until the next one.
 STEP, EPOCH, FINAL, SCHEDULE = "step", "epoch", "final", "schedule"
+# The styles of lines of many points (per step), which charts thin to share their points.
+DENSE = (STEP, SCHEDULE)
 # The colour of each line of the known charts, by its label (the palette's first colours, in
 # this order), the same on every chart; further runs of a chart are dashed.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b")
 COLOURS = dict(zip(("train", "validation", "test", "learning rate"), PALETTE, strict=False))
-DASHES = ("solid", "dash", "dot", "dashdot")
-
-
-@dataclasses.dataclass(frozen=True)
-class ChartKind:
-    """One known chart: its title, y axis and the tags it draws.
-
-    Attributes:
-        key: Identifier, unique among charts (used in element ids).
-        title: Heading of the chart.
-        lines: (tag, legend label, drawing style) of each line, in drawing order.
-        percent: The values are fractions, shown as percentages.
-    """
-
-    key: str
-    title: str
-    lines: tuple[tuple[str, str, str], ...]
-    percent: bool = False
 
 
 def _by_split(quantity: str) -> tuple[tuple[str, str, str], ...]:
@@ -67,12 +51,15 @@ def _by_split(quantity: str) -> tuple[tuple[str, str, str], ...]:
     return tuple((f"{quantity}/{split}", label, style) for split, label, style in splits)
 
 
+# The known charts as (key, title, percent, lines): the key is unique among charts (used in
+# element ids), percent says the values are fractions, shown as percentages, and lines are the
+# (tag, legend label, drawing style) of each line, in drawing order.
 KNOWN_CHARTS = (
-    ChartKind("loss", "Loss", _by_split("loss")),
-    ChartKind("accuracy", "Accuracy", _by_split("accuracy"), percent=True),
-    ChartKind("learning_rate", "Learning rate", (("learning_rate", "learning rate", SCHEDULE),)),
+    ("loss", "Loss", False, _by_split("loss")),
+    ("accuracy", "Accuracy", True, _by_split("accuracy")),
+    ("learning_rate", "Learning rate", False, (("learning_rate", "learning rate", SCHEDULE),)),
 )
-KNOWN_TAGS = {tag for chart in KNOWN_CHARTS for tag, _, _ in chart.lines}
+KNOWN_TAGS = {tag for *_, lines in KNOWN_CHARTS for tag, _, _ in lines}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +110,6 @@ class Line:
     style: str
     colour: str = PALETTE[0]
     dash: str = "solid"
-
-    @property
-    def dense(self) -> bool:
-        """A line of many points (per step), which charts thin to share their points."""
-        return self.style in (STEP, SCHEDULE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,12 +167,11 @@ def read_scalars(logs_dir: str | Path) -> list[Series]:
         raise invalid("tensorboard_logs", str(logs_dir), "a directory of TensorBoard event files")
     runs = read_event_scalars(logs_dir)
     common = Path(os.path.commonpath(list(runs))) if runs else logs_dir
-    series = []
-    for run_dir, tags in runs.items():
-        run = run_dir.relative_to(common).as_posix()
-        for tag, by_step in tags.items():
-            steps = tuple(sorted(by_step))
-            series.append(Series(run, tag, steps, tuple(by_step[s] for s in steps)))
+    series = [  # the steps and values of each tag, in step order
+        Series(run.relative_to(common).as_posix(), tag, *zip(*sorted(values.items()), strict=True))
+        for run, tags in runs.items()
+        for tag, values in tags.items()
+    ]
     return sorted(series, key=lambda s: (s.run != TOP_RUN, s.run, s.tag))
 
 
@@ -206,7 +187,7 @@ def epochs_of(series: Sequence[Series]) -> Epochs | None:
     last epoch with the counter one past it; an epoch counts only where something other than
     a test value was logged, so that one is not taken for an extra epoch.
     """
-    final_tags = {tag for chart in KNOWN_CHARTS for tag, _, style in chart.lines if style == FINAL}
+    final_tags = {tag for *_, lines in KNOWN_CHARTS for tag, _, style in lines if style == FINAL}
     counters = [s for s in series if s.tag == EPOCH_TAG]
     for counter in sorted(counters, key=lambda s: (s.run != TOP_RUN, s.run)):  # see runs_of
         of_run = [s for s in series if s.run == counter.run and s.tag != EPOCH_TAG]
@@ -261,15 +242,15 @@ def charts_of(series: Sequence[Series], max_other_charts: int, max_runs: int) ->
         return text if len(all_runs) == 1 else f"{text} ({run})"
 
     charts = []
-    for kind in KNOWN_CHARTS:
+    for key, title, percent, known in KNOWN_CHARTS:
         lines = tuple(
             Line(by_key[(run, tag)], label(run, text), style, COLOURS[text], dash)
-            for run, dash in zip(runs, itertools.cycle(DASHES))
-            for tag, text, style in kind.lines
+            for run, dash in zip(runs, itertools.cycle(("solid", "dash", "dot", "dashdot")))
+            for tag, text, style in known
             if (run, tag) in by_key
         )
         if lines:
-            charts.append(Chart(kind.key, kind.title, kind.percent, lines))
+            charts.append(Chart(key, title, percent, lines))
     others = sorted({s.name for s in series if s.run in runs} - KNOWN_TAGS - {EPOCH_TAG})
     used = {chart.key for chart in charts}
     for tag in others[:max_other_charts]:
@@ -301,8 +282,7 @@ def thin(steps: Sequence[int], values: Sequence[float], limit: int) -> tuple[lis
     Returns:
         The kept steps and values.
     """
+    # Every index, where the series has no more points than that (the spacing is 1 at most).
     count = len(steps)
-    if count <= limit:
-        return list(steps), list(values)
     picks = sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
     return [steps[i] for i in picks], [values[i] for i in picks]
