@@ -115,6 +115,10 @@ class TaskConsole(io.TextIOBase):
         self.failures: dict[str, str] = {}
         self._pending = ""
 
+    def writable(self) -> bool:
+        # io.TextIOBase says False; print() does not ask, but logging and warnings may.
+        return True
+
     def write(self, text: str) -> int:
         self._pending += text
         *lines, self._pending = self._pending.split("\n")

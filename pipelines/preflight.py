@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -53,10 +54,17 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 # cordoned or without network, or under memory, disk or PID pressure. Tolerating them would put
 # training on a broken node, so the preflight never advises it: such a node is reported as not
 # ready or not schedulable.
-CONDITION_TAINTS = {
-    f"node.kubernetes.io/{condition}"
-    for condition in ("not-ready", "unreachable", "unschedulable", "network-unavailable")
-} | {f"node.kubernetes.io/{pressure}-pressure" for pressure in ("memory", "disk", "pid")}
+CONDITION_TAINTS = frozenset(
+    {
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+        "node.kubernetes.io/unschedulable",
+        "node.kubernetes.io/network-unavailable",
+        "node.kubernetes.io/memory-pressure",
+        "node.kubernetes.io/disk-pressure",
+        "node.kubernetes.io/pid-pressure",
+    }
+)
 # How `why_unreachable` names an untolerated taint: a condition taint, or another.
 TAINT_PHRASES = {True: "not ready or not schedulable ({})", False: "taint {} not tolerated"}
 # The fix for each kind of obstacle `why_unreachable` names, by how its phrase starts. Never
@@ -107,10 +115,6 @@ class Status(enum.Enum):
     FAILED = "✗"
     UNKNOWN = "?"  # could not be checked (no permission to read, unreadable value)
 
-    def __call__(self, detail: str, fix: str = "") -> Check:
-        """A check's result of this status."""
-        return Check(self, detail, fix)
-
 
 class Check(NamedTuple):
     """The result of one check.
@@ -126,7 +130,10 @@ class Check(NamedTuple):
     fix: str = ""
 
 
-_passed, _failed, _unknown = Status.PASSED, Status.FAILED, Status.UNKNOWN
+# A result of each status: `_failed(detail, fix)`.
+_passed = functools.partial(Check, Status.PASSED)
+_failed = functools.partial(Check, Status.FAILED)
+_unknown = functools.partial(Check, Status.UNKNOWN)
 
 
 def _unreadable(what: str, err: ApiException) -> str:
@@ -729,7 +736,9 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     nodes.
 
     Raises:
-        RunError: The API stopped answering midway.
+        RunError: The API stopped answering midway (a preflight read).
+        ClusterUnreachableError: The same, where the shared client made the request (the
+            claim's reading, the TrainJob's dry run); `check_cluster` words it as a RunError.
     """
     scheduling = from_run_form(SchedulingConfig, target.values)
     # The run form may hold the count as text ("1"): validated already, either form works.

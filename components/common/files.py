@@ -20,7 +20,6 @@ recognised by the free space left on the filesystem it was writing to.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -159,8 +158,8 @@ def atomic_file(destination: str | os.PathLike[str], folder: bool = False) -> It
             existing empty directory at `destination` (KFP sometimes creates the artifact
             path) is replaced; a non-empty one is an error.
 
-    Returns:
-        A context manager yielding the path to write.
+    Yields:
+        The temporary path to write (a file, or with `folder` a directory).
 
     Raises:
         WriteError: The disk is full, the folder read-only... (see `write_fault`), whether
@@ -202,8 +201,15 @@ def atomic_file(destination: str | os.PathLike[str], folder: bool = False) -> It
         raise
 
 
-# A staging directory that replaces `destination` when the block succeeds (see `atomic_file`).
-atomic_directory = functools.partial(atomic_file, folder=True)
+def atomic_directory(
+    destination: str | os.PathLike[str],
+) -> contextlib.AbstractContextManager[Path]:
+    """`atomic_file` for a folder: yields an empty staging directory that replaces `destination`.
+
+    Raises:
+        WriteError: See `atomic_file`.
+    """
+    return atomic_file(destination, folder=True)
 
 
 def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes | str) -> None:
@@ -219,8 +225,9 @@ def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes | str) -
     atomic_write_files({destination: data})
 
 
-# The same writer, named for text.
-atomic_write_text = atomic_write_bytes
+def atomic_write_text(destination: str | os.PathLike[str], text: str) -> None:
+    """Writes `text` as UTF-8 to `destination`, atomically (see `atomic_write_bytes`)."""
+    atomic_write_files({destination: text})
 
 
 def atomic_write_files(contents: Mapping[str | os.PathLike[str], bytes | str]) -> None:

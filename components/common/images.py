@@ -70,7 +70,12 @@ def image_tag(name: str) -> str:
 
     Returns:
         The tagged reference.
+
+    Raises:
+        ValueError: `name` is not one of `IMAGE_NAMES`.
     """
+    if name not in IMAGE_NAMES:
+        raise ValueError(f"unknown image {name!r}: expected one of {', '.join(IMAGE_NAMES)}")
     return f"{registry()}/kfp-lightning-{name}:{package_version()}"
 
 

@@ -340,7 +340,7 @@ class LiveLogsConfig:
 
         Args:
             run_id: The pipeline run's id.
-            key: The task's `task_key`.
+            key: The task's key (`training.training_task_key`).
             namespace: For `{namespace}`; defaults to the pod's.
         """
         return self.run_location(run_id, namespace).child(key)

@@ -198,7 +198,7 @@ def run_torchrun(
                         "training did not finish within the training timeout "
                         f"({timeout_seconds} s): stopped it"
                     )
-                time.sleep(0.5)
+                time.sleep(0.5)  # between two looks at the nodes: a failure stops the rest soon
     except (Cancelled, KeyboardInterrupt) as stop:
         raise RunError(f"cancelled ({stop or 'interrupted'}): stopped the training") from None
     finally:

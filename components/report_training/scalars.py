@@ -282,7 +282,8 @@ def thin(steps: Sequence[int], values: Sequence[float], limit: int) -> tuple[lis
     Returns:
         The kept steps and values.
     """
-    # Every index, where the series has no more points than that (the spacing is 1 at most).
     count = len(steps)
+    if count <= limit:
+        return list(steps), list(values)
     picks = sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
     return [steps[i] for i in picks], [values[i] for i in picks]

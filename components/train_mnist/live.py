@@ -150,7 +150,12 @@ class LivePoints(Callback):
         return (step - 1) % every == 0 and bool(trainer.strategy.broadcast(due, src=0))
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         # The epoch's last batch is followed by `on_train_epoch_end`, which saves anyway.
         more = batch_idx + 1 < trainer.num_training_batches

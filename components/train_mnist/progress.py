@@ -83,7 +83,12 @@ class LineProgressBar(ProgressBar):
             self._samples = 0
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         self._samples += len(batch[1])
         self._loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -147,7 +152,12 @@ class ThroughputMeter(Callback):
             self._start = time.perf_counter()
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         self.samples += len(batch[1]) * trainer.world_size
 
@@ -258,7 +268,12 @@ class DivergenceGuard(Callback):
         raise TrainingDivergedError(f"training diverged: {what} {where}; {self.hint}")
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if loss is None:
