@@ -147,8 +147,13 @@ def written(signature: Signature, text: str) -> str:
 
 def drifted() -> list[tuple[Path, str]]:
     """(path, wanted text) of every file whose run parameters differ from their fields."""
-    wanted = {REPO / s.path: written(s, (REPO / s.path).read_text()) for s in SIGNATURES}
-    return [(path, text) for path, text in wanted.items() if text != path.read_text()]
+    found = []
+    for signature in SIGNATURES:
+        path = REPO / signature.path
+        current = path.read_text()
+        if (wanted := written(signature, current)) != current:
+            found.append((path, wanted))
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

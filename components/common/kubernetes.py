@@ -110,7 +110,8 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
         status_forcelist=(429, 500, 502, 503, 504),  # transient: rate limits, server faults
         allowed_methods=None,  # every method: each write here is safe to repeat
         raise_on_status=False,  # the last answer reaches the caller as an ApiException
-    )  # and, as urllib3 does by default, a Retry-After header is honoured
+        respect_retry_after_header=True,  # a 429's or 503's own wait comes first
+    )
     return client.ApiClient(configuration), namespace
 
 

@@ -15,8 +15,9 @@ from kfp_lightning.components.common.errors import invalid
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
-# A Toleration's fields, each with the value Kubernetes gives it when left out.
-TOLERATION_DEFAULTS = dict(key="", operator="Equal", value="", effect="", tolerationSeconds=None)
+TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+TOLERATION_OPERATORS = ("Exists", "Equal")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 DIGEST_LENGTH = 10
@@ -100,18 +101,23 @@ def check_tolerations(value: object, parameter: str = "tolerations") -> list[dic
         '"effect": "NoSchedule"}]'
     )
     for toleration in value:
-        if not isinstance(toleration, Mapping) or not set(toleration) <= TOLERATION_DEFAULTS.keys():
+        if not isinstance(toleration, Mapping) or not set(toleration) <= TOLERATION_FIELDS:
             raise invalid(parameter, toleration, accepted)
-        key, operator, tolerated, effect, seconds = {**TOLERATION_DEFAULTS, **toleration}.values()
+        # Each field as Kubernetes reads it when left out.
+        key = toleration.get("key", "")
+        operator = toleration.get("operator", "Equal")
+        tolerated = toleration.get("value", "")
+        effect = toleration.get("effect", "")
+        seconds = toleration.get("tolerationSeconds")
         whole_seconds = isinstance(seconds, int) and not isinstance(seconds, bool)
         ok = (
             isinstance(key, str)
             and (is_label_key(key) or (key == "" and operator == "Exists"))
-            and operator in ("Exists", "Equal")
+            and operator in TOLERATION_OPERATORS
             and isinstance(tolerated, str)
             and is_label_value(tolerated)
             and not (operator == "Exists" and tolerated)
-            and effect in ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+            and (effect == "" or effect in TAINT_EFFECTS)
             and (seconds is None or (whole_seconds and effect == "NoExecute"))
         )
         if not ok:

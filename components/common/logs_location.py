@@ -253,8 +253,10 @@ def parse_logs_root(
         ok = name_ok and len(parts.netloc) <= 253 and not (parts.query or parts.fragment)
         if not ok or not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
             raise invalid(parameter, root, ACCEPTED)
-        name = "bucket" if parts.scheme == "s3" else "claim"
-        return LogsLocation(parts.scheme, "/".join(segments), **{name: parts.netloc})
+        path = "/".join(segments)
+        if parts.scheme == "s3":
+            return LogsLocation("s3", path, bucket=parts.netloc)
+        return LogsLocation("pvc", path, claim=parts.netloc)
     if parts.scheme == "file" and not parts.netloc:
         value = parts.path
     elif parts.scheme:
@@ -312,16 +314,19 @@ class LiveLogsConfig:
     """Longest delay, in seconds, before a logged point is readable where TensorBoard reads
     the logs (1 to 300): the event files are flushed and copied there twice as often."""
 
-    @pydantic.field_validator("tensorboard_logs_root", "s3_endpoint")
+    @pydantic.field_validator("tensorboard_logs_root")
     @classmethod
-    def _parsed(cls, value: str, info: pydantic.ValidationInfo) -> str:
-        if info.field_name == "tensorboard_logs_root":
-            parse_logs_root(value, _ANY_NAMESPACE)
-        # The endpoint is checked whatever the root: a value typed in is a mistake even where
-        # it is unused now.
-        elif value.strip() != AUTO:
-            parse_http_endpoint(value, "s3_endpoint")
-        return value
+    def _root(cls, root: str) -> str:
+        parse_logs_root(root, _ANY_NAMESPACE)
+        return root
+
+    @pydantic.field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, endpoint: str) -> str:
+        # Checked whatever the root: a value typed in is a mistake even where it is unused now.
+        if endpoint.strip() != AUTO:
+            parse_http_endpoint(endpoint, "s3_endpoint")
+        return endpoint
 
     def run_location(self, run_id: str, namespace: str | None = None) -> LogsLocation:
         """The live logs location of one run: `<tensorboard_logs_root>/<run_id>`.

@@ -99,23 +99,30 @@ def run_config(cls: type[T]) -> type[T]:
 
 
 def run_parameter(
-    default: Any = dataclasses.MISSING, *, form: object = None, scope: str = PIPELINE, **field: Any
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    form: type | str | None = None,
+    scope: str = PIPELINE,
 ) -> Any:
     """Declares a dataclass field as a run parameter.
 
     Args:
         default: The default, of the field's Python type.
+        default_factory: For a dict or list default.
         form: The type the run form uses, when it differs from the field's: `str` for a
             count the KFP driver must read as a string, or "switch" for a bool shown as on/off
             (a `Switch` field).
         scope: `PIPELINE` (run form and components) or `COMPONENT` (components only).
-        **field: For `dataclasses.field`: `default_factory` for a dict or list default.
 
     Returns:
         The `dataclasses.field`.
     """
-    metadata = {"run_form": {"form": form, "scope": scope}}
-    return dataclasses.field(default=default, metadata=metadata, **field)
+    return dataclasses.field(
+        default=default,
+        default_factory=default_factory,
+        metadata={"run_form": {"form": form, "scope": scope}},
+    )
 
 
 @dataclasses.dataclass(frozen=True)

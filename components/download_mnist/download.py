@@ -162,10 +162,12 @@ class DownloadOptions:
 def _describe(err: BaseException) -> str:
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code}"
-    if isinstance(err.reason if isinstance(err, urllib.error.URLError) else err, TimeoutError):
-        return "timed out"
     if isinstance(err, urllib.error.URLError):
+        if isinstance(err.reason, TimeoutError):
+            return "timed out"
         return f"unreachable ({err.reason})"
+    if isinstance(err, TimeoutError):
+        return "timed out"
     if isinstance(err, http.client.IncompleteRead):
         return f"truncated: got {len(err.partial)} bytes, {err.expected} more expected"
     if isinstance(err, (EOFError, gzip.BadGzipFile, zlib.error)):

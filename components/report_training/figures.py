@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from kfp_lightning.components.report_training import scalars
 from kfp_lightning.components.report_training.scalars import Chart, Epochs
 
+CHART_POINTS_PER_LINE = 1000  # the most points of one line (see report.MAX_PAGE_BYTES)
 SMOOTHING = (0.0, 0.6, 0.9, 0.99)  # the menu's choices; 0.6 first shown, as in TensorBoard
 DEFAULT_SMOOTHING = 0.6
 MAX_BANDS = 60  # epochs beyond which the bands would be thinner than a line
@@ -79,9 +80,12 @@ def value_range(low: float, high: float, percent: bool) -> tuple[float, float]:
         The bottom and top of the axis, bottom < top.
     """
     span = high - low or abs(high) or 1.0
-    # Held at 0 and at 100% where no value crosses them (an infinite bound holds nothing).
-    bottom = max(low - span * PAD, 0.0 if low >= 0 else -math.inf)
-    top = min(high + span * PAD, 1.0 if percent and high <= 1 else math.inf)
+    bottom, top = low - span * PAD, high + span * PAD
+    # Held at 0 and at 100% where no value crosses them.
+    if low >= 0:
+        bottom = max(bottom, 0.0)
+    if percent and high <= 1:
+        top = min(top, 1.0)
     return bottom, top
 
 
@@ -149,10 +153,14 @@ def epoch_marks(epochs: Epochs | None) -> tuple[list[dict], list[dict]]:
     """
     if epochs is None or len(epochs.ends) > MAX_BANDS:
         return [], []
-    spans = list(itertools.pairwise((epochs.first_step, *epochs.ends)))  # (start, end) of each
-    every = math.ceil(len(spans) / 20) or 1  # at most 20 numbers, so they never overlap
-    numbers = [dict(x=(a + b) / 2, text=str(n)) for n, (a, b) in list(enumerate(spans, 1))[::every]]
-    bands = "".join(f"M{start},0H{end}V1H{start}Z" for start, end in spans[1::2])
+    bands, numbers, start = "", [], epochs.first_step
+    every = math.ceil(len(epochs.ends) / 20)  # at most 20 numbers, so they never overlap
+    for index, end in enumerate(epochs.ends):
+        if index % 2:  # every other epoch is shaded
+            bands += f"M{start},0H{end}V1H{start}Z"
+        if index % every == 0:
+            numbers.append({"x": (start + end) / 2, "text": str(index + 1)})
+        start = end
     band = dict(type="path", path=bands, xref="x", yref="paper", layer="below", line_width=0)
     return [dict(band, fillcolor="rgba(60,64,67,0.07)")] if bands else [], numbers
 
@@ -231,8 +239,8 @@ def chart_figure(
     smoothed: list[tuple[int, list]] = []  # a smoothed trace's index, and the raw values
     lone: list[tuple[go.Scatter, tuple[int, float]]] = []  # a trace of one point, and it
     for number, line in enumerate(chart.lines):
-        # The most points of one line: the dense ones share the page's (see report.chart_html).
-        cap = limit if line.style in scalars.DENSE else 1000
+        # The dense lines share the page's points (see report.chart_html).
+        cap = limit if line.style in scalars.DENSE else CHART_POINTS_PER_LINE
         steps, values = scalars.thin(line.series.steps, line.series.values, cap)
         ys = [_rounded(v) for v in values]
         if line.style == scalars.SCHEDULE and steps[-1] < last_steps[line.series.run]:

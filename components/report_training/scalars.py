@@ -43,6 +43,24 @@ DENSE = (STEP, SCHEDULE)
 # this order), the same on every chart; further runs of a chart are dashed.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b")
 COLOURS = dict(zip(("train", "validation", "test", "learning rate"), PALETTE, strict=False))
+DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChartKind:
+    """One known chart: its title, y axis and the tags it draws.
+
+    Attributes:
+        key: Identifier, unique among charts (used in element ids).
+        title: Heading of the chart.
+        lines: (tag, legend label, drawing style) of each line, in drawing order.
+        percent: The values are fractions, shown as percentages.
+    """
+
+    key: str
+    title: str
+    lines: tuple[tuple[str, str, str], ...]
+    percent: bool = False
 
 
 def _by_split(quantity: str) -> tuple[tuple[str, str, str], ...]:
@@ -51,15 +69,12 @@ def _by_split(quantity: str) -> tuple[tuple[str, str, str], ...]:
     return tuple((f"{quantity}/{split}", label, style) for split, label, style in splits)
 
 
-# The known charts as (key, title, percent, lines): the key is unique among charts (used in
-# element ids), percent says the values are fractions, shown as percentages, and lines are the
-# (tag, legend label, drawing style) of each line, in drawing order.
 KNOWN_CHARTS = (
-    ("loss", "Loss", False, _by_split("loss")),
-    ("accuracy", "Accuracy", True, _by_split("accuracy")),
-    ("learning_rate", "Learning rate", False, (("learning_rate", "learning rate", SCHEDULE),)),
+    ChartKind("loss", "Loss", _by_split("loss")),
+    ChartKind("accuracy", "Accuracy", _by_split("accuracy"), percent=True),
+    ChartKind("learning_rate", "Learning rate", (("learning_rate", "learning rate", SCHEDULE),)),
 )
-KNOWN_TAGS = {tag for *_, lines in KNOWN_CHARTS for tag, _, _ in lines}
+KNOWN_TAGS = {tag for chart in KNOWN_CHARTS for tag, _, _ in chart.lines}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,11 +182,12 @@ def read_scalars(logs_dir: str | Path) -> list[Series]:
         raise invalid("tensorboard_logs", str(logs_dir), "a directory of TensorBoard event files")
     runs = read_event_scalars(logs_dir)
     common = Path(os.path.commonpath(list(runs))) if runs else logs_dir
-    series = [  # the steps and values of each tag, in step order
-        Series(run.relative_to(common).as_posix(), tag, *zip(*sorted(values.items()), strict=True))
-        for run, tags in runs.items()
-        for tag, values in tags.items()
-    ]
+    series = []
+    for run_dir, tags in runs.items():
+        run = run_dir.relative_to(common).as_posix()
+        for tag, by_step in tags.items():
+            steps = tuple(sorted(by_step))
+            series.append(Series(run, tag, steps, tuple(by_step[s] for s in steps)))
     return sorted(series, key=lambda s: (s.run != TOP_RUN, s.run, s.tag))
 
 
@@ -187,7 +203,7 @@ def epochs_of(series: Sequence[Series]) -> Epochs | None:
     last epoch with the counter one past it; an epoch counts only where something other than
     a test value was logged, so that one is not taken for an extra epoch.
     """
-    final_tags = {tag for *_, lines in KNOWN_CHARTS for tag, _, style in lines if style == FINAL}
+    final_tags = {tag for chart in KNOWN_CHARTS for tag, _, style in chart.lines if style == FINAL}
     counters = [s for s in series if s.tag == EPOCH_TAG]
     for counter in sorted(counters, key=lambda s: (s.run != TOP_RUN, s.run)):  # see runs_of
         of_run = [s for s in series if s.run == counter.run and s.tag != EPOCH_TAG]
@@ -242,15 +258,15 @@ def charts_of(series: Sequence[Series], max_other_charts: int, max_runs: int) ->
         return text if len(all_runs) == 1 else f"{text} ({run})"
 
     charts = []
-    for key, title, percent, known in KNOWN_CHARTS:
+    for kind in KNOWN_CHARTS:
         lines = tuple(
             Line(by_key[(run, tag)], label(run, text), style, COLOURS[text], dash)
-            for run, dash in zip(runs, itertools.cycle(("solid", "dash", "dot", "dashdot")))
-            for tag, text, style in known
+            for run, dash in zip(runs, itertools.cycle(DASHES))
+            for tag, text, style in kind.lines
             if (run, tag) in by_key
         )
         if lines:
-            charts.append(Chart(key, title, percent, lines))
+            charts.append(Chart(kind.key, kind.title, kind.percent, lines))
     others = sorted({s.name for s in series if s.run in runs} - KNOWN_TAGS - {EPOCH_TAG})
     used = {chart.key for chart in charts}
     for tag in others[:max_other_charts]:
