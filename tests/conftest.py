@@ -18,6 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Without this, a checkout lacking ../shared/ fails deep inside the first test that reads it.
+    missing = [f"{name}/" for name in ("schemas", "platforms") if not (SHARED / name).is_dir()]
+    if missing:
+        raise pytest.UsageError(
+            f"{SHARED} lacks {' and '.join(missing)}: the tests read the Kubeflow and Trainer "
+            "CRD schemas and each supported release's manifests from ../shared/ beside the checkout"
+        )
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -28,14 +28,8 @@ from kubernetes import client
 
 from kfp_lightning.components.common.logs_location import KFP_OBJECT_STORES
 from kfp_lightning.pipelines import cli, preflight
-from kfp_lightning.pipelines.platforms import (
-    PLATFORMS,
-    README_END,
-    README_START,
-    Platform,
-    platforms_table,
-)
-from kfp_lightning.pipelines.readme import with_section
+from kfp_lightning.pipelines.platforms import PLATFORMS, Platform
+from scripts.generate import PLATFORMS_TABLE, platforms_table, with_section
 from tests.apiserver.server import (
     KubeAPIServer,
     apply_documents,
@@ -318,8 +312,8 @@ def test_without_its_object_store_the_preflight_fails_naming_it(
 
 def test_the_readme_table_is_generated_from_the_matrix() -> None:
     readme = (REPO / "README.md").read_text()
-    assert with_section(readme, README_START, README_END, platforms_table()) == readme, (
-        "README.md's platforms table is stale: run `python -m kfp_lightning.pipelines.platforms`"
+    assert with_section(readme, *PLATFORMS_TABLE, platforms_table()) == readme, (
+        "README.md's platforms table is stale: run `python scripts/generate.py`"
     )
 
 

@@ -31,12 +31,10 @@ from kfp_lightning.components.download_mnist.download import MNIST_MD5, Download
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
 from kfp_lightning.components.train_mnist.component import train_mnist
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes
-from kfp_lightning.pipelines import signatures
 from kfp_lightning.pipelines.cli import build_parser
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS, mnist_pipeline
-from kfp_lightning.pipelines.parameters import README_END, README_START, parameters_table
-from kfp_lightning.pipelines.readme import with_section
-from kfp_lightning.pipelines.signatures import END, SIGNATURES, START, Signature, written
+from scripts import generate
+from scripts.generate import END, PARAMETERS, SIGNATURES, START, Signature, written
 from tests.conftest import REPO
 
 KFP_TYPES = {str: "String", int: "Integer", float: "Float", dict: "Dict", list: "List"}
@@ -205,10 +203,8 @@ def test_run_form_values_coerce_as_they_always_have():
 
 
 def test_every_signature_is_written_from_the_declarations():
-    stale = [str(path.relative_to(REPO)) for path, _ in signatures.drifted()]
-    assert not stale, (
-        f"{stale} differ from the declarations: run `python -m kfp_lightning.pipelines.signatures`"
-    )
+    stale = [str(path.relative_to(REPO)) for path, _ in generate.drifted()]
+    assert not stale, f"{stale} differ from the declarations: run `python scripts/generate.py`"
 
 
 def test_check_names_a_stale_file_and_a_rewrite_fixes_it(tmp_path, monkeypatch, capsys):
@@ -217,13 +213,20 @@ def test_check_names_a_stale_file_and_a_rewrite_fixes_it(tmp_path, monkeypatch, 
     copy.parent.mkdir(parents=True)
     shutil.copy(REPO / "pyproject.toml", tmp_path)  # ruff's settings
     copy.write_text((REPO / signature.path).read_text().replace("    mirror: str", "    old: int"))
-    monkeypatch.setattr(signatures, "REPO", tmp_path)
-    monkeypatch.setattr(signatures, "SIGNATURES", (signature,))
-    assert signatures.main(["--check"]) == 1
-    assert f"stale: {signature.path}" in capsys.readouterr().out
-    assert signatures.main([]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text(generate.README.read_text().replace("| `epochs` |", "| `epoch` |"))
+    monkeypatch.setattr(generate, "REPO", tmp_path)
+    monkeypatch.setattr(generate, "README", readme)
+    monkeypatch.setattr(generate, "SIGNATURES", (signature,))
+    assert generate.main(["--check"]) == 1
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        f"stale: {signature.path}",
+        "stale: README.md",
+    ]
+    assert generate.main([]) == 0
     assert copy.read_text() == (REPO / signature.path).read_text()
-    assert signatures.main(["--check"]) == 0
+    assert readme.read_text() == generate.README.read_text()
+    assert generate.main(["--check"]) == 0
 
 
 def test_pipeline_run_form_is_the_declarations():
@@ -271,6 +274,7 @@ def test_cli_has_an_option_per_run_parameter_with_its_description():
 
 def test_readme_parameters_table_is_generated_from_the_declarations():
     readme = (REPO / "README.md").read_text()
-    assert with_section(readme, README_START, README_END, parameters_table()) == readme, (
-        "README.md's parameters table is stale: run `python -m kfp_lightning.pipelines.parameters`"
+    table = generate.parameters_table()
+    assert generate.with_section(readme, *PARAMETERS, table) == readme, (
+        "README.md's parameters table is stale: run `python scripts/generate.py`"
     )
