@@ -172,8 +172,8 @@ def apply_mode_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
         if getattr(args, name) is None:
             setattr(args, name, default)
         elif mode not in modes:
-            flags = [_flag(m) for m in modes]
-            applies = " and ".join([", ".join(flags[:-1]), flags[-1]] if len(flags) > 1 else flags)
+            *others, last = [_flag(m) for m in modes]
+            applies = f"{', '.join(others)} and {last}" if others else last
             parser.error(f"{_flag(name)} applies only to {applies}, not to {_flag(mode)}")
 
 
