@@ -7,6 +7,8 @@ options win. Errors are one line on stderr: exit status 2 for a bad value, 1 for
 
 import argparse
 import ast
+import difflib
+import errno
 import json
 import os
 import re
@@ -19,7 +21,13 @@ from typing import Any, NoReturn
 from kfp import compiler
 
 from kfp_lightning.components.common import images
-from kfp_lightning.components.common.errors import EXIT_USER_ERROR, invalid, run_or_exit
+from kfp_lightning.components.common.errors import (
+    EXIT_USER_ERROR,
+    WRITE_FAULT_CAUSES,
+    WriteError,
+    invalid,
+    run_or_exit,
+)
 from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.train_on_nodes.nodes import MAX_NODES, check_nodes
@@ -28,6 +36,18 @@ from kfp_lightning.pipelines import parameters as run_parameters
 from kfp_lightning.pipelines.mnist import DEFAULT_TRAINING_TIMEOUT_SECONDS, build_pipeline
 
 DEFAULT_YAML = "mnist_pipeline.yaml"
+# Write faults that come from the --output chosen, and so are refused like a bad value.
+_PATH_FAULTS = {
+    WRITE_FAULT_CAUSES[e]
+    for e in (
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+    )
+}
 _ACCEPTED = {int: "an integer", float: "a number", dict: "a JSON object", list: "a JSON list"}
 # The modes, each a flag of its own, with their help.
 MODE_HELP = {
@@ -64,12 +84,16 @@ def _typed(name: str, kind: type) -> Callable[[str], Any]:
     """Parses an option's text as `kind`, failing with the project's one-line message."""
 
     def parse(text: str) -> Any:
+        accepted = _ACCEPTED[kind]
         try:
             value = json.loads(text) if kind in (dict, list) else kind(text)
+        except json.JSONDecodeError as err:  # a subclass of ValueError: say where the JSON broke
+            accepted += f" (this is not JSON: {err.msg} at character {err.pos + 1})"
+            value = None
         except ValueError:
             value = None
         if not isinstance(value, kind):
-            raise argparse.ArgumentTypeError(f"invalid {name}={text!r}: expected {_ACCEPTED[kind]}")
+            raise argparse.ArgumentTypeError(f"invalid {name}={text!r}: expected {accepted}")
         return value
 
     return parse
@@ -126,6 +150,10 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # Our converters name the parameter themselves; argparse's own prefix would repeat it.
         message = re.sub(r"^argument [^:]+: (?=invalid \w+=)", "", message)
+        if unknown := re.match(r"unrecognized arguments: (--[\w-]+)", message):
+            known = [o for action in self._actions for o in action.option_strings]
+            if close := difflib.get_close_matches(unknown[1], known, n=1):
+                message += f" (did you mean {close[0]}?)"
         self.exit(EXIT_USER_ERROR, f"error: {message}\n")
 
 
@@ -139,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=SCRIPT if Path(sys.argv[0]).name == SCRIPT else "python pipelines/mnist.py",
         description="Compile the MNIST Lightning pipeline for Kubeflow, run it locally, check "
         "that a cluster can run it, or compare its runs in one TensorBoard.",
+        # `--epoch 3` would silently mean --epochs: an option is spelled out or refused.
+        allow_abbrev=False,
     )
     mode = parser.add_mutually_exclusive_group(required=True)
     for name, help_text in MODE_HELP.items():
@@ -235,6 +265,11 @@ def compile_pipeline(
         raise invalid(
             "output", str(output), f"a path this user can write ({err.strerror})"
         ) from None
+    except WriteError as err:
+        # The path chosen is at fault, not the machine (a full disk stays a write fault, exit 1).
+        if err.cause not in _PATH_FAULTS:
+            raise
+        raise invalid("output", str(output), f"a path this user can write ({err.cause})") from None
     return path
 
 

@@ -136,6 +136,8 @@ CLI_CASES = [
     (["--compile", "--tensorboard-logs-root", "pvc://claim/x"], "error: invalid tensorboard_logs_root='pvc://claim/x': expected an s3:// root, or compile with --logs-pvc claim"),
     (["--compile", "--logs-pvc", "a", "--tensorboard-logs-root", "pvc://b/x"], "error: invalid tensorboard_logs_root='pvc://b/x': expected pvc://a/PATH"),
     (["--compile", "--node-selector", "[]"], "error: invalid node_selector='[]': expected a JSON object"),
+    (["--compile", "--tolerations", '[{"key": "a",'], """error: invalid tolerations='[{"key": "a",': expected a JSON list (this is not JSON: Expecting property name enclosed in double quotes at character 14)"""),
+    (["--compile", "--epoch", "3"], "error: unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
     (["--compile", "--epochs", "2.5"], "error: invalid epochs='2.5': expected an integer"),
     (["--compile", "--preset", "turbo"], "error: invalid preset='turbo': expected one of classic, fast"),
     (["--compile", "--image-registry", "Bad Registry"], "error: invalid image_registry='Bad Registry'"),
@@ -251,3 +253,17 @@ def test_component_as_a_pod_runs_it(component, parameters, message, tmp_path):
     assert not (tmp_path / "pod" / "executor_output.json").exists()
     assert all(not path.exists() for path in outputs.values())
     json.dumps(parameters)  # what the pod received was plain JSON
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's sysfs at /sys")
+def test_an_output_nobody_may_create_is_refused_like_a_bad_value(capsys):
+    # sysfs lets no one, root included, create a file: the path chosen is at fault (exit 2),
+    # where a full disk is the machine's (exit 1, tests/test_write_faults.py).
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--compile", "--output", "/sys/kfp-lightning.yaml"])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "error: invalid output='/sys/kfp-lightning.yaml': expected a path this user can write "
+        "(permission denied)"
+    )
