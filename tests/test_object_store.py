@@ -17,8 +17,8 @@ from kfp_lightning.components.common.logs_location import (
     resolve_auto,
 )
 from kfp_lightning.pipelines.parameters import pipeline_defaults
-from kfp_lightning.pipelines.platforms import PLATFORMS
 from tests.apiserver.server import free_port
+from tests.platforms import PLATFORMS
 
 # A name no resolver answers for (RFC 6761 reserves .invalid).
 MISSING = ObjectStore("seaweedfs", "kubeflow.invalid", 8333, "missing")

@@ -1,6 +1,6 @@
 """The platform matrix: every supported release, built from its own manifests in a real API server.
 
-For each row of `pipelines/platforms.py`, a fresh kube-apiserver (tests/apiserver/) is loaded
+For each row of `tests/platforms.py`, a fresh kube-apiserver (tests/apiserver/) is loaded
 with that release's upstream files from ../shared/platforms/ and ../shared/schemas/: the
 object-store Service(s) in `kubeflow`, KFP's `ml-pipeline` Deployment at the release's backend
 version, and, for Kubeflow, a profile namespace whose `default-editor` is bound to the stock
@@ -28,7 +28,6 @@ from kubernetes import client
 
 from kfp_lightning.components.common.logs_location import KFP_OBJECT_STORES
 from kfp_lightning.pipelines import cli, preflight
-from kfp_lightning.pipelines.platforms import PLATFORMS, Platform
 from scripts.generate import PLATFORMS_TABLE, platforms_table, with_section
 from tests.apiserver.server import (
     KubeAPIServer,
@@ -41,6 +40,7 @@ from tests.apiserver.server import (
     running_apiserver,
 )
 from tests.conftest import REPO, SHARED
+from tests.platforms import PLATFORMS, Platform
 
 PLATFORM_FILES = SHARED / "platforms"
 KFP_NAMESPACE = "kubeflow"
