@@ -78,8 +78,7 @@ def train_and_publish(args: argparse.Namespace) -> TrainResult | None:
         work_dir = Path(work)
         dataset_dir = Path(args.dataset) if args.dataset else work_dir / DATASET
         if not args.dataset:
-            dataset_files = run_layout.files_under(storage, DATASET)
-            if not dataset_files:
+            if not (dataset_files := run_layout.files_under(storage, DATASET)):
                 raise RunError(f"no dataset in {location.uri}/{DATASET}: the step uploads it first")
             run_layout.download_tree(storage, dataset_files, DATASET, dataset_dir)
         output_dirs = {name: work_dir / name for name in run_layout.OUTPUT_DIRS}

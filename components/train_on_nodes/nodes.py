@@ -247,8 +247,7 @@ def run_on_cluster(
             if state.condition == trainjob.COMPLETE:
                 return
             if state.condition == FAILED:
-                detail = ": ".join(x for x in (state.reason, state.message) if x)
-                raise RunError(f"{where} failed: {detail or 'no reason given'}")
+                raise RunError(f"{where} failed: {state.detail or 'no reason given'}")
             if line := progress.poll():
                 print(line, flush=True)
     except trainjob.DeadlinePassed:

@@ -257,11 +257,15 @@ class JobState:
         """Whether the job completed or failed."""
         return self.condition in (COMPLETE, FAILED)
 
+    @property
+    def detail(self) -> str:
+        """The condition's reason and message, "" when it gave neither."""
+        return ": ".join(x for x in (self.reason, self.message) if x)
+
     def describe(self) -> str:
         """One phrase for the step's log."""
         if self.condition:
-            detail = ": ".join(x for x in (self.reason, self.message) if x)
-            state = f"{self.condition.lower()}" + (f" ({detail})" if detail else "")
+            state = self.condition.lower() + (f" ({self.detail})" if self.detail else "")
         else:
             state = "running" if self.nodes else "waiting for the Trainer controller"
         return f"{state}; nodes: {self.nodes}" if self.nodes else state
@@ -493,12 +497,12 @@ def trainjob_form(api_client: client.ApiClient, patience: Patience = Patience())
     fields = ((schema.get("properties") or {}).get("spec") or {}).get("properties") or {}
     if served := [form for form in FORMS if form in fields]:
         return served[0]  # the newer form where both are served
-    older = (
-        " (Kubeflow Trainer v2.0? its spec.podSpecOverrides cannot carry the pod annotation "
-        f"{next(iter(NO_ISTIO_SIDECAR))} nor imagePullSecrets)"
-        if "podSpecOverrides" in fields
-        else ""
-    )
+    older = ""
+    if "podSpecOverrides" in fields:
+        older = (
+            " (Kubeflow Trainer v2.0? its spec.podSpecOverrides cannot carry the pod annotation "
+            f"{next(iter(NO_ISTIO_SIDECAR))} nor imagePullSecrets)"
+        )
     raise RunError(
         f"the cluster's {kind} ({group}/{version}) has no spec.{TEMPLATE_OVERRIDES} or "
         f"spec.{RUNTIME_PATCHES}{older}: the node pods' settings cannot be given; upgrade to "
