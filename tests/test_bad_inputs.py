@@ -76,8 +76,41 @@ REJECTED = [
     ("kubeflow_base_url", "kubeflow.example.com", "invalid kubeflow_base_url="),
     ("node_selector", {"bad key!": "x"}, "invalid node_selector="),
     ("node_selector", [], "invalid node_selector=[]: expected a JSON object"),
-    ("tolerations", [{"key": "gpu", "operator": "Sometimes"}], "invalid tolerations="),
-    ("tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}], "invalid tolerations="),
+    (
+        "tolerations",
+        [{"key": "gpu", "operator": "Sometimes"}],
+        "invalid tolerations[0].operator='Sometimes': expected Exists or Equal",
+    ),
+    (
+        "tolerations",
+        [{"key": "gpu", "operator": "Exists", "value": "x"}],
+        "invalid tolerations[0].value='x': expected none with operator Exists",
+    ),
+    (
+        "tolerations",
+        [{"key": "gpu", "colour": "x"}],
+        "invalid tolerations[0].colour='x': expected only the fields effect, key",
+    ),
+    (
+        "tolerations",
+        [{"key": "Bad Key"}],
+        "invalid tolerations[0].key='Bad Key': expected a label key",
+    ),
+    (
+        "tolerations",
+        [{"key": "gpu", "effect": "Never"}],
+        "invalid tolerations[0].effect='Never': expected NoSchedule, PreferNoSchedule, NoExecute",
+    ),
+    (
+        "tolerations",
+        [{"key": "gpu", "tolerationSeconds": 60}],
+        "invalid tolerations[0].tolerationSeconds=60: expected whole seconds, given only with effect NoExecute",
+    ),
+    (
+        "tolerations",
+        [{"key": "gpu"}, "gpu"],
+        "invalid tolerations[1]='gpu': expected a Toleration object",
+    ),
 ]
 # Rules that relate two parameters: (values, the start of the message).
 REJECTED_TOGETHER = [

@@ -215,7 +215,7 @@ def test_refusals_say_what_to_do() -> None:
     [
         ({"epochs": 0}, "error: invalid epochs=0: expected an integer >= 1"),
         ({"node_launcher": "ssh"}, "error: invalid node_launcher='ssh': expected one of"),
-        ({"tolerations": [{"effect": "Sometimes"}]}, "error: invalid tolerations="),
+        ({"tolerations": [{"effect": "Sometimes"}]}, "error: invalid tolerations[0]."),
         (
             {"tensorboard_logs_root": "/data/logs"},
             "error: invalid tensorboard_logs_root='/data/logs': expected s3://bucket/prefix",

@@ -18,6 +18,7 @@ _QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+TOLERATION_EXAMPLE = '{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}'
 
 
 DIGEST_LENGTH = 10
@@ -93,33 +94,45 @@ def check_node_selector(value: object, parameter: str = "node_selector") -> dict
 
 
 def check_tolerations(value: object, parameter: str = "tolerations") -> list[dict[str, object]]:
-    """Validates a list of tolerations as the Kubernetes API would."""
+    """Validates a list of tolerations as the Kubernetes API would.
+
+    Each field is checked as Kubernetes reads it (`ValidateTolerations` in kubernetes/kubernetes,
+    pkg/apis/core/validation/validation.go), a left-out field taking Kubernetes' default, and a
+    refusal names the entry and field, e.g. `tolerations[0].operator`.
+
+    Raises:
+        UserInputError: Not a list of Toleration objects, or a field Kubernetes would refuse.
+    """
     if not isinstance(value, list):
         raise invalid(parameter, value, "a JSON list of Kubernetes Toleration objects")
-    accepted = (
-        'Kubernetes Tolerations, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", '
-        '"effect": "NoSchedule"}]'
-    )
-    for toleration in value:
-        if not isinstance(toleration, Mapping) or not set(toleration) <= TOLERATION_FIELDS:
-            raise invalid(parameter, toleration, accepted)
-        # Each field as Kubernetes reads it when left out.
+    for index, toleration in enumerate(value):
+        entry = f"{parameter}[{index}]"
+        if not isinstance(toleration, Mapping):
+            raise invalid(entry, toleration, f"a Toleration object, e.g. {TOLERATION_EXAMPLE}")
+        for name in sorted(set(toleration) - TOLERATION_FIELDS):
+            fields = ", ".join(sorted(TOLERATION_FIELDS))
+            raise invalid(f"{entry}.{name}", toleration[name], f"only the fields {fields}")
         key = toleration.get("key", "")
         operator = toleration.get("operator", "Equal")
         tolerated = toleration.get("value", "")
         effect = toleration.get("effect", "")
         seconds = toleration.get("tolerationSeconds")
-        whole_seconds = isinstance(seconds, int) and not isinstance(seconds, bool)
-        ok = (
-            isinstance(key, str)
-            and (is_label_key(key) or (key == "" and operator == "Exists"))
-            and operator in TOLERATION_OPERATORS
-            and isinstance(tolerated, str)
-            and is_label_value(tolerated)
-            and not (operator == "Exists" and tolerated)
-            and (effect == "" or effect in TAINT_EFFECTS)
-            and (seconds is None or (whole_seconds and effect == "NoExecute"))
-        )
-        if not ok:
-            raise invalid(parameter, toleration, accepted)
+        if operator not in TOLERATION_OPERATORS:
+            raise invalid(f"{entry}.operator", operator, " or ".join(TOLERATION_OPERATORS))
+        # An empty key matches every taint, which only operator Exists may ask for.
+        any_key = key == "" and operator == "Exists"
+        if not (isinstance(key, str) and (is_label_key(key) or any_key)):
+            accepted = 'a label key, e.g. nvidia.com/gpu (or "" with operator Exists)'
+            raise invalid(f"{entry}.key", key, accepted)
+        if not (isinstance(tolerated, str) and is_label_value(tolerated)):
+            raise invalid(f"{entry}.value", tolerated, "a label value")
+        if operator == "Exists" and tolerated:
+            raise invalid(f"{entry}.value", tolerated, "none with operator Exists")
+        if effect != "" and effect not in TAINT_EFFECTS:
+            raise invalid(f"{entry}.effect", effect, f'{", ".join(TAINT_EFFECTS)} or "" (any)')
+        if seconds is not None and (
+            not isinstance(seconds, int) or isinstance(seconds, bool) or effect != "NoExecute"
+        ):
+            accepted = "whole seconds, given only with effect NoExecute"
+            raise invalid(f"{entry}.tolerationSeconds", seconds, accepted)
     return [dict(t) for t in value]
