@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from kfp_lightning.components.common import run_layout
-from kfp_lightning.components.common.files import open_storage
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.common.run_layout import entry_arguments
+from kfp_lightning.components.common.storage import open_storage
 from kfp_lightning.components.common.torchrun import free_port, node_environment
 from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.distributed import MODULE

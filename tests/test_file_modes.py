@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kfp_lightning.components.common.files import DirectoryStorage
 from kfp_lightning.components.common.logs_location import LiveLogsConfig, parse_logs_root
+from kfp_lightning.components.common.storage import DirectoryStorage
 from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.download_mnist.download import (
     DownloadConfig,

@@ -15,8 +15,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.errors import RunError, UserInputError
-from kfp_lightning.components.common.files import DirectoryStorage
 from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.common.storage import DirectoryStorage
 from kfp_lightning.components.common.torchrun import Cancelled, sigterm_raises
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes
 from kfp_lightning.components.train_on_nodes.nodes import (

@@ -34,9 +34,9 @@ from moto.server import ThreadedMotoServer
 
 from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.dataset import read_dataset_metadata
-from kfp_lightning.components.common.files import open_storage
 from kfp_lightning.components.common.logs_location import LogsLocation, parse_logs_root
 from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.common.storage import open_storage
 from kfp_lightning.components.common.training import TrainConfig, training_task_key
 from kfp_lightning.components.train_on_nodes.component import train_on_nodes
 from kfp_lightning.components.train_on_nodes.nodes import ENTRY_MODULE

@@ -21,11 +21,11 @@ import pytest
 
 from kfp_lightning.components.common.errors import WriteError
 from kfp_lightning.components.common.files import (
-    DirectoryStorage,
     atomic_directory,
     atomic_write_bytes,
     atomic_write_text,
 )
+from kfp_lightning.components.common.storage import DirectoryStorage
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.download_mnist.download import (
     DownloadConfig,
@@ -367,7 +367,7 @@ def test_an_object_store_that_refuses_is_one_line(tmp_path, monkeypatch):
     from moto.server import ThreadedMotoServer
 
     from kfp_lightning.components.common.errors import RunError
-    from kfp_lightning.components.common.files import S3Storage
+    from kfp_lightning.components.common.storage import S3Storage
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "faults")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "faults-secret")

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from kfp_lightning.components.common.errors import RunError
-from kfp_lightning.components.common.files import Storage, atomic_directory, write_json
+from kfp_lightning.components.common.files import atomic_directory, write_json
+from kfp_lightning.components.common.storage import Storage
 from kfp_lightning.components.common.training import TrainConfig
 
 DATASET = "dataset"

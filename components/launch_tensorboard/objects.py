@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from kfp_lightning.components.common.files import DEFAULT_REGION
 from kfp_lightning.components.common.kubernetes import MANAGED_BY, RUN_ID_ANNOTATION, RUN_ID_LABEL
 from kfp_lightning.components.common.kubernetes_syntax import digest, is_label_value, name_for_run
 from kfp_lightning.components.common.logs_location import LogsLocation
+from kfp_lightning.components.common.storage import DEFAULT_REGION
 from kfp_lightning.components.common.training_pod import S3_SECRET_KEYS
 
 TENSORBOARD_API = ("tensorboard.kubeflow.org", "v1alpha1", "tensorboards", "Tensorboard")

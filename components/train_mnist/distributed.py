@@ -29,9 +29,9 @@ from pathlib import Path
 
 from kfp_lightning.components.common import run_layout
 from kfp_lightning.components.common.errors import RunError, invalid, run_or_exit
-from kfp_lightning.components.common.files import open_storage
 from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.common.run_layout import DATASET, OUTPUTS, TrainResult
+from kfp_lightning.components.common.storage import open_storage
 from kfp_lightning.components.common.training import TrainConfig
 
 MODULE = "kfp_lightning.components.train_mnist.distributed"

@@ -51,9 +51,10 @@ from tensorboard.backend.event_processing.event_file_loader import RawEventFileL
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from kfp_lightning.components.common.files import Storage, atomic_file, reported_write_faults
+from kfp_lightning.components.common.files import atomic_file, reported_write_faults
 from kfp_lightning.components.common.logs_location import LogsLocation
 from kfp_lightning.components.common.run_layout import DATASET, OUTPUTS, files_under
+from kfp_lightning.components.common.storage import Storage
 from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.model import log_layout
 

@@ -34,8 +34,9 @@ from kfp_lightning.components.common import logs_location, run_layout, training
 from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.errors import exit_without_teardown, invalid
 from kfp_lightning.components.common.evaluation import FILE_NAME as EVALUATION_FILE
-from kfp_lightning.components.common.files import atomic_directory, open_storage, write_json
+from kfp_lightning.components.common.files import atomic_directory, write_json
 from kfp_lightning.components.common.run_form import from_run_form
+from kfp_lightning.components.common.storage import open_storage
 from kfp_lightning.components.common.torchrun import run_torchrun
 from kfp_lightning.components.common.training import TEST_SET, TrainConfig, plan_devices
 from kfp_lightning.components.train_mnist import distributed, evaluation, model, progress

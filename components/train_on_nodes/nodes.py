@@ -26,11 +26,11 @@ from typing import Any
 from kfp_lightning.components.common import logs_location, run_layout
 from kfp_lightning.components.common.dataset import read_dataset_metadata
 from kfp_lightning.components.common.errors import RunError, invalid
-from kfp_lightning.components.common.files import Storage, open_storage
 from kfp_lightning.components.common.kubernetes import ClusterUnreachableError, Patience, connect
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.common.scalars import read_event_scalars
+from kfp_lightning.components.common.storage import Storage, open_storage
 from kfp_lightning.components.common.torchrun import Cancelled, run_torchrun, sigterm_raises
 from kfp_lightning.components.common.training import TrainConfig, training_task_key
 from kfp_lightning.components.common.training_pod import SchedulingConfig
