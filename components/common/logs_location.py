@@ -121,7 +121,7 @@ def parse_base_url(value: str) -> str:
 # KFP's own object store: which Service a cluster runs it behind, resolved per cluster. The
 # pipeline's default `s3_endpoint` is `auto`: the store KFP's own backend uses on the cluster
 # the run lands on, so one compiled YAML works on every supported release without the user
-# knowing which store their release runs. Releases differ (see `pipelines/platforms.py`):
+# knowing which store their release runs. Releases differ (see `tests/platforms.py`):
 # Kubeflow 1.10 and KFP up to 2.14 serve MinIO as `minio-service.kubeflow`; KFP 2.15 and
 # Kubeflow 1.11 run SeaweedFS as `seaweedfs.kubeflow`, with `minio-service` kept as an alias;
 # KFP 2.16 removed the alias (kubeflow/pipelines "Remove minio (#12613)"), so Kubeflow 26.03 has

@@ -3,7 +3,7 @@
 A run parameter's name, type, default and description live in one place: a field of a
 configuration dataclass (`TrainConfig`, `LiveLogsConfig`, ...), described by the docstring
 under it, as litgpt declares its arguments. KFP needs them again as explicit parameters of each
-component and of the pipeline: `python -m kfp_lightning.pipelines.signatures` writes those from
+component and of the pipeline: `python scripts/generate.py` writes those from
 these fields (a test fails when they differ), so the YAML reads like hand-written code, and the
 Kubeflow run form, the CLI and the README table all come from the same fields. A component
 builds, and so validates, the same dataclasses from its arguments with `from_run_form`:
