@@ -39,7 +39,6 @@ from tests.report_fixtures import evaluation_document, write_evaluation, write_t
 
 NO_SPACE = "no space left on device"
 READ_ONLY = "read-only file system"
-ENOSPC_DETAIL = "[Errno 28] No space left on device"
 MB = 1 << 20
 
 
@@ -104,7 +103,7 @@ def test_an_atomic_file_on_a_full_disk(tmpfs):
     full = tmpfs(MB)
     with pytest.raises(WriteError) as err:
         atomic_write_bytes(full / "data.bin", bytes(2 * MB))
-    assert str(err.value) == f"{NO_SPACE} writing {full}/data.bin: {ENOSPC_DETAIL}"
+    assert str(err.value) == f"{NO_SPACE} writing {full}/data.bin"
     assert files_below(full) == []
 
 
@@ -119,7 +118,7 @@ def test_an_atomic_directory_on_a_full_disk(tmpfs):
 
     with pytest.raises(WriteError) as err:
         write_arrays()
-    assert str(err.value) == f"{NO_SPACE} writing {full}/arrays: {ENOSPC_DETAIL}"
+    assert str(err.value) == f"{NO_SPACE} writing {full}/arrays"
     assert list(full.iterdir()) == []
 
 
@@ -139,11 +138,11 @@ def test_atomic_writes_to_a_read_only_folder(tmpfs):
     read_only = tmpfs(MB, read_only=True)
     with pytest.raises(WriteError) as err:
         atomic_write_text(read_only / "summary.json", "{}")
-    assert str(err.value).startswith(f"{READ_ONLY} writing {read_only}/summary.json: ")
+    assert str(err.value) == f"{READ_ONLY} writing {read_only}/summary.json"
     with pytest.raises(WriteError) as err, atomic_directory(read_only / "runs" / "model"):
         pass
     # The first folder that could not be made.
-    assert str(err.value).startswith(f"{READ_ONLY} writing {read_only}/runs: ")
+    assert str(err.value) == f"{READ_ONLY} writing {read_only}/runs"
     assert list(read_only.iterdir()) == []
 
 
@@ -154,7 +153,7 @@ def test_a_copy_to_a_full_location_names_the_destination(tmpfs, tmp_path):
     with pytest.raises(WriteError) as err:
         DirectoryStorage(full / "run").upload(source, "checkpoints/step=1.ckpt")
     target = full / "run" / "checkpoints" / "step=1.ckpt"
-    assert str(err.value) == f"{NO_SPACE} writing {target}: {ENOSPC_DETAIL}"
+    assert str(err.value) == f"{NO_SPACE} writing {target}"
     assert files_below(full) == []
 
 
@@ -168,7 +167,7 @@ def test_an_append_that_does_not_fit_is_cut_back(tmpfs, tmp_path):
     source.write_bytes(b"a" * 1000 + b"b" * (2 * MB))
     with pytest.raises(WriteError) as err:
         storage.upload(source, "run/events.out.tfevents.1", append_from=1000)
-    assert str(err.value).startswith(f"{NO_SPACE} writing {full}/run/events.out.tfevents.1: ")
+    assert str(err.value) == f"{NO_SPACE} writing {full}/run/events.out.tfevents.1"
     assert (full / "run" / "events.out.tfevents.1").read_bytes() == b"a" * 1000
 
 
@@ -177,15 +176,15 @@ def test_storage_on_a_read_only_location(tmpfs, tmp_path):
     storage = DirectoryStorage(read_only)
     with pytest.raises(WriteError) as err:
         storage.delete("checkpoints/old.ckpt")
-    assert str(err.value).startswith(f"{READ_ONLY} writing {read_only}/checkpoints/old.ckpt: ")
+    assert str(err.value) == f"{READ_ONLY} writing {read_only}/checkpoints/old.ckpt"
     source = tmp_path / "new.ckpt"
     source.write_bytes(b"new")
     with pytest.raises(WriteError) as err:
         storage.upload(source, "checkpoints/new.ckpt")
-    assert str(err.value).startswith(f"{READ_ONLY} writing {read_only}/checkpoints/new.ckpt: ")
+    assert str(err.value) == f"{READ_ONLY} writing {read_only}/checkpoints/new.ckpt"
     with pytest.raises(WriteError) as err:
         storage.download("checkpoints/old.ckpt", read_only / "copy.ckpt")
-    assert str(err.value).startswith(f"{READ_ONLY} writing {read_only}/copy.ckpt: ")
+    assert str(err.value) == f"{READ_ONLY} writing {read_only}/copy.ckpt"
     assert files_below(read_only) == ["checkpoints/old.ckpt"]
 
 
@@ -201,7 +200,7 @@ def test_the_download_on_a_full_disk(tmpfs, http_mirror, mnist_mirror):
     full = tmpfs(MB)  # the synthetic set's arrays take 1.2 MB
     with pytest.raises(WriteError) as err:
         _download(http_mirror, mnist_mirror[1], full / "dataset")
-    assert str(err.value) == f"{NO_SPACE} writing {full}/dataset/mnist.npz: {ENOSPC_DETAIL}"
+    assert str(err.value) == f"{NO_SPACE} writing {full}/dataset/mnist.npz"
     assert list(full.iterdir()) == []
 
 
@@ -209,7 +208,7 @@ def test_the_download_into_a_read_only_folder(tmpfs, http_mirror, mnist_mirror):
     read_only = tmpfs(MB, read_only=True)
     with pytest.raises(WriteError) as err:
         _download(http_mirror, mnist_mirror[1], read_only / "dataset")
-    assert str(err.value).startswith(f"{READ_ONLY} writing {read_only}/dataset: ")
+    assert str(err.value) == f"{READ_ONLY} writing {read_only}/dataset"
 
 
 def test_the_download_component_on_a_full_disk(tmpfs, http_mirror, mnist_mirror):
@@ -221,7 +220,7 @@ def test_the_download_component_on_a_full_disk(tmpfs, http_mirror, mnist_mirror)
         timeout=300,
     )
     assert process.returncode == 1, process.stderr
-    expected = f"error: {NO_SPACE} writing {outputs['dataset']}/mnist.npz: {ENOSPC_DETAIL}"
+    expected = f"error: {NO_SPACE} writing {outputs['dataset']}/mnist.npz"
     assert last_stderr_line(process) == expected
     assert "Traceback" not in process.stderr
     assert [f for f in files_below(full) if "mnist" in f or "metadata" in f] == []
@@ -246,7 +245,7 @@ def test_the_report_on_a_full_disk(tmpfs, report_inputs):
     full = tmpfs(MB)  # the page alone (about 1.3 MB, most of it Plotly's script) does not fit
     with pytest.raises(WriteError) as err:
         _report(report_inputs, full)
-    assert str(err.value) == f"{NO_SPACE} writing {full}/report.html: {ENOSPC_DETAIL}"
+    assert str(err.value) == f"{NO_SPACE} writing {full}/report.html"
     assert files_below(full) == []
 
 
@@ -257,7 +256,7 @@ def test_a_report_whose_summary_does_not_fit_leaves_neither(tmpfs, report_inputs
     full = tmpfs(-(-page // 4096) * 4096)
     with pytest.raises(WriteError) as err:
         _report(report_inputs, full)
-    assert str(err.value) == f"{NO_SPACE} writing {full}/summary.md: {ENOSPC_DETAIL}"
+    assert str(err.value) == f"{NO_SPACE} writing {full}/summary.md"
     assert files_below(full) == []
 
 
@@ -265,7 +264,7 @@ def test_the_report_into_a_read_only_folder(tmpfs, report_inputs):
     read_only = tmpfs(MB, read_only=True)
     with pytest.raises(WriteError) as err:
         _report(report_inputs, read_only)
-    assert str(err.value).startswith(f"{READ_ONLY} writing {read_only}/report.html: ")
+    assert str(err.value) == f"{READ_ONLY} writing {read_only}/report.html"
 
 
 def test_the_report_component_on_a_full_disk(tmpfs, report_inputs):
@@ -278,7 +277,7 @@ def test_the_report_component_on_a_full_disk(tmpfs, report_inputs):
         timeout=300,
     )
     assert process.returncode == 1, process.stderr
-    expected = f"error: {NO_SPACE} writing {outputs['report']}: {ENOSPC_DETAIL}"
+    expected = f"error: {NO_SPACE} writing {outputs['report']}"
     assert last_stderr_line(process) == expected
     assert "Traceback" not in process.stderr
     assert not outputs["report"].exists()
@@ -322,7 +321,7 @@ def test_the_checkpoint_copy_to_a_full_location(tmpfs, dataset, tmp_path):
     assert process.returncode == 1, process.stderr
     prefix = f"error: {NO_SPACE} writing {full}/live/run-1/checkpoints/step="
     assert last_stderr_line(process).startswith(prefix), process.stderr[-2000:]
-    assert last_stderr_line(process).endswith(f".ckpt: {ENOSPC_DETAIL}")
+    assert last_stderr_line(process).endswith(".ckpt")
     assert "Traceback" not in process.stderr
     assert [f for f in files_below(full) if "ckpt" in f] == []
     assert not (tmp_path / "model").exists()
@@ -333,7 +332,7 @@ def test_event_files_on_a_full_disk(tmpfs, dataset, tmp_path):
     full = tmpfs(MB, fill={"filler": bytes(MB - 8192)})
     process = train(dataset, tmp_path, logs=full / "logs")
     assert process.returncode == 1, process.stderr
-    assert last_stderr_line(process) == f"error: {NO_SPACE} writing {full}/logs: {ENOSPC_DETAIL}"
+    assert last_stderr_line(process) == f"error: {NO_SPACE} writing {full}/logs"
     assert "Traceback" not in process.stderr
     assert files_below(full) == ["filler"]
     assert not (tmp_path / "model").exists()

@@ -92,8 +92,8 @@ def write_fault(
             shown = _shown_path(written, destination, staging)
             if shown is None:
                 return None
-            detail = f"[Errno {cause.errno}] {cause.strerror}"
-            return WriteError(shown, WRITE_FAULT_CAUSES[cause.errno], detail)
+            # The cause is the errno in words: the system's own text would say it twice.
+            return WriteError(shown, WRITE_FAULT_CAUSES[cause.errno])
         cause = cause.__cause__ or cause.__context__
     if isinstance(err, RuntimeError) and any(mark in str(err) for mark in _TORCH_WRITER_MARKS):
         # The free bytes of an unprivileged writer (statvfs's f_bavail * f_frsize) on the
