@@ -29,7 +29,7 @@ TIMEOUT = 0.5
 class ScriptedMirror:
     """An HTTP mirror on 127.0.0.1 whose answers follow a script, per attempt.
 
-    `script` is a list of behaviours, one per request (the last one repeats): "ok", "500",
+    `script` is a list of behaviours, one per request (the last one repeats): "ok", "404", "500",
     "timeout" (answers after the client gave up), "truncated" (a Content-Length it does not
     honour), "cut" (half a gzip stream, no length) or "wrong" (valid gzip, other content).
     """
@@ -49,8 +49,8 @@ class ScriptedMirror:
                 mirror.requests[name] += 1
                 behaviour = mirror.script[min(attempt, len(mirror.script) - 1)]
                 body = (mirror.directory / name).read_bytes()
-                if behaviour == "500":
-                    self.send_error(500)
+                if behaviour in ("404", "500"):
+                    self.send_error(int(behaviour))
                     return
                 if behaviour == "timeout":
                     time.sleep(TIMEOUT * 3)
@@ -129,3 +129,30 @@ def test_fails_with_every_mirrors_reason_and_writes_nothing(mirror, mnist_mirror
     assert list(tmp_path.iterdir()) == []
     # Two rounds over three mirrors for the first file, then it gave up.
     assert broken.requests["train-images-idx3-ubyte.gz"] == 2
+
+
+def test_a_mirror_that_cannot_succeed_later_is_asked_once(mirror, mnist_mirror, tmp_path):
+    # A missing local file and an HTTP 404 stay so: no later round is spent on them.
+    _, md5 = mnist_mirror
+    missing, not_found = (tmp_path / "nowhere").as_uri() + "/", mirror("404")
+    mirrors = DownloadConfig(f"{missing},{not_found.url}", md5)
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        download_dataset(tmp_path / "dataset", mirrors, DownloadOptions(retries=3))
+    assert time.monotonic() - started < 5  # the default back-off alone would take 14 s
+    message = str(err.value)
+    assert message.startswith("could not download train-images-idx3-ubyte.gz after 1 round(s): ")
+    assert f"{missing}train-images-idx3-ubyte.gz: unreachable ([Errno 2] No such file" in message
+    assert f"{not_found.url}train-images-idx3-ubyte.gz: HTTP 404" in message
+    assert not_found.requests["train-images-idx3-ubyte.gz"] == 1
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_later_rounds_ask_only_the_mirrors_that_may_recover(mirror, mnist_mirror, tmp_path):
+    _, md5 = mnist_mirror
+    not_found, flaky = mirror("404"), mirror("500", "500", "ok")
+    mirrors = DownloadConfig(f"{not_found.url},{flaky.url}", md5)
+    metadata = download_dataset(tmp_path / "dataset", mirrors, options(retries=2))
+    assert all(url.startswith(flaky.url) for url in metadata["sources"].values())
+    assert set(not_found.requests.values()) == {1}
+    assert set(flaky.requests.values()) == {3}

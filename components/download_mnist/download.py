@@ -175,6 +175,20 @@ def _describe(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())
 
 
+def _is_permanent(err: BaseException) -> bool:
+    """Whether asking the same mirror again cannot help.
+
+    So it is for a local file that is missing or unreadable, and for an HTTP answer about the
+    request itself: a 4xx status, but 408 Request Timeout and 429 Too Many Requests, which
+    RFC 9110 and RFC 6585 mean to be retried.
+    """
+    if isinstance(err, urllib.error.HTTPError):
+        return 400 <= err.code < 500 and err.code not in (408, 429)
+    return isinstance(err, urllib.error.URLError) and isinstance(
+        err.reason, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+    )
+
+
 def fetch_verified(
     name: str, mirrors: tuple[str, ...], md5: str, options: DownloadOptions
 ) -> tuple[bytes, str]:
@@ -191,12 +205,17 @@ def fetch_verified(
 
     Raises:
         DownloadError: After every round over every mirror failed; lists each mirror's last error.
+            A mirror that cannot succeed later (`_is_permanent`) is not asked again, and the
+            download fails at once when every mirror is such a one.
     """
     failures: dict[str, str] = {}
-    for attempt in range(options.retries + 1):
-        if attempt:
-            time.sleep(min(options.backoff_seconds * 2 ** (attempt - 1), 60.0))
-        for mirror in mirrors:
+    gone: set[str] = set()  # mirrors that failed in a way no later round can change
+    rounds = 0
+    while rounds <= options.retries and (left := [m for m in mirrors if m not in gone]):
+        if rounds:
+            time.sleep(min(options.backoff_seconds * 2 ** (rounds - 1), 60.0))
+        rounds += 1
+        for mirror in left:
             url = f"{mirror}{name}.gz"
             try:
                 request = urllib.request.Request(url, headers={"User-Agent": "kfp-lightning"})
@@ -206,15 +225,15 @@ def fetch_verified(
                     data = gzip.decompress(response.read())
             except (OSError, EOFError, ValueError, zlib.error, http.client.HTTPException) as err:
                 failures[url] = _describe(err)
+                if _is_permanent(err):
+                    gone.add(mirror)
                 continue
             digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
             if digest == md5:
                 return data, url
             failures[url] = f"checksum mismatch (md5 {digest}, expected {md5})"
     detail = "; ".join(f"{url}: {why}" for url, why in failures.items())
-    raise DownloadError(
-        f"could not download {name}.gz after {options.retries + 1} round(s): {detail}"
-    )
+    raise DownloadError(f"could not download {name}.gz after {rounds} round(s): {detail}")
 
 
 def download_dataset(
