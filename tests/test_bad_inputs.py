@@ -35,7 +35,7 @@ REJECTED = [
     ("mirror", "ftp://example.com/mnist/", "invalid mirror='ftp://example.com/mnist/'"),
     ("mirror", "https:///mnist/", "invalid mirror='https:///mnist/'"),
     ("mirror", "file://tmp/data/", "invalid mirror='file://tmp/data/': expected file:///tmp/data/"),
-    ("expected_md5", {"a": "b"}, "invalid expected_md5="),
+    ("expected_md5", {"a": "b"}, 'invalid expected_md5={"a": "b"}: expected a 32-hex-digit MD5'),
     ("epochs", 0, "invalid epochs=0: expected an integer >= 1"),
     ("epochs", 2.5, "invalid epochs=2.5"),
     ("batch_size", -8, "invalid batch_size=-8"),
@@ -74,7 +74,11 @@ REJECTED = [
     ("live_update_seconds", 0, "invalid live_update_seconds=0: expected an integer from 1 to 300"),
     ("live_update_seconds", 301, "invalid live_update_seconds=301"),
     ("kubeflow_base_url", "kubeflow.example.com", "invalid kubeflow_base_url="),
-    ("node_selector", {"bad key!": "x"}, "invalid node_selector="),
+    (
+        "node_selector",
+        {"bad key!": "x"},
+        'invalid node_selector={"bad key!": "x"}: expected a JSON object of node labels',
+    ),
     ("node_selector", [], "invalid node_selector=[]: expected a JSON object"),
     (
         "tolerations",

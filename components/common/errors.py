@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import json
 import logging
 import multiprocessing
 import os
@@ -124,7 +125,9 @@ def invalid(parameter: str, value: object, accepted: str) -> UserInputError:
     Returns:
         The error, ready to raise.
     """
-    return UserInputError(f"invalid {parameter}={value!r}: expected {accepted}")
+    # Objects and lists are typed as JSON (run form, CLI): shown as typed, not as Python.
+    shown = json.dumps(value, default=repr) if isinstance(value, (dict, list)) else repr(value)
+    return UserInputError(f"invalid {parameter}={shown}: expected {accepted}")
 
 
 def _fail(message: str, status: int) -> NoReturn:
