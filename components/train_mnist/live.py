@@ -5,7 +5,7 @@ artifact) and a background thread (`LiveSync`) copies what changed to the live l
 few seconds, where the TensorBoard server reads them. A storage outage only delays the curves:
 failures are reported once and retried on the next tick, and training never waits for them.
 
-GPU nodes are often preemptible: the pod can vanish at any step. `LivePoints` writes a
+GPU nodes are often preemptible: the pod can vanish at any step. `DurableCheckpoints` writes a
 Lightning checkpoint at the end of every epoch and, within an epoch, whenever `every_seconds`
 have passed, to storage that outlives the pod (the run's live logs location), keeping the
 newest few. A restarted task (KFP's retry, same run id) calls `find_resumable_checkpoint`,
@@ -67,46 +67,24 @@ def checkpoint_name(step: int, epoch: int) -> str:
     return f"step={step:09d}-epoch={epoch:05d}.ckpt"
 
 
-class LivePoints(Callback):
-    """Makes the run's progress readable and durable in the live location as it trains.
+class EarlyPoints(Callback):
+    """Logs every training step until the first logging interval ends, and publishes the first.
 
     A user opens TensorBoard to see training start: with Lightning's `log_every_n_steps` the
-    first point waits that many steps, then up to a flush period. Here every step is logged
-    until the first interval ends (Lightning reads `Trainer.log_every_n_steps` at each step),
-    and once the first step is logged `make_readable` flushes the writer and copies the logs to
-    the live location.
-
-    With a `storage`, it also saves full training state there every epoch and every
-    `every_seconds`. Each checkpoint is written locally, then uploaded in one piece (an object
-    PUT, or a rename on a filesystem), so a reader never sees half of one. With several
-    processes every one of them takes part in each save (Lightning's `save_checkpoint` is
-    collective; global rank 0 writes the file), and only rank 0 uploads. Whether the time has
-    come is decided by rank 0 and sent to the others every `every_n_steps` steps, since each
-    process's clock would decide differently and leave the others waiting. The newest `KEEP`
-    are kept.
+    first point waits that many steps, then up to a flush period. Before each training batch
+    this sets `Trainer.log_every_n_steps` (which Lightning reads at each step) to 1 while the
+    step is below `every_n_steps`, and to `every_n_steps` after; at the first batch after a
+    step was logged it calls `make_readable` once, so that point is in the live location at
+    once.
 
     Args:
-        every_n_steps: The trainer's logging interval (its `log_every_n_steps`; every step is
-            logged up to it), which is also the number of steps between two decisions of
-            whether to save, with several processes (one process decides every step).
-        make_readable: Flushes and copies what was logged so far; also called before each
-            checkpoint's upload, so a resumed run's curves have no gap before its step.
-        storage: Where checkpoints go (the `checkpoints/` folder of the live location); None
-            writes none.
-        every_seconds: Longest training time between two checkpoints within an epoch.
+        every_n_steps: The trainer's logging interval (its `log_every_n_steps`).
+        make_readable: Flushes and copies what was logged so far.
     """
 
-    def __init__(
-        self,
-        every_n_steps: int,
-        make_readable: Callable[[], object],
-        storage: Storage | None,
-        every_seconds: float,
-    ) -> None:
-        self.storage, self.every_seconds = storage, every_seconds
-        self.make_readable = make_readable
+    def __init__(self, every_n_steps: int, make_readable: Callable[[], object]) -> None:
         self.every_n_steps = max(1, every_n_steps)
-        self._last = time.monotonic()
+        self.make_readable = make_readable
         self._published = False
 
     def on_train_batch_start(
@@ -119,6 +97,41 @@ class LivePoints(Callback):
         if not self._published and trainer.global_step >= 1:
             self._published = True
             self.make_readable()
+
+
+class DurableCheckpoints(Callback):
+    """Saves the full training state to the live location every epoch and every `every_seconds`.
+
+    It acts at the end of each epoch, and after a training batch that is not its epoch's last
+    once `every_seconds` of training have passed since the previous save. Each checkpoint is
+    written locally, then uploaded in one piece (an object PUT, or a rename on a filesystem),
+    so a reader never sees half of one; the newest `KEEP` are kept. With several processes
+    every one of them takes part in each save (Lightning's `save_checkpoint` is collective;
+    global rank 0 writes the file), and only rank 0 uploads. Whether the time has come is
+    decided by rank 0 and sent to the others every `every_n_steps` steps, since each process's
+    clock would decide differently and leave the others waiting.
+
+    Args:
+        every_n_steps: The trainer's logging interval (its `log_every_n_steps`), which is also
+            the number of steps between two decisions of whether to save, with several
+            processes (one process decides every step).
+        make_readable: Flushes and copies what was logged so far; called before each
+            checkpoint's upload, so a resumed run's curves have no gap before its step.
+        storage: Where checkpoints go (the `checkpoints/` folder of the live location).
+        every_seconds: Longest training time between two checkpoints within an epoch.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int,
+        make_readable: Callable[[], object],
+        storage: Storage,
+        every_seconds: float,
+    ) -> None:
+        self.storage, self.every_seconds = storage, every_seconds
+        self.make_readable = make_readable
+        self.every_n_steps = max(1, every_n_steps)
+        self._last = time.monotonic()
 
     def _save(self, trainer: L.Trainer) -> None:
         name = checkpoint_name(trainer.global_step, trainer.current_epoch)
@@ -159,13 +172,11 @@ class LivePoints(Callback):
         batch_idx: int,
     ) -> None:
         # The epoch's last batch is followed by `on_train_epoch_end`, which saves anyway.
-        more = batch_idx + 1 < trainer.num_training_batches
-        if self.storage is not None and more and self._time_to_save(trainer):
+        if batch_idx + 1 < trainer.num_training_batches and self._time_to_save(trainer):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.storage is not None:
-            self._save(trainer)
+        self._save(trainer)
 
 
 def find_resumable_checkpoint(
@@ -369,7 +380,7 @@ def live_logging(
     live_logs: LogsLocation | None,
     storage: Storage | None,
     update_seconds: float,
-) -> Iterator[tuple[TensorBoardLogger, LivePoints, Path | None]]:
+) -> Iterator[tuple[TensorBoardLogger, list[Callback], Path | None]]:
     """Sets up the logger, the live copy and the checkpoints, resuming a lost attempt's run.
 
     Args:
@@ -378,14 +389,15 @@ def live_logging(
         config: The run's parameters: the checkpoint interval, and the hyperparameters that
             recognise a checkpoint of the same configuration (the module saves the same dict).
         early_steps: The trainer's logging interval; every step is logged until the first
-            one ends (see `LivePoints`).
+            one ends (see `EarlyPoints`).
         live_logs: The run's live location (its URI is for messages); None keeps everything
             local.
         storage: The live location, opened.
         update_seconds: Longest delay before a logged point is readable there.
 
     Yields:
-        The logger, its callback and the checkpoint file to resume from (None to start
+        The logger, its callbacks (`EarlyPoints`, and `DurableCheckpoints` with a `storage`)
+        and the checkpoint file to resume from (None to start
         over); on exit, whatever happened, every point logged so far reaches the live location.
     """
     # Writer flushes and copies each happen every half period: a point is readable within one.
@@ -422,8 +434,10 @@ def live_logging(
             if sync is not None:
                 sync.sync_once()
 
-        every_seconds = config.checkpoint_interval_minutes * 60
-        points = LivePoints(early_steps, make_readable, storage, every_seconds)
+        callbacks: list[Callback] = [EarlyPoints(early_steps, make_readable)]
+        if storage is not None:
+            every_seconds = config.checkpoint_interval_minutes * 60
+            callbacks.append(DurableCheckpoints(early_steps, make_readable, storage, every_seconds))
         if resume and writer:
             print(
                 f"resuming from {CHECKPOINT_DIR}/{resume[0].name} "
@@ -431,7 +445,7 @@ def live_logging(
                 flush=True,
             )
         try:
-            yield logger, points, resume[0] if resume else None
+            yield logger, callbacks, resume[0] if resume else None
         finally:
             logger.experiment.flush()
             if sync is not None:

@@ -150,15 +150,8 @@ class ThroughputMeter(Callback):
         if self._start is None:
             _synchronize(trainer.strategy.root_device)
             self._start = time.perf_counter()
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
+        # Counted as the batch starts: every hook that reads the count (a checkpoint's
+        # `state_dict`, the end of the epoch) runs after the batch has trained.
         self.samples += len(batch[1]) * trainer.world_size
 
     # Lightning runs validation before `on_train_epoch_end`; stop the clock at whichever is first.

@@ -186,7 +186,7 @@ def run_training(
         atomic_directory(outputs.tensorboard_logs) as logs_dir,
         live_logging(
             logs_dir, run_label, config, log_every_n_steps, live_logs, storage, live_update_seconds
-        ) as (logger, live_points, resume_path),
+        ) as (logger, live_callbacks, resume_path),
         warnings.catch_warnings(),
     ):
         # Batches are already on the device; Lightning's DataLoader advice does not apply.
@@ -209,7 +209,7 @@ def run_training(
                     progress.divergence_hint(config), check_every_n_steps=log_every_n_steps
                 ),
                 collector,
-                live_points,
+                *live_callbacks,
             ],
             log_every_n_steps=log_every_n_steps,
             num_sanity_val_steps=0,
