@@ -165,6 +165,8 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, urllib.error.URLError):
         if isinstance(err.reason, TimeoutError):
             return "timed out"
+        if isinstance(err.reason, OSError) and err.reason.filename:  # a file:// mirror's file
+            return str(err.reason.strerror).lower()
         return f"unreachable ({err.reason})"
     if isinstance(err, TimeoutError):
         return "timed out"
