@@ -16,7 +16,7 @@ from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kfp_lightning.components.common import images
-from kfp_lightning.components.common.training import TrainConfig, preset_values
+from kfp_lightning.components.common.training import TrainConfig
 from kfp_lightning.components.train_mnist.component import train_mnist
 from kfp_lightning.pipelines.cli import compile_pipeline
 
@@ -210,7 +210,7 @@ def test_preset_logs_pvc_and_registry(tmp_path, monkeypatch):
         compile_pipeline(
             tmp_path / "fast.yaml",
             {
-                name: preset_values("fast")[name]
+                name: TrainConfig.from_preset("fast").as_dict()[name]
                 for name in ("epochs", "batch_size", "learning_rate", "optimizer", "lr_schedule")
             },
             logs_pvc="tb-logs",

@@ -292,8 +292,3 @@ def check_compiler(torch_compile: bool, accelerator: str) -> None:
     if torch_compile and not any(map(shutil.which, compilers)):
         accepted = "off here: torch.compile needs a C/C++ compiler, and none is installed"
         raise invalid("torch_compile", "on", accepted)
-
-
-def preset_values(preset: str) -> Mapping[str, Any]:
-    """Every field of `TrainConfig` under `preset` (what a compiled pipeline defaults to)."""
-    return TrainConfig.from_preset(preset).as_dict()
