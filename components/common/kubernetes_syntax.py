@@ -109,9 +109,11 @@ def check_tolerations(value: object, parameter: str = "tolerations") -> list[dic
         entry = f"{parameter}[{index}]"
         if not isinstance(toleration, Mapping):
             raise invalid(entry, toleration, f"a Toleration object, e.g. {TOLERATION_EXAMPLE}")
-        for name in sorted(set(toleration) - TOLERATION_FIELDS):
+        if unknown := sorted(set(toleration) - TOLERATION_FIELDS):
             fields = ", ".join(sorted(TOLERATION_FIELDS))
-            raise invalid(f"{entry}.{name}", toleration[name], f"only the fields {fields}")
+            raise invalid(
+                f"{entry}.{unknown[0]}", toleration[unknown[0]], f"only the fields {fields}"
+            )
         key = toleration.get("key", "")
         operator = toleration.get("operator", "Equal")
         tolerated = toleration.get("value", "")

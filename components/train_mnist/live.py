@@ -397,8 +397,8 @@ def live_logging(
 
     Yields:
         The logger, its callbacks (`EarlyPoints`, and `DurableCheckpoints` with a `storage`)
-        and the checkpoint file to resume from (None to start
-        over); on exit, whatever happened, every point logged so far reaches the live location.
+        and the checkpoint file to resume from (None to start over); on exit, whatever
+        happened, every point logged so far reaches the live location.
     """
     # Writer flushes and copies each happen every half period: a point is readable within one.
     half_period = max(1.0, update_seconds / 2)
