@@ -21,6 +21,7 @@ import pytest
 from kfp_lightning.components.common.errors import UserInputError
 from kfp_lightning.components.common.run_form import PIPELINE, from_run_form, parameters_of
 from kfp_lightning.components.download_mnist.component import download_mnist
+from kfp_lightning.components.download_mnist.download import MNIST_MD5
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
 from kfp_lightning.components.train_mnist.component import train_mnist
 from kfp_lightning.pipelines import cli
@@ -29,6 +30,9 @@ from kfp_lightning.pipelines.parameters import validate_parameters
 from tests.component_runner import run_component
 
 REPO = Path(__file__).resolve().parents[1]
+# The published checksums with one file name mistyped.
+MISTYPED_MD5 = dict(MNIST_MD5)
+MISTYPED_MD5["train-labels"] = MISTYPED_MD5.pop("train-labels-idx1-ubyte")
 
 # (parameter, a value it rejects, the start of the message)
 REJECTED = [
@@ -36,6 +40,13 @@ REJECTED = [
     ("mirror", "https:///mnist/", "invalid mirror='https:///mnist/'"),
     ("mirror", "file://tmp/data/", "invalid mirror='file://tmp/data/': expected file:///tmp/data/"),
     ("expected_md5", {"a": "b"}, 'invalid expected_md5={"a": "b"}: expected a 32-hex-digit MD5'),
+    (
+        "expected_md5",
+        MISTYPED_MD5,
+        f"invalid expected_md5={json.dumps(MISTYPED_MD5)}: expected a 32-hex-digit MD5 for each "
+        "of train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte (missing train-labels-idx1-ubyte; unknown train-labels)",
+    ),
     ("epochs", 0, "invalid epochs=0: expected an integer >= 1"),
     ("epochs", 2.5, "invalid epochs=2.5"),
     ("batch_size", -8, "invalid batch_size=-8"),

@@ -58,16 +58,21 @@ MIRROR_SCHEMES = ("http", "https", "file")
 MIRRORS_ACCEPTED = "comma-separated base URLs of the form http(s)://host/path/ or file:///path/"
 
 
+CHECKSUMS_ACCEPTED = "a 32-hex-digit MD5 for each of " + ", ".join(MNIST_MD5)
+
+
 def _standard_files(table: dict[str, str]) -> dict[str, str]:
-    if set(table) != set(MNIST_MD5):
-        raise ValueError(sorted(table))
+    """The table in the files' order; a name missing or unknown is named in the message."""
+    missing = [f"missing {name}" for name in MNIST_MD5 if name not in table]
+    if wrong := missing + [f"unknown {name}" for name in table if name not in MNIST_MD5]:
+        raise invalid("expected_md5", table, f"{CHECKSUMS_ACCEPTED} ({'; '.join(wrong)})")
     return {name: table[name] for name in MNIST_MD5}
 
 
 # File name -> MD5 of its uncompressed content; None or empty: the published ones.
 Checksums = Annotated[
     dict[str, Annotated[str, pydantic.Field(pattern=r"^[0-9a-f]{32}$")]],
-    pydantic.Field(description="a 32-hex-digit MD5 for each of " + ", ".join(MNIST_MD5)),
+    pydantic.Field(description=CHECKSUMS_ACCEPTED),
     pydantic.BeforeValidator(lambda table: table or dict(MNIST_MD5)),
     pydantic.AfterValidator(_standard_files),
 ]
