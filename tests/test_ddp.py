@@ -68,10 +68,9 @@ def lose_the_pod(process: subprocess.Popen, marker: Path) -> None:
     process.wait()
 
 
-def run(workdir: Path, dataset: Path, live_root: Path, processes: int) -> dict:
-    argv, env, outputs = component_command(
-        train_mnist, workdir, parameters(live_root, processes), {"dataset": dataset}
-    )
+def run(workdir: Path, dataset: Path, live_root: Path, processes: int, **overrides) -> dict:
+    form = {**parameters(live_root, processes), **overrides}
+    argv, env, outputs = component_command(train_mnist, workdir, form, {"dataset": dataset})
     writes = FileWrites(workdir, "executor_output.json")
     try:
         process = subprocess.run(argv, env=env, cwd=workdir, capture_output=True, text=True)
@@ -88,13 +87,14 @@ def run(workdir: Path, dataset: Path, live_root: Path, processes: int) -> dict:
 @pytest.fixture(scope="module")
 def one_process(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("one")
-    return run(root / "pod", dataset, root / "live", 1)
+    # An interval longer than an epoch of either run: an epoch must still get a loss point.
+    return run(root / "pod", dataset, root / "live", 1, log_every_n_steps=50)
 
 
 @pytest.fixture(scope="module")
 def two_processes(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("two")
-    return run(root / "pod", dataset, root / "live", 2)
+    return run(root / "pod", dataset, root / "live", 2, log_every_n_steps=50)
 
 
 def test_only_rank_zero_writes_the_outputs(two_processes):
@@ -139,6 +139,15 @@ def test_two_processes_learn_like_one_on_the_same_global_batch(one_process, two_
     assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=0.02)
     assert two["test_loss"] == pytest.approx(one["test_loss"], abs=0.1)
     assert two["test_accuracy"] > 0.9
+
+
+def test_every_epoch_has_a_training_loss_point(one_process, two_processes):
+    steps_per_epoch = math.ceil(TRAIN_SAMPLES / GLOBAL_BATCH)  # of each process, either way
+    for result in (one_process, two_processes):
+        assert result["process"].returncode == 0, result["process"].stderr[-3000:]
+        events = scalar_events(result["outputs"]["tensorboard_logs"])
+        epochs = {step // steps_per_epoch for tag, step in events if tag == "loss/train"}
+        assert epochs == set(range(EPOCHS)), result["process"].stdout[-2000:]
 
 
 def test_a_killed_distributed_run_resumes(dataset, tmp_path):

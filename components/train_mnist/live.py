@@ -3,7 +3,9 @@
 Event files are written to a local directory (fast, and always complete for the final
 artifact) and a background thread (`LiveSync`) copies what changed to the live location every
 few seconds, where the TensorBoard server reads them. A storage outage only delays the curves:
-failures are reported once and retried on the next tick, and training never waits for them.
+failures are reported once and retried on the next tick. Only a checkpoint waits for the store:
+it is saved with the points logged before it, and a save that fails ends the attempt, which
+KFP's retry resumes from the last checkpoint saved.
 
 GPU nodes are often preemptible: the pod can vanish at any step. `DurableCheckpoints` writes a
 Lightning checkpoint at the end of every epoch and, within an epoch, whenever `every_seconds`
@@ -60,6 +62,8 @@ from kfp_lightning.components.train_mnist.model import log_layout
 
 CHECKPOINT_DIR = "checkpoints"
 KEEP = 2  # how many of the newest checkpoints the location keeps
+# Seconds before each retry of the last copy to the live location, when it fails.
+FINAL_COPY_PAUSES = (2.0, 8.0)
 
 
 def checkpoint_name(step: int, epoch: int) -> str:
@@ -193,6 +197,10 @@ def find_resumable_checkpoint(
 
     Returns:
         The local checkpoint and its contents, or None to start from scratch.
+
+    Raises:
+        RunError: A listed checkpoint could not be fetched (the store refused or is down).
+        WriteError: `workdir`'s disk is full, read-only...
     """
 
     def skip(why: str, unusable: bool = True) -> None:
@@ -209,11 +217,20 @@ def find_resumable_checkpoint(
         local = workdir / Path(relative).name
         try:
             storage.download(relative, local)
+        except Exception:
+            # Gone since the listing: global rank 0 removed it as unusable, and skips it too.
+            # Any other failure to fetch it (the store restarting, a full disk) ends this
+            # attempt instead of skipping a checkpoint that may be sound: the retry resumes
+            # from it, and every process of a distributed run makes the same choice.
+            if relative in files_under(storage, CHECKPOINT_DIR):
+                raise
+            continue
+        try:
             # Our own checkpoint (optimizer and loop state, not only tensors): full unpickling.
             checkpoint = torch.load(local, map_location="cpu", weights_only=False)
             if not {"state_dict", "loops", "global_step"} <= set(checkpoint):
                 raise ValueError("not a Lightning training checkpoint")
-        except Exception as err:  # a torn or corrupt file: try the next older one
+        except Exception as err:  # a torn or corrupt file: every process skips it alike
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
             skip(f"unreadable checkpoint {relative} ({reason}); removing it")
             continue
@@ -343,7 +360,8 @@ class LiveSync:
                 self.storage.upload(path, relative, append_from=previous[0] if grew else None)
                 self._copied[relative] = state
 
-    def _tick(self) -> None:
+    def copy(self) -> bool:
+        """Copies what changed; a failure is reported once, not raised. Whether it worked."""
         try:
             self.sync_once()
         except Exception as err:  # any storage failure: retried on the next tick
@@ -359,16 +377,31 @@ class LiveSync:
             if self._failing:
                 print(f"copying TensorBoard logs to {self.label} works again", flush=True)
             self._failing = False
+        return not self._failing
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._tick()
+            self.copy()
 
     def stop(self) -> None:
-        """Stops the thread and makes a last copy."""
+        """Stops the thread and makes a last copy, retried while the store may be restarting.
+
+        Training has succeeded by then and its `tensorboard_logs` artifact holds every point,
+        so a last copy that still fails is a warning, not a failed run.
+        """
         self._stop.set()
         self._thread.join()
-        self._tick()
+        for pause in FINAL_COPY_PAUSES:
+            if self.copy():
+                return
+            time.sleep(pause)
+        if not self.copy():
+            print(
+                f"warning: the last TensorBoard points did not reach {self.label}; the "
+                "tensorboard_logs artifact holds every point",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 @contextlib.contextmanager
@@ -398,7 +431,8 @@ def live_logging(
     Yields:
         The logger, its callbacks (`EarlyPoints`, and `DurableCheckpoints` with a `storage`)
         and the checkpoint file to resume from (None to start over); on exit, whatever
-        happened, every point logged so far reaches the live location.
+        happened, every point logged so far is copied to the live location (a last copy that
+        fails even when retried is a warning: the local directory holds every point).
     """
     # Writer flushes and copies each happen every half period: a point is readable within one.
     half_period = max(1.0, update_seconds / 2)
@@ -428,16 +462,23 @@ def live_logging(
         log_layout(logger)
         sync = LiveSync(logs_dir, storage, half_period, live_logs.uri, restored) if writer else None
 
-        def make_readable() -> None:
-            """Flushes the event files and copies them to the live location now."""
+        def publish_first_point() -> None:
+            """Flushes the event files and copies them to the live location now, or warns."""
             logger.experiment.flush()
             if sync is not None:
+                sync.copy()  # a failure only delays the curves: the next copy retries it
+
+        def make_durable() -> None:
+            """Flushes the event files and copies them, raising if the copy fails."""
+            logger.experiment.flush()
+            if sync is not None:
+                # Like the checkpoint's own upload: a resume from it must find its points.
                 sync.sync_once()
 
-        callbacks: list[Callback] = [EarlyPoints(early_steps, make_readable)]
+        callbacks: list[Callback] = [EarlyPoints(early_steps, publish_first_point)]
         if storage is not None:
             every_seconds = config.checkpoint_interval_minutes * 60
-            callbacks.append(DurableCheckpoints(early_steps, make_readable, storage, every_seconds))
+            callbacks.append(DurableCheckpoints(early_steps, make_durable, storage, every_seconds))
         if resume and writer:
             print(
                 f"resuming from {CHECKPOINT_DIR}/{resume[0].name} "

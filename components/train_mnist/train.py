@@ -159,8 +159,10 @@ def run_training(
     processes = devices * num_nodes
     train_samples = check_run(config, dataset_metadata, accelerator, processes)
     storage = open_storage(live_logs, s3_endpoint) if live_logs else None
-    # At least one training-loss point per epoch, however small the data set.
-    log_every_n_steps = min(config.log_every_n_steps, math.ceil(train_samples / config.batch_size))
+    # At least one training-loss point per epoch, however small each process's share of the
+    # data (`DeviceBatches`: an equal share of whole images, in batches, the last one short).
+    steps_per_epoch = math.ceil((train_samples // processes) / config.batch_size)
+    log_every_n_steps = min(config.log_every_n_steps, steps_per_epoch)
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     if accelerator == "gpu":
