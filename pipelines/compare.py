@@ -24,8 +24,7 @@ from kfp_lightning.components.common import logs_location
 from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.kubernetes_syntax import check_namespace_name
 from kfp_lightning.components.common.run_form import from_run_form
-from kfp_lightning.components.launch_tensorboard import objects
-from kfp_lightning.components.launch_tensorboard.launcher import LauncherConfig, describe_refusal
+from kfp_lightning.components.launch_tensorboard import fallback, launcher, objects
 from kfp_lightning.pipelines.preflight import endpoint_in_cluster
 
 ALL_RUNS_NAME = "kfp-lightning-runs"
@@ -53,10 +52,11 @@ def open_runs_tensorboard(
 
     Raises:
         UserInputError: A local logs root (no cluster TensorBoard can read it), or a bad name.
-        RunError: No Kubernetes API answers, or it refused the objects (the line says why).
+        RunError: No Kubernetes API answers, it refused the objects (the line says why), or
+            a pvc:// root's claim is one that only one node at a time can mount.
     """
     logs = from_run_form(logs_location.LiveLogsConfig, values)
-    launcher = from_run_form(LauncherConfig, values)
+    config = from_run_form(launcher.LauncherConfig, values)
     if namespace is not None:
         check_namespace_name(namespace)
     if logs_location.parse_logs_root(logs.tensorboard_logs_root, "namespace").scheme == "file":
@@ -77,9 +77,38 @@ def open_runs_tensorboard(
         api = client.CustomObjectsApi(api_client)
         try:
             poddefault = None
+            if root.scheme == "pvc":
+                # This Tensorboard never ends: on a claim one node at a time can mount, its pod
+                # would hold the claim on its node, and training pods scheduled elsewhere would
+                # wait on a Multi-Attach error. The per-run launcher starts none there either
+                # (launch_tensorboard/launcher.py, `shares_across_nodes`).
+                where = f"claim {namespace}/{root.claim} of tensorboard_logs_root"
+                try:
+                    modes = launcher.claim_access_modes(api_client, namespace, root.claim, patience)
+                except ApiException as err:
+                    raise RunError(
+                        f"{where} could not be read ({cluster.api_answer(err)})"
+                    ) from None
+                if not launcher.shares_across_nodes(modes):
+                    raise RunError(
+                        f"{where} is {'/'.join(modes) or 'without access modes'}: a TensorBoard "
+                        "that never ends would hold it on one node and keep training pods on "
+                        "other nodes waiting on a Multi-Attach error; use a claim several nodes "
+                        "can mount (ReadWriteMany) or an s3:// root"
+                    )
             if root.scheme == "s3":
                 # Outside the cluster, `auto` is resolved by asking its API server.
                 endpoint = endpoint_in_cluster(api_client, logs.s3_endpoint)
+                if endpoint is None:
+                    # A profile's users may not read Services in `kubeflow`: assume the newest
+                    # KFP's object store, as the launcher does where `auto` resolves nowhere.
+                    endpoint = fallback.DEFAULT_S3_ENDPOINT
+                    print(
+                        f"warning: s3_endpoint=auto: KFP's object-store Services are not readable "
+                        f"with these credentials; assuming {endpoint} (--s3-endpoint sets it)",
+                        file=out,
+                        flush=True,
+                    )
                 wanted = objects.poddefault_object(namespace, endpoint, logs.s3_credentials_secret)
                 cluster.ensure_object(api, resource, wanted, patience)
                 poddefault = wanted["metadata"]["name"]
@@ -100,14 +129,16 @@ def open_runs_tensorboard(
                     f"namespace {namespace} (HTTP {err.status}); a profile's owners and "
                     "contributors may (Kubeflow's kubeflow-edit role)"
                 ) from None
-            raise RunError(" ".join(describe_refusal(err, resource, namespace).split())) from None
+            raise RunError(
+                " ".join(launcher.describe_refusal(err, resource, namespace).split())
+            ) from None
         except cluster.ObjectNotEnsuredError as err:
             raise RunError(" ".join(str(err).split())) from None
         except cluster.ClusterUnreachableError as err:
             host = api_client.configuration.host
             raise RunError(f"no Kubernetes API server answers at {host}: {err}") from None
-    link = f"{launcher.link_prefix}/tensorboard/{namespace}/{ALL_RUNS_NAME}/"
-    if not launcher.link_prefix:
+    link = f"{config.link_prefix}/tensorboard/{namespace}/{ALL_RUNS_NAME}/"
+    if not config.link_prefix:
         link += " (under your Kubeflow URL; --kubeflow-base-url makes it absolute)"
     state = "ready" if ready else f"starting (not ready after {wait_seconds} s)"
     print(

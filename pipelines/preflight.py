@@ -179,7 +179,9 @@ def check_crd(api_client: ApiClient, resource: kube.Resource) -> Check:
     Asks API discovery (`/apis/<group>/<version>`), which any authenticated user may read, for
     the exact group, version and resource the launcher (or the training step) writes.
     Kubeflow's Tensorboard is optional: standalone Kubeflow Pipelines has none, and a run there
-    still trains and is watched through the run page's "Start Tensorboard" button. A PodDefault
+    still trains and is watched through the kubectl port-forward commands of the Live
+    TensorBoard step's note (the run page's "Start Tensorboard" needs multi-user KFP, see
+    `launch_tensorboard/fallback.py`). A PodDefault
     is needed only to give that Tensorboard's pod the object store's credentials; Kubeflow
     Trainer's TrainJob only for training on several nodes (`run_checks` asks for those a run
     needs).
@@ -205,8 +207,8 @@ def check_crd(api_client: ApiClient, resource: kube.Resource) -> Check:
         return _failed(f"the cluster serves no {api}", CRD_INSTALLS[resource])
     return _passed(
         f"{api} is not served (standalone Kubeflow Pipelines): no Kubeflow Tensorboard is "
-        "started; the run page's Start Tensorboard button and the Live TensorBoard step's "
-        "kubectl commands show the logs instead",
+        "started; the Live TensorBoard step's kubectl port-forward commands show the logs (the "
+        "run page's Start Tensorboard needs multi-user KFP)",
     )
 
 
@@ -274,13 +276,17 @@ def find_object_store(
     return None
 
 
-def endpoint_in_cluster(api_client: ApiClient, value: str) -> str:
+def endpoint_in_cluster(api_client: ApiClient, value: str) -> str | None:
     """The endpoint pods of the cluster would use for `s3_endpoint=value`, told by its API.
 
     For callers outside the cluster (`--compare-runs`), whose DNS cannot resolve `auto`.
 
+    Returns:
+        The endpoint; None for `auto` when these credentials may not read the Services (HTTP
+        403, as for a profile's users in namespace `kubeflow`).
+
     Raises:
-        UserInputError: `auto`, and no object-store Service exists or may be read.
+        UserInputError: `auto`, and no object-store Service exists or could be read.
     """
     if value.strip() != AUTO:
         return logs_location.parse_http_endpoint(value, "s3_endpoint")
@@ -289,6 +295,8 @@ def endpoint_in_cluster(api_client: ApiClient, value: str) -> str:
         if found := find_object_store(api_client):
             return found.endpoint
     except ApiException as err:
+        if err.status == 403:
+            return None
         why = f"its Services are not readable with these credentials ({kube.api_answer(err)})"
     tried = ", ".join(store.host for store in KFP_OBJECT_STORES)
     raise invalid("s3_endpoint", AUTO, f"http(s)://host[:port]: auto looks for {tried}, and {why}")
@@ -649,7 +657,7 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
         endpoint, secret = values["s3_endpoint"], values["s3_credentials_secret"]
         # The endpoint the step would give the nodes (`auto` stays where none is found).
         with contextlib.suppress(UserInputError):
-            endpoint = endpoint_in_cluster(api_client, endpoint)
+            endpoint = endpoint_in_cluster(api_client, endpoint) or endpoint
     location = target.logs.child("preflight").uri
     arguments = run_layout.entry_arguments(
         location, target.nodes, config, endpoint, "preflight", values.get("live_update_seconds", 10)

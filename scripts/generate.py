@@ -209,7 +209,7 @@ def platforms_table() -> str:
         live = (
             "Kubeflow Tensorboard (link on the run page) and Start Tensorboard"
             if p.profiles
-            else "Start Tensorboard on the run page; kubectl port-forward commands"
+            else "kubectl port-forward commands (single-user KFP: no Start Tensorboard)"
         )
         rows.append(
             f"| {p.name} | {p.kfp_backend} | `{p.object_stores[0]}.kubeflow` | {nodes} | {live} |"

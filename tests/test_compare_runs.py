@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -9,9 +10,11 @@ import sys
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from kfp_lightning.components.common.errors import RunError, UserInputError
 from kfp_lightning.components.common.kubernetes import Patience
+from kfp_lightning.components.launch_tensorboard.launcher import LAUNCHER_PERMISSIONS
 from kfp_lightning.components.launch_tensorboard.objects import (
     PODDEFAULT_API,
     PODDEFAULT_LABEL_PREFIX,
@@ -21,7 +24,7 @@ from kfp_lightning.pipelines.compare import ALL_RUNS_NAME, open_runs_tensorboard
 from kfp_lightning.pipelines.parameters import validate_parameters
 from tests.apiserver.server import KubeAPIServer, ensure_namespace
 from tests.conftest import REPO
-from tests.test_preflight import put_object_store
+from tests.test_preflight import claim_body, put_object_store
 
 pytestmark = pytest.mark.apiserver
 
@@ -109,15 +112,117 @@ def test_a_local_root_is_refused_before_any_request():
         open_runs_tensorboard(values(tensorboard_logs_root="/tmp/runs"), None, 0, io.StringIO())
 
 
-def test_auto_unreadable_by_the_user_is_one_line_naming_the_parameter(
+def test_auto_unreadable_by_a_profile_user_assumes_the_newest_object_store(
+    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
+):
+    """A profile's owners and contributors may use their namespace, not read Services in
+    `kubeflow`: `auto` then means the newest KFP's store, said in one warning line."""
+    ensure_namespace(apiserver_admin, NAMESPACE)
+    put_object_store(apiserver_admin, "minio-service")  # there, but this user cannot see it
+    user = "system:serviceaccount:team-a:compare-user"
+    kube_apiserver.token(user)  # creates the ServiceAccount
+    rbac = client.RbacAuthorizationV1Api(apiserver_admin)
+    rules = [
+        {"apiGroups": [group], "resources": [plural], "verbs": list(verbs)}
+        for group, plural, verbs in LAUNCHER_PERMISSIONS
+    ]
+    with contextlib.suppress(ApiException):  # one per session's server
+        rbac.create_namespaced_role(NAMESPACE, {"metadata": {"name": "compare"}, "rules": rules})
+        rbac.create_namespaced_role_binding(
+            NAMESPACE,
+            {
+                "metadata": {"name": "compare"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "compare",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": "compare-user", "namespace": NAMESPACE}
+                ],
+            },
+        )
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", user=user, namespace=NAMESPACE)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    out = io.StringIO()
+    open_runs_tensorboard(values(), None, 0, out, FAST)
+    warning, link = out.getvalue().splitlines()
+    assert warning == (
+        "warning: s3_endpoint=auto: KFP's object-store Services are not readable with these "
+        "credentials; assuming http://seaweedfs.kubeflow:8333 (--s3-endpoint sets it)"
+    )
+    assert link.startswith("TensorBoard over every run in s3://mlpipeline/private/team-a/")
+    labels = read(apiserver_admin, TENSORBOARD_API, ALL_RUNS_NAME)["metadata"]["labels"]
+    (poddefault,) = [
+        key.removeprefix(PODDEFAULT_LABEL_PREFIX)
+        for key, value in labels.items()
+        if key.startswith(PODDEFAULT_LABEL_PREFIX) and value == "true"
+    ]
+    env = read(apiserver_admin, PODDEFAULT_API, poddefault)["spec"]["env"]
+    assert {"name": "S3_ENDPOINT", "value": "http://seaweedfs.kubeflow:8333"} in env
+
+
+def test_auto_with_no_object_store_service_is_one_line_naming_the_parameter(
     kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
 ):
     ensure_namespace(apiserver_admin, NAMESPACE)
+    put_object_store(apiserver_admin)
+    client.CoreV1Api(apiserver_admin).delete_namespaced_service("seaweedfs", "kubeflow")
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
-    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", user="bob", namespace=NAMESPACE)
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv(
+        "KUBECONFIG",
+        str(kube_apiserver.write_kubeconfig(tmp_path / "kc", namespace=NAMESPACE)),
+    )
     with pytest.raises(UserInputError) as raised:
         open_runs_tensorboard(values(), None, 0, io.StringIO(), FAST)
     message = str(raised.value)
     assert message.startswith("invalid s3_endpoint='auto': expected http(s)://host[:port]")
-    assert "not readable with these credentials (HTTP 403" in message
+    assert message.endswith("and none of its Services exists")
+
+
+def test_a_single_node_claim_is_refused_before_anything_is_created(
+    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
+):
+    """A Tensorboard that never ends, on a ReadWriteOnce claim, pins the claim to its node:
+    every later training pod scheduled elsewhere waits on a Multi-Attach error. The per-run
+    launcher starts none on such a claim (launcher.py, `shares_across_nodes`); nor does this."""
+    ensure_namespace(apiserver_admin, NAMESPACE)
+    group, version, plural, _ = TENSORBOARD_API
+    custom = client.CustomObjectsApi(apiserver_admin)
+    with contextlib.suppress(ApiException):  # left by an earlier test of the session
+        custom.delete_namespaced_custom_object(group, version, NAMESPACE, plural, ALL_RUNS_NAME)
+    core = client.CoreV1Api(apiserver_admin)
+    with contextlib.suppress(ApiException):
+        core.create_namespaced_persistent_volume_claim(
+            NAMESPACE, claim_body("rwo", "ReadWriteOnce")
+        )
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setenv(
+        "KUBECONFIG",
+        str(kube_apiserver.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)),
+    )
+    with pytest.raises(RunError) as raised:
+        open_runs_tensorboard(
+            values(tensorboard_logs_root="pvc://rwo/tensorboard"), None, 0, io.StringIO(), FAST
+        )
+    assert str(raised.value) == (
+        "claim team-a/rwo of tensorboard_logs_root is ReadWriteOnce: a TensorBoard that never "
+        "ends would hold it on one node and keep training pods on other nodes waiting on a "
+        "Multi-Attach error; use a claim several nodes can mount (ReadWriteMany) or an s3:// root"
+    )
+    with pytest.raises(ApiException) as missing:
+        custom.get_namespaced_custom_object(group, version, NAMESPACE, plural, ALL_RUNS_NAME)
+    assert missing.value.status == 404
+
+    # A claim several nodes can mount gets its Tensorboard.
+    with contextlib.suppress(ApiException):
+        core.create_namespaced_persistent_volume_claim(
+            NAMESPACE, claim_body("rwx", "ReadWriteMany")
+        )
+    open_runs_tensorboard(
+        values(tensorboard_logs_root="pvc://rwx/tensorboard"), None, 0, io.StringIO(), FAST
+    )
+    assert read(apiserver_admin, TENSORBOARD_API, ALL_RUNS_NAME)["spec"]["logspath"] == (
+        "pvc://rwx/tensorboard"
+    )

@@ -307,7 +307,8 @@ def test_a_missing_poddefault_crd_fails(
 def test_no_tensorboard_crd_is_standalone_kfp_not_a_failure(
     cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Standalone Kubeflow Pipelines serves neither CRD: the run page's viewer shows the logs.
+    # Standalone Kubeflow Pipelines serves neither CRD: the step's kubectl commands show the
+    # logs (its single-user run page has no namespace for the Start Tensorboard viewer).
     delete_crd(apiserver_admin, "tensorboards.tensorboard.kubeflow.org")
     delete_crd(apiserver_admin, "poddefaults.kubeflow.org")
 
@@ -318,6 +319,7 @@ def test_no_tensorboard_crd_is_standalone_kfp_not_a_failure(
         "✓ tensorboards.tensorboard.kubeflow.org/v1alpha1 is not served (standalone Kubeflow "
         "Pipelines)"
     )
+    assert "kubectl port-forward commands show the logs" in results["Tensorboard CRD"]
     assert results["PodDefault CRD"] == "✓ not needed without Kubeflow's Tensorboard"
     assert results["launcher RBAC"] == "✓ nothing to create: Kubeflow's Tensorboard is not served"
 

@@ -244,6 +244,16 @@ def set_condition(
     )
 
 
+def set_step_image_id(admin: client.ApiClient, namespace: str, image_id: str) -> None:
+    """Writes the step container's `imageID` into its pod's status, as the kubelet would."""
+    status = {
+        "containerStatuses": [
+            {"name": "main", "image": IMAGE, "imageID": image_id, "ready": True, "restartCount": 0}
+        ]
+    }
+    client.CoreV1Api(admin).patch_namespaced_pod_status(STEP_POD, namespace, {"status": status})
+
+
 def task_key_of(dataset: Path) -> str:
     """The key the step gives its task here: no task name, `Step`'s training parameters."""
     sha256 = read_dataset_metadata(dataset)["sha256"]
@@ -517,8 +527,12 @@ def test_the_nodes_run_as_the_steps_account_with_its_pull_secrets(
     dataset: Path,
     tmp_path: Path,
 ) -> None:
+    from kfp_lightning.components.train_on_nodes.trainjob import step_pod_identity
     from tests.test_trainjob_objects import pod_patch
 
+    # What the kubelet reports of the step's container, as cri-dockerd words it.
+    repo, digest = IMAGE.rpartition(":")[0], "sha256:" + "ab12" * 16
+    set_step_image_id(apiserver_admin, namespace, f"docker-pullable://{repo}@{digest}")
     run_id = next(RUN_IDS)
     name = trainjob_name(f"{run_id}-{task_key_of(dataset)}")
     step = Step(tmp_path / "step", dataset, pod_environment, run_id, s3_endpoint)
@@ -531,11 +545,36 @@ def test_the_nodes_run_as_the_steps_account_with_its_pull_secrets(
     assert pod["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
     assert pod["spec"]["imagePullSecrets"] == [{"name": PULL_SECRET}]
     assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    # The nodes run exactly what the step runs: a TrainJob cannot ask them to pull the tag.
+    assert job["spec"]["trainer"]["image"] == f"{IMAGE}@{digest}"
     assert (
         f"node pods: service account {SERVICE_ACCOUNT}, image pull secrets {PULL_SECRET}, as "
-        f"this step's pod {namespace}/{STEP_POD}\n"
+        f"this step's pod {namespace}/{STEP_POD}; image {IMAGE}@{digest}, the digest this "
+        "step's container runs\n"
     ) in out, out + err
     assert code == 1
+
+    environ = {"POD_NAME": STEP_POD}
+    # containerd's form, without the prefix.
+    set_step_image_id(apiserver_admin, namespace, f"{repo}@{digest}")
+    assert step_pod_identity(apiserver_admin, namespace, IMAGE, environ).image == (
+        f"{IMAGE}@{digest}"
+    )
+    # An image already named by digest, or another image than the step's: left as it is.
+    pinned = f"{repo}@sha256:{'cd34' * 16}"
+    assert step_pod_identity(apiserver_admin, namespace, pinned, environ).image == pinned
+    other = step_pod_identity(apiserver_admin, namespace, f"{repo}:0.2.0", environ)
+    assert other.image == f"{repo}:0.2.0"
+    assert other.note.endswith(
+        f"; image {repo}:0.2.0 by tag, with the runtime's pull policy (not this step's image)"
+    )
+    # A bare image ID (an image with no repo digest) names nothing a node could pull.
+    set_step_image_id(apiserver_admin, namespace, digest)
+    bare = step_pod_identity(apiserver_admin, namespace, IMAGE, environ)
+    assert bare.image == IMAGE
+    assert bare.note.endswith(
+        f"; image {IMAGE} by tag, with the runtime's pull policy (this step's digest not read)"
+    )
 
 
 def test_without_reading_its_pod_the_nodes_rely_on_the_account(
@@ -571,11 +610,13 @@ def test_without_reading_its_pod_the_nodes_rely_on_the_account(
         f"pod {namespace}/{STEP_POD} was refused: HTTP 403: "
     ), line
     assert line.endswith(
-        "they get those of the service account, which Kubernetes adds to every pod it runs as"
+        "they get those of the service account, which Kubernetes adds to every pod it runs as; "
+        f"image {IMAGE} by tag, with the runtime's pull policy (this step's digest not read)"
     )
+    assert job["spec"]["trainer"]["image"] == IMAGE
     # Without POD_NAME (no downward API), the same, saying why.
     identity = step_pod_identity(
-        apiserver_admin, namespace, {"POD_SERVICE_ACCOUNT": SERVICE_ACCOUNT}
+        apiserver_admin, namespace, IMAGE, {"POD_SERVICE_ACCOUNT": SERVICE_ACCOUNT}
     )
     assert (identity.service_account, identity.image_pull_secrets) == (SERVICE_ACCOUNT, ())
     assert "image pull secrets not copied (POD_NAME is unset)" in identity.note

@@ -192,7 +192,14 @@ def shipped_manifest() -> str:
 # through boto3); for `pvc://` it mounts the claim read-only and `source` is
 # `volume://<volume>/<path in the claim>`. No service account is named: the pod reads no API
 # and takes the keys through `secretKeyRef`, so it runs as the namespace's `default` account,
-# without a token, on standalone KFP and in Kubeflow profiles alike.
+# without a token.
+#
+# The button works only where KFP runs multi-user (full Kubeflow): the v2 run page takes the
+# viewer's namespace from the run's experiment (`frontend/src/pages/RunDetailsV2.tsx`,
+# `experiment?.namespace`), single-user KFP stores every experiment without one
+# (`backend/src/apiserver/resource/resource_manager.go`, `ReplaceNamespace` returns ""), and
+# `buildTensorboardConfig` then throws "Namespace is required.". On standalone single-user KFP
+# the note's kubectl port-forward commands are the way to the logs.
 def viewer_pod_template(location: LogsLocation, s3_endpoint: str, s3_secret: str) -> dict[str, Any]:
     """The `pod_template_spec` of the viewer entry: what the viewer's pod needs to read the logs.
 

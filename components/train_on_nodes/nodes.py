@@ -346,7 +346,9 @@ def train_from_run_form(
             # Before anything is uploaded or created: a Trainer whose TrainJob cannot carry
             # the pod settings fails the step here, in one line.
             form = trainjob.trainjob_form(api_client, patience)
-            identity = trainjob.step_pod_identity(api_client, namespace, patience=patience)
+            identity = trainjob.step_pod_identity(
+                api_client, namespace, settings.trainer_image, patience=patience
+            )
     except ClusterUnreachableError as err:
         raise RunError(f"no Kubernetes API to create the TrainJob: {err}") from None
     endpoint = logs.endpoint()
@@ -367,7 +369,7 @@ def train_from_run_form(
         run_torchrun(settings.nodes, processes_per_node, ENTRY_MODULE, arguments, deadline, timeout)
     else:
         spec = trainjob.NodeSpec(
-            image=settings.trainer_image,
+            image=identity.image,
             nodes=settings.nodes,
             processes_per_node=processes_per_node,
             gpus_per_node=config.gpus,

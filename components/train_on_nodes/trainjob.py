@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -76,6 +77,17 @@ FORMS = (RUNTIME_PATCHES, TEMPLATE_OVERRIDES)  # the newer one wins where both a
 # pkg/runtime/framework/plugins/jobset/jobset.go, `Validate`, calling apimachinery's
 # `validation.IsDomainPrefixedPath`); the prefix is the one of our labels.
 PATCH_MANAGER = "kfp-lightning/train-on-nodes"
+# The step's own container: KFP runs each step as an Argo Workflows container template, whose
+# container Argo names "main" (argoproj/argo-workflows, workflow/common/common.go,
+# `MainContainerName`).
+STEP_CONTAINER = "main"
+# A pullable `status.containerStatuses[].imageID`: the kubelet reports the CRI's `imageRef`
+# (kubernetes/kubernetes, pkg/kubelet/kuberuntime/kuberuntime_container.go), which containerd
+# sets to the image's first repo digest, `repo@sha256:<hex>`, else to its bare config ID
+# `sha256:<hex>`, which no registry serves (containerd, internal/cri/server/container_status.go,
+# `ContainerStatus`); cri-dockerd prefixes the repo digest with `docker-pullable://`
+# (`DockerPullableImageIDPrefix`).
+PULLABLE_IMAGE_ID = re.compile(r"(?:docker-pullable://)?[^@/\s][^@\s]*@(sha256:[0-9a-f]{64})")
 # Where a cluster publishes the whole API's schemas in OpenAPI v2 (all versions; structural
 # CRD schemas since Kubernetes 1.15), readable by every authenticated user through the
 # `system:discovery` ClusterRole (kubernetes, plugin/pkg/auth/authorizer/rbac/bootstrappolicy/
@@ -584,20 +596,24 @@ class PodIdentity(NamedTuple):
         image_pull_secrets: The step pod's image pull secrets (its own and its account's,
             which the ServiceAccount admission plugin adds to a pod's spec).
         note: One line for the step's log saying what the nodes get and why.
+        image: The nodes' image: pinned to the digest the step's container runs when it is
+            the step's own image named by tag.
     """
 
     service_account: str | None
     image_pull_secrets: tuple[str, ...]
     note: str
+    image: str
 
 
 def step_pod_identity(
     api_client: client.ApiClient,
     namespace: str,
+    image: str,
     environ: Mapping[str, str] = os.environ,
     patience: Patience = Patience(),
 ) -> PodIdentity:
-    """The step pod's service account and image pull secrets, for the node pods.
+    """The step pod's service account, image pull secrets and image digest, for the node pods.
 
     KFP runs a pipeline's pods as its service account (a profile's `default-editor`), which
     may hold the registry's pull secrets; a TrainJob's pods would run as the namespace's
@@ -606,9 +622,17 @@ def step_pod_identity(
     read from the pod itself (GET pods/POD_NAME); where that is not possible the node pods rely
     on the service account, whose pull secrets Kubernetes adds to every pod it runs as.
 
+    A TrainJob cannot give its pods `imagePullPolicy: Always` (neither Trainer v2.1's
+    ContainerOverride nor v2.2's ContainerPatch has the field: kubeflow/trainer,
+    pkg/apis/trainer/v1alpha1/trainjob_types.go), so a node that pulled an earlier push of the
+    same tag would run it. Where the nodes' image is the step's own, named by tag, they get it
+    by the digest the step's container runs (`PULLABLE_IMAGE_ID`); else by the tag, with the
+    runtime's pull policy.
+
     Args:
         api_client: A configured client.
         namespace: The step's namespace.
+        image: The nodes' image as the pipeline names it.
         environ: Where POD_NAME and POD_SERVICE_ACCOUNT are read.
         patience: Request timeout.
 
@@ -617,7 +641,7 @@ def step_pod_identity(
     """
     account = environ.get("POD_SERVICE_ACCOUNT", "").strip() or None
     pod_name = environ.get("POD_NAME", "").strip()
-    reason = "POD_NAME is unset"
+    reason, pulls, own, pinned = "POD_NAME is unset", None, [], None
     if pod_name:
         where = f"pod {namespace}/{pod_name}"
         try:
@@ -634,14 +658,29 @@ def step_pod_identity(
         else:
             account = account or pod.spec.service_account_name or None
             pulls = tuple(s.name for s in pod.spec.image_pull_secrets or [] if s.name)
-            note = (
-                f"node pods: service account {account or 'default'}, image pull secrets "
-                f"{', '.join(pulls) or '(none)'}, as this step's {where}"
-            )
-            return PodIdentity(account, pulls, note)
-    shown = account or "the namespace's default"
-    note = (
-        f"node pods: service account {shown}; image pull secrets not copied ({reason}): they "
-        "get those of the service account, which Kubernetes adds to every pod it runs as"
-    )
-    return PodIdentity(account, (), note)
+            own = [c.image for c in pod.spec.containers if c.name == STEP_CONTAINER]
+            ids = [
+                s.image_id or ""
+                for s in (pod.status.container_statuses if pod.status else None) or []
+                if s.name == STEP_CONTAINER
+            ]
+            found = PULLABLE_IMAGE_ID.fullmatch(next(iter(ids), ""))
+            if "@" not in image and own == [image] and found:
+                pinned = f"{image}@{found.group(1)}"
+    if pulls is None:
+        shown = account or "the namespace's default"
+        note = (
+            f"node pods: service account {shown}; image pull secrets not copied ({reason}): they "
+            "get those of the service account, which Kubernetes adds to every pod it runs as"
+        )
+    else:
+        note = (
+            f"node pods: service account {account or 'default'}, image pull secrets "
+            f"{', '.join(pulls) or '(none)'}, as this step's {where}"
+        )
+    if pinned:
+        note, image = f"{note}; image {pinned}, the digest this step's container runs", pinned
+    elif "@" not in image:  # not already pinned by digest
+        why = "not this step's image" if own not in ([], [image]) else "this step's digest not read"
+        note += f"; image {image} by tag, with the runtime's pull policy ({why})"
+    return PodIdentity(account, pulls or (), note, image)
