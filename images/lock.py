@@ -29,9 +29,10 @@ REPO = IMAGES_DIR.parent
 PYPROJECT = REPO / "pyproject.toml"
 IMAGE_NAMES = ("trainer", "tools")
 # Project dependencies each image leaves out; the tools image must start fast and stay small.
+# psutil serves only the command line (pipelines/cli.py), which no image runs.
 EXCLUDED: dict[str, frozenset[str]] = {
-    "trainer": frozenset(),
-    "tools": frozenset({"torch", "torchvision", "lightning"}),
+    "trainer": frozenset({"psutil"}),
+    "tools": frozenset({"torch", "torchvision", "lightning", "psutil"}),
 }
 # Debian bookworm's python3, which every image runs: the lock holds wheels for it.
 TARGET_PYTHON = (3, 11)

@@ -7,6 +7,7 @@ options win. Errors are one line on stderr: exit status 2 for a bad value, 1 for
 
 import argparse
 import ast
+import contextlib
 import difflib
 import errno
 import json
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psutil
 from kfp import compiler
 
 from kfp_lightning.components.common import images
@@ -253,7 +255,7 @@ def compile_pipeline(
     pipeline = build_pipeline(
         logs_pvc=logs_pvc, training_timeout_seconds=training_timeout_seconds, nodes=nodes
     )
-    values = run_parameters.validate_parameters(parameters)
+    values = run_parameters.validate_parameters(parameters, nodes)
     run_parameters.check_cluster_run(values, logs_pvc, nodes)
     try:
         with atomic_file(path) as staging:  # KFP wants a .yaml suffix: the staging file keeps it
@@ -310,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_runs or args.check_cluster:
         if args.logs_pvc is not None:  # --check-cluster's, as --compile's
             parameters.setdefault("tensorboard_logs_root", f"pvc://{args.logs_pvc}/tensorboard")
-        values = run_parameters.validate_parameters(parameters)
+        values = run_parameters.validate_parameters(parameters, nodes)
         if args.compare_runs:
             compare.open_runs_tensorboard(values, args.namespace)
             return 0
@@ -353,6 +355,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def stop_tasks() -> None:
+    """Sends SIGTERM to the processes this one started that share its process group.
+
+    Those are the kfp.local task and what it ran in its group; each then stops what it
+    started in sessions of its own (torchrun's nodes), as the local TensorBoard's owner does.
+    The group alone will not do: this process leads it only when a shell's job control made
+    it so, and otherwise shares it with whatever started it. psutil finds the descendants on
+    every POSIX system (Linux's /proc, macOS's sysctl).
+    """
+    group = os.getpgid(0)
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):  # ended meanwhile
+            if os.getpgid(process.pid) == group:
+                process.terminate()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python pipelines/mnist.py`: exit status 0, 1 (failed), 2 (bad value).
 
@@ -378,13 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Every step cleans up after itself (atomic writes, the local TensorBoard). The tasks
         # this process started are stopped here when only it got the signal: a terminal's
         # Ctrl-C reaches the whole foreground process group, tasks included; `kill -INT <pid>`,
-        # a stop button or a supervisor's SIGTERM reach this process alone, and the running
-        # kfp.local task (in this process's group) would go on training as an orphan. Only when
-        # this process leads its group is the group its own to stop: otherwise it is shared
-        # with whatever started this process.
-        if os.name == "posix" and os.getpgid(0) == os.getpid():
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            os.killpg(os.getpid(), signal.SIGTERM)
+        # a stop button, a supervisor's SIGTERM or a script's `kill $!` reach this process
+        # alone, and the running kfp.local task would go on training as an orphan.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no second stop inside this one
+        stop_tasks()
         print("error: interrupted", file=sys.stderr, flush=True)
         # 128 + the signal's number, as shells report a process a signal ended (130 for Ctrl-C).
         return 128 + (terminated[0] if terminated else signal.SIGINT)

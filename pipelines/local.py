@@ -9,6 +9,7 @@ the tasks print goes to `<output_dir>/local-run.log`; the terminal shows each ta
 """
 
 import contextlib
+import fcntl
 import io
 import os
 import re
@@ -80,6 +81,27 @@ def local_tensorboard(logdir: Path, keep: bool, log_file: Path) -> Iterator[str]
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@contextlib.contextmanager
+def hold_output_dir(output_dir: Path) -> Iterator[None]:
+    """Keeps other `--local` runs out of `output_dir` for the duration of the block.
+
+    Two runs into one folder would overwrite each other's artifacts, cache and summary. An
+    advisory `flock` on `<output_dir>/.lock` (POSIX, as the rest of `--local`): the kernel
+    releases it when the holder exits, however it exits, so no stale lock is ever left.
+
+    Raises:
+        UserInputError: Another run holds the folder.
+    """
+    with (output_dir / ".lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise invalid(
+                "output_dir", str(output_dir), "a folder no other --local run is using"
+            ) from None
+        yield
 
 
 LOG_FILE = "local-run.log"
@@ -208,10 +230,12 @@ def run_local(
     """
     from kfp import local
 
+    if not str(output_dir):  # Path("") is the working directory: never meant
+        raise invalid("output_dir", "", "a folder path")
     output_dir = Path(output_dir).absolute()
     parameters = {"tensorboard_logs_root": str(output_dir / "tensorboard"), **parameters}
     pipeline = build_pipeline(retries=False, nodes=nodes, node_launcher=LOCAL)
-    values = run_parameters.validate_parameters(parameters)
+    values = run_parameters.validate_parameters(parameters, nodes)
     run_parameters.check_local_run(values)
     root = parse_logs_root(values["tensorboard_logs_root"], namespace="local")
     # Refused before anything runs: a file in the way, or a folder this user cannot write.
@@ -244,7 +268,7 @@ def run_local(
         else contextlib.nullcontext(None)
     )
     log_path = output_dir / LOG_FILE
-    with viewer as url:
+    with hold_output_dir(output_dir), viewer as url:
         log = log_path.open("w", encoding="utf-8")
         console = TaskConsole(sys.stdout, log, verbose)
         try:
@@ -262,27 +286,28 @@ def run_local(
                 log.close()
             # kfp.local's cache writes private (0600) files; the folder is the user's to share.
             share_like_umask(output_dir)
-    report_page = output_dir / "report.html"
-    atomic_write_bytes(report_page, Path(outputs["report"].path).read_bytes())
-    metrics = dict(outputs["metrics"].metadata)
-    classification = outputs["classification_metrics"]
-    confusion = classification.metadata["confusionMatrix"]
-    # kfp.local keeps a metrics artifact as metadata only; the summary points at a real file.
-    write_json(Path(classification.path), dict(classification.metadata))
-    summary = {
-        **{k: metrics[k] for k in ("test_accuracy", "test_loss", "train_samples_per_second")},
-        "epochs": int(metrics["epochs"]),
-        # How many nodes and processes trained (training logs both).
-        **{k: int(metrics.get(k, 1)) for k in ("nodes", "processes")},
-        "metrics": metrics,
-        **{k: outputs[k].path for k in ("model", "tensorboard_logs")},
-        "classification_metrics": classification.path,
-        # Rows: true digit; columns: predicted digit (the artifact's metadata, as Kubeflow shows).
-        "confusion_matrix": [row["row"] for row in confusion["rows"]],
-        # A path that opens as a page: KFP's HTML artifact is a file without an extension.
-        "report_html": str(report_page),
-        "tensorboard_url": url,
-        "parameters": values,
-    }
-    write_json(output_dir / "summary.json", summary)
-    return summary
+        report_page = output_dir / "report.html"
+        atomic_write_bytes(report_page, Path(outputs["report"].path).read_bytes())
+        metrics = dict(outputs["metrics"].metadata)
+        classification = outputs["classification_metrics"]
+        confusion = classification.metadata["confusionMatrix"]
+        # kfp.local keeps a metrics artifact as metadata only; the summary points at a real file.
+        write_json(Path(classification.path), dict(classification.metadata))
+        summary = {
+            **{k: metrics[k] for k in ("test_accuracy", "test_loss", "train_samples_per_second")},
+            "epochs": int(metrics["epochs"]),
+            # How many nodes and processes trained (training logs both).
+            **{k: int(metrics.get(k, 1)) for k in ("nodes", "processes")},
+            "metrics": metrics,
+            **{k: outputs[k].path for k in ("model", "tensorboard_logs")},
+            "classification_metrics": classification.path,
+            # Rows: true digit; columns: predicted digit (the artifact's metadata, as in Kubeflow).
+            "confusion_matrix": [row["row"] for row in confusion["rows"]],
+            # A path that opens as a page: KFP's HTML artifact is a file without an extension.
+            "report_html": str(report_page),
+            # Null when the server stopped with the run: only a kept one still answers.
+            "tensorboard_url": url if keep_tensorboard else None,
+            "parameters": values,
+        }
+        write_json(output_dir / "summary.json", summary)
+        return summary

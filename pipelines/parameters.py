@@ -38,11 +38,13 @@ def preset_parameters(preset: str) -> dict[str, Any]:
     return {p.name: p.to_form(getattr(config, p.name)) for p in fields}
 
 
-def validate_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+def validate_parameters(parameters: Mapping[str, Any], nodes: int = 1) -> dict[str, Any]:
     """Checks every parameter as the components will when they start.
 
     Args:
         parameters: Values chosen by the user; the others take their defaults.
+        nodes: Nodes the run trains on; each runs `max(1, gpus)` processes, as
+            `training.plan_devices` plans them, and every process takes an equal share.
 
     Returns:
         All parameters, defaults filled in.
@@ -68,7 +70,10 @@ def validate_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
             values["validation"],
             f"{training.TEST_SET} or fewer than the {MNIST_TRAIN_SAMPLES} MNIST training images",
         )
-    training.check_batch_size(config.batch_size, MNIST_TRAIN_SAMPLES - config.validation_size)
+    processes = nodes * max(1, config.gpus)
+    training.check_batch_size(
+        config.batch_size, MNIST_TRAIN_SAMPLES - config.validation_size, processes
+    )
     return values
 
 

@@ -191,14 +191,19 @@ CLI_CASES = [
     (["--compile", "--image-registry", "Bad Registry"], "error: invalid image_registry='Bad Registry'"),
     (["--compile", "--logs-pvc", "Bad_Claim"], "error: invalid logs_pvc='Bad_Claim'"),
     (["--compile", "--training-timeout", "0"], "error: invalid training_timeout=0"),
+    # Every process of every node takes an equal share of the 60000 training images.
+    (["--compile", "--nodes", "2", "--batch-size", "30001"], "error: invalid batch_size=30001: expected at most the 30000 training images of each of 2 processes"),
+    (["--local", "--nodes", "3", "--gpus", "2", "--batch-size", "10001"], "error: invalid batch_size=10001: expected at most the 10000 training images of each of 6 processes"),
+    (["--local", "--output-dir", ""], "error: invalid output_dir='': expected a folder path"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("args", "message"), CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
 def test_cli_in_process(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    given = "--local" not in args or "--output-dir" in args
     with pytest.raises(SystemExit) as exited:
-        cli.main([*args, "--output-dir", "out"] if "--local" in args else args)
+        cli.main(args if given else [*args, "--output-dir", "out"])
     assert exited.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(message)

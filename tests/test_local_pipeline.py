@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import (
@@ -114,6 +116,7 @@ def test_artifacts_and_summary(live_run):
     assert summary["test_loss"] >= 0
     assert summary["epochs"] == EPOCHS
     assert summary["train_samples_per_second"] > 0
+    assert summary["tensorboard_url"] is None  # the server stopped with the run
     assert f"test accuracy {summary['test_accuracy']:.4f}" in output
     # Kubeflow's confusion matrix, also in the summary: every test image counted once.
     assert summary["classification_metrics"].endswith("classification_metrics")
@@ -207,11 +210,14 @@ def test_corrupt_file_fails_cleanly(mnist_mirror, tmp_path):
 
 # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the CLI, the task
 # kfp.local runs, and everything they started. `kill -INT`, an IDE's stop button or a
-# supervisor's SIGTERM reach the CLI alone, which must then stop its tasks itself.
+# supervisor's SIGTERM reach the CLI alone, which must then stop its tasks itself. The last
+# member: a script's `cmd &` then `kill $!`, where without job control the CLI does not lead
+# its process group but shares the script's.
 STOPS = {
     "ctrl-c": (signal.SIGINT, os.killpg, 130),
     "sigint-to-the-cli": (signal.SIGINT, os.kill, 130),
     "sigterm-to-the-cli": (signal.SIGTERM, os.kill, 143),
+    "sigterm-to-the-cli-in-a-script": (signal.SIGTERM, os.kill, 143),
 }
 
 
@@ -221,13 +227,34 @@ def test_a_stopped_run_ends_with_one_line_and_no_task_left(
 ):
     signum, send, status = STOPS[stop]
     _, md5 = mnist_mirror
+    # The script: the leader of a process group the CLI joins (one session holds both).
+    script = subprocess.Popen(["sleep", "600"], process_group=0)
+    in_script = stop.endswith("in-a-script")
+    output_dir = tmp_path / "out"
+    args = small_run_args(http_mirror, md5, output_dir)
     process = subprocess.Popen(
-        cli(*small_run_args(http_mirror, md5, tmp_path / "out"), "--epochs", "50"),
+        # The script's run trains on two nodes: torchrun's processes, in sessions of their own.
+        cli(*args, "--epochs", "50", *(["--nodes", "2"] if in_script else [])),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
+        **({"process_group": script.pid} if in_script else {"start_new_session": True}),
     )
+    try:
+        _stop_and_check(process, args, signum, send, status)
+        # No process of the run goes on as an orphan (each names the output folder).
+        deadline = time.monotonic() + 30
+        while left := _processes_naming(output_dir):
+            assert time.monotonic() < deadline, f"{left} of the run still alive after {stop}"
+            time.sleep(0.2)
+    finally:
+        script.kill()
+        script.wait()
+        for pid in _processes_naming(output_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _stop_and_check(process, args, signum, send, status) -> None:
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
@@ -237,6 +264,13 @@ def test_a_stopped_run_ends_with_one_line_and_no_task_left(
         assert time.monotonic() < deadline, "training did not start"
         time.sleep(0.2)
     time.sleep(2)  # training is under way
+    # A second run into the same folder is refused while this one holds it.
+    second = subprocess.run(cli(*args), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stderr[-3000:]
+    output_dir = Path(args[args.index("--output-dir") + 1])
+    assert second.stderr.strip() == (
+        f"error: invalid output_dir='{output_dir}': expected a folder no other --local run is using"
+    )
     send(process.pid, signum)
     stderr = process.stderr.read()
     process.wait(timeout=120)
@@ -244,16 +278,11 @@ def test_a_stopped_run_ends_with_one_line_and_no_task_left(
     assert process.returncode == status, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "error: interrupted"
     assert "Traceback" not in stderr
-    assert not (tmp_path / "out" / "summary.json").exists()
+    assert not (output_dir / "summary.json").exists()
     # The local TensorBoard, in its own session, was stopped all the same.
     url = next(m.group(1) for line in lines if (m := re.match(r"TensorBoard: (\S+) ", line)))
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
-    # No task of the run goes on as an orphan: its process group empties.
-    deadline = time.monotonic() + 30
-    while _group_alive(process.pid):
-        assert time.monotonic() < deadline, f"processes of the run still alive after {stop}"
-        time.sleep(0.2)
 
 
 def test_a_stop_reaches_a_task_blocked_in_a_download(mnist_mirror, tmp_path):
@@ -281,6 +310,17 @@ def test_a_stop_reaches_a_task_blocked_in_a_download(mnist_mirror, tmp_path):
             while _group_alive(process.pid):
                 assert time.monotonic() < deadline, "the download task outlived the run"
                 time.sleep(0.2)
+
+
+def _processes_naming(path: Path) -> set[int]:
+    found = set()
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE and str(path) in " ".join(
+                process.cmdline()
+            ):
+                found.add(process.pid)
+    return found
 
 
 def _group_alive(pgid: int) -> bool:
