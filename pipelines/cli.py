@@ -207,6 +207,11 @@ def apply_mode_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
             *others, last = [_flag(m) for m in modes]
             applies = f"{', '.join(others)} and {last}" if others else last
             parser.error(f"{_flag(name)} applies only to {applies}, not to {_flag(mode)}")
+    if mode == "compare_runs":  # the runs' own parameters are theirs: refused, not ignored
+        for name in ["preset"] + [p.name for p in run_parameters.run_form_parameters()]:
+            if getattr(args, name) is not None and name not in compare.RUN_PARAMETERS:
+                applies = ", ".join(map(_flag, compare.RUN_PARAMETERS))
+                parser.error(f"{_flag(name)} does not apply to --compare-runs (it takes {applies})")
 
 
 def compile_pipeline(

@@ -30,6 +30,15 @@ from kfp_lightning.pipelines.preflight import endpoint_in_cluster
 ALL_RUNS_NAME = "kfp-lightning-runs"
 
 
+# The run parameters --compare-runs reads: where the runs' logs are, and the link's prefix.
+RUN_PARAMETERS = (
+    "tensorboard_logs_root",
+    "s3_endpoint",
+    "s3_credentials_secret",
+    "kubeflow_base_url",
+)
+
+
 def open_runs_tensorboard(
     values: Mapping[str, Any],
     namespace: str | None = None,

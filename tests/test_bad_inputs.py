@@ -24,9 +24,9 @@ from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.download_mnist.download import MNIST_MD5
 from kfp_lightning.components.launch_tensorboard.component import launch_tensorboard
 from kfp_lightning.components.train_mnist.component import train_mnist
-from kfp_lightning.pipelines import cli
+from kfp_lightning.pipelines import cli, compare
 from kfp_lightning.pipelines.mnist import RUN_PARAMETERS, mnist_pipeline
-from kfp_lightning.pipelines.parameters import validate_parameters
+from kfp_lightning.pipelines.parameters import pipeline_defaults, validate_parameters
 from tests.component_runner import run_component
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +80,19 @@ REJECTED = [
     ("tensorboard_logs_root", "runs/tb", "invalid tensorboard_logs_root='runs/tb'"),
     ("tensorboard_logs_root", "file://tmp/tb", "invalid tensorboard_logs_root='file://tmp/tb'"),
     ("tensorboard_logs_root", "s3://Bad_Bucket/x", "invalid tensorboard_logs_root="),
+    # A malformed name: which rule it breaks is said.
+    (
+        "tensorboard_logs_root",
+        "s3://ab/x",
+        "invalid tensorboard_logs_root='s3://ab/x': expected s3://bucket/prefix, pvc://claim/path, "
+        "file:///absolute/path or /absolute/path (a bucket is 3 to 63 of a-z, 0-9, '.' and '-'",
+    ),
+    (
+        "tensorboard_logs_root",
+        "pvc://Claim/x",
+        "invalid tensorboard_logs_root='pvc://Claim/x': expected s3://bucket/prefix, "
+        "pvc://claim/path, file:///absolute/path or /absolute/path (a claim is a DNS-1123",
+    ),
     ("s3_endpoint", "minio:9000", "invalid s3_endpoint='minio:9000': expected an endpoint"),
     ("s3_credentials_secret", "Not A Name", "invalid s3_credentials_secret='Not A Name'"),
     ("live_update_seconds", 0, "invalid live_update_seconds=0: expected an integer from 1 to 300"),
@@ -320,3 +333,20 @@ def test_an_output_nobody_may_create_is_refused_like_a_bad_value(capsys):
         "error: invalid output='/sys/kfp-lightning.yaml': expected a path this user can write "
         "(permission denied)"
     )
+
+
+IGNORED_BY_COMPARE = ["preset"] + [
+    name for name in pipeline_defaults() if name not in compare.RUN_PARAMETERS
+]
+
+
+@pytest.mark.parametrize("name", IGNORED_BY_COMPARE)
+def test_compare_runs_refuses_the_runs_own_parameters(name, capsys):
+    # --compare-runs reads where the runs' logs are; any other run parameter would be dropped.
+    default = "fast" if name == "preset" else pipeline_defaults()[name]
+    text = json.dumps(default) if isinstance(default, dict | list) else str(default)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--compare-runs", f"--{name.replace('_', '-')}", text])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --{name.replace('_', '-')} does not apply to --compare-runs")

@@ -40,6 +40,12 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 ACCEPTED = "s3://bucket/prefix, pvc://claim/path, file:///absolute/path or /absolute/path"
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# Said when the name breaks them (S3's bucket naming rules; Kubernetes' DNS-1123 subdomain).
+_NAME_RULES = {
+    "s3": "a bucket is 3 to 63 of a-z, 0-9, '.' and '-', starting and ending with a letter or "
+    "digit",
+    "pvc": "a claim is a DNS-1123 subdomain: a-z, 0-9, '-' and '.', at most 253",
+}
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _SEGMENT = re.compile(r"[A-Za-z0-9._=+@,-]+")
 
@@ -250,7 +256,9 @@ def parse_logs_root(
     if parts.scheme in ("s3", "pvc"):
         segments = [s for s in parts.path.split("/") if s]
         name_ok = (_BUCKET if parts.scheme == "s3" else _DNS1123_SUBDOMAIN).fullmatch(parts.netloc)
-        ok = name_ok and len(parts.netloc) <= 253 and not (parts.query or parts.fragment)
+        if not name_ok or len(parts.netloc) > 253:
+            raise invalid(parameter, root, f"{ACCEPTED} ({_NAME_RULES[parts.scheme]})")
+        ok = not (parts.query or parts.fragment)
         if not ok or not all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
             raise invalid(parameter, root, ACCEPTED)
         path = "/".join(segments)
