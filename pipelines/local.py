@@ -110,6 +110,8 @@ LOG_FILE = "local-run.log"
 # records `[KFP Executor <time> LEVEL]: ...`, one of which dumps the executor input as JSON).
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - (\w+) - (.*)$")
+# A line of one node of a `--nodes` run (components/common/torchrun.py prefixes them).
+_NODE_LINE = re.compile(r"^(\[node \d+\]) (.*)$")
 
 
 class TaskConsole(io.TextIOBase):
@@ -135,6 +137,7 @@ class TaskConsole(io.TextIOBase):
         self.in_input_dump = False
         self.last_lines: dict[str, str] = {}
         self.failures: dict[str, str] = {}
+        self.failed_nodes: set[str] = set()
         self._pending = ""
 
     def writable(self) -> bool:
@@ -183,6 +186,11 @@ class TaskConsole(io.TextIOBase):
             return
         if not text.strip():
             return
+        if node := _NODE_LINE.match(text):
+            if node.group(2).startswith("error: "):
+                self.failed_nodes.add(node.group(1))
+            elif node.group(1) in self.failed_nodes:
+                return  # after a node's own error, torchrun's traceback of it: the log's alone
         self.last_lines[self.task] = text.strip()
         if text.startswith("error: "):
             self.failures[self.task] = text[len("error: ") :]

@@ -208,3 +208,23 @@ def test_a_task_the_system_killed_is_named_with_the_likely_cause(tmp_path) -> No
     )
     assert "[train-mnist] Killed" in shown.getvalue()
     assert "    Killed" in log.getvalue()
+
+
+def test_a_failed_node_shows_its_error_once_and_torchruns_traceback_only_in_the_log(
+    http_mirror, mnist_mirror, tmp_path
+) -> None:
+    _, md5 = mnist_mirror
+    output_dir = tmp_path / "out"
+    # SGD at this rate diverges at its second step, on both nodes.
+    diverging = ("--nodes", "2", "--optimizer", "sgd", "--learning-rate", "1e6")
+    done = run_cli(*small(http_mirror, md5, output_dir, *diverging))
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: node ")
+    assert "training diverged" in done.stderr
+    shown = done.stdout.splitlines()
+    assert len(shown) <= MAX_LINES, done.stdout
+    assert not [line for line in shown if "Traceback" in line or "ChildFailedError" in line]
+    assert any(line.startswith("[train-on-nodes] [node 0] error: ") for line in shown)
+    # What torchrun printed after the nodes' errors is all in the log.
+    log = (output_dir / "local-run.log").read_text()
+    assert log.count("ChildFailedError") >= 2, log[-3000:]
