@@ -43,6 +43,18 @@ def read(admin: client.ApiClient, resource: tuple[str, str, str, str], name: str
     )
 
 
+def endpoint_given_to(api, tensorboard: dict) -> str:
+    """The S3_ENDPOINT of the one PodDefault the Tensorboard's labels select."""
+    labels = tensorboard["metadata"]["labels"]
+    (poddefault,) = [
+        key.removeprefix(PODDEFAULT_LABEL_PREFIX)
+        for key, value in labels.items()
+        if key.startswith(PODDEFAULT_LABEL_PREFIX) and value == "true"
+    ]
+    env = read(api, PODDEFAULT_API, poddefault)["spec"]["env"]
+    return next(e["value"] for e in env if e["name"] == "S3_ENDPOINT")
+
+
 def test_one_tensorboard_over_the_whole_root(
     kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
 ):
@@ -61,14 +73,7 @@ def test_one_tensorboard_over_the_whole_root(
     tensorboard = read(apiserver_admin, TENSORBOARD_API, ALL_RUNS_NAME)
     # The root of every run, the profile's namespace in place of {namespace}.
     assert tensorboard["spec"]["logspath"] == f"s3://mlpipeline/private/{NAMESPACE}/tensorboard"
-    labels = tensorboard["metadata"]["labels"]
-    (poddefault,) = [
-        key.removeprefix(PODDEFAULT_LABEL_PREFIX)
-        for key, value in labels.items()
-        if key.startswith(PODDEFAULT_LABEL_PREFIX) and value == "true"
-    ]
-    env = read(apiserver_admin, PODDEFAULT_API, poddefault)["spec"]["env"]
-    assert {"name": "S3_ENDPOINT", "value": "http://seaweedfs.kubeflow:8333"} in env
+    assert endpoint_given_to(apiserver_admin, tensorboard) == "http://seaweedfs.kubeflow:8333"
     assert "(created, starting" in out.getvalue()
 
     # Asked again (another root, say): the same object, brought in line.
@@ -153,14 +158,8 @@ def test_auto_unreadable_by_a_profile_user_assumes_the_newest_object_store(
         "credentials; assuming http://seaweedfs.kubeflow:8333 (--s3-endpoint sets it)"
     )
     assert link.startswith("TensorBoard over every run in s3://mlpipeline/private/team-a/")
-    labels = read(apiserver_admin, TENSORBOARD_API, ALL_RUNS_NAME)["metadata"]["labels"]
-    (poddefault,) = [
-        key.removeprefix(PODDEFAULT_LABEL_PREFIX)
-        for key, value in labels.items()
-        if key.startswith(PODDEFAULT_LABEL_PREFIX) and value == "true"
-    ]
-    env = read(apiserver_admin, PODDEFAULT_API, poddefault)["spec"]["env"]
-    assert {"name": "S3_ENDPOINT", "value": "http://seaweedfs.kubeflow:8333"} in env
+    tensorboard = read(apiserver_admin, TENSORBOARD_API, ALL_RUNS_NAME)
+    assert endpoint_given_to(apiserver_admin, tensorboard) == "http://seaweedfs.kubeflow:8333"
 
 
 def test_auto_with_no_object_store_service_is_one_line_naming_the_parameter(
