@@ -198,16 +198,38 @@ class TaskConsole(io.TextIOBase):
             self.console.write(f"[{self.task}] {text}\n")
 
     def cause(self, task: str) -> str:
-        """The failed task's own one-line error, or its last line when it printed none."""
+        """The failed task's own one-line error, or its last line, quoted, when it printed none."""
+        if task in self.failures:
+            return self.failures[task]
         last = self.last_lines.get(task)
-        if task not in self.failures and last == "Killed":
+        if last == "Killed":
             # The shell that runs a task's command says only this when the task got SIGKILL,
             # on Linux usually from the kernel's out-of-memory killer.
             return (
                 f"{task} was killed (SIGKILL), most likely for lack of memory: lower "
                 "batch_size or eval_batch_size, or free memory on this machine"
             )
-        return self.failures.get(task) or last or "no output"
+        # No error line: a crash (a traceback's last line) or a signal from outside (whatever
+        # the task was saying then), so the line is quoted rather than passed off as the cause.
+        if last:
+            return f"{task} failed without an error line; its last line: {last}"
+        return f"{task} failed without printing anything"
+
+
+def require_writable_folder(name: str, folder: Path) -> None:
+    """Makes `folder` (and its parents) or refuses it, before anything runs.
+
+    Raises:
+        UserInputError: A file is in the way, or this user cannot create or write the folder.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise invalid(name, str(folder), "a folder, not a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A probe, since permission bits do not tell root about a read-only mount.
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise invalid(name, str(folder), f"a folder this user can write ({err.strerror})") from None
 
 
 def run_local(
@@ -246,17 +268,13 @@ def run_local(
     values = run_parameters.validate_parameters(parameters, nodes)
     run_parameters.check_local_run(values)
     root = parse_logs_root(values["tensorboard_logs_root"], namespace="local")
-    # Refused before anything runs: a file in the way, or a folder this user cannot write.
-    if output_dir.exists() and not output_dir.is_dir():
-        raise invalid("output_dir", str(output_dir), "a folder, not a file")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        # A probe, since permission bits do not tell root about a read-only mount.
-        tempfile.TemporaryFile(dir=output_dir).close()
-    except OSError as err:
-        raise invalid(
-            "output_dir", str(output_dir), f"a folder this user can write ({err.strerror})"
-        ) from None
+    folders = [("output_dir", output_dir)]
+    if root.scheme == "file":
+        logs = ("tensorboard_logs_root", Path(root.path).absolute())
+        # Outside the output folder it goes first, so that refusing it leaves nothing behind.
+        folders = [*folders, logs] if logs[1].is_relative_to(output_dir) else [logs, *folders]
+    for name, folder in folders:
+        require_writable_folder(name, folder)
     # The components name container images; here they run in this Python environment, and
     # the runner's settings (resources, display names) have no effect: said once, here.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)

@@ -208,6 +208,9 @@ CLI_CASES = [
     (["--compile", "--nodes", "2", "--batch-size", "30001"], "error: invalid batch_size=30001: expected at most the 30000 training images of each of 2 processes"),
     (["--local", "--nodes", "3", "--gpus", "2", "--batch-size", "10001"], "error: invalid batch_size=10001: expected at most the 10000 training images of each of 6 processes"),
     (["--local", "--output-dir", ""], "error: invalid output_dir='': expected a folder path"),
+    # A logs root on this machine is made before anything runs, like the output folder.
+    (["--local", "--tensorboard-logs-root", "/dev/null"], "error: invalid tensorboard_logs_root='/dev/null': expected a folder, not a file"),
+    (["--local", "--tensorboard-logs-root", "/dev/null/tb"], "error: invalid tensorboard_logs_root='/dev/null/tb': expected a folder this user can write (Not a directory)"),
 ]  # fmt: skip
 
 

@@ -210,6 +210,27 @@ def test_a_task_the_system_killed_is_named_with_the_likely_cause(tmp_path) -> No
     assert "    Killed" in log.getvalue()
 
 
+def test_a_task_that_failed_without_an_error_line_is_quoted_not_taken_for_a_cause() -> None:
+    import io
+
+    from kfp_lightning.pipelines.local import TaskConsole
+
+    console = TaskConsole(io.StringIO(), io.StringIO(), verbose=False)
+    # A task stopped from outside (its shell got SIGKILL) while it was printing its timings.
+    console.write(
+        "12:00:00.000 - INFO - Executing task \x1b[96m'train-mnist'\x1b[0m\n"
+        "12:00:00.001 - INFO - Streamed logs:\n\n"
+        "    timing: first point 2.1 s\n"
+        "12:01:00.000 - ERROR - Task \x1b[96m'train-mnist'\x1b[0m finished with status FAILURE\n"
+        "12:01:00.001 - INFO - Executing task \x1b[96m'report-training'\x1b[0m\n"
+    )
+
+    assert console.cause("train-mnist") == (
+        "train-mnist failed without an error line; its last line: timing: first point 2.1 s"
+    )
+    assert console.cause("report-training") == "report-training failed without printing anything"
+
+
 def test_a_failed_node_shows_its_error_once_and_torchruns_traceback_only_in_the_log(
     http_mirror, mnist_mirror, tmp_path
 ) -> None:

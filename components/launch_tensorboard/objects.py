@@ -168,4 +168,9 @@ def tensorboard_object(
         "labels": labels,
         "annotations": {RUN_ID_ANNOTATION: run_id},
     }
+    # For pvc:// the controller mounts the claim read-only with the path as subPath
+    # (kubeflow/kubeflow, components/tensorboard-controller/controllers/tensorboard_controller.go).
+    # A subPath that does not exist yet is made by the kubelet, as root with the claim root's
+    # mode (kubernetes/kubernetes, pkg/kubelet/kubelet_pods.go, makeMounts), before training
+    # writes it: hence the README's rule that the claim be writable by group 0 or by all.
     return _custom_object(TENSORBOARD_API, metadata, {"logspath": location.uri})
