@@ -355,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['train_samples_per_second']:.0f} training samples/s, "
         f"{summary['nodes']} node(s), {summary['processes']} process(es)\n"
         f"model:   {summary['model']}\nreport:  {summary['report_html']}\n"
-        f"summary: {Path(args.output_dir).absolute() / 'summary.json'}"
+        f"summary: {Path(os.path.abspath(args.output_dir), 'summary.json')}"
     )
     return 0
 
@@ -408,6 +408,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr, flush=True)
         # 128 + the signal's number, as shells report a process a signal ended (130 for Ctrl-C).
         return 128 + (terminated[0] if terminated else signal.SIGINT)
+    except BrokenPipeError:
+        # stdout's reader left while this process, not a task, was printing (a task's lines
+        # are let go where they are shown, and the run goes on): no traceback, as shells see it.
+        from kfp_lightning.pipelines.local import discard_output
+
+        discard_output(sys.stdout)
+        return 128 + signal.SIGPIPE
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.files import atomic_write_bytes, share_like_umask, write_json
-from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.common.logs_location import NAMESPACE_PLACEHOLDER, parse_logs_root
 from kfp_lightning.components.common.torchrun import free_port
 from kfp_lightning.components.common.training import CONSOLE_ENV
 from kfp_lightning.components.train_on_nodes.nodes import LOCAL
@@ -114,6 +114,13 @@ _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - (\w+) - (.*)$")
 _NODE_LINE = re.compile(r"^(\[node \d+\]) (.*)$")
 
 
+def discard_output(stream: TextIO) -> None:
+    """Sends what is still written to `stream` (whose reader is gone) to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
 class TaskConsole(io.TextIOBase):
     """Stands in for stdout while kfp.local runs: keeps all of it, shows what a user needs.
 
@@ -155,7 +162,7 @@ class TaskConsole(io.TextIOBase):
         if self.log is not None:
             with contextlib.suppress(OSError):
                 self.log.flush()
-        self.console.flush()
+        self._show("")  # a flush that meets a closed pipe is handled as a write that does
 
     def _line(self, line: str) -> None:
         if self.log is not None:
@@ -167,7 +174,7 @@ class TaskConsole(io.TextIOBase):
         plain = _ANSI.sub("", line)
         if self.verbose:
             # kfp.local colours its records for a terminal; a pipe or a file gets them plain.
-            self.console.write((line if self._colours else plain) + "\n")
+            self._show((line if self._colours else plain) + "\n")
         if record := _KFP_RECORD.match(plain):
             message = record.group(2)
             if started := re.match(r"Executing task '([^']+)'", message):
@@ -195,7 +202,15 @@ class TaskConsole(io.TextIOBase):
         if text.startswith("error: "):
             self.failures[self.task] = text[len("error: ") :]
         if not self.verbose:
-            self.console.write(f"[{self.task}] {text}\n")
+            self._show(f"[{self.task}] {text}\n")
+
+    def _show(self, text: str) -> None:
+        try:
+            self.console.write(text)
+            self.console.flush()
+        except BrokenPipeError:
+            # The reader of stdout is gone (`| head`): the run goes on, and the log has it all.
+            discard_output(self.console)
 
     def cause(self, task: str) -> str:
         """The failed task's own one-line error, or its last line, quoted, when it printed none."""
@@ -260,14 +275,20 @@ def run_local(
     """
     from kfp import local
 
-    if not str(output_dir):  # Path("") is the working directory: never meant
-        raise invalid("output_dir", "", "a folder path")
-    output_dir = Path(output_dir).absolute()
+    # Path("") is the working directory: never meant. `{namespace}` would reach the default
+    # logs root, and a local run has no namespace.
+    if not str(output_dir) or NAMESPACE_PLACEHOLDER in str(output_dir):
+        raise invalid(
+            "output_dir", str(output_dir), f"a folder path without {NAMESPACE_PLACEHOLDER}"
+        )
+    # Normalised (`..` resolved as written): the logs root under it must be a plain path.
+    output_dir = Path(os.path.abspath(output_dir))
     parameters = {"tensorboard_logs_root": str(output_dir / "tensorboard"), **parameters}
     pipeline = build_pipeline(retries=False, nodes=nodes, node_launcher=LOCAL)
     values = run_parameters.validate_parameters(parameters, nodes)
     run_parameters.check_local_run(values)
-    root = parse_logs_root(values["tensorboard_logs_root"], namespace="local")
+    # No namespace: the tasks run outside a pod, where `{namespace}` has nothing to become.
+    root = parse_logs_root(values["tensorboard_logs_root"])
     folders = [("output_dir", output_dir)]
     if root.scheme == "file":
         logs = ("tensorboard_logs_root", Path(root.path).absolute())

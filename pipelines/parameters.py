@@ -111,7 +111,8 @@ def check_local_run(values: Mapping[str, Any]) -> None:
             without a compiler on this machine, or GPUs or a precision this machine lacks.
     """
     root = values["tensorboard_logs_root"]
-    if logs_location.parse_logs_root(root, "local").scheme == "pvc":
+    # No namespace: the tasks run outside a pod, where `{namespace}` has nothing to become.
+    if logs_location.parse_logs_root(root).scheme == "pvc":
         raise invalid("tensorboard_logs_root", root, "a directory or s3:// for --local runs")
     # An s3:// root needs an endpoint this machine reaches; `auto` finds one only in a cluster.
     from_run_form(logs_location.LiveLogsConfig, values).endpoint()

@@ -207,7 +207,12 @@ CLI_CASES = [
     # Every process of every node takes an equal share of the 60000 training images.
     (["--compile", "--nodes", "2", "--batch-size", "30001"], "error: invalid batch_size=30001: expected at most the 30000 training images of each of 2 processes"),
     (["--local", "--nodes", "3", "--gpus", "2", "--batch-size", "10001"], "error: invalid batch_size=10001: expected at most the 10000 training images of each of 6 processes"),
-    (["--local", "--output-dir", ""], "error: invalid output_dir='': expected a folder path"),
+    (["--local", "--output-dir", ""], "error: invalid output_dir='': expected a folder path without {namespace}"),
+    (["--local", "--output-dir", "runs/{namespace}"], "error: invalid output_dir='runs/{namespace}': expected a folder path without {namespace}"),
+    # `..` in the output folder is resolved, not passed on to the logs root under it.
+    (["--local", "--output-dir", "a/../out", "--validation", "60000"], "error: invalid validation='60000': expected test-set or fewer"),
+    # A local run's tasks have no namespace to put there.
+    (["--local", "--tensorboard-logs-root", "/tmp/{namespace}/tb"], "error: invalid tensorboard_logs_root='/tmp/{namespace}/tb': expected a root without {namespace} outside a Kubernetes pod"),
     # A logs root on this machine is made before anything runs, like the output folder.
     (["--local", "--tensorboard-logs-root", "/dev/null"], "error: invalid tensorboard_logs_root='/dev/null': expected a folder, not a file"),
     (["--local", "--tensorboard-logs-root", "/dev/null/tb"], "error: invalid tensorboard_logs_root='/dev/null/tb': expected a folder this user can write (Not a directory)"),

@@ -210,6 +210,34 @@ def test_a_task_the_system_killed_is_named_with_the_likely_cause(tmp_path) -> No
     assert "    Killed" in log.getvalue()
 
 
+def test_a_run_whose_stdout_reader_leaves_goes_on_and_finishes(
+    http_mirror, mnist_mirror, tmp_path
+) -> None:
+    _, md5 = mnist_mirror
+    output_dir = tmp_path / "out"
+    # `... | head -1`: the reader takes the first line and goes.
+    with subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "pipelines" / "mnist.py"),
+            "--local",
+            *small(http_mirror, md5, output_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        first = process.stdout.readline()
+        process.stdout.close()
+        stderr = process.stderr.read()
+        returncode = process.wait(timeout=600)
+
+    assert first.startswith("TensorBoard: http://127.0.0.1:")
+    assert (returncode, stderr) == (0, "")
+    assert json.loads((output_dir / "summary.json").read_text())["epochs"] == 1
+    assert "    timing: " in (output_dir / "local-run.log").read_text()
+
+
 def test_a_task_that_failed_without_an_error_line_is_quoted_not_taken_for_a_cause() -> None:
     import io
 
