@@ -51,7 +51,13 @@ REJECTED = [
     ("epochs", 2.5, "invalid epochs=2.5"),
     ("batch_size", -8, "invalid batch_size=-8"),
     ("batch_size", 0, "invalid batch_size=0"),
-    ("learning_rate", float("inf"), "invalid learning_rate=inf: expected a finite number > 0"),
+    (
+        "learning_rate",
+        float("inf"),
+        "invalid learning_rate=inf: expected a number > 0, at most 3.4e38",
+    ),
+    # Finite, but beyond float32, in which torch's optimizers apply it.
+    ("learning_rate", 1e39, "invalid learning_rate=1e+39: expected a number > 0, at most 3.4e38"),
     ("learning_rate", 0.0, "invalid learning_rate=0"),
     ("learning_rate", -0.1, "invalid learning_rate=-0.1"),
     ("gamma", 0.0, "invalid gamma=0"),

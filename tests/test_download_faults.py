@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.server
+import shutil
 import threading
 import time
 from collections import defaultdict
@@ -146,6 +147,27 @@ def test_a_mirror_that_cannot_succeed_later_is_asked_once(mirror, mnist_mirror, 
     assert f"{not_found.url}train-images-idx3-ubyte.gz: HTTP 404" in message
     assert not_found.requests["train-images-idx3-ubyte.gz"] == 1
     assert not (tmp_path / "dataset").exists()
+
+
+def test_a_local_file_that_is_wrong_is_read_once(mnist_mirror, tmp_path):
+    # A local file reads the same in every round: truncated or other content stays so.
+    source, md5 = mnist_mirror
+    truncated, other = tmp_path / "truncated", tmp_path / "other"
+    for folder in (truncated, other):
+        shutil.copytree(source, folder)
+    name = "train-images-idx3-ubyte.gz"
+    data = (source / name).read_bytes()
+    (truncated / name).write_bytes(data[: len(data) // 2])
+    (other / name).write_bytes((source / "t10k-images-idx3-ubyte.gz").read_bytes())
+    mirrors = DownloadConfig(f"{truncated.as_uri()}/,{other.as_uri()}/", md5)
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        download_dataset(tmp_path / "dataset", mirrors, DownloadOptions(retries=3))
+    assert time.monotonic() - started < 5  # the default back-off alone would take 14 s
+    message = str(err.value)
+    assert message.startswith(f"could not download {name} after 1 round(s): ")
+    assert f"{truncated.as_uri()}/{name}: not a complete gzip file" in message
+    assert f"{other.as_uri()}/{name}: checksum mismatch" in message
 
 
 def test_later_rounds_ask_only_the_mirrors_that_may_recover(mirror, mnist_mirror, tmp_path):

@@ -67,6 +67,11 @@ def _clip_norm(value: str) -> str:
 # The rules of the fields below, with what each accepts in words (`run_form.run_config`).
 Count = Annotated[int, Field(ge=1, description="an integer >= 1")]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False, description="a finite number > 0")]
+# torch's optimizers apply it in float32 (`param.add_(..., alpha=-lr)`), which cannot hold a
+# larger number: torch.finfo(torch.float32).max.
+LearningRate = Annotated[
+    float, Field(gt=0, le=3.4028234663852886e38, description="a number > 0, at most 3.4e38")
+]
 Decay = Annotated[float, Field(gt=0, le=1, description="a number in (0, 1]")]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="an integer in [0, 4294967295]")]
 HoldOut = Annotated[
@@ -146,7 +151,7 @@ class TrainConfig:
     """Training batch size of each process, i.e. per GPU (classic: 64); with several GPUs or
     nodes, each step trains on batch_size x processes images. The learning rate is used as
     given: scale it with the global batch if the recipe needs it."""
-    learning_rate: Positive = run_parameter(1.0)
+    learning_rate: LearningRate = run_parameter(1.0)
     """Adadelta's learning rate (classic: 1.0), or the peak of the one-cycle schedule."""
     gamma: Decay = run_parameter(0.7)
     """StepLR's learning-rate decay per epoch, in (0, 1] (classic: 0.7); unused by one-cycle."""

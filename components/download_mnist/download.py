@@ -183,16 +183,13 @@ def _describe(err: BaseException) -> str:
 
 
 def _is_permanent(err: BaseException) -> bool:
-    """Whether asking the same mirror again cannot help.
+    """Whether asking the same HTTP mirror again cannot help: an answer about the request itself.
 
-    So it is for a local file that is missing or unreadable, and for an HTTP answer about the
-    request itself: a 4xx status, but 408 Request Timeout and 429 Too Many Requests, which
-    RFC 9110 and RFC 6585 mean to be retried.
+    That is a 4xx status, but 408 Request Timeout and 429 Too Many Requests, which RFC 9110 and
+    RFC 6585 mean to be retried.
     """
-    if isinstance(err, urllib.error.HTTPError):
-        return 400 <= err.code < 500 and err.code not in (408, 429)
-    return isinstance(err, urllib.error.URLError) and isinstance(
-        err.reason, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+    return isinstance(err, urllib.error.HTTPError) and (
+        400 <= err.code < 500 and err.code not in (408, 429)
     )
 
 
@@ -212,8 +209,8 @@ def fetch_verified(
 
     Raises:
         DownloadError: After every round over every mirror failed; lists each mirror's last error.
-            A mirror that cannot succeed later (`_is_permanent`) is not asked again, and the
-            download fails at once when every mirror is such a one.
+            A mirror that cannot succeed later (a `file://` one, or `_is_permanent`) is not
+            asked again, and the download fails at once when every mirror is such a one.
     """
     failures: dict[str, str] = {}
     gone: set[str] = set()  # mirrors that failed in a way no later round can change
@@ -232,13 +229,16 @@ def fetch_verified(
                     data = gzip.decompress(response.read())
             except (OSError, EOFError, ValueError, zlib.error, http.client.HTTPException) as err:
                 failures[url] = _describe(err)
-                if _is_permanent(err):
-                    gone.add(mirror)
-                continue
-            digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
-            if digest == md5:
-                return data, url
-            failures[url] = f"checksum mismatch (md5 {digest}, expected {md5})"
+                permanent = _is_permanent(err)
+            else:
+                digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                if digest == md5:
+                    return data, url
+                failures[url] = f"checksum mismatch (md5 {digest}, expected {md5})"
+                permanent = False
+            # A local file reads the same in every round: whatever is wrong with it stays so.
+            if permanent or urlparse(mirror).scheme == "file":
+                gone.add(mirror)
     detail = "; ".join(f"{url}: {why}" for url, why in failures.items())
     raise DownloadError(f"could not download {name}.gz after {rounds} round(s): {detail}")
 
