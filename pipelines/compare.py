@@ -82,9 +82,11 @@ def open_runs_tensorboard(
     namespace = namespace or logs_location.current_namespace() or config_namespace or "default"
     root = logs_location.parse_logs_root(logs.tensorboard_logs_root, namespace)
     resource = objects.PODDEFAULT_API  # the one being written: refusals name it
+    host = api_client.configuration.host
     with api_client:
         api = client.CustomObjectsApi(api_client)
         try:
+            cluster.check_server(api_client, patience.request_timeout_seconds)
             poddefault = None
             if root.scheme == "pvc":
                 # This Tensorboard never ends: on a claim one node at a time can mount, its pod
@@ -107,7 +109,11 @@ def open_runs_tensorboard(
                     )
             if root.scheme == "s3":
                 # Outside the cluster, `auto` is resolved by asking its API server.
-                endpoint = endpoint_in_cluster(api_client, logs.s3_endpoint)
+                try:
+                    endpoint = endpoint_in_cluster(api_client, logs.s3_endpoint)
+                except ApiException as err:
+                    what = "the read of KFP's object-store Services (for s3_endpoint=auto)"
+                    raise RunError(cluster.answered(host, what, err)) from None
                 if endpoint is None:
                     # A profile's users may not read Services in `kubeflow`: assume the newest
                     # KFP's object store, as the launcher does where `auto` resolves nowhere.
@@ -132,20 +138,21 @@ def open_runs_tensorboard(
             )
         except ApiException as err:
             group, _, plural, _ = resource
-            if err.status in (401, 403):
+            if err.status == 403:
                 raise RunError(
                     f"your kubeconfig's user may not create or update {plural}.{group} in "
                     f"namespace {namespace} (HTTP {err.status}); a profile's owners and "
                     "contributors may (Kubeflow's kubeflow-edit role)"
                 ) from None
-            raise RunError(
-                " ".join(launcher.describe_refusal(err, resource, namespace).split())
-            ) from None
+            if err.status == 404:  # no such resource: which CRD to install
+                refusal = launcher.describe_refusal(err, resource, namespace)
+                raise RunError(" ".join(refusal.split())) from None
+            what = f"the write of {plural}.{group} in namespace {namespace}"
+            raise RunError(cluster.answered(host, what, err)) from None
         except cluster.ObjectNotEnsuredError as err:
             raise RunError(" ".join(str(err).split())) from None
         except cluster.ClusterUnreachableError as err:
-            host = api_client.configuration.host
-            raise RunError(f"no Kubernetes API server answers at {host}: {err}") from None
+            raise RunError(cluster.lost(host, err)) from None
     link = f"{config.link_prefix}/tensorboard/{namespace}/{ALL_RUNS_NAME}/"
     if not config.link_prefix:
         link += " (under your Kubeflow URL; --kubeflow-base-url makes it absolute)"

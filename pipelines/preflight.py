@@ -162,12 +162,15 @@ class Target(NamedTuple):
 
 
 def _call(request: Callable[..., Any], *args: object) -> Any:
-    """One API call with the preflight's timeout; a lost connection ends the whole check."""
+    """One API call with the preflight's timeout; a lost connection ends the whole check.
+
+    Raises:
+        ClusterUnreachableError: The connection failed (`check_cluster` words it).
+    """
     try:
         return request(*args, _request_timeout=REQUEST_TIMEOUT_SECONDS)
     except urllib3.exceptions.HTTPError as err:
-        failure = kube.connection_failure(err)
-        raise RunError(f"the Kubernetes API stopped answering: {failure}") from err
+        raise kube.ClusterUnreachableError(kube.connection_failure(err)) from err
 
 
 # --- the checks ---------------------------------------------------------------------------
@@ -271,7 +274,7 @@ def find_object_store(
             if err.status == 404:
                 continue
             raise
-        if any(p.port == store.port for p in service.spec.ports or []):
+        if any(p.port == store.port for p in (service.spec and service.spec.ports) or []):
             return store
     return None
 
@@ -286,20 +289,21 @@ def endpoint_in_cluster(api_client: ApiClient, value: str) -> str | None:
         403, as for a profile's users in namespace `kubeflow`).
 
     Raises:
-        UserInputError: `auto`, and no object-store Service exists or could be read.
+        UserInputError: `auto`, and no object-store Service exists.
+        ApiException: The server refused to read a Service, other than with a 403.
     """
     if value.strip() != AUTO:
         return logs_location.parse_http_endpoint(value, "s3_endpoint")
-    why = "none of its Services exists"
     try:
         if found := find_object_store(api_client):
             return found.endpoint
     except ApiException as err:
         if err.status == 403:
             return None
-        why = f"its Services are not readable with these credentials ({kube.api_answer(err)})"
+        raise
     tried = ", ".join(store.host for store in KFP_OBJECT_STORES)
-    raise invalid("s3_endpoint", AUTO, f"http(s)://host[:port]: auto looks for {tried}, and {why}")
+    why = f"auto looks for {tried}, and none of its Services exists"
+    raise invalid("s3_endpoint", AUTO, f"http(s)://host[:port]: {why}")
 
 
 def check_object_store(api_client: ApiClient, target: Target) -> Check:
@@ -424,7 +428,7 @@ def check_rbac(api_client: ApiClient, target: Target, name: str, permissions: Pe
             if err.status != 403:
                 raise
             review = _call(api.create_subject_access_review, {"spec": spec})
-        return bool(review.status.allowed)
+        return bool(review.status and review.status.allowed)
 
     denied = []
     try:
@@ -656,7 +660,7 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
     if target.logs.scheme == "s3":
         endpoint, secret = values["s3_endpoint"], values["s3_credentials_secret"]
         # The endpoint the step would give the nodes (`auto` stays where none is found).
-        with contextlib.suppress(UserInputError):
+        with contextlib.suppress(UserInputError, ApiException):
             endpoint = endpoint_in_cluster(api_client, endpoint) or endpoint
     location = target.logs.child("preflight").uri
     arguments = run_layout.entry_arguments(
@@ -726,11 +730,12 @@ def check_kfp_backend(api_client: ApiClient, kfp_namespace: str) -> Check:
             fix = "pass the namespace Kubeflow Pipelines runs in with --kfp-namespace"
             return _unknown(f"no {where}: {unknown}", fix)
         return _unknown(f"{_unreadable(where, err)}: {unknown}", supported)
-    containers = deployment.spec.template.spec.containers
-    container = next((c for c in containers if c.name == KFP_CONTAINER), containers[0])
-    if (version := image_version(container.image or "")) is None:
-        return _unknown(f"image {container.image} has no version tag: {unknown}", supported)
-    shown = f"{'.'.join(map(str, version))} ({container.image})"
+    pod = deployment.spec and deployment.spec.template.spec
+    containers = (pod and pod.containers) or [client.V1Container(name="", image="")]
+    image = next((c for c in containers if c.name == KFP_CONTAINER), containers[0]).image
+    if (version := image_version(image or "")) is None:
+        return _unknown(f"image {image} has no version tag: {unknown}", supported)
+    shown = f"{'.'.join(map(str, version))} ({image})"
     if version < (2, 5, 0):
         return _failed(
             f"{shown} is older than this pipeline supports: {SUPPORTED_BACKENDS}",
@@ -744,9 +749,8 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     nodes.
 
     Raises:
-        RunError: The API stopped answering midway (a preflight read).
-        ClusterUnreachableError: The same, where the shared client made the request (the
-            claim's reading, the TrainJob's dry run); `check_cluster` words it as a RunError.
+        ClusterUnreachableError: The API stopped answering midway, or answered what no
+            Kubernetes API server does; `check_cluster` words it as a RunError.
     """
     scheduling = from_run_form(SchedulingConfig, target.values)
     # The run form may hold the count as text ("1"): validated already, either form works.
@@ -829,23 +833,14 @@ def check_cluster(
         target = Target(namespace, service_account, kfp_namespace, logs, dict(values), nodes)
         host = api_client.configuration.host
         try:
-            info = client.VersionApi(api_client).get_code(_request_timeout=REQUEST_TIMEOUT_SECONDS)
-        except urllib3.exceptions.HTTPError as err:
-            failure = kube.connection_failure(err)
-            raise RunError(f"no Kubernetes API server answers at {host}: {failure}") from None
-        except ApiException as err:
-            answer = kube.api_answer(err)
-            raise RunError(f"the Kubernetes API server at {host} refused: {answer}") from None
-        print(
-            f"Kubernetes {info.git_version} at {host}, namespace {namespace}, "
-            f"service account {service_account}:"
-        )
-        try:
+            version = kube.check_server(api_client, REQUEST_TIMEOUT_SECONDS)
+            print(
+                f"Kubernetes {version} at {host}, namespace {namespace}, "
+                f"service account {service_account}:"
+            )
             checks = run_checks(api_client, target)
         except kube.ClusterUnreachableError as err:
-            # What the shared client raises (the claim's reading, the TrainJob's dry run) once
-            # its retries are spent: the same one line as `_call`'s.
-            raise RunError(f"the Kubernetes API stopped answering: {err}") from None
+            raise RunError(kube.lost(host, err)) from None
     for name, check in checks.items():
         # Only failures and unknowns carry a fix.
         label = "Fix" if check.status is Status.FAILED else "To check"

@@ -730,5 +730,5 @@ def test_an_api_that_stops_answering_midway_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stdout.startswith(f"Kubernetes v1.31.0 at {host}, namespace default")
     (line,) = done.stderr.splitlines()
-    assert line.startswith("error: the Kubernetes API stopped answering: ")
+    assert line.startswith(f"error: the Kubernetes API server at {host} stopped answering: ")
     assert "openapi" in line

@@ -42,7 +42,36 @@ RUN_ID_ANNOTATION = "kfp-lightning/run-id"
 
 
 class ClusterUnreachableError(RuntimeError):
-    """No Kubernetes API could be configured or reached (message says why)."""
+    """No Kubernetes API could be configured, reached or used (the message says why)."""
+
+
+class UnusableServerError(ClusterUnreachableError):
+    """No working Kubernetes API server at the address takes these credentials.
+
+    The message, one line, names the address and what answered there, if anything did.
+    """
+
+
+def not_kubernetes(host: str, what: str, answer: str) -> str:
+    """The one wording of an answer no Kubernetes API server gives, shortened to one line."""
+    shown = " ".join(answer.split())
+    shown = shown[:80] + ("..." if len(shown) > 80 else "")
+    return f"the server at {host} is not a working Kubernetes API server: {what} answered {shown}"
+
+
+class _Client(client.ApiClient):
+    """The `kubernetes` client, where an answer that is not the object asked for fails in one line.
+
+    Its models raise ValueError for a missing required field, from deep inside it.
+    """
+
+    def deserialize(self, response: Any, response_type: Any) -> Any:
+        try:
+            return super().deserialize(response, response_type)
+        except (ValueError, TypeError, AttributeError):
+            what = f"a request for a {response_type}"
+            answer, host = f"HTTP {response.status}: {response.data}", self.configuration.host
+            raise UnusableServerError(not_kubernetes(host, what, answer)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +141,7 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
         raise_on_status=False,  # the last answer reaches the caller as an ApiException
         respect_retry_after_header=True,  # a 429's or 503's own wait comes first
     )
-    return client.ApiClient(configuration), namespace
+    return _Client(configuration), namespace
 
 
 def connection_failure(err: urllib3.exceptions.HTTPError) -> str:
@@ -137,6 +166,68 @@ def api_answer(err: ApiException) -> str:
     except (TypeError, ValueError, KeyError):
         message = str(err.reason or "").strip()
     return f"HTTP {err.status}: {message}" if message else f"HTTP {err.status}"
+
+
+def check_server(api_client: client.ApiClient, timeout: float) -> str:
+    """Asks for the server's version: whether a Kubernetes API server there takes our credentials.
+
+    Every Kubernetes API server answers `/version` with its version object to anyone: the
+    `system:public-info-viewer` ClusterRole grants it to `system:authenticated` and
+    `system:unauthenticated` (kubernetes/kubernetes, plugin/pkg/auth/authorizer/rbac/
+    bootstrappolicy/policy.go), unless anonymous auth is off; and credentials it does not
+    accept are answered 401 by authentication, before any authorizer is asked
+    (staging/src/k8s.io/apiserver/pkg/endpoints/filters/authentication.go). So a 401 is about
+    the credentials, and any other answer than a version object comes from another server.
+
+    Args:
+        api_client: A configured client.
+        timeout: Connect and read timeout.
+
+    Returns:
+        The server's `gitVersion` ("v1.31.2").
+
+    Raises:
+        UnusableServerError: Nothing answers, what answers is not a working Kubernetes API
+            server, or it refused these credentials.
+    """
+    host = api_client.configuration.host
+    try:
+        # The raw answer: the client's VersionInfo fails on a missing field, from deep inside.
+        version = client.VersionApi(api_client).get_code(
+            _preload_content=False, _request_timeout=timeout
+        )
+    except urllib3.exceptions.HTTPError as err:
+        failure = f"no Kubernetes API server answers at {host}: {connection_failure(err)}"
+        raise UnusableServerError(failure) from None
+    except ApiException as err:
+        if err.status == 401:
+            raise UnusableServerError(answered(host, "", err)) from None
+        raise UnusableServerError(not_kubernetes(host, "its /version", api_answer(err))) from None
+    try:
+        return str(json.loads(version.data)["gitVersion"])
+    except (ValueError, TypeError, KeyError):
+        answer = f"HTTP {version.status}: {version.data.decode(errors='replace')}"
+        raise UnusableServerError(not_kubernetes(host, "its /version", answer)) from None
+
+
+def answered(host: str, what: str, err: ApiException) -> str:
+    """The one wording of the API server's error answer to `what` ("" for any request).
+
+    A 401 is about the credentials, whatever was asked (see `check_server`).
+    """
+    if err.status == 401:
+        return (
+            f"the server at {host} refused these credentials ({api_answer(err)}): renew the "
+            "kubeconfig's credentials (log in again, or get a new token)"
+        )
+    return f"the Kubernetes API server at {host} answered {what} with {api_answer(err)}"
+
+
+def lost(host: str, err: ClusterUnreachableError) -> str:
+    """The one wording of a failed request: the server's own failure, or a connection lost."""
+    if isinstance(err, UnusableServerError):
+        return str(err)
+    return f"the Kubernetes API server at {host} stopped answering: {err}"
 
 
 def call(request: Callable[[], T], what: str) -> T:

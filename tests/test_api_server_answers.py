@@ -1,0 +1,219 @@
+"""`--check-cluster` and `--compare-runs` against servers that are not a working Kubernetes API.
+
+A kubeconfig can name anything: a web server, a proxy that refuses the credentials, a server in
+trouble, a closed port. Each command asks the server's `/version` first and says, in the same
+one line and exit status 1, what answered there; answers that no Kubernetes API server gives
+later on (a version, then objects missing required fields) end the same way. The servers are
+local HTTP servers answering every request alike; the commands run through the CLI's `main` in
+this process.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import urllib3
+import yaml
+
+from kfp_lightning.pipelines import cli
+from tests.apiserver.server import free_port
+
+HTML = "<!DOCTYPE html><html><body><h1>Welcome</h1></body></html>"
+VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"}
+COMMANDS = {
+    "check-cluster": ["--check-cluster"],
+    "check-cluster-nodes": ["--check-cluster", "--nodes", "2"],
+    "compare-runs": ["--compare-runs"],
+}
+
+
+def serve(
+    status: int, body: str, content_type: str, version: bool = False
+) -> http.server.HTTPServer:
+    """A server answering `status` and `body` to every request (its /version too, unless
+    `version`: then a Kubernetes version object)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if version and self.path.rstrip("/") == "/version":
+                self.reply(200, json.dumps(VERSION), "application/json")
+            elif status >= 400:
+                self.send_error(status)  # the reason, and http.server's own HTML page
+            else:
+                self.reply(status, body, content_type)
+
+        def reply(self, code: int, text: str, kind: str) -> None:
+            payload = text.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = answer  # noqa: N815
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def kubeconfig_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Points $KUBECONFIG at a server address; the retries' waits are skipped (not tested)."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setattr(urllib3.util.retry.Retry, "sleep", lambda self, response=None: None)
+
+    def point(host: str) -> None:
+        kubeconfig = tmp_path / "kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": host}}],
+            "users": [{"name": "u", "user": {"token": "t0k3n"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "c",
+        }
+        kubeconfig.write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+
+    return point
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    """Runs the CLI; asserts it failed (status 1) with one line on stderr; returns the line."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    out, err = capsys.readouterr()
+    assert exited.value.code == 1, err
+    assert "Traceback" not in err
+    assert out == ""
+    (line,) = err.splitlines()
+    return line
+
+
+NOT_KUBERNETES = "the server at HOST is not a working Kubernetes API server: "
+CREDENTIALS = (
+    "the server at HOST refused these credentials (HTTP 401: Unauthorized): renew the kubeconfig's "
+    "credentials (log in again, or get a new token)"
+)
+# What each server answers to every request, and the line that says so.
+ANSWERS = {
+    "html": (200, HTML, "text/html", f"{NOT_KUBERNETES}its /version answered HTTP 200: {HTML}"),
+    "empty-json": (
+        200,
+        "{}",
+        "application/json",
+        NOT_KUBERNETES + "its /version answered HTTP 200: {}",
+    ),
+    "401": (401, "", "", CREDENTIALS),
+    "500": (500, "", "", f"{NOT_KUBERNETES}its /version answered HTTP 500: Internal Server Error"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+@pytest.mark.parametrize("answer", ANSWERS.values(), ids=ANSWERS.keys())
+def test_a_server_that_is_no_kubernetes_api_is_one_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str], answer: tuple
+) -> None:
+    status, body, content_type, says = answer
+    server = serve(status, body, content_type)
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig_at(host)
+    try:
+        line = one_line_error(capsys, command)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert line == f"error: {says.replace('HOST', host)}"
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_a_closed_port_is_one_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    host = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    kubeconfig_at(host)
+
+    line = one_line_error(capsys, command)
+
+    assert (
+        line == f"error: no Kubernetes API server answers at {host}: [Errno 111] Connection refused"
+    )
+
+
+@pytest.mark.parametrize("command", list(COMMANDS.values())[:2], ids=list(COMMANDS)[:2])
+def test_objects_without_their_required_fields_are_one_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # A version, then `{}` for every object: discovery's APIResourceList lacks its fields.
+    server = serve(200, "{}", "application/json", version=True)
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig_at(host)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(command)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    out, err = capsys.readouterr()
+    assert exited.value.code == 1
+    assert out.startswith(f"Kubernetes v1.31.0 at {host}, namespace default")
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line == (
+        f"error: the server at {host} is not a working Kubernetes API server: a request for a "
+        "V1APIResourceList answered HTTP 200: {}"
+    )
+
+
+ANSWERED, WITH_500 = (
+    "the Kubernetes API server at HOST answered",
+    "with HTTP 500: Internal Server Error",
+)
+SERVICES = "the read of KFP's object-store Services (for s3_endpoint=auto)"
+POD_DEFAULTS = "the write of poddefaults.kubeflow.org in namespace default"
+
+
+@pytest.mark.parametrize(
+    ("status", "args", "says"),
+    [
+        (
+            500,
+            [],
+            f"{ANSWERED} {SERVICES} {WITH_500}",
+        ),
+        (
+            500,
+            ["--s3-endpoint", "http://minio:9000"],
+            f"{ANSWERED} {POD_DEFAULTS} {WITH_500}",
+        ),
+        (401, ["--s3-endpoint", "http://minio:9000"], CREDENTIALS),
+    ],
+    ids=["auto-500", "endpoint-500", "endpoint-401"],
+)
+def test_compare_runs_names_the_api_servers_answer(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], status: int, args: list[str], says: str
+) -> None:
+    # A Kubernetes version, then errors: not taken for a bad s3_endpoint or missing rights.
+    server = serve(status, "", "", version=True)
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig_at(host)
+    try:
+        line = one_line_error(capsys, ["--compare-runs", *args])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert line == f"error: {says.replace('HOST', host)}"
