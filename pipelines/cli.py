@@ -314,6 +314,10 @@ def run(args: argparse.Namespace) -> int:
     given = {p.name: getattr(args, p.name) for p in run_parameters.run_form_parameters()}
     parameters.update({name: value for name, value in given.items() if value is not None})
     nodes = check_nodes(args.nodes)
+    # The environment's registry is a value as --image-registry's is, which takes its place.
+    from_environment = os.environ.get(images.REGISTRY_ENV, "").strip()
+    if from_environment and args.image_registry is None:
+        images.use_registry(from_environment, images.REGISTRY_ENV)
     if args.compare_runs or args.check_cluster:
         if args.logs_pvc is not None:  # --check-cluster's, as --compile's
             parameters.setdefault("tensorboard_logs_root", f"pvc://{args.logs_pvc}/tensorboard")

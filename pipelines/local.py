@@ -9,10 +9,12 @@ the tasks print goes to `<output_dir>/local-run.log`; the terminal shows each ta
 """
 
 import contextlib
+import ctypes
 import fcntl
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,12 @@ from kfp_lightning.components.common.training import CONSOLE_ENV
 from kfp_lightning.components.train_on_nodes.nodes import LOCAL
 from kfp_lightning.pipelines import parameters as run_parameters
 from kfp_lightning.pipelines.mnist import build_pipeline
+
+
+def _end_with_parent() -> None:
+    # In the child, before it runs TensorBoard: Linux's PR_SET_PDEATHSIG (prctl(2), option 1)
+    # sends it SIGTERM when the CLI ends, even by SIGKILL, which leaves the CLI no cleanup.
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -58,6 +66,7 @@ def local_tensorboard(logdir: Path, keep: bool, log_file: Path) -> Iterator[str]
             stderr=subprocess.STDOUT,
             # Its own session: Ctrl-C in this terminal stops the pipeline, not the viewer.
             start_new_session=True,
+            preexec_fn=None if keep or sys.platform != "linux" else _end_with_parent,
         )
     # Not waited for: TensorBoard loads while the first task starts, and the page answers long
     # before the first point exists. A watcher says so if it stops early.

@@ -237,6 +237,23 @@ def test_cli_in_process(args, message, tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("mode", ["--compile", "--check-cluster"])
+def test_a_registry_from_the_environment_is_checked_as_the_option_is(
+    mode, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KFP_LIGHTNING_IMAGE_REGISTRY", "bad reg")
+    with pytest.raises(SystemExit) as exited:
+        cli.main([mode])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "error: invalid KFP_LIGHTNING_IMAGE_REGISTRY='bad reg': expected a registry prefix such "
+        "as registry.example.com/ml"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "args",
     [

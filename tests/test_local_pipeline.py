@@ -285,6 +285,31 @@ def _stop_and_check(process, args, signum, send, status) -> None:
         urllib.request.urlopen(url, timeout=2)
 
 
+def test_a_killed_run_takes_its_tensorboard_with_it(http_mirror, mnist_mirror, tmp_path):
+    # SIGKILL leaves the CLI no cleanup; the viewer, in a session of its own, would serve on.
+    _, md5 = mnist_mirror
+    output_dir = tmp_path / "out"
+    process = subprocess.Popen(
+        cli(*small_run_args(http_mirror, md5, output_dir), "--epochs", "50"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout.readline().startswith("TensorBoard: ")
+        assert _processes_naming(output_dir / "tensorboard")  # the viewer runs
+        process.kill()
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while viewers := _processes_naming(output_dir / "tensorboard"):
+            assert time.monotonic() < deadline, f"TensorBoard {viewers} outlived the run"
+            time.sleep(0.2)
+    finally:
+        for pid in _processes_naming(output_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_stop_reaches_a_task_blocked_in_a_download(mnist_mirror, tmp_path):
     # A supervisor's SIGTERM to the CLI alone, while the download task waits on a mirror that
     # took the connection and never answers: left alone, that task would wait out its 60 s

@@ -40,15 +40,19 @@ PUSHED_FILE = Path(__file__).resolve().parents[2] / "build" / "images" / "pushed
 REGISTRY_PATTERN = re.compile(r"[a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*")
 
 
-def use_registry(prefix: str) -> None:
+def use_registry(prefix: str, parameter: str = "image_registry") -> None:
     """Points every image at `prefix` for the rest of this process (what --image-registry does).
 
     Args:
         prefix: A registry and optional path, e.g. "registry.example.com/ml".
+        parameter: Where the value came from, for the error.
+
+    Raises:
+        UserInputError: `prefix` is not a registry prefix.
     """
     prefix = prefix.strip().rstrip("/")
     if not REGISTRY_PATTERN.fullmatch(prefix):
-        raise invalid("image_registry", prefix, "a registry prefix such as registry.example.com/ml")
+        raise invalid(parameter, prefix, "a registry prefix such as registry.example.com/ml")
     os.environ[REGISTRY_ENV] = prefix
 
 
