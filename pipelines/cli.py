@@ -32,10 +32,15 @@ from kfp_lightning.components.common.errors import (
 )
 from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
+from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.train_on_nodes.nodes import MAX_NODES, check_nodes
 from kfp_lightning.pipelines import compare, preflight
 from kfp_lightning.pipelines import parameters as run_parameters
-from kfp_lightning.pipelines.mnist import DEFAULT_TRAINING_TIMEOUT_SECONDS, build_pipeline
+from kfp_lightning.pipelines.mnist import (
+    DEFAULT_TRAINING_TIMEOUT_SECONDS,
+    NODES_STEP_MARGIN_SECONDS,
+    build_pipeline,
+)
 
 DEFAULT_YAML = "mnist_pipeline.yaml"
 # Write faults that come from the --output chosen, and so are refused like a bad value.
@@ -254,8 +259,13 @@ def compile_pipeline(
     if logs_pvc is not None:
         check_secret_name(logs_pvc, "logs_pvc")
         parameters.setdefault("tensorboard_logs_root", f"pvc://{logs_pvc}/tensorboard")
-    if isinstance(training_timeout_seconds, bool) or training_timeout_seconds < 1:
-        raise invalid("training_timeout", training_timeout_seconds, "an integer >= 1 (seconds)")
+    # Kubernetes caps a pod's activeDeadlineSeconds at 2^31 - 1 (ValidatePodSpec, pkg/apis/core/
+    # validation/validation.go); the nodes step's pod has its margin on top.
+    longest = 2**31 - 1 - NODES_STEP_MARGIN_SECONDS
+    if isinstance(training_timeout_seconds, bool) or not 1 <= training_timeout_seconds <= longest:
+        raise invalid(
+            "training_timeout", training_timeout_seconds, f"an integer in [1, {longest}] (seconds)"
+        )
     nodes = check_nodes(nodes)
     pipeline = build_pipeline(
         logs_pvc=logs_pvc, training_timeout_seconds=training_timeout_seconds, nodes=nodes
@@ -325,6 +335,11 @@ def run(args: argparse.Namespace) -> int:
         if args.compare_runs:
             compare.open_runs_tensorboard(values, args.namespace)
             return 0
+        # What --compile would refuse for these values is refused first, without a cluster;
+        # a pvc:// root's claim is the one --compile --logs-pvc would mount.
+        root = parse_logs_root(values["tensorboard_logs_root"], "namespace")
+        mounted = args.logs_pvc or (root.claim if root.scheme == "pvc" else None)
+        run_parameters.check_cluster_run(values, mounted, nodes)
         return preflight.check_cluster(
             values, args.namespace, args.service_account, args.kfp_namespace, nodes=nodes
         )

@@ -209,7 +209,9 @@ CLI_CASES = [
     (["--compile", "--preset", "turbo"], "error: invalid preset='turbo': expected one of classic, fast"),
     (["--compile", "--image-registry", "Bad Registry"], "error: invalid image_registry='Bad Registry'"),
     (["--compile", "--logs-pvc", "Bad_Claim"], "error: invalid logs_pvc='Bad_Claim'"),
-    (["--compile", "--training-timeout", "0"], "error: invalid training_timeout=0"),
+    (["--compile", "--training-timeout", "0"], "error: invalid training_timeout=0: expected an integer in [1, 2147482747] (seconds)"),
+    # A pod's deadline is at most 2^31 - 1 s, the nodes step's 15 min more than training's.
+    (["--compile", "--training-timeout", "2147482748"], "error: invalid training_timeout=2147482748: expected an integer in [1, 2147482747]"),
     # Every process of every node takes an equal share of the 60000 training images.
     (["--compile", "--nodes", "2", "--batch-size", "30001"], "error: invalid batch_size=30001: expected at most the 30000 training images of each of 2 processes"),
     (["--local", "--nodes", "3", "--gpus", "2", "--batch-size", "10001"], "error: invalid batch_size=10001: expected at most the 10000 training images of each of 6 processes"),
@@ -217,6 +219,9 @@ CLI_CASES = [
     (["--local", "--output-dir", "runs/{namespace}"], "error: invalid output_dir='runs/{namespace}': expected a folder path without {namespace}"),
     # `..` in the output folder is resolved, not passed on to the logs root under it.
     (["--local", "--output-dir", "a/../out", "--validation", "60000"], "error: invalid validation='60000': expected test-set or fewer"),
+    # --check-cluster refuses what --compile would, before it asks any cluster.
+    (["--check-cluster", "--nodes", "2", "--tensorboard-logs-root", "/tmp/x"], "error: invalid tensorboard_logs_root='/tmp/x': expected s3://bucket/prefix or pvc://claim/path with several nodes"),
+    (["--check-cluster", "--torch-compile", "on"], "error: invalid torch_compile='on': expected off: the trainer image has no C compiler"),
     # A local run's tasks have no namespace to put there.
     (["--local", "--tensorboard-logs-root", "/tmp/{namespace}/tb"], "error: invalid tensorboard_logs_root='/tmp/{namespace}/tb': expected a root without {namespace} outside a Kubernetes pod"),
     # A logs root on this machine is made before anything runs, like the output folder.
