@@ -3,8 +3,9 @@
 `python examples/own_pipeline.py` writes `own_pipeline.yaml`, to upload in the Kubeflow UI.
 """
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
+from kfp_lightning.components.common import training_pod as pod
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.train_mnist.component import train_mnist
 from kfp_lightning.pipelines.mnist import S3_SECRET_KEYS, use_secret_as_env
@@ -28,7 +29,13 @@ def my_mnist(epochs: int = 2, gpus: str = "1"):
         epochs=epochs,
         gpus=gpus,
     )
-    train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+    train.set_accelerator_type(pod.GPU_RESOURCE).set_accelerator_limit(gpus)
+    # GPU node pools are commonly tainted, and NCCL needs more /dev/shm than a container's
+    # 64 MiB for several GPUs: the settings of the project's own training pod.
+    kubernetes.add_toleration_json(train, [pod.GPU_TOLERATION])
+    kubernetes.empty_dir_mount(
+        train, pod.SHM_VOLUME, pod.SHM_PATH, medium=pod.SHM_MEDIUM, size_limit=pod.SHM_SIZE
+    )
     # The live logs go to KFP's object store (tensorboard_logs_root's default), with the keys
     # of the secret Kubeflow keeps in every profile namespace (as the project's pipeline does:
     # in a form every KFP backend accepts).

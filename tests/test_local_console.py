@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def one_epoch(
     return run_cli(*small(http_mirror, md5, output_dir), umask=0o002), output_dir
 
 
-def test_a_successful_run_shows_the_tasks_own_lines(one_epoch) -> None:
+def test_a_successful_run_shows_the_tasks_own_lines(one_epoch, http_mirror) -> None:
     done, output_dir = one_epoch
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     lines = done.stdout.splitlines()
@@ -71,6 +72,12 @@ def test_a_successful_run_shows_the_tasks_own_lines(one_epoch) -> None:
     ):
         assert noise not in done.stdout, noise
     assert lines[0].startswith("TensorBoard: http://127.0.0.1:")
+    (fetched,) = [line for line in lines if line.startswith("[download-mnist] ")]
+    assert re.fullmatch(
+        rf"\[download-mnist\] dataset: \d+ training and \d+ test images from "
+        rf"{re.escape(http_mirror)}, checksums verified",
+        fetched,
+    ), fetched
     assert any(line.startswith("[train-mnist] epoch 1/1 ") for line in lines), done.stdout
     assert any(line.startswith("[train-mnist] timing: ") for line in lines)
     # The result, and where things are: a report that opens as a page.

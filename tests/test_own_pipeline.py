@@ -46,6 +46,12 @@ def test_the_example_compiles_with_both_tasks(tmp_path: Path):
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
     }
+    # It schedules on a tainted GPU pool, and several GPUs get a /dev/shm NCCL can use.
+    assert executor["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    [shm] = executor["emptyDirMounts"]
+    assert (shm["mountPath"], shm["medium"], shm["sizeLimit"]) == ("/dev/shm", "Memory", "4Gi")
 
 
 def test_the_console_script_is_the_cli():

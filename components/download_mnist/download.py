@@ -304,4 +304,11 @@ def download_from_run_form(output_dir: str | Path, parameters: Mapping[str, Any]
     Raises:
         UserInputError: For a malformed mirror or checksum table (nothing is written).
     """
-    return download_dataset(output_dir, from_run_form(DownloadConfig, parameters))
+    metadata = download_dataset(output_dir, from_run_form(DownloadConfig, parameters))
+    # The task's line in its log (and in `--local`'s terminal): what it got, and from where.
+    mirrors = sorted({url.rsplit("/", 1)[0] + "/" for url in metadata["sources"].values()})
+    print(
+        f"dataset: {metadata['train_samples']} training and {metadata['test_samples']} test "
+        f"images from {', '.join(mirrors)}, checksums verified"
+    )
+    return metadata
