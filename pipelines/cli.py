@@ -94,6 +94,9 @@ def _typed(name: str, kind: type) -> Callable[[str], Any]:
         accepted = _ACCEPTED[kind]
         try:
             value = json.loads(text) if kind in (dict, list) else kind(text)
+            # int() and float() also read "1_0" as 10 and other scripts' digits: no typo passes.
+            if kind in (int, float) and not (text.isascii() and "_" not in text):
+                value = None
         except json.JSONDecodeError as err:  # a subclass of ValueError: say where the JSON broke
             accepted += f" (this is not JSON: {err.msg} at character {err.pos + 1})"
             value = None
@@ -212,6 +215,10 @@ def apply_mode_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
             *others, last = [_flag(m) for m in modes]
             applies = f"{', '.join(others)} and {last}" if others else last
             parser.error(f"{_flag(name)} applies only to {applies}, not to {_flag(mode)}")
+    if mode == "local":  # they place or reach a cluster's pods, and tasks here run in no pod
+        for name in ("node_selector", "tolerations", "s3_credentials_secret", "kubeflow_base_url"):
+            if getattr(args, name) is not None:
+                parser.error(f"{_flag(name)} does not apply to --local (it is for cluster runs)")
     if mode == "compare_runs":  # the runs' own parameters are theirs: refused, not ignored
         for name in ["preset"] + [p.name for p in run_parameters.run_form_parameters()]:
             if getattr(args, name) is not None and name not in compare.RUN_PARAMETERS:

@@ -206,6 +206,10 @@ CLI_CASES = [
     (["--compile", "--tolerations", '[{"key": "a",'], """error: invalid tolerations='[{"key": "a",': expected a JSON list (this is not JSON: Expecting property name enclosed in double quotes at character 14)"""),
     (["--compile", "--epoch", "3"], "error: unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
     (["--compile", "--epochs", "2.5"], "error: invalid epochs='2.5': expected an integer"),
+    # What int() and float() read besides plain digits: a typo is refused, not taken as 10 or 3.
+    (["--compile", "--epochs", "1_0"], "error: invalid epochs='1_0': expected an integer"),
+    (["--compile", "--epochs", "\u0663"], "error: invalid epochs='\u0663': expected an integer"),
+    (["--compile", "--learning-rate", "1_0.5"], "error: invalid learning_rate='1_0.5': expected a number"),
     (["--compile", "--preset", "turbo"], "error: invalid preset='turbo': expected one of classic, fast"),
     (["--compile", "--image-registry", "Bad Registry"], "error: invalid image_registry='Bad Registry'"),
     (["--compile", "--logs-pvc", "Bad_Claim"], "error: invalid logs_pvc='Bad_Claim'"),
@@ -386,3 +390,20 @@ def test_compare_runs_refuses_the_runs_own_parameters(name, capsys):
     assert exited.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: --{name.replace('_', '-')} does not apply to --compare-runs")
+
+
+@pytest.mark.parametrize(
+    "name", ["node_selector", "tolerations", "s3_credentials_secret", "kubeflow_base_url"]
+)
+def test_local_refuses_what_only_a_cluster_run_reads(name, tmp_path, monkeypatch, capsys):
+    # Scheduling, a secret's name and the links: tasks that run in no pod would drop them.
+    monkeypatch.chdir(tmp_path)
+    default = pipeline_defaults()[name]
+    text = json.dumps(default) if isinstance(default, dict | list) else str(default)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--local", f"--{name.replace('_', '-')}", text])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    option = f"--{name.replace('_', '-')}"
+    assert line == f"error: {option} does not apply to --local (it is for cluster runs)"
+    assert list(tmp_path.iterdir()) == []
