@@ -296,6 +296,11 @@ def run_local(
     pipeline = build_pipeline(retries=False, nodes=nodes, node_launcher=LOCAL)
     values = run_parameters.validate_parameters(parameters, nodes)
     run_parameters.check_local_run(values)
+    # Local nodes share this machine's cores (components/common/torchrun.py): more processes
+    # than cores only compete, each holding its own torch. Two, the least that exercises the
+    # distributed path, always may.
+    if nodes > (most := max(2, os.cpu_count() or 1)):
+        raise invalid("nodes", nodes, f"at most {most} here (this machine's CPU cores)")
     # No namespace: the tasks run outside a pod, where `{namespace}` has nothing to become.
     root = parse_logs_root(values["tensorboard_logs_root"])
     folders = [("output_dir", output_dir)]

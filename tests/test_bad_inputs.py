@@ -219,6 +219,8 @@ CLI_CASES = [
     # Every process of every node takes an equal share of the 60000 training images.
     (["--compile", "--nodes", "2", "--batch-size", "30001"], "error: invalid batch_size=30001: expected at most the 30000 training images of each of 2 processes"),
     (["--local", "--nodes", "3", "--gpus", "2", "--batch-size", "10001"], "error: invalid batch_size=10001: expected at most the 10000 training images of each of 6 processes"),
+    # Local nodes share this machine's cores: not a hundred of them on a laptop.
+    (["--local", "--nodes", "100"], "error: invalid nodes=100: expected at most "),
     (["--local", "--output-dir", ""], "error: invalid output_dir='': expected a folder path without {namespace}"),
     (["--local", "--output-dir", "runs/{namespace}"], "error: invalid output_dir='runs/{namespace}': expected a folder path without {namespace}"),
     # `..` in the output folder is resolved, not passed on to the logs root under it.
