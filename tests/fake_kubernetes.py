@@ -173,19 +173,7 @@ class FakeKubernetes:
         self, path: Path, namespace: str | None = None, token: str = "t0k3n"
     ) -> Path:
         """Writes a kubeconfig whose current context points at this server."""
-        context: dict[str, str] = {"cluster": "fake", "user": "fake"}
-        if namespace:
-            context["namespace"] = namespace
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": token}}],
-            "contexts": [{"name": "fake", "context": context}],
-            "current-context": "fake",
-        }
-        path.write_text(yaml.safe_dump(config))
-        return path
+        return write_kubeconfig(path, self.url, namespace, token)
 
     # --- scripting and inspection -------------------------------------------------------------
 
@@ -420,3 +408,22 @@ def use_as_cluster(
     # Never the real cluster of a CI runner that happens to run in a pod.
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("POD_NAMESPACE", pod_namespace)
+
+
+def write_kubeconfig(
+    path: Path, server: str, namespace: str | None = None, token: str = "t0k3n"
+) -> Path:
+    """Writes a kubeconfig whose current context points at `server`, with a bearer token."""
+    context: dict[str, str] = {"cluster": "fake", "user": "fake"}
+    if namespace:
+        context["namespace"] = namespace
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "fake", "user": {"token": token}}],
+        "contexts": [{"name": "fake", "context": context}],
+        "current-context": "fake",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

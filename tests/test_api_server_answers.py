@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import urllib3
-import yaml
 
 from kfp_lightning.pipelines import cli
 from tests.apiserver.server import free_port
+from tests.fake_kubernetes import write_kubeconfig
 
 HTML = "<!DOCTYPE html><html><body><h1>Welcome</h1></body></html>"
 VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"}
@@ -74,17 +74,7 @@ def kubeconfig_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[
     monkeypatch.setattr(urllib3.util.retry.Retry, "sleep", lambda self, response=None: None)
 
     def point(host: str) -> None:
-        kubeconfig = tmp_path / "kubeconfig"
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": host}}],
-            "users": [{"name": "u", "user": {"token": "t0k3n"}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-            "current-context": "c",
-        }
-        kubeconfig.write_text(yaml.safe_dump(config))
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", host)))
 
     return point
 

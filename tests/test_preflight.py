@@ -38,6 +38,7 @@ from tests.apiserver.server import (
     free_port,
 )
 from tests.conftest import REPO
+from tests.fake_kubernetes import write_kubeconfig
 
 SECRET = "mlpipeline-minio-artifact"
 GPU_NODE, CPU_NODE = "gpu-node-1", "cpu-node-1"
@@ -708,19 +709,7 @@ def test_an_api_that_stops_answering_midway_is_one_line(tmp_path: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DropsOpenAPI)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": host}}],
-                "users": [{"name": "u", "user": {"token": "t0k3n"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", host)
     try:
         done = run_cli("--nodes", "2", env={"KUBECONFIG": str(kubeconfig)})
     finally:

@@ -9,7 +9,6 @@ import signal
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes.client.exceptions import ApiException
 from torch.utils.tensorboard import SummaryWriter
 
@@ -30,6 +29,7 @@ from kfp_lightning.components.train_on_nodes.nodes import (
 )
 from kfp_lightning.components.train_on_nodes.trainjob import explain_refusal
 from tests.component_runner import run_component
+from tests.fake_kubernetes import write_kubeconfig
 
 
 @pytest.mark.parametrize("value", [2, "2", 2.0, " 3 ", 100])
@@ -228,19 +228,7 @@ def test_the_component_refuses_bad_values_in_one_line(
 ) -> None:
     # The Kubeflow run form bypasses the CLI: the component checks every value itself, before
     # any TrainJob exists (here a kubeconfig with an unreachable server).
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:9")
     parameters = {"run_id": "run-1", "trainer_image": "img", **overrides}
     done, outputs = run_component(
         train_on_nodes,
