@@ -327,13 +327,14 @@ def run(args: argparse.Namespace) -> int:
         RunError: The run failed.
     """
     # The preset's values overlaid with the options given explicitly.
-    parameters = run_parameters.preset_parameters(args.preset) if args.preset else {}
+    parameters = run_parameters.preset_parameters(args.preset) if args.preset is not None else {}
     given = {p.name: getattr(args, p.name) for p in run_parameters.run_form_parameters()}
     parameters.update({name: value for name, value in given.items() if value is not None})
     nodes = check_nodes(args.nodes)
-    # The environment's registry is a value as --image-registry's is, which takes its place.
+    # The environment's registry is a value as --image-registry's is, which takes its place,
+    # in the modes that name images.
     from_environment = os.environ.get(images.REGISTRY_ENV, "").strip()
-    if from_environment and args.image_registry is None:
+    if from_environment and args.image_registry is None and (args.compile or args.check_cluster):
         images.use_registry(from_environment, images.REGISTRY_ENV)
     if args.compare_runs or args.check_cluster:
         if args.logs_pvc is not None:  # --check-cluster's, as --compile's

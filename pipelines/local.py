@@ -284,12 +284,10 @@ def run_local(
     """
     from kfp import local
 
-    # Path("") is the working directory: never meant. `{namespace}` would reach the default
-    # logs root, and a local run has no namespace.
-    if not str(output_dir) or NAMESPACE_PLACEHOLDER in str(output_dir):
-        raise invalid(
-            "output_dir", str(output_dir), f"a folder path without {NAMESPACE_PLACEHOLDER}"
-        )
+    if not str(output_dir):  # Path("") is the working directory: never meant
+        raise invalid("output_dir", "", "a folder path")
+    if NAMESPACE_PLACEHOLDER in str(output_dir):  # it would reach the default logs root
+        raise invalid("output_dir", str(output_dir), "a folder path without {namespace}")
     # Normalised (`..` resolved as written): the logs root under it must be a plain path.
     output_dir = Path(os.path.abspath(output_dir))
     parameters = {"tensorboard_logs_root": str(output_dir / "tensorboard"), **parameters}

@@ -221,7 +221,8 @@ CLI_CASES = [
     (["--local", "--nodes", "3", "--gpus", "2", "--batch-size", "10001"], "error: invalid batch_size=10001: expected at most the 10000 training images of each of 6 processes"),
     # Local nodes share this machine's cores: not a hundred of them on a laptop.
     (["--local", "--nodes", "100"], "error: invalid nodes=100: expected at most "),
-    (["--local", "--output-dir", ""], "error: invalid output_dir='': expected a folder path without {namespace}"),
+    (["--local", "--output-dir", ""], "error: invalid output_dir='': expected a folder path"),
+    (["--compile", "--preset", ""], "error: invalid preset='': expected one of classic, fast"),
     (["--local", "--output-dir", "runs/{namespace}"], "error: invalid output_dir='runs/{namespace}': expected a folder path without {namespace}"),
     # `..` in the output folder is resolved, not passed on to the logs root under it.
     (["--local", "--output-dir", "a/../out", "--validation", "60000"], "error: invalid validation='60000': expected test-set or fewer"),
@@ -263,6 +264,19 @@ def test_a_registry_from_the_environment_is_checked_as_the_option_is(
         "as registry.example.com/ml"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", ["--local", "--compare-runs"])
+def test_a_registry_from_the_environment_is_left_alone_where_no_image_is_named(
+    mode, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KFP_LIGHTNING_IMAGE_REGISTRY", "bad reg")
+    with pytest.raises(SystemExit) as exited:
+        cli.main([mode, "--tensorboard-logs-root", "s3://Bad_Bucket/x"])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: invalid tensorboard_logs_root='s3://Bad_Bucket/x'")
 
 
 @pytest.mark.parametrize(

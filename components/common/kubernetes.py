@@ -133,6 +133,8 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
                 f"kubeconfig ({type(kubeconfig_error).__name__}: {first_line})"
             ) from kubeconfig_error
         namespace = active.get("context", {}).get("namespace") or "default"
+    if not configuration.verify_ssl:  # the kubeconfig's own choice: not warned of per request
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     configuration.retries = urllib3.Retry(
         total=patience.attempts - 1,
         backoff_factor=patience.backoff_seconds,
