@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +141,23 @@ def test_a_closed_port_is_one_line(
     assert (
         line == f"error: no Kubernetes API server answers at {host}: [Errno 111] Connection refused"
     )
+
+
+# --check-cluster's timeout, shortened here; --compare-runs has the same mechanism with the
+# client's default patience (5 attempts of 15 s: 75 s, too long for this suite).
+@pytest.mark.parametrize("command", list(COMMANDS.values())[:2], ids=list(COMMANDS)[:2])
+def test_a_server_that_never_answers_is_one_line(
+    kubeconfig_at, monkeypatch, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # It takes the connection and says nothing: each attempt ends at the request's timeout.
+    monkeypatch.setattr("kfp_lightning.pipelines.preflight.REQUEST_TIMEOUT_SECONDS", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        kubeconfig_at(host)
+        line = one_line_error(capsys, command)
+
+    assert line.startswith(f"error: no Kubernetes API server answers at {host}: ")
+    assert "Read timed out" in line
 
 
 @pytest.mark.parametrize("command", list(COMMANDS.values())[:2], ids=list(COMMANDS)[:2])

@@ -60,10 +60,20 @@ def not_kubernetes(host: str, what: str, answer: str) -> str:
 
 
 class _Client(client.ApiClient):
-    """The `kubernetes` client, where an answer that is not the object asked for fails in one line.
+    """The `kubernetes` client, where an answer that is not the object asked for fails in one line
+    and a timeout given in seconds (a float) is a timeout.
 
     Its models raise ValueError for a missing required field, from deep inside it.
     """
+
+    def request(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        # Its REST layer takes a lone number only when it is an int, as the request's total,
+        # and ignores any other (kubernetes/client/rest.py, `RESTClientObject.request`): our
+        # timeouts, seconds as floats, would mean none at all, and a server that takes the
+        # connection and never answers would hold the request for good. A pair is honoured.
+        if isinstance(_request_timeout, float):
+            _request_timeout = (_request_timeout, _request_timeout)
+        return super().request(*args, _request_timeout=_request_timeout, **kwargs)
 
     def deserialize(self, response: Any, response_type: Any) -> Any:
         try:
