@@ -60,7 +60,18 @@ if ! command -v dockerd >/dev/null; then
     echo "docker: dockerd is not installed, and apt-get is not available to install it" >&2
     exit 1
 fi
-if ! pgrep -x dockerd >/dev/null; then
+# Whether the process a pid file names runs: a zombie does not.
+runs() {
+    [[ -f $1 ]] && ps -o stat= -p "$(cat "$1")" 2>/dev/null | grep -qv '^Z'
+}
+# Only a live dockerd counts. One that crashed stays in the process table as a zombie where
+# nothing reaps orphans (the PID 1 of some CI machines): pgrep still lists it, and while /proc
+# does, a new dockerd refuses the pid file it left ("pid file found, ensure docker is not
+# running"). The containerd it ran leaves a pid file too, which a new dockerd takes for a
+# containerd to reuse and waits on ("timeout waiting for containerd to start").
+if [[ -z $(ps -C dockerd -o stat= | grep -v '^Z' || true) ]]; then
+    rm -f /var/run/docker.pid
+    runs /var/run/docker/containerd/containerd.pid || rm -f /var/run/docker/containerd/containerd.pid
     mkdir -p "$(dirname "$log")"
     echo "docker: starting dockerd --bridge=none (log: $log)"
     nohup dockerd --bridge=none >"$log" 2>&1 &
