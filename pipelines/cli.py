@@ -282,7 +282,9 @@ def compile_pipeline(
     try:
         with atomic_file(path) as staging:  # KFP wants a .yaml suffix: the staging file keeps it
             compiler.Compiler().compile(
-                pipeline, str(staging), pipeline_parameters=parameters or None
+                pipeline,
+                str(staging),
+                pipeline_parameters={name: values[name] for name in parameters} or None,
             )
             staging.write_text(stable_header(staging.read_text()))
     except OSError as err:  # a folder that cannot be made or written: nothing was written

@@ -58,6 +58,12 @@ def validate_parameters(parameters: Mapping[str, Any], nodes: int = 1) -> dict[s
             raise invalid("parameter", name, f"one of {', '.join(sorted(defaults))}")
     values = {**defaults, **parameters}
     configs = {config: from_run_form(config, values) for config in RUN_PARAMETERS}
+    # A switch reads on or off in the run form however it was typed ("TRUE", "false"): the
+    # Kubeflow UI takes a "false" default for a missing value (run_form.ON, OFF).
+    for parameter in run_form_parameters():
+        value = getattr(configs[parameter.owner], parameter.name)
+        if isinstance(value, bool):
+            values[parameter.name] = parameter.to_form(value)
     # The validation hold-out must leave training images. Training checks the same against the
     # downloaded data; with the published checksums the data is the official MNIST, whose size
     # is known, so the CLI can say so before anything runs.

@@ -301,8 +301,8 @@ def endpoint_in_cluster(api_client: ApiClient, value: str) -> str | None:
         if err.status == 403:
             return None
         raise
-    tried = ", ".join(store.host for store in KFP_OBJECT_STORES)
-    why = f"auto looks for {tried}, and none of its Services exists"
+    tried = ", ".join(f"{store.host}:{store.port}" for store in KFP_OBJECT_STORES)
+    why = f"auto looks for {tried}, and none of these Services exists with its port"
     raise invalid("s3_endpoint", AUTO, f"http(s)://host[:port]: {why}")
 
 

@@ -34,7 +34,7 @@ COMMANDS = {
 
 
 def serve(
-    status: int, body: str, content_type: str, version: bool = False
+    status: int, body: str | bytes, content_type: str, version: bool = False
 ) -> http.server.HTTPServer:
     """A server answering `status` and `body` to every request (its /version too, unless
     `version`: then a Kubernetes version object)."""
@@ -49,8 +49,8 @@ def serve(
             else:
                 self.reply(status, body, content_type)
 
-        def reply(self, code: int, text: str, kind: str) -> None:
-            payload = text.encode()
+        def reply(self, code: int, text: str | bytes, kind: str) -> None:
+            payload = text if isinstance(text, bytes) else text.encode()
             self.send_response(code)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(payload)))
@@ -184,6 +184,29 @@ def test_objects_without_their_required_fields_are_one_line(
         f"error: the server at {host} is not a working Kubernetes API server: a request for a "
         "V1APIResourceList answered HTTP 200: {}"
     )
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_answers_that_are_not_utf8_are_one_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # A version, then bytes the client cannot decode for every other request.
+    server = serve(200, b"\xff\xfe\x00binary", "application/octet-stream", version=True)
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig_at(host)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(command)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 1
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: the server at {host} is not a working Kubernetes API server: ")
+    assert line.endswith(" answered bytes that are not UTF-8 text")
 
 
 ANSWERED, WITH_500 = (

@@ -177,7 +177,7 @@ def test_auto_with_no_object_store_service_is_one_line_naming_the_parameter(
         open_runs_tensorboard(values(), None, 0, io.StringIO(), FAST)
     message = str(raised.value)
     assert message.startswith("invalid s3_endpoint='auto': expected http(s)://host[:port]")
-    assert message.endswith("and none of its Services exists")
+    assert message.endswith("and none of these Services exists with its port")
 
 
 def test_a_single_node_claim_is_refused_before_anything_is_created(

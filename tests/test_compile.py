@@ -141,6 +141,16 @@ def test_defaults_are_never_falsy_for_the_kubeflow_ui(compiled):
         assert value not in ("", 0, 0.0, False, None), name
 
 
+def test_a_switch_typed_any_way_is_on_or_off_in_the_run_form(tmp_path):
+    # "false" as a default would be read as missing by the Kubeflow UI (see above).
+    spec, _ = load(
+        compile_pipeline(tmp_path / "p.yaml", {"channels_last": "TRUE", "torch_compile": "false"})
+    )
+    parameters = spec.root.input_definitions.parameters
+    assert parameters["channels_last"].default_value.string_value == "on"
+    assert parameters["torch_compile"].default_value.string_value == "off"
+
+
 def test_kubernetes_settings(compiled):
     _, executors = compiled
     train = executors["exec-train-mnist"]

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,7 +74,14 @@ class _Client(client.ApiClient):
         # connection and never answers would hold the request for good. A pair is honoured.
         if isinstance(_request_timeout, float):
             _request_timeout = (_request_timeout, _request_timeout)
-        return super().request(*args, _request_timeout=_request_timeout, **kwargs)
+        try:
+            return super().request(*args, _request_timeout=_request_timeout, **kwargs)
+        except UnicodeDecodeError:  # it decodes every answer as UTF-8 (rest.py, the same method)
+            what = f"a {args[0]} of {urllib.parse.urlsplit(args[1]).path}"
+            answer = "bytes that are not UTF-8 text"
+            raise UnusableServerError(
+                not_kubernetes(self.configuration.host, what, answer)
+            ) from None
 
     def deserialize(self, response: Any, response_type: Any) -> Any:
         try:

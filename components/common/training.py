@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import shutil
@@ -53,13 +52,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+
 def _digits(value: object) -> object:
     return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
 
 
 def _clip_norm(value: str) -> str:
     value = value.strip().lower()
-    if value != NO_CLIPPING and not 0 < float(value) < math.inf:  # float("x") raises too
+    # float() also reads "1_0" and non-ASCII digits, which every other number refuses; and
+    # torch clips in float32, where a norm above its largest number is infinite: no clipping.
+    if value != NO_CLIPPING and not (
+        value.isascii() and "_" not in value and 0 < float(value) <= _FLOAT32_MAX
+    ):
         raise ValueError(value)
     return value
 
@@ -70,7 +76,7 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False, description="a fini
 # torch's optimizers apply it in float32 (`param.add_(..., alpha=-lr)`), which cannot hold a
 # larger number: torch.finfo(torch.float32).max.
 LearningRate = Annotated[
-    float, Field(gt=0, le=3.4028234663852886e38, description="a number > 0, at most 3.4e38")
+    float, Field(gt=0, le=_FLOAT32_MAX, description="a number > 0, at most 3.4e38")
 ]
 Decay = Annotated[float, Field(gt=0, le=1, description="a number in (0, 1]")]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="an integer in [0, 4294967295]")]
@@ -100,7 +106,9 @@ Gpus = Annotated[
     pydantic.BeforeValidator(_digits),
 ]
 ClipNorm = Annotated[
-    str, Field(description=f"{NO_CLIPPING} or a number > 0"), pydantic.AfterValidator(_clip_norm)
+    str,
+    Field(description=f"{NO_CLIPPING} or a number > 0, at most 3.4e38"),
+    pydantic.AfterValidator(_clip_norm),
 ]
 
 
