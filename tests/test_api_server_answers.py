@@ -160,6 +160,30 @@ def test_a_server_that_never_answers_is_one_line(
     assert "Read timed out" in line
 
 
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+@pytest.mark.parametrize("body", ["null", "[]", '"text"'])
+def test_json_that_is_no_object_is_one_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str], body: str
+) -> None:
+    # A version, then JSON that is not an object for every request: no object at all.
+    server = serve(200, body, "application/json", version=True)
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig_at(host)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(command)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 1, err
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: the server at {host} is not a working Kubernetes API server: ")
+    assert line.endswith(f" answered HTTP 200: {body}")
+
+
 @pytest.mark.parametrize("command", list(COMMANDS.values())[:2], ids=list(COMMANDS)[:2])
 def test_objects_without_their_required_fields_are_one_line(
     kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str]

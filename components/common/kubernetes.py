@@ -85,6 +85,11 @@ class _Client(client.ApiClient):
 
     def deserialize(self, response: Any, response_type: Any) -> Any:
         try:
+            # Every object the API answers with is a JSON object; the client makes None of `null`
+            # and an empty model of a list (api_client.py, `__deserialize_model`).
+            is_object = response_type == "object" or hasattr(client.models, str(response_type))
+            if is_object and not isinstance(json.loads(response.data), dict):
+                raise ValueError(response.data)
             return super().deserialize(response, response_type)
         except (ValueError, TypeError, AttributeError):
             what = f"a request for a {response_type}"
