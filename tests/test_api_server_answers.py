@@ -160,12 +160,13 @@ def test_a_server_that_never_answers_is_one_line(
     assert "Read timed out" in line
 
 
-@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
-@pytest.mark.parametrize("body", ["null", "[]", '"text"'])
-def test_json_that_is_no_object_is_one_line(
-    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str], body: str
-) -> None:
-    # A version, then JSON that is not an object for every request: no object at all.
+def fail_after_the_version(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str], body: str | bytes
+) -> tuple[str, str, str]:
+    """Runs the CLI against a server answering its version, then `body` to every request.
+
+    Asserts it failed (status 1) with one line on stderr; returns the host, stdout and line.
+    """
     server = serve(200, body, "application/json", version=True)
     host = f"http://127.0.0.1:{server.server_address[1]}"
     kubeconfig_at(host)
@@ -175,62 +176,47 @@ def test_json_that_is_no_object_is_one_line(
     finally:
         server.shutdown()
         server.server_close()
-
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert exited.value.code == 1, err
     assert "Traceback" not in err
     (line,) = err.splitlines()
+    return host, out, line
+
+
+# JSON that is no object (the client made None or an empty model of it), and bytes it cannot
+# decode: each answers every request after the version.
+NO_OBJECTS = {
+    "null": ("null", "HTTP 200: null"),
+    "list": ("[]", "HTTP 200: []"),
+    "string": ('"text"', 'HTTP 200: "text"'),
+    "not-utf8": (b"\xff\xfe\x00binary", "bytes that are not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+@pytest.mark.parametrize("answer", NO_OBJECTS.values(), ids=NO_OBJECTS.keys())
+def test_answers_that_hold_no_object_are_one_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str], answer: tuple
+) -> None:
+    body, says = answer
+    host, _, line = fail_after_the_version(kubeconfig_at, capsys, command, body)
+
     assert line.startswith(f"error: the server at {host} is not a working Kubernetes API server: ")
-    assert line.endswith(f" answered HTTP 200: {body}")
+    assert line.endswith(f" answered {says}")
 
 
 @pytest.mark.parametrize("command", list(COMMANDS.values())[:2], ids=list(COMMANDS)[:2])
 def test_objects_without_their_required_fields_are_one_line(
     kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
-    # A version, then `{}` for every object: discovery's APIResourceList lacks its fields.
-    server = serve(200, "{}", "application/json", version=True)
-    host = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig_at(host)
-    try:
-        with pytest.raises(SystemExit) as exited:
-            cli.main(command)
-    finally:
-        server.shutdown()
-        server.server_close()
+    # `{}` for every object: discovery's APIResourceList lacks its fields.
+    host, out, line = fail_after_the_version(kubeconfig_at, capsys, command, "{}")
 
-    out, err = capsys.readouterr()
-    assert exited.value.code == 1
     assert out.startswith(f"Kubernetes v1.31.0 at {host}, namespace default")
-    assert "Traceback" not in err
-    (line,) = err.splitlines()
     assert line == (
         f"error: the server at {host} is not a working Kubernetes API server: a request for a "
         "V1APIResourceList answered HTTP 200: {}"
     )
-
-
-@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
-def test_answers_that_are_not_utf8_are_one_line(
-    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str]
-) -> None:
-    # A version, then bytes the client cannot decode for every other request.
-    server = serve(200, b"\xff\xfe\x00binary", "application/octet-stream", version=True)
-    host = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig_at(host)
-    try:
-        with pytest.raises(SystemExit) as exited:
-            cli.main(command)
-    finally:
-        server.shutdown()
-        server.server_close()
-
-    err = capsys.readouterr().err
-    assert exited.value.code == 1
-    assert "Traceback" not in err
-    (line,) = err.splitlines()
-    assert line.startswith(f"error: the server at {host} is not a working Kubernetes API server: ")
-    assert line.endswith(" answered bytes that are not UTF-8 text")
 
 
 ANSWERED, WITH_500 = (
