@@ -137,8 +137,10 @@ _unknown = functools.partial(Check, Status.UNKNOWN)
 
 
 def _unreadable(what: str, err: ApiException) -> str:
-    """What is said of a read these credentials may not make."""
-    return f"{what} not readable with these credentials ({kube.api_answer(err)})"
+    """What is said of a read refused (HTTP 403) or failed (the server's own fault)."""
+    if err.status == 403:
+        return f"{what} not readable with these credentials ({kube.api_answer(err)})"
+    return f"{what} not readable: the API server answered {kube.api_answer(err)}"
 
 
 class Target(NamedTuple):
@@ -171,6 +173,12 @@ def _call(request: Callable[..., Any], *args: object) -> Any:
         return request(*args, _request_timeout=REQUEST_TIMEOUT_SECONDS)
     except urllib3.exceptions.HTTPError as err:
         raise kube.ClusterUnreachableError(kube.connection_failure(err)) from err
+    except ApiException as err:
+        if err.status != 401:
+            raise
+        # About the credentials, whatever was asked (`kube.check_server`): no check can pass.
+        host = request.__self__.api_client.configuration.host
+        raise kube.UnusableServerError(kube.answered(host, "", err)) from None
 
 
 # --- the checks ---------------------------------------------------------------------------
@@ -761,11 +769,15 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     s3, pvc = target.logs.scheme == "s3", target.logs.scheme == "pvc"
     not_needed = _passed(f"not needed for logs at {target.logs.uri}")
     tensorboard = check_crd(api_client, TENSORBOARD_API) if s3 or pvc else not_needed
+    # What depends on the Tensorboard CRD is unknown when it is.
+    unsure = _unknown("not checked: whether Kubeflow's Tensorboard is served is unknown")
+    unsure = unsure if tensorboard.status is Status.UNKNOWN else None
+    nothing = unsure or _passed("nothing to create: Kubeflow's Tensorboard is not served")
     if served := tensorboard.detail.endswith("is served"):
         poddefault = check_crd(api_client, PODDEFAULT_API) if s3 else not_needed
     else:
-        poddefault = _passed("not needed without Kubeflow's Tensorboard") if s3 else not_needed
-    nothing = _passed("nothing to create: Kubeflow's Tensorboard is not served")
+        unused = unsure or _passed("not needed without Kubeflow's Tensorboard")
+        poddefault = unused if s3 else not_needed
     checks = {
         "Tensorboard CRD": tensorboard,
         "PodDefault CRD": poddefault,
@@ -852,5 +864,8 @@ def check_cluster(
     if failed:
         print(f"{failed} of {len(checks)} checks failed{unchecked}.")
         return 1
-    print(f"No check failed{unchecked}: a run in {namespace} should work.")
+    if unknown:
+        print(f"No check failed{unchecked}: a run in {namespace} works only if those hold.")
+    else:
+        print(f"No check failed: a run in {namespace} should work.")
     return 0

@@ -10,6 +10,7 @@ this process.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import socket
@@ -46,6 +47,11 @@ def serve(
                 self.reply(200, json.dumps(VERSION), "application/json")
             elif status >= 400:
                 self.send_error(status)  # the reason, and http.server's own HTML page
+            elif status >= 300:  # a redirect to `body`
+                self.send_response(status)
+                self.send_header("Location", body)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             else:
                 self.reply(status, body, content_type)
 
@@ -107,6 +113,13 @@ ANSWERS = {
         NOT_KUBERNETES + "its /version answered HTTP 200: {}",
     ),
     "401": (401, "", "", CREDENTIALS),
+    # An API server never redirects (a login proxy does): not followed, where it may not answer.
+    "302": (
+        302,
+        "http://127.0.0.1:1/",
+        "",
+        f"{NOT_KUBERNETES}its /version answered HTTP 302: Found",
+    ),
     "500": (500, "", "", f"{NOT_KUBERNETES}its /version answered HTTP 500: Internal Server Error"),
 }
 
@@ -141,6 +154,30 @@ def test_a_closed_port_is_one_line(
     assert (
         line == f"error: no Kubernetes API server answers at {host}: [Errno 111] Connection refused"
     )
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_a_server_that_sends_garbage_is_one_short_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # Each connection gets about 4 KiB that are no HTTP, which the client quotes in its error.
+    with socket.create_server(("127.0.0.1", 0)) as garbage:
+        host = f"http://127.0.0.1:{garbage.getsockname()[1]}"
+
+        def answer() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = garbage.accept()
+                    with connection:
+                        connection.recv(65536)
+                        connection.sendall(bytes(range(14, 256)) * 16)  # no line end
+
+        threading.Thread(target=answer, daemon=True).start()
+        kubeconfig_at(host)
+        line = one_line_error(capsys, command)
+
+    assert line.startswith(f"error: no Kubernetes API server answers at {host}: ")
+    assert len(line) < len(host) + 300, line
 
 
 # --check-cluster's timeout, shortened here; --compare-runs has the same mechanism with the
@@ -258,3 +295,55 @@ def test_compare_runs_names_the_api_servers_answer(
         server.server_close()
 
     assert line == f"error: {says.replace('HOST', host)}"
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_credentials_refused_after_the_version_are_one_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # `/version` is public; every other request is refused as unauthenticated: nothing passes.
+    server = serve(401, "", "", version=True)
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig_at(host)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(command)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 1, err
+    assert err.splitlines() == [f"error: {CREDENTIALS.replace('HOST', host)}"]
+
+
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        (403, "not readable with these credentials (HTTP 403: Forbidden)"),
+        (503, "not readable: the API server answered HTTP 503: Service Unavailable"),
+    ],
+)
+def test_what_could_not_be_checked_passes_nothing(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], status: int, says: str
+) -> None:
+    server = serve(status, "", "", version=True)
+    kubeconfig_at(f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        code = cli.main(["--check-cluster"])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    lines = capsys.readouterr().out.splitlines()
+    results = dict(line[2:].split(": ", 1) for line in lines[1:-1])
+    assert code == 0
+    # Whether Kubeflow's Tensorboard is served is unknown: so is all that depends on it.
+    assert lines[1].startswith("? Tensorboard CRD: ")
+    for name in ("PodDefault CRD", "launcher RBAC"):
+        assert results[name] == "not checked: whether Kubeflow's Tensorboard is served is unknown"
+        assert f"? {name}: " in "\n".join(lines)
+    assert any(says in result for result in results.values()), lines
+    assert lines[-1].endswith(
+        "could not be checked (?): a run in default works only if those hold."
+    )

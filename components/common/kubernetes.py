@@ -53,10 +53,15 @@ class UnusableServerError(ClusterUnreachableError):
     """
 
 
+def shortened(text: str, width: int = 80) -> str:
+    """`text` on one line, cut to `width` characters (then "..." marks the cut)."""
+    shown = " ".join(text.split())
+    return shown[:width] + ("..." if len(shown) > width else "")
+
+
 def not_kubernetes(host: str, what: str, answer: str) -> str:
     """The one wording of an answer no Kubernetes API server gives, shortened to one line."""
-    shown = " ".join(answer.split())
-    shown = shown[:80] + ("..." if len(shown) > 80 else "")
+    shown = shortened(answer)
     return f"the server at {host} is not a working Kubernetes API server: {what} answered {shown}"
 
 
@@ -165,6 +170,7 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
         allowed_methods=None,  # every method: each write here is safe to repeat
         raise_on_status=False,  # the last answer reaches the caller as an ApiException
         respect_retry_after_header=True,  # a 429's or 503's own wait comes first
+        redirect=False,  # an API server never redirects: a login proxy's redirect is its answer
     )
     return _Client(configuration), namespace
 
@@ -176,8 +182,8 @@ def connection_failure(err: urllib3.exceptions.HTTPError) -> str:
     message is the useful one, without the pool and retry bookkeeping around it.
     """
     reason = getattr(err, "reason", None) or err
-    text = str(reason).split("Failed to establish a new connection: ")[-1]
-    return " ".join(text.split())
+    # Long enough for a TLS failure's reason; a server that sends garbage has it quoted.
+    return shortened(str(reason).split("Failed to establish a new connection: ")[-1], 200)
 
 
 def api_answer(err: ApiException) -> str:
