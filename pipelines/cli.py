@@ -284,7 +284,7 @@ def compile_pipeline(
             compiler.Compiler().compile(
                 pipeline,
                 str(staging),
-                pipeline_parameters={name: values[name] for name in parameters} or None,
+                pipeline_parameters=run_parameters.form_values(parameters) or None,
             )
             staging.write_text(stable_header(staging.read_text()))
     except OSError as err:  # a folder that cannot be made or written: nothing was written

@@ -38,6 +38,21 @@ def preset_parameters(preset: str) -> dict[str, Any]:
     return {p.name: p.to_form(getattr(config, p.name)) for p in fields}
 
 
+def form_values(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """`parameters`, validated, as the components read them, in the run form's types.
+
+    A switch typed "TRUE" reads on, `mirror=""` the default mirrors, " 1.0 " 1.0: the run form's
+    defaults are what runs, and never "" or "false", which the Kubeflow UI takes for missing.
+    """
+    values = {**pipeline_defaults(), **parameters}
+    configs = {config: from_run_form(config, values) for config in RUN_PARAMETERS}
+    return {
+        p.name: p.to_form(getattr(configs[p.owner], p.name))
+        for p in run_form_parameters()
+        if p.name in parameters
+    }
+
+
 def validate_parameters(parameters: Mapping[str, Any], nodes: int = 1) -> dict[str, Any]:
     """Checks every parameter as the components will when they start.
 
@@ -58,12 +73,6 @@ def validate_parameters(parameters: Mapping[str, Any], nodes: int = 1) -> dict[s
             raise invalid("parameter", name, f"one of {', '.join(sorted(defaults))}")
     values = {**defaults, **parameters}
     configs = {config: from_run_form(config, values) for config in RUN_PARAMETERS}
-    # A switch reads on or off in the run form however it was typed ("TRUE", "false"): the
-    # Kubeflow UI takes a "false" default for a missing value (run_form.ON, OFF).
-    for parameter in run_form_parameters():
-        value = getattr(configs[parameter.owner], parameter.name)
-        if isinstance(value, bool):
-            values[parameter.name] = parameter.to_form(value)
     # The validation hold-out must leave training images. Training checks the same against the
     # downloaded data; with the published checksums the data is the official MNIST, whose size
     # is known, so the CLI can say so before anything runs.
@@ -77,8 +86,9 @@ def validate_parameters(parameters: Mapping[str, Any], nodes: int = 1) -> dict[s
             f"{training.TEST_SET} or fewer than the {MNIST_TRAIN_SAMPLES} MNIST training images",
         )
     processes = nodes * max(1, config.gpus)
+    held_out = config.validation_size
     training.check_batch_size(
-        config.batch_size, MNIST_TRAIN_SAMPLES - config.validation_size, processes
+        config.batch_size, MNIST_TRAIN_SAMPLES - held_out, processes, held_out
     )
     return values
 

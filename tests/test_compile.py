@@ -17,6 +17,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kfp_lightning.components.common import images
 from kfp_lightning.components.common.training import TrainConfig
+from kfp_lightning.components.download_mnist.download import DEFAULT_MIRRORS
 from kfp_lightning.components.train_mnist.component import train_mnist
 from kfp_lightning.pipelines.cli import compile_pipeline
 
@@ -141,14 +142,17 @@ def test_defaults_are_never_falsy_for_the_kubeflow_ui(compiled):
         assert value not in ("", 0, 0.0, False, None), name
 
 
-def test_a_switch_typed_any_way_is_on_or_off_in_the_run_form(tmp_path):
-    # "false" as a default would be read as missing by the Kubeflow UI (see above).
-    spec, _ = load(
-        compile_pipeline(tmp_path / "p.yaml", {"channels_last": "TRUE", "torch_compile": "false"})
-    )
-    parameters = spec.root.input_definitions.parameters
-    assert parameters["channels_last"].default_value.string_value == "on"
-    assert parameters["torch_compile"].default_value.string_value == "off"
+def test_the_run_form_holds_values_as_the_components_read_them(tmp_path):
+    # "" or "false" as a default would be read as missing by the Kubeflow UI (see above).
+    given = {"channels_last": "TRUE", "torch_compile": "false", "mirror": "", "seed": "7"}
+    spec, _ = load(compile_pipeline(tmp_path / "p.yaml", {**given, "gradient_clip_val": " 1.0 "}))
+    defaults = {
+        name: json_format.MessageToDict(p.default_value)
+        for name, p in spec.root.input_definitions.parameters.items()
+    }
+    assert (defaults["channels_last"], defaults["torch_compile"]) == ("on", "off")
+    assert defaults["mirror"] == ",".join(DEFAULT_MIRRORS)
+    assert (defaults["gradient_clip_val"], defaults["seed"]) == ("1.0", 7)
 
 
 def test_kubernetes_settings(compiled):
@@ -279,10 +283,18 @@ def test_cli_names_the_registry_to_push_to(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--epochs", "0"], "error: invalid epochs=0: expected an integer >= 1"),
+        (["--epochs", "0"], "error: invalid epochs=0: expected an integer from 1 to 2147483647"),
         (["--image-registry", "Bad Registry"], "error: invalid image_registry='Bad Registry'"),
         (["--logs-pvc", "Bad_Claim"], "error: invalid logs_pvc='Bad_Claim'"),
         (["--tensorboard-logs-root", "gs://bucket/x"], "error: invalid tensorboard_logs_root="),
+        # The hold-out named as what leaves too few training images for a batch.
+        (
+            ["--validation", "59999"],
+            "error: invalid batch_size=64: expected at most the 1 training images that "
+            "validation=59999 leaves",
+        ),
+        # Quoted as typed, though the run form would read it as on.
+        (["--torch-compile", "True"], "error: invalid torch_compile='True': expected off"),
     ],
 )
 def test_cli_rejects_bad_values_without_writing(tmp_path, args, message):

@@ -163,7 +163,7 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[s
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--epochs", "0"], "error: invalid epochs=0: expected an integer >= 1"),
+        (["--epochs", "0"], "error: invalid epochs=0: expected an integer from 1 to 2147483647"),
         (
             ["--learning-rate", "-1"],
             "error: invalid learning_rate=-1.0: expected a number > 0, at most 3.4e38",

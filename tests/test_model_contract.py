@@ -218,7 +218,8 @@ def test_metadata_states_the_contract(tiny_model):
 def test_batch_size_above_the_training_set_is_refused_before_training(dataset, tmp_path):
     # 1200 synthetic training images, 200 held out: 1000 to train on.
     config = TrainConfig(epochs=1, batch_size=1001, **TINY)
-    expected = r"^invalid batch_size=1001: expected at most the 1000 training images$"
+    expected = r"^invalid batch_size=1001: expected at most the 1000 training images that "
+    expected += r"validation=200 leaves$"
     with pytest.raises(UserInputError, match=expected):
         run_training(dataset, TrainingOutputs(tmp_path / "model", tmp_path / "logs"), config)
     assert list(tmp_path.iterdir()) == []

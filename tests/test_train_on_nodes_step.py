@@ -213,7 +213,7 @@ def test_refusals_say_what_to_do() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"epochs": 0}, "error: invalid epochs=0: expected an integer >= 1"),
+        ({"epochs": 0}, "error: invalid epochs=0: expected an integer from 1 to 2147483647"),
         ({"node_launcher": "ssh"}, "error: invalid node_launcher='ssh': expected one of"),
         ({"tolerations": [{"effect": "Sometimes"}]}, "error: invalid tolerations[0]."),
         (

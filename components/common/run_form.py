@@ -48,7 +48,11 @@ def _switch(value: object) -> object:
     return _SWITCHES.get(value.strip().lower(), value) if isinstance(value, str) else value
 
 
-Switch = Annotated[bool, Field(strict=True, description="one of on, off"), BeforeValidator(_switch)]
+Switch = Annotated[
+    bool,
+    Field(strict=True, description="one of on, off (or true, false)"),
+    BeforeValidator(_switch),
+]
 """An on/off run parameter: "on", "off", "true", "false" (any case) or a bool."""
 
 

@@ -53,6 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 _FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+_FLOAT32_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: the least normal
 
 
 def _digits(value: object) -> object:
@@ -62,16 +63,19 @@ def _digits(value: object) -> object:
 def _clip_norm(value: str) -> str:
     value = value.strip().lower()
     # float() also reads "1_0" and non-ASCII digits, which every other number refuses; and
-    # torch clips in float32, where a norm above its largest number is infinite: no clipping.
+    # torch clips in float32, where a norm above its largest number is infinite (no clipping)
+    # and one below its least normal number zeroes every gradient, as 0 would.
     if value != NO_CLIPPING and not (
-        value.isascii() and "_" not in value and 0 < float(value) <= _FLOAT32_MAX
+        value.isascii() and "_" not in value and _FLOAT32_TINY <= float(value) <= _FLOAT32_MAX
     ):
         raise ValueError(value)
     return value
 
 
 # The rules of the fields below, with what each accepts in words (`run_form.run_config`).
-Count = Annotated[int, Field(ge=1, description="an integer >= 1")]
+# At most what a 32-bit integer holds: the run form keeps numbers as float64, which 1e20
+# epochs would turn into 1.0e+20 in an integer field, and no run ends after that many anyway.
+Count = Annotated[int, Field(ge=1, le=2**31 - 1, description="an integer from 1 to 2147483647")]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False, description="a finite number > 0")]
 # torch's optimizers apply it in float32 (`param.add_(..., alpha=-lr)`), which cannot hold a
 # larger number: torch.finfo(torch.float32).max.
@@ -107,7 +111,7 @@ Gpus = Annotated[
 ]
 ClipNorm = Annotated[
     str,
-    Field(description=f"{NO_CLIPPING} or a number > 0, at most 3.4e38"),
+    Field(description=f"{NO_CLIPPING} or a number from 1.2e-38 to 3.4e38"),
     pydantic.AfterValidator(_clip_norm),
 ]
 
@@ -184,7 +188,8 @@ class TrainConfig:
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = run_parameter("32-true")
     """32-true, bf16-mixed or 16-mixed (16-mixed needs a GPU)."""
     torch_compile: Switch = run_parameter(False, form="switch")
-    """on or off: compile the network with torch.compile (needs a C compiler in the image)."""
+    """on or off: compile the network with torch.compile. It needs a C compiler, which the
+    project's images leave out, so only --local runs take on."""
     channels_last: Switch = run_parameter(False, form="switch")
     """on or off: keep convolutions in the NHWC memory layout."""
     gradient_clip_val: ClipNorm = run_parameter(NO_CLIPPING)
@@ -247,7 +252,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def check_batch_size(batch_size: int, train_samples: int, processes: int = 1) -> None:
+def check_batch_size(
+    batch_size: int, train_samples: int, processes: int = 1, held_out: int = 0
+) -> None:
     """Refuses a training batch larger than each process's share of the training images.
 
     Such a batch is the whole share: every epoch would be one optimiser step, whatever the
@@ -258,6 +265,7 @@ def check_batch_size(batch_size: int, train_samples: int, processes: int = 1) ->
         batch_size: Training images per step of each process.
         train_samples: Training images after the validation hold-out.
         processes: Processes sharing every epoch (each trains on its equal share).
+        held_out: Training images the validation hold-out took (named as the cause).
 
     Raises:
         UserInputError: `batch_size` exceeds the share.
@@ -265,7 +273,8 @@ def check_batch_size(batch_size: int, train_samples: int, processes: int = 1) ->
     share = train_samples // processes
     if batch_size > share:
         each = f" of each of {processes} processes" if processes > 1 else ""
-        raise invalid("batch_size", batch_size, f"at most the {share} training images{each}")
+        left = f" that validation={held_out} leaves" if held_out else ""
+        raise invalid("batch_size", batch_size, f"at most the {share} training images{each}{left}")
 
 
 def training_task_key(

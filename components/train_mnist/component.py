@@ -70,8 +70,8 @@ def train_mnist(
             nodes) to 16; several train with Lightning's DDP, one process per GPU. Without a visible
             GPU, training uses the CPU.
         precision: 32-true, bf16-mixed or 16-mixed (16-mixed needs a GPU).
-        torch_compile: on or off: compile the network with torch.compile (needs a C compiler in the
-            image).
+        torch_compile: on or off: compile the network with torch.compile. It needs a C compiler,
+            which the project's images leave out, so only --local runs take on.
         channels_last: on or off: keep convolutions in the NHWC memory layout.
         gradient_clip_val: off (classic) or the largest global L2 norm of each step's gradients,
             e.g. 1.0, to which Lightning's Trainer clips them (its gradient_clip_val).

@@ -185,7 +185,7 @@ class MNISTDataModule(L.LightningDataModule):
                 "validation", self.validation_size, f"an integer in [0, {n - 1}] for this dataset"
             )
         processes = self.trainer.world_size if self.trainer else 1
-        check_batch_size(self.batch_size, n - self.validation_size, processes)
+        check_batch_size(self.batch_size, n - self.validation_size, processes, self.validation_size)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         val_idx, train_idx = order[: self.validation_size], order[self.validation_size :]
         test = (tensors["test_images"], tensors["test_labels"].long())

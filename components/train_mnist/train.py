@@ -107,7 +107,7 @@ def check_run(
             f"{TEST_SET} or fewer than the {dataset_metadata['train_samples']} training images"
         )
         raise invalid("validation", config.validation, accepted)
-    training.check_batch_size(config.batch_size, train_samples, processes)
+    training.check_batch_size(config.batch_size, train_samples, processes, config.validation_size)
     return train_samples
 
 
