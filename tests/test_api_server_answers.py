@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import urllib3
+import yaml
 
 from kfp_lightning.pipelines import cli
 from tests.apiserver.server import free_port
@@ -347,3 +349,30 @@ def test_what_could_not_be_checked_passes_nothing(
     assert lines[-1].endswith(
         "could not be checked (?): a run in default works only if those hold."
     )
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+@pytest.mark.parametrize(
+    ("plugin", "says"),
+    [
+        # A plugin that fails, saying why over several lines (as cloud login plugins do).
+        (["sh", "-c", "echo 'not logged in' >&2; echo 'run: login' >&2; exit 1"], "not logged in"),
+        (["no-such-credential-plugin"], "No such file or directory"),
+    ],
+    ids=["fails", "missing"],
+)
+def test_a_failing_credential_plugin_is_one_line(
+    kubeconfig_at, tmp_path, capsys, command: list[str], plugin: list[str], says: str
+) -> None:
+    # Before any request: the client would log the failure and go on without credentials.
+    kubeconfig_at(f"http://127.0.0.1:{free_port()}")
+    config = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())
+    exec_config = {"apiVersion": "client.authentication.k8s.io/v1", "command": plugin[0]}
+    exec_config |= {"args": plugin[1:], "interactiveMode": "Never"}
+    config["users"][0]["user"] = {"exec": exec_config}
+    Path(os.environ["KUBECONFIG"]).write_text(yaml.safe_dump(config))
+
+    line = one_line_error(capsys, command)
+
+    assert "credential plugin" in line
+    assert says in line

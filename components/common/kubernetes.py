@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import logging.handlers
 import os
 import time
 import urllib.parse
@@ -148,6 +150,11 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
                 f"not running in a pod ({in_cluster_error}) and no kubeconfig at {kubeconfig} "
                 "(no such file)"
             ) from None
+        # A failing credential plugin is only logged (kube_config.py, `_load_from_exec_plugin`),
+        # over several lines, and the client goes on without credentials: catch the record.
+        plugin_failures = logging.handlers.BufferingHandler(capacity=100)
+        plugin_failures.setLevel(logging.ERROR)
+        logging.getLogger().addHandler(plugin_failures)
         try:
             config.load_kube_config(
                 kubeconfig, client_configuration=configuration, persist_config=False
@@ -160,6 +167,13 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
                 f"not running in a pod ({in_cluster_error}) and {kubeconfig} is not a usable "
                 f"kubeconfig ({type(kubeconfig_error).__name__}: {first_line})"
             ) from kubeconfig_error
+        finally:
+            logging.getLogger().removeHandler(plugin_failures)
+        if plugin_failures.buffer:
+            why = shortened(plugin_failures.buffer[0].getMessage(), 200)
+            raise ClusterUnreachableError(
+                f"the kubeconfig's credential plugin failed: {why}"
+            ) from None
         namespace = active.get("context", {}).get("namespace") or "default"
     if not configuration.verify_ssl:  # the kubeconfig's own choice: not warned of per request
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
