@@ -42,15 +42,23 @@ def form_values(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """`parameters`, validated, as the components read them, in the run form's types.
 
     A switch typed "TRUE" reads on, `mirror=""` the default mirrors, " 1.0 " 1.0: the run form's
-    defaults are what runs, and never "" or "false", which the Kubeflow UI takes for missing.
+    defaults are what runs, and never "", 0 or "false", which the Kubeflow UI takes for missing.
+
+    Raises:
+        UserInputError: A value that is "" or 0 as the components read it (`seed=0`).
     """
     values = {**pipeline_defaults(), **parameters}
     configs = {config: from_run_form(config, values) for config in RUN_PARAMETERS}
-    return {
+    form = {
         p.name: p.to_form(getattr(configs[p.owner], p.name))
         for p in run_form_parameters()
         if p.name in parameters
     }
+    for name, value in form.items():
+        if not isinstance(value, (dict, list)) and value in ("", 0):
+            why = "the Kubeflow UI takes it for a missing value: give it when starting the run"
+            raise invalid(name, parameters[name], f"another default than {value!r} ({why})")
+    return form
 
 
 def validate_parameters(parameters: Mapping[str, Any], nodes: int = 1) -> dict[str, Any]:

@@ -297,7 +297,7 @@ def endpoint_in_cluster(api_client: ApiClient, value: str) -> str | None:
         403, as for a profile's users in namespace `kubeflow`).
 
     Raises:
-        UserInputError: `auto`, and no object-store Service exists.
+        RunError: `auto`, and no object-store Service exists.
         ApiException: The server refused to read a Service, other than with a 403.
     """
     if value.strip() != AUTO:
@@ -310,8 +310,10 @@ def endpoint_in_cluster(api_client: ApiClient, value: str) -> str | None:
             return None
         raise
     tried = ", ".join(f"{store.host}:{store.port}" for store in KFP_OBJECT_STORES)
-    why = f"auto looks for {tried}, and none of these Services exists with its port"
-    raise invalid("s3_endpoint", AUTO, f"http(s)://host[:port]: {why}")
+    raise RunError(
+        f"s3_endpoint=auto looks for {tried}, and none of these Services exists with its port: "
+        "pass --s3-endpoint http(s)://host[:port] of the S3 API the run logs to"
+    )
 
 
 def check_object_store(api_client: ApiClient, target: Target) -> Check:
@@ -444,8 +446,9 @@ def check_rbac(api_client: ApiClient, target: Target, name: str, permissions: Pe
             if refused := [v for v in verbs if not is_allowed(v, group, plural)]:
                 denied.append(f"{'/'.join(refused)} {plural}.{group}")
     except ApiException as err:
+        may_not = "these credentials may not ask" if err.status == 403 else "could not ask"
         return _unknown(
-            f"these credentials may not ask the authorizer ({kube.api_answer(err)})",
+            f"{may_not} the authorizer ({kube.api_answer(err)})",
             f"ask a cluster admin to run: kubectl auth can-i --list -n {namespace} --as {user}",
         )
     account, (role, manifest, consequence) = f"{namespace}/{service_account}", RBAC_GRANTS[name]
@@ -668,7 +671,7 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
     if target.logs.scheme == "s3":
         endpoint, secret = values["s3_endpoint"], values["s3_credentials_secret"]
         # The endpoint the step would give the nodes (`auto` stays where none is found).
-        with contextlib.suppress(UserInputError, ApiException):
+        with contextlib.suppress(UserInputError, RunError, ApiException):
             endpoint = endpoint_in_cluster(api_client, endpoint) or endpoint
     location = target.logs.child("preflight").uri
     arguments = run_layout.entry_arguments(
@@ -793,13 +796,14 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     if target.nodes == 1:
         return checks
     crd = check_crd(api_client, trainjob.TRAINJOB_API)
+    state = "is not served" if crd.status is Status.FAILED else "could not be checked"
     return checks | {
         "TrainJob CRD": crd,
         "training runtime": check_training_runtime(api_client),
         "TrainJob RBAC": check_rbac(api_client, target, "TrainJob RBAC", TRAINJOB_PERMISSIONS),
         "TrainJob": check_trainjob_dry_run(api_client, target)
         if crd.status is Status.PASSED
-        else _unknown("not submitted: the TrainJob CRD is not served"),
+        else _unknown(f"not submitted: the TrainJob CRD {state}"),
     }
 
 

@@ -173,11 +173,15 @@ def test_auto_with_no_object_store_service_is_one_line_naming_the_parameter(
         "KUBECONFIG",
         str(kube_apiserver.write_kubeconfig(tmp_path / "kc", namespace=NAMESPACE)),
     )
-    with pytest.raises(UserInputError) as raised:
+    # A fact of the cluster, not a bad value: exit 1, saying what to pass instead.
+    with pytest.raises(RunError) as raised:
         open_runs_tensorboard(values(), None, 0, io.StringIO(), FAST)
     message = str(raised.value)
-    assert message.startswith("invalid s3_endpoint='auto': expected http(s)://host[:port]")
-    assert message.endswith("and none of these Services exists with its port")
+    assert message.startswith("s3_endpoint=auto looks for seaweedfs.kubeflow:8333, ")
+    assert message.endswith(
+        "none of these Services exists with its port: pass --s3-endpoint "
+        "http(s)://host[:port] of the S3 API the run logs to"
+    )
 
 
 def test_a_single_node_claim_is_refused_before_anything_is_created(

@@ -293,6 +293,11 @@ def test_cli_names_the_registry_to_push_to(tmp_path):
             "error: invalid batch_size=64: expected at most the 1 training images that "
             "validation=59999 leaves",
         ),
+        # A run-form default the Kubeflow UI would take for missing.
+        (
+            ["--seed", "0"],
+            "error: invalid seed=0: expected another default than 0 (the Kubeflow UI",
+        ),
         # Quoted as typed, though the run form would read it as on.
         (["--torch-compile", "True"], "error: invalid torch_compile='True': expected off"),
     ],

@@ -120,6 +120,12 @@ def test_bad_parameters_are_rejected_before_any_download(mirror, md5, parameter,
     assert not (tmp_path / "dataset").exists()
 
 
+def test_checksums_in_capitals_are_the_same_checksums():
+    config = DownloadConfig(expected_md5={name: md5.upper() for name, md5 in MNIST_MD5.items()})
+    assert config.expected_md5 == MNIST_MD5
+    assert config.published_checksums
+
+
 def test_default_mirrors_are_torchvisions():
     # Written out so the CLI need not import torchvision: the library is the source of truth.
     assert tuple(MNIST.mirrors) == DEFAULT_MIRRORS

@@ -172,7 +172,8 @@ def connect(patience: Patience = Patience()) -> tuple[client.ApiClient, str | No
         if plugin_failures.buffer:
             why = shortened(plugin_failures.buffer[0].getMessage(), 200)
             raise ClusterUnreachableError(
-                f"the kubeconfig's credential plugin failed: {why}"
+                f"the kubeconfig's credential plugin failed ({why}): log in again, or fix its "
+                "users[].user.exec"
             ) from None
         namespace = active.get("context", {}).get("namespace") or "default"
     if not configuration.verify_ssl:  # the kubeconfig's own choice: not warned of per request
@@ -249,7 +250,10 @@ def check_server(api_client: client.ApiClient, timeout: float) -> str:
             raise UnusableServerError(answered(host, "", err)) from None
         raise UnusableServerError(not_kubernetes(host, "its /version", api_answer(err))) from None
     try:
-        return str(json.loads(version.data)["gitVersion"])
+        git_version = json.loads(version.data)["gitVersion"]
+        if not isinstance(git_version, str) or not git_version.isprintable():
+            raise ValueError(git_version)
+        return shortened(git_version)
     except (ValueError, TypeError, KeyError):
         answer = f"HTTP {version.status}: {version.data.decode(errors='replace')}"
         raise UnusableServerError(not_kubernetes(host, "its /version", answer)) from None

@@ -66,12 +66,12 @@ def _standard_files(table: dict[str, str]) -> dict[str, str]:
     missing = [f"missing {name}" for name in MNIST_MD5 if name not in table]
     if wrong := missing + [f"unknown {name}" for name in table if name not in MNIST_MD5]:
         raise invalid("expected_md5", table, f"{CHECKSUMS_ACCEPTED} ({'; '.join(wrong)})")
-    return {name: table[name] for name in MNIST_MD5}
+    return {name: table[name].lower() for name in MNIST_MD5}
 
 
 # File name -> MD5 of its uncompressed content; None or empty: the published ones.
 Checksums = Annotated[
-    dict[str, Annotated[str, pydantic.Field(pattern=r"^[0-9a-f]{32}$")]],
+    dict[str, Annotated[str, pydantic.Field(pattern=r"^[0-9a-fA-F]{32}$")]],
     pydantic.Field(description=CHECKSUMS_ACCEPTED),
     pydantic.BeforeValidator(lambda table: table or dict(MNIST_MD5)),
     pydantic.AfterValidator(_standard_files),
