@@ -33,6 +33,7 @@ from kfp_lightning.components.common.errors import (
 from kfp_lightning.components.common.files import atomic_file
 from kfp_lightning.components.common.kubernetes_syntax import check_secret_name
 from kfp_lightning.components.common.logs_location import parse_logs_root
+from kfp_lightning.components.common.training import plain_number
 from kfp_lightning.components.train_on_nodes.nodes import MAX_NODES, check_nodes
 from kfp_lightning.pipelines import compare, preflight
 from kfp_lightning.pipelines import parameters as run_parameters
@@ -94,8 +95,7 @@ def _typed(name: str, kind: type) -> Callable[[str], Any]:
         accepted = _ACCEPTED[kind]
         try:
             value = json.loads(text) if kind in (dict, list) else kind(text)
-            # int() and float() also read "1_0" as 10 and other scripts' digits: no typo passes.
-            if kind in (int, float) and not (text.isascii() and "_" not in text):
+            if kind in (int, float) and not plain_number(text):
                 value = None
         except json.JSONDecodeError as err:  # a subclass of ValueError: say where the JSON broke
             accepted += f" (this is not JSON: {err.msg} at character {err.pos + 1})"

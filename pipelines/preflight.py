@@ -772,14 +772,15 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     s3, pvc = target.logs.scheme == "s3", target.logs.scheme == "pvc"
     not_needed = _passed(f"not needed for logs at {target.logs.uri}")
     tensorboard = check_crd(api_client, TENSORBOARD_API) if s3 or pvc else not_needed
-    # What depends on the Tensorboard CRD is unknown when it is.
-    unsure = _unknown("not checked: whether Kubeflow's Tensorboard is served is unknown")
-    unsure = unsure if tensorboard.status is Status.UNKNOWN else None
-    nothing = unsure or _passed("nothing to create: Kubeflow's Tensorboard is not served")
+    why = "not checked: whether Kubeflow's Tensorboard is served is unknown"
+    if tensorboard.status is Status.UNKNOWN:  # so is what depends on it
+        nothing = unused = _unknown(why)
+    else:
+        nothing = _passed("nothing to create: Kubeflow's Tensorboard is not served")
+        unused = _passed("not needed without Kubeflow's Tensorboard")
     if served := tensorboard.detail.endswith("is served"):
         poddefault = check_crd(api_client, PODDEFAULT_API) if s3 else not_needed
     else:
-        unused = unsure or _passed("not needed without Kubeflow's Tensorboard")
         poddefault = unused if s3 else not_needed
     checks = {
         "Tensorboard CRD": tensorboard,

@@ -16,7 +16,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,6 +73,25 @@ def serve(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+@contextlib.contextmanager
+def pointed_at(
+    kubeconfig_at: Callable[[str], None],
+    status: int,
+    body: str | bytes,
+    content_type: str = "application/json",
+    version: bool = False,
+) -> Iterator[str]:
+    """Serves `status` and `body` (see `serve`) where $KUBECONFIG points; yields its address."""
+    server = serve(status, body, content_type, version)
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig_at(host)
+    try:
+        yield host
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -145,14 +164,8 @@ def test_a_server_that_is_no_kubernetes_api_is_one_line(
     kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str], answer: tuple
 ) -> None:
     status, body, content_type, says = answer
-    server = serve(status, body, content_type)
-    host = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig_at(host)
-    try:
+    with pointed_at(kubeconfig_at, status, body, content_type) as host:
         line = one_line_error(capsys, command)
-    finally:
-        server.shutdown()
-        server.server_close()
 
     assert line == f"error: {says.replace('HOST', host)}"
 
@@ -224,15 +237,11 @@ def fail_after_the_version(
 
     Asserts it failed (status 1) with one line on stderr; returns the host, stdout and line.
     """
-    server = serve(status, body, "application/json", version=True)
-    host = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig_at(host)
-    try:
-        with pytest.raises(SystemExit) as exited:
-            cli.main(command)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        pointed_at(kubeconfig_at, status, body, version=True) as host,
+        pytest.raises(SystemExit) as exited,
+    ):
+        cli.main(command)
     out, err = capsys.readouterr()
     assert exited.value.code == 1, err
     assert "Traceback" not in err
@@ -305,14 +314,8 @@ def test_compare_runs_names_the_api_servers_answer(
     kubeconfig_at, capsys: pytest.CaptureFixture[str], status: int, args: list[str], says: str
 ) -> None:
     # A Kubernetes version, then errors: not taken for a bad s3_endpoint or missing rights.
-    server = serve(status, "", "", version=True)
-    host = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig_at(host)
-    try:
+    with pointed_at(kubeconfig_at, status, "", version=True) as host:
         line = one_line_error(capsys, ["--compare-runs", *args])
-    finally:
-        server.shutdown()
-        server.server_close()
 
     assert line == f"error: {says.replace('HOST', host)}"
 
@@ -337,13 +340,8 @@ def test_credentials_refused_after_the_version_are_one_line(
 def test_what_could_not_be_checked_passes_nothing(
     kubeconfig_at, capsys: pytest.CaptureFixture[str], status: int, says: str
 ) -> None:
-    server = serve(status, "", "", version=True)
-    kubeconfig_at(f"http://127.0.0.1:{server.server_address[1]}")
-    try:
+    with pointed_at(kubeconfig_at, status, "", version=True):
         code = cli.main(["--check-cluster", "--nodes", "2"])
-    finally:
-        server.shutdown()
-        server.server_close()
 
     lines = capsys.readouterr().out.splitlines()
     results = dict(line[2:].split(": ", 1) for line in lines[1:-1])

@@ -56,17 +56,23 @@ _FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 _FLOAT32_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: the least normal
 
 
+def plain_number(text: str) -> bool:
+    """Whether int() or float() may read `text`: they also read "1_0" as 10 and other scripts'
+    digits (Python's numeric literals, `str.isdigit`), which no one types as a number."""
+    return text.isascii() and "_" not in text
+
+
 def _digits(value: object) -> object:
     return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
 
 
 def _clip_norm(value: str) -> str:
     value = value.strip().lower()
-    # float() also reads "1_0" and non-ASCII digits, which every other number refuses; and
-    # torch clips in float32, where a norm above its largest number is infinite (no clipping)
-    # and one below its least normal number zeroes every gradient, as 0 would.
+    # As every other number (`plain_number`); and torch clips in float32, where a norm above its
+    # largest number is infinite (no clipping) and one below its least normal number zeroes
+    # every gradient, as 0 would.
     if value != NO_CLIPPING and not (
-        value.isascii() and "_" not in value and _FLOAT32_TINY <= float(value) <= _FLOAT32_MAX
+        plain_number(value) and _FLOAT32_TINY <= float(value) <= _FLOAT32_MAX
     ):
         raise ValueError(value)
     return value
