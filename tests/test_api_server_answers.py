@@ -40,13 +40,15 @@ def serve(
     status: int, body: str | bytes, content_type: str, version: bool = False
 ) -> http.server.HTTPServer:
     """A server answering `status` and `body` to every request (its /version too, unless
-    `version`: then a Kubernetes version object)."""
+    `version`: then a Kubernetes version object); status 0 closes the connection unanswered."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def answer(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if version and self.path.rstrip("/") == "/version":
                 self.reply(200, json.dumps(VERSION), "application/json")
+            elif status == 0:
+                self.close_connection = True  # the client reads no status line at all
             elif status >= 400:
                 self.send_error(status)  # the reason, and http.server's own HTML page
             elif status >= 300:  # a redirect to `body`
@@ -206,6 +208,19 @@ def test_a_server_that_sends_garbage_is_one_short_line(
 
     assert line.startswith(f"error: no Kubernetes API server answers at {host}: ")
     assert len(line) < len(host) + 300, line
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_a_server_that_hangs_up_after_the_version_is_one_plain_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    host, _, line = fail_after_the_version(kubeconfig_at, capsys, command, "", status=0)
+
+    # What happened and its cause in words, not the repr of urllib3's (message, cause) tuple.
+    assert line.endswith(
+        "Connection aborted: Remote end closed connection without response"
+    ), line
+    assert "(" not in line.split(host)[-1], line
 
 
 # --check-cluster's timeout, shortened here; --compare-runs has the same mechanism with the

@@ -197,6 +197,9 @@ def connection_failure(err: urllib3.exceptions.HTTPError) -> str:
     message is the useful one, without the pool and retry bookkeeping around it.
     """
     reason = getattr(err, "reason", None) or err
+    if isinstance(reason, urllib3.exceptions.ProtocolError) and len(reason.args) == 2:
+        # (what happened, its cause), which str() would show as a tuple of reprs.
+        reason = f"{str(reason.args[0]).rstrip('.')}: {reason.args[1]}"
     # Long enough for a TLS failure's reason; a server that sends garbage has it quoted.
     return shortened(str(reason).split("Failed to establish a new connection: ")[-1], 200)
 
