@@ -55,11 +55,13 @@ REJECTED = [
     (
         "learning_rate",
         float("inf"),
-        "invalid learning_rate=inf: expected a number > 0, at most 3.4e38",
+        "invalid learning_rate=inf: expected a number from 1.2e-38 to 3.4e38",
     ),
     # Finite, but beyond float32, in which torch's optimizers apply it.
-    ("learning_rate", 1e39, "invalid learning_rate=1e+39: expected a number > 0, at most 3.4e38"),
+    ("learning_rate", 1e39, "invalid learning_rate=1e+39: expected a number from 1.2e-38 to 3.4e38"),
     ("learning_rate", 0.0, "invalid learning_rate=0"),
+    # Positive, but zero in float32: no weight would ever change.
+    ("learning_rate", 1e-320, "invalid learning_rate=1e-320: expected a number from 1.2e-38 to"),
     ("learning_rate", -0.1, "invalid learning_rate=-0.1"),
     ("gamma", 0.0, "invalid gamma=0"),
     ("gamma", 1.5, "invalid gamma=1.5: expected a number in (0, 1]"),

@@ -166,7 +166,7 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[s
         (["--epochs", "0"], "error: invalid epochs=0: expected an integer from 1 to 2147483647"),
         (
             ["--learning-rate", "-1"],
-            "error: invalid learning_rate=-1.0: expected a number > 0, at most 3.4e38",
+            "error: invalid learning_rate=-1.0: expected a number from 1.2e-38 to 3.4e38",
         ),
         (["--gamma", "1.5"], "error: invalid gamma=1.5: expected a number in (0, 1]"),
     ],

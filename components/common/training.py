@@ -83,10 +83,11 @@ def _clip_norm(value: str) -> str:
 # epochs would turn into 1.0e+20 in an integer field, and no run ends after that many anyway.
 Count = Annotated[int, Field(ge=1, le=2**31 - 1, description="an integer from 1 to 2147483647")]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False, description="a finite number > 0")]
-# torch's optimizers apply it in float32 (`param.add_(..., alpha=-lr)`), which cannot hold a
-# larger number: torch.finfo(torch.float32).max.
+# torch's optimizers apply it in float32 (`param.add_(..., alpha=-lr)`), where a larger number
+# is infinite and one below the least normal number is zero or loses its precision.
 LearningRate = Annotated[
-    float, Field(gt=0, le=_FLOAT32_MAX, description="a number > 0, at most 3.4e38")
+    float,
+    Field(ge=_FLOAT32_TINY, le=_FLOAT32_MAX, description="a number from 1.2e-38 to 3.4e38"),
 ]
 Decay = Annotated[float, Field(gt=0, le=1, description="a number in (0, 1]")]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="an integer in [0, 4294967295]")]
