@@ -143,6 +143,12 @@ def _unreadable(what: str, err: ApiException) -> str:
     return f"{what} not readable: the API server answered {kube.api_answer(err)}"
 
 
+def _by_hand(command: str, err: ApiException) -> str:
+    """How to check by other means what `err` kept from being read: `command`, run by whom."""
+    who = " as someone who may read it" if err.status == 403 else " once the server answers"
+    return command + who
+
+
 class Target(NamedTuple):
     """What a run needs from the cluster, from the pipeline's parameters and the options.
 
@@ -210,7 +216,8 @@ def check_crd(api_client: ApiClient, resource: kube.Resource) -> Check:
         found = _call(client.CustomObjectsApi(api_client).get_api_resources, group, version)
     except ApiException as err:
         if err.status != 404:
-            return _unknown(f"discovery of {group}/{version}: {kube.api_answer(err)}")
+            fix = _by_hand(f"kubectl api-resources --api-group={group}", err)
+            return _unknown(_unreadable(f"discovery of {group}/{version}", err), fix)
         found = None
     if found is not None and any(r.name == plural for r in found.resources):
         return _passed(f"{api} is served")
@@ -246,7 +253,7 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
         found = _call(client.CoreV1Api(api_client).read_namespaced_secret, secret, namespace)
     except ApiException as err:
         if err.status != 404:
-            fix = f"kubectl -n {namespace} get secret {secret} as someone who may read it"
+            fix = _by_hand(f"kubectl -n {namespace} get secret {secret}", err)
             return _unknown(_unreadable(f"secret {namespace}/{secret}", err), fix)
         return _failed(
             f"no secret {secret} in namespace {namespace} (logs at {target.logs.uri})",
@@ -348,7 +355,7 @@ def check_object_store(api_client: ApiClient, target: Target) -> Check:
     try:
         found = find_object_store(api_client, candidates)
     except ApiException as err:
-        fix = f"kubectl -n {candidates[0].namespace} get service as someone who may read it"
+        fix = _by_hand(f"kubectl -n {candidates[0].namespace} get service", err)
         return _unknown(_unreadable(services, err), fix)
     if found is None:
         what = "KFP's object store" if auto else f"s3_endpoint={endpoint}"
@@ -385,7 +392,8 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
         if err.status == 404:
             fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default)"
             return _failed(f"no PersistentVolumeClaim {where}", fix)
-        fix = f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'"
+        command = f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'"
+        fix = _by_hand(command, err)
         return _unknown(_unreadable(f"claim {where}", err), fix)
     # Training writes while TensorBoard reads, each on its own node: of the modes that let
     # several nodes mount a volume (launch_tensorboard/launcher.py, `SHARED_ACCESS_MODES`),
@@ -740,7 +748,10 @@ def check_kfp_backend(api_client: ApiClient, kfp_namespace: str) -> Check:
         if err.status == 404:
             fix = "pass the namespace Kubeflow Pipelines runs in with --kfp-namespace"
             return _unknown(f"no {where}: {unknown}", fix)
-        return _unknown(f"{_unreadable(where, err)}: {unknown}", supported)
+        command = f"kubectl -n {kfp_namespace} get deployment {KFP_DEPLOYMENT} -o wide"
+        return _unknown(
+            f"{_unreadable(where, err)}: {unknown}", f"{_by_hand(command, err)}; {supported}"
+        )
     pod = deployment.spec and deployment.spec.template.spec
     containers = (pod and pod.containers) or [client.V1Container(name="", image="")]
     image = next((c for c in containers if c.name == KFP_CONTAINER), containers[0]).image

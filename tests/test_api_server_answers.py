@@ -374,6 +374,13 @@ def test_what_could_not_be_checked_passes_nothing(
     assert lines[-1].endswith(
         "could not be checked (?): a run in default works only if those hold."
     )
+    # Each unknown of its own says how to check it by other means, and blames the credentials
+    # only for a refusal.
+    unknown = [line for line in lines if line.startswith("? ") and ": not " not in line]
+    assert len(unknown) == 8, lines
+    assert all(". To check: " in line for line in unknown), unknown
+    refused = [line for line in unknown if "as someone who may" in line]
+    assert len(refused) == (5 if status == 403 else 0), unknown
 
 
 @pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
