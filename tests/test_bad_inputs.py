@@ -223,6 +223,12 @@ CLI_CASES = [
     (["--compile", "--learning-rate", "1_0.5"], "error: invalid learning_rate='1_0.5': expected a number"),
     (["--compile", "--preset", "turbo"], "error: invalid preset='turbo': expected one of classic, fast"),
     (["--compile", "--image-registry", "Bad Registry"], "error: invalid image_registry='Bad Registry'"),
+    # What no image reference holds (distribution/reference's grammar): no pull could succeed.
+    (["--compile", "--image-registry", "registry.example.com:99999/ml"], "error: invalid image_registry='registry.example.com:99999/ml': expected a registry prefix"),
+    (["--compile", "--image-registry", "registry.example.com:0/ml"], "error: invalid image_registry="),
+    (["--compile", "--image-registry", "registry..example.com/ml"], "error: invalid image_registry="),
+    (["--compile", "--image-registry", "registry-.example.com/ml"], "error: invalid image_registry="),
+    (["--compile", "--image-registry", "registry.example.com/ml._x"], "error: invalid image_registry="),
     (["--compile", "--logs-pvc", "Bad_Claim"], "error: invalid logs_pvc='Bad_Claim'"),
     (["--compile", "--training-timeout", "0"], "error: invalid training_timeout=0: expected an integer in [1, 2147482747] (seconds)"),
     # A pod's deadline is at most 2^31 - 1 s, the nodes step's 15 min more than training's.

@@ -36,8 +36,13 @@ DESCRIPTIONS = {
 # and nodes keep the copy they pulled first (imagePullPolicy IfNotPresent, Kubernetes' default
 # for a tag other than `latest`), so a compile names what was pushed by digest when it knows it.
 PUSHED_FILE = Path(__file__).resolve().parents[2] / "build" / "images" / "pushed.json"
-# host[:port] followed by lowercase path components, as the OCI distribution spec allows.
-REGISTRY_PATTERN = re.compile(r"[a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*")
+# host[:port] followed by lowercase path components, in the grammar of image references
+# (distribution/reference, reference.go): a host's components are letters and digits with
+# inner hyphens; a path component's separators are ".", "_", "__" or hyphens.
+_HOST = r"[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?"
+REGISTRY_PATTERN = re.compile(
+    rf"{_HOST}(\.{_HOST})*(:(?P<port>[0-9]+))?(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+)
 
 
 def use_registry(prefix: str, parameter: str = "image_registry") -> None:
@@ -51,7 +56,9 @@ def use_registry(prefix: str, parameter: str = "image_registry") -> None:
         UserInputError: `prefix` is not a registry prefix.
     """
     prefix = prefix.strip().rstrip("/")
-    if not REGISTRY_PATTERN.fullmatch(prefix):
+    # The grammar takes any digits as a port; a TCP port is at most 65535.
+    match = REGISTRY_PATTERN.fullmatch(prefix)
+    if not match or not 1 <= int(match["port"] or 1) <= 65535:
         raise invalid(parameter, prefix, "a registry prefix such as registry.example.com/ml")
     os.environ[REGISTRY_ENV] = prefix
 
