@@ -381,3 +381,20 @@ def test_an_output_under_a_file_names_the_file_in_the_way(tmp_path):
         f"invalid output='{blocking / 'x.yaml'}': expected a path whose folders are folders "
         f"({blocking} is a file)"
     )
+
+
+def test_an_output_that_is_a_link_is_written_through(tmp_path):
+    # As open() would: e.g. a GitOps checkout's pipeline.yaml linked to the compiled file.
+    target = tmp_path / "deploy" / "pipeline.yaml"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "pipeline.yaml"
+    link.symlink_to(target)
+
+    assert compile_pipeline(link) == link
+
+    assert link.is_symlink()
+    assert link.resolve() == target
+    assert yaml.safe_load_all(target.read_text())
+    assert "pipelineInfo" in target.read_text()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["pipeline.yaml"]  # no temporary

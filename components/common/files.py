@@ -156,15 +156,16 @@ def atomic_file(destination: str | os.PathLike[str], folder: bool = False) -> It
             met here or by the block's writes into the temporary; the temporary is removed
             and `destination` is left as it was.
     """
-    destination = Path(destination)
+    # A symbolic link is written through, as open() does, not replaced by a file.
+    suffix, destination = Path(destination).suffix, Path(os.path.realpath(destination))
     with reported_write_faults(destination):
         destination.parent.mkdir(parents=True, exist_ok=True)
         if folder:
             staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
         else:
-            # The temporary file keeps `destination`'s suffix (some writers insist on one).
+            # The temporary file keeps the suffix asked for (some writers insist on one).
             fd, name = tempfile.mkstemp(
-                prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent
+                prefix=f".{destination.stem}.", suffix=suffix, dir=destination.parent
             )
             os.close(fd)
             staging = Path(name)
