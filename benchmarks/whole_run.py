@@ -180,6 +180,11 @@ def _clock(text: str) -> datetime.datetime:
     return datetime.datetime.strptime(text, "%H:%M:%S.%f")
 
 
+def _between(start: datetime.datetime, end: datetime.datetime) -> float:
+    """Seconds from `start` to `end`, two times of day: a run that passes midnight wraps."""
+    return (end - start).total_seconds() % 86400
+
+
 def breakdown(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
     """Where our run's time went, in seconds.
 
@@ -206,17 +211,17 @@ def breakdown(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
                 first = first or (at, stamp)
             else:
                 name = match.group(3)
-                parts[f"task {name}"] = (stamp - started[name]).total_seconds()
+                parts[f"task {name}"] = _between(started[name], stamp)
                 if "looking" in marks and "wrote" in marks:
-                    parts[f"  {name}: start-up (process, Python, kfp)"] = (
-                        marks["looking"] - started[name]
-                    ).total_seconds()
-                    parts[f"  {name}: component function"] = (
-                        marks["wrote"] - marks["looking"]
-                    ).total_seconds()
-                    parts[f"  {name}: exit (process end, outputs read)"] = (
-                        stamp - marks["wrote"]
-                    ).total_seconds()
+                    parts[f"  {name}: start-up (process, Python, kfp)"] = _between(
+                        started[name], marks["looking"]
+                    )
+                    parts[f"  {name}: component function"] = _between(
+                        marks["looking"], marks["wrote"]
+                    )
+                    parts[f"  {name}: exit (process end, outputs read)"] = _between(
+                        marks["wrote"], stamp
+                    )
                 marks = {}
                 last_end = stamp
             continue
@@ -231,7 +236,7 @@ def breakdown(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
     if first is not None:
         parts["before the first task (CLI, kfp.local, TensorBoard)"] = first[0]
         if last_end is not None:
-            ended_at = first[0] + (last_end - first[1]).total_seconds()
+            ended_at = first[0] + _between(first[1], last_end)
             parts["after the last task (summary, TensorBoard stopped)"] = total - ended_at
     training = parts.get("  training task: training")
     if training is not None:
