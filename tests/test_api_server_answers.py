@@ -182,7 +182,8 @@ def test_a_closed_port_is_one_line(
     line = one_line_error(capsys, command)
 
     assert (
-        line == f"error: no Kubernetes API server answers at {host}: [Errno 111] Connection refused"
+        line == f"error: no Kubernetes API server answers at {host}: [Errno 111] Connection "
+        "refused (5 attempts)"
     )
 
 
@@ -218,9 +219,9 @@ def test_a_server_that_hangs_up_after_the_version_is_one_plain_line(
 
     # What happened and its cause in words, not the repr of urllib3's (message, cause) tuple.
     assert line.endswith(
-        "Connection aborted: Remote end closed connection without response"
+        "Connection aborted: Remote end closed connection without response (5 attempts)"
     ), line
-    assert "(" not in line.split(host)[-1], line
+    assert "(" not in line.split(host)[-1].removesuffix(" (5 attempts)"), line
 
 
 # --check-cluster's timeout, shortened here; --compare-runs has the same mechanism with the
@@ -238,6 +239,8 @@ def test_a_server_that_never_answers_is_one_line(
 
     assert line.startswith(f"error: no Kubernetes API server answers at {host}: ")
     assert "Read timed out" in line
+    # The wait was every attempt's timeout: the line says how many there were.
+    assert line.endswith(" (5 attempts)"), line
 
 
 def fail_after_the_version(

@@ -240,7 +240,7 @@ def test_no_api_server_answering_is_one_line(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr == (
         f"error: no Kubernetes API server answers at https://127.0.0.1:{closed}: "
-        "[Errno 111] Connection refused\n"
+        "[Errno 111] Connection refused (5 attempts)\n"
     )
 
 

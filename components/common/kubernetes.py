@@ -201,7 +201,12 @@ def connection_failure(err: urllib3.exceptions.HTTPError) -> str:
         # (what happened, its cause), which str() would show as a tuple of reprs.
         reason = f"{str(reason.args[0]).rstrip('.')}: {reason.args[1]}"
     # Long enough for a TLS failure's reason; a server that sends garbage has it quoted.
-    return shortened(str(reason).split("Failed to establish a new connection: ")[-1], 200)
+    shown = shortened(str(reason).split("Failed to establish a new connection: ")[-1], 200)
+    # Every try failed alike: say how many, as the wait was that many timeouts long.
+    retries = getattr(getattr(err, "pool", None), "retries", None)
+    if isinstance(err, urllib3.exceptions.MaxRetryError) and isinstance(retries, urllib3.Retry):
+        shown += f" ({retries.total + 1} attempts)" if retries.total else ""
+    return shown
 
 
 def api_answer(err: ApiException) -> str:
