@@ -26,6 +26,7 @@ from kfp_lightning.components.common import images
 from kfp_lightning.components.common.errors import (
     EXIT_USER_ERROR,
     WRITE_FAULT_CAUSES,
+    UserInputError,
     WriteError,
     invalid,
     run_or_exit,
@@ -36,12 +37,17 @@ from kfp_lightning.components.common.logs_location import parse_logs_root
 from kfp_lightning.components.common.training import plain_number
 from kfp_lightning.components.train_on_nodes.nodes import MAX_NODES, check_nodes
 from kfp_lightning.pipelines import compare, preflight
-from kfp_lightning.pipelines import parameters as run_parameters
-from kfp_lightning.pipelines.mnist import (
-    DEFAULT_TRAINING_TIMEOUT_SECONDS,
-    NODES_STEP_MARGIN_SECONDS,
-    build_pipeline,
-)
+
+try:  # importing the components names their images, from $KFP_LIGHTNING_IMAGE_REGISTRY
+    from kfp_lightning.pipelines import parameters as run_parameters
+    from kfp_lightning.pipelines.mnist import (
+        DEFAULT_TRAINING_TIMEOUT_SECONDS,
+        NODES_STEP_MARGIN_SECONDS,
+        build_pipeline,
+    )
+except UserInputError as bad_registry:
+    print(f"error: {bad_registry}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
 
 DEFAULT_YAML = "mnist_pipeline.yaml"
 # Write faults that come from the --output chosen, and so are refused like a bad value.

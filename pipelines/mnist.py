@@ -9,6 +9,12 @@ which component runs where, on what resources, with which Kubernetes settings.
 """
 
 import sys
+
+if __name__ == "__main__":  # before any image is named: the CLI reports a bad registry in one line
+    from kfp_lightning.pipelines.cli import main
+
+    sys.exit(main())
+
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
@@ -339,9 +345,3 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = build_pipeline()
     return globals()[name]
-
-
-if __name__ == "__main__":
-    from kfp_lightning.pipelines.cli import main
-
-    sys.exit(main())

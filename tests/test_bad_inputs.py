@@ -12,6 +12,7 @@ component exactly as a pod runs it: exit status 2, one line, nothing written.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,11 @@ REJECTED = [
         "invalid learning_rate=inf: expected a number from 1.2e-38 to 3.4e38",
     ),
     # Finite, but beyond float32, in which torch's optimizers apply it.
-    ("learning_rate", 1e39, "invalid learning_rate=1e+39: expected a number from 1.2e-38 to 3.4e38"),
+    (
+        "learning_rate",
+        1e39,
+        "invalid learning_rate=1e+39: expected a number from 1.2e-38 to 3.4e38",
+    ),
     ("learning_rate", 0.0, "invalid learning_rate=0"),
     # Positive, but zero in float32: no weight would ever change.
     ("learning_rate", 1e-320, "invalid learning_rate=1e-320: expected a number from 1.2e-38 to"),
@@ -270,30 +275,41 @@ BAD_REGISTRY = (
     "error: invalid KFP_LIGHTNING_IMAGE_REGISTRY='bad reg': expected a registry prefix such as "
     "registry.example.com/ml"
 )
-BAD_ROOT = "error: invalid tensorboard_logs_root='s3://Bad_Bucket/x'"
 
 
-# Checked as --image-registry is where images are named; elsewhere left alone, as the option is
-# refused there. A bad logs root after it shows which.
-@pytest.mark.parametrize(
-    ("mode", "message"),
-    [
-        ("--compile", BAD_REGISTRY),
-        ("--check-cluster", BAD_REGISTRY),
-        ("--local", BAD_ROOT),
-        ("--compare-runs", BAD_ROOT),
-    ],
-)
-def test_a_registry_from_the_environment_counts_where_images_are_named(
-    mode, message, tmp_path, monkeypatch, capsys
-):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KFP_LIGHTNING_IMAGE_REGISTRY", "bad reg")
-    with pytest.raises(SystemExit) as exited:
-        cli.main([mode, "--tensorboard-logs-root", "s3://Bad_Bucket/x"])
-    assert exited.value.code == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(message)
+# The components name their images when imported, from the environment's registry: a bad one
+# is refused in every mode before anything runs, by the script and the console script alike.
+@pytest.mark.parametrize("mode", ["--compile", "--local", "--check-cluster", "--compare-runs"])
+@pytest.mark.parametrize("command", ["script", "console script"])
+def test_a_bad_registry_in_the_environment_is_refused_at_once(mode, command, tmp_path):
+    program = (
+        [sys.executable, str(REPO / "pipelines" / "mnist.py")]
+        if command == "script"
+        else [str(Path(sys.executable).with_name("kfp-lightning"))]
+    )
+    environment = {**os.environ, "KFP_LIGHTNING_IMAGE_REGISTRY": "bad reg"}
+    done = subprocess.run(
+        [*program, mode], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [BAD_REGISTRY]
+    assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pipeline_of_ones_own_refuses_a_bad_registry_on_import(tmp_path):
+    # Rather than compile image references no node can pull.
+    environment = {**os.environ, "KFP_LIGHTNING_IMAGE_REGISTRY": "bad reg"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "own_pipeline.py")],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    error = "kfp_lightning.components.common.errors.UserInputError: "
+    assert done.stderr.splitlines()[-1] == error + BAD_REGISTRY.removeprefix("error: ")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -94,3 +94,28 @@ def test_record_pushed_keeps_earlier_pushes(pushed_file: Path) -> None:
         "r.example/ml/kfp-lightning-tools:1",
         "r.example/ml/kfp-lightning-trainer:1",
     }
+
+
+# What the image reference grammar allows (distribution/reference), at its edges.
+@pytest.mark.parametrize(
+    "registry",
+    [
+        "[::1]:5000/ml",  # an IPv6 host
+        "Registry-1.Example.com:65535/my__team/ml-x",
+        "localhost/" + "a" * (255 - len("localhost//kfp-lightning-trainer")),  # 255 in all
+    ],
+)
+def test_a_registry_at_the_grammars_edges_is_taken(registry: str, monkeypatch) -> None:
+    monkeypatch.delenv(images.REGISTRY_ENV, raising=False)
+    images.use_registry(registry)
+
+    assert images.image_tag(images.TRAINER).startswith(f"{registry}/kfp-lightning-trainer:")
+    monkeypatch.delenv(images.REGISTRY_ENV, raising=False)
+
+
+def test_a_registry_past_the_names_length_is_refused(monkeypatch) -> None:
+    monkeypatch.delenv(images.REGISTRY_ENV, raising=False)
+    too_long = "localhost/" + "a" * (256 - len("localhost//kfp-lightning-trainer"))
+
+    with pytest.raises(ValueError, match="expected a registry prefix"):
+        images.use_registry(too_long)

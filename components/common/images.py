@@ -37,12 +37,15 @@ DESCRIPTIONS = {
 # for a tag other than `latest`), so a compile names what was pushed by digest when it knows it.
 PUSHED_FILE = Path(__file__).resolve().parents[2] / "build" / "images" / "pushed.json"
 # host[:port] followed by lowercase path components, in the grammar of image references
-# (distribution/reference, reference.go): a host's components are letters and digits with
-# inner hyphens; a path component's separators are ".", "_", "__" or hyphens.
+# (distribution/reference, reference.go and regexp.go): a host's components are letters and
+# digits with inner hyphens, or an IPv6 address in brackets; a path component's separators are
+# ".", "_", "__" or hyphens; a repository name is at most 255 characters (NameTotalLengthMax).
 _HOST = r"[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?"
 REGISTRY_PATTERN = re.compile(
-    rf"{_HOST}(\.{_HOST})*(:(?P<port>[0-9]+))?(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+    rf"({_HOST}(\.{_HOST})*|\[[0-9a-fA-F:]+\])(:(?P<port>[0-9]+))?"
+    r"(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
 )
+NAME_MAX = 255
 
 
 def use_registry(prefix: str, parameter: str = "image_registry") -> None:
@@ -55,12 +58,18 @@ def use_registry(prefix: str, parameter: str = "image_registry") -> None:
     Raises:
         UserInputError: `prefix` is not a registry prefix.
     """
+    os.environ[REGISTRY_ENV] = _checked(prefix, parameter)
+
+
+def _checked(prefix: str, parameter: str) -> str:
+    """`prefix` without surrounding blanks and trailing slashes, if it is a registry prefix."""
     prefix = prefix.strip().rstrip("/")
     # The grammar takes any digits as a port; a TCP port is at most 65535.
     match = REGISTRY_PATTERN.fullmatch(prefix)
-    if not match or not 1 <= int(match["port"] or 1) <= 65535:
+    longest = max(len(f"{prefix}/kfp-lightning-{name}") for name in IMAGE_NAMES)
+    if not match or not 1 <= int(match["port"] or 1) <= 65535 or longest > NAME_MAX:
         raise invalid(parameter, prefix, "a registry prefix such as registry.example.com/ml")
-    os.environ[REGISTRY_ENV] = prefix
+    return prefix
 
 
 def package_version() -> str:
@@ -69,8 +78,14 @@ def package_version() -> str:
 
 
 def registry() -> str:
-    """The registry prefix in effect (environment override, else the default)."""
-    return os.environ.get(REGISTRY_ENV, "").strip().rstrip("/") or DEFAULT_REGISTRY
+    """The registry prefix in effect (environment override, else the default).
+
+    Raises:
+        UserInputError: The environment's value is not a registry prefix. The components name
+            their images when imported: a pipeline of one's own fails then, not on the cluster.
+    """
+    value = os.environ.get(REGISTRY_ENV, "").strip()
+    return _checked(value, REGISTRY_ENV) if value else DEFAULT_REGISTRY
 
 
 def image_tag(name: str) -> str:
