@@ -524,9 +524,13 @@ def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
     return operator == "Exists" or (operator == "Equal" and value == (taint.get("value") or ""))
 
 
-def _gpu_count(node: client.V1Node) -> int:
+def _gpu_count(node: client.V1Node, host: str) -> int:
     value = ((node.status and node.status.allocatable) or {}).get(GPU_RESOURCE, "0")
-    return int(parse_quantity(value))
+    try:
+        return int(parse_quantity(value))
+    except ValueError:  # the API server stores only quantities it could parse
+        what = f"a node list (node {node.metadata.name}'s allocatable {GPU_RESOURCE})"
+        raise kube.UnusableServerError(kube.not_kubernetes(host, what, repr(value))) from None
 
 
 def why_unreachable(
@@ -589,8 +593,9 @@ def check_gpu_nodes(
     except ApiException as err:
         fix = "ask a cluster admin whether a node offers the GPUs and taints/labels you set"
         return _unknown(_unreadable("nodes", err), fix)
-    if not (candidates := [n for n in nodes if _gpu_count(n) >= gpus]):
-        most = max((_gpu_count(n) for n in nodes), default=0)
+    counts = [_gpu_count(node, api_client.configuration.host) for node in nodes]
+    if not (candidates := [n for n, count in zip(nodes, counts, strict=True) if count >= gpus]):
+        most = max(counts, default=0)
         found = f"most on one node: {most}, of {len(nodes)} nodes" if nodes else "no node at all"
         return _failed(
             f"no node has {gpus} allocatable {GPU_RESOURCE} ({found})",
@@ -756,7 +761,8 @@ def check_kfp_backend(api_client: ApiClient, kfp_namespace: str) -> Check:
     containers = (pod and pod.containers) or [client.V1Container(name="", image="")]
     image = next((c for c in containers if c.name == KFP_CONTAINER), containers[0]).image
     if (version := image_version(image or "")) is None:
-        return _unknown(f"image {image} has no version tag: {unknown}", supported)
+        fix = f"find the release the image was pushed as (its tags in the registry); {supported}"
+        return _unknown(f"image {image} has no version tag: {unknown}", fix)
     shown = f"{'.'.join(map(str, version))} ({image})"
     if version < (2, 5, 0):
         return _failed(
@@ -785,7 +791,7 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     tensorboard = check_crd(api_client, TENSORBOARD_API) if s3 or pvc else not_needed
     why = "not checked: whether Kubeflow's Tensorboard is served is unknown"
     if tensorboard.status is Status.UNKNOWN:  # so is what depends on it
-        nothing = unused = _unknown(why)
+        nothing = unused = _unknown(why, "see the Tensorboard CRD's line first")
     else:
         nothing = _passed("nothing to create: Kubeflow's Tensorboard is not served")
         unused = _passed("not needed without Kubeflow's Tensorboard")
@@ -815,7 +821,7 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
         "TrainJob RBAC": check_rbac(api_client, target, "TrainJob RBAC", TRAINJOB_PERMISSIONS),
         "TrainJob": check_trainjob_dry_run(api_client, target)
         if crd.status is Status.PASSED
-        else _unknown(f"not submitted: the TrainJob CRD {state}"),
+        else _unknown(f"not submitted: the TrainJob CRD {state}", "see its line first"),
     }
 
 
@@ -879,6 +885,12 @@ def check_cluster(
     unchecked = f"; {unknown} could not be checked (?)" if unknown else ""
     if failed:
         print(f"{failed} of {len(checks)} checks failed{unchecked}.")
+        return 1
+    # Only "not needed" passed: nothing was learnt of the cluster, and no gate may pass on that.
+    passed = [c.detail for c in checks.values() if c.status is Status.PASSED]
+    if unknown and all(detail.startswith("not needed") for detail in passed):
+        made = f"None of the {unknown} checks that ask the cluster could be made (?)"
+        print(f"{made}: whether a run in {namespace} works is unknown.")
         return 1
     if unknown:
         print(f"No check failed{unchecked}: a run in {namespace} works only if those hold.")

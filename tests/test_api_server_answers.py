@@ -363,24 +363,31 @@ def test_what_could_not_be_checked_passes_nothing(
 
     lines = capsys.readouterr().out.splitlines()
     results = dict(line[2:].split(": ", 1) for line in lines[1:-1])
-    assert code == 0
+    # Nothing was learnt of the cluster: a gate on the exit status must not pass.
+    assert code == 1
     # Whether Kubeflow's Tensorboard is served is unknown: so is all that depends on it.
     assert lines[1].startswith("? Tensorboard CRD: ")
     for name in ("PodDefault CRD", "launcher RBAC"):
-        assert results[name] == "not checked: whether Kubeflow's Tensorboard is served is unknown"
+        assert results[name] == (
+            "not checked: whether Kubeflow's Tensorboard is served is unknown. To check: see the "
+            "Tensorboard CRD's line first"
+        )
         assert f"? {name}: " in "\n".join(lines)
     assert any(says in result for result in results.values()), lines
     # Nor is a TrainJob CRD whose discovery failed "not served", or the authorizer's fault ours.
-    assert results["TrainJob"] == "not submitted: the TrainJob CRD could not be checked"
+    assert results["TrainJob"] == (
+        "not submitted: the TrainJob CRD could not be checked. To check: see its line first"
+    )
     may_not = "these credentials may not ask" if status == 403 else "could not ask"
     assert results["TrainJob RBAC"].startswith(f"{may_not} the authorizer (HTTP {status}")
-    assert lines[-1].endswith(
-        "could not be checked (?): a run in default works only if those hold."
+    assert lines[-1] == (
+        "None of the 11 checks that ask the cluster could be made (?): whether a run in default "
+        "works is unknown."
     )
     # Each unknown of its own says how to check it by other means, and blames the credentials
     # only for a refusal.
-    unknown = [line for line in lines if line.startswith("? ") and ": not " not in line]
-    assert len(unknown) == 8, lines
+    unknown = [line for line in lines if line.startswith("? ")]
+    assert len(unknown) == 11, lines
     assert all(". To check: " in line for line in unknown), unknown
     refused = [line for line in unknown if "as someone who may" in line]
     assert len(refused) == (5 if status == 403 else 0), unknown
@@ -412,3 +419,47 @@ def test_a_failing_credential_plugin_is_one_line(
     assert "credential plugin" in line
     assert says in line
     assert line.endswith(": log in again, or fix its users[].user.exec")
+
+
+def test_a_quantity_no_api_server_stores_is_one_line(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A node whose allocatable GPUs are no quantity, which the API server would never store;
+    # every other request is answered as a real one answers what does not exist.
+    node = {"metadata": {"name": "gpu-1"}, "status": {"allocatable": {"nvidia.com/gpu": "one"}}}
+    missing = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0].rstrip("/")
+            answers = {"/version": (200, VERSION), "/api/v1/nodes": (200, {"items": [node]})}
+            status, body = answers.get(path, (404, missing | {"message": "not found"}))
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig_at(host)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["--check-cluster"])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 1, err
+    assert err.splitlines() == [
+        f"error: the server at {host} is not a working Kubernetes API server: a node list (node "
+        "gpu-1's allocatable nvidia.com/gpu) answered 'one'"
+    ]

@@ -113,7 +113,9 @@ def test_a_missing_trainjob_crd_fails(
         "✗ the cluster serves no trainjobs.trainer.kubeflow.org/v1alpha1. Fix: install Kubeflow "
         "Trainer v2"
     )
-    assert results["TrainJob"] == "? not submitted: the TrainJob CRD is not served"
+    assert results["TrainJob"] == (
+        "? not submitted: the TrainJob CRD is not served. To check: see its line first"
+    )
     others = {n: r for n, r in results.items() if n not in ("TrainJob CRD", "TrainJob")}
     assert all(r.startswith("✓") for r in others.values()), results
 
