@@ -241,6 +241,9 @@ def test_a_server_that_never_answers_is_one_line(
     assert "Read timed out" in line
     # The wait was every attempt's timeout: the line says how many there were.
     assert line.endswith(" (5 attempts)"), line
+    # In words, without urllib3's name for its connection pool ("HTTPConnectionPool(host=...)"
+    # or "None").
+    assert line.split(f"{host}: ", 1)[1].startswith("Read timed out."), line
 
 
 def fail_after_the_version(

@@ -200,6 +200,8 @@ def connection_failure(err: urllib3.exceptions.HTTPError) -> str:
     if isinstance(reason, urllib3.exceptions.ProtocolError) and len(reason.args) == 2:
         # (what happened, its cause), which str() would show as a tuple of reprs.
         reason = f"{str(reason.args[0]).rstrip('.')}: {reason.args[1]}"
+    elif isinstance(reason, urllib3.exceptions.PoolError):  # "<pool>: <what happened>"
+        reason = str(reason).removeprefix(f"{reason.pool}: ")
     # Long enough for a TLS failure's reason; a server that sends garbage has it quoted.
     shown = shortened(str(reason).split("Failed to establish a new connection: ")[-1], 200)
     # Every try failed alike: say how many, as the wait was that many timeouts long.
