@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -398,3 +401,64 @@ def test_an_output_that_is_a_link_is_written_through(tmp_path):
     assert yaml.safe_load_all(target.read_text())
     assert "pipelineInfo" in target.read_text()
     assert sorted(p.name for p in target.parent.iterdir()) == ["pipeline.yaml"]  # no temporary
+
+
+def test_an_output_link_that_loops_is_refused_and_kept(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.symlink_to(second)
+    second.symlink_to(first)
+    from kfp_lightning.components.common.errors import UserInputError
+
+    with pytest.raises(UserInputError) as raised:
+        compile_pipeline(first)
+
+    assert str(raised.value) == (
+        f"invalid output='{first}': expected a path this user can write (Too many levels of "
+        "symbolic links)"
+    )
+    assert first.is_symlink()
+    assert second.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.yaml"]
+
+
+def test_an_output_replaced_keeps_its_mode(tmp_path):
+    # As a file written in place would: a private file stays private.
+    output = tmp_path / "pipeline.yaml"
+    output.write_text("old")
+    output.chmod(0o600)
+
+    compile_pipeline(output)
+
+    assert output.stat().st_mode & 0o777 == 0o600
+    assert "pipelineInfo" in output.read_text()
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs util-linux's setpriv")
+def test_a_read_only_output_is_refused_for_a_user_who_may_not_write_it():
+    # Run as nobody (root may write any file), in a folder of theirs outside pytest's private
+    # tmp_path, where the file is read-only.
+    folder = Path(tempfile.mkdtemp(prefix="read-only-output-"))
+    output = folder / "pipeline.yaml"
+    output.write_text("old")
+    output.chmod(0o444)
+    for path in (folder, output):
+        os.chown(path, 65534, 65534)
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    script = str(REPO / "pipelines" / "mnist.py")
+    try:
+        done = subprocess.run(
+            [*as_nobody, sys.executable, "-B", script, "--compile", "--output", str(output)],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"], "HOME": str(folder)},
+        )
+
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (
+            f"error: invalid output='{output}': expected a path this user can write "
+            "(permission denied)\n"
+        )
+        assert output.read_text() == "old"
+        assert sorted(p.name for p in folder.iterdir()) == ["pipeline.yaml"]
+    finally:
+        shutil.rmtree(folder)

@@ -12,6 +12,7 @@ error is recognised by the free space left on the filesystem it was writing to.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -159,6 +160,11 @@ def atomic_file(destination: str | os.PathLike[str], folder: bool = False) -> It
     # A symbolic link is written through, as open() does, not replaced by a file.
     suffix, destination = Path(destination).suffix, Path(os.path.realpath(destination))
     with reported_write_faults(destination):
+        if destination.is_symlink():  # where realpath stopped: the links loop
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(destination))
+        # As open() would, a file is replaced only where this user may write it.
+        if not folder and destination.is_file() and not os.access(destination, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(destination))
         destination.parent.mkdir(parents=True, exist_ok=True)
         if folder:
             staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
@@ -174,8 +180,10 @@ def atomic_file(destination: str | os.PathLike[str], folder: bool = False) -> It
         # the disk.
         with reported_write_faults(destination, staging):
             # mkdtemp and mkstemp make it private (0700, 0600); artifacts are read by other
-            # users and tools.
-            staging.chmod((0o777 if folder else 0o666) & ~_umask())
+            # users and tools. A file replaced keeps its mode, as one written in place would.
+            replaced = not folder and destination.is_file()
+            mode = destination.stat().st_mode & 0o777 if replaced else 0o666 & ~_umask()
+            staging.chmod(0o777 & ~_umask() if folder else mode)
             yield staging
             # An existing empty directory (KFP sometimes creates the artifact path) is replaced;
             # a non-empty one is an error.
