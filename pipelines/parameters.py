@@ -131,15 +131,25 @@ def check_local_run(values: Mapping[str, Any]) -> None:
     """What a `--local` run needs beyond valid values: a root this machine can write.
 
     Raises:
-        UserInputError: A pvc:// root (no claim is mounted here), `torch_compile=on`
-            without a compiler on this machine, or GPUs or a precision this machine lacks.
+        UserInputError: A pvc:// root (no claim is mounted here), an s3:// root without keys
+            for it here, `torch_compile=on` without a compiler on this machine, or GPUs or a
+            precision this machine lacks.
     """
     root = values["tensorboard_logs_root"]
     # No namespace: the tasks run outside a pod, where `{namespace}` has nothing to become.
-    if logs_location.parse_logs_root(root).scheme == "pvc":
+    scheme = logs_location.parse_logs_root(root).scheme
+    if scheme == "pvc":
         raise invalid("tensorboard_logs_root", root, "a directory or s3:// for --local runs")
     # An s3:// root needs an endpoint this machine reaches; `auto` finds one only in a cluster.
     from_run_form(logs_location.LiveLogsConfig, values).endpoint()
+    if scheme == "s3":
+        # And keys, which the tasks find as boto3 does: said before the download, not when
+        # training first lists the logs.
+        import botocore.session
+
+        if botocore.session.get_session().get_credentials() is None:
+            keys = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile"
+            raise invalid("tensorboard_logs_root", root, f"an s3:// root with keys here ({keys})")
     config = from_run_form(training.TrainConfig, values)
     # --local trains in this Python: on the CPU, or on this machine's GPU if it has one.
     training.check_compiler(config.torch_compile, "cpu")

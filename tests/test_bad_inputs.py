@@ -457,3 +457,44 @@ def test_local_refuses_what_only_a_cluster_run_reads(name, tmp_path, monkeypatch
     option = f"--{name.replace('_', '-')}"
     assert line == f"error: {option} does not apply to --local (it is for cluster runs)"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def no_aws_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AWS keys anywhere boto3 looks: environment, files, instance metadata."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+S3_ROOT = ["--tensorboard-logs-root", "s3://bucket/x", "--s3-endpoint", "http://127.0.0.1:1"]
+
+
+def test_a_local_run_to_s3_without_keys_is_refused_before_any_task(
+    no_aws_keys, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--local", "--output-dir", "out", *S3_ROOT])
+
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "error: invalid tensorboard_logs_root='s3://bucket/x': expected an s3:// root with keys "
+        "here (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_local_run_to_s3_with_keys_in_the_environment_may_start(no_aws_keys, monkeypatch):
+    from kfp_lightning.pipelines.parameters import check_local_run
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    values = validate_parameters(
+        {"tensorboard_logs_root": "s3://bucket/x"} | {"s3_endpoint": "http://127.0.0.1:1"}
+    )
+
+    check_local_run(values)  # no error: the tasks will find the same keys
