@@ -360,8 +360,9 @@ def run_local(
             "metrics": metrics,
             **{k: outputs[k].path for k in ("model", "tensorboard_logs")},
             "classification_metrics": classification.path,
-            # Rows: true digit; columns: predicted digit (the artifact's metadata, as in Kubeflow).
-            "confusion_matrix": [row["row"] for row in confusion["rows"]],
+            # Rows: true digit; columns: predicted digit (the artifact's metadata, as in Kubeflow),
+            # counted in integers again: kfp.local keeps metadata as protobuf numbers, floats.
+            "confusion_matrix": [list(map(int, row["row"])) for row in confusion["rows"]],
             # A path that opens as a page: KFP's HTML artifact is a file without an extension.
             "report_html": str(report_page),
             # Null when the server stopped with the run: only a kept one still answers.

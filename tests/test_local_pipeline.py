@@ -124,6 +124,7 @@ def test_artifacts_and_summary(live_run):
     written = json.loads(Path(summary["classification_metrics"]).read_text())
     assert [row["row"] for row in written["confusionMatrix"]["rows"]] == matrix
     assert sum(map(sum, matrix)) == 300
+    assert all(type(count) is int for row in matrix for count in row), matrix  # counts, not 970.0
     assert sum(matrix[i][i] for i in range(10)) / 300 == pytest.approx(summary["test_accuracy"])
 
     model, logs, report = (Path(summary[k]) for k in ("model", "tensorboard_logs", "report_html"))
