@@ -301,8 +301,8 @@ def test_objects_without_their_required_fields_are_one_line(
 
     assert out.startswith(f"Kubernetes v1.31.0 at {host}, namespace default")
     assert line == (
-        f"error: the server at {host} is not a working Kubernetes API server: a request for a "
-        "V1APIResourceList answered HTTP 200: {}"
+        f"error: the server at {host} is not a working Kubernetes API server: a request for an "
+        "APIResourceList answered HTTP 200: {}"
     )
 
 

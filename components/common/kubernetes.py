@@ -20,6 +20,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -99,7 +100,9 @@ class _Client(client.ApiClient):
                 raise ValueError(response.data)
             return super().deserialize(response, response_type)
         except (ValueError, TypeError, AttributeError):
-            what = f"a request for a {response_type}"
+            # The kind as Kubernetes names it, not the client's model class (V1APIResourceList).
+            kind = re.sub(r"^V\d+(?:(?:alpha|beta)\d+)?(?=[A-Z])", "", str(response_type))
+            what = f"a request for {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
             answer, host = f"HTTP {response.status}: {response.data}", self.configuration.host
             raise UnusableServerError(not_kubernetes(host, what, answer)) from None
 
