@@ -163,13 +163,21 @@ _OPTION_EXTRA: dict[str, dict[str, Any]] = {
 class OneLineParser(argparse.ArgumentParser):
     """argparse, with its errors as one line on stderr (no usage block) and exit status 2."""
 
+    given: Sequence[str] = ()
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
         # Our converters name the parameter themselves; argparse's own prefix would repeat it.
         message = re.sub(r"^argument [^:]+: (?=invalid \w+=)", "", message)
-        if unknown := re.match(r"unrecognized arguments: (--[\w-]+)", message):
-            known = [o for action in self._actions for o in action.option_strings]
-            if close := difflib.get_close_matches(unknown[1], known, n=1):
-                message += f" (did you mean {close[0]}?)"
+        # A mistyped option, whatever argparse found wrong first (a mode missing, for --compil).
+        known = [o for action in self._actions for o in action.option_strings]
+        typed = [a.split("=")[0] for a in self.given if a.startswith("--")]
+        unknown = [option for option in typed if option not in known]
+        if unknown and (close := difflib.get_close_matches(unknown[0], known, n=1)):
+            message += f" (did you mean {close[0]}?)"
         self.exit(EXIT_USER_ERROR, f"error: {message}\n")
 
 

@@ -221,6 +221,8 @@ CLI_CASES = [
     (["--compile", "--node-selector", "[]"], "error: invalid node_selector='[]': expected a JSON object"),
     (["--compile", "--tolerations", '[{"key": "a",'], """error: invalid tolerations='[{"key": "a",': expected a JSON list (this is not JSON: Expecting property name enclosed in double quotes at character 14)"""),
     (["--compile", "--epoch", "3"], "error: unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
+    # argparse says first that no mode was given: the typo is still named.
+    (["--compil"], "error: one of the arguments --compile --local --check-cluster --compare-runs is required (did you mean --compile?)"),
     (["--compile", "--epochs", "2.5"], "error: invalid epochs='2.5': expected an integer"),
     # What int() and float() read besides plain digits: a typo is refused, not taken as 10 or 3.
     (["--compile", "--epochs", "1_0"], "error: invalid epochs='1_0': expected an integer"),
