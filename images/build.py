@@ -531,11 +531,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             _exit(f"invalid --image={name!r}: images/{name}/requirements.txt does not exist")
     if args.base_image is not None and not args.base_image.strip():
         _exit("invalid --base-image='': expected an image reference such as debian:bookworm-slim")
-    if args.image_registry is not None:
-        try:
+    try:
+        if args.image_registry is not None:
             images.use_registry(args.image_registry)
-        except ValueError as err:
-            _exit(str(err))
+        images.registry()  # $KFP_LIGHTNING_IMAGE_REGISTRY otherwise: judged before any build
+    except ValueError as err:
+        _exit(str(err))
     return args
 
 

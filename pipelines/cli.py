@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -38,16 +39,23 @@ from kfp_lightning.components.common.training import plain_number
 from kfp_lightning.components.train_on_nodes.nodes import MAX_NODES, check_nodes
 from kfp_lightning.pipelines import compare, preflight
 
-try:  # importing the components names their images, from $KFP_LIGHTNING_IMAGE_REGISTRY
-    from kfp_lightning.pipelines import parameters as run_parameters
-    from kfp_lightning.pipelines.mnist import (
-        DEFAULT_TRAINING_TIMEOUT_SECONDS,
-        NODES_STEP_MARGIN_SECONDS,
-        build_pipeline,
-    )
-except UserInputError as bad_registry:
-    print(f"error: {bad_registry}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+# The components name their images when imported, and refuse a registry in the environment
+# that is none (components/common/images.py). The CLI judges that value once its options are
+# read (`run`): --image-registry takes its place, and modes that name no image leave it alone.
+# Until then, and in the tasks of a --local run, the components name the default registry.
+_ENVIRONMENT_REGISTRY = os.environ.get(images.REGISTRY_ENV, "")
+try:
+    images.registry()
+except UserInputError:
+    del os.environ[images.REGISTRY_ENV]
+
+# These import the components: after the registry above.
+from kfp_lightning.pipelines import parameters as run_parameters  # noqa: E402
+from kfp_lightning.pipelines.mnist import (  # noqa: E402
+    DEFAULT_TRAINING_TIMEOUT_SECONDS,
+    NODES_STEP_MARGIN_SECONDS,
+    build_pipeline,
+)
 
 DEFAULT_YAML = "mnist_pipeline.yaml"
 # Write faults that come from the --output chosen, and so are refused like a bad value.
@@ -177,7 +185,10 @@ class OneLineParser(argparse.ArgumentParser):
         typed = [a.split("=")[0] for a in self.given if a.startswith("--")]
         unknown = [option for option in typed if option not in known]
         if unknown and (close := difflib.get_close_matches(unknown[0], known, n=1)):
-            message += f" (did you mean {close[0]}?)"
+            # Named, unless the message names it already: it may be about another option.
+            named = re.search(rf"{re.escape(unknown[0])}(?![\w-])", message)
+            typo = "" if named else f"{unknown[0]}: "
+            message += f" ({typo}did you mean {close[0]}?)"
         self.exit(EXIT_USER_ERROR, f"error: {message}\n")
 
 
@@ -349,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
     nodes = check_nodes(args.nodes)
     # The environment's registry is a value as --image-registry's is, which takes its place,
     # in the modes that name images.
-    from_environment = os.environ.get(images.REGISTRY_ENV, "").strip()
+    from_environment = os.environ.get(images.REGISTRY_ENV, _ENVIRONMENT_REGISTRY).strip()
     if from_environment and args.image_registry is None and (args.compile or args.check_cluster):
         images.use_registry(from_environment, images.REGISTRY_ENV)
     if args.compare_runs or args.check_cluster:
@@ -386,7 +397,8 @@ def run(args: argparse.Namespace) -> int:
                 "the same --image-registry"
             )
         else:
-            advice = f"push them before the first run: make images IMAGE_REGISTRY={registry} PUSH=1"
+            push = f"make images IMAGE_REGISTRY={shlex.quote(registry)} PUSH=1"
+            advice = f"push them before the first run: {push}"
         print(f"images the cluster must pull:\n{listed}({advice})")
         return 0
     from kfp_lightning.pipelines.local import run_local

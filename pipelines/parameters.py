@@ -145,10 +145,15 @@ def check_local_run(values: Mapping[str, Any]) -> None:
     if scheme == "s3":
         # And keys, which the tasks find as boto3 does: said before the download, not when
         # training first lists the logs.
+        import botocore.exceptions
         import botocore.session
 
-        if botocore.session.get_session().get_credentials() is None:
-            keys = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile"
+        keys = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile"
+        try:
+            found = botocore.session.get_session().get_credentials() is not None
+        except botocore.exceptions.BotoCoreError as err:  # half the keys, a missing profile
+            found, keys = False, f"{keys}: {err}"
+        if not found:
             raise invalid("tensorboard_logs_root", root, f"an s3:// root with keys here ({keys})")
     config = from_run_form(training.TrainConfig, values)
     # --local trains in this Python: on the CPU, or on this machine's GPU if it has one.

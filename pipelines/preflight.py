@@ -123,11 +123,14 @@ class Check(NamedTuple):
         status: Passed, failed or unknown.
         detail: What was found.
         fix: What to do about a failure (or how to check by other means when unknown).
+        asked: Whether the cluster was asked: not for a check the run does not need, nor for
+            one that follows from another's result.
     """
 
     status: Status
     detail: str
     fix: str = ""
+    asked: bool = True
 
 
 # A result of each status: `_failed(detail, fix)`.
@@ -528,7 +531,7 @@ def _gpu_count(node: client.V1Node, host: str) -> int:
     value = ((node.status and node.status.allocatable) or {}).get(GPU_RESOURCE, "0")
     try:
         return int(parse_quantity(value))
-    except ValueError:  # the API server stores only quantities it could parse
+    except (ValueError, ArithmeticError):  # the API server stores only quantities it parsed
         what = f"a node list (node {node.metadata.name}'s allocatable {GPU_RESOURCE})"
         raise kube.UnusableServerError(kube.not_kubernetes(host, what, repr(value))) from None
 
@@ -787,14 +790,16 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     # for the Tensorboard's pod; a pvc:// root its claim; either Kubeflow's Tensorboard; a
     # local directory none of these (no cluster TensorBoard is started then).
     s3, pvc = target.logs.scheme == "s3", target.logs.scheme == "pvc"
-    not_needed = _passed(f"not needed for logs at {target.logs.uri}")
+    not_needed = _passed(f"not needed for logs at {target.logs.uri}", asked=False)
     tensorboard = check_crd(api_client, TENSORBOARD_API) if s3 or pvc else not_needed
     why = "not checked: whether Kubeflow's Tensorboard is served is unknown"
     if tensorboard.status is Status.UNKNOWN:  # so is what depends on it
-        nothing = unused = _unknown(why, "see the Tensorboard CRD's line first")
+        nothing = unused = _unknown(why, "see the Tensorboard CRD's line first", asked=False)
+    elif tensorboard is not_needed:
+        nothing = unused = not_needed
     else:
-        nothing = _passed("nothing to create: Kubeflow's Tensorboard is not served")
-        unused = _passed("not needed without Kubeflow's Tensorboard")
+        nothing = _passed("nothing to create: Kubeflow's Tensorboard is not served", asked=False)
+        unused = _passed("not needed without Kubeflow's Tensorboard", asked=False)
     if served := tensorboard.detail.endswith("is served"):
         poddefault = check_crd(api_client, PODDEFAULT_API) if s3 else not_needed
     else:
@@ -821,7 +826,9 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
         "TrainJob RBAC": check_rbac(api_client, target, "TrainJob RBAC", TRAINJOB_PERMISSIONS),
         "TrainJob": check_trainjob_dry_run(api_client, target)
         if crd.status is Status.PASSED
-        else _unknown(f"not submitted: the TrainJob CRD {state}", "see its line first"),
+        else _unknown(
+            f"not submitted: the TrainJob CRD {state}", "see its line first", asked=False
+        ),
     }
 
 
@@ -886,10 +893,10 @@ def check_cluster(
     if failed:
         print(f"{failed} of {len(checks)} checks failed{unchecked}.")
         return 1
-    # Only "not needed" passed: nothing was learnt of the cluster, and no gate may pass on that.
-    passed = [c.detail for c in checks.values() if c.status is Status.PASSED]
-    if unknown and all(detail.startswith("not needed") for detail in passed):
-        made = f"None of the {unknown} checks that ask the cluster could be made (?)"
+    # Nothing was learnt of the cluster, and no gate may pass on that.
+    asked = [check for check in checks.values() if check.asked]
+    if all(check.status is Status.UNKNOWN for check in asked):
+        made = f"None of the {len(asked)} checks that ask the cluster could be made (?)"
         print(f"{made}: whether a run in {namespace} works is unknown.")
         return 1
     if unknown:

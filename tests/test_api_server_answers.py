@@ -384,7 +384,7 @@ def test_what_could_not_be_checked_passes_nothing(
     may_not = "these credentials may not ask" if status == 403 else "could not ask"
     assert results["TrainJob RBAC"].startswith(f"{may_not} the authorizer (HTTP {status}")
     assert lines[-1] == (
-        "None of the 11 checks that ask the cluster could be made (?): whether a run in default "
+        "None of the 8 checks that ask the cluster could be made (?): whether a run in default "
         "works is unknown."
     )
     # Each unknown of its own says how to check it by other means, and blames the credentials
@@ -394,6 +394,23 @@ def test_what_could_not_be_checked_passes_nothing(
     assert all(". To check: " in line for line in unknown), unknown
     refused = [line for line in unknown if "as someone who may" in line]
     assert len(refused) == (5 if status == 403 else 0), unknown
+
+
+def test_checks_a_local_root_needs_none_of_pass_nothing(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A directory root needs no Tensorboard, object store or claim: what is left to ask is
+    # refused, and the checks not needed are no evidence of a working cluster.
+    with pointed_at(kubeconfig_at, 403, "", version=True):
+        code = cli.main(["--check-cluster", "--tensorboard-logs-root", "/tmp/tensorboard"])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert "✓ launcher RBAC: not needed for logs at /tmp/tensorboard" in lines
+    assert lines[-1] == (
+        "None of the 2 checks that ask the cluster could be made (?): whether a run in default "
+        "works is unknown."
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
@@ -424,12 +441,13 @@ def test_a_failing_credential_plugin_is_one_line(
     assert line.endswith(": log in again, or fix its users[].user.exec")
 
 
+@pytest.mark.parametrize("gpus", ["one", "Infinity"])
 def test_a_quantity_no_api_server_stores_is_one_line(
-    kubeconfig_at, capsys: pytest.CaptureFixture[str]
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], gpus: str
 ) -> None:
     # A node whose allocatable GPUs are no quantity, which the API server would never store;
     # every other request is answered as a real one answers what does not exist.
-    node = {"metadata": {"name": "gpu-1"}, "status": {"allocatable": {"nvidia.com/gpu": "one"}}}
+    node = {"metadata": {"name": "gpu-1"}, "status": {"allocatable": {"nvidia.com/gpu": gpus}}}
     missing = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -464,5 +482,5 @@ def test_a_quantity_no_api_server_stores_is_one_line(
     assert exited.value.code == 1, err
     assert err.splitlines() == [
         f"error: the server at {host} is not a working Kubernetes API server: a node list (node "
-        "gpu-1's allocatable nvidia.com/gpu) answered 'one'"
+        f"gpu-1's allocatable nvidia.com/gpu) answered '{gpus}'"
     ]

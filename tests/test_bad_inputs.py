@@ -222,7 +222,9 @@ CLI_CASES = [
     (["--compile", "--tolerations", '[{"key": "a",'], """error: invalid tolerations='[{"key": "a",': expected a JSON list (this is not JSON: Expecting property name enclosed in double quotes at character 14)"""),
     (["--compile", "--epoch", "3"], "error: unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
     # argparse says first that no mode was given: the typo is still named.
-    (["--compil"], "error: one of the arguments --compile --local --check-cluster --compare-runs is required (did you mean --compile?)"),
+    (["--compile", "--epochs", "2.5", "--outp", "x.yaml"], "error: invalid epochs='2.5': expected an integer (--outp: did you mean --output?)"),
+    (["--compile", "--epoch=3"], "error: unrecognized arguments: --epoch=3 (did you mean --epochs?)"),
+    (["--compil"], "error: one of the arguments --compile --local --check-cluster --compare-runs is required (--compil: did you mean --compile?)"),
     (["--compile", "--epochs", "2.5"], "error: invalid epochs='2.5': expected an integer"),
     # What int() and float() read besides plain digits: a typo is refused, not taken as 10 or 3.
     (["--compile", "--epochs", "1_0"], "error: invalid epochs='1_0': expected an integer"),
@@ -279,24 +281,64 @@ BAD_REGISTRY = (
 )
 
 
-# The components name their images when imported, from the environment's registry: a bad one
-# is refused in every mode before anything runs, by the script and the console script alike.
-@pytest.mark.parametrize("mode", ["--compile", "--local", "--check-cluster", "--compare-runs"])
-@pytest.mark.parametrize("command", ["script", "console script"])
-def test_a_bad_registry_in_the_environment_is_refused_at_once(mode, command, tmp_path):
+BAD_ROOT = "error: invalid tensorboard_logs_root='s3://Bad_Bucket/x'"
+
+
+def run_with_bad_registry(
+    command: str, args: list[str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """Runs the CLI in a fresh process, KFP_LIGHTNING_IMAGE_REGISTRY set to no registry."""
     program = (
         [sys.executable, str(REPO / "pipelines" / "mnist.py")]
         if command == "script"
         else [str(Path(sys.executable).with_name("kfp-lightning"))]
     )
     environment = {**os.environ, "KFP_LIGHTNING_IMAGE_REGISTRY": "bad reg"}
-    done = subprocess.run(
-        [*program, mode], cwd=tmp_path, env=environment, capture_output=True, text=True
+    return subprocess.run(
+        [*program, *args], cwd=cwd, env=environment, capture_output=True, text=True
     )
+
+
+# The components name their images when imported, from the environment's registry; the CLI
+# judges it as --image-registry, where images are named, and leaves it alone elsewhere, as the
+# option is refused there: a bad logs root after it shows which. In a fresh process, by the
+# script and the console script alike.
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("--compile", BAD_REGISTRY),
+        ("--check-cluster", BAD_REGISTRY),
+        ("--local", BAD_ROOT),
+        ("--compare-runs", BAD_ROOT),
+    ],
+)
+@pytest.mark.parametrize("command", ["script", "console script"])
+def test_a_registry_from_the_environment_counts_where_images_are_named(
+    mode, message, command, tmp_path
+):
+    done = run_with_bad_registry(
+        command, [mode, "--tensorboard-logs-root", "s3://Bad_Bucket/x"], tmp_path
+    )
+
     assert done.returncode == 2
-    assert done.stderr.splitlines() == [BAD_REGISTRY]
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(message)
     assert done.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_image_registry_takes_the_place_of_a_bad_one_in_the_environment(tmp_path):
+    output = tmp_path / "p.yaml"
+    done = run_with_bad_registry(
+        "script",
+        ["--compile", "--output", str(output), "--image-registry", "registry.example.com/ml"],
+        tmp_path,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "image: registry.example.com/ml/kfp-lightning-trainer:" in output.read_text()
+    assert "bad reg" not in output.read_text()
+    assert run_with_bad_registry("console script", ["--help"], tmp_path).returncode == 0
 
 
 def test_a_pipeline_of_ones_own_refuses_a_bad_registry_on_import(tmp_path):
@@ -474,18 +516,29 @@ def no_aws_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 S3_ROOT = ["--tensorboard-logs-root", "s3://bucket/x", "--s3-endpoint", "http://127.0.0.1:1"]
 
 
+@pytest.mark.parametrize(
+    ("environment", "why"),
+    [
+        ({}, ")"),
+        ({"AWS_ACCESS_KEY_ID": "key"}, ": Partial credentials found in env, missing: "),
+        ({"AWS_PROFILE": "nowhere"}, ": The config profile (nowhere) could not be found)"),
+    ],
+    ids=["none", "half", "no-such-profile"],
+)
 def test_a_local_run_to_s3_without_keys_is_refused_before_any_task(
-    no_aws_keys, tmp_path, monkeypatch, capsys
+    no_aws_keys, tmp_path, monkeypatch, capsys, environment: dict[str, str], why: str
 ):
     monkeypatch.chdir(tmp_path)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as exited:
         cli.main(["--local", "--output-dir", "out", *S3_ROOT])
 
     assert exited.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line == (
+    assert line.startswith(
         "error: invalid tensorboard_logs_root='s3://bucket/x': expected an s3:// root with keys "
-        "here (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile)"
+        "here (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile" + why
     )
     assert list(tmp_path.iterdir()) == []
 

@@ -276,11 +276,18 @@ def test_cli_compiles_to_the_default_path(tmp_path):
     assert "make images IMAGE_REGISTRY=REGISTRY PUSH=1" in notes[-1]
 
 
-def test_cli_names_the_registry_to_push_to(tmp_path):
-    process = run_cli("--compile", "--image-registry", "127.0.0.1:5000/ml", cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("registry", "typed"),
+    [
+        ("127.0.0.1:5000/ml", "127.0.0.1:5000/ml"),
+        ("[::1]:5000/ml", "'[::1]:5000/ml'"),  # quoted: shells expand [...] as a pattern
+    ],
+)
+def test_cli_names_the_registry_to_push_to(tmp_path, registry, typed):
+    process = run_cli("--compile", "--image-registry", registry, cwd=tmp_path)
     assert process.returncode == 0, process.stderr
-    assert "  127.0.0.1:5000/ml/kfp-lightning-trainer:" in process.stdout
-    assert "make images IMAGE_REGISTRY=127.0.0.1:5000/ml PUSH=1" in process.stdout
+    assert f"  {registry}/kfp-lightning-trainer:" in process.stdout
+    assert f"make images IMAGE_REGISTRY={typed} PUSH=1" in process.stdout
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -232,6 +233,23 @@ def test_scripts_reject_bad_input_in_one_line(args, message):
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_build_refuses_a_bad_registry_in_the_environment_before_building():
+    # As --image-registry is: before any wheel is fetched or layer built (minutes otherwise).
+    result = subprocess.run(
+        [sys.executable, "images/build.py", "--image", "tools"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "KFP_LIGHTNING_IMAGE_REGISTRY": "bad reg"},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: invalid KFP_LIGHTNING_IMAGE_REGISTRY='bad reg': expected a registry prefix such "
+        "as registry.example.com/ml\n"
+    )
 
 
 def test_staged_context_holds_exactly_the_locked_wheels(tmp_path, monkeypatch):

@@ -207,7 +207,8 @@ def connection_failure(err: urllib3.exceptions.HTTPError) -> str:
         reason = str(reason).removeprefix(f"{reason.pool}: ")
     # Long enough for a TLS failure's reason; a server that sends garbage has it quoted.
     shown = shortened(str(reason).split("Failed to establish a new connection: ")[-1], 200)
-    # Every try failed alike: say how many, as the wait was that many timeouts long.
+    # Every try the pool's Retry allows was used (urllib3 raises MaxRetryError only then): say
+    # how many, as the wait may have been that many timeouts long; the reason is the last's.
     retries = getattr(getattr(err, "pool", None), "retries", None)
     if isinstance(err, urllib3.exceptions.MaxRetryError) and isinstance(retries, urllib3.Retry):
         shown += f" ({retries.total + 1} attempts)" if retries.total else ""
