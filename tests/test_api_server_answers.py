@@ -16,7 +16,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -37,16 +37,24 @@ COMMANDS = {
 
 
 def serve(
-    status: int, body: str | bytes, content_type: str, version: bool = False
+    status: int,
+    body: str | bytes,
+    content_type: str,
+    version: bool = False,
+    paths: Mapping[str, object] | None = None,
 ) -> http.server.HTTPServer:
     """A server answering `status` and `body` to every request (its /version too, unless
-    `version`: then a Kubernetes version object); status 0 closes the connection unanswered."""
+    `version`: then a Kubernetes version object; and `paths`' own, each an object answered with
+    HTTP 200); status 0 closes the connection unanswered."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def answer(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if version and self.path.rstrip("/") == "/version":
+            path = self.path.split("?")[0].rstrip("/")
+            if version and path == "/version":
                 self.reply(200, json.dumps(VERSION), "application/json")
+            elif path in (paths or {}):
+                self.reply(200, json.dumps(paths[path]), "application/json")
             elif status == 0:
                 self.close_connection = True  # the client reads no status line at all
             elif status >= 400:
@@ -84,9 +92,10 @@ def pointed_at(
     body: str | bytes,
     content_type: str = "application/json",
     version: bool = False,
+    paths: Mapping[str, object] | None = None,
 ) -> Iterator[str]:
     """Serves `status` and `body` (see `serve`) where $KUBECONFIG points; yields its address."""
-    server = serve(status, body, content_type, version)
+    server = serve(status, body, content_type, version, paths)
     host = f"http://127.0.0.1:{server.server_address[1]}"
     kubeconfig_at(host)
     try:
@@ -445,38 +454,14 @@ def test_a_failing_credential_plugin_is_one_line(
 def test_a_quantity_no_api_server_stores_is_one_line(
     kubeconfig_at, capsys: pytest.CaptureFixture[str], gpus: str
 ) -> None:
-    # A node whose allocatable GPUs are no quantity, which the API server would never store;
-    # every other request is answered as a real one answers what does not exist.
+    # A node whose allocatable GPUs are no quantity, which the API server would never store.
     node = {"metadata": {"name": "gpu-1"}, "status": {"allocatable": {"nvidia.com/gpu": gpus}}}
-    missing = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0].rstrip("/")
-            answers = {"/version": (200, VERSION), "/api/v1/nodes": (200, {"items": [node]})}
-            status, body = answers.get(path, (404, missing | {"message": "not found"}))
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        do_POST = do_GET  # noqa: N815
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig_at(host)
-    try:
-        with pytest.raises(SystemExit) as exited:
-            cli.main(["--check-cluster"])
-    finally:
-        server.shutdown()
-        server.server_close()
+    nodes = {"/api/v1/nodes": {"items": [node]}}
+    with (
+        pointed_at(kubeconfig_at, 404, "", version=True, paths=nodes) as host,
+        pytest.raises(SystemExit) as exited,
+    ):
+        cli.main(["--check-cluster"])
 
     err = capsys.readouterr().err
     assert exited.value.code == 1, err
