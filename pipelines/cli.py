@@ -184,11 +184,11 @@ class OneLineParser(argparse.ArgumentParser):
         known = [o for action in self._actions for o in action.option_strings]
         typed = [a.split("=")[0] for a in self.given if a.startswith("--")]
         unknown = [option for option in typed if option not in known]
-        if unknown and (close := difflib.get_close_matches(unknown[0], known, n=1)):
+        if close := [(u, m[0]) for u in unknown if (m := difflib.get_close_matches(u, known, n=1))]:
+            (option, spelling), *_ = close
             # Named, unless the message names it already: it may be about another option.
-            named = re.search(rf"{re.escape(unknown[0])}(?![\w-])", message)
-            typo = "" if named else f"{unknown[0]}: "
-            message += f" ({typo}did you mean {close[0]}?)"
+            named = re.search(rf"{re.escape(option)}(?![\w-])", message)
+            message += f" ({'' if named else f'{option}: '}did you mean {spelling}?)"
         self.exit(EXIT_USER_ERROR, f"error: {message}\n")
 
 

@@ -351,6 +351,7 @@ def check_object_store(api_client: ApiClient, target: Target) -> Check:
             return _unknown(
                 f"{endpoint} is not a Service of this cluster: not checked from here",
                 f"make sure the training and TensorBoard pods reach {endpoint}",
+                asked=False,
             )
         port = parts.port or (443 if parts.scheme == "https" else 80)
         candidates = (ObjectStore(labels[0], labels[1], port, "the s3_endpoint"),)

@@ -405,20 +405,36 @@ def test_what_could_not_be_checked_passes_nothing(
     assert len(refused) == (5 if status == 403 else 0), unknown
 
 
-def test_checks_a_local_root_needs_none_of_pass_nothing(
-    kubeconfig_at, capsys: pytest.CaptureFixture[str]
+# Checks that ask the cluster nothing are no evidence of a working one: a directory root needs
+# no Tensorboard, object store or claim; an endpoint outside the cluster is not looked up.
+@pytest.mark.parametrize(
+    ("args", "asked", "says"),
+    [
+        (
+            ["--tensorboard-logs-root", "/tmp/tensorboard"],
+            2,
+            "✓ launcher RBAC: not needed for logs at /tmp/tensorboard",
+        ),
+        (
+            ["--s3-endpoint", "http://minio.example.com:9000"],
+            4,
+            "? object store: http://minio.example.com:9000 is not a Service of this cluster",
+        ),
+    ],
+    ids=["directory", "outside-endpoint"],
+)
+def test_checks_that_ask_nothing_pass_nothing(
+    kubeconfig_at, capsys: pytest.CaptureFixture[str], args: list[str], asked: int, says: str
 ) -> None:
-    # A directory root needs no Tensorboard, object store or claim: what is left to ask is
-    # refused, and the checks not needed are no evidence of a working cluster.
     with pointed_at(kubeconfig_at, 403, "", version=True):
-        code = cli.main(["--check-cluster", "--tensorboard-logs-root", "/tmp/tensorboard"])
+        code = cli.main(["--check-cluster", *args])
 
     lines = capsys.readouterr().out.splitlines()
     assert code == 1
-    assert "✓ launcher RBAC: not needed for logs at /tmp/tensorboard" in lines
+    assert any(line.startswith(says) for line in lines), lines
     assert lines[-1] == (
-        "None of the 2 checks that ask the cluster could be made (?): whether a run in default "
-        "works is unknown."
+        f"None of the {asked} checks that ask the cluster could be made (?): whether a run in "
+        "default works is unknown."
     )
 
 

@@ -224,6 +224,7 @@ CLI_CASES = [
     # argparse says first that no mode was given: the typo is still named.
     (["--compile", "--epochs", "2.5", "--outp", "x.yaml"], "error: invalid epochs='2.5': expected an integer (--outp: did you mean --output?)"),
     (["--compile", "--epoch=3"], "error: unrecognized arguments: --epoch=3 (did you mean --epochs?)"),
+    (["--zzzz", "--compil"], "error: one of the arguments --compile --local --check-cluster --compare-runs is required (--compil: did you mean --compile?)"),
     (["--compil"], "error: one of the arguments --compile --local --check-cluster --compare-runs is required (--compil: did you mean --compile?)"),
     (["--compile", "--epochs", "2.5"], "error: invalid epochs='2.5': expected an integer"),
     # What int() and float() read besides plain digits: a typo is refused, not taken as 10 or 3.
