@@ -76,8 +76,14 @@ def test_auto_outside_a_cluster_is_one_line_naming_the_parameter() -> None:
     assert "\n" not in message
 
 
-def test_a_local_run_on_s3_with_auto_is_refused_before_anything_runs() -> None:
+def test_a_local_run_on_s3_with_auto_is_refused_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from kfp_lightning.pipelines.parameters import check_local_run, validate_parameters
+
+    # Keys for the store, which a local s3:// run also needs (tests/test_bad_inputs.py).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
 
     values = validate_parameters({"tensorboard_logs_root": "s3://bucket/tb"})
     if reachable(KFP_OBJECT_STORES[0].host, KFP_OBJECT_STORES[0].port):  # inside a cluster
