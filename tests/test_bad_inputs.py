@@ -285,15 +285,20 @@ BAD_REGISTRY = (
 BAD_ROOT = "error: invalid tensorboard_logs_root='s3://Bad_Bucket/x'"
 
 
+# The CLI's two commands, and a pipeline of one's own.
+PROGRAMS = {
+    "script": [sys.executable, str(REPO / "pipelines" / "mnist.py")],
+    "console script": [str(Path(sys.executable).with_name("kfp-lightning"))],
+    "own pipeline": [sys.executable, str(REPO / "examples" / "own_pipeline.py")],
+}
+
+
 def run_with_bad_registry(
     command: str, args: list[str], cwd: Path
 ) -> subprocess.CompletedProcess[str]:
-    """Runs the CLI in a fresh process, KFP_LIGHTNING_IMAGE_REGISTRY set to no registry."""
-    program = (
-        [sys.executable, str(REPO / "pipelines" / "mnist.py")]
-        if command == "script"
-        else [str(Path(sys.executable).with_name("kfp-lightning"))]
-    )
+    """Runs a `PROGRAMS` command in a fresh process, KFP_LIGHTNING_IMAGE_REGISTRY set to no
+    registry."""
+    program = PROGRAMS[command]
     environment = {**os.environ, "KFP_LIGHTNING_IMAGE_REGISTRY": "bad reg"}
     return subprocess.run(
         [*program, *args], cwd=cwd, env=environment, capture_output=True, text=True
@@ -344,14 +349,8 @@ def test_image_registry_takes_the_place_of_a_bad_one_in_the_environment(tmp_path
 
 def test_a_pipeline_of_ones_own_refuses_a_bad_registry_on_import(tmp_path):
     # Rather than compile image references no node can pull.
-    environment = {**os.environ, "KFP_LIGHTNING_IMAGE_REGISTRY": "bad reg"}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "own_pipeline.py")],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-    )
+    done = run_with_bad_registry("own pipeline", [], tmp_path)
+
     assert done.returncode == 1
     error = "kfp_lightning.components.common.errors.UserInputError: "
     assert done.stderr.splitlines()[-1] == error + BAD_REGISTRY.removeprefix("error: ")
