@@ -86,7 +86,7 @@ MODES = tuple(MODE_HELP)
 MODE_OPTIONS: dict[str, tuple[tuple[str, ...], Any]] = {
     "nodes": (("compile", "local", "check_cluster"), 1),
     "output": (("compile",), DEFAULT_YAML),
-    "image_registry": (("compile",), None),
+    "image_registry": (("compile", "check_cluster"), None),
     "logs_pvc": (("compile", "check_cluster"), None),
     "training_timeout": (("compile",), DEFAULT_TRAINING_TIMEOUT_SECONDS),
     "output_dir": (("local",), "runs/local"),
@@ -136,8 +136,8 @@ OPTION_HELP: dict[str | None, dict[str, str]] = {
     },
     "--compile options": {
         "output": f"YAML file to write (default: {DEFAULT_YAML})",
-        "image_registry": "registry prefix for every image "
-        f"(default: ${images.REGISTRY_ENV}, else {images.DEFAULT_REGISTRY})",
+        "image_registry": "registry prefix for every image, also for --check-cluster --nodes N's "
+        f"TrainJob (default: ${images.REGISTRY_ENV}, else {images.DEFAULT_REGISTRY})",
         "logs_pvc": "mount this PersistentVolumeClaim in the training pod, for a "
         "tensorboard_logs_root of pvc://CLAIM/path (which becomes the default)",
         "training_timeout": "deadline of the training pod "
@@ -359,9 +359,11 @@ def run(args: argparse.Namespace) -> int:
     parameters.update({name: value for name, value in given.items() if value is not None})
     nodes = check_nodes(args.nodes)
     # The environment's registry is a value as --image-registry's is, which takes its place,
-    # in the modes that name images.
+    # where images are named: the YAML, and the TrainJob --check-cluster submits as a dry run.
     from_environment = os.environ.get(images.REGISTRY_ENV, _ENVIRONMENT_REGISTRY).strip()
-    if from_environment and args.image_registry is None and (args.compile or args.check_cluster):
+    if args.image_registry is not None:
+        images.use_registry(args.image_registry)
+    elif from_environment and (args.compile or (args.check_cluster and nodes > 1)):
         images.use_registry(from_environment, images.REGISTRY_ENV)
     if args.compare_runs or args.check_cluster:
         if args.logs_pvc is not None:  # --check-cluster's, as --compile's
@@ -379,8 +381,6 @@ def run(args: argparse.Namespace) -> int:
             values, args.namespace, args.service_account, args.kfp_namespace, nodes=nodes
         )
     if args.compile:
-        if args.image_registry is not None:
-            images.use_registry(args.image_registry)
         print(
             compile_pipeline(args.output, parameters, args.logs_pvc, args.training_timeout, nodes)
         )

@@ -306,16 +306,17 @@ def run_with_bad_registry(
 
 
 # The components name their images when imported, from the environment's registry; the CLI
-# judges it as --image-registry, where images are named, and leaves it alone elsewhere, as the
-# option is refused there: a bad logs root after it shows which. In a fresh process, by the
-# script and the console script alike.
+# judges it as --image-registry, where images are named (the YAML; --check-cluster's TrainJob,
+# with --nodes), and leaves it alone elsewhere: a bad logs root after it shows which. In a fresh
+# process, by the script and the console script alike.
 @pytest.mark.parametrize(
     ("mode", "message"),
     [
-        ("--compile", BAD_REGISTRY),
-        ("--check-cluster", BAD_REGISTRY),
-        ("--local", BAD_ROOT),
-        ("--compare-runs", BAD_ROOT),
+        (["--compile"], BAD_REGISTRY),
+        (["--check-cluster", "--nodes", "2"], BAD_REGISTRY),
+        (["--check-cluster"], BAD_ROOT),
+        (["--local"], BAD_ROOT),
+        (["--compare-runs"], BAD_ROOT),
     ],
 )
 @pytest.mark.parametrize("command", ["script", "console script"])
@@ -323,7 +324,7 @@ def test_a_registry_from_the_environment_counts_where_images_are_named(
     mode, message, command, tmp_path
 ):
     done = run_with_bad_registry(
-        command, [mode, "--tensorboard-logs-root", "s3://Bad_Bucket/x"], tmp_path
+        command, [*mode, "--tensorboard-logs-root", "s3://Bad_Bucket/x"], tmp_path
     )
 
     assert done.returncode == 2
@@ -345,6 +346,12 @@ def test_image_registry_takes_the_place_of_a_bad_one_in_the_environment(tmp_path
     assert "image: registry.example.com/ml/kfp-lightning-trainer:" in output.read_text()
     assert "bad reg" not in output.read_text()
     assert run_with_bad_registry("console script", ["--help"], tmp_path).returncode == 0
+    # In --check-cluster's place too: the bad logs root is what it then refuses.
+    args = ["--check-cluster", "--nodes", "2", "--image-registry", "registry.example.com/ml"]
+    done = run_with_bad_registry(
+        "script", [*args, "--tensorboard-logs-root", "s3://B_/x"], tmp_path
+    )
+    assert done.stderr.startswith("error: invalid tensorboard_logs_root='s3://B_/x'"), done.stderr
 
 
 def test_a_pipeline_of_ones_own_refuses_a_bad_registry_on_import(tmp_path):
