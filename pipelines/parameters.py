@@ -150,9 +150,14 @@ def check_local_run(values: Mapping[str, Any]) -> None:
 
         keys = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile"
         try:
-            found = botocore.session.get_session().get_credentials() is not None
+            credentials = botocore.session.get_session().get_credentials()
+            # botocore takes blank keys (`AWS_ACCESS_KEY_ID=' '`) as keys; no store does.
+            found = credentials is not None and all(
+                key.strip() for key in (credentials.access_key, credentials.secret_key)
+            )
         except botocore.exceptions.BotoCoreError as err:  # half the keys, a missing profile
-            found, keys = False, f"{keys}: {err}"
+            # A credential_process that fails silently leaves botocore's line ending in ": ".
+            found, keys = False, f"{keys}: {str(err).rstrip(': ')}"
         if not found:
             raise invalid("tensorboard_logs_root", root, f"an s3:// root with keys here ({keys})")
     config = from_run_form(training.TrainConfig, values)

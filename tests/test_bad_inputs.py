@@ -529,14 +529,23 @@ S3_ROOT = ["--tensorboard-logs-root", "s3://bucket/x", "--s3-endpoint", "http://
         ({}, ")"),
         ({"AWS_ACCESS_KEY_ID": "key"}, ": Partial credentials found in env, missing: "),
         ({"AWS_PROFILE": "nowhere"}, ": The config profile (nowhere) could not be found)"),
+        ({"AWS_ACCESS_KEY_ID": " ", "AWS_SECRET_ACCESS_KEY": " "}, ")"),
+        ({"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "  "}, ")"),
+        (
+            {"AWS_CONFIG_FILE": "[default]\ncredential_process = false\n"},
+            ": Error when retrieving credentials from custom-process)",
+        ),
     ],
-    ids=["none", "half", "no-such-profile"],
+    ids=["none", "half", "no-such-profile", "blank", "blank-secret", "failing-process"],
 )
 def test_a_local_run_to_s3_without_keys_is_refused_before_any_task(
-    no_aws_keys, tmp_path, monkeypatch, capsys, environment: dict[str, str], why: str
+    no_aws_keys, tmp_path, tmp_path_factory, monkeypatch, capsys, environment, why: str
 ):
     monkeypatch.chdir(tmp_path)
     for name, value in environment.items():
+        if name == "AWS_CONFIG_FILE":  # a file of this text, outside the run's folder
+            (config := tmp_path_factory.mktemp("aws") / "config").write_text(value)
+            value = str(config)
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as exited:
         cli.main(["--local", "--output-dir", "out", *S3_ROOT])
