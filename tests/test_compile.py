@@ -300,7 +300,7 @@ def test_cli_names_the_registry_to_push_to(tmp_path, registry, typed):
         # The hold-out named as what leaves too few training images for a batch.
         (
             ["--validation", "59999"],
-            "error: invalid batch_size=64: expected at most the 1 training images that "
+            "error: invalid batch_size=64: expected at most the 1 training image that "
             "validation=59999 leaves",
         ),
         # A run-form default the Kubeflow UI would take for missing.

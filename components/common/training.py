@@ -281,7 +281,10 @@ def check_batch_size(
     if batch_size > share:
         each = f" of each of {processes} processes" if processes > 1 else ""
         left = f" that validation={held_out} leaves" if held_out else ""
-        raise invalid("batch_size", batch_size, f"at most the {share} training images{each}{left}")
+        images = "image" if share == 1 else "images"
+        raise invalid(
+            "batch_size", batch_size, f"at most the {share} training {images}{each}{left}"
+        )
 
 
 def training_task_key(
