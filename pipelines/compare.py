@@ -133,6 +133,13 @@ def open_runs_tensorboard(
                 namespace, "all-runs", root, poddefault, name=ALL_RUNS_NAME
             )
             outcome = cluster.ensure_object(api, resource, wanted, patience)
+            if wait_seconds > 0:  # said now: nothing else shows while it waits
+                print(
+                    f"Tensorboard {namespace}/{ALL_RUNS_NAME} {outcome}; waiting up to "
+                    f"{wait_seconds} s for it to be ready",
+                    file=out,
+                    flush=True,
+                )
             ready = cluster.wait_until_ready(
                 api, resource, namespace, ALL_RUNS_NAME, wait_seconds, patience
             )

@@ -76,9 +76,15 @@ def test_one_tensorboard_over_the_whole_root(
     assert endpoint_given_to(apiserver_admin, tensorboard) == "http://seaweedfs.kubeflow:8333"
     assert "(created, starting" in out.getvalue()
 
-    # Asked again (another root, say): the same object, brought in line.
-    open_runs_tensorboard(values(tensorboard_logs_root="s3://other/logs"), None, 0, out, FAST)
-    assert "(replaced, starting" in out.getvalue()
+    # Asked again (another root, say): the same object, brought in line. Waiting for it to be
+    # ready (no controller runs here), it says so before the wait rather than after.
+    out = io.StringIO()
+    open_runs_tensorboard(values(tensorboard_logs_root="s3://other/logs"), None, 1, out, FAST)
+    waiting, result = out.getvalue().splitlines()
+    assert waiting == (
+        f"Tensorboard {NAMESPACE}/{ALL_RUNS_NAME} replaced; waiting up to 1 s for it to be ready"
+    )
+    assert "(replaced, starting (not ready after 1 s))" in result
     tensorboard = read(apiserver_admin, TENSORBOARD_API, ALL_RUNS_NAME)
     assert tensorboard["spec"]["logspath"] == "s3://other/logs"
 
