@@ -237,6 +237,7 @@ CLI_CASES = [
     (["--compile", "--image-registry", "registry.example.com:99999/ml"], "error: invalid image_registry='registry.example.com:99999/ml': expected a registry prefix"),
     (["--compile", "--image-registry", "registry.example.com:0/ml"], "error: invalid image_registry="),
     (["--compile", "--image-registry", "registry..example.com/ml"], "error: invalid image_registry="),
+    (["--compile", "--image-registry", "/"], "error: invalid image_registry='/': expected a registry prefix"),
     (["--compile", "--image-registry", "registry-.example.com/ml"], "error: invalid image_registry="),
     (["--compile", "--image-registry", "registry.example.com/ml._x"], "error: invalid image_registry="),
     (["--compile", "--logs-pvc", "Bad_Claim"], "error: invalid logs_pvc='Bad_Claim'"),

@@ -63,12 +63,13 @@ def use_registry(prefix: str, parameter: str = "image_registry") -> None:
 
 def _checked(prefix: str, parameter: str) -> str:
     """`prefix` without surrounding blanks and trailing slashes, if it is a registry prefix."""
-    prefix = prefix.strip().rstrip("/")
+    given = prefix.strip()
+    prefix = given.rstrip("/")
     # The grammar takes any digits as a port; a TCP port is at most 65535.
     match = REGISTRY_PATTERN.fullmatch(prefix)
     longest = max(len(f"{prefix}/kfp-lightning-{name}") for name in IMAGE_NAMES)
     if not match or not 1 <= int(match["port"] or 1) <= 65535 or longest > NAME_MAX:
-        raise invalid(parameter, prefix, "a registry prefix such as registry.example.com/ml")
+        raise invalid(parameter, given, "a registry prefix such as registry.example.com/ml")
     return prefix
 
 
