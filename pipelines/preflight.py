@@ -49,6 +49,8 @@ KFP_DEPLOYMENT = "ml-pipeline"
 KFP_CONTAINER = "ml-pipeline-api-server"
 SUPPORTED_BACKENDS = "2.5.0 and newer (Kubeflow 1.10.1+, standalone 2.5-2.17)"
 REQUEST_TIMEOUT_SECONDS = 10.0
+# For the checks that call the components' own readers (the claim's, the TrainJob's dry run).
+PATIENCE = kube.Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS)
 # Taints the node lifecycle controller puts on a node for its condition (kubernetes/kubernetes,
 # staging/src/k8s.io/api/core/v1/well_known_taints.go): a node that is not ready, unreachable,
 # cordoned or without network, or under memory, disk or PID pressure. Tolerating them would put
@@ -388,10 +390,9 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     """
     logs, namespace = target.logs, target.namespace
     where = f"{namespace}/{logs.claim}"
-    patience = kube.Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS)
     try:
         # The launcher's own reading: the bound volume's modes, else those the claim asks for.
-        modes = launcher.claim_access_modes(api_client, namespace, logs.claim, patience)
+        modes = launcher.claim_access_modes(api_client, namespace, logs.claim, PATIENCE)
     except ApiException as err:
         if err.status == 404:
             fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default)"
@@ -707,7 +708,7 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
         tolerations=scheduling.tolerations,
         service_account=target.service_account,
     )
-    if not (problems := trainjob.check_trainjob(api_client, target.namespace, spec)):
+    if not (problems := trainjob.check_trainjob(api_client, target.namespace, spec, PATIENCE)):
         return _passed(
             f"the run's TrainJob, submitted as a dry run, would be stored as sent "
             f"({target.nodes} nodes, {spec.processes_per_node} process(es) each)",

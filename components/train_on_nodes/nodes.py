@@ -44,14 +44,19 @@ MAX_NODES = 100
 PROGRESS_TAGS = ("loss/train", "loss/val", "accuracy/val")
 
 
+def _whole_number(value: object) -> object:
+    """`value`, as an int where it is a float without a fraction: KFP hands a number input over
+    as a float when the pipeline set it as a constant."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def check_nodes(value: object) -> int:
     """Validates a node count: a whole number from 1 to `MAX_NODES`.
 
     Raises:
         UserInputError: Anything else.
     """
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    value = _whole_number(value)
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NODES:
@@ -115,10 +120,7 @@ class NodesSettings:
             raise invalid("trainer_image", self.trainer_image, "the trainer image reference")
         if self.logs_pvc:
             check_secret_name(self.logs_pvc, "logs_pvc")
-        seconds = self.timeout_seconds
-        # KFP hands a number input over as a float when the pipeline set it as a constant.
-        if isinstance(seconds, float) and seconds.is_integer():
-            seconds = int(seconds)
+        seconds = _whole_number(self.timeout_seconds)
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
             raise invalid("timeout_seconds", self.timeout_seconds, "an integer >= 1")
         object.__setattr__(self, "timeout_seconds", seconds)

@@ -265,11 +265,6 @@ class JobState:
     nodes: str = ""
 
     @property
-    def finished(self) -> bool:
-        """Whether the job completed or failed."""
-        return self.condition in (COMPLETE, FAILED)
-
-    @property
     def detail(self) -> str:
         """The condition's reason and message, "" when it gave neither."""
         return ": ".join(x for x in (self.reason, self.message) if x)
@@ -582,7 +577,8 @@ def check_trainjob(
     except RunError as err:
         return [str(err)]
     run_id = f"preflight-{secrets.token_hex(4)}"
-    return dry_run_trainjob(api_client, namespace, trainjob_object(namespace, run_id, spec, form))
+    job = trainjob_object(namespace, run_id, spec, form)
+    return dry_run_trainjob(api_client, namespace, job, patience)
 
 
 # --- the step's own pod: its service account and image pull secrets ---------------------------
@@ -659,12 +655,9 @@ def step_pod_identity(
             account = account or pod.spec.service_account_name or None
             pulls = tuple(s.name for s in pod.spec.image_pull_secrets or [] if s.name)
             own = [c.image for c in pod.spec.containers if c.name == STEP_CONTAINER]
-            ids = [
-                s.image_id or ""
-                for s in (pod.status.container_statuses if pod.status else None) or []
-                if s.name == STEP_CONTAINER
-            ]
-            found = PULLABLE_IMAGE_ID.fullmatch(next(iter(ids), ""))
+            statuses = (pod.status.container_statuses if pod.status else None) or []
+            image_id = next((s.image_id for s in statuses if s.name == STEP_CONTAINER), None)
+            found = PULLABLE_IMAGE_ID.fullmatch(image_id or "")
             if "@" not in image and own == [image] and found:
                 pinned = f"{image}@{found.group(1)}"
     if pulls is None:
