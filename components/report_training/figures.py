@@ -153,14 +153,13 @@ def epoch_marks(epochs: Epochs | None) -> tuple[list[dict], list[dict]]:
     """
     if epochs is None or len(epochs.ends) > MAX_BANDS:
         return [], []
-    bands, numbers, start = "", [], epochs.first_step
+    bands, numbers = "", []
     every = math.ceil(len(epochs.ends) / 20)  # at most 20 numbers, so they never overlap
-    for index, end in enumerate(epochs.ends):
+    for index, (start, end) in enumerate(itertools.pairwise((epochs.first_step, *epochs.ends))):
         if index % 2:  # every other epoch is shaded
             bands += f"M{start},0H{end}V1H{start}Z"
         if index % every == 0:
             numbers.append({"x": (start + end) / 2, "text": str(index + 1)})
-        start = end
     band = dict(type="path", path=bands, xref="x", yref="paper", layer="below", line_width=0)
     return [dict(band, fillcolor="rgba(60,64,67,0.07)")] if bands else [], numbers
 
@@ -199,15 +198,14 @@ def _menus(autorange: dict[str, dict], smoothed: list[tuple[int, list]]) -> list
     for kind, options in autorange.items():
         change = {"yaxis.type": kind, "yaxis.autorange": True, "yaxis.autorangeoptions": options}
         scales.append(dict(label=f"{kind} scale", method="relayout", args=[change]))
-    menus = [dict(MENU, x=0, buttons=scales)]
-    if not smoothed:
-        return menus
     choices, traces = [], [index for index, _ in smoothed]
     for weight in SMOOTHING:
         values = {"y": [smooth(raw, weight) for _, raw in smoothed]}
         label = f"smoothing {weight:g}" if weight else "no smoothing"
         choices.append(dict(label=label, method="restyle", args=[values, traces]))
-    return [*menus, dict(MENU, x=0.3, buttons=choices, active=SMOOTHING.index(DEFAULT_SMOOTHING))]
+    smoothing = dict(MENU, x=0.3, buttons=choices, active=SMOOTHING.index(DEFAULT_SMOOTHING))
+    # The smoothing menu only where there are per-step lines to smooth.
+    return [dict(MENU, x=0, buttons=scales), *([smoothing] if smoothed else [])]
 
 
 def chart_figure(

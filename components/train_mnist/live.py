@@ -234,13 +234,11 @@ def find_resumable_checkpoint(
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
             skip(f"unreadable checkpoint {relative} ({reason}); removing it")
             continue
-        # The floating-point tensors that hold a NaN or an infinity.
+        # The tensors that hold a NaN or an infinity (an integer tensor is always finite).
         diverged = [
             name
             for name, value in checkpoint["state_dict"].items()
-            if isinstance(value, torch.Tensor)
-            and value.is_floating_point()
-            and not bool(torch.isfinite(value).all())
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all())
         ]
         if diverged:
             skip(

@@ -219,14 +219,12 @@ def timing_line(marks: dict[str, float], train_seconds: float) -> str:
     Returns:
         The breakdown: start-up, training, validation, final evaluation, export (seconds).
     """
-    m = marks
-    fit = m["fit_end"] - m["fit_start"]
     parts = {
-        "start-up": m["fit_start"] - m["start"],
+        "start-up": marks["fit_start"] - marks["start"],
         "training": train_seconds,
-        "validation and loop": fit - train_seconds,
-        "final evaluation": m["evaluated"] - m["fit_end"],
-        "export": m["exported"] - m["evaluated"],
+        "validation and loop": marks["fit_end"] - marks["fit_start"] - train_seconds,
+        "final evaluation": marks["evaluated"] - marks["fit_end"],
+        "export": marks["exported"] - marks["evaluated"],
     }
     return "timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
 
@@ -237,8 +235,7 @@ class TrainingDivergedError(RunError):
 
 def non_finite(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The entries of `metrics` (numbers or one-element tensors) that are NaN or infinite."""
-    numbers = {name: float(value) for name, value in metrics.items()}
-    return {name: number for name, number in numbers.items() if not math.isfinite(number)}
+    return {name: float(value) for name, value in metrics.items() if not math.isfinite(value)}
 
 
 class DivergenceGuard(Callback):
