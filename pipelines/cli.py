@@ -168,6 +168,14 @@ _OPTION_EXTRA: dict[str, dict[str, Any]] = {
 }
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, with its errors as one line on stderr (no usage block) and exit status 2."""
 
@@ -175,7 +183,16 @@ class OneLineParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
         self.given = list(sys.argv[1:] if args is None else args)
-        return super().parse_args(args, namespace)
+        # argparse takes only plain negative numbers (-1, -0.5) for an option's value, and reads
+        # -1e-3 or -inf as another option: joined with "=", they are refused as values are.
+        takes_value = {o for a in self._actions if a.nargs is None for o in a.option_strings}
+        joined: list[str] = []
+        for arg in self.given:
+            if joined and joined[-1] in takes_value and arg.startswith("-") and _is_number(arg):
+                joined[-1] += f"={arg}"
+            else:
+                joined.append(arg)
+        return super().parse_args(joined, namespace)
 
     def error(self, message: str) -> NoReturn:
         # Our converters name the parameter themselves; argparse's own prefix would repeat it.

@@ -231,6 +231,10 @@ CLI_CASES = [
     (["--compile", "--epochs", "1_0"], "error: invalid epochs='1_0': expected an integer"),
     (["--compile", "--epochs", "\u0663"], "error: invalid epochs='\u0663': expected an integer"),
     (["--compile", "--learning-rate", "1_0.5"], "error: invalid learning_rate='1_0.5': expected a number"),
+    # Negative numbers that argparse alone would take for options, refused as values.
+    (["--compile", "--learning-rate", "-1e-3"], "error: invalid learning_rate=-0.001: expected a number from 1.2e-38 to 3.4e38"),
+    (["--local", "--gamma", "-inf"], "error: invalid gamma=-inf: expected a number in (0, 1]"),
+    (["--compile", "--epochs", "-2e1"], "error: invalid epochs='-2e1': expected an integer"),
     (["--compile", "--preset", "turbo"], "error: invalid preset='turbo': expected one of classic, fast"),
     (["--compile", "--image-registry", "Bad Registry"], "error: invalid image_registry='Bad Registry'"),
     # What no image reference holds (distribution/reference's grammar): no pull could succeed.
