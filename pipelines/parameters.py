@@ -157,7 +157,9 @@ def check_local_run(values: Mapping[str, Any]) -> None:
             )
         except botocore.exceptions.BotoCoreError as err:  # half the keys, a missing profile
             # A credential_process that fails silently leaves botocore's line ending in ": ".
-            found, keys = False, f"{keys}: {str(err).rstrip(': ')}"
+            found, keys = False, f"{keys}: {' '.join(str(err).split()).rstrip(': ')}"
+        except (OSError, ValueError) as err:  # a credential_process missing, or not JSON
+            found, keys = False, f"{keys}: credential_process failed: {' '.join(str(err).split())}"
         if not found:
             raise invalid("tensorboard_logs_root", root, f"an s3:// root with keys here ({keys})")
     config = from_run_form(training.TrainConfig, values)

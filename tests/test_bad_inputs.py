@@ -540,8 +540,32 @@ S3_ROOT = ["--tensorboard-logs-root", "s3://bucket/x", "--s3-endpoint", "http://
             {"AWS_CONFIG_FILE": "[default]\ncredential_process = false\n"},
             ": Error when retrieving credentials from custom-process)",
         ),
+        (
+            {
+                "AWS_CONFIG_FILE": "[default]\ncredential_process = sh -c 'echo a >&2; echo b >&2; exit 3'\n"
+            },
+            ": Error when retrieving credentials from custom-process: a b)",
+        ),
+        (
+            {"AWS_CONFIG_FILE": "[default]\ncredential_process = /nonexistent/helper\n"},
+            ": credential_process failed: [Errno 2] No such file or directory: '/nonexistent/helper')",
+        ),
+        (
+            {"AWS_CONFIG_FILE": "[default]\ncredential_process = echo not-json\n"},
+            ": credential_process failed: Expecting value: line 1 column 1 (char 0))",
+        ),
     ],
-    ids=["none", "half", "no-such-profile", "blank", "blank-secret", "failing-process"],
+    ids=[
+        "none",
+        "half",
+        "no-such-profile",
+        "blank",
+        "blank-secret",
+        "failing-process",
+        "process-with-lines",
+        "missing-process",
+        "process-not-json",
+    ],
 )
 def test_a_local_run_to_s3_without_keys_is_refused_before_any_task(
     no_aws_keys, tmp_path, tmp_path_factory, monkeypatch, capsys, environment, why: str
