@@ -44,16 +44,18 @@ def compile_for(registry: str, output: Path) -> Path:
     return compile_pipeline(output)
 
 
+# A path below the default registry is a registry of one's own too.
+@pytest.mark.parametrize("registry", ["registry.example.com/ml", f"{images.DEFAULT_REGISTRY}/dev"])
 def test_a_tag_in_the_users_registry_is_pulled_every_time(
-    pushed_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pushed_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry: str
 ) -> None:
     monkeypatch.delenv(images.REGISTRY_ENV, raising=False)
-    pods = compiled_pods(compile_for("registry.example.com/ml", tmp_path / "p.yaml"))
+    pods = compiled_pods(compile_for(registry, tmp_path / "p.yaml"))
     monkeypatch.delenv(images.REGISTRY_ENV, raising=False)
 
     assert pods
     for image, policy in pods.values():
-        assert image.startswith("registry.example.com/ml/kfp-lightning-")
+        assert image.startswith(f"{registry}/kfp-lightning-")
         assert "@" not in image
         assert policy == "Always"
 
