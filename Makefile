@@ -35,10 +35,13 @@ local: $(STAMP)  ## run the whole pipeline on this machine (kfp.local)
 
 # `make images IMAGE_REGISTRY=registry.example.com/ml PUSH=1` builds both images for that registry
 # and pushes them (printing each one's digest); compile with the same --image-registry.
+# The registry reaches build.py through the environment, so the shell passes it as one word,
+# whatever it holds, and build.py judges it.
 IMAGE_REGISTRY ?=
+export IMAGE_REGISTRY
 PUSH ?=
 images: $(STAMP)  ## build the container images with Docker (IMAGE_ARGS=--local-base where no registry is reachable)
-	$(BIN)/python images/build.py $(if $(IMAGE_REGISTRY),--image-registry $(IMAGE_REGISTRY)) \
+	$(BIN)/python images/build.py $(if $(IMAGE_REGISTRY),--image-registry "$$IMAGE_REGISTRY") \
 		$(if $(filter 1 yes true,$(PUSH)),--push) $(IMAGE_ARGS)
 
 lock: $(STAMP)  ## regenerate images/*/requirements.txt from pyproject.toml (Python 3.11)

@@ -252,6 +252,29 @@ def test_build_refuses_a_bad_registry_in_the_environment_before_building():
     )
 
 
+def test_make_images_passes_the_registry_as_one_value():
+    # The README's `make images IMAGE_REGISTRY=...`: a value with a space is judged whole, not
+    # split by the recipe's shell into an unknown argument. `-o` keeps make from setting up.
+    venv = Path(sys.executable).parents[1]
+    result = subprocess.run(
+        [
+            "make",
+            "-s",
+            f"VENV={venv}",
+            "-o",
+            f"{venv}/.installed",
+            "images",
+            "IMAGE_REGISTRY=Bad Reg",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "error: invalid image_registry='Bad Reg': expected a registry prefix" in result.stderr
+
+
 def test_staged_context_holds_exactly_the_locked_wheels(tmp_path, monkeypatch):
     work = tmp_path / "work"
     cache = work / "wheels"
