@@ -257,6 +257,11 @@ def apply_mode_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
             *others, last = [_flag(m) for m in modes]
             applies = f"{', '.join(others)} and {last}" if others else last
             parser.error(f"{_flag(name)} applies only to {applies}, not to {_flag(mode)}")
+    if mode == "check_cluster" and args.image_registry is not None and args.nodes == 1:
+        parser.error(
+            "--image-registry applies to --check-cluster only with --nodes N > 1 (its TrainJob "
+            "names the trainer image)"
+        )
     if mode == "local":  # they place or reach a cluster's pods, and tasks here run in no pod
         for name in ("node_selector", "tolerations", "s3_credentials_secret", "kubeflow_base_url"):
             if getattr(args, name) is not None:

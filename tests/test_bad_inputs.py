@@ -231,6 +231,7 @@ CLI_CASES = [
     (["--compile", "--epochs", "1_0"], "error: invalid epochs='1_0': expected an integer"),
     (["--compile", "--epochs", "\u0663"], "error: invalid epochs='\u0663': expected an integer"),
     (["--compile", "--learning-rate", "1_0.5"], "error: invalid learning_rate='1_0.5': expected a number"),
+    (["--check-cluster", "--image-registry", "r.example/ml"], "error: --image-registry applies to --check-cluster only with --nodes N > 1"),
     # Negative numbers that argparse alone would take for options, refused as values.
     (["--compile", "--learning-rate", "-1e-3"], "error: invalid learning_rate=-0.001: expected a number from 1.2e-38 to 3.4e38"),
     (["--local", "--gamma", "-inf"], "error: invalid gamma=-inf: expected a number in (0, 1]"),
