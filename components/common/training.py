@@ -275,9 +275,14 @@ def check_batch_size(
         held_out: Training images the validation hold-out took (named as the cause).
 
     Raises:
-        UserInputError: `batch_size` exceeds the share.
+        UserInputError: `batch_size` exceeds the share, or (naming `validation`) the hold-out
+            leaves a process no training image.
     """
     share = train_samples // processes
+    if share == 0 and held_out:  # no batch size would do: the hold-out leaves too few
+        most = train_samples + held_out - processes
+        each = f"one training image for each of {processes} processes"
+        raise invalid("validation", str(held_out), f"at most {most} (leaving {each})")
     if batch_size > share:
         each = f" of each of {processes} processes" if processes > 1 else ""
         left = f" that validation={held_out} leaves" if held_out else ""
