@@ -576,19 +576,27 @@ def why_unreachable(
 
 
 def check_gpu_nodes(
-    api_client: ApiClient, gpus: int, node_selector: Mapping[str, str], tolerations: Tolerations
+    api_client: ApiClient,
+    gpus: int,
+    node_selector: Mapping[str, str],
+    tolerations: Tolerations,
+    pods: int = 1,
 ) -> Check:
-    """Whether a node has the GPUs training requests, and the pod's settings reach it.
+    """Whether nodes have the GPUs training requests, and the pods' settings reach them.
 
     A node fits when its allocatable `nvidia.com/gpu` is at least `gpus` (any node for 0), it
     carries every label of `node_selector`, and `tolerations` tolerate each of its NoSchedule
-    and NoExecute taints (a cordoned node counts as tainted), as the scheduler decides.
+    and NoExecute taints (a cordoned node counts as tainted), as the scheduler decides. The
+    nodes that fit must together hold `gpus` GPUs for each of `pods` pods (a node with twice
+    the GPUs takes two); a TrainJob's pods start together, so one without room keeps the
+    others waiting.
 
     Args:
         api_client: A configured client.
-        gpus: GPUs requested (0: a CPU node will do).
+        gpus: GPUs requested by each pod (0: a CPU node will do).
         node_selector: The `node_selector` parameter.
         tolerations: The `tolerations` parameter.
+        pods: Training pods (`--nodes`).
 
     Returns:
         The result; unknown when these credentials may not list nodes.
@@ -612,7 +620,14 @@ def check_gpu_nodes(
     if reached := sorted(node for node, reasons in blockers.items() if not reasons):
         shown = ", ".join(reached[:5]) + (", ..." if len(reached) > 5 else "")
         no_gpu = "" if gpus else ", no GPU needed (gpus=0)"
-        return _passed(f"{len(reached)} node(s) {wanted}reachable{no_gpu}: {shown}")
+        found = f"{len(reached)} node(s) {wanted}reachable{no_gpu}: {shown}"
+        by_name = dict(zip((n.metadata.name for n in nodes), counts, strict=True))
+        if gpus and (room := sum(by_name[node] // gpus for node in reached)) < pods:
+            return _failed(
+                f"{found}; room for {room} of the {pods} training pods ({gpus} GPU(s) each)",
+                f"add GPU nodes, or train on at most {room} with --nodes",
+            )
+        return _passed(found)
     blocked = sorted(f"{node}: {', '.join(reasons)}" for node, reasons in blockers.items())
     every = [reason for reasons in blockers.values() for reason in reasons]
     fixes = [fix for start, fix in NODE_FIXES.items() if any(r.startswith(start) for r in every)]
@@ -814,7 +829,7 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
         "logs claim": check_logs_claim(api_client, target) if pvc else not_needed,
         "launcher RBAC": check_launcher_rbac(api_client, target) if served else nothing,
         "training node": check_gpu_nodes(
-            api_client, gpus, scheduling.node_selector, scheduling.tolerations
+            api_client, gpus, scheduling.node_selector, scheduling.tolerations, target.nodes
         ),
         "KFP backend": check_kfp_backend(api_client, target.kfp_namespace),
     }

@@ -135,17 +135,18 @@ def ml_pipeline(version: str) -> dict[str, Any]:
     }
 
 
-def add_gpu_node(admin: client.ApiClient) -> None:
-    """A ready GPU node as a kubelet and NVIDIA's device plugin report it."""
+def add_gpu_nodes(admin: client.ApiClient) -> None:
+    """Two ready GPU nodes as a kubelet and NVIDIA's device plugin report them (for --nodes 2)."""
     core = client.CoreV1Api(admin)
-    core.create_node({"metadata": {"name": "gpu-1"}, "spec": {"taints": [GPU_TAINT]}})
     resources = {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "1"}
     ready = {"type": "Ready", "status": "True", "reason": "KubeletReady"}
-    core.patch_node_status(
-        "gpu-1",
-        {"status": {"capacity": resources, "allocatable": resources, "conditions": [ready]}},
-    )
-    core.patch_node("gpu-1", {"spec": {"taints": [GPU_TAINT]}})
+    for name in ("gpu-1", "gpu-2"):
+        core.create_node({"metadata": {"name": name}, "spec": {"taints": [GPU_TAINT]}})
+        core.patch_node_status(
+            name,
+            {"status": {"capacity": resources, "allocatable": resources, "conditions": [ready]}},
+        )
+        core.patch_node(name, {"spec": {"taints": [GPU_TAINT]}})
 
 
 @dataclasses.dataclass
@@ -168,7 +169,7 @@ def load(platform: Platform, server: KubeAPIServer, admin: client.ApiClient) -> 
     client.AppsV1Api(admin).create_namespaced_deployment(
         KFP_NAMESPACE, ml_pipeline(platform.kfp_backend)
     )
-    add_gpu_node(admin)
+    add_gpu_nodes(admin)
     core = client.CoreV1Api(admin)
     if platform.profiles:
         namespace, account = PROFILE, "default-editor"

@@ -561,6 +561,42 @@ def test_gpu_node_taints_the_scheduler_honours(
 
 
 @pytest.mark.apiserver
+def test_gpu_nodes_with_room_for_every_training_pod(
+    cluster: str, apiserver_admin: client.ApiClient
+) -> None:
+    core = client.CoreV1Api(apiserver_admin)
+    core.delete_collection_node()
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    add_node(apiserver_admin, "one-gpu", 1)
+    add_node(apiserver_admin, "two-gpus", 2)
+    dedicated = {"key": "dedicated", "value": "other", "effect": "NoSchedule"}
+    add_node(apiserver_admin, "elsewhere", 4, taints=[dedicated])
+    # Pods of one GPU: one node takes one, the other two. Of two GPUs: only the second fits.
+    for gpus, pods, room in [(1, 3, None), (1, 4, 3), (2, 1, None), (2, 2, 1)]:
+        result = preflight.check_gpu_nodes(apiserver_admin, gpus, {}, tolerations, pods)
+        if room is None:
+            assert result.status is Status.PASSED, result.detail
+        else:
+            assert result.status is Status.FAILED
+            assert result.detail.endswith(
+                f"; room for {room} of the {pods} training pods ({gpus} GPU(s) each)"
+            )
+            assert result.fix == f"add GPU nodes, or train on at most {room} with --nodes"
+    # The node whose taint they do not tolerate counts once they do.
+    everything = [{"operator": "Exists"}]
+    assert preflight.check_gpu_nodes(apiserver_admin, 1, {}, everything, 7).status is (
+        Status.PASSED
+    )
+    assert preflight.check_gpu_nodes(apiserver_admin, 1, {}, everything, 8).status is (
+        Status.FAILED
+    )
+    # CPU pods share a node.
+    assert preflight.check_gpu_nodes(apiserver_admin, 0, {}, tolerations, 5).status is (
+        Status.PASSED
+    )
+
+
+@pytest.mark.apiserver
 @pytest.mark.parametrize(
     ("condition", "effect"),
     [

@@ -18,7 +18,7 @@ from kfp_lightning.components.train_on_nodes.trainjob import RBAC_MANIFEST, RUNT
 from kfp_lightning.pipelines import cli
 from tests.apiserver.server import apply_documents
 from tests.conftest import REPO
-from tests.test_preflight import NAMES
+from tests.test_preflight import GPU_LABELS, GPU_TAINT, NAMES, add_node
 from tests.test_preflight import cluster as ready_cluster  # noqa: F401 (a fixture)
 from tests.trainer_crds import (
     TORCH_DISTRIBUTED,
@@ -36,6 +36,7 @@ TRAINER_NAMES = {"TrainJob CRD", "training runtime", "TrainJob RBAC", "TrainJob"
 @pytest.fixture
 def cluster(ready_cluster: str, apiserver_admin: client.ApiClient) -> str:  # noqa: F811
     """A cluster where a run on several nodes would work; returns the run's namespace."""
+    add_node(apiserver_admin, "gpu-node-2", 1, GPU_LABELS, [GPU_TAINT])  # room for --nodes 2
     install_trainer(apiserver_admin)
     documents = list(yaml.safe_load_all((REPO / RBAC_MANIFEST).read_text()))
     apply_documents(apiserver_admin, documents, ready_cluster)
