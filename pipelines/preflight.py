@@ -737,6 +737,8 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
         "install Kubeflow Trainer v2.1 or newer (its TrainJob carries the pods' settings in "
         "spec.podTemplateOverrides or spec.runtimePatches)"
     )
+    if problems[0].startswith(f"namespace {target.namespace} does not exist"):
+        fix = "pass --namespace with a Kubeflow profile's namespace (where runs run)"
     return _failed("; ".join(problems), fix)
 
 

@@ -118,6 +118,22 @@ def test_a_user_without_rights_gets_one_line(
     assert line.startswith("error: your kubeconfig's user may not create or update")
 
 
+def test_a_namespace_that_does_not_exist_is_named_as_such(
+    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
+):
+    # Not taken for a CRD the cluster lacks: both are served here.
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", namespace=NAMESPACE)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    endpoint = {"s3_endpoint": "http://seaweedfs.kubeflow:8333"}
+    with pytest.raises(RunError) as raised:
+        open_runs_tensorboard(values(**endpoint), "no-such-team", 0, io.StringIO(), FAST)
+    assert str(raised.value) == (
+        'Namespace `no-such-team` does not exist (HTTP 404: namespaces "no-such-team" not '
+        "found): run in a profile's namespace."
+    )
+
+
 def test_a_local_root_is_refused_before_any_request():
     with pytest.raises(UserInputError, match="invalid tensorboard_logs_root='/tmp/runs'"):
         open_runs_tensorboard(values(tensorboard_logs_root="/tmp/runs"), None, 0, io.StringIO())

@@ -75,6 +75,20 @@ def test_one_node_needs_no_trainer_and_several_pass_on_a_ready_cluster(
     )
 
 
+def test_a_namespace_that_does_not_exist_is_named_as_such(
+    cluster: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The dry run's 404 comes from the namespace, not from a TrainJob CRD the cluster lacks.
+    status, results = check(capsys, "--nodes", "2", "--namespace", "no-such-team")
+
+    assert status == 1
+    assert results["TrainJob CRD"].startswith("✓")
+    assert results["TrainJob"] == (
+        '✗ namespace no-such-team does not exist (HTTP 404: namespaces "no-such-team" not '
+        "found). Fix: pass --namespace with a Kubeflow profile's namespace (where runs run)"
+    )
+
+
 @pytest.mark.parametrize("version", ["kubeflow-trainer-v2.2.0", "kubeflow-trainer-v2.0.0"])
 def test_the_dry_run_follows_the_trainer_the_cluster_runs(
     cluster: str,

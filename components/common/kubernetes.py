@@ -228,6 +228,23 @@ def api_answer(err: ApiException) -> str:
     return f"HTTP {err.status}: {message}" if message else f"HTTP {err.status}"
 
 
+def missing_namespace(err: ApiException) -> str | None:
+    """The namespace an HTTP 404 says does not exist, else None (another object is missing).
+
+    The API server's NamespaceLifecycle admission plugin refuses a write into a namespace that
+    does not exist with a Status whose details name it, kind `namespaces` (kubernetes/
+    kubernetes, staging/src/k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle/
+    admission.go): not to be taken for a resource the cluster does not serve.
+    """
+    try:
+        details = json.loads(err.body)["details"]
+        return (
+            str(details["name"]) if err.status == 404 and details["kind"] == "namespaces" else None
+        )
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 def check_server(api_client: client.ApiClient, timeout: float) -> str:
     """Asks for the server's version: whether a Kubernetes API server there takes our credentials.
 
