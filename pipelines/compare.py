@@ -39,6 +39,46 @@ RUN_PARAMETERS = (
 )
 
 
+def check_secret(api_client: client.ApiClient, namespace: str, secret: str, timeout: float) -> None:
+    """Refuses a secret the namespace does not hold, or a namespace that does not exist.
+
+    The Tensorboard's pod reads the object store's keys from the secret, and without it would
+    never start, with nothing said here. A profile's users may read secrets in its namespace
+    (kubeflow-edit) but not namespaces: a refusal (403) leaves what it would tell unchecked.
+
+    Raises:
+        RunError: The secret or the namespace does not exist, or the server failed.
+    """
+    core, host = client.CoreV1Api(api_client), api_client.configuration.host
+    try:
+        cluster.call(
+            lambda: core.read_namespaced_secret(secret, namespace, _request_timeout=timeout),
+            f"the read of secret {namespace}/{secret}",
+        )
+    except ApiException as err:
+        if err.status == 403:
+            return
+        if err.status != 404:
+            what = f"the read of secret {namespace}/{secret}"
+            raise RunError(cluster.answered(host, what, err)) from None
+        try:
+            cluster.call(
+                lambda: core.read_namespace(namespace, _request_timeout=timeout),
+                f"the read of namespace {namespace}",
+            )
+        except ApiException as namespace_err:
+            if namespace_err.status == 404:
+                raise RunError(
+                    f"namespace {namespace} does not exist: pass --namespace with a Kubeflow "
+                    "profile's namespace (where the runs run)"
+                ) from None
+        raise RunError(
+            f"no secret {secret} in namespace {namespace}, which the TensorBoard pod reads the "
+            "object store's keys from: pass --s3-credentials-secret with a secret that has "
+            "accesskey and secretkey"
+        ) from None
+
+
 def open_runs_tensorboard(
     values: Mapping[str, Any],
     namespace: str | None = None,
@@ -124,7 +164,12 @@ def open_runs_tensorboard(
                         file=out,
                         flush=True,
                     )
-                wanted = objects.poddefault_object(namespace, endpoint, logs.s3_credentials_secret)
+                # The Tensorboard's pod reads the store's keys from this secret, and without it
+                # would never start, with nothing said here. A profile's users may read secrets
+                # in its namespace (kubeflow-edit); a refusal (403) leaves it unchecked.
+                secret = logs.s3_credentials_secret
+                check_secret(api_client, namespace, secret, patience.request_timeout_seconds)
+                wanted = objects.poddefault_object(namespace, endpoint, secret)
                 cluster.ensure_object(api, resource, wanted, patience)
                 poddefault = wanted["metadata"]["name"]
             resource = objects.TENSORBOARD_API

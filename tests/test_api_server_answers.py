@@ -320,7 +320,8 @@ ANSWERED, WITH_500 = (
     "with HTTP 500: Internal Server Error",
 )
 SERVICES = "the read of KFP's object-store Services (for s3_endpoint=auto)"
-POD_DEFAULTS = "the write of poddefaults.kubeflow.org in namespace default"
+# The first request with an explicit endpoint: the secret the Tensorboard's pod would read.
+SECRET = "the read of secret default/mlpipeline-minio-artifact"
 
 
 @pytest.mark.parametrize(
@@ -334,7 +335,7 @@ POD_DEFAULTS = "the write of poddefaults.kubeflow.org in namespace default"
         (
             500,
             ["--s3-endpoint", "http://minio:9000"],
-            f"{ANSWERED} {POD_DEFAULTS} {WITH_500}",
+            f"{ANSWERED} {SECRET} {WITH_500}",
         ),
         (401, ["--s3-endpoint", "http://minio:9000"], CREDENTIALS),
     ],

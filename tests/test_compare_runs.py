@@ -24,7 +24,7 @@ from kfp_lightning.pipelines.compare import ALL_RUNS_NAME, open_runs_tensorboard
 from kfp_lightning.pipelines.parameters import validate_parameters
 from tests.apiserver.server import KubeAPIServer, ensure_namespace
 from tests.conftest import REPO
-from tests.test_preflight import claim_body, put_object_store
+from tests.test_preflight import claim_body, put_object_store, secret_body
 
 pytestmark = pytest.mark.apiserver
 
@@ -34,6 +34,14 @@ FAST = Patience(attempts=2, backoff_seconds=0.05, poll_seconds=0.05)
 
 def values(**overrides: object) -> dict:
     return validate_parameters(overrides)
+
+
+def put_secret(admin: client.ApiClient) -> None:
+    """The object store's keys in NAMESPACE, as Kubeflow puts them in every profile's."""
+    with contextlib.suppress(ApiException):  # one per session's server
+        client.CoreV1Api(admin).create_namespaced_secret(
+            NAMESPACE, secret_body(accesskey="minio", secretkey="minio123")
+        )
 
 
 def read(admin: client.ApiClient, resource: tuple[str, str, str, str], name: str) -> dict:
@@ -60,6 +68,7 @@ def test_one_tensorboard_over_the_whole_root(
 ):
     ensure_namespace(apiserver_admin, NAMESPACE)
     put_object_store(apiserver_admin)  # what `s3_endpoint=auto` finds, asking the API server
+    put_secret(apiserver_admin)
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     monkeypatch.setenv(
         "KUBECONFIG",
@@ -129,9 +138,32 @@ def test_a_namespace_that_does_not_exist_is_named_as_such(
     with pytest.raises(RunError) as raised:
         open_runs_tensorboard(values(**endpoint), "no-such-team", 0, io.StringIO(), FAST)
     assert str(raised.value) == (
-        'Namespace `no-such-team` does not exist (HTTP 404: namespaces "no-such-team" not '
-        "found): run in a profile's namespace."
+        "namespace no-such-team does not exist: pass --namespace with a Kubeflow profile's "
+        "namespace (where the runs run)"
     )
+
+
+def test_a_secret_the_namespace_lacks_is_refused_before_anything_is_created(
+    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
+):
+    # Its Tensorboard's pod would wait for the secret forever, and the command would end well.
+    ensure_namespace(apiserver_admin, NAMESPACE)
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", namespace=NAMESPACE)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    given = {"s3_endpoint": "http://seaweedfs.kubeflow:8333", "s3_credentials_secret": "keys"}
+    custom = client.CustomObjectsApi(apiserver_admin)
+    group, version, plural, _ = PODDEFAULT_API
+    before = custom.list_namespaced_custom_object(group, version, NAMESPACE, plural)["items"]
+    with pytest.raises(RunError) as raised:
+        open_runs_tensorboard(values(**given), None, 0, io.StringIO(), FAST)
+    assert str(raised.value) == (
+        "no secret keys in namespace team-a, which the TensorBoard pod reads the object "
+        "store's keys from: pass --s3-credentials-secret with a secret that has accesskey and "
+        "secretkey"
+    )
+    after = custom.list_namespaced_custom_object(group, version, NAMESPACE, plural)["items"]
+    assert after == before
 
 
 def test_a_local_root_is_refused_before_any_request():
