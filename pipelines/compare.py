@@ -208,7 +208,7 @@ def open_runs_tensorboard(
     link = f"{config.link_prefix}/tensorboard/{namespace}/{ALL_RUNS_NAME}/"
     if not config.link_prefix:
         link += " (under your Kubeflow URL; --kubeflow-base-url makes it absolute)"
-    state = "ready" if ready else f"starting (not ready after {wait_seconds} s)"
+    state = "ready" if ready else f"starting: not ready after {wait_seconds} s"
     print(
         f"TensorBoard over every run in {root.uri} ({outcome}, {state}): {link}",
         file=out,

@@ -93,7 +93,7 @@ def test_one_tensorboard_over_the_whole_root(
     assert waiting == (
         f"Tensorboard {NAMESPACE}/{ALL_RUNS_NAME} replaced; waiting up to 1 s for it to be ready"
     )
-    assert "(replaced, starting (not ready after 1 s))" in result
+    assert "(replaced, starting: not ready after 1 s)" in result
     tensorboard = read(apiserver_admin, TENSORBOARD_API, ALL_RUNS_NAME)
     assert tensorboard["spec"]["logspath"] == "s3://other/logs"
 
