@@ -44,6 +44,8 @@ SECRET = "mlpipeline-minio-artifact"
 GPU_NODE, CPU_NODE = "gpu-node-1", "cpu-node-1"
 GPU_LABELS = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+# The pipeline's default tolerations.
+TOLERATE_GPU = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 KFP_IMAGE = "ghcr.io/kubeflow/kfp-api-server:{}"
 NAMES = {
     "Tensorboard CRD",
@@ -530,13 +532,19 @@ def test_gpu_nodes(
     assert results["training node"] == f"✓ 1 node(s) reachable, no GPU needed (gpus=0): {CPU_NODE}"
 
 
-@pytest.mark.apiserver
-def test_gpu_node_taints_the_scheduler_honours(
-    cluster: str, apiserver_admin: client.ApiClient
-) -> None:
+@pytest.fixture
+def core(cluster: str, apiserver_admin: client.ApiClient) -> client.CoreV1Api:
+    """The ready cluster's core API, its nodes removed: each test adds its own."""
     core = client.CoreV1Api(apiserver_admin)
     core.delete_collection_node()
-    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return core
+
+
+@pytest.mark.apiserver
+def test_gpu_node_taints_the_scheduler_honours(
+    core: client.CoreV1Api, apiserver_admin: client.ApiClient
+) -> None:
+    tolerations = TOLERATE_GPU
     # PreferNoSchedule keeps no pod away; NoExecute does; a cordoned node is unschedulable.
     add_node(apiserver_admin, "prefer", 1, taints=[{"key": "spot", "effect": "PreferNoSchedule"}])
     result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, tolerations)
@@ -562,11 +570,9 @@ def test_gpu_node_taints_the_scheduler_honours(
 
 @pytest.mark.apiserver
 def test_gpu_nodes_with_room_for_every_training_pod(
-    cluster: str, apiserver_admin: client.ApiClient
+    core: client.CoreV1Api, apiserver_admin: client.ApiClient
 ) -> None:
-    core = client.CoreV1Api(apiserver_admin)
-    core.delete_collection_node()
-    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    tolerations = TOLERATE_GPU
     add_node(apiserver_admin, "one-gpu", 1)
     add_node(apiserver_admin, "two-gpus", 2)
     dedicated = {"key": "dedicated", "value": "other", "effect": "NoSchedule"}
@@ -610,15 +616,12 @@ def test_gpu_nodes_with_room_for_every_training_pod(
     ],
 )
 def test_a_node_in_a_bad_condition_is_never_advised_to_be_tolerated(
-    cluster: str, apiserver_admin: client.ApiClient, condition: str, effect: str
+    core: client.CoreV1Api, apiserver_admin: client.ApiClient, condition: str, effect: str
 ) -> None:
-    core = client.CoreV1Api(apiserver_admin)
-    core.delete_collection_node()
     taint = {"key": f"node.kubernetes.io/{condition}", "effect": effect}
     add_node(apiserver_admin, "sick", 1, taints=[taint])
-    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
-    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, tolerations)
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, TOLERATE_GPU)
 
     assert result.status is Status.FAILED
     assert f"sick: not ready or not schedulable (node.kubernetes.io/{condition}:{effect})" in (
