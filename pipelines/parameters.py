@@ -145,22 +145,30 @@ def check_local_run(values: Mapping[str, Any]) -> None:
     if scheme == "s3":
         # And keys, which the tasks find as boto3 does: said before the download, not when
         # training first lists the logs.
+        import botocore.credentials
         import botocore.exceptions
         import botocore.session
 
         keys = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile"
         try:
             credentials = botocore.session.get_session().get_credentials()
-            # botocore takes blank keys (`AWS_ACCESS_KEY_ID=' '`) as keys; no store does.
-            found = credentials is not None and all(
-                key.strip() for key in (credentials.access_key, credentials.secret_key)
-            )
         except botocore.exceptions.BotoCoreError as err:  # half the keys, a missing profile
             # A credential_process that fails silently leaves botocore's line ending in ": ".
-            found, keys = False, f"{keys}: {' '.join(str(err).split()).rstrip(': ')}"
-        except (OSError, ValueError) as err:  # a credential_process missing, or not JSON
-            found, keys = False, f"{keys}: credential_process failed: {' '.join(str(err).split())}"
-        if not found:
+            credentials, keys = None, f"{keys}: {' '.join(str(err).split()).rstrip(': ')}"
+        except Exception as err:  # whatever a credential_process or a token file did
+            why = f"{type(err).__name__}: {' '.join(str(err).split())}"
+            credentials, keys = None, f"{keys}: loading them failed ({why})"
+        # Keys fetched on use (assume-role, web identity, SSO, an expiring credential_process)
+        # are left to the tasks: fetching them here would call STS. Static keys are read:
+        # botocore takes blank ones (`AWS_ACCESS_KEY_ID=' '`) for keys, and no store does.
+        static = not isinstance(credentials, botocore.credentials.RefreshableCredentials)
+        if credentials is None or (
+            static
+            and not all(
+                isinstance(key, str) and key.strip()
+                for key in (credentials.access_key, credentials.secret_key)
+            )
+        ):
             raise invalid("tensorboard_logs_root", root, f"an s3:// root with keys here ({keys})")
     config = from_run_form(training.TrainConfig, values)
     # --local trains in this Python: on the CPU, or on this machine's GPU if it has one.

@@ -551,11 +551,21 @@ S3_ROOT = ["--tensorboard-logs-root", "s3://bucket/x", "--s3-endpoint", "http://
         ),
         (
             {"AWS_CONFIG_FILE": "[default]\ncredential_process = /nonexistent/helper\n"},
-            ": credential_process failed: [Errno 2] No such file or directory: '/nonexistent/helper')",
+            ": loading them failed (FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/helper'))",
         ),
         (
             {"AWS_CONFIG_FILE": "[default]\ncredential_process = echo not-json\n"},
-            ": credential_process failed: Expecting value: line 1 column 1 (char 0))",
+            ": loading them failed (JSONDecodeError: Expecting value: line 1 column 1 (char 0)))",
+        ),
+        (
+            {"AWS_CONFIG_FILE": "[default]\ncredential_process = echo []\n"},
+            ": loading them failed (AttributeError: ",
+        ),
+        (
+            {
+                "AWS_CONFIG_FILE": """[default]\ncredential_process = echo '{"Version": 1, "AccessKeyId": null, "SecretAccessKey": "b"}'\n"""
+            },
+            ")",
         ),
     ],
     ids=[
@@ -568,6 +578,8 @@ S3_ROOT = ["--tensorboard-logs-root", "s3://bucket/x", "--s3-endpoint", "http://
         "process-with-lines",
         "missing-process",
         "process-not-json",
+        "process-not-an-object",
+        "process-without-a-key",
     ],
 )
 def test_a_local_run_to_s3_without_keys_is_refused_before_any_task(
@@ -591,11 +603,30 @@ def test_a_local_run_to_s3_without_keys_is_refused_before_any_task(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_local_run_to_s3_with_keys_in_the_environment_may_start(no_aws_keys, monkeypatch):
+EXPIRED = '{"Version": 1, "AccessKeyId": "a", "SecretAccessKey": "b", "Expiration": "2000-01-01T00:00:00Z"}'
+
+
+# Keys fetched on use are left to the tasks: fetching them here would call STS (which this
+# machine cannot reach, and whose refusal is the tasks' to report) or refresh what expired.
+@pytest.mark.parametrize(
+    "config",
+    [
+        None,
+        "[profile base]\naws_access_key_id = a\naws_secret_access_key = b\n"
+        "[default]\nrole_arn = arn:aws:iam::123456789012:role/x\nsource_profile = base\n",
+        f"[default]\ncredential_process = echo '{EXPIRED}'\n",
+    ],
+    ids=["environment", "assume-role", "expiring-process"],
+)
+def test_a_local_run_to_s3_with_keys_may_start(no_aws_keys, monkeypatch, tmp_path, config):
     from kfp_lightning.pipelines.parameters import check_local_run
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    if config is None:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    else:
+        (tmp_path / "config").write_text(config)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     values = validate_parameters(
         {"tensorboard_logs_root": "s3://bucket/x"} | {"s3_endpoint": "http://127.0.0.1:1"}
     )
