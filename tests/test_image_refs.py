@@ -45,7 +45,14 @@ def compile_for(registry: str, output: Path) -> Path:
 
 
 # A path below the default registry is a registry of one's own too.
-@pytest.mark.parametrize("registry", ["registry.example.com/ml", f"{images.DEFAULT_REGISTRY}/dev"])
+@pytest.mark.parametrize(
+    "registry",
+    [
+        "registry.example.com/ml",
+        f"{images.DEFAULT_REGISTRY}/dev",
+        f"{images.DEFAULT_REGISTRY}/kfp-lightning-dev",
+    ],
+)
 def test_a_tag_in_the_users_registry_is_pulled_every_time(
     pushed_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry: str
 ) -> None:

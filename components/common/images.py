@@ -145,5 +145,5 @@ def pull_policy(ref: str) -> str | None:
     is a development build that may be pushed again under the same tag: nodes must pull it
     each time (Always), or they would run the copy they pulled first.
     """
-    released = ref.startswith(f"{DEFAULT_REGISTRY}/kfp-lightning-")  # not a path below it
+    released = ref.rsplit("/", 1)[0] == DEFAULT_REGISTRY  # not a path below it
     return None if "@" in ref or released else "Always"
