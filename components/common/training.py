@@ -280,9 +280,10 @@ def check_batch_size(
     """
     share = train_samples // processes
     if share == 0 and held_out:  # no batch size would do: the hold-out leaves too few
-        most = train_samples + held_out - processes
-        each = f"one training image for each of {processes} processes"
-        raise invalid("validation", str(held_out), f"at most {most} (leaving {each})")
+        most = max(0, train_samples + held_out - processes * batch_size)
+        each = f" for each of {processes} processes" if processes > 1 else ""
+        leaves = f"which leaves a training batch of {batch_size}{each}"
+        raise invalid("validation", str(held_out), f"at most {most}, {leaves}")
     if batch_size > share:
         each = f" of each of {processes} processes" if processes > 1 else ""
         left = f" that validation={held_out} leaves" if held_out else ""
