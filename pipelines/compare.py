@@ -28,6 +28,10 @@ from kfp_lightning.components.launch_tensorboard import fallback, launcher, obje
 from kfp_lightning.pipelines.preflight import endpoint_in_cluster
 
 ALL_RUNS_NAME = "kfp-lightning-runs"
+NO_NAMESPACE = (
+    "namespace {namespace} does not exist: pass --namespace with a Kubeflow profile's namespace "
+    "(where the runs run)"
+)
 
 
 # The run parameters --compare-runs reads: where the runs' logs are, and the link's prefix.
@@ -39,12 +43,15 @@ RUN_PARAMETERS = (
 )
 
 
-def check_secret(api_client: client.ApiClient, namespace: str, secret: str, timeout: float) -> None:
+def check_secret(api_client: client.ApiClient, namespace: str, secret: str, timeout: float) -> bool:
     """Refuses a secret the namespace does not hold, or a namespace that does not exist.
 
     The Tensorboard's pod reads the object store's keys from the secret, and without it would
     never start, with nothing said here. A profile's users may read secrets in its namespace
     (kubeflow-edit) but not namespaces: a refusal (403) leaves what it would tell unchecked.
+
+    Returns:
+        Whether the secret could be read (False: these credentials may not).
 
     Raises:
         RunError: The secret or the namespace does not exist, or the server failed.
@@ -57,7 +64,7 @@ def check_secret(api_client: client.ApiClient, namespace: str, secret: str, time
         )
     except ApiException as err:
         if err.status == 403:
-            return
+            return False
         if err.status != 404:
             what = f"the read of secret {namespace}/{secret}"
             raise RunError(cluster.answered(host, what, err)) from None
@@ -68,15 +75,13 @@ def check_secret(api_client: client.ApiClient, namespace: str, secret: str, time
             )
         except ApiException as namespace_err:
             if namespace_err.status == 404:
-                raise RunError(
-                    f"namespace {namespace} does not exist: pass --namespace with a Kubeflow "
-                    "profile's namespace (where the runs run)"
-                ) from None
+                raise RunError(NO_NAMESPACE.format(namespace=namespace)) from None
         raise RunError(
             f"no secret {secret} in namespace {namespace}, which the TensorBoard pod reads the "
             "object store's keys from: pass --s3-credentials-secret with a secret that has "
             "accesskey and secretkey"
         ) from None
+    return True
 
 
 def open_runs_tensorboard(
@@ -168,7 +173,16 @@ def open_runs_tensorboard(
                 # would never start, with nothing said here. A profile's users may read secrets
                 # in its namespace (kubeflow-edit); a refusal (403) leaves it unchecked.
                 secret = logs.s3_credentials_secret
-                check_secret(api_client, namespace, secret, patience.request_timeout_seconds)
+                if not check_secret(
+                    api_client, namespace, secret, patience.request_timeout_seconds
+                ):
+                    print(
+                        f"warning: secret {namespace}/{secret}, which the TensorBoard pod reads "
+                        "the object store's keys from, is not readable with these credentials: "
+                        "not checked",
+                        file=out,
+                        flush=True,
+                    )
                 wanted = objects.poddefault_object(namespace, endpoint, secret)
                 cluster.ensure_object(api, resource, wanted, patience)
                 poddefault = wanted["metadata"]["name"]
@@ -196,6 +210,8 @@ def open_runs_tensorboard(
                     f"namespace {namespace} (HTTP {err.status}); a profile's owners and "
                     "contributors may (Kubeflow's kubeflow-edit role)"
                 ) from None
+            if cluster.missing_namespace(err) is not None:  # said as the secret's check says it
+                raise RunError(NO_NAMESPACE.format(namespace=namespace)) from None
             if err.status == 404:  # no such resource: which CRD to install
                 refusal = launcher.describe_refusal(err, resource, namespace)
                 raise RunError(" ".join(refusal.split())) from None

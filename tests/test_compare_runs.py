@@ -143,6 +143,44 @@ def test_a_namespace_that_does_not_exist_is_named_as_such(
     )
 
 
+def test_a_namespace_that_does_not_exist_is_named_to_who_may_not_read_secrets(
+    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
+):
+    # Rights on the objects in every namespace, none on secrets: the write's 404 names it.
+    user = "system:serviceaccount:team-a:compare-anywhere"
+    kube_apiserver.token(user)  # creates the ServiceAccount
+    rbac = client.RbacAuthorizationV1Api(apiserver_admin)
+    rules = [
+        {"apiGroups": [group], "resources": [plural], "verbs": list(verbs)}
+        for group, plural, verbs in LAUNCHER_PERMISSIONS
+    ]
+    with contextlib.suppress(ApiException):  # one per session's server
+        rbac.create_cluster_role({"metadata": {"name": "compare-anywhere"}, "rules": rules})
+        rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": "compare-anywhere"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "compare-anywhere",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": "compare-anywhere", "namespace": NAMESPACE}
+                ],
+            }
+        )
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", user=user, namespace=NAMESPACE)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    endpoint = {"s3_endpoint": "http://seaweedfs.kubeflow:8333"}
+    with pytest.raises(RunError) as raised:
+        open_runs_tensorboard(values(**endpoint), "no-such-team", 0, io.StringIO(), FAST)
+    assert str(raised.value) == (
+        "namespace no-such-team does not exist: pass --namespace with a Kubeflow profile's "
+        "namespace (where the runs run)"
+    )
+
+
 def test_a_secret_the_namespace_lacks_is_refused_before_anything_is_created(
     kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
 ):
@@ -206,10 +244,15 @@ def test_auto_unreadable_by_a_profile_user_assumes_the_newest_object_store(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     out = io.StringIO()
     open_runs_tensorboard(values(), None, 0, out, FAST)
-    warning, link = out.getvalue().splitlines()
+    warning, unchecked, link = out.getvalue().splitlines()
     assert warning == (
         "warning: s3_endpoint=auto: KFP's object-store Services are not readable with these "
         "credentials; assuming http://seaweedfs.kubeflow:8333 (--s3-endpoint sets it)"
+    )
+    # Nor may it read secrets: the one it names is not checked, and it says so.
+    assert unchecked == (
+        f"warning: secret {NAMESPACE}/mlpipeline-minio-artifact, which the TensorBoard pod reads "
+        "the object store's keys from, is not readable with these credentials: not checked"
     )
     assert link.startswith("TensorBoard over every run in s3://mlpipeline/private/team-a/")
     tensorboard = read(apiserver_admin, TENSORBOARD_API, ALL_RUNS_NAME)
