@@ -589,7 +589,7 @@ def check_gpu_nodes(
     and NoExecute taints (a cordoned node counts as tainted), as the scheduler decides. The
     nodes that fit must together hold `gpus` GPUs for each of `pods` pods (a node with twice
     the GPUs takes two); a TrainJob's pods start together, so one without room keeps the
-    others waiting.
+    others waiting. Fewer is unknown rather than failed: a cluster autoscaler may add nodes.
 
     Args:
         api_client: A configured client.
@@ -599,7 +599,8 @@ def check_gpu_nodes(
         pods: Training pods (`--nodes`).
 
     Returns:
-        The result; unknown when these credentials may not list nodes.
+        The result; unknown when these credentials may not list nodes, or when the nodes there
+        now have room for fewer than `pods`.
     """
     try:
         nodes = _call(client.CoreV1Api(api_client).list_node).items
@@ -623,9 +624,12 @@ def check_gpu_nodes(
         found = f"{len(reached)} node(s) {wanted}reachable{no_gpu}: {shown}"
         by_name = dict(zip((n.metadata.name for n in nodes), counts, strict=True))
         if gpus and (room := sum(by_name[node] // gpus for node in reached)) < pods:
-            return _failed(
-                f"{found}; room for {room} of the {pods} training pods ({gpus} GPU(s) each)",
-                f"add GPU nodes, or train on at most {room} with --nodes",
+            # Unknown, not failed: a cluster autoscaler adds nodes once pods wait for them.
+            return _unknown(
+                f"{found}; room for {room} of the {pods} training pods ({gpus} GPU(s) each) on "
+                "the nodes there now",
+                "make sure a cluster autoscaler adds GPU nodes to this pool, add them, or train "
+                f"on at most {room} with --nodes",
             )
         return _passed(found)
     blocked = sorted(f"{node}: {', '.join(reasons)}" for node, reasons in blockers.items())

@@ -582,19 +582,20 @@ def test_gpu_nodes_with_room_for_every_training_pod(
         result = preflight.check_gpu_nodes(apiserver_admin, gpus, {}, tolerations, pods)
         if room is None:
             assert result.status is Status.PASSED, result.detail
-        else:
-            assert result.status is Status.FAILED
+        else:  # unknown: a cluster autoscaler may add nodes once the pods wait
+            assert result.status is Status.UNKNOWN
             assert result.detail.endswith(
-                f"; room for {room} of the {pods} training pods ({gpus} GPU(s) each)"
+                f"; room for {room} of the {pods} training pods ({gpus} GPU(s) each) on the "
+                "nodes there now"
             )
-            assert result.fix == f"add GPU nodes, or train on at most {room} with --nodes"
+            assert result.fix.endswith(f"or train on at most {room} with --nodes")
     # The node whose taint they do not tolerate counts once they do.
     everything = [{"operator": "Exists"}]
     assert preflight.check_gpu_nodes(apiserver_admin, 1, {}, everything, 7).status is (
         Status.PASSED
     )
     assert preflight.check_gpu_nodes(apiserver_admin, 1, {}, everything, 8).status is (
-        Status.FAILED
+        Status.UNKNOWN
     )
     # CPU pods share a node.
     assert preflight.check_gpu_nodes(apiserver_admin, 0, {}, tolerations, 5).status is (
