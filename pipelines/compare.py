@@ -142,6 +142,9 @@ def open_runs_tensorboard(
                 try:
                     modes = launcher.claim_access_modes(api_client, namespace, root.claim, patience)
                 except ApiException as err:
+                    if err.status == 404:
+                        fix = "pass the --namespace it is in, or a claim of this namespace"
+                        raise RunError(f"{where} does not exist: {fix}") from None
                     raise RunError(
                         f"{where} could not be read ({cluster.api_answer(err)})"
                     ) from None

@@ -315,6 +315,16 @@ def test_a_single_node_claim_is_refused_before_anything_is_created(
         custom.get_namespaced_custom_object(group, version, NAMESPACE, plural, ALL_RUNS_NAME)
     assert missing.value.status == 404
 
+    # One that does not exist (or not in this namespace) is said to be missing.
+    with pytest.raises(RunError) as raised:
+        open_runs_tensorboard(
+            values(tensorboard_logs_root="pvc://gone/tensorboard"), None, 0, io.StringIO(), FAST
+        )
+    assert str(raised.value) == (
+        "claim team-a/gone of tensorboard_logs_root does not exist: pass the --namespace it is "
+        "in, or a claim of this namespace"
+    )
+
     # A claim several nodes can mount gets its Tensorboard.
     with contextlib.suppress(ApiException):
         core.create_namespaced_persistent_volume_claim(
