@@ -68,14 +68,8 @@ def check_secret(api_client: client.ApiClient, namespace: str, secret: str, time
         if err.status != 404:
             what = f"the read of secret {namespace}/{secret}"
             raise RunError(cluster.answered(host, what, err)) from None
-        try:
-            cluster.call(
-                lambda: core.read_namespace(namespace, _request_timeout=timeout),
-                f"the read of namespace {namespace}",
-            )
-        except ApiException as namespace_err:
-            if namespace_err.status == 404:
-                raise RunError(NO_NAMESPACE.format(namespace=namespace)) from None
+        if cluster.namespace_exists(api_client, namespace, timeout) is False:
+            raise RunError(NO_NAMESPACE.format(namespace=namespace)) from None
         raise RunError(
             f"no secret {secret} in namespace {namespace}, which the TensorBoard pod reads the "
             "object store's keys from: pass --s3-credentials-secret with a secret that has "

@@ -49,6 +49,7 @@ KFP_DEPLOYMENT = "ml-pipeline"
 KFP_CONTAINER = "ml-pipeline-api-server"
 SUPPORTED_BACKENDS = "2.5.0 and newer (Kubeflow 1.10.1+, standalone 2.5-2.17)"
 REQUEST_TIMEOUT_SECONDS = 10.0
+NAMESPACE_FIX = "pass --namespace with a Kubeflow profile's namespace (where runs run)"
 # For the checks that call the components' own readers (the claim's, the TrainJob's dry run).
 PATIENCE = kube.Patience(request_timeout_seconds=REQUEST_TIMEOUT_SECONDS)
 # Taints the node lifecycle controller puts on a node for its condition (kubernetes/kubernetes,
@@ -152,6 +153,13 @@ def _by_hand(command: str, err: ApiException) -> str:
     """How to check by other means what `err` kept from being read: `command`, run by whom."""
     who = " as someone who may read it" if err.status == 403 else " once the server answers"
     return command + who
+
+
+def _missing_namespace(api_client: ApiClient, namespace: str) -> Check | None:
+    """The failure to report when an object's 404 comes from its namespace's absence."""
+    if kube.namespace_exists(api_client, namespace, REQUEST_TIMEOUT_SECONDS) is False:
+        return _failed(f"namespace {namespace} does not exist", NAMESPACE_FIX)
+    return None
 
 
 class Target(NamedTuple):
@@ -260,7 +268,7 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
         if err.status != 404:
             fix = _by_hand(f"kubectl -n {namespace} get secret {secret}", err)
             return _unknown(_unreadable(f"secret {namespace}/{secret}", err), fix)
-        return _failed(
+        return _missing_namespace(api_client, namespace) or _failed(
             f"no secret {secret} in namespace {namespace} (logs at {target.logs.uri})",
             f"{create} (Kubeflow creates mlpipeline-minio-artifact in every profile "
             "namespace), or pass --s3-credentials-secret NAME",
@@ -396,7 +404,8 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     except ApiException as err:
         if err.status == 404:
             fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default)"
-            return _failed(f"no PersistentVolumeClaim {where}", fix)
+            missing = _failed(f"no PersistentVolumeClaim {where}", fix)
+            return _missing_namespace(api_client, namespace) or missing
         command = f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'"
         fix = _by_hand(command, err)
         return _unknown(_unreadable(f"claim {where}", err), fix)
@@ -742,7 +751,7 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
         "spec.podTemplateOverrides or spec.runtimePatches)"
     )
     if problems[0].startswith(f"namespace {target.namespace} does not exist"):
-        fix = "pass --namespace with a Kubeflow profile's namespace (where runs run)"
+        fix = NAMESPACE_FIX
     return _failed("; ".join(problems), fix)
 
 

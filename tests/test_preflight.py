@@ -391,6 +391,21 @@ def test_a_logs_claim_one_node_can_mount_is_refused(
 
 
 @pytest.mark.apiserver
+def test_a_namespace_that_does_not_exist_is_named_as_such(
+    cluster: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not "create the secret" (or the claim) there, which would fail for the same reason.
+    missing = (
+        "✗ namespace no-such-team does not exist. Fix: pass --namespace with a Kubeflow "
+        "profile's namespace (where runs run)"
+    )
+    status, results = check(capsys, "--namespace", "no-such-team")
+    assert (status, results["object-store secret"]) == (1, missing)
+    status, results = check(capsys, "--namespace", "no-such-team", "--logs-pvc", "tb-logs")
+    assert (status, results["logs claim"]) == (1, missing)
+
+
+@pytest.mark.apiserver
 def test_the_object_store_secret(
     cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -245,6 +245,23 @@ def missing_namespace(err: ApiException) -> str | None:
         return None
 
 
+def namespace_exists(api_client: client.ApiClient, namespace: str, timeout: float) -> bool | None:
+    """Whether `namespace` exists; None when these credentials may not read it (a Kubeflow
+    profile's users may not read namespaces) or the server failed.
+
+    Raises:
+        ClusterUnreachableError: No connection could be made or kept.
+    """
+    read = client.CoreV1Api(api_client).read_namespace
+    try:
+        call(
+            lambda: read(namespace, _request_timeout=timeout), f"the read of namespace {namespace}"
+        )
+    except ApiException as err:
+        return False if err.status == 404 else None
+    return True
+
+
 def check_server(api_client: client.ApiClient, timeout: float) -> str:
     """Asks for the server's version: whether a Kubernetes API server there takes our credentials.
 
