@@ -22,7 +22,7 @@ from kfp_lightning.components.launch_tensorboard.objects import (
 )
 from kfp_lightning.pipelines.compare import ALL_RUNS_NAME, open_runs_tensorboard
 from kfp_lightning.pipelines.parameters import validate_parameters
-from tests.apiserver.server import KubeAPIServer, ensure_namespace
+from tests.apiserver.server import ADMIN, KubeAPIServer, ensure_namespace
 from tests.conftest import REPO
 from tests.test_preflight import claim_body, put_object_store, secret_body
 
@@ -34,6 +34,33 @@ FAST = Patience(attempts=2, backoff_seconds=0.05, poll_seconds=0.05)
 
 def values(**overrides: object) -> dict:
     return validate_parameters(overrides)
+
+
+def launcher_user(server: KubeAPIServer, admin: client.ApiClient, name: str, anywhere: bool) -> str:
+    """A service account of NAMESPACE with the launcher's rights and no others: in NAMESPACE
+    (a Role, as a profile grants), or in every namespace (a ClusterRole); returns its user."""
+    user = f"system:serviceaccount:{NAMESPACE}:{name}"
+    server.token(user)  # creates the ServiceAccount
+    rules = [
+        {"apiGroups": [group], "resources": [plural], "verbs": list(verbs)}
+        for group, plural, verbs in LAUNCHER_PERMISSIONS
+    ]
+    kind = "ClusterRole" if anywhere else "Role"
+    role = {"metadata": {"name": name}, "rules": rules}
+    binding = {
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}],
+    }
+    rbac = client.RbacAuthorizationV1Api(admin)
+    with contextlib.suppress(ApiException):  # one per session's server
+        if anywhere:
+            rbac.create_cluster_role(role)
+            rbac.create_cluster_role_binding(binding)
+        else:
+            rbac.create_namespaced_role(NAMESPACE, role)
+            rbac.create_namespaced_role_binding(NAMESPACE, binding)
+    return user
 
 
 def put_secret(admin: client.ApiClient) -> None:
@@ -127,48 +154,20 @@ def test_a_user_without_rights_gets_one_line(
     assert line.startswith("error: your kubeconfig's user may not create or update")
 
 
+@pytest.mark.parametrize("reads_secrets", [True, False], ids=["admin", "no-secrets"])
 def test_a_namespace_that_does_not_exist_is_named_as_such(
-    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
+    kube_apiserver: KubeAPIServer,
+    apiserver_admin,
+    kubeflow_crds,
+    tmp_path,
+    monkeypatch,
+    reads_secrets: bool,
 ):
-    # Not taken for a CRD the cluster lacks: both are served here.
-    monkeypatch.delenv("POD_NAMESPACE", raising=False)
-    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", namespace=NAMESPACE)
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    endpoint = {"s3_endpoint": "http://seaweedfs.kubeflow:8333"}
-    with pytest.raises(RunError) as raised:
-        open_runs_tensorboard(values(**endpoint), "no-such-team", 0, io.StringIO(), FAST)
-    assert str(raised.value) == (
-        "namespace no-such-team does not exist: pass --namespace with a Kubeflow profile's "
-        "namespace (where the runs run)"
-    )
-
-
-def test_a_namespace_that_does_not_exist_is_named_to_who_may_not_read_secrets(
-    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
-):
-    # Rights on the objects in every namespace, none on secrets: the write's 404 names it.
-    user = "system:serviceaccount:team-a:compare-anywhere"
-    kube_apiserver.token(user)  # creates the ServiceAccount
-    rbac = client.RbacAuthorizationV1Api(apiserver_admin)
-    rules = [
-        {"apiGroups": [group], "resources": [plural], "verbs": list(verbs)}
-        for group, plural, verbs in LAUNCHER_PERMISSIONS
-    ]
-    with contextlib.suppress(ApiException):  # one per session's server
-        rbac.create_cluster_role({"metadata": {"name": "compare-anywhere"}, "rules": rules})
-        rbac.create_cluster_role_binding(
-            {
-                "metadata": {"name": "compare-anywhere"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "compare-anywhere",
-                },
-                "subjects": [
-                    {"kind": "ServiceAccount", "name": "compare-anywhere", "namespace": NAMESPACE}
-                ],
-            }
-        )
+    # Not taken for a CRD the cluster lacks (both are served here): found by the secret's read,
+    # or, for one who may write the objects anywhere but read no secret, by the first write.
+    user = ADMIN
+    if not reads_secrets:
+        user = launcher_user(kube_apiserver, apiserver_admin, "compare-anywhere", anywhere=True)
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", user=user, namespace=NAMESPACE)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
@@ -216,29 +215,7 @@ def test_auto_unreadable_by_a_profile_user_assumes_the_newest_object_store(
     `kubeflow`: `auto` then means the newest KFP's store, said in one warning line."""
     ensure_namespace(apiserver_admin, NAMESPACE)
     put_object_store(apiserver_admin, "minio-service")  # there, but this user cannot see it
-    user = "system:serviceaccount:team-a:compare-user"
-    kube_apiserver.token(user)  # creates the ServiceAccount
-    rbac = client.RbacAuthorizationV1Api(apiserver_admin)
-    rules = [
-        {"apiGroups": [group], "resources": [plural], "verbs": list(verbs)}
-        for group, plural, verbs in LAUNCHER_PERMISSIONS
-    ]
-    with contextlib.suppress(ApiException):  # one per session's server
-        rbac.create_namespaced_role(NAMESPACE, {"metadata": {"name": "compare"}, "rules": rules})
-        rbac.create_namespaced_role_binding(
-            NAMESPACE,
-            {
-                "metadata": {"name": "compare"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": "compare",
-                },
-                "subjects": [
-                    {"kind": "ServiceAccount", "name": "compare-user", "namespace": NAMESPACE}
-                ],
-            },
-        )
+    user = launcher_user(kube_apiserver, apiserver_admin, "compare-user", anywhere=False)
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", user=user, namespace=NAMESPACE)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
@@ -302,28 +279,22 @@ def test_a_single_node_claim_is_refused_before_anything_is_created(
         "KUBECONFIG",
         str(kube_apiserver.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)),
     )
-    with pytest.raises(RunError) as raised:
-        open_runs_tensorboard(
-            values(tensorboard_logs_root="pvc://rwo/tensorboard"), None, 0, io.StringIO(), FAST
-        )
-    assert str(raised.value) == (
-        "claim team-a/rwo of tensorboard_logs_root is ReadWriteOnce: a TensorBoard that never "
-        "ends would hold it on one node and keep training pods on other nodes waiting on a "
-        "Multi-Attach error; use a claim several nodes can mount (ReadWriteMany) or an s3:// root"
-    )
-    with pytest.raises(ApiException) as missing:
-        custom.get_namespaced_custom_object(group, version, NAMESPACE, plural, ALL_RUNS_NAME)
-    assert missing.value.status == 404
-
-    # One that does not exist (or not in this namespace) is said to be missing.
-    with pytest.raises(RunError) as raised:
-        open_runs_tensorboard(
-            values(tensorboard_logs_root="pvc://gone/tensorboard"), None, 0, io.StringIO(), FAST
-        )
-    assert str(raised.value) == (
-        "claim team-a/gone of tensorboard_logs_root does not exist: pass the --namespace it is "
-        "in, or a claim of this namespace"
-    )
+    # And one that does not exist (or not in this namespace) is said to be missing.
+    refusals = {
+        "pvc://rwo/tensorboard": "claim team-a/rwo of tensorboard_logs_root is ReadWriteOnce: a "
+        "TensorBoard that never ends would hold it on one node and keep training pods on other "
+        "nodes waiting on a Multi-Attach error; use a claim several nodes can mount "
+        "(ReadWriteMany) or an s3:// root",
+        "pvc://gone/tensorboard": "claim team-a/gone of tensorboard_logs_root does not exist: "
+        "pass the --namespace it is in, or a claim of this namespace",
+    }
+    for root, refusal in refusals.items():
+        with pytest.raises(RunError) as raised:
+            open_runs_tensorboard(values(tensorboard_logs_root=root), None, 0, io.StringIO(), FAST)
+        assert str(raised.value) == refusal
+        with pytest.raises(ApiException) as missing:
+            custom.get_namespaced_custom_object(group, version, NAMESPACE, plural, ALL_RUNS_NAME)
+        assert missing.value.status == 404
 
     # A claim several nodes can mount gets its Tensorboard.
     with contextlib.suppress(ApiException):
