@@ -137,6 +137,9 @@ def open_runs_tensorboard(
                     modes = launcher.claim_access_modes(api_client, namespace, root.claim, patience)
                 except ApiException as err:
                     if err.status == 404:
+                        timeout = patience.request_timeout_seconds
+                        if cluster.namespace_exists(api_client, namespace, timeout) is False:
+                            raise RunError(NO_NAMESPACE.format(namespace=namespace)) from None
                         fix = "pass the --namespace it is in, or a claim of this namespace"
                         raise RunError(f"{where} does not exist: {fix}") from None
                     raise RunError(

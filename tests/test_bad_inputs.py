@@ -235,6 +235,7 @@ CLI_CASES = [
     # A hold-out that leaves a process nothing to train on: no batch size would do.
     (["--compile", "--nodes", "2", "--validation", "59999", "--batch-size", "1"], "error: invalid validation='59999': expected at most 59998, which leaves a training batch of 1 for each of 2 processes"),
     (["--compile", "--nodes", "16", "--validation", "59990"], "error: invalid validation='59990': expected at most 58976, which leaves a training batch of 64 for each of 16 processes"),
+    (["--compile", "--nodes", "100", "--validation", "59950", "--batch-size", "1000"], "error: invalid batch_size=1000: expected at most 600, each process's share of the 60000 training images with validation=test-set"),
     # Negative numbers that argparse alone would take for options, refused as values.
     (["--compile", "--learning-rate", "-1e-3"], "error: invalid learning_rate=-0.001: expected a number from 1.2e-38 to 3.4e38"),
     (["--local", "--gamma", "-inf"], "error: invalid gamma=-inf: expected a number in (0, 1]"),

@@ -172,12 +172,15 @@ def test_a_namespace_that_does_not_exist_is_named_as_such(
     kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", user=user, namespace=NAMESPACE)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     endpoint = {"s3_endpoint": "http://seaweedfs.kubeflow:8333"}
-    with pytest.raises(RunError) as raised:
-        open_runs_tensorboard(values(**endpoint), "no-such-team", 0, io.StringIO(), FAST)
-    assert str(raised.value) == (
-        "namespace no-such-team does not exist: pass --namespace with a Kubeflow profile's "
-        "namespace (where the runs run)"
-    )
+    # A pvc:// root's claim, found missing, is looked for in a namespace that is missing too.
+    claim = {"tensorboard_logs_root": "pvc://logs/tensorboard"}
+    for given in [endpoint, claim] if reads_secrets else [endpoint]:
+        with pytest.raises(RunError) as raised:
+            open_runs_tensorboard(values(**given), "no-such-team", 0, io.StringIO(), FAST)
+        assert str(raised.value) == (
+            "namespace no-such-team does not exist: pass --namespace with a Kubeflow profile's "
+            "namespace (where the runs run)"
+        )
 
 
 def test_a_secret_the_namespace_lacks_is_refused_before_anything_is_created(

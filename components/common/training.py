@@ -280,10 +280,14 @@ def check_batch_size(
     """
     share = train_samples // processes
     if share == 0 and held_out:  # no batch size would do: the hold-out leaves too few
-        most = max(0, train_samples + held_out - processes * batch_size)
-        each = f" for each of {processes} processes" if processes > 1 else ""
-        leaves = f"which leaves a training batch of {batch_size}{each}"
-        raise invalid("validation", str(held_out), f"at most {most}, {leaves}")
+        total = train_samples + held_out
+        if (most := total - processes * batch_size) >= 1:
+            each = f" for each of {processes} processes" if processes > 1 else ""
+            leaves = f"which leaves a training batch of {batch_size}{each}"
+            raise invalid("validation", str(held_out), f"at most {most}, {leaves}")
+        # Nor would any hold-out: the batch is too large for the processes' shares of all.
+        whole = f"each process's share of the {total} training images with validation=test-set"
+        raise invalid("batch_size", batch_size, f"at most {total // processes}, {whole}")
     if batch_size > share:
         each = f" of each of {processes} processes" if processes > 1 else ""
         left = f" that validation={held_out} leaves" if held_out else ""
