@@ -616,9 +616,9 @@ def check_gpu_nodes(
     except ApiException as err:
         fix = "ask a cluster admin whether a node offers the GPUs and taints/labels you set"
         return _unknown(_unreadable("nodes", err), fix)
-    counts = [_gpu_count(node, api_client.configuration.host) for node in nodes]
-    if not (candidates := [n for n, count in zip(nodes, counts, strict=True) if count >= gpus]):
-        most = max(counts, default=0)
+    counts = {node.metadata.name: _gpu_count(node, api_client.configuration.host) for node in nodes}
+    if not (candidates := [n for n in nodes if counts[n.metadata.name] >= gpus]):
+        most = max(counts.values(), default=0)
         found = f"most on one node: {most}, of {len(nodes)} nodes" if nodes else "no node at all"
         return _failed(
             f"no node has {gpus} allocatable {GPU_RESOURCE} ({found})",
@@ -631,8 +631,7 @@ def check_gpu_nodes(
         shown = ", ".join(reached[:5]) + (", ..." if len(reached) > 5 else "")
         no_gpu = "" if gpus else ", no GPU needed (gpus=0)"
         found = f"{len(reached)} node(s) {wanted}reachable{no_gpu}: {shown}"
-        by_name = dict(zip((n.metadata.name for n in nodes), counts, strict=True))
-        if gpus and (room := sum(by_name[node] // gpus for node in reached)) < pods:
+        if gpus and (room := sum(counts[node] // gpus for node in reached)) < pods:
             # Unknown, not failed: a cluster autoscaler adds nodes once pods wait for them.
             return _unknown(
                 f"{found}; room for {room} of the {pods} training pods ({gpus} GPU(s) each) on "
