@@ -25,13 +25,10 @@ from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.kubernetes_syntax import check_namespace_name
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.launch_tensorboard import fallback, launcher, objects
-from kfp_lightning.pipelines.preflight import endpoint_in_cluster
+from kfp_lightning.pipelines.preflight import NAMESPACE_FIX, endpoint_in_cluster
 
 ALL_RUNS_NAME = "kfp-lightning-runs"
-NO_NAMESPACE = (
-    "namespace {namespace} does not exist: pass --namespace with a Kubeflow profile's namespace "
-    "(where the runs run)"
-)
+NO_NAMESPACE = "namespace {} does not exist: " + NAMESPACE_FIX  # as --check-cluster says it
 
 
 # The run parameters --compare-runs reads: where the runs' logs are, and the link's prefix.
@@ -41,6 +38,14 @@ RUN_PARAMETERS = (
     "s3_credentials_secret",
     "kubeflow_base_url",
 )
+
+
+def missing(api_client: client.ApiClient, namespace: str, timeout: float, what: str) -> RunError:
+    """What a 404 in `namespace` means: that it does not exist, where these credentials may
+    read namespaces and it does not; else `what`."""
+    if cluster.namespace_exists(api_client, namespace, timeout) is False:
+        return RunError(NO_NAMESPACE.format(namespace))
+    return RunError(what)
 
 
 def check_secret(api_client: client.ApiClient, namespace: str, secret: str, timeout: float) -> bool:
@@ -56,25 +61,21 @@ def check_secret(api_client: client.ApiClient, namespace: str, secret: str, time
     Raises:
         RunError: The secret or the namespace does not exist, or the server failed.
     """
-    core, host = client.CoreV1Api(api_client), api_client.configuration.host
+    read = client.CoreV1Api(api_client).read_namespaced_secret
+    what = f"the read of secret {namespace}/{secret}"
     try:
-        cluster.call(
-            lambda: core.read_namespaced_secret(secret, namespace, _request_timeout=timeout),
-            f"the read of secret {namespace}/{secret}",
-        )
+        cluster.call(lambda: read(secret, namespace, _request_timeout=timeout), what)
     except ApiException as err:
         if err.status == 403:
             return False
         if err.status != 404:
-            what = f"the read of secret {namespace}/{secret}"
-            raise RunError(cluster.answered(host, what, err)) from None
-        if cluster.namespace_exists(api_client, namespace, timeout) is False:
-            raise RunError(NO_NAMESPACE.format(namespace=namespace)) from None
-        raise RunError(
+            raise RunError(cluster.answered(api_client.configuration.host, what, err)) from None
+        no_secret = (
             f"no secret {secret} in namespace {namespace}, which the TensorBoard pod reads the "
             "object store's keys from: pass --s3-credentials-secret with a secret that has "
             "accesskey and secretkey"
-        ) from None
+        )
+        raise missing(api_client, namespace, timeout, no_secret) from None
     return True
 
 
@@ -121,11 +122,11 @@ def open_runs_tensorboard(
     namespace = namespace or logs_location.current_namespace() or config_namespace or "default"
     root = logs_location.parse_logs_root(logs.tensorboard_logs_root, namespace)
     resource = objects.PODDEFAULT_API  # the one being written: refusals name it
-    host = api_client.configuration.host
+    host, timeout = api_client.configuration.host, patience.request_timeout_seconds
     with api_client:
         api = client.CustomObjectsApi(api_client)
         try:
-            cluster.check_server(api_client, patience.request_timeout_seconds)
+            cluster.check_server(api_client, timeout)
             poddefault = None
             if root.scheme == "pvc":
                 # This Tensorboard never ends: on a claim one node at a time can mount, its pod
@@ -137,11 +138,10 @@ def open_runs_tensorboard(
                     modes = launcher.claim_access_modes(api_client, namespace, root.claim, patience)
                 except ApiException as err:
                     if err.status == 404:
-                        timeout = patience.request_timeout_seconds
-                        if cluster.namespace_exists(api_client, namespace, timeout) is False:
-                            raise RunError(NO_NAMESPACE.format(namespace=namespace)) from None
                         fix = "pass the --namespace it is in, or a claim of this namespace"
-                        raise RunError(f"{where} does not exist: {fix}") from None
+                        raise missing(
+                            api_client, namespace, timeout, f"{where} does not exist: {fix}"
+                        ) from None
                     raise RunError(
                         f"{where} could not be read ({cluster.api_answer(err)})"
                     ) from None
@@ -169,13 +169,8 @@ def open_runs_tensorboard(
                         file=out,
                         flush=True,
                     )
-                # The Tensorboard's pod reads the store's keys from this secret, and without it
-                # would never start, with nothing said here. A profile's users may read secrets
-                # in its namespace (kubeflow-edit); a refusal (403) leaves it unchecked.
                 secret = logs.s3_credentials_secret
-                if not check_secret(
-                    api_client, namespace, secret, patience.request_timeout_seconds
-                ):
+                if not check_secret(api_client, namespace, secret, timeout):
                     print(
                         f"warning: secret {namespace}/{secret}, which the TensorBoard pod reads "
                         "the object store's keys from, is not readable with these credentials: "
@@ -210,8 +205,8 @@ def open_runs_tensorboard(
                     f"namespace {namespace} (HTTP {err.status}); a profile's owners and "
                     "contributors may (Kubeflow's kubeflow-edit role)"
                 ) from None
-            if cluster.missing_namespace(err) is not None:  # said as the secret's check says it
-                raise RunError(NO_NAMESPACE.format(namespace=namespace)) from None
+            if cluster.missing_namespace(err) is not None:
+                raise RunError(NO_NAMESPACE.format(namespace)) from None
             if err.status == 404:  # no such resource: which CRD to install
                 refusal = launcher.describe_refusal(err, resource, namespace)
                 raise RunError(" ".join(refusal.split())) from None

@@ -179,7 +179,7 @@ def test_a_namespace_that_does_not_exist_is_named_as_such(
             open_runs_tensorboard(values(**given), "no-such-team", 0, io.StringIO(), FAST)
         assert str(raised.value) == (
             "namespace no-such-team does not exist: pass --namespace with a Kubeflow profile's "
-            "namespace (where the runs run)"
+            "namespace (where runs run)"
         )
 
 
