@@ -155,13 +155,6 @@ def _by_hand(command: str, err: ApiException) -> str:
     return command + who
 
 
-def _missing_namespace(api_client: ApiClient, namespace: str) -> Check | None:
-    """The failure to report when an object's 404 comes from its namespace's absence."""
-    if kube.namespace_exists(api_client, namespace, REQUEST_TIMEOUT_SECONDS) is False:
-        return _failed(f"namespace {namespace} does not exist", NAMESPACE_FIX)
-    return None
-
-
 class Target(NamedTuple):
     """What a run needs from the cluster, from the pipeline's parameters and the options.
 
@@ -268,7 +261,7 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
         if err.status != 404:
             fix = _by_hand(f"kubectl -n {namespace} get secret {secret}", err)
             return _unknown(_unreadable(f"secret {namespace}/{secret}", err), fix)
-        return _missing_namespace(api_client, namespace) or _failed(
+        return _failed(
             f"no secret {secret} in namespace {namespace} (logs at {target.logs.uri})",
             f"{create} (Kubeflow creates mlpipeline-minio-artifact in every profile "
             "namespace), or pass --s3-credentials-secret NAME",
@@ -404,8 +397,7 @@ def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
     except ApiException as err:
         if err.status == 404:
             fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default)"
-            missing = _failed(f"no PersistentVolumeClaim {where}", fix)
-            return _missing_namespace(api_client, namespace) or missing
+            return _failed(f"no PersistentVolumeClaim {where}", fix)
         command = f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'"
         fix = _by_hand(command, err)
         return _unknown(_unreadable(f"claim {where}", err), fix)
@@ -598,7 +590,8 @@ def check_gpu_nodes(
     and NoExecute taints (a cordoned node counts as tainted), as the scheduler decides. The
     nodes that fit must together hold `gpus` GPUs for each of `pods` pods (a node with twice
     the GPUs takes two); a TrainJob's pods start together, so one without room keeps the
-    others waiting. Fewer is unknown rather than failed: a cluster autoscaler may add nodes.
+    others waiting. Fewer, or none, is unknown rather than failed: a cluster autoscaler may
+    add nodes.
 
     Args:
         api_client: A configured client.
@@ -609,7 +602,7 @@ def check_gpu_nodes(
 
     Returns:
         The result; unknown when these credentials may not list nodes, or when the nodes there
-        now have room for fewer than `pods`.
+        now have room for fewer than `pods` (none with `gpus` GPUs included).
     """
     try:
         nodes = _call(client.CoreV1Api(api_client).list_node).items
@@ -620,10 +613,13 @@ def check_gpu_nodes(
     if not (candidates := [n for n in nodes if counts[n.metadata.name] >= gpus]):
         most = max(counts.values(), default=0)
         found = f"most on one node: {most}, of {len(nodes)} nodes" if nodes else "no node at all"
-        return _failed(
-            f"no node has {gpus} allocatable {GPU_RESOURCE} ({found})",
-            "add a GPU node pool with NVIDIA's device plugin (or GPU operator), request fewer "
-            "with --gpus, or train on a CPU node with --gpus 0",
+        # Unknown, as too little room below: a pool scaled to zero has no node until a pod
+        # waits for one.
+        return _unknown(
+            f"no node has {gpus} allocatable {GPU_RESOURCE} now ({found})",
+            f"make sure a cluster autoscaler adds nodes with {gpus} GPU(s) (a pool scaled to "
+            "zero shows none), or add a GPU node pool with NVIDIA's device plugin (or GPU "
+            "operator), request fewer with --gpus, or train on a CPU node with --gpus 0",
         )
     blockers = {n.metadata.name: why_unreachable(n, node_selector, tolerations) for n in candidates}
     wanted = f"with {gpus} allocatable {GPU_RESOURCE} " if gpus else ""
@@ -749,8 +745,6 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
         "install Kubeflow Trainer v2.1 or newer (its TrainJob carries the pods' settings in "
         "spec.podTemplateOverrides or spec.runtimePatches)"
     )
-    if problems[0].startswith(f"namespace {target.namespace} does not exist"):
-        fix = NAMESPACE_FIX
     return _failed("; ".join(problems), fix)
 
 
@@ -821,6 +815,11 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     # for the Tensorboard's pod; a pvc:// root its claim; either Kubeflow's Tensorboard; a
     # local directory none of these (no cluster TensorBoard is started then).
     s3, pvc = target.logs.scheme == "s3", target.logs.scheme == "pvc"
+    # Every check in the run's namespace fails for one cause when there is none; a profile's
+    # users may not read namespaces (None), and get their own checks' answers.
+    gone = None
+    if kube.namespace_exists(api_client, target.namespace, REQUEST_TIMEOUT_SECONDS) is False:
+        gone = _failed(f"namespace {target.namespace} does not exist", NAMESPACE_FIX)
     not_needed = _passed(f"not needed for logs at {target.logs.uri}", asked=False)
     tensorboard = check_crd(api_client, TENSORBOARD_API) if s3 or pvc else not_needed
     why = "not checked: whether Kubeflow's Tensorboard is served is unknown"
@@ -838,10 +837,10 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     checks = {
         "Tensorboard CRD": tensorboard,
         "PodDefault CRD": poddefault,
-        "object-store secret": check_s3_secret(api_client, target) if s3 else not_needed,
+        "object-store secret": gone or check_s3_secret(api_client, target) if s3 else not_needed,
         "object store": check_object_store(api_client, target) if s3 else not_needed,
-        "logs claim": check_logs_claim(api_client, target) if pvc else not_needed,
-        "launcher RBAC": check_launcher_rbac(api_client, target) if served else nothing,
+        "logs claim": gone or check_logs_claim(api_client, target) if pvc else not_needed,
+        "launcher RBAC": gone or check_launcher_rbac(api_client, target) if served else nothing,
         "training node": check_gpu_nodes(
             api_client, gpus, scheduling.node_selector, scheduling.tolerations, target.nodes
         ),
@@ -854,8 +853,9 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     return checks | {
         "TrainJob CRD": crd,
         "training runtime": check_training_runtime(api_client),
-        "TrainJob RBAC": check_rbac(api_client, target, "TrainJob RBAC", TRAINJOB_PERMISSIONS),
-        "TrainJob": check_trainjob_dry_run(api_client, target)
+        "TrainJob RBAC": gone
+        or check_rbac(api_client, target, "TrainJob RBAC", TRAINJOB_PERMISSIONS),
+        "TrainJob": gone or check_trainjob_dry_run(api_client, target)
         if crd.status is Status.PASSED
         else _unknown(
             f"not submitted: the TrainJob CRD {state}", "see its line first", asked=False

@@ -258,7 +258,8 @@ def namespace_exists(api_client: client.ApiClient, namespace: str, timeout: floa
             lambda: read(namespace, _request_timeout=timeout), f"the read of namespace {namespace}"
         )
     except ApiException as err:
-        return False if err.status == 404 else None
+        # Only the API server's own answer, which names the namespace, not any 404.
+        return False if missing_namespace(err) == namespace else None
     return True
 
 
