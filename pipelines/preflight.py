@@ -622,7 +622,7 @@ def check_gpu_nodes(
             "operator), request fewer with --gpus, or train on a CPU node with --gpus 0",
         )
     blockers = {n.metadata.name: why_unreachable(n, node_selector, tolerations) for n in candidates}
-    wanted = f"with {gpus} allocatable {GPU_RESOURCE} " if gpus else ""
+    wanted = f"with at least {gpus} allocatable {GPU_RESOURCE} " if gpus else ""
     if reached := sorted(node for node, reasons in blockers.items() if not reasons):
         shown = ", ".join(reached[:5]) + (", ..." if len(reached) > 5 else "")
         no_gpu = "" if gpus else ", no GPU needed (gpus=0)"

@@ -202,7 +202,9 @@ def test_a_ready_cluster_passes_every_check(cluster: str) -> None:
     assert f"namespace {cluster}, service account default-editor" in lines[0]
     assert [line[0] for line in lines[1:-1]] == ["✓"] * len(NAMES), done.stdout
     assert f"{cluster}/{SECRET} has accesskey and secretkey" in done.stdout
-    assert f"1 node(s) with 1 allocatable nvidia.com/gpu reachable: {GPU_NODE}" in done.stdout
+    assert (
+        f"1 node(s) with at least 1 allocatable nvidia.com/gpu reachable: {GPU_NODE}" in done.stdout
+    )
     assert "2.5.0 (ghcr.io/kubeflow/kfp-api-server:2.5.0)" in done.stdout
     assert lines[-1] == f"No check failed: a run in {cluster} should work."
     assert done.stderr == ""
@@ -524,9 +526,9 @@ def test_gpu_nodes(
     status, results = check(capsys, "--tolerations", "[]")
     assert status == 1
     assert results["training node"].startswith(
-        "✗ nodes with 1 allocatable nvidia.com/gpu exist, but none can take the training pod "
-        f"({GPU_NODE}: taint nvidia.com/gpu=present:NoSchedule not tolerated). Fix: add "
-        "tolerations for those taints"
+        "✗ nodes with at least 1 allocatable nvidia.com/gpu exist, but none can take the "
+        f"training pod ({GPU_NODE}: taint nvidia.com/gpu=present:NoSchedule not tolerated). "
+        "Fix: add tolerations for those taints"
     )
     # A node selector its labels do not match; then one they do.
     status, results = check(
@@ -572,7 +574,7 @@ def test_gpu_node_taints_the_scheduler_honours(
     result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, tolerations)
     assert (result.status, result.detail) == (
         Status.PASSED,
-        "1 node(s) with 1 allocatable nvidia.com/gpu reachable: prefer",
+        "1 node(s) with at least 1 allocatable nvidia.com/gpu reachable: prefer",
     )
     core.delete_node("prefer")
     add_node(apiserver_admin, "evicting", 1, taints=[{"key": "maint", "effect": "NoExecute"}])
@@ -604,6 +606,8 @@ def test_gpu_nodes_with_room_for_every_training_pod(
         result = preflight.check_gpu_nodes(apiserver_admin, gpus, {}, tolerations, pods)
         if room is None:
             assert result.status is Status.PASSED, result.detail
+            # What was asked for, which a node with more GPUs offers too.
+            assert result.detail.startswith(f"{3 - gpus} node(s) with at least {gpus} allocatable")
         else:  # unknown: a cluster autoscaler may add nodes once the pods wait
             assert result.status is Status.UNKNOWN
             assert result.detail.endswith(
