@@ -28,7 +28,6 @@ from kfp_lightning.components.launch_tensorboard import fallback, launcher, obje
 from kfp_lightning.pipelines.preflight import NAMESPACE_FIX, endpoint_in_cluster
 
 ALL_RUNS_NAME = "kfp-lightning-runs"
-NO_NAMESPACE = "namespace {} does not exist: " + NAMESPACE_FIX  # as --check-cluster says it
 
 
 # The run parameters --compare-runs reads: where the runs' logs are, and the link's prefix.
@@ -43,9 +42,8 @@ RUN_PARAMETERS = (
 def missing(api_client: client.ApiClient, namespace: str, timeout: float, what: str) -> RunError:
     """What a 404 in `namespace` means: that it does not exist, where these credentials may
     read namespaces and it does not; else `what`."""
-    if cluster.namespace_exists(api_client, namespace, timeout) is False:
-        return RunError(NO_NAMESPACE.format(namespace))
-    return RunError(what)
+    why = cluster.namespace_state(api_client, namespace, timeout)
+    return RunError(f"{why}: {NAMESPACE_FIX}" if why else what)
 
 
 def check_secret(api_client: client.ApiClient, namespace: str, secret: str, timeout: float) -> bool:
@@ -199,14 +197,14 @@ def open_runs_tensorboard(
             )
         except ApiException as err:
             group, _, plural, _ = resource
+            if why := cluster.unusable_namespace(err, namespace):
+                raise RunError(f"{why}: {NAMESPACE_FIX}") from None  # as --check-cluster says
             if err.status == 403:
                 raise RunError(
                     f"your kubeconfig's user may not create or update {plural}.{group} in "
                     f"namespace {namespace} (HTTP {err.status}); a profile's owners and "
                     "contributors may (Kubeflow's kubeflow-edit role)"
                 ) from None
-            if cluster.missing_namespace(err) is not None:
-                raise RunError(NO_NAMESPACE.format(namespace)) from None
             if err.status == 404:  # no such resource: which CRD to install
                 refusal = launcher.describe_refusal(err, resource, namespace)
                 raise RunError(" ".join(refusal.split())) from None

@@ -815,11 +815,12 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     # for the Tensorboard's pod; a pvc:// root its claim; either Kubeflow's Tensorboard; a
     # local directory none of these (no cluster TensorBoard is started then).
     s3, pvc = target.logs.scheme == "s3", target.logs.scheme == "pvc"
-    # Every check in the run's namespace fails for one cause when there is none; a profile's
-    # users may not read namespaces (None), and get their own checks' answers.
+    # Every check in the run's namespace fails for one cause when there is none, or it is
+    # being deleted; a profile's users may not read namespaces, and get their own checks'
+    # answers.
     gone = None
-    if kube.namespace_exists(api_client, target.namespace, REQUEST_TIMEOUT_SECONDS) is False:
-        gone = _failed(f"namespace {target.namespace} does not exist", NAMESPACE_FIX)
+    if why := kube.namespace_state(api_client, target.namespace, REQUEST_TIMEOUT_SECONDS):
+        gone = _failed(why, NAMESPACE_FIX)
     not_needed = _passed(f"not needed for logs at {target.logs.uri}", asked=False)
     tensorboard = check_crd(api_client, TENSORBOARD_API) if s3 or pvc else not_needed
     why = "not checked: whether Kubeflow's Tensorboard is served is unknown"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import subprocess
 import sys
 
@@ -181,6 +182,28 @@ def test_a_namespace_that_does_not_exist_is_named_as_such(
             "namespace no-such-team does not exist: pass --namespace with a Kubeflow profile's "
             "namespace (where runs run)"
         )
+
+
+def test_a_namespace_being_deleted_is_named_not_taken_for_rbac(
+    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
+):
+    # Reads still work there; the first write is refused 403 (NamespaceLifecycle), even to an
+    # admin. No controller runs here, so it stays Terminating.
+    namespace = f"dying-{secrets.token_hex(4)}"
+    ensure_namespace(apiserver_admin, namespace)
+    client.CoreV1Api(apiserver_admin).create_namespaced_secret(
+        namespace, secret_body(accesskey="minio", secretkey="minio123")
+    )
+    client.CoreV1Api(apiserver_admin).delete_namespace(namespace)
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(kube_apiserver.write_kubeconfig(tmp_path / "kc")))
+    endpoint = {"s3_endpoint": "http://seaweedfs.kubeflow:8333"}
+    with pytest.raises(RunError) as raised:
+        open_runs_tensorboard(values(**endpoint), namespace, 0, io.StringIO(), FAST)
+    assert str(raised.value) == (
+        f"namespace {namespace} is being deleted: pass --namespace with a Kubeflow profile's "
+        "namespace (where runs run)"
+    )
 
 
 def test_a_secret_the_namespace_lacks_is_refused_before_anything_is_created(

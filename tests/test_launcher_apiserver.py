@@ -223,6 +223,26 @@ def test_shipped_role_lets_the_launcher_create_then_a_retry_changes_nothing(
     assert tuple(o["metadata"]["resourceVersion"] for o in after) == versions
 
 
+def test_a_namespace_being_deleted_is_named_not_taken_for_rbac(
+    kube_apiserver: KubeAPIServer,
+    apiserver_admin: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A profile deleted during a run: no controller runs here, so it stays Terminating, and
+    # the NamespaceLifecycle plugin answers the writes 403, though the role allows them.
+    apply_documents(apiserver_admin, rbac_documents(), namespace)
+    as_service_account(kube_apiserver, tmp_path, monkeypatch, namespace)
+    client.CoreV1Api(apiserver_admin).delete_namespace(namespace)
+
+    result, markdown = launch(tmp_path / "out")
+
+    assert result.state == "fallback"
+    assert f"The namespace {namespace} is being deleted (HTTP 403: " in markdown
+    assert "may not manage" not in markdown
+
+
 def test_a_label_someone_else_added_is_no_difference(
     kube_apiserver: KubeAPIServer,
     apiserver_admin: client.ApiClient,

@@ -78,15 +78,32 @@ def test_one_node_needs_no_trainer_and_several_pass_on_a_ready_cluster(
 def test_a_namespace_that_does_not_exist_is_named_as_such(
     cluster: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The dry run's 404 comes from the namespace, not from a TrainJob CRD the cluster lacks.
+    # Not taken for a TrainJob CRD the cluster lacks, nor for missing rights.
     status, results = check(capsys, "--nodes", "2", "--namespace", "no-such-team")
 
     assert status == 1
     assert results["TrainJob CRD"].startswith("✓")
-    assert results["TrainJob"] == (
-        '✗ namespace no-such-team does not exist (HTTP 404: namespaces "no-such-team" not '
-        "found). Fix: pass --namespace with a Kubeflow profile's namespace (where runs run)"
+    missing = (
+        "✗ namespace no-such-team does not exist. Fix: pass --namespace with a Kubeflow "
+        "profile's namespace (where runs run)"
     )
+    assert results["TrainJob"] == results["TrainJob RBAC"] == missing
+
+
+def test_a_namespace_being_deleted_fails_each_check_made_in_it(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its reads and reviews still work; its writes (the dry run) are refused with a 403.
+    client.CoreV1Api(apiserver_admin).delete_namespace(cluster)
+    status, results = check(capsys, "--nodes", "2")
+
+    assert status == 1
+    deleted = (
+        f"✗ namespace {cluster} is being deleted. Fix: pass --namespace with a Kubeflow "
+        "profile's namespace (where runs run)"
+    )
+    for name in ("object-store secret", "launcher RBAC", "TrainJob RBAC", "TrainJob"):
+        assert results[name] == deleted
 
 
 @pytest.mark.parametrize("version", ["kubeflow-trainer-v2.2.0", "kubeflow-trainer-v2.0.0"])

@@ -155,3 +155,22 @@ def test_a_job_the_server_prunes_is_deleted_and_reported_by_field(
     )
     assert "\n" not in str(failed.value)
     assert read_job(apiserver_admin, namespace, name) is None
+
+
+@pytest.mark.parametrize("state", ["does not exist", "is being deleted"])
+def test_a_namespace_that_cannot_take_the_job_is_named_not_taken_for_rbac_or_a_crd(
+    state: str, apiserver_admin: client.ApiClient
+) -> None:
+    # The NamespaceLifecycle plugin answers 404 (none) or 403 (Terminating, which it stays
+    # here: no namespace controller runs), though the CRD is served, even to an admin.
+    install_trainer(apiserver_admin)
+    namespace = new_namespace(apiserver_admin)
+    if state == "does not exist":
+        namespace += "-gone"
+    else:
+        client.CoreV1Api(apiserver_admin).delete_namespace(namespace)
+    form = trainjob_form(apiserver_admin, PATIENCE)
+    wanted = trainjob_object(namespace, "run-1", SPEC, form)
+    with pytest.raises(RunError) as refused:
+        TrainJobs(apiserver_admin, namespace, PATIENCE).create(wanted)
+    assert str(refused.value).startswith(f"namespace {namespace} {state} (HTTP 40")

@@ -228,39 +228,48 @@ def api_answer(err: ApiException) -> str:
     return f"HTTP {err.status}: {message}" if message else f"HTTP {err.status}"
 
 
-def missing_namespace(err: ApiException) -> str | None:
-    """The namespace an HTTP 404 says does not exist, else None (another object is missing).
+def unusable_namespace(err: ApiException, namespace: str) -> str | None:
+    """Why `namespace` refused a request: it does not exist, or it is being deleted; else None
+    (another object is missing, or the refusal has another cause).
 
     The API server's NamespaceLifecycle admission plugin refuses a write into a namespace that
-    does not exist with a Status whose details name it, kind `namespaces` (kubernetes/
+    does not exist with a 404 Status whose details name it, kind `namespaces`, and one into a
+    namespace being deleted with a 403 whose cause is `NamespaceTerminating` (kubernetes/
     kubernetes, staging/src/k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle/
-    admission.go): not to be taken for a resource the cluster does not serve.
+    admission.go): not to be taken for a resource the cluster does not serve, nor for RBAC.
     """
     try:
         details = json.loads(err.body)["details"]
-        return (
-            str(details["name"]) if err.status == 404 and details["kind"] == "namespaces" else None
-        )
-    except (TypeError, ValueError, KeyError):
-        return None
+        if err.status == 404 and (details["kind"], details["name"]) == ("namespaces", namespace):
+            return f"namespace {namespace} does not exist"
+        causes = details.get("causes") or []
+        if err.status == 403 and any(c.get("reason") == "NamespaceTerminating" for c in causes):
+            return f"namespace {namespace} is being deleted"
+    except (TypeError, ValueError, KeyError, AttributeError):
+        pass
+    return None
 
 
-def namespace_exists(api_client: client.ApiClient, namespace: str, timeout: float) -> bool | None:
-    """Whether `namespace` exists; None when these credentials may not read it (a Kubeflow
-    profile's users may not read namespaces) or the server failed.
+def namespace_state(api_client: client.ApiClient, namespace: str, timeout: float) -> str | None:
+    """Why no run can use `namespace`, as `unusable_namespace` words it; None when it is
+    active, or when these credentials may not read it (a Kubeflow profile's users may not read
+    namespaces) or the server failed.
 
     Raises:
         ClusterUnreachableError: No connection could be made or kept.
     """
     read = client.CoreV1Api(api_client).read_namespace
     try:
-        call(
+        found = call(
             lambda: read(namespace, _request_timeout=timeout), f"the read of namespace {namespace}"
         )
     except ApiException as err:
         # Only the API server's own answer, which names the namespace, not any 404.
-        return False if missing_namespace(err) == namespace else None
-    return True
+        return unusable_namespace(err, namespace) if err.status == 404 else None
+    # Deleted but held by finalizers: reads still work, writes are refused.
+    if found.status and found.status.phase == "Terminating":
+        return f"namespace {namespace} is being deleted"
+    return None
 
 
 def check_server(api_client: client.ApiClient, timeout: float) -> str:

@@ -144,8 +144,8 @@ def describe_refusal(err: ApiException, resource: tuple[str, str, str, str], nam
     """
     group, _, plural, kind = resource
     answer = cluster.api_answer(err)
-    if (missing := cluster.missing_namespace(err)) is not None:
-        return f"Namespace `{missing}` does not exist ({answer}): run in a profile's namespace."
+    if why := cluster.unusable_namespace(err, namespace):
+        return f"The {why} ({answer}): run in a profile's namespace."
     if err.status == 404:
         return (
             f"The cluster has no `{plural}.{group}` resource in namespace `{namespace}` ({answer})"

@@ -329,8 +329,8 @@ def explain_refusal(err: ApiException, namespace: str, verb: str) -> RunError:
             f"nodes need ({answer}): its Kubeflow Trainer release is not one this step supports "
             "(v2.1 or newer)"
         )
-    if (missing := cluster.missing_namespace(err)) is not None:
-        return RunError(f"namespace {missing} does not exist ({answer})")
+    if why := cluster.unusable_namespace(err, namespace):
+        return RunError(f"{why} ({answer})")
     if err.status == 404:
         return RunError(
             f"the cluster serves no {plural}.{group}/{version} in namespace {namespace} "
