@@ -400,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
         mounted = args.logs_pvc or (root.claim if root.scheme == "pvc" else None)
         run_parameters.check_cluster_run(values, mounted, nodes)
         return preflight.check_cluster(
-            values, args.namespace, args.service_account, args.kfp_namespace, nodes=nodes
+            values, args.namespace, args.service_account, args.kfp_namespace, nodes, mounted
         )
     if args.compile:
         print(

@@ -25,7 +25,7 @@ from kfp_lightning.components.common.errors import RunError, invalid
 from kfp_lightning.components.common.kubernetes_syntax import check_namespace_name
 from kfp_lightning.components.common.run_form import from_run_form
 from kfp_lightning.components.launch_tensorboard import fallback, launcher, objects
-from kfp_lightning.pipelines.preflight import NAMESPACE_FIX, endpoint_in_cluster
+from kfp_lightning.pipelines.preflight import NAMESPACE_FIX, endpoint_in_cluster, keys_lacking
 
 ALL_RUNS_NAME = "kfp-lightning-runs"
 
@@ -57,12 +57,13 @@ def check_secret(api_client: client.ApiClient, namespace: str, secret: str, time
         Whether the secret could be read (False: these credentials may not).
 
     Raises:
-        RunError: The secret or the namespace does not exist, or the server failed.
+        RunError: The secret or the namespace does not exist, the secret lacks a key, or the
+            server failed.
     """
     read = client.CoreV1Api(api_client).read_namespaced_secret
     what = f"the read of secret {namespace}/{secret}"
     try:
-        cluster.call(lambda: read(secret, namespace, _request_timeout=timeout), what)
+        found = cluster.call(lambda: read(secret, namespace, _request_timeout=timeout), what)
     except ApiException as err:
         if err.status == 403:
             return False
@@ -74,6 +75,12 @@ def check_secret(api_client: client.ApiClient, namespace: str, secret: str, time
             "accesskey and secretkey"
         )
         raise missing(api_client, namespace, timeout, no_secret) from None
+    if lacking := keys_lacking(found):
+        raise RunError(
+            f"secret {namespace}/{secret} lacks key {' and '.join(lacking)}, which the "
+            "TensorBoard pod reads the object store's keys from: give it accesskey and "
+            "secretkey, or pass --s3-credentials-secret with a secret that has both"
+        )
     return True
 
 
@@ -207,7 +214,7 @@ def open_runs_tensorboard(
                 ) from None
             if err.status == 404:  # no such resource: which CRD to install
                 refusal = launcher.describe_refusal(err, resource, namespace)
-                raise RunError(" ".join(refusal.split())) from None
+                raise RunError(" ".join(refusal.replace("`", "").split())) from None
             what = f"the write of {plural}.{group} in namespace {namespace}"
             raise RunError(cluster.answered(host, what, err)) from None
         except cluster.ObjectNotEnsuredError as err:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -29,7 +30,7 @@ from kubernetes.client import ApiClient, ApiException
 from kubernetes.utils import parse_quantity
 
 from kfp_lightning.components.common import kubernetes as kube
-from kfp_lightning.components.common import kubernetes_syntax, logs_location
+from kfp_lightning.components.common import kubernetes_syntax, logs_location, training_pod
 from kfp_lightning.components.common.errors import RunError, UserInputError, invalid
 from kfp_lightning.components.common.logs_location import AUTO, KFP_OBJECT_STORES, ObjectStore
 from kfp_lightning.components.common.run_form import from_run_form
@@ -68,6 +69,9 @@ CONDITION_TAINTS = frozenset(
         "node.kubernetes.io/pid-pressure",
     }
 )
+# The well-known label of a node's CPU architecture, set by the kubelet (kubernetes/kubernetes,
+# staging/src/k8s.io/api/core/v1/well_known_labels.go, `LabelArchStable`).
+ARCH_LABEL = "kubernetes.io/arch"
 # How `why_unreachable` names an untolerated taint: a condition taint, or another.
 TAINT_PHRASES = {True: "not ready or not schedulable ({})", False: "taint {} not tolerated"}
 # The fix for each kind of obstacle `why_unreachable` names, by how its phrase starts. Never
@@ -77,9 +81,14 @@ NODE_FIXES = {
     "not ready": "wait until those nodes are ready and schedulable again, or repair or uncordon "
     "them (kubectl describe node NAME shows why); a training pod must not tolerate "
     "node.kubernetes.io/* condition taints",
-    "taint": 'add tolerations for those taints (--tolerations \'[{"key": KEY, "operator": '
-    '"Exists", "effect": EFFECT}]\')',
+    "taint": "add tolerations for those taints to the list, which --tolerations replaces whole "
+    "(now {}): "
+    '--tolerations \'[..., {{"key": KEY, "operator": "Exists", "effect": EFFECT}}]\'',
     "label": "pass a --node-selector that those nodes' labels match",
+    "allocatable": f"use nodes with at least {training_pod.CPU_REQUEST} CPUs and "
+    f"{training_pod.MEMORY_REQUEST} of memory allocatable (the training pod's requests)",
+    "arch": f"use {training_pod.NODE_ARCH} nodes: the images are built for linux/"
+    f"{training_pod.NODE_ARCH} only",
 }
 # Kubeflow Trainer's kustomize overlays, `{}` the overlay: its manager, or its runtimes.
 TRAINER_OVERLAY = "https://github.com/kubeflow/trainer.git/manifests/overlays/{}?ref=v2.1.0"
@@ -165,6 +174,8 @@ class Target(NamedTuple):
         logs: The live logs root, `{namespace}` filled in.
         values: Every pipeline parameter, validated.
         nodes: Nodes training runs on; more than one needs Kubeflow Trainer.
+        claim: The claim the training pod mounts (`--logs-pvc`, or a pvc:// root's); "" for
+            none.
     """
 
     namespace: str
@@ -173,6 +184,7 @@ class Target(NamedTuple):
     logs: logs_location.LogsLocation
     values: Mapping[str, Any]
     nodes: int = 1
+    claim: str = ""
 
 
 def _call(request: Callable[..., Any], *args: object) -> Any:
@@ -266,13 +278,19 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
             f"{create} (Kubeflow creates mlpipeline-minio-artifact in every profile "
             "namespace), or pass --s3-credentials-secret NAME",
         )
-    # A read answers `data` only: the API server merges `stringData` into it on writes.
-    if missing := [k for k in (access, secret_key) if not (found.data or {}).get(k)]:
+    if missing := keys_lacking(found):
         return _failed(
             f"secret {namespace}/{secret} lacks key {' and '.join(missing)}",
             f"recreate it with both keys: kubectl -n {namespace} delete secret {secret}; {create}",
         )
     return _passed(f"{namespace}/{secret} has {access} and {secret_key}")
+
+
+def keys_lacking(secret: client.V1Secret) -> list[str]:
+    """The object store's keys (`accesskey`, `secretkey`) that `secret` lacks or holds empty."""
+    # A read answers `data` only: the API server merges `stringData` into it on writes.
+    keys = (logs_location.ACCESS_KEY_KEY, logs_location.SECRET_KEY_KEY)
+    return [key for key in keys if not (secret.data or {}).get(key)]
 
 
 def find_object_store(
@@ -364,6 +382,14 @@ def check_object_store(api_client: ApiClient, target: Target) -> Check:
     except ApiException as err:
         fix = _by_hand(f"kubectl -n {candidates[0].namespace} get service", err)
         return _unknown(_unreadable(services, err), fix)
+    if found is None and not auto and len(labels) == 2:
+        # `<svc>.<ns>`, or a host outside the cluster (`minio.lan`): pods try the Service
+        # first (their DNS search path), then the name as given.
+        return _unknown(
+            f"s3_endpoint={endpoint}: no {services} in this cluster; as a host outside it, not "
+            "checked from here",
+            f"make sure the training and TensorBoard pods reach {endpoint}",
+        )
     if found is None:
         what = "KFP's object store" if auto else f"s3_endpoint={endpoint}"
         return _failed(
@@ -376,35 +402,39 @@ def check_object_store(api_client: ApiClient, target: Target) -> Check:
 
 
 def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
-    """Whether a pvc:// logs root's claim exists and can be mounted on two nodes at once.
+    """Whether the claim the training pod mounts exists and, for a pvc:// logs root, can be
+    mounted on two nodes at once.
 
-    Training and the TensorBoard pod mount it at the same time, each wherever it is scheduled;
-    a ReadWriteOnce claim attaches to one node only, so the second pod would wait on a
-    Multi-Attach error (training, until its deadline). See `launch_tensorboard/launcher.py`.
+    A pod whose claim is missing is never scheduled. Training and the TensorBoard pod mount a
+    pvc:// root's claim at the same time, each wherever it is scheduled; a ReadWriteOnce claim
+    attaches to one node only, so the second pod would wait on a Multi-Attach error (training,
+    until its deadline). See `launch_tensorboard/launcher.py`. `--logs-pvc` with another root
+    mounts the claim for a run that switches its root to it.
 
     Args:
         api_client: A configured client.
-        target: The run (its namespace and pvc:// logs root).
+        target: The run (its namespace, logs root and claim).
 
     Returns:
         The result; unknown when these credentials may not read the claim.
     """
-    logs, namespace = target.logs, target.namespace
-    where = f"{namespace}/{logs.claim}"
+    claim, namespace = target.claim, target.namespace
+    where = f"{namespace}/{claim}"
     try:
         # The launcher's own reading: the bound volume's modes, else those the claim asks for.
-        modes = launcher.claim_access_modes(api_client, namespace, logs.claim, PATIENCE)
+        modes = launcher.claim_access_modes(api_client, namespace, claim, PATIENCE)
     except ApiException as err:
         if err.status == 404:
-            fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default)"
+            fix = "create a ReadWriteMany claim of that name, or log to s3:// (the default) "
+            fix += "without --logs-pvc"
             return _failed(f"no PersistentVolumeClaim {where}", fix)
-        command = f"kubectl -n {namespace} get pvc {logs.claim} -o jsonpath='{{.spec.accessModes}}'"
+        command = f"kubectl -n {namespace} get pvc {claim} -o jsonpath='{{.spec.accessModes}}'"
         fix = _by_hand(command, err)
         return _unknown(_unreadable(f"claim {where}", err), fix)
     # Training writes while TensorBoard reads, each on its own node: of the modes that let
     # several nodes mount a volume (launch_tensorboard/launcher.py, `SHARED_ACCESS_MODES`),
     # only ReadWriteMany lets them write.
-    if "ReadWriteMany" not in modes:
+    if target.logs.scheme == "pvc" and "ReadWriteMany" not in modes:
         return _failed(
             f"claim {where} is {'/'.join(modes) or 'without access modes'}: training and the "
             "TensorBoard pod may land on different nodes, and only one node can mount it",
@@ -478,6 +508,22 @@ def check_rbac(api_client: ApiClient, target: Target, name: str, permissions: Pe
     return _failed(f"{account} may not {', '.join(denied)} ({consequence})", fix)
 
 
+def _missing_account(api_client: ApiClient, target: Target) -> Check | None:
+    """The failure of every check of the service account's rights when it does not exist;
+    None when it does, or cannot be read here (the reviews still tell what it may do)."""
+    namespace, account = target.namespace, target.service_account
+    try:
+        _call(client.CoreV1Api(api_client).read_namespaced_service_account, account, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return _failed(
+                f"no service account {namespace}/{account}: the run's pods cannot be created",
+                "run in a Kubeflow profile namespace (its profile creates default-editor), "
+                "or pass the account the pipelines run as with --service-account",
+            )
+    return None
+
+
 def check_launcher_rbac(api_client: ApiClient, target: Target) -> Check:
     """Whether the run's service account may make every call the launcher makes.
 
@@ -493,20 +539,9 @@ def check_launcher_rbac(api_client: ApiClient, target: Target) -> Check:
     Returns:
         The result; unknown when these credentials may not ask.
     """
-    namespace, account = target.namespace, target.service_account
     # Tensorboards are served to a run only with an s3:// or pvc:// logs root (`run_checks`).
     tensorboard, poddefault, claim = launcher.LAUNCHER_PERMISSIONS
     permissions = [tensorboard, poddefault if target.logs.scheme == "s3" else claim]
-    try:
-        _call(client.CoreV1Api(api_client).read_namespaced_service_account, account, namespace)
-    except ApiException as err:
-        if err.status == 404:
-            return _failed(
-                f"no service account {namespace}/{account}: the run's pods cannot be created",
-                "run in a Kubeflow profile namespace (its profile creates default-editor), "
-                "or pass the account the pipelines run as with --service-account",
-            )
-        # Not readable here: the reviews below still tell whether it would be allowed.
     return check_rbac(api_client, target, "launcher RBAC", permissions)
 
 
@@ -542,7 +577,8 @@ def _gpu_count(node: client.V1Node, host: str) -> int:
 def why_unreachable(
     node: client.V1Node, node_selector: Mapping[str, str], tolerations: Tolerations
 ) -> list[str]:
-    """What keeps the training pod off `node`: untolerated taints and unmatched labels.
+    """What keeps the training pod off `node`: untolerated taints, unmatched labels, too
+    little allocatable CPU or memory for its requests, another architecture than the images'.
 
     Args:
         node: The node.
@@ -569,11 +605,20 @@ def why_unreachable(
             phrase = TAINT_PHRASES[taint["key"] in CONDITION_TAINTS]
             reasons.append(phrase.format(f"{taint['key']}{value}:{taint['effect']}"))
     labels = node.metadata.labels or {}
-    return reasons + [
+    reasons += [
         f"label {key}={value} missing" + (f" (has {labels[key]})" if key in labels else "")
         for key, value in node_selector.items()
         if labels.get(key) != value
     ]
+    allocatable = (node.status and node.status.allocatable) or {}
+    reasons += [
+        f"allocatable {name} {allocatable[name]} < {wanted} requested"
+        for name, wanted in training_pod.resources(0)["requests"].items()
+        if name in allocatable and parse_quantity(allocatable[name]) < parse_quantity(wanted)
+    ]
+    if labels.get(ARCH_LABEL, training_pod.NODE_ARCH) != training_pod.NODE_ARCH:
+        reasons.append(f"arch {labels[ARCH_LABEL]}")
+    return reasons
 
 
 def check_gpu_nodes(
@@ -611,10 +656,12 @@ def check_gpu_nodes(
         return _unknown(_unreadable("nodes", err), fix)
     counts = {node.metadata.name: _gpu_count(node, api_client.configuration.host) for node in nodes}
     if not (candidates := [n for n in nodes if counts[n.metadata.name] >= gpus]):
-        most = max(counts.values(), default=0)
-        found = f"most on one node: {most}, of {len(nodes)} nodes" if nodes else "no node at all"
         # Unknown, as too little room below: a pool scaled to zero has no node until a pod
         # waits for one.
+        if not nodes:
+            return _unknown("no node at all now", "make sure a cluster autoscaler adds nodes")
+        most = max(counts.values(), default=0)
+        found = f"most on one node: {most}, of {len(nodes)} nodes"
         return _unknown(
             f"no node has {gpus} allocatable {GPU_RESOURCE} now ({found})",
             f"make sure a cluster autoscaler adds nodes with {gpus} GPU(s) (a pool scaled to "
@@ -638,7 +685,12 @@ def check_gpu_nodes(
         return _passed(found)
     blocked = sorted(f"{node}: {', '.join(reasons)}" for node, reasons in blockers.items())
     every = [reason for reasons in blockers.values() for reason in reasons]
-    fixes = [fix for start, fix in NODE_FIXES.items() if any(r.startswith(start) for r in every)]
+    shown = json.dumps(list(tolerations))
+    fixes = [
+        fix.format(shown)
+        for start, fix in NODE_FIXES.items()
+        if any(r.startswith(start) for r in every)
+    ]
     return _failed(
         f"nodes {wanted}exist, but none can take the training pod ({'; '.join(blocked[:5])})",
         "; ".join(fixes),
@@ -726,7 +778,7 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
         arguments=arguments,
         module=ENTRY_MODULE,
         s3_secret=secret,
-        logs_pvc=target.logs.claim or None,
+        logs_pvc=target.claim or None,
         node_selector=scheduling.node_selector,
         tolerations=scheduling.tolerations,
         service_account=target.service_account,
@@ -736,9 +788,12 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
             f"the run's TrainJob, submitted as a dry run, would be stored as sent "
             f"({target.nodes} nodes, {spec.processes_per_node} process(es) each)",
         )
-    if all(("HTTP 401" in p or "HTTP 403" in p) and "admission webhook" not in p for p in problems):
+    # Refusals worded for the step's own account (`trainjob.explain_refusal`): here it is
+    # these credentials that were refused.
+    if all("service account may not" in p for p in problems):
         return _unknown(
-            f"these credentials may not submit it as a dry run ({problems[0]})",
+            f"these credentials may not create trainjobs in {target.namespace}, so it was not "
+            "submitted as a dry run",
             "run --check-cluster as someone who may create trainjobs in the namespace",
         )
     fix = (
@@ -821,6 +876,8 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     gone = None
     if why := kube.namespace_state(api_client, target.namespace, REQUEST_TIMEOUT_SECONDS):
         gone = _failed(why, NAMESPACE_FIX)
+    # So does every check of the service account's rights when it does not exist.
+    account = gone or _missing_account(api_client, target)
     not_needed = _passed(f"not needed for logs at {target.logs.uri}", asked=False)
     tensorboard = check_crd(api_client, TENSORBOARD_API) if s3 or pvc else not_needed
     why = "not checked: whether Kubeflow's Tensorboard is served is unknown"
@@ -840,8 +897,8 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
         "PodDefault CRD": poddefault,
         "object-store secret": gone or check_s3_secret(api_client, target) if s3 else not_needed,
         "object store": check_object_store(api_client, target) if s3 else not_needed,
-        "logs claim": gone or check_logs_claim(api_client, target) if pvc else not_needed,
-        "launcher RBAC": gone or check_launcher_rbac(api_client, target) if served else nothing,
+        "logs claim": gone or check_logs_claim(api_client, target) if target.claim else not_needed,
+        "launcher RBAC": account or check_launcher_rbac(api_client, target) if served else nothing,
         "training node": check_gpu_nodes(
             api_client, gpus, scheduling.node_selector, scheduling.tolerations, target.nodes
         ),
@@ -854,9 +911,9 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
     return checks | {
         "TrainJob CRD": crd,
         "training runtime": check_training_runtime(api_client),
-        "TrainJob RBAC": gone
+        "TrainJob RBAC": account
         or check_rbac(api_client, target, "TrainJob RBAC", TRAINJOB_PERMISSIONS),
-        "TrainJob": gone or check_trainjob_dry_run(api_client, target)
+        "TrainJob": account or check_trainjob_dry_run(api_client, target)
         if crd.status is Status.PASSED
         else _unknown(
             f"not submitted: the TrainJob CRD {state}", "see its line first", asked=False
@@ -870,6 +927,7 @@ def check_cluster(
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     kfp_namespace: str = DEFAULT_KFP_NAMESPACE,
     nodes: int = 1,
+    claim: str | None = None,
 ) -> int:
     """Checks the current cluster for a run with `values`, printing one line per check.
 
@@ -882,6 +940,7 @@ def check_cluster(
         service_account: The account the run's pods run as.
         kfp_namespace: Where the Kubeflow Pipelines backend runs.
         nodes: Nodes training runs on; more than one adds the Kubeflow Trainer checks.
+        claim: The claim the training pod mounts (`--logs-pvc`); default: a pvc:// root's.
 
     Returns:
         0 when no check failed, 1 when one did.
@@ -903,7 +962,8 @@ def check_cluster(
         namespace = namespace or logs_location.current_namespace() or config_namespace or "default"
         kubernetes_syntax.check_namespace_name(namespace)
         logs = logs_location.parse_logs_root(values["tensorboard_logs_root"], namespace=namespace)
-        target = Target(namespace, service_account, kfp_namespace, logs, dict(values), nodes)
+        claim = claim or logs.claim
+        target = Target(namespace, service_account, kfp_namespace, logs, dict(values), nodes, claim)
         host = api_client.configuration.host
         try:
             version = kube.check_server(api_client, REQUEST_TIMEOUT_SECONDS)

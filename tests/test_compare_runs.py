@@ -229,6 +229,31 @@ def test_a_secret_the_namespace_lacks_is_refused_before_anything_is_created(
     assert after == before
 
 
+def test_a_secret_without_both_keys_is_refused_before_anything_is_created(
+    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
+):
+    # The Tensorboard's pod would never start (CreateContainerConfigError).
+    ensure_namespace(apiserver_admin, NAMESPACE)
+    core = client.CoreV1Api(apiserver_admin)
+    with contextlib.suppress(ApiException):
+        core.delete_namespaced_secret("partial", NAMESPACE)
+    core.create_namespaced_secret(
+        NAMESPACE, {**secret_body(accesskey="minio"), "metadata": {"name": "partial"}}
+    )
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", namespace=NAMESPACE)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    given = {"s3_endpoint": "http://seaweedfs.kubeflow:8333", "s3_credentials_secret": "partial"}
+    custom = client.CustomObjectsApi(apiserver_admin)
+    group, version, plural, _ = PODDEFAULT_API
+    before = custom.list_namespaced_custom_object(group, version, NAMESPACE, plural)["items"]
+    with pytest.raises(RunError) as raised:
+        open_runs_tensorboard(values(**given), None, 0, io.StringIO(), FAST)
+    assert str(raised.value).startswith(f"secret {NAMESPACE}/partial lacks key secretkey, ")
+    after = custom.list_namespaced_custom_object(group, version, NAMESPACE, plural)["items"]
+    assert after == before
+
+
 def test_a_local_root_is_refused_before_any_request():
     with pytest.raises(UserInputError, match="invalid tensorboard_logs_root='/tmp/runs'"):
         open_runs_tensorboard(values(tensorboard_logs_root="/tmp/runs"), None, 0, io.StringIO())

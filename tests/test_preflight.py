@@ -357,6 +357,13 @@ def test_the_object_store_the_run_would_use(
     status, results = check(capsys, "--s3-endpoint", "https://s3.example.com")
     assert status == 0
     assert results["object store"].startswith("? https://s3.example.com is not a Service of this")
+    # Two labels name a Service (`<svc>.<ns>`) or a host outside the cluster: pods try both.
+    status, results = check(capsys, "--s3-endpoint", "http://minio.lan:9000")
+    assert status == 0
+    assert results["object store"].startswith(
+        "? s3_endpoint=http://minio.lan:9000: no Service lan/minio (port 9000) in this cluster; "
+        "as a host outside it, not checked from here"
+    )
     # No object store at all: the default fails, naming it.
     client.CoreV1Api(apiserver_admin).delete_namespaced_service("minio-service", "kubeflow")
     status, results = check(capsys)
@@ -391,6 +398,15 @@ def test_a_logs_claim_one_node_can_mount_is_refused(
     status, results = check(capsys, "--logs-pvc", "missing")
     assert status == 1
     assert results["logs claim"].startswith(f"✗ no PersistentVolumeClaim {cluster}/missing")
+
+    # --logs-pvc with an s3:// root: the training pod mounts the claim all the same, and
+    # would never be scheduled without it; only the TensorBoard pod's need for RWX is gone.
+    s3_root = ("--tensorboard-logs-root", f"s3://mlpipeline/private/{cluster}/tensorboard")
+    status, results = check(capsys, "--logs-pvc", "missing", *s3_root)
+    assert status == 1
+    assert results["logs claim"].startswith(f"✗ no PersistentVolumeClaim {cluster}/missing")
+    status, results = check(capsys, "--logs-pvc", "rwo", *s3_root)
+    assert (status, results["logs claim"]) == (0, f"✓ claim {cluster}/rwo is ReadWriteOnce")
 
 
 @pytest.mark.apiserver
@@ -593,6 +609,50 @@ def test_gpu_node_taints_the_scheduler_honours(
 
 
 @pytest.mark.apiserver
+def test_the_taint_fix_keeps_the_tolerations_given(
+    core: client.CoreV1Api, apiserver_admin: client.ApiClient
+) -> None:
+    # --tolerations replaces the whole list: a fix that named only the new taint would drop
+    # the GPU toleration, and the node would refuse the pod again.
+    dedicated = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
+    add_node(apiserver_admin, "pool", 1, taints=[GPU_TAINT, dedicated])
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, TOLERATE_GPU)
+    assert result.status is Status.FAILED
+    assert f"(now {json.dumps(TOLERATE_GPU)}): --tolerations '[..., " in result.fix
+    followed = [*TOLERATE_GPU, {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+    assert preflight.check_gpu_nodes(apiserver_admin, 1, {}, followed).status is Status.PASSED
+
+
+@pytest.mark.apiserver
+def test_a_node_too_small_or_of_another_arch_cannot_take_the_pod(
+    core: client.CoreV1Api, apiserver_admin: client.ApiClient
+) -> None:
+    add_node(apiserver_admin, "small", 1)
+    small = {"cpu": "1", "memory": "2Gi", "pods": "110", "nvidia.com/gpu": "1"}
+    core.patch_node_status("small", {"status": {"allocatable": small}})
+    add_node(apiserver_admin, "grace", 1, {"kubernetes.io/arch": "arm64"})
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, TOLERATE_GPU)
+    assert result.status is Status.FAILED
+    assert "grace: arch arm64" in result.detail
+    assert "small: allocatable cpu 1 < 2 requested, allocatable memory 2Gi < 4Gi requested" in (
+        result.detail
+    )
+    assert "use nodes with at least 2 CPUs and 4Gi of memory allocatable" in result.fix
+    assert "use amd64 nodes: the images are built for linux/amd64 only" in result.fix
+    add_node(apiserver_admin, "x86", 1, {"kubernetes.io/arch": "amd64"})
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, TOLERATE_GPU)
+    assert result.status is Status.PASSED
+    assert result.detail.endswith("reachable: x86")
+
+
+@pytest.mark.apiserver
+def test_no_node_at_all_is_unknown_for_a_cpu_run_too(core: client.CoreV1Api) -> None:
+    result = preflight.check_gpu_nodes(core.api_client, 0, {}, TOLERATE_GPU)
+    assert (result.status, result.detail) == (Status.UNKNOWN, "no node at all now")
+    assert result.fix == "make sure a cluster autoscaler adds nodes"
+
+
+@pytest.mark.apiserver
 def test_gpu_nodes_with_room_for_every_training_pod(
     core: client.CoreV1Api, apiserver_admin: client.ApiClient
 ) -> None:
@@ -752,6 +812,8 @@ class _DropsOpenAPI(http.server.BaseHTTPRequestHandler):
             keys = ("major", "minor", "gitVersion", "gitCommit", "gitTreeState", "buildDate")
             body = {**dict.fromkeys(keys, "1"), "goVersion": "go", "compiler": "gc"}
             body |= {"platform": "linux/amd64", "gitVersion": "v1.31.0"}
+        elif "/serviceaccounts/" in self.path:
+            body = {"kind": "ServiceAccount", "metadata": {"name": self.path.split("/")[-1]}}
         elif self.path == "/apis/trainer.kubeflow.org/v1alpha1":
             resource = {"name": "trainjobs", "kind": "TrainJob", "namespaced": True}
             body = {"kind": "APIResourceList", "groupVersion": "trainer.kubeflow.org/v1alpha1"}

@@ -9,6 +9,7 @@ time and expects the matching check to fail with its fix.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +17,7 @@ from kubernetes import client
 
 from kfp_lightning.components.train_on_nodes.trainjob import RBAC_MANIFEST, RUNTIME, RUNTIME_API
 from kfp_lightning.pipelines import cli
-from tests.apiserver.server import apply_documents
+from tests.apiserver.server import KubeAPIServer, apply_documents
 from tests.conftest import REPO
 from tests.test_preflight import GPU_LABELS, GPU_TAINT, NAMES, add_node
 from tests.test_preflight import cluster as ready_cluster  # noqa: F401 (a fixture)
@@ -201,4 +202,35 @@ def test_trainjob_rbac(
     assert status == 1
     assert results["TrainJob RBAC"].startswith(
         f"✗ {cluster}/default-editor may not create/get/delete trainjobs.trainer.kubeflow.org"
+    )
+
+
+def test_a_service_account_that_does_not_exist_is_the_cause_of_each_of_its_lines(
+    cluster: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not "create a rolebinding" for it, nor a dry run that passes.
+    status, results = check(capsys, "--nodes", "2", "--service-account", "runner")
+    assert status == 1
+    missing = f"✗ no service account {cluster}/runner: the run's pods cannot be created. Fix: "
+    for name in ("launcher RBAC", "TrainJob RBAC", "TrainJob"):
+        assert results[name].startswith(missing), results[name]
+
+
+def test_a_user_who_may_not_create_trainjobs_is_told_so_not_the_pipelines_account(
+    cluster: str,
+    kube_apiserver: KubeAPIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # alice is granted nothing; the dry run's refusal is hers, not the service account's.
+    monkeypatch.setenv(
+        "KUBECONFIG", str(kube_apiserver.write_kubeconfig(tmp_path / "alice", "alice", cluster))
+    )
+    status, results = check(capsys, "--nodes", "2")
+    assert status == 0
+    assert results["TrainJob"] == (
+        f"? these credentials may not create trainjobs in {cluster}, so it was not submitted as "
+        "a dry run. To check: run --check-cluster as someone who may create trainjobs in the "
+        "namespace"
     )

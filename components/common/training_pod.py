@@ -26,6 +26,9 @@ NodeSelector = Annotated[dict, checked_by(check_node_selector)]
 Tolerations = Annotated[list, checked_by(check_tolerations)]
 
 CPU_REQUEST, MEMORY_REQUEST, MEMORY_LIMIT = "2", "4Gi", "16Gi"
+# The images are built for x86_64 only (images/build.py, TARGET_PLATFORMS): a node's
+# `kubernetes.io/arch` label must say so.
+NODE_ARCH = "amd64"
 # NCCL exchanges buffers between a node's processes through /dev/shm, which a container
 # otherwise gets at 64 MiB; a memory-backed volume lifts that (it counts towards the memory
 # limit only as far as it is filled).
