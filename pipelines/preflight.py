@@ -5,8 +5,9 @@ and checks what a run depends on but only meets minutes in, one result per check
 Tensorboard and PodDefault CRDs the live TensorBoard step creates objects of; the object-store
 secret training and TensorBoard read (s3:// logs only); that the pipeline's service account may
 create, read and patch those objects (SubjectAccessReviews, decided by the cluster's own
-authorizer); a node with the requested `nvidia.com/gpu` count that the run's tolerations and
-node selector reach; the Kubeflow Pipelines backend version; and, for training on several
+authorizer); a node with the requested `nvidia.com/gpu` count, CPU, memory and architecture
+that the run's tolerations and node selector reach; room in the namespace's quotas and limit
+ranges; the Kubeflow Pipelines backend version; and, for training on several
 nodes, Kubeflow Trainer's TrainJob CRD, its torch-distributed runtime and the right to create,
 read and delete TrainJobs. Each check is a function
 returning a `Check`; `check_cluster` runs them all, prints one line each and gives the exit
@@ -697,6 +698,69 @@ def check_gpu_nodes(
     )
 
 
+def check_quota(api_client: ApiClient, target: Target, gpus: int) -> Check:
+    """Whether the namespace's ResourceQuotas leave room for the training pods, and its
+    LimitRanges allow each one.
+
+    The API server refuses a pod that a quota has no room for, or whose container asks more
+    than a LimitRange's maximum (its ResourceQuota and LimitRanger admission plugins,
+    kubernetes/kubernetes plugin/pkg/admission/); a Kubeflow profile's `resourceQuotaSpec`
+    becomes such a quota. A quota on `limits.cpu` refuses the pod outright unless a LimitRange
+    gives containers a default CPU limit: the training pod sets none.
+
+    Args:
+        api_client: A configured client.
+        target: The run (its namespace and `nodes`, one training pod each).
+        gpus: GPUs each pod requests.
+
+    Returns:
+        The result; unknown when these credentials may not list them.
+    """
+    namespace, core = target.namespace, client.CoreV1Api(api_client)
+    try:
+        quotas = _call(core.list_namespaced_resource_quota, namespace).items
+        ranges = _call(core.list_namespaced_limit_range, namespace).items
+    except ApiException as err:
+        fix = _by_hand(f"kubectl -n {namespace} describe quota,limits", err)
+        return _unknown(_unreadable(f"the quotas of namespace {namespace}", err), fix)
+    pod = training_pod.resources(gpus)
+    # A quota's names for what one pod takes (`cpu` and `memory` are the requests).
+    each = {"pods": "1", "cpu": pod["requests"]["cpu"], "memory": pod["requests"]["memory"]}
+    each |= {f"{kind}.{name}": value for kind in pod for name, value in pod[kind].items()}
+    if gpus:
+        each[f"requests.{GPU_RESOURCE}"] = str(gpus)
+    items = [item for limit_range in ranges for item in limit_range.spec.limits or []]
+    problems = []
+    for quota in quotas:
+        hard, used = (
+            (quota.spec and quota.spec.hard) or {},
+            (quota.status and quota.status.used) or {},
+        )
+        for key in sorted(set(hard) & set(each)):
+            room = parse_quantity(hard[key]) - parse_quantity(used.get(key, "0"))
+            if room < parse_quantity(each[key]) * target.nodes:
+                problems.append(
+                    f"quota {quota.metadata.name}: {key} {used.get(key, '0')} of {hard[key]} "
+                    f"used, {target.nodes} x {each[key]} more needed"
+                )
+        if "limits.cpu" in hard and not any((i.default or {}).get("cpu") for i in items):
+            problems.append(f"quota {quota.metadata.name} needs a CPU limit the pod does not set")
+    for item in (item for item in items if item.type == "Container"):
+        for name, most in (item.max or {}).items():
+            value = pod["limits"].get(name) or pod["requests"].get(name)
+            if value and parse_quantity(value) > parse_quantity(most):
+                problems.append(f"a LimitRange allows a container {name} {most}, not {value}")
+    if problems:
+        return _failed(
+            "the training pod would be refused: " + "; ".join(problems),
+            "ask the namespace's admin for more (a Kubeflow profile's resourceQuotaSpec), or "
+            "request fewer GPUs or nodes",
+        )
+    if not quotas and not items:
+        return _passed(f"no ResourceQuota or LimitRange in {namespace}")
+    return _passed(f"room for {target.nodes} training pod(s) in {namespace}'s quotas and limits")
+
+
 # --- several nodes: Kubeflow Trainer ------------------------------------------------------------
 
 
@@ -902,6 +966,7 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
         "training node": check_gpu_nodes(
             api_client, gpus, scheduling.node_selector, scheduling.tolerations, target.nodes
         ),
+        "quota": gone or check_quota(api_client, target, gpus),
         "KFP backend": check_kfp_backend(api_client, target.kfp_namespace),
     }
     if target.nodes == 1:

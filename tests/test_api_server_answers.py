@@ -394,16 +394,16 @@ def test_what_could_not_be_checked_passes_nothing(
     may_not = "these credentials may not ask" if status == 403 else "could not ask"
     assert results["TrainJob RBAC"].startswith(f"{may_not} the authorizer (HTTP {status}")
     assert lines[-1] == (
-        "None of the 8 checks that ask the cluster could be made (?): whether a run in default "
+        "None of the 9 checks that ask the cluster could be made (?): whether a run in default "
         "works is unknown."
     )
     # Each unknown of its own says how to check it by other means, and blames the credentials
     # only for a refusal.
     unknown = [line for line in lines if line.startswith("? ")]
-    assert len(unknown) == 11, lines
+    assert len(unknown) == 12, lines
     assert all(". To check: " in line for line in unknown), unknown
     refused = [line for line in unknown if "as someone who may" in line]
-    assert len(refused) == (5 if status == 403 else 0), unknown
+    assert len(refused) == (6 if status == 403 else 0), unknown
 
 
 # Checks that ask the cluster nothing are no evidence of a working one: a directory root needs
@@ -413,12 +413,12 @@ def test_what_could_not_be_checked_passes_nothing(
     [
         (
             ["--tensorboard-logs-root", "/tmp/tensorboard"],
-            2,
+            3,
             "✓ launcher RBAC: not needed for logs at /tmp/tensorboard",
         ),
         (
             ["--s3-endpoint", "http://minio.example.com:9000"],
-            4,
+            5,
             "? object store: http://minio.example.com:9000 is not a Service of this cluster",
         ),
     ],

@@ -55,6 +55,7 @@ NAMES = {
     "logs claim",
     "launcher RBAC",
     "training node",
+    "quota",
     "KFP backend",
 }
 
@@ -220,7 +221,7 @@ def test_a_too_old_backend_fails(cluster: str, apiserver_admin: client.ApiClient
     line = next(x for x in done.stdout.splitlines() if "KFP backend" in x)
     assert line.startswith("✗ KFP backend: 2.4.1 (ghcr.io/kubeflow/kfp-api-server:2.4.1)")
     assert "Fix: upgrade Kubeflow Pipelines to 2.5.0 or newer" in line
-    assert done.stdout.splitlines()[-1] == "1 of 8 checks failed."
+    assert done.stdout.splitlines()[-1] == "1 of 9 checks failed."
 
 
 def test_no_api_server_answering_is_one_line(tmp_path: Path) -> None:
@@ -606,6 +607,50 @@ def test_gpu_node_taints_the_scheduler_honours(
     result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, everything)
     assert result.status is Status.PASSED
     assert result.detail.endswith("reachable: cordoned, evicting")
+
+
+@pytest.mark.apiserver
+def test_quotas_and_limit_ranges_that_would_refuse_the_training_pod(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    core = client.CoreV1Api(apiserver_admin)
+    status, results = check(capsys)
+    assert results["quota"] == f"✓ no ResourceQuota or LimitRange in {cluster}"
+    # A profile's resourceQuotaSpec, as the profile controller makes it; the quota controller
+    # does not run here, so `used` is set by hand.
+    hard = {"requests.nvidia.com/gpu": "2", "limits.memory": "40Gi", "cpu": "8"}
+    quota = {"metadata": {"name": "kf-resource-quota"}, "spec": {"hard": hard}}
+    core.create_namespaced_resource_quota(cluster, quota)
+    used = {"requests.nvidia.com/gpu": "1", "limits.memory": "0", "cpu": "0"}
+    core.patch_namespaced_resource_quota_status(
+        "kf-resource-quota", cluster, {"status": {"hard": hard, "used": used}}
+    )
+    status, results = check(capsys)
+    assert (status, results["quota"][0]) == (0, "✓")
+    status, results = check(capsys, "--gpus", "2")
+    assert status == 1
+    assert results["quota"].startswith(
+        "✗ the training pod would be refused: quota kf-resource-quota: requests.nvidia.com/gpu "
+        "1 of 2 used, 1 x 2 more needed. Fix: ask the namespace's admin for more"
+    )
+    # Several nodes take one pod each: 3 x 16Gi of memory limits is more than 40Gi.
+    status, results = check(capsys, "--nodes", "3", "--gpus", "0")
+    assert (
+        "quota kf-resource-quota: limits.memory 0 of 40Gi used, 3 x 16Gi more needed"
+        in (results["quota"])
+    )
+    # A CPU limit no LimitRange defaults; a container maximum under the pod's memory limit.
+    core.create_namespaced_resource_quota(
+        cluster, {"metadata": {"name": "cpu-limits"}, "spec": {"hard": {"limits.cpu": "64"}}}
+    )
+    limits = [{"type": "Container", "max": {"memory": "8Gi"}}]
+    core.create_namespaced_limit_range(
+        cluster, {"metadata": {"name": "caps"}, "spec": {"limits": limits}}
+    )
+    status, results = check(capsys)
+    assert status == 1
+    assert "quota cpu-limits needs a CPU limit the pod does not set" in results["quota"]
+    assert "a LimitRange allows a container memory 8Gi, not 16Gi" in results["quota"]
 
 
 @pytest.mark.apiserver
