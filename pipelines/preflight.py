@@ -68,6 +68,10 @@ CONDITION_TAINTS = frozenset(
         "node.kubernetes.io/memory-pressure",
         "node.kubernetes.io/disk-pressure",
         "node.kubernetes.io/pid-pressure",
+        # The cloud controller's, on a node it has not initialized yet or that is shut down
+        # (staging/src/k8s.io/cloud-provider/api/well_known_taints.go).
+        "node.cloudprovider.kubernetes.io/uninitialized",
+        "node.cloudprovider.kubernetes.io/shutdown",
     }
 )
 # The well-known label of a node's CPU architecture, set by the kubelet (kubernetes/kubernetes,
@@ -81,7 +85,7 @@ TAINT_PHRASES = {True: "not ready or not schedulable ({})", False: "taint {} not
 NODE_FIXES = {
     "not ready": "wait until those nodes are ready and schedulable again, or repair or uncordon "
     "them (kubectl describe node NAME shows why); a training pod must not tolerate "
-    "node.kubernetes.io/* condition taints",
+    "these condition taints",
     "taint": "add tolerations for those taints to the list, which --tolerations replaces whole "
     "(now {}): "
     '--tolerations \'[..., {{"key": KEY, "operator": "Exists", "effect": EFFECT}}]\'',

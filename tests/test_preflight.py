@@ -745,20 +745,22 @@ def test_gpu_nodes_with_room_for_every_training_pod(
         ("disk-pressure", "NoSchedule"),
         ("pid-pressure", "NoSchedule"),
         ("network-unavailable", "NoSchedule"),
+        ("uninitialized", "NoSchedule"),  # the cloud controller's
+        ("shutdown", "NoSchedule"),
     ],
 )
 def test_a_node_in_a_bad_condition_is_never_advised_to_be_tolerated(
     core: client.CoreV1Api, apiserver_admin: client.ApiClient, condition: str, effect: str
 ) -> None:
-    taint = {"key": f"node.kubernetes.io/{condition}", "effect": effect}
+    cloud = condition in ("uninitialized", "shutdown")
+    taint = {"key": f"node.{'cloudprovider.' if cloud else ''}kubernetes.io/{condition}"}
+    taint["effect"] = effect
     add_node(apiserver_admin, "sick", 1, taints=[taint])
 
     result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, TOLERATE_GPU)
 
     assert result.status is Status.FAILED
-    assert f"sick: not ready or not schedulable (node.kubernetes.io/{condition}:{effect})" in (
-        result.detail
-    )
+    assert f"sick: not ready or not schedulable ({taint['key']}:{effect})" in result.detail
     assert "toleration" not in result.fix.replace("must not tolerate", "")
     assert "--tolerations" not in result.fix
     assert "ready and schedulable again" in result.fix
