@@ -3,12 +3,17 @@
 `python examples/own_pipeline.py` writes `own_pipeline.yaml`, to upload in the Kubeflow UI.
 """
 
-from kfp import compiler, dsl, kubernetes
+from kfp import compiler, dsl
 
-from kfp_lightning.components.common import training_pod as pod
+from kfp_lightning.components.common.images import TRAINER
 from kfp_lightning.components.download_mnist.component import download_mnist
 from kfp_lightning.components.train_mnist.component import train_mnist
-from kfp_lightning.pipelines.mnist import S3_SECRET_KEYS, use_secret_as_env
+from kfp_lightning.pipelines.mnist import (
+    S3_SECRET_KEYS,
+    set_training_pod,
+    use_image,
+    use_secret_as_env,
+)
 
 
 @dsl.pipeline(name="my-mnist", description="Download MNIST and train the CNN on it.")
@@ -20,6 +25,9 @@ def my_mnist(epochs: int = 2, gpus: str = "1"):
         gpus: GPUs for training, a whole number as a string ("0": a CPU node).
     """
     download = download_mnist()  # every run parameter at its default
+    # The image in the registry compiled for (KFP_LIGHTNING_IMAGE_REGISTRY), pulled anew where
+    # its tag may be pushed again.
+    use_image(download, TRAINER)
     train = train_mnist(
         dataset=download.outputs["dataset"],
         # The run and the task key the live logs and checkpoints, which a retry resumes.
@@ -29,13 +37,9 @@ def my_mnist(epochs: int = 2, gpus: str = "1"):
         epochs=epochs,
         gpus=gpus,
     )
-    train.set_accelerator_type(pod.GPU_RESOURCE).set_accelerator_limit(gpus)
-    # GPU node pools are commonly tainted, and NCCL needs more /dev/shm than a container's
-    # 64 MiB for several GPUs: the settings of the project's own training pod.
-    kubernetes.add_toleration_json(train, [pod.GPU_TOLERATION])
-    kubernetes.empty_dir_mount(
-        train, pod.SHM_VOLUME, pod.SHM_PATH, medium=pod.SHM_MEDIUM, size_limit=pod.SHM_SIZE
-    )
+    # The project's own training pod: its image, GPUs, CPU and memory, the toleration of the
+    # taint GPU node pools commonly carry, and the /dev/shm NCCL needs for several GPUs.
+    set_training_pod(train, gpus)
     # The live logs go to KFP's object store (tensorboard_logs_root's default), with the keys
     # of the secret Kubeflow keeps in every profile namespace (as the project's pipeline does:
     # in a form every KFP backend accepts).

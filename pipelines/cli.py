@@ -114,6 +114,9 @@ def _typed(name: str, kind: type) -> Callable[[str], Any]:
         except json.JSONDecodeError as err:  # a subclass of ValueError: say where the JSON broke
             accepted += f" (this is not JSON: {err.msg} at character {err.pos + 1})"
             value = None
+        except RecursionError:  # nested deeper than the decoder recurses
+            accepted += " (this is nested too deeply)"
+            value = None
         except ValueError:
             value = None
         if not isinstance(value, kind):
@@ -123,40 +126,33 @@ def _typed(name: str, kind: type) -> Callable[[str], Any]:
     return parse
 
 
-# The options besides the modes and the pipeline parameters, by `--help` group (None: the main
-# list), in `--help`'s order; each defaults to None (its mode's default: MODE_OPTIONS).
-OPTION_HELP: dict[str | None, dict[str, str]] = {
-    None: {
-        "preset": "recipe whose values become the defaults: classic (pytorch/examples, the "
-        "default) or fast (one-cycle AdamW with 1-pixel shifts, 2 epochs); explicit options "
-        "still win",
-        "nodes": f"train on N nodes (1 to {MAX_NODES}, default 1): on a cluster as a Kubeflow "
-        "Trainer TrainJob (--compile, --check-cluster), here as N torchrun processes on "
-        "127.0.0.1 (--local)",
-    },
-    "--compile options": {
-        "output": f"YAML file to write (default: {DEFAULT_YAML})",
-        "image_registry": "registry prefix for every image, also for --check-cluster --nodes N's "
-        f"TrainJob (default: ${images.REGISTRY_ENV}, else {images.DEFAULT_REGISTRY})",
-        "logs_pvc": "mount this PersistentVolumeClaim in the training pod, for a "
-        "tensorboard_logs_root of pvc://CLAIM/path (which becomes the default)",
-        "training_timeout": "deadline of the training pod "
-        f"(default: {DEFAULT_TRAINING_TIMEOUT_SECONDS})",
-    },
-    "--local options": {
-        "output_dir": "artifacts, TensorBoard logs, local-run.log and summary.json (default: "
-        f"{MODE_OPTIONS['output_dir'][1]})",
-        "verbose": "show everything kfp.local and the tasks print, not only each task's own "
-        "lines (all of it is in OUTPUT_DIR/local-run.log either way)",
-        "keep_tensorboard": "leave the local TensorBoard server running when the pipeline ends",
-    },
-    "--check-cluster and --compare-runs options": {
-        "namespace": "namespace the runs run in (default: the kubeconfig context's)",
-        "service_account": "account the runs' pods run as "
-        f"(default: {preflight.DEFAULT_SERVICE_ACCOUNT})",
-        "kfp_namespace": "namespace of the Kubeflow Pipelines backend "
-        f"(default: {preflight.DEFAULT_KFP_NAMESPACE})",
-    },
+# The options besides the modes and the pipeline parameters, in `--help`'s order; each
+# defaults to None (its mode's default: MODE_OPTIONS), and is listed with the options of the
+# modes it applies to (MODE_OPTIONS; those of most modes in the main list).
+OPTION_HELP: dict[str, str] = {
+    "preset": "recipe whose values become the defaults: classic (pytorch/examples, the "
+    "default) or fast (one-cycle AdamW with 1-pixel shifts, 2 epochs); explicit options "
+    "still win",
+    "nodes": f"train on N nodes (1 to {MAX_NODES}, default 1): on a cluster as a Kubeflow "
+    "Trainer TrainJob (--compile, --check-cluster), here as N torchrun processes on "
+    "127.0.0.1 (--local)",
+    "output": f"YAML file to write (default: {DEFAULT_YAML})",
+    "image_registry": "registry prefix for every image, also for --check-cluster --nodes N's "
+    f"TrainJob (default: ${images.REGISTRY_ENV}, else {images.DEFAULT_REGISTRY})",
+    "logs_pvc": "mount this PersistentVolumeClaim in the training pod, for a "
+    "tensorboard_logs_root of pvc://CLAIM/path (which becomes the default)",
+    "training_timeout": "deadline of the training pod "
+    f"(default: {DEFAULT_TRAINING_TIMEOUT_SECONDS})",
+    "output_dir": "artifacts, TensorBoard logs, local-run.log and summary.json (default: "
+    f"{MODE_OPTIONS['output_dir'][1]})",
+    "verbose": "show everything kfp.local and the tasks print, not only each task's own "
+    "lines (all of it is in OUTPUT_DIR/local-run.log either way)",
+    "keep_tensorboard": "leave the local TensorBoard server running when the pipeline ends",
+    "namespace": "namespace the runs run in (default: the kubeconfig context's)",
+    "service_account": "account the runs' pods run as "
+    f"(default: {preflight.DEFAULT_SERVICE_ACCOUNT})",
+    "kfp_namespace": "namespace of the Kubeflow Pipelines backend "
+    f"(default: {preflight.DEFAULT_KFP_NAMESPACE})",
 }
 # add_argument's other keywords, for the options that need some.
 _OPTION_EXTRA: dict[str, dict[str, Any]] = {
@@ -225,11 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group(required=True)
     for name, help_text in MODE_HELP.items():
         mode.add_argument(_flag(name), action="store_true", help=help_text)
-    for title, options in OPTION_HELP.items():
-        group = parser.add_argument_group(title) if title else parser
-        for name, help_text in options.items():
-            extra = _OPTION_EXTRA.get(name, {})
-            group.add_argument(_flag(name), default=None, help=help_text, **extra)
+    groups: dict[str, Any] = {}
+    for name, help_text in OPTION_HELP.items():
+        modes = MODE_OPTIONS.get(name, (MODES, None))[0]
+        title = " and ".join(map(_flag, modes)) + " options"
+        if len(modes) <= 2 and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        extra = _OPTION_EXTRA.get(name, {})
+        groups.get(title, parser).add_argument(_flag(name), default=None, help=help_text, **extra)
     group = parser.add_argument_group("pipeline parameters (default: the preset's, or these)")
     # From the declarations the run form is made of: the same names, types and descriptions.
     for parameter in run_parameters.run_form_parameters():

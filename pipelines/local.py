@@ -231,7 +231,7 @@ class TaskConsole(io.TextIOBase):
             # on Linux usually from the kernel's out-of-memory killer.
             return (
                 f"{task} was killed (SIGKILL), most likely for lack of memory: lower "
-                "batch_size or eval_batch_size, or free memory on this machine"
+                "batch_size, or free memory on this machine"
             )
         # No error line: a crash (a traceback's last line) or a signal from outside (whatever
         # the task was saying then), so the line is quoted rather than passed off as the cause.

@@ -96,6 +96,48 @@ def use_secret_as_env(task: PipelineTask, secret_name: Any, keys: dict[str, str]
     return kubernetes.use_secret_as_env(task, secret_name, keys, optional=None)
 
 
+def use_image(task: PipelineTask, image: str) -> None:
+    """Runs `task` in the project's image `image` (`images.TRAINER` or `images.TOOLS`), named
+    in the registry compiled for and pulled anew where its tag may be pushed again
+    (`images.pull_policy`)."""
+    ref = images.image_ref(image)
+    task.set_container_image(ref)
+    if policy := images.pull_policy(ref):
+        # The KFP driver sets it on the task's container (backend/src/v2/driver/driver.go,
+        # `GetImagePullPolicy`; in the platform proto since backend 2.5.0).
+        kubernetes.set_image_pull_policy(task, policy)
+
+
+def set_training_pod(
+    task: PipelineTask, gpus: Any, node_selector: Any = None, tolerations: Any = None
+) -> None:
+    """Gives a `train_mnist` task the training pod's settings (components/common/
+    training_pod.py): the trainer image, its GPUs, CPU and memory, where it may run, and a
+    /dev/shm NCCL can use with several GPUs.
+
+    Args:
+        task: The task.
+        gpus: Its GPU count, as a string or a string parameter: the driver reads the limit with
+            GetStringValue() (backend/src/v2/driver/resolve.go,
+            resolvePodSpecInputRuntimeParameter).
+        node_selector: Labels its node must carry (a dict, or a parameter of one); none if None.
+        tolerations: Taints it tolerates (a list, or a parameter of one); None: the taint GPU
+            node pools commonly carry (`GPU_TOLERATION`).
+    """
+    use_image(task, images.TRAINER)
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+    task.set_cpu_request(pod.CPU_REQUEST).set_memory_request(pod.MEMORY_REQUEST)
+    task.set_memory_limit(pod.MEMORY_LIMIT)
+    if node_selector is not None:
+        kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(
+        task, [pod.GPU_TOLERATION] if tolerations is None else tolerations
+    )
+    kubernetes.empty_dir_mount(
+        task, pod.SHM_VOLUME, pod.SHM_PATH, medium=pod.SHM_MEDIUM, size_limit=pod.SHM_SIZE
+    )
+
+
 def arguments_for(component: BaseComponent, available: dict[str, Any]) -> dict[str, Any]:
     """The arguments among `available` that `component` takes: its signature decides."""
     return {k: v for k, v in available.items() if k in component.component_spec.inputs}
@@ -181,8 +223,8 @@ def build_pipeline(
                 t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, comma-separated, tried in
                 order (http://, https:// or file:///path/). Default: torchvision's public mirrors;
                 point it at an internal mirror on air-gapped clusters.
-            expected_md5: MD5 of each uncompressed file, by file name. Default: the published MNIST
-                checksums; change it only to train on another MNIST-format data set.
+            expected_md5: MD5 of each uncompressed file, by file name. Default (and for `{}`): the
+                published MNIST checksums; change it only to train on another MNIST-format data set.
             epochs: Passes over the training set (classic recipe: 14).
             batch_size: Training batch size of each process, i.e. per GPU (classic: 64); with
                 several GPUs or nodes, each step trains on batch_size x processes images. The
@@ -262,6 +304,7 @@ def build_pipeline(
             # the TrainJob: no GPU, node selector or tolerations of its own (the TrainJob's
             # nodes get them), but the same access to the run's location as training.
             train_name, train_resources = f"Train on {nodes} nodes", ("500m", "1Gi", "4Gi")
+            use_image(train, images.TRAINER)
             train_deadline = training_timeout_seconds + NODES_STEP_MARGIN_SECONDS
             # The nodes run as this step's account with its pull secrets, which the step reads
             # from its own pod (components/train_on_nodes/trainjob.py).
@@ -270,17 +313,8 @@ def build_pipeline(
             )
         else:
             train = train_mnist(**arguments_for(train_mnist, available))
-            # The training pod's settings (components/common/training_pod.py). The GPU limit is
-            # a string parameter: the driver reads the count with GetStringValue()
-            # (backend/src/v2/driver/resolve.go, resolvePodSpecInputRuntimeParameter).
-            train_name = "Train with Lightning"
-            train_resources = (pod.CPU_REQUEST, pod.MEMORY_REQUEST, pod.MEMORY_LIMIT)
-            train.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-            kubernetes.add_node_selector_json(train, node_selector)
-            kubernetes.add_toleration_json(train, tolerations)
-            kubernetes.empty_dir_mount(
-                train, pod.SHM_VOLUME, pod.SHM_PATH, medium=pod.SHM_MEDIUM, size_limit=pod.SHM_SIZE
-            )
+            train_name, train_resources = "Train with Lightning", None
+            set_training_pod(train, gpus, node_selector, tolerations)
             train_deadline = training_timeout_seconds
         kubernetes.set_timeout(train, train_deadline)
         # The run's location: the pod's namespace (and more, see above) as variables, and the
@@ -303,24 +337,22 @@ def build_pipeline(
         report = report_training(tensorboard_logs=logs, evaluation=evaluation)
 
         # Each task's name in the UI, whether a run may reuse its cached outputs, its CPU and
-        # memory requests and memory limit, and its image, resolved now, at compile time, so
-        # --image-registry retargets every task.
-        for task, image, name, cached, cpu, memory, memory_limit in (
-            (download, images.TRAINER, "Download MNIST", True, "500m", "1Gi", "2Gi"),
+        # memory requests and memory limit (the training pod has its own), and its image,
+        # resolved now, at compile time, so --image-registry retargets every task.
+        for task, image, name, cached, resources in (
+            (download, images.TRAINER, "Download MNIST", True, ("500m", "1Gi", "2Gi")),
             # A run is started in order to train (and to watch it): never answer from the cache.
-            (train, images.TRAINER, train_name, False, *train_resources),
+            (train, None, train_name, False, train_resources),
             # A new run needs its own TensorBoard: never answer from the cache.
-            (launcher, images.TOOLS, "Live TensorBoard", False, "100m", "256Mi", "512Mi"),
-            (report, images.TOOLS, "Report", True, "250m", "512Mi", "1Gi"),
+            (launcher, images.TOOLS, "Live TensorBoard", False, ("100m", "256Mi", "512Mi")),
+            (report, images.TOOLS, "Report", True, ("250m", "512Mi", "1Gi")),
         ):
             task.set_display_name(name).set_caching_options(cached)
-            task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory_limit)
-            ref = images.image_ref(image)
-            task.set_container_image(ref)
-            if policy := images.pull_policy(ref):
-                # The KFP driver sets it on the task's container (backend/src/v2/driver/
-                # driver.go, `GetImagePullPolicy`; in the platform proto since backend 2.5.0).
-                kubernetes.set_image_pull_policy(task, policy)
+            if resources:
+                cpu, memory, memory_limit = resources
+                task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory_limit)
+            if image:
+                use_image(task, image)
 
         if retries:
             # Mirrors time out and GPU nodes get preempted; deterministic failures (bad input,

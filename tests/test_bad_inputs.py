@@ -220,6 +220,9 @@ CLI_CASES = [
     (["--compile", "--logs-pvc", "a", "--tensorboard-logs-root", "pvc://b/x"], "error: invalid tensorboard_logs_root='pvc://b/x': expected pvc://a/PATH"),
     (["--compile", "--node-selector", "[]"], "error: invalid node_selector='[]': expected a JSON object"),
     (["--compile", "--tolerations", '[{"key": "a",'], """error: invalid tolerations='[{"key": "a",': expected a JSON list (this is not JSON: Expecting property name enclosed in double quotes at character 14)"""),
+    # Nested deeper than the JSON decoder recurses: refused like any other bad value.
+    (["--compile", "--tolerations", "[" * 5000 + "]" * 5000], "error: invalid tolerations='[[[[["),
+    (["--local", "--node-selector", "[" * 5000 + "]" * 5000], "error: invalid node_selector='[[[[["),
     (["--compile", "--epoch", "3"], "error: unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
     # argparse says first that no mode was given: the typo is still named.
     (["--compile", "--epochs", "2.5", "--outp", "x.yaml"], "error: invalid epochs='2.5': expected an integer (--outp: did you mean --output?)"),
@@ -274,7 +277,9 @@ CLI_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("args", "message"), CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+@pytest.mark.parametrize(
+    ("args", "message"), CLI_CASES, ids=[" ".join(a)[:60] for a, _ in CLI_CASES]
+)
 def test_cli_in_process(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     given = "--local" not in args or "--output-dir" in args
@@ -414,6 +419,23 @@ MISPLACED_OPTIONS = [
     for mode in cli.MODES
     if mode not in modes
 ]
+
+
+def test_help_lists_each_option_under_the_modes_it_applies_to():
+    # Not --service-account under --compare-runs, which refuses it, nor --logs-pvc only under
+    # --compile, when --check-cluster takes it too.
+    sections = {}
+    for block in cli.build_parser().format_help().split("\n\n"):
+        title, _, body = block.partition(":\n")
+        sections[title] = body
+    assert "--service-account" in sections["--check-cluster options"]
+    assert "--kfp-namespace" in sections["--check-cluster options"]
+    assert "--namespace" in sections["--check-cluster and --compare-runs options"]
+    assert "--service-account" not in sections["--check-cluster and --compare-runs options"]
+    assert "--logs-pvc" in sections["--compile and --check-cluster options"]
+    assert "--image-registry" in sections["--compile and --check-cluster options"]
+    assert "--training-timeout" in sections["--compile options"]
+    assert "--output-dir" in sections["--local options"]
 
 
 def test_every_mode_option_has_a_value_to_try():

@@ -54,6 +54,29 @@ def test_the_example_compiles_with_both_tasks(tmp_path: Path):
     assert (shm["mountPath"], shm["medium"], shm["sizeLimit"]) == ("/dev/shm", "Memory", "4Gi")
 
 
+def test_the_example_names_images_and_resources_as_the_pipeline_does(tmp_path, monkeypatch):
+    # A registry of one's own: its tags may be pushed again, so nodes must pull them each time.
+    monkeypatch.setenv("KFP_LIGHTNING_IMAGE_REGISTRY", "reg.example.com:5000/ml")
+    spec = importlib.util.spec_from_file_location("own_pipeline", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    compiler.Compiler().compile(module.my_mnist, str(tmp_path / "own.yaml"))
+    pipeline, platform = yaml.safe_load_all((tmp_path / "own.yaml").read_text())
+    executors = pipeline["deploymentSpec"]["executors"]
+    for executor in executors.values():
+        assert executor["container"]["image"].startswith("reg.example.com:5000/ml/")
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {e["imagePullPolicy"] for e in kubernetes.values()} == {"Always"}
+    assert len(kubernetes) == 2
+    [train] = [e for name, e in executors.items() if "train" in name]
+    resources = train["container"]["resources"]
+    assert (
+        resources["resourceCpuRequest"],
+        resources["resourceMemoryRequest"],
+        resources["resourceMemoryLimit"],
+    ) == ("2", "4Gi", "16Gi")
+
+
 def test_the_console_script_is_the_cli():
     script = Path(sys.executable).with_name("kfp-lightning")
     assert script.is_file(), "pip install -e . installs the kfp-lightning script"

@@ -26,8 +26,8 @@ def download_mnist(
             t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, comma-separated, tried in order
             (http://, https:// or file:///path/). Default: torchvision's public mirrors; point it at
             an internal mirror on air-gapped clusters.
-        expected_md5: MD5 of each uncompressed file, by file name. Default: the published MNIST
-            checksums; change it only to train on another MNIST-format data set.
+        expected_md5: MD5 of each uncompressed file, by file name. Default (and for `{}`): the
+            published MNIST checksums; change it only to train on another MNIST-format data set.
         dataset: Output. mnist.npz (numpy arrays: train/test images as uint8 N x 28 x 28,
             labels as uint8 N) and metadata.json (counts, checksums, source URLs).
     """

@@ -88,8 +88,8 @@ class DownloadConfig:
     (http://, https:// or file:///path/). Default: torchvision's public mirrors; point it at
     an internal mirror on air-gapped clusters."""
     expected_md5: Checksums = run_parameter(default_factory=lambda: dict(MNIST_MD5))
-    """MD5 of each uncompressed file, by file name. Default: the published MNIST checksums;
-    change it only to train on another MNIST-format data set."""
+    """MD5 of each uncompressed file, by file name. Default (and for `{}`): the published MNIST
+    checksums; change it only to train on another MNIST-format data set."""
 
     @pydantic.field_validator("mirror")
     @classmethod

@@ -433,7 +433,7 @@ def live_logging(
         fails even when retried is a warning: the local directory holds every point).
     """
     # Writer flushes and copies each happen every half period: a point is readable within one.
-    half_period = max(1.0, update_seconds / 2)
+    half_period = update_seconds / 2
     # Of several processes, global rank 0 alone writes logs and checkpoints; every one of them
     # resumes from the same checkpoint.
     writer = storage is not None and rank_zero_only.rank == 0
