@@ -115,7 +115,7 @@ REJECTED = [
         "invalid tensorboard_logs_root='pvc://Claim/x': expected s3://bucket/prefix, "
         "pvc://claim/path, file:///absolute/path or /absolute/path (a claim is a DNS-1123",
     ),
-    ("s3_endpoint", "minio:9000", "invalid s3_endpoint='minio:9000': expected an endpoint"),
+    ("s3_endpoint", "minio:9000", "invalid s3_endpoint='minio:9000': expected auto or an endpoint"),
     ("s3_credentials_secret", "Not A Name", "invalid s3_credentials_secret='Not A Name'"),
     ("live_update_seconds", 0, "invalid live_update_seconds=0: expected an integer from 1 to 300"),
     ("live_update_seconds", 301, "invalid live_update_seconds=301"),
@@ -223,6 +223,7 @@ CLI_CASES = [
     # Nested deeper than the JSON decoder recurses: refused like any other bad value.
     (["--compile", "--tolerations", "[" * 5000 + "]" * 5000], "error: invalid tolerations='[[[[["),
     (["--local", "--node-selector", "[" * 5000 + "]" * 5000], "error: invalid node_selector='[[[[["),
+    (["--compile", "--s3-endpoint", "AUTO"], "error: invalid s3_endpoint='AUTO': expected auto or an endpoint of the form http(s)://host[:port]"),
     (["--compile", "--epoch", "3"], "error: unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
     # argparse says first that no mode was given: the typo is still named.
     (["--compile", "--epochs", "2.5", "--outp", "x.yaml"], "error: invalid epochs='2.5': expected an integer (--outp: did you mean --output?)"),

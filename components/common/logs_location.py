@@ -333,7 +333,8 @@ class LiveLogsConfig:
     def _endpoint(cls, endpoint: str) -> str:
         # Checked whatever the root: a value typed in is a mistake even where it is unused now.
         if endpoint.strip() != AUTO:
-            parse_http_endpoint(endpoint, "s3_endpoint")
+            accepted = f"{AUTO} or an endpoint of the form http(s)://host[:port]"
+            parse_http_endpoint(endpoint, "s3_endpoint", accepted)
         return endpoint
 
     def run_location(self, run_id: str, namespace: str | None = None) -> LogsLocation:
