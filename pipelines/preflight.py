@@ -710,7 +710,9 @@ def check_quota(api_client: ApiClient, target: Target, gpus: int) -> Check:
     than a LimitRange's maximum (its ResourceQuota and LimitRanger admission plugins,
     kubernetes/kubernetes plugin/pkg/admission/); a Kubeflow profile's `resourceQuotaSpec`
     becomes such a quota. A quota on `limits.cpu` refuses the pod outright unless a LimitRange
-    gives containers a default CPU limit: the training pod sets none.
+    gives containers a default CPU limit: the training pod sets none, and a default under its
+    CPU request makes it invalid. Quotas scoped to pods by their deadline or priority class are
+    left out: whether they count the training pod is not judged.
 
     Args:
         api_client: A configured client.
@@ -733,9 +735,13 @@ def check_quota(api_client: ApiClient, target: Target, gpus: int) -> Check:
     each |= {f"{kind}.{name}": value for kind in pod for name, value in pod[kind].items()}
     if gpus:
         each[f"requests.{GPU_RESOURCE}"] = str(gpus)
-    items = [item for limit_range in ranges for item in limit_range.spec.limits or []]
+    items = [i for r in ranges for i in r.spec.limits or [] if i.type == "Container"]
     problems = []
     for quota in quotas:
+        selector = quota.spec.scope_selector
+        scopes = {e.scope_name for e in (selector and selector.match_expressions) or []}
+        if (scopes | set(quota.spec.scopes or [])) - {"NotBestEffort"}:
+            continue  # it counts pods by their deadline or priority class: not judged here
         hard, used = (
             (quota.spec and quota.spec.hard) or {},
             (quota.status and quota.status.used) or {},
@@ -749,11 +755,25 @@ def check_quota(api_client: ApiClient, target: Target, gpus: int) -> Check:
                 )
         if "limits.cpu" in hard and not any((i.default or {}).get("cpu") for i in items):
             problems.append(f"quota {quota.metadata.name} needs a CPU limit the pod does not set")
-    for item in (item for item in items if item.type == "Container"):
+    for item in items:
         for name, most in (item.max or {}).items():
             value = pod["limits"].get(name) or pod["requests"].get(name)
             if value and parse_quantity(value) > parse_quantity(most):
                 problems.append(f"a LimitRange allows a container {name} {most}, not {value}")
+        for name, least in (item.min or {}).items():
+            value = pod["requests"].get(name) or pod["limits"].get(name)
+            if value and parse_quantity(value) < parse_quantity(least):
+                problems.append(f"a LimitRange needs a container {name} of {least}, not {value}")
+        # The limit a container without one gets (the server copies `max` into an unset
+        # `default`): under its request, the pod is invalid.
+        for name, limit in (item.default or {}).items():
+            if name in pod["limits"] or name in (item.max or {}) or name not in pod["requests"]:
+                continue
+            if parse_quantity(request := pod["requests"][name]) > parse_quantity(limit):
+                problems.append(
+                    f"a LimitRange gives a container a default {name} limit of {limit}, under "
+                    f"the {request} the pod requests"
+                )
     if problems:
         return _failed(
             "the training pod would be refused: " + "; ".join(problems),

@@ -654,6 +654,31 @@ def test_quotas_and_limit_ranges_that_would_refuse_the_training_pod(
 
 
 @pytest.mark.apiserver
+def test_limit_range_minimums_and_defaults_and_scoped_quotas(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    core = client.CoreV1Api(apiserver_admin)
+    # A quota for pods without a deadline: the training pod has one, so it is not judged.
+    scoped = {"hard": {"requests.nvidia.com/gpu": "0"}, "scopes": ["NotTerminating"]}
+    core.create_namespaced_resource_quota(cluster, {"metadata": {"name": "s"}, "spec": scoped})
+    status, results = check(capsys)
+    assert (status, results["quota"][0]) == (0, "✓")
+    # A default CPU limit under the pod's request of 2 (the pod would be invalid), and a
+    # minimum memory over its request of 4Gi.
+    limits = [{"type": "Container", "default": {"cpu": "1"}, "min": {"memory": "8Gi"}}]
+    core.create_namespaced_limit_range(
+        cluster, {"metadata": {"name": "small"}, "spec": {"limits": limits}}
+    )
+    status, results = check(capsys)
+    assert status == 1
+    assert results["quota"].startswith(
+        "✗ the training pod would be refused: a LimitRange needs a container memory of 8Gi, not "
+        "4Gi; a LimitRange gives a container a default cpu limit of 1, under the 2 the pod "
+        "requests. Fix: "
+    )
+
+
+@pytest.mark.apiserver
 def test_the_taint_fix_keeps_the_tolerations_given(
     core: client.CoreV1Api, apiserver_admin: client.ApiClient
 ) -> None:
