@@ -206,50 +206,55 @@ def test_a_namespace_being_deleted_is_named_not_taken_for_rbac(
     )
 
 
-def test_a_secret_the_namespace_lacks_is_refused_before_anything_is_created(
-    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
+@pytest.mark.parametrize(
+    ("secret", "keys", "refusal"),
+    [
+        (
+            "keys",
+            None,
+            "no secret keys in namespace team-a, which the TensorBoard pod reads the object "
+            "store's keys from: pass --s3-credentials-secret with a secret that has accesskey "
+            "and secretkey",
+        ),
+        (
+            "partial",
+            {"accesskey": "minio"},
+            "secret team-a/partial lacks key secretkey, which the TensorBoard pod reads the "
+            "object store's keys from: give it accesskey and secretkey, or pass "
+            "--s3-credentials-secret with a secret that has both",
+        ),
+    ],
+    ids=["missing", "without-secretkey"],
+)
+def test_a_secret_the_tensorboard_cannot_use_is_refused_before_anything_is_created(
+    kube_apiserver: KubeAPIServer,
+    apiserver_admin,
+    kubeflow_crds,
+    tmp_path,
+    monkeypatch,
+    secret: str,
+    keys: dict | None,
+    refusal: str,
 ):
-    # Its Tensorboard's pod would wait for the secret forever, and the command would end well.
-    ensure_namespace(apiserver_admin, NAMESPACE)
-    monkeypatch.delenv("POD_NAMESPACE", raising=False)
-    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", namespace=NAMESPACE)
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    given = {"s3_endpoint": "http://seaweedfs.kubeflow:8333", "s3_credentials_secret": "keys"}
-    custom = client.CustomObjectsApi(apiserver_admin)
-    group, version, plural, _ = PODDEFAULT_API
-    before = custom.list_namespaced_custom_object(group, version, NAMESPACE, plural)["items"]
-    with pytest.raises(RunError) as raised:
-        open_runs_tensorboard(values(**given), None, 0, io.StringIO(), FAST)
-    assert str(raised.value) == (
-        "no secret keys in namespace team-a, which the TensorBoard pod reads the object "
-        "store's keys from: pass --s3-credentials-secret with a secret that has accesskey and "
-        "secretkey"
-    )
-    after = custom.list_namespaced_custom_object(group, version, NAMESPACE, plural)["items"]
-    assert after == before
-
-
-def test_a_secret_without_both_keys_is_refused_before_anything_is_created(
-    kube_apiserver: KubeAPIServer, apiserver_admin, kubeflow_crds, tmp_path, monkeypatch
-):
-    # The Tensorboard's pod would never start (CreateContainerConfigError).
+    # Its pod would wait for the secret forever, or never start (CreateContainerConfigError),
+    # and the command would end well.
     ensure_namespace(apiserver_admin, NAMESPACE)
     core = client.CoreV1Api(apiserver_admin)
     with contextlib.suppress(ApiException):
-        core.delete_namespaced_secret("partial", NAMESPACE)
-    core.create_namespaced_secret(
-        NAMESPACE, {**secret_body(accesskey="minio"), "metadata": {"name": "partial"}}
-    )
+        core.delete_namespaced_secret(secret, NAMESPACE)
+    if keys is not None:
+        body = {**secret_body(**keys), "metadata": {"name": secret}}
+        core.create_namespaced_secret(NAMESPACE, body)
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "kc", namespace=NAMESPACE)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    given = {"s3_endpoint": "http://seaweedfs.kubeflow:8333", "s3_credentials_secret": "partial"}
+    given = {"s3_endpoint": "http://seaweedfs.kubeflow:8333", "s3_credentials_secret": secret}
     custom = client.CustomObjectsApi(apiserver_admin)
     group, version, plural, _ = PODDEFAULT_API
     before = custom.list_namespaced_custom_object(group, version, NAMESPACE, plural)["items"]
     with pytest.raises(RunError) as raised:
         open_runs_tensorboard(values(**given), None, 0, io.StringIO(), FAST)
-    assert str(raised.value).startswith(f"secret {NAMESPACE}/partial lacks key secretkey, ")
+    assert str(raised.value) == refusal
     after = custom.list_namespaced_custom_object(group, version, NAMESPACE, plural)["items"]
     assert after == before
 
