@@ -74,6 +74,11 @@ CONDITION_TAINTS = frozenset(
         "node.cloudprovider.kubernetes.io/shutdown",
     }
 )
+# A ResourceQuota's keys for compute resources, each of which a pod must set to be admitted
+# under a quota that names it (kubernetes/kubernetes, pkg/quota/v1/evaluator/core/pods.go).
+COMPUTE_QUOTA_KEYS = frozenset(
+    {"cpu", "memory", "requests.cpu", "requests.memory", "limits.cpu", "limits.memory"}
+)
 # The well-known label of a node's CPU architecture, set by the kubelet (kubernetes/kubernetes,
 # staging/src/k8s.io/api/core/v1/well_known_labels.go, `LabelArchStable`).
 ARCH_LABEL = "kubernetes.io/arch"
@@ -706,13 +711,14 @@ def check_quota(api_client: ApiClient, target: Target, gpus: int) -> Check:
     """Whether the namespace's ResourceQuotas leave room for the training pods, and its
     LimitRanges allow each one.
 
-    The API server refuses a pod that a quota has no room for, or whose container asks more
-    than a LimitRange's maximum (its ResourceQuota and LimitRanger admission plugins,
+    The API server first gives the pod's container the LimitRanges' defaults for what it leaves
+    unset (the training pod sets no CPU limit), then refuses it when a LimitRange's minimum,
+    maximum or limit-to-request ratio is not met, or a quota has no room for it or names a
+    compute resource it does not set (the LimitRanger and ResourceQuota admission plugins,
     kubernetes/kubernetes plugin/pkg/admission/); a Kubeflow profile's `resourceQuotaSpec`
-    becomes such a quota. A quota on `limits.cpu` refuses the pod outright unless a LimitRange
-    gives containers a default CPU limit: the training pod sets none, and a default under its
-    CPU request makes it invalid. Quotas scoped to pods by their deadline or priority class are
-    left out: whether they count the training pod is not judged.
+    becomes such a quota. The pod has requests and a deadline, so a quota scoped to best-effort
+    or deadline-less pods does not count it; whether one scoped by priority class or pod
+    affinity does is not judged.
 
     Args:
         api_client: A configured client.
@@ -729,56 +735,69 @@ def check_quota(api_client: ApiClient, target: Target, gpus: int) -> Check:
     except ApiException as err:
         fix = _by_hand(f"kubectl -n {namespace} describe quota,limits", err)
         return _unknown(_unreadable(f"the quotas of namespace {namespace}", err), fix)
+    q = parse_quantity
     pod = training_pod.resources(gpus)
+    requests = {**pod["requests"], **({GPU_RESOURCE: str(gpus)} if gpus else {})}
+    limits = dict(pod["limits"])
+    items = [i for r in ranges for i in r.spec.limits or [] if i.type in ("Container", "Pod")]
+    for item in (i for i in items if i.type == "Container"):
+        # The LimitRanger's defaults for what the container leaves unset (the server copies
+        # `max` into an unset `default`).
+        limits = {**(item.default or {}), **limits}
+        requests = {**(item.default_request or {}), **requests}
+    problems = [
+        f"a LimitRange's default {name} limit {limits[name]} is under its request {value}"
+        for name, value in requests.items()
+        if name in limits and q(value) > q(limits[name])
+    ]
+    for item in items:
+        kind = item.type.lower()
+        for name, most in (item.max or {}).items():
+            if q(limits.get(name, "0")) > q(most) or name not in limits:
+                problems.append(
+                    f"a LimitRange caps a {kind}'s {name} limit at {most}, not "
+                    f"{limits.get(name, 'none')}"
+                )
+        for name, least in (item.min or {}).items():
+            if q(requests.get(name, "0")) < q(least):
+                problems.append(
+                    f"a LimitRange needs a {kind}'s {name} request of {least}, not "
+                    f"{requests.get(name, 'none')}"
+                )
+        for name, ratio in (item.max_limit_request_ratio or {}).items():
+            if name not in limits or q(limits[name]) > q(ratio) * q(requests.get(name, "0")):
+                problems.append(
+                    f"a LimitRange caps a {kind}'s {name} limit at {ratio} x its request"
+                )
     # A quota's names for what one pod takes (`cpu` and `memory` are the requests).
-    each = {"pods": "1", "cpu": pod["requests"]["cpu"], "memory": pod["requests"]["memory"]}
-    each |= {f"{kind}.{name}": value for kind in pod for name, value in pod[kind].items()}
-    if gpus:
-        each[f"requests.{GPU_RESOURCE}"] = str(gpus)
-    items = [i for r in ranges for i in r.spec.limits or [] if i.type == "Container"]
-    problems = []
+    each = {"pods": "1", "count/pods": "1", **{n: requests[n] for n in ("cpu", "memory")}}
+    each |= {f"requests.{name}": value for name, value in requests.items()}
+    each |= {f"limits.{name}": value for name, value in limits.items()}
     for quota in quotas:
         selector = quota.spec.scope_selector
         scopes = {e.scope_name for e in (selector and selector.match_expressions) or []}
-        if (scopes | set(quota.spec.scopes or [])) - {"NotBestEffort"}:
-            continue  # it counts pods by their deadline or priority class: not judged here
-        hard, used = (
-            (quota.spec and quota.spec.hard) or {},
-            (quota.status and quota.status.used) or {},
-        )
+        scopes |= set(quota.spec.scopes or [])
+        # The pod has requests and a deadline: it is NotBestEffort and Terminating. Whether a
+        # priority class or pod affinity scope counts it is not judged.
+        if scopes - {"NotBestEffort", "Terminating"}:
+            continue
+        hard = (quota.spec and quota.spec.hard) or {}
+        used = (quota.status and quota.status.used) or {}
         for key in sorted(set(hard) & set(each)):
-            room = parse_quantity(hard[key]) - parse_quantity(used.get(key, "0"))
-            if room < parse_quantity(each[key]) * target.nodes:
+            if q(hard[key]) - q(used.get(key, "0")) < q(each[key]) * target.nodes:
                 problems.append(
                     f"quota {quota.metadata.name}: {key} {used.get(key, '0')} of {hard[key]} "
                     f"used, {target.nodes} x {each[key]} more needed"
                 )
-        if "limits.cpu" in hard and not any((i.default or {}).get("cpu") for i in items):
-            problems.append(f"quota {quota.metadata.name} needs a CPU limit the pod does not set")
-    for item in items:
-        for name, most in (item.max or {}).items():
-            value = pod["limits"].get(name) or pod["requests"].get(name)
-            if value and parse_quantity(value) > parse_quantity(most):
-                problems.append(f"a LimitRange allows a container {name} {most}, not {value}")
-        for name, least in (item.min or {}).items():
-            value = pod["requests"].get(name) or pod["limits"].get(name)
-            if value and parse_quantity(value) < parse_quantity(least):
-                problems.append(f"a LimitRange needs a container {name} of {least}, not {value}")
-        # The limit a container without one gets (the server copies `max` into an unset
-        # `default`): under its request, the pod is invalid.
-        for name, limit in (item.default or {}).items():
-            if name in pod["limits"] or name in (item.max or {}) or name not in pod["requests"]:
-                continue
-            if parse_quantity(request := pod["requests"][name]) > parse_quantity(limit):
-                problems.append(
-                    f"a LimitRange gives a container a default {name} limit of {limit}, under "
-                    f"the {request} the pod requests"
-                )
+        # A quota on a compute resource refuses a pod that does not set it.
+        for key in sorted(set(hard) & (COMPUTE_QUOTA_KEYS - set(each))):
+            problems.append(f"quota {quota.metadata.name} needs {key}, which the pod does not set")
     if problems:
         return _failed(
             "the training pod would be refused: " + "; ".join(problems),
-            "ask the namespace's admin for more (a Kubeflow profile's resourceQuotaSpec), or "
-            "request fewer GPUs or nodes",
+            "ask the namespace's admin to raise the quota or change the LimitRange (a Kubeflow "
+            "profile's resourceQuotaSpec makes its quota); the pod's CPU and memory are fixed, "
+            "its GPUs and nodes are --gpus and --nodes",
         )
     if not quotas and not items:
         return _passed(f"no ResourceQuota or LimitRange in {namespace}")

@@ -27,6 +27,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from kfp_lightning.components.common import training_pod
 from kfp_lightning.components.launch_tensorboard.launcher import RBAC_MANIFEST
 from kfp_lightning.pipelines import cli, preflight
 from kfp_lightning.pipelines.preflight import Status, tolerates
@@ -631,7 +632,7 @@ def test_quotas_and_limit_ranges_that_would_refuse_the_training_pod(
     assert status == 1
     assert results["quota"].startswith(
         "✗ the training pod would be refused: quota kf-resource-quota: requests.nvidia.com/gpu "
-        "1 of 2 used, 1 x 2 more needed. Fix: ask the namespace's admin for more"
+        "1 of 2 used, 1 x 2 more needed. Fix: ask the namespace's admin to raise the quota"
     )
     # Several nodes take one pod each: 3 x 16Gi of memory limits is more than 40Gi.
     status, results = check(capsys, "--nodes", "3", "--gpus", "0")
@@ -649,33 +650,77 @@ def test_quotas_and_limit_ranges_that_would_refuse_the_training_pod(
     )
     status, results = check(capsys)
     assert status == 1
-    assert "quota cpu-limits needs a CPU limit the pod does not set" in results["quota"]
-    assert "a LimitRange allows a container memory 8Gi, not 16Gi" in results["quota"]
+    assert "quota cpu-limits needs limits.cpu, which the pod does not set" in results["quota"]
+    assert "a LimitRange caps a container's memory limit at 8Gi, not 16Gi" in results["quota"]
+
+
+# Each: quotas' `hard`s (with scopes), LimitRange items; the real admission plugins decide.
+ADMISSION_CASES = {
+    "gpu-quota": ([{"requests.nvidia.com/gpu": "0"}], []),
+    "count-pods": ([{"count/pods": "0"}], []),
+    "limits-cpu-no-default": ([{"limits.cpu": "64"}], []),
+    "limits-cpu-default-over-quota": (
+        [{"limits.cpu": "2"}],
+        [{"type": "Container", "default": {"cpu": "4"}}],
+    ),
+    "best-effort-scope": ([{"pods": "0", "scopes": ["BestEffort"]}], []),
+    "not-terminating-scope": ([{"pods": "0", "scopes": ["NotTerminating"]}], []),
+    "terminating-scope": ([{"pods": "0", "scopes": ["Terminating"]}], []),
+    "not-best-effort-scope": ([{"pods": "0", "scopes": ["NotBestEffort"]}], []),
+    "ratio-memory": ([], [{"type": "Container", "maxLimitRequestRatio": {"memory": "2"}}]),
+    "ratio-cpu": ([], [{"type": "Container", "maxLimitRequestRatio": {"cpu": "2"}}]),
+    "pod-max-memory": ([], [{"type": "Pod", "max": {"memory": "8Gi"}}]),
+    "pod-max-cpu": ([], [{"type": "Pod", "max": {"cpu": "1"}}]),
+    "container-min-cpu": ([], [{"type": "Container", "min": {"cpu": "4"}}]),
+    "container-default-cpu": ([], [{"type": "Container", "default": {"cpu": "1"}}]),
+    "container-max-cpu": ([], [{"type": "Container", "max": {"cpu": "1"}}]),
+    "roomy": (
+        [{"cpu": "64", "memory": "64Gi", "limits.memory": "64Gi", "limits.cpu": "64"}],
+        [{"type": "Container", "default": {"cpu": "4"}, "max": {"memory": "32Gi"}}],
+    ),
+}
 
 
 @pytest.mark.apiserver
-def test_limit_range_minimums_and_defaults_and_scoped_quotas(
-    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("case", ADMISSION_CASES)
+def test_the_quota_line_agrees_with_the_api_servers_admission(
+    cluster: str, apiserver_admin: client.ApiClient, capsys: pytest.CaptureFixture[str], case: str
 ) -> None:
+    quotas, limits = ADMISSION_CASES[case]
     core = client.CoreV1Api(apiserver_admin)
-    # A quota for pods without a deadline: the training pod has one, so it is not judged.
-    scoped = {"hard": {"requests.nvidia.com/gpu": "0"}, "scopes": ["NotTerminating"]}
-    core.create_namespaced_resource_quota(cluster, {"metadata": {"name": "s"}, "spec": scoped})
+    for i, hard in enumerate(quotas):
+        spec = {"hard": {k: v for k, v in hard.items() if k != "scopes"}}
+        spec["scopes"] = hard.get("scopes")
+        core.create_namespaced_resource_quota(
+            cluster, {"metadata": {"name": f"q{i}"}, "spec": spec}
+        )
+        # No quota controller runs here: its status, as it would write it for an empty namespace.
+        status = {"hard": spec["hard"], "used": dict.fromkeys(spec["hard"], "0")}
+        core.patch_namespaced_resource_quota_status(f"q{i}", cluster, {"status": status})
+    if limits:
+        body = {"metadata": {"name": "limits"}, "spec": {"limits": limits}}
+        core.create_namespaced_limit_range(cluster, body)
+    # The truth: the training pod as the pipeline makes it (a deadline; the pod's resources
+    # with one GPU), created as a dry run, through the ResourceQuota and LimitRanger plugins.
+    container = {"name": "main", "image": "trainer", "resources": training_pod.resources(1)}
+    spec = {"containers": [container], "activeDeadlineSeconds": 3600}
+    spec |= {"serviceAccountName": "default-editor", "automountServiceAccountToken": False}
+    pod = {"metadata": {"name": "training"}, "spec": spec}
+
     status, results = check(capsys)
-    assert (status, results["quota"][0]) == (0, "✓")
-    # A default CPU limit under the pod's request of 2 (the pod would be invalid), and a
-    # minimum memory over its request of 4Gi.
-    limits = [{"type": "Container", "default": {"cpu": "1"}, "min": {"memory": "8Gi"}}]
-    core.create_namespaced_limit_range(
-        cluster, {"metadata": {"name": "small"}, "spec": {"limits": limits}}
-    )
-    status, results = check(capsys)
-    assert status == 1
-    assert results["quota"].startswith(
-        "✗ the training pod would be refused: a LimitRange needs a container memory of 8Gi, not "
-        "4Gi; a LimitRange gives a container a default cpu limit of 1, under the 2 the pod "
-        "requests. Fix: "
-    )
+    mark = "✓" if admitted(core, cluster, pod) else "✗"
+    assert results["quota"][0] == mark, (case, results["quota"])
+
+
+def admitted(core: client.CoreV1Api, namespace: str, pod: dict) -> bool:
+    """Whether the API server would admit `pod` (a dry run: nothing is stored)."""
+    try:
+        core.create_namespaced_pod(namespace, pod, dry_run="All")
+    except client.ApiException as err:
+        if err.status not in (403, 422):  # refused by admission, or invalid once defaulted
+            raise
+        return False
+    return True
 
 
 @pytest.mark.apiserver
