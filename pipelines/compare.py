@@ -77,7 +77,7 @@ def check_secret(api_client: client.ApiClient, namespace: str, secret: str, time
         raise missing(api_client, namespace, timeout, no_secret) from None
     if lacking := keys_lacking(found):
         raise RunError(
-            f"secret {namespace}/{secret} lacks key {' and '.join(lacking)}, which the "
+            f"secret {namespace}/{secret} has no value for {' and '.join(lacking)}, which the "
             "TensorBoard pod reads the object store's keys from: give it accesskey and "
             "secretkey, or pass --s3-credentials-secret with a secret that has both"
         )

@@ -290,7 +290,7 @@ def check_s3_secret(api_client: ApiClient, target: Target) -> Check:
         )
     if missing := keys_lacking(found):
         return _failed(
-            f"secret {namespace}/{secret} lacks key {' and '.join(missing)}",
+            f"secret {namespace}/{secret} has no value for {' and '.join(missing)}",
             f"recreate it with both keys: kubectl -n {namespace} delete secret {secret}; {create}",
         )
     return _passed(f"{namespace}/{secret} has {access} and {secret_key}")
@@ -392,7 +392,7 @@ def check_object_store(api_client: ApiClient, target: Target) -> Check:
     except ApiException as err:
         fix = _by_hand(f"kubectl -n {candidates[0].namespace} get service", err)
         return _unknown(_unreadable(services, err), fix)
-    if found is None and not auto and len(labels) == 2:
+    if found is None and not auto and len(labels) == 2 and not _exists(api_client, *labels[:2]):
         # `<svc>.<ns>`, or a host outside the cluster (`minio.lan`): pods try the Service
         # first (their DNS search path), then the name as given.
         return _unknown(
@@ -409,6 +409,15 @@ def check_object_store(api_client: ApiClient, target: Target) -> Check:
         )
     shown = f"s3_endpoint={endpoint}" + (f" resolves to {found.endpoint}" if auto else "")
     return _passed(f"{shown}: Service {found.namespace}/{found.service} ({found.product})")
+
+
+def _exists(api_client: ApiClient, service: str, namespace: str) -> bool:
+    """Whether Service `namespace/service` exists (False too when it cannot be read)."""
+    try:
+        _call(client.CoreV1Api(api_client).read_namespaced_service, service, namespace)
+    except ApiException:
+        return False
+    return True
 
 
 def check_logs_claim(api_client: ApiClient, target: Target) -> Check:
@@ -529,7 +538,8 @@ def _missing_account(api_client: ApiClient, target: Target) -> Check | None:
             return _failed(
                 f"no service account {namespace}/{account}: the run's pods cannot be created",
                 "run in a Kubeflow profile namespace (its profile creates default-editor), "
-                "or pass the account the pipelines run as with --service-account",
+                "or pass the account the pipelines run as with --service-account "
+                "(pipeline-runner in standalone Kubeflow Pipelines)",
             )
     return None
 
@@ -582,6 +592,23 @@ def _gpu_count(node: client.V1Node, host: str) -> int:
     except (ValueError, ArithmeticError):  # the API server stores only quantities it parsed
         what = f"a node list (node {node.metadata.name}'s allocatable {GPU_RESOURCE})"
         raise kube.UnusableServerError(kube.not_kubernetes(host, what, repr(value))) from None
+
+
+def _pod_requests(gpus: int) -> dict[str, str]:
+    """What one training pod takes of a node's allocatable resources."""
+    return {**training_pod.resources(0)["requests"], **({GPU_RESOURCE: str(gpus)} if gpus else {})}
+
+
+def _room(node: client.V1Node, gpus: int) -> int:
+    """How many training pods the node's allocatable resources hold (those it reports)."""
+    allocatable = (node.status and node.status.allocatable) or {}
+    wanted = _pod_requests(gpus).items()
+    fits = [
+        int(parse_quantity(allocatable[k]) // parse_quantity(v))
+        for k, v in wanted
+        if k in allocatable
+    ]
+    return min(fits, default=0)
 
 
 def why_unreachable(
@@ -684,13 +711,24 @@ def check_gpu_nodes(
         shown = ", ".join(reached[:5]) + (", ..." if len(reached) > 5 else "")
         no_gpu = "" if gpus else ", no GPU needed (gpus=0)"
         found = f"{len(reached)} node(s) {wanted}reachable{no_gpu}: {shown}"
-        if gpus and (room := sum(counts[node] // gpus for node in reached)) < pods:
+        # Nodes the pod may land on though the images cannot run there: it names no arch.
+        stray = sorted(n for n, r in blockers.items() if r and all(x[:4] == "arch" for x in r))
+        if stray and ARCH_LABEL not in node_selector:
+            return _failed(
+                f"{found}; but also {', '.join(stray[:5])}, of another architecture, where the "
+                "images cannot run",
+                f'add "{ARCH_LABEL}": "{training_pod.NODE_ARCH}" to --node-selector',
+            )
+        by_name = {node.metadata.name: node for node in candidates}
+        room = sum(_room(by_name[name], gpus) for name in reached)
+        if room < pods:
             # Unknown, not failed: a cluster autoscaler adds nodes once pods wait for them.
+            each = ", ".join(f"{v} {k}" for k, v in _pod_requests(gpus).items())
             return _unknown(
-                f"{found}; room for {room} of the {pods} training pods ({gpus} GPU(s) each) on "
-                "the nodes there now",
-                "make sure a cluster autoscaler adds GPU nodes to this pool, add them, or train "
-                f"on at most {room} with --nodes",
+                f"{found}; room for {room} of the {pods} training pods ({each} each) on the "
+                "nodes there now",
+                "make sure a cluster autoscaler adds nodes to this pool, add them, or train on "
+                f"at most {room} with --nodes",
             )
         return _passed(found)
     blocked = sorted(f"{node}: {', '.join(reasons)}" for node, reasons in blockers.items())
@@ -907,6 +945,10 @@ def check_trainjob_dry_run(api_client: ApiClient, target: Target) -> Check:
         "install Kubeflow Trainer v2.1 or newer (its TrainJob carries the pods' settings in "
         "spec.podTemplateOverrides or spec.runtimePatches)"
     )
+    # The namespace refused it (`kube.unusable_namespace`), found here where these credentials
+    # may not read namespaces.
+    if problems[0].startswith(f"namespace {target.namespace} "):
+        fix = NAMESPACE_FIX
     return _failed("; ".join(problems), fix)
 
 
@@ -1005,7 +1047,9 @@ def run_checks(api_client: ApiClient, target: Target) -> dict[str, Check]:
         "object-store secret": gone or check_s3_secret(api_client, target) if s3 else not_needed,
         "object store": check_object_store(api_client, target) if s3 else not_needed,
         "logs claim": gone or check_logs_claim(api_client, target) if target.claim else not_needed,
-        "launcher RBAC": account or check_launcher_rbac(api_client, target) if served else nothing,
+        # The run's pods need the account whether or not a Tensorboard is made.
+        "launcher RBAC": account
+        or (check_launcher_rbac(api_client, target) if served else nothing),
         "training node": check_gpu_nodes(
             api_client, gpus, scheduling.node_selector, scheduling.tolerations, target.nodes
         ),

@@ -219,7 +219,7 @@ def test_a_namespace_being_deleted_is_named_not_taken_for_rbac(
         (
             "partial",
             {"accesskey": "minio"},
-            "secret team-a/partial lacks key secretkey, which the TensorBoard pod reads the "
+            "secret team-a/partial has no value for secretkey, which the TensorBoard pod reads the "
             "object store's keys from: give it accesskey and secretkey, or pass "
             "--s3-credentials-secret with a secret that has both",
         ),

@@ -330,6 +330,13 @@ def test_no_tensorboard_crd_is_standalone_kfp_not_a_failure(
     assert "kubectl port-forward commands show the logs" in results["Tensorboard CRD"]
     assert results["PodDefault CRD"] == "✓ not needed without Kubeflow's Tensorboard"
     assert results["launcher RBAC"] == "✓ nothing to create: Kubeflow's Tensorboard is not served"
+    # The run's pods need their account all the same.
+    status, results = check(capsys, "--service-account", "nope-sa")
+    assert status == 1
+    assert results["launcher RBAC"].startswith(
+        f"✗ no service account {cluster}/nope-sa: the run's pods cannot be created. Fix: "
+    )
+    assert results["launcher RBAC"].endswith("(pipeline-runner in standalone Kubeflow Pipelines)")
 
 
 @pytest.mark.apiserver
@@ -359,6 +366,14 @@ def test_the_object_store_the_run_would_use(
     status, results = check(capsys, "--s3-endpoint", "https://s3.example.com")
     assert status == 0
     assert results["object store"].startswith("? https://s3.example.com is not a Service of this")
+    # `<svc>.<ns>` of a Service that exists, on a port it does not serve: pods reach that
+    # Service (their DNS search path), and fail.
+    status, results = check(capsys, "--s3-endpoint", "http://minio-service.kubeflow:8333")
+    assert status == 1
+    assert results["object store"].startswith(
+        "✗ s3_endpoint=http://minio-service.kubeflow:8333: no Service kubeflow/minio-service "
+        "(port 8333) in this cluster. Fix: "
+    )
     # Two labels name a Service (`<svc>.<ns>`) or a host outside the cluster: pods try both.
     status, results = check(capsys, "--s3-endpoint", "http://minio.lan:9000")
     assert status == 0
@@ -440,8 +455,12 @@ def test_the_object_store_secret(
     status, results = check(capsys)
     assert status == 1
     assert results["object-store secret"].startswith(
-        f"✗ secret {cluster}/{SECRET} lacks key secretkey. Fix: recreate it with both keys: "
+        f"✗ secret {cluster}/{SECRET} has no value for secretkey. Fix: recreate it with both keys: "
     )
+    # Empty is no value either: the pods would get an empty key.
+    core.replace_namespaced_secret(SECRET, cluster, secret_body(accesskey="a", secretkey=""))
+    status, results = check(capsys)
+    assert "has no value for secretkey" in results["object-store secret"]
 
     core.delete_namespaced_secret(SECRET, cluster)
     status, results = check(capsys)
@@ -755,7 +774,15 @@ def test_a_node_too_small_or_of_another_arch_cannot_take_the_pod(
     assert "use nodes with at least 2 CPUs and 4Gi of memory allocatable" in result.fix
     assert "use amd64 nodes: the images are built for linux/amd64 only" in result.fix
     add_node(apiserver_admin, "x86", 1, {"kubernetes.io/arch": "amd64"})
+    # The scheduler may still pick the arm64 node: the pod must name its architecture.
     result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, TOLERATE_GPU)
+    assert result.status is Status.FAILED
+    assert result.detail.endswith(
+        "reachable: x86; but also grace, of another architecture, where the images cannot run"
+    )
+    assert result.fix == 'add "kubernetes.io/arch": "amd64" to --node-selector'
+    pinned = {"kubernetes.io/arch": "amd64"}
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, pinned, TOLERATE_GPU)
     assert result.status is Status.PASSED
     assert result.detail.endswith("reachable: x86")
 
@@ -786,8 +813,8 @@ def test_gpu_nodes_with_room_for_every_training_pod(
         else:  # unknown: a cluster autoscaler may add nodes once the pods wait
             assert result.status is Status.UNKNOWN
             assert result.detail.endswith(
-                f"; room for {room} of the {pods} training pods ({gpus} GPU(s) each) on the "
-                "nodes there now"
+                f"; room for {room} of the {pods} training pods (2 cpu, 4Gi memory, {gpus} "
+                "nvidia.com/gpu each) on the nodes there now"
             )
             assert result.fix.endswith(f"or train on at most {room} with --nodes")
     # The node whose taint they do not tolerate counts once they do.
@@ -798,10 +825,18 @@ def test_gpu_nodes_with_room_for_every_training_pod(
     assert preflight.check_gpu_nodes(apiserver_admin, 1, {}, everything, 8).status is (
         Status.UNKNOWN
     )
-    # CPU pods share a node.
-    assert preflight.check_gpu_nodes(apiserver_admin, 0, {}, tolerations, 5).status is (
+    # CPU pods share a node, as far as its CPUs and memory go: 8 CPUs hold 4 pods of 2.
+    assert preflight.check_gpu_nodes(apiserver_admin, 0, {}, tolerations, 8).status is (
         Status.PASSED
     )
+    result = preflight.check_gpu_nodes(apiserver_admin, 0, {}, tolerations, 9)
+    assert result.status is Status.UNKNOWN
+    assert "room for 8 of the 9 training pods (2 cpu, 4Gi memory each)" in result.detail
+    # GPUs to spare, CPUs for one pod only.
+    core.patch_node_status("two-gpus", {"status": {"allocatable": {"cpu": "3"}}})
+    result = preflight.check_gpu_nodes(apiserver_admin, 1, {}, tolerations, 3)
+    assert result.status is Status.UNKNOWN
+    assert "room for 2 of the 3 training pods" in result.detail
 
 
 @pytest.mark.apiserver

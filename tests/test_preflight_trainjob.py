@@ -234,3 +234,32 @@ def test_a_user_who_may_not_create_trainjobs_is_told_so_not_the_pipelines_accoun
         "a dry run. To check: run --check-cluster as someone who may create trainjobs in the "
         "namespace"
     )
+
+
+def test_a_namespace_being_deleted_is_the_dry_runs_fix_for_one_who_may_not_read_it(
+    cluster: str,
+    apiserver_admin: client.ApiClient,
+    kube_apiserver: KubeAPIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # bob administers the namespace and may create trainjobs there, but may not read it:
+    # only the dry run's refusal tells, and its fix is the namespace, not Trainer's release.
+    rbac = client.RbacAuthorizationV1Api(apiserver_admin)
+    for kind, role in (("ClusterRole", "admin"), ("Role", "kfp-lightning-trainjob-launcher")):
+        ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role}
+        bob = {"kind": "User", "name": "bob", "apiGroup": "rbac.authorization.k8s.io"}
+        binding = {"metadata": {"name": f"bob-{role}"}, "roleRef": ref, "subjects": [bob]}
+        rbac.create_namespaced_role_binding(cluster, binding)
+    client.CoreV1Api(apiserver_admin).delete_namespace(cluster)
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "bob", "bob", cluster)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+
+    status, results = check(capsys, "--nodes", "2")
+
+    assert status == 1
+    assert results["TrainJob"].startswith(f"✗ namespace {cluster} is being deleted (HTTP 403: ")
+    assert results["TrainJob"].endswith(
+        "Fix: pass --namespace with a Kubeflow profile's namespace (where runs run)"
+    )
