@@ -39,7 +39,9 @@ def test_the_example_compiles_with_both_tasks(tmp_path: Path):
     assert parameters["task_name"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}"
     assert parameters["epochs"]["componentInputParameter"] == "epochs"
     # Training reaches the object store with the keys of KFP's secret.
-    [executor] = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
+        "exec-train-mnist"
+    ]
     [secret] = executor["secretAsEnv"]
     assert secret["secretName"] == "mlpipeline-minio-artifact"
     assert {e["envVar"] for e in secret["keyToEnv"]} == {
