@@ -251,6 +251,23 @@ def test_no_api_server_answering_is_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.apiserver
+def test_a_server_whose_certificate_the_kubeconfig_does_not_trust_is_one_line(
+    kube_apiserver: KubeAPIServer, tmp_path: Path
+) -> None:
+    # A server answers, but not with a certificate the (here: absent) CA vouches for.
+    host = kube_apiserver.configuration(kube_apiserver.token("admin")).host
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", host)
+
+    done = run_cli(env={"KUBECONFIG": str(kubeconfig)})
+
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: TLS with the server at {host} failed (")
+    assert "CERTIFICATE_VERIFY_FAILED" in line
+    assert line.endswith("): check the certificate-authority of the kubeconfig's cluster")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -302,6 +302,13 @@ def check_server(api_client: client.ApiClient, timeout: float) -> str:
         )
     except urllib3.exceptions.HTTPError as err:
         failure = f"no Kubernetes API server answers at {host}: {connection_failure(err)}"
+        if isinstance(getattr(err, "reason", err), urllib3.exceptions.SSLError):
+            # Something answered, and TLS with it failed: most often a certificate that the
+            # kubeconfig's certificate-authority does not vouch for.
+            failure = (
+                f"TLS with the server at {host} failed ({connection_failure(err)}): check "
+                "the certificate-authority of the kubeconfig's cluster"
+            )
         raise UnusableServerError(failure) from None
     except ApiException as err:
         if err.status == 401:
