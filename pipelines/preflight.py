@@ -650,7 +650,7 @@ def why_unreachable(
     allocatable = (node.status and node.status.allocatable) or {}
     reasons += [
         f"allocatable {name} {allocatable[name]} < {wanted} requested"
-        for name, wanted in training_pod.resources(0)["requests"].items()
+        for name, wanted in _pod_requests(0).items()
         if name in allocatable and parse_quantity(allocatable[name]) < parse_quantity(wanted)
     ]
     if labels.get(ARCH_LABEL, training_pod.NODE_ARCH) != training_pod.NODE_ARCH:
@@ -774,9 +774,7 @@ def check_quota(api_client: ApiClient, target: Target, gpus: int) -> Check:
         fix = _by_hand(f"kubectl -n {namespace} describe quota,limits", err)
         return _unknown(_unreadable(f"the quotas of namespace {namespace}", err), fix)
     q = parse_quantity
-    pod = training_pod.resources(gpus)
-    requests = {**pod["requests"], **({GPU_RESOURCE: str(gpus)} if gpus else {})}
-    limits = dict(pod["limits"])
+    requests, limits = _pod_requests(gpus), dict(training_pod.resources(gpus)["limits"])
     items = [i for r in ranges for i in r.spec.limits or [] if i.type in ("Container", "Pod")]
     for item in (i for i in items if i.type == "Container"):
         # The LimitRanger's defaults for what the container leaves unset (the server copies

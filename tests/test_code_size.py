@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ("components", "pipelines")
 # Lower it whenever the product shrinks; raising it needs a reason in the commit that does.
-CEILING = 6388
+CEILING = 6386
 NOT_CODE = {
     tokenize.COMMENT,
     tokenize.NL,

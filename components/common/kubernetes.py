@@ -264,8 +264,9 @@ def namespace_state(api_client: client.ApiClient, namespace: str, timeout: float
             lambda: read(namespace, _request_timeout=timeout), f"the read of namespace {namespace}"
         )
     except ApiException as err:
-        # Only the API server's own answer, which names the namespace, not any 404.
-        return unusable_namespace(err, namespace) if err.status == 404 else None
+        # Only the API server's own answer, which names the namespace, not any 404 (nor a
+        # refusal to read it).
+        return unusable_namespace(err, namespace)
     # Deleted but held by finalizers: reads still work, writes are refused.
     if found.status and found.status.phase == "Terminating":
         return f"namespace {namespace} is being deleted"
